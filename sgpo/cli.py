@@ -1,0 +1,112 @@
+"""`sgpo`: run the pipeline, inspect configs, recompute benchmark metrics.
+
+    sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
+    sgpo config [CONFIG] [key=value ...]          print the resolved config
+    sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
+    sgpo metrics arena-hard JUDGMENTS.jsonl ...   Arena-Hard score and 95% CI
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+EMBEDDED_PREFECT_DEFAULTS = {
+    # The ephemeral API server sometimes needs more than Prefect's default 20 s on a cold start.
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_LEVEL": "WARNING",  # the CLI prints one line per stage itself
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+
+
+def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG] [key=value ...]`: the first item is the config unless it is an override."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from sgpo.config import ConfigError, load_config
+
+    source, overrides = _split_args(args.items)
+    try:
+        cfg = load_config(source, overrides)  # fail fast, before Prefect starts
+    except ConfigError as e:
+        print(f"sgpo: {e}", file=sys.stderr)
+        return 2
+    for k, v in EMBEDDED_PREFECT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    print(f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})", flush=True)
+    from flows.sgpo import STAGES, sgpo_pipeline
+
+    unknown = [s for s in args.force if s.split("[")[0] not in STAGES + ("base_model", "prepare")]
+    if unknown:
+        print(f"sgpo: --force: unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
+        return 2
+    t0 = time.perf_counter()
+    try:
+        report = sgpo_pipeline(config=cfg, force=args.force)
+    except KeyboardInterrupt:
+        print("sgpo: interrupted; finished stages are kept and a new run resumes from them", file=sys.stderr)
+        return 130
+    except Exception as e:  # the flow's error names the stage; keep the message, drop the traceback
+        print(f"sgpo: run failed: {e}", file=sys.stderr)
+        if os.environ.get("SGPO_DEBUG"):
+            raise
+        return 1
+    n_cached = sum(s.status == "cached" for s in report.stages)
+    print(f"[sgpo] done in {time.perf_counter() - t0:.1f}s: {len(report.stages) - n_cached} ran, {n_cached} cached", flush=True)
+    print(f"[sgpo] final policy: {report.final_policy}")
+    j = report.judge
+    wr = f"{j['win_rate']:.2f}" if j.get("win_rate") is not None else "n/a"
+    print(f"[sgpo] judge: win rate {wr} vs baseline ({j.get('n_labelled', 0)} of {j.get('n', 0)} judged with a label)")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from sgpo.config import ConfigError, load_config
+
+    source, overrides = _split_args(args.items)
+    try:
+        cfg = load_config(source, overrides)
+    except ConfigError as e:
+        print(f"sgpo: {e}", file=sys.stderr)
+        return 2
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), end="")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sgpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the SGPO pipeline (default: the tiny CPU preset)")
+    run.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help="preset name or YAML file, then overrides")
+    run.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute this stage (repeatable)")
+    run.set_defaults(func=cmd_run)
+    cfg = sub.add_parser("config", help="print the resolved configuration")
+    cfg.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
+    cfg.set_defaults(func=cmd_config)
+    try:
+        from sgpo.metrics.cli import add_metrics_parser
+
+        add_metrics_parser(sub)
+    except ImportError:  # pragma: no cover
+        pass
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

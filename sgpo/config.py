@@ -1,0 +1,340 @@
+"""Typed pipeline configuration: YAML presets + `key=value` overrides, validated by pydantic.
+
+Every section is a pydantic model with `extra="forbid"`, so a misspelt key fails at load time
+with its dotted path, and the flow's parameter schema renders as a form in the Prefect UI.
+
+Fields marked `runtime_field(...)` change how a stage runs (URLs, concurrency, batch sizes,
+timeouts) but not what it produces; they are left out of cache keys, so e.g. a new port for
+the embedded LLM server does not invalidate finished annotation.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from sgpo.llm.client import EndpointConfig
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+CONFIG_DIR = PACKAGE_DIR.parent / "configs"
+NOT_IN_CACHE_KEY = "not_in_cache_key"
+
+
+def runtime_field(default: Any = None, description: str = "", **kw: Any) -> Any:
+    """A field that does not change a stage's output, hence is not part of its cache key."""
+    if "default_factory" in kw:
+        return Field(description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
+    return Field(default, description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key."""
+
+
+# --------------------------------------------------------------------------- data and model
+
+
+class DatasetSpec(Section):
+    """Where a dataset comes from and which columns hold the prompt and the reference response.
+
+    `path` is a hub id (loaded with `datasets.load_dataset`), a local .json/.jsonl/.parquet file,
+    or `bundled:NAME` for files shipped in `sgpo/data`. With no column given, the loader looks for
+    a chat `messages` column, then `chosen` (preference sets), then `prompt` + `response`.
+    """
+
+    path: str = Field(description="Hub id, local file, or bundled:NAME")
+    name: str | None = Field(None, description="Dataset configuration name on the hub")
+    split: str = Field("train", description="Split to load, e.g. train_sft")
+    revision: str | None = Field(None, description="Hub revision (commit or tag) for reproducibility")
+    prompt_column: str | None = Field(None, description="Column with the instruction")
+    response_column: str | None = Field(None, description="Column with the reference response")
+    messages_column: str | None = Field(None, description="Column with a chat (list of {role, content})")
+    max_rows: int | None = Field(None, ge=1, description="Keep only the first N rows (after shuffling)")
+    shuffle_seed: int | None = Field(None, description="Shuffle with this seed before max_rows")
+
+
+class TinyModelConfig(Section):
+    """The locally built tiny model (used when model.name_or_path == 'tiny')."""
+
+    vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size")
+    hidden_size: int = Field(128, description="Hidden size; hidden/heads = 64 so vLLM can serve it")
+    num_attention_heads: int = 2
+    num_hidden_layers: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 1024
+    seed: int = 0
+
+
+class ModelSpec(Section):
+    name_or_path: str = Field("tiny", description="Hub id or local dir of the base model; 'tiny' builds one locally")
+    revision: str | None = Field(None, description="Hub revision")
+    trust_remote_code: bool = Field(False, description="Run model code from the hub (off unless you trust it)")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+
+class DataConfig(Section):
+    sft: DatasetSpec = Field(description="D_sft: SFT data (UltraChat-200k train_sft in the paper)")
+    improver: DatasetSpec = Field(description="D_imp: prompts + SFT responses for improver data (dpo-mix-7k)")
+    po: DatasetSpec = Field(description="D_po: prompts + SFT references for preference optimisation")
+    eval: DatasetSpec = Field(description="Judging prompts with baseline answers")
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class TrainConfig(Section):
+    """Training hyper-parameters; hardware (accelerate/DeepSpeed) lives in separate files."""
+
+    epochs: float = Field(1.0, gt=0)
+    learning_rate: float = Field(2e-5, gt=0)
+    per_device_batch_size: int = runtime_field(8, "Micro-batch size per device", ge=1)
+    effective_batch_size: int = Field(
+        128, ge=1, description="Global batch (the paper's 128); gradient accumulation = this / (micro-batch x devices)"
+    )
+    max_length: int = Field(2048, ge=16)
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = 0.0
+    max_steps: int = Field(-1, description="Stop after N optimiser steps (-1: full epochs)")
+    seed: int = 42
+    bf16: bool = runtime_field(False, "bf16 mixed precision (GPU)")
+    gradient_checkpointing: bool = runtime_field(False, "Trade compute for memory")
+    logging_steps: int = runtime_field(1, "Log metrics every N steps")
+
+
+class SFTStageConfig(TrainConfig):
+    pass
+
+
+class SamplingConfig(Section):
+    """Generation settings; the paper samples everything at temperature 0.7, top-p 0.9."""
+
+    backend: Literal["transformers", "vllm", "openai"] = runtime_field(
+        "transformers", "Generation back-end: transformers (CPU), vllm (GPU), openai (any server)"
+    )
+    base_url: str | None = runtime_field(None, "For backend=openai: the OpenAI-compatible server")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_new_tokens: int = Field(512, ge=1)
+    n: int = Field(1, ge=1, description="Samples per prompt")
+    seed: int = 0
+    batch_size: int = runtime_field(16, "Prompts per generate() call", ge=1)
+
+
+class SampleStageConfig(Section):
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+
+
+class AnnotateStageConfig(Section):
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="The external LLM")
+    prompt: str = Field("annotate_improve_v1", description="Prompt file under sgpo/prompts")
+    direct_prompt: str = Field("external_answer_v1", description="Prompt for the external LLM's own answer y_ext")
+    with_external_answer: bool = Field(True, description="Also ask the external LLM to answer x directly (y_ext)")
+    temperature: float = Field(0.7, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    max_tokens: int = Field(1024, ge=1)
+    seed: int = 0
+
+
+class PplFilterStageConfig(Section):
+    iqr_k: float = Field(1.5, gt=0, description="Tukey fence multiplier: keep [Q1 - k IQR, Q3 + k IQR]")
+    max_length: int = Field(2048, ge=16)
+    batch_size: int = runtime_field(8, "Sequences per forward pass", ge=1)
+
+
+class ImproverSFTStageConfig(TrainConfig):
+    epochs: float = Field(3.0, gt=0)
+    targets: list[Literal["imp", "ext"]] = Field(
+        default_factory=lambda: ["imp", "ext"], description="Which filtered responses are targets", min_length=1
+    )
+    prompt: str = Field("improver_v1", description="Improver training prompt (no SFT reference)")
+    with_reference: bool = Field(False, description="All-Ref ablation: put the SFT reference in this prompt too")
+    reference_prompt: str = Field("refine_v1", description="Prompt used when with_reference is on")
+
+
+class PairsStageConfig(Section):
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    chosen: Literal["refined", "sft"] = Field("refined", description="refined: y+ from the improver; sft: y_sft (SGPO-diamond / SPIN)")
+    refine_with_reference: bool = Field(True, description="Refining prompt holds the SFT reference (No-Ref: off)")
+    prompt: str = Field("refine_v1", description="Refining prompt with the SFT reference")
+    no_reference_prompt: str = Field("improver_v1", description="Refining prompt without the reference")
+
+
+class DPOStageConfig(TrainConfig):
+    learning_rate: float = Field(5e-7, gt=0)
+    beta: float = Field(0.1, gt=0)
+    loss_type: str = "sigmoid"
+    max_length: int = Field(2048, ge=16)
+
+
+class JudgeStageConfig(Section):
+    endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="The judge LLM")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How the policy answers eval prompts")
+    prompt: str = Field("judge_pairwise_v1", description="Pairwise judge prompt (answers 'm' or 'M')")
+    top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the judge's one-token answer (official: 5)")
+    judge_temperature: float = Field(1.0, ge=0, description="Judge sampling temperature (official weighted evaluator: 1)")
+    seed: int = Field(0, description="Seed of the per-instruction random order of the two outputs")
+
+
+# --------------------------------------------------------------------------- infrastructure
+
+
+class StoreConfig(Section):
+    url: str = runtime_field("./.sgpo/store", "Artifact store: a folder, file://, or s3://bucket/prefix")
+    storage_options: dict[str, Any] = runtime_field(
+        default_factory=dict,
+        description="fsspec options without secrets, e.g. {client_kwargs: {endpoint_url: ...}}; "
+        "credentials come from the environment (AWS_ACCESS_KEY_ID, ...)",
+    )
+
+
+class TrackingConfig(Section):
+    mlflow_uri: str = runtime_field("sqlite:///./.sgpo/mlflow.db", "MLflow tracking URI (an http:// server in a team)")
+    experiment: str = runtime_field("sgpo", "MLflow experiment name")
+    enabled: bool = runtime_field(True, "Log to MLflow")
+
+
+class EmbeddedLLMConfig(Section):
+    """The stand-in for the external LLM when an endpoint has no base_url."""
+
+    model: str = runtime_field("base", "'base' = the pipeline's base model, or a local model dir")
+    max_new_tokens_cap: int = runtime_field(256, "Cap on generated tokens (tiny models ramble)")
+
+
+class ExecutionConfig(Section):
+    mode: Literal["local", "distributed"] = runtime_field(
+        "local", "local: every stage in this process; distributed: GPU stages via run_deployment"
+    )
+    cuda_work_pool: str = runtime_field("cuda", "Work pool for GPU stages in distributed mode")
+    deployment_prefix: str = runtime_field("sgpo-stage", "GPU-stage deployments are named '<stage>/<prefix>-<stage>'")
+
+
+class PipelineConfig(Section):
+    """One SGPO run: base model, data, every stage's settings, and where things are kept."""
+
+    name: str = Field("sgpo-tiny", description="Run name (MLflow run name)")
+    seed: int = 42
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    data: DataConfig
+    shared_improver: bool = Field(
+        True, description="Policy and improver share parameters (SGPO); off = separate models (SGPO-dagger)"
+    )
+    rounds: int = Field(1, ge=1, description="Pair generation + DPO rounds (2 = SGPO + Step 2)")
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
+    sample: SampleStageConfig = Field(default_factory=SampleStageConfig)
+    annotate: AnnotateStageConfig = Field(default_factory=AnnotateStageConfig)
+    ppl_filter: PplFilterStageConfig = Field(default_factory=PplFilterStageConfig)
+    improver_sft: ImproverSFTStageConfig = Field(default_factory=ImproverSFTStageConfig)
+    pairs: PairsStageConfig = Field(default_factory=PairsStageConfig)
+    dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
+    judge: JudgeStageConfig = Field(default_factory=JudgeStageConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    embedded_llm: EmbeddedLLMConfig = Field(default_factory=EmbeddedLLMConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def preset_path(name: str) -> Path:
+    """`tiny` -> configs/tiny.yaml; a path is returned as is."""
+    p = Path(name)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return CONFIG_DIR / f"{name}.yaml"
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value (e.g. sft.learning_rate=1e-5)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {e}") from None
+    return key.split("."), value
+
+
+def _set_dotted(tree: dict, parts: list[str], value: Any) -> None:
+    node = tree
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = value
+
+
+def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the section that `loc` points into (for 'did you mean')."""
+    cls: Any = model
+    for part in loc[:-1]:
+        field = getattr(cls, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        ann = field.annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if cls is None:
+            return []
+    return list(getattr(cls, "model_fields", {}))
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for e in err.errors():
+        loc = tuple(str(x) for x in e["loc"])
+        key = ".".join(loc) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc[-1], _known_keys(PipelineConfig, loc), n=1)
+            msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = f"{msg} (got {e.get('input')!r})"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a preset name or YAML file, apply `key=value` overrides, validate."""
+    path = preset_path(str(source) if source else "tiny")
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise ConfigError(f"config {str(source)!r} not found (no file {path}); presets: {known}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, not {type(tree).__name__}")
+    for item in overrides:
+        parts, value = _parse_override(item)
+        _set_dotted(tree, parts, value)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path))) from None
+
+
+def cache_payload(section: BaseModel) -> dict[str, Any]:
+    """The section as JSON-able data without its runtime-only fields (what a cache key hashes)."""
+    out: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get(NOT_IN_CACHE_KEY):
+            continue
+        value = getattr(section, name)
+        out[name] = cache_payload(value) if isinstance(value, BaseModel) else json.loads(json.dumps(value, default=str))
+    return out

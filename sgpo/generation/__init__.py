@@ -1,0 +1,48 @@
+"""Generation back-ends behind one contract.
+
+`Generator.generate(conversations, params)` takes chat conversations (lists of
+{role, content}) and returns, per conversation, `params.n` `Generation`s in order. Back-ends:
+  transformers  in-process HF generate; CPU tests and small runs    (sgpo.generation.hf)
+  vllm          in-process vllm.LLM batch generation on a GPU worker (sgpo.generation.vllm)
+  openai        any OpenAI-compatible server, e.g. `vllm serve`      (sgpo.generation.openai_server)
+All apply the model's own chat template and honour temperature, top_p, max_new_tokens, n, seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from sgpo.config import SamplingConfig
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    finish_reason: str  # "stop" (end of sequence) or "length" (hit max_new_tokens)
+    completion_tokens: int
+
+
+class Generator(Protocol):
+    def generate(self, conversations: list[list[dict[str, str]]], params: "SamplingConfig") -> list[list[Generation]]: ...
+
+    def close(self) -> None: ...
+
+
+def open_generator(model_dir: str, params: "SamplingConfig", *, trust_remote_code: bool = False) -> Generator:
+    """The back-end named by `params.backend`, loaded for the checkpoint in `model_dir`."""
+    if params.backend == "transformers":
+        from sgpo.generation.hf import TransformersGenerator
+
+        return TransformersGenerator(model_dir, trust_remote_code=trust_remote_code)
+    if params.backend == "vllm":
+        from sgpo.generation.vllm import VLLMGenerator
+
+        return VLLMGenerator(model_dir, trust_remote_code=trust_remote_code)
+    if params.backend == "openai":
+        from sgpo.generation.openai_server import OpenAIServerGenerator
+
+        if not params.base_url:
+            raise ValueError("sampling.backend=openai needs sampling.base_url (the server serving this checkpoint)")
+        return OpenAIServerGenerator(params.base_url, model=model_dir)
+    raise ValueError(f"unknown generation backend {params.backend!r}")

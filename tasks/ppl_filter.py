@@ -1,0 +1,132 @@
+"""Stage 4, `ppl_filter`: perplexity of each y_imp and y_ext under pi_sft; drop Tukey outliers.
+
+Perplexity is conditional on the instruction: exp(mean token NLL of the response's tokens)
+after the chat-formatted prompt, as pi_sft would generate it. Fences are computed per response
+type (imp, ext): keep ppl in [Q1 - k IQR, Q3 + k IQR], quartiles by linear interpolation
+(numpy's default). Output: one row per candidate target with `ppl` and `kept`, so the paper's
+Fig. 5 histograms can be drawn from the artifact; the fences and counts are in its summary.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from prefect import task
+
+from artifacts.hashing import stage_cache_key
+from artifacts.refs import ArtifactRef
+from sgpo.config import PplFilterStageConfig, cache_payload
+from tasks.common import TASK_DEFAULTS, StageContext, manifest, stage_logger
+
+STAGE = "ppl_filter"
+CODE_VERSION = "1"
+RESPONSE_TYPES = ("imp", "ext")
+
+
+def tukey_fences(values: Sequence[float], k: float = 1.5) -> dict[str, float]:
+    import numpy as np
+
+    if len(values) == 0:
+        raise ValueError("no values to compute fences on")
+    q1, q3 = (float(x) for x in np.percentile(np.asarray(values, dtype=float), [25, 75]))
+    iqr = q3 - q1
+    return {"q1": q1, "q3": q3, "iqr": iqr, "low": q1 - k * iqr, "high": q3 + k * iqr}
+
+
+def response_perplexities(
+    model_dir: str, prompts: list[str], responses: list[str], *, batch_size: int, max_length: int,
+    trust_remote_code: bool = False,
+) -> list[float]:
+    """exp(mean NLL over the response tokens | chat-formatted prompt), one per pair."""
+    import math
+
+    import torch
+
+    from sgpo.tinykit import load_tokenizer
+    from sgpo.training import load_model
+
+    tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.to(device).eval()
+    out: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        ids, labels = [], []
+        for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size]):
+            prefix = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            p_ids = tok(prefix, add_special_tokens=False).input_ids
+            r_ids = tok(r + tok.eos_token, add_special_tokens=False).input_ids
+            seq = (p_ids + r_ids)[-max_length:]  # keep the response; cut the prompt's head if too long
+            n_resp = min(len(r_ids), len(seq) - 1)
+            ids.append(seq)
+            labels.append([-100] * (len(seq) - n_resp) + seq[len(seq) - n_resp :])
+        width = max(len(s) for s in ids)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in ids], device=device)
+        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=device)
+        lab = torch.tensor([l + [-100] * (width - len(l)) for l in labels], device=device)
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attn).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        target = lab[:, 1:]
+        mask = target != -100
+        nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
+        for row_nll, row_mask in zip(nll, mask):
+            out.append(math.exp(float(row_nll.sum() / row_mask.sum())))
+    return out
+
+
+def cache_key(policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig) -> str:
+    return stage_cache_key(
+        STAGE, code_version=CODE_VERSION, config=cache_payload(cfg),
+        inputs={"policy": policy.content_hash, "annotations": annotations.content_hash},
+    )
+
+
+def run_ppl_filter(policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig, ctx: StageContext) -> ArtifactRef:
+    import pyarrow as pa
+
+    store = ctx.open_store()
+    key = cache_key(policy, annotations, cfg)
+    if (ref := ctx.reuse(store, STAGE, key)) is not None:
+        return ref
+    rows = store.read_table(annotations).to_pylist()
+    candidates = [
+        {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "reference": r["reference"], "policy": r["policy"],
+         "target": r[t], "target_type": t}
+        for r in rows for t in RESPONSE_TYPES if r.get(t)
+    ]
+    if not candidates:
+        raise ValueError(f"{annotations.uri}: no usable improved or external responses to filter (all calls invalid?)")
+    log = stage_logger(STAGE)
+    with ctx.tracked(STAGE, cache_payload(cfg)) as tracker:
+        ppl = response_perplexities(
+            store.model_dir(policy), [c["prompt"] for c in candidates], [c["target"] for c in candidates],
+            batch_size=cfg.batch_size, max_length=cfg.max_length, trust_remote_code=ctx.trust_remote_code,
+        )
+        summary: dict = {}
+        for t in RESPONSE_TYPES:
+            idx = [i for i, c in enumerate(candidates) if c["target_type"] == t]
+            if not idx:
+                continue
+            fences = tukey_fences([ppl[i] for i in idx], cfg.iqr_k)
+            kept = 0
+            for i in idx:
+                candidates[i]["ppl"] = ppl[i]
+                candidates[i]["kept"] = fences["low"] <= ppl[i] <= fences["high"]
+                kept += candidates[i]["kept"]
+            summary[t] = {**fences, "total": len(idx), "kept": kept, "dropped": len(idx) - kept}
+            log.info("ppl filter %s: kept %d of %d (fences %.3g..%.3g)", t, kept, len(idx), fences["low"], fences["high"])
+        tracker.log_metrics({f"{t}.{k}": v for t, s in summary.items() for k, v in s.items()})
+        ref = store.publish_table(
+            STAGE, key, pa.Table.from_pylist(candidates),
+            manifest=manifest(STAGE, CODE_VERSION, cache_payload(cfg), {"policy": policy, "annotations": annotations},
+                              extra={"fences": summary}),
+            summary=summary, produced_by=ctx.run_id,
+        )
+        tracker.set_tags({"sgpo.artifact_uri": ref.uri})
+        return ref
+
+
+@task(name="ppl_filter", cache_key_fn=lambda _c, p: cache_key(p["policy"], p["annotations"], p["cfg"]), tags=["gpu"], **TASK_DEFAULTS)
+def ppl_filter_task(policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig, ctx: StageContext) -> ArtifactRef:
+    return run_ppl_filter(policy, annotations, cfg, ctx)
