@@ -55,7 +55,12 @@ def load_raw(spec: DatasetSpec):
 
     path = local_path(spec)
     if path is not None:
-        return load_dataset(FILE_FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
+        if path.stat().st_size == 0:
+            raise DatasetError(f"{_describe(spec)} is empty (file {path} has no rows)")
+        try:
+            return load_dataset(FILE_FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
+        except (Exception, StopIteration) as e:  # datasets raises a bare StopIteration on whitespace-only files
+            raise DatasetError(f"could not read {_describe(spec)} from {path}: {type(e).__name__}: {e}") from e
     try:
         if spec.path.startswith("hf://") and Path(spec.path).suffix in FILE_FORMATS:  # one file in a hub repo
             fmt = FILE_FORMATS[Path(spec.path).suffix]

@@ -8,7 +8,7 @@ termcolor and tiktoken and changes none of torch / prefect / transformers / open
 fastapi), but it is **not** used as a dependency:
 
 * ``import alpaca_eval`` (0.6.6) fails in our environment: ``alpaca_eval/utils.py`` imports
-  ``pkg_resources``, which recent setuptools (>= 81; we have 84) no longer ships;
+  ``pkg_resources``, which the recent setuptools in our venv (84.2) no longer ships;
 * its length-controlled entry point (``metrics.get_length_controlled_winrate``) unconditionally
   calls ``hf_hub_download`` for ``df_gamed.csv`` and ``instruction_difficulty.csv`` inside the
   function, so it cannot run offline or on injected data (our tests and air-gapped runs);
@@ -35,8 +35,9 @@ So this module re-implements, line by line, the official code of tatsu-lab/alpac
 Only the feature matrix is built by hand instead of with patsy (same three columns, same names,
 same order). The LC results were cross-checked against upstream's own ``glm_winrate.py`` (0.6.6, run
 in a scratch directory with ``hf_hub_download`` redirected to local files): identical to the last
-printed digit, with and without the gamed-baseline regulariser (see the reference values in
-``tests/test_metrics_alpaca_eval.py``).
+printed digit (1e-10), with and without the gamed-baseline regulariser (reference values in
+``tests/test_metrics_alpaca_eval.py``); raw/discrete win rates and the logprob rule match upstream's
+functions exactly as well.
 
 Instruction difficulty
 ----------------------
@@ -56,8 +57,10 @@ Gamed-baseline regularisation: upstream adds the annotations of two "gamed" GPT-
 (verbose / concise, from ``df_gamed.csv``) to the training set with sample weight
 ``lambda / 2 = 0.1`` each and ``not_gamed_baseline = 0``. When those rows are not supplied
 (offline), :func:`length_controlled_win_rate` falls back to upstream's unregularised path
-(``regularize_to_baseline_lambda=None``), which is what the offline tests exercise; the result is
-reported with ``"regularized": False``.
+(``regularize_to_baseline_lambda=None``) and reports ``"regularized": False``. That fallback is NOT
+the leaderboard number: with the surrogate difficulty it gives 21.40 (gpt-3.5-turbo-1106, published
+19.30) and 7.12 (alpaca-7b, published 5.88). For leaderboard-comparable LC pass
+``gamed_annotations=download_gamed_annotations()`` (and the official difficulty).
 """
 
 from __future__ import annotations
@@ -178,6 +181,8 @@ def preference_from_top_logprobs(
     missing = float("-inf")
     numerator = lp.get(numerator_token, missing)
     denominator = np.logaddexp.reduce([lp.get(t, missing) for t in denominator_tokens])
+    if not np.isfinite(denominator):  # only -inf logprobs: no usable mass
+        return None
     p_first = float(np.exp(numerator - denominator))
     preference_display_order = 2.0 - p_first  # 1 = output shown first is better
     return 3.0 - preference_display_order if model_first else preference_display_order

@@ -17,7 +17,10 @@ Faithful re-implementation of lm-sys/arena-hard-auto (v0.1 era, the code that pr
   INIT_RATING``, shifted so the baseline is exactly 1000.
 * ``show_result.get_bootstrap_result`` -> :func:`bootstrap`: ``rounds`` resamples of the battle
   rows with replacement (``DataFrame.sample(frac=1, replace=True)`` under ``np.random.seed(42)``; we
-  draw the same indices from ``np.random.RandomState(seed)``), MLE Elo on each.
+  draw the same indices from ``np.random.RandomState(seed)``), MLE Elo on each. Upstream meant to
+  pass the baseline to each bootstrap fit but never does (``kwargs[baseline_model] = ...`` keys the
+  dict by the model *name*), so its bootstrap always anchors ``gpt-4-0314``; we anchor the requested
+  baseline, which is identical for the default baseline.
 * ``show_result`` main + ``predict_win_rate`` / ``get_win_rate_column`` -> :func:`score`: the score is
   the predicted win rate (%) vs the baseline from the point-estimate Elo; the 95% CI converts the
   2.5th / 97.5th percentiles (``np.percentile``, linear interpolation) of the bootstrap *Elo* into win

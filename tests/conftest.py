@@ -1,0 +1,77 @@
+"""Test-wide isolation: own Prefect home, caches and credentials; no network, no hub."""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="sgpo-tests-"))
+# Set before anything imports prefect: its settings are read at import time.
+os.environ.update(
+    PREFECT_HOME=str(_SESSION_TMP / "prefect"),
+    PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120",
+    PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    PREFECT_LOGGING_LEVEL="WARNING",
+    SGPO_CACHE_DIR=str(_SESSION_TMP / "cache"),
+    HF_HUB_OFFLINE="1",
+    HF_DATASETS_OFFLINE="1",
+    HF_DATASETS_DISABLE_PROGRESS_BARS="1",
+    TOKENIZERS_PARALLELISM="false",
+    TRANSFORMERS_VERBOSITY="error",
+    AWS_ACCESS_KEY_ID="testing",
+    AWS_SECRET_ACCESS_KEY="testing",
+    AWS_DEFAULT_REGION="us-east-1",
+)
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("OPENAI_API_KEY", None)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("SGPO_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if not d.is_dir():
+        pytest.skip(f"reference data folder {d} is absent (set SGPO_SHARED_DATA to the shared/data folder)")
+    return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 protocol endpoint on loopback (moto's server), with a bucket `sgpo-test`."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    url = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=url, region_name="us-east-1").create_bucket(Bucket="sgpo-test")
+    yield url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny kit's model, built once per session."""
+    from sgpo.config import TinyModelConfig
+    from sgpo.tinykit import build_tiny_model, corpus_texts
+    from tasks.prepare import BUNDLED_DIR
+
+    out = _SESSION_TMP / "tiny-model"
+    if not (out / "config.json").exists():
+        build_tiny_model(out, TinyModelConfig(), corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))))
+    return out

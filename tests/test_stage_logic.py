@@ -1,0 +1,234 @@
+"""Unit tests of each stage's own logic, without Prefect."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from artifacts.refs import ArtifactRef
+from sgpo.config import DatasetSpec, ImproverSFTStageConfig, PairsStageConfig, load_config
+from sgpo.prompts import PromptError, load_prompt
+from tasks import pairs, ppl_filter, prepare
+from tasks.improver_sft import improver_examples
+
+
+# ----------------------------------------------------------------- IQR filter
+def test_tukey_fences_hand_computed():
+    # sorted: 1 2 3 4 5 6 7 8 ; numpy linear quartiles: Q1 = 2.75, Q3 = 6.25, IQR = 3.5
+    f = ppl_filter.tukey_fences([8, 1, 7, 2, 6, 3, 5, 4], k=1.5)
+    assert f["q1"] == pytest.approx(2.75) and f["q3"] == pytest.approx(6.25)
+    assert f["low"] == pytest.approx(2.75 - 5.25) and f["high"] == pytest.approx(6.25 + 5.25)
+
+
+def test_tukey_fences_flag_the_outlier():
+    values = [10, 11, 12, 13, 14, 100]
+    f = ppl_filter.tukey_fences(values)
+    kept = [v for v in values if f["low"] <= v <= f["high"]]
+    assert kept == [10, 11, 12, 13, 14]
+
+
+def test_tukey_fences_empty_raises():
+    with pytest.raises(ValueError):
+        ppl_filter.tukey_fences([])
+
+
+def test_response_perplexity_matches_manual_loss(tiny_model_dir):
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sgpo.tinykit import load_tokenizer
+
+    ppl = ppl_filter.response_perplexities(str(tiny_model_dir), ["Say hi"], ["Hello there"], batch_size=2, max_length=256)
+    tok = load_tokenizer(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prefix = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], tokenize=False, add_generation_prompt=True)
+    p = tok(prefix, add_special_tokens=False).input_ids
+    r = tok("Hello there" + tok.eos_token, add_special_tokens=False).input_ids
+    ids = torch.tensor([p + r])
+    labels = torch.tensor([[-100] * len(p) + r])
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=labels).loss
+    assert ppl[0] == pytest.approx(math.exp(float(loss)), rel=1e-4)
+
+
+def test_perplexity_is_padding_invariant(tiny_model_dir):
+    alone = ppl_filter.response_perplexities(str(tiny_model_dir), ["Q"], ["short answer"], batch_size=1, max_length=256)
+    batched = ppl_filter.response_perplexities(
+        str(tiny_model_dir), ["Q", "A much longer prompt " * 5], ["short answer", "long " * 20], batch_size=2, max_length=256
+    )
+    assert batched[0] == pytest.approx(alone[0], rel=1e-4)
+
+
+# ----------------------------------------------------------------- prompts
+def test_prompt_rendering_and_versions():
+    p = load_prompt("refine_v1")
+    text = p.render(instruction="Do {x}", response="y {}", reference="ref")
+    assert "Do {x}" in text and "y {}" in text and "ref" in text  # braces in values survive
+    assert p.version.startswith("refine_v1@") and len(p.version.split("@")[1]) == 12
+    with pytest.raises(PromptError, match="missing"):
+        p.render(instruction="x", response="y")
+    with pytest.raises(PromptError, match="unexpected"):
+        load_prompt("improver_v1").render(instruction="x", response="y", reference="z")
+    with pytest.raises(PromptError, match="unknown prompt"):
+        load_prompt("nope")
+
+
+def test_improver_prompt_has_no_reference_and_refine_prompt_has_it():
+    assert "reference" not in load_prompt("improver_v1").fields
+    assert {"instruction", "response", "reference"} == load_prompt("refine_v1").fields
+    assert {"instruction", "response_a", "response_b"} == load_prompt("annotate_improve_v1").fields
+
+
+# ----------------------------------------------------------------- pairs
+ROWS = [{"prompt_id": "p0", "prompt": "x0", "reference": "sft0"}, {"prompt_id": "p1", "prompt": "x1", "reference": "sft1"}]
+
+
+def test_pairs_refined_chosen_policy_rejected():
+    out = pairs.build_pairs(ROWS, [["y0"], ["y1a", "y1b"]], ["y0+", "y1a+", "y1b+"], PairsStageConfig())
+    assert [(p["chosen"], p["rejected"]) for p in out] == [("y0+", "y0"), ("y1a+", "y1a"), ("y1b+", "y1b")]
+    assert [p["sample_index"] for p in out] == [0, 0, 1]
+
+
+def test_pairs_diamond_uses_sft_reference():
+    out = pairs.build_pairs(ROWS, [["y0"], ["y1"]], None, PairsStageConfig(chosen="sft"))
+    assert [(p["chosen"], p["rejected"]) for p in out] == [("sft0", "y0"), ("sft1", "y1")]
+
+
+def test_refine_messages_with_and_without_reference():
+    with_ref = pairs.refine_messages(PairsStageConfig(), "inst", "resp", "REFERENCE-TEXT")[0]["content"]
+    no_ref = pairs.refine_messages(PairsStageConfig(refine_with_reference=False), "inst", "resp", "REFERENCE-TEXT")[0]["content"]
+    assert "REFERENCE-TEXT" in with_ref and "REFERENCE-TEXT" not in no_ref and "resp" in no_ref
+
+
+def test_improver_examples_follow_targets_and_filter():
+    rows = [
+        {"prompt": "x", "policy": "b", "reference": "a", "target": "imp!", "target_type": "imp", "kept": True},
+        {"prompt": "x", "policy": "b", "reference": "a", "target": "ext!", "target_type": "ext", "kept": True},
+        {"prompt": "x", "policy": "b", "reference": "a", "target": "out!", "target_type": "imp", "kept": False},
+    ]
+    both = improver_examples(rows, ImproverSFTStageConfig())
+    assert [t for _, t in both] == ["imp!", "ext!"]
+    assert "b" in both[0][0][0]["content"] and "[Reference" not in both[0][0][0]["content"]
+    ext_only = improver_examples(rows, ImproverSFTStageConfig(targets=["ext"]))
+    assert [t for _, t in ext_only] == ["ext!"]
+    all_ref = improver_examples(rows, ImproverSFTStageConfig(with_reference=True))
+    assert "a" in all_ref[0][0][0]["content"].split("[Reference answer]")[1]
+
+
+# ----------------------------------------------------------------- data loading
+def _spec(path, **kw):
+    return DatasetSpec(path=str(path), **kw)
+
+
+def test_normalizes_chat_preference_and_flat_formats(tmp_path):
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    rows, dropped = prepare.normalize_rows([{"messages": chat}], ["messages"], _spec("x.jsonl"))
+    assert rows == [{"prompt_id": "0", "prompt": "q", "reference": "a"}] and dropped == 0
+    rows, _ = prepare.normalize_rows([{"chosen": chat, "rejected": chat}], ["chosen", "rejected"], _spec("x.jsonl"))
+    assert rows[0]["reference"] == "a"
+    rows, _ = prepare.normalize_rows([{"instruction": "q", "output": "a"}], ["instruction", "output"], _spec("x.jsonl"))
+    assert rows[0]["prompt"] == "q"
+    rows, dropped = prepare.normalize_rows([{"instruction": "q", "output": ""}], ["instruction", "output"], _spec("x.jsonl"))
+    assert rows == [] and dropped == 1
+
+
+def test_wrong_column_is_named(tmp_path):
+    with pytest.raises(prepare.DatasetError, match="no column 'text'.*columns: \\['q', 'a'\\]"):
+        prepare.normalize_rows([{"q": 1, "a": 2}], ["q", "a"], _spec("x.jsonl", prompt_column="text"))
+    with pytest.raises(prepare.DatasetError, match="cannot find the prompt and response columns"):
+        prepare.normalize_rows([{"q": 1, "a": 2}], ["q", "a"], _spec("x.jsonl"))
+
+
+def test_empty_and_missing_datasets_fail_clearly(tmp_path):
+    from tasks.common import StageContext
+    from sgpo.config import StoreConfig
+
+    ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(prepare.DatasetError):
+        prepare.run_prepare(_spec(empty), ctx, role="po")
+    with pytest.raises(prepare.DatasetError, match="does not exist"):
+        prepare.run_prepare(_spec(tmp_path / "missing.jsonl"), ctx)
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text(json.dumps({"prompt": "q", "response": " "}) + "\n")
+    with pytest.raises(prepare.DatasetError, match="none of its 1 rows"):
+        prepare.run_prepare(_spec(blank), ctx)
+    assert not list((tmp_path / "store").rglob("manifest.json"))  # nothing looks finished
+
+
+def test_bundled_data_loads_through_load_dataset(tmp_path):
+    from tasks.common import StageContext
+    from sgpo.config import StoreConfig
+
+    ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
+    cfg = load_config("tiny")
+    ref = prepare.run_prepare(cfg.data.improver, ctx, role="improver")
+    assert ref.rows == cfg.data.improver.max_rows
+    table = ctx.open_store().read_table(ref)
+    assert table.column_names == ["prompt_id", "prompt", "reference"]
+
+
+# ----------------------------------------------------------------- cache keys
+KEY_SCRIPT = """
+from sgpo.config import load_config
+from artifacts.refs import ArtifactRef
+from tasks import sft, annotate
+cfg = load_config("tiny")
+a = ArtifactRef(uri="u", kind="model", stage="base_model", cache_key="c", content_hash="h1")
+d = ArtifactRef(uri="u", kind="table", stage="prepare", cache_key="c", content_hash="h2")
+print(sft.cache_key(a, d, cfg.sft), annotate.cache_key(d, cfg.annotate))
+"""
+
+
+def test_cache_keys_are_stable_across_processes():
+    outs = set()
+    for seed in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        outs.add(subprocess.run([sys.executable, "-c", KEY_SCRIPT], capture_output=True, text=True, env=env, check=True).stdout)
+    assert len(outs) == 1
+
+
+def test_cache_key_changes_with_config_inputs_and_prompt():
+    from tasks import annotate, sft
+
+    cfg = load_config("tiny")
+    a = ArtifactRef(uri="u", kind="model", stage="b", cache_key="c", content_hash="h1")
+    d = ArtifactRef(uri="u", kind="table", stage="p", cache_key="c", content_hash="h2")
+    d2 = d.model_copy(update={"content_hash": "h3"})
+    base = sft.cache_key(a, d, cfg.sft)
+    assert sft.cache_key(a, d2, cfg.sft) != base
+    assert sft.cache_key(a, d, cfg.sft.model_copy(update={"learning_rate": 1e-4})) != base
+    assert sft.cache_key(a, d, cfg.sft.model_copy(update={"per_device_batch_size": 2})) == base  # runtime only
+    assert annotate.cache_key(d, cfg.annotate) != annotate.cache_key(d, cfg.annotate.model_copy(update={"prompt": "refine_v1"}))
+
+
+# ----------------------------------------------------------------- tiny kit
+def test_tiny_tokenizer_round_trip_and_head_dim(tiny_model_dir):
+    from transformers import AutoConfig
+
+    from sgpo.tinykit import load_tokenizer
+
+    tok = load_tokenizer(tiny_model_dir)
+    text = "Rewrite:  tabs\tand\nnewlines, unicode — é ü 中文 {braces} <|im_end|>"
+    ids = tok(text, add_special_tokens=False).input_ids
+    assert tok.decode(ids) == text
+    assert tok.convert_tokens_to_ids("<|im_end|>") in ids  # special token stays one token
+    cfg = AutoConfig.from_pretrained(tiny_model_dir)
+    assert cfg.hidden_size // cfg.num_attention_heads == 64
+
+
+def test_tiny_kit_is_deterministic(tmp_path, tiny_model_dir):
+    import hashlib
+
+    from sgpo.config import TinyModelConfig
+    from sgpo.tinykit import build_tiny_model, corpus_texts
+
+    out = build_tiny_model(tmp_path / "again", TinyModelConfig(), corpus_texts(sorted(prepare.BUNDLED_DIR.glob("tiny/*.jsonl"))))
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256((tiny_model_dir / name).read_bytes()).digest()
