@@ -89,15 +89,23 @@ class _Runner:
         forced = stage in self.force or label in self.force
         ctx = self.ctx.model_copy(update={"refresh": forced})
         t0 = time.perf_counter()
-        state = task.with_options(result_storage=self.storage, refresh_cache=forced or None, task_run_name=label)(
-            **params, ctx=ctx, return_state=True
-        )
-        try:
-            ref: ArtifactRef = state.result()
-        except Exception as e:
-            raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
+        if self.cfg.execution.mode == "distributed":  # GPU stages as flow runs on the CUDA pool
+            from flows.dispatch import dispatch_stage
+
+            try:
+                ref, cached = dispatch_stage(label, stage, task, params, ctx, self.cfg.execution, result_storage=self.storage)
+            except Exception as e:
+                raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
+        else:
+            state = task.with_options(result_storage=self.storage, refresh_cache=forced or None, task_run_name=label)(
+                **params, ctx=ctx, return_state=True
+            )
+            try:
+                ref: ArtifactRef = state.result()
+            except Exception as e:
+                raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
+            cached = state.name == "Cached" or ref.produced_by != self.ctx.run_id
         seconds = time.perf_counter() - t0
-        cached = state.name == "Cached" or ref.produced_by != self.ctx.run_id
         report = StageReport(stage=label, status="cached" if cached else "ran", seconds=round(seconds, 2),
                              uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary)
         self.reports.append(report)

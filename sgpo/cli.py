@@ -42,6 +42,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     for k, v in EMBEDDED_PREFECT_DEFAULTS.items():
         os.environ.setdefault(k, v)
+    import warnings
+
+    # Deprecation notices from inside transformers/TRL are for their maintainers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*|trl\..*")
     print(f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})", flush=True)
     from flows.sgpo import STAGES, sgpo_pipeline
 
@@ -64,8 +68,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[sgpo] done in {time.perf_counter() - t0:.1f}s: {len(report.stages) - n_cached} ran, {n_cached} cached", flush=True)
     print(f"[sgpo] final policy: {report.final_policy}")
     j = report.judge
-    wr = f"{j['win_rate']:.2f}" if j.get("win_rate") is not None else "n/a"
-    print(f"[sgpo] judge: win rate {wr} vs baseline ({j.get('n_labelled', 0)} of {j.get('n', 0)} judged with a label)")
+    if j.get("win_rate") is not None:
+        print(f"[sgpo] judge: win rate {j['win_rate']:.2f} (SE {j.get('standard_error') or 0:.2f}) vs the baseline, "
+              f"{j['n_labelled']} of {j['n']} prompts judged")
+    else:
+        print(f"[sgpo] judge: no win rate: none of {j.get('n', 0)} judge answers had 'm' or 'M' among its top "
+              "logprobs (expected from the untrained tiny stand-in judge; a real judge labels almost every row)")
     return 0
 
 

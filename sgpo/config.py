@@ -138,6 +138,9 @@ class AnnotateStageConfig(Section):
     prompt: str = Field("annotate_improve_v1", description="Prompt file under sgpo/prompts")
     direct_prompt: str = Field("external_answer_v1", description="Prompt for the external LLM's own answer y_ext")
     with_external_answer: bool = Field(True, description="Also ask the external LLM to answer x directly (y_ext)")
+    accept_truncated: bool = Field(
+        False, description="Keep answers cut at max_tokens (finish_reason=length); off: re-ask, then drop them"
+    )
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1)

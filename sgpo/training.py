@@ -48,13 +48,23 @@ def common_args(cfg: "TrainConfig", output_dir: str) -> dict[str, Any]:
         data_seed=cfg.seed,
         bf16=cfg.bf16 and not use_cpu,
         use_cpu=use_cpu,
-        gradient_checkpointing=cfg.gradient_checkpointing,
+        **_checkpointing_arg(cfg.gradient_checkpointing),
         logging_steps=cfg.logging_steps,
         save_strategy="no",  # the stage publishes the final checkpoint itself
         report_to=[],  # metrics go to the stage's own MLflow run through our callback
         disable_tqdm=True,
         dataloader_num_workers=0,
     )
+
+
+def _checkpointing_arg(enabled: bool) -> dict[str, bool]:
+    """transformers 5 renamed gradient_checkpointing to activation_checkpointing."""
+    from dataclasses import fields
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def _quiet(trainer) -> None:

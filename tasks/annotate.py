@@ -96,7 +96,7 @@ def run_annotate(samples: ArtifactRef, cfg: AnnotateStageConfig, ctx: StageConte
         result = call_all(
             requests, cfg.endpoint, journal_url=store.work_url(STAGE, key) + "/calls",
             namespace=f"{STAGE}:{CODE_VERSION}:" + ",".join(sorted(prompt_versions(cfg).values())),
-            storage_options=store.storage_options,
+            storage_options=store.storage_options, allow_truncated=cfg.accept_truncated,
             progress=lambda done, total: log.info("annotate: %d/%d calls finished", done, total)
             if done == total or done % 50 == 0 else None,
         )

@@ -1,4 +1,5 @@
 """Shared helpers for the LLM server/client tests: a tiny local model and a cheap fake backend."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,27 +9,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sgpo.llm.server import ChatResult
-
-CORPUS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A helpful assistant answers the question clearly and briefly.",
-    "Which answer is better? Output m or M.",
-    "Paris is the capital of France; Berlin is the capital of Germany.",
-    "def add(a, b):\n    return a + b",
-    "Numbers: 1 2 3 4 5 6 7 8 9 10, and some unicode: café, naïve, 東京.",
-] * 20
-
-
-def build_tiny_model_dir(out_dir: str | Path) -> Path:
-    """A randomly initialised tiny Qwen2 model + byte-level BPE tokenizer, saved under out_dir."""
-    from types import SimpleNamespace
-
-    from sgpo.tinykit import build_tiny_model
-
-    # duck-typed TinyModelConfig: keeps these tests independent of the pipeline config module
-    cfg = SimpleNamespace(vocab_size=400, hidden_size=128, num_attention_heads=2, num_hidden_layers=2,
-                          intermediate_size=256, max_position_embeddings=512, seed=0)
-    return build_tiny_model(out_dir, cfg, CORPUS)
 
 
 def fake_text(messages: list[dict], seed: int | None) -> str:
@@ -59,13 +39,18 @@ class EchoBackend:
                 {
                     "token": w,
                     "logprob": -0.5,
-                    "top_logprobs": [{"token": w, "logprob": -0.5}, {"token": "x", "logprob": -1.5}][: top_logprobs],
+                    "top_logprobs": [{"token": w, "logprob": -0.5}, {"token": "x", "logprob": -1.5}][:top_logprobs],
                 }
                 for w in words
             ]
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
-        return ChatResult(text=text, finish_reason=finish, prompt_tokens=prompt_tokens,
-                          completion_tokens=len(words), logprobs=logprobs)
+        return ChatResult(
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=len(words),
+            logprobs=logprobs,
+        )
 
 
 class PoisonBackend(EchoBackend):
@@ -81,8 +66,13 @@ def make_requests(n: int, *, prefix: str = "q", top_logprobs: int | None = None)
     from sgpo.llm.client import ChatRequest
 
     return [
-        ChatRequest(key=f"row-{i}", messages=[{"role": "user", "content": f"{prefix} {i}"}], seed=100 + i,
-                    max_tokens=64, top_logprobs=top_logprobs)
+        ChatRequest(
+            key=f"row-{i}",
+            messages=[{"role": "user", "content": f"{prefix} {i}"}],
+            seed=100 + i,
+            max_tokens=64,
+            top_logprobs=top_logprobs,
+        )
         for i in range(n)
     ]
 

@@ -1,4 +1,5 @@
 """The durable LLM client against a real HTTP server with a fake model: retries, faults, journals, kills."""
+
 from __future__ import annotations
 
 import asyncio
@@ -10,13 +11,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from llm_helpers import PoisonBackend, content, fake_text, make_requests, serve_fake
 
 import sgpo.llm.client as client_mod
-from llm_helpers import PoisonBackend, content, fake_text, make_requests, serve_fake
 from sgpo.llm.client import (
     CallRecord,
     ChatRequest,
@@ -32,8 +33,15 @@ TESTS = Path(__file__).resolve().parent
 
 
 def endpoint(url: str | None, **kw) -> EndpointConfig:
-    base = dict(base_url=url, model="fake", api_key_env="SGPO_TEST_NO_SUCH_KEY", max_concurrency=8,
-                backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=10)
+    base = dict(
+        base_url=url,
+        model="fake",
+        api_key_env="SGPO_TEST_NO_SUCH_KEY",
+        max_concurrency=8,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        timeout_s=10,
+    )
     return EndpointConfig(**{**base, **kw})
 
 
@@ -79,8 +87,13 @@ def test_call_all_returns_records_in_order(tmp_path, monkeypatch):
     seen = []
     with serve_fake(log) as url:
         ep = endpoint(url, price_per_1m_prompt_tokens=10.0, price_per_1m_completion_tokens=30.0)
-        s = call_all(reqs, ep, journal_url=str(tmp_path / "j.jsonl"), namespace="t",
-                     progress=lambda done, total: seen.append((done, total)))
+        s = call_all(
+            reqs,
+            ep,
+            journal_url=str(tmp_path / "j.jsonl"),
+            namespace="t",
+            progress=lambda done, total: seen.append((done, total)),
+        )
     assert [r.key for r in s.records] == [r.key for r in reqs]
     assert [r.text for r in s.records] == [fake_text(r.messages, r.seed) for r in reqs]
     assert (s.n_ok, s.n_invalid, s.n_sent, s.n_from_journal, s.n_http_requests) == (12, 0, 12, 0, 12)
@@ -100,6 +113,7 @@ def test_call_all_returns_records_in_order(tmp_path, monkeypatch):
 
 def test_call_all_works_inside_a_running_event_loop(tmp_path):
     with serve_fake() as url:
+
         async def inside() -> int:
             return call_all(make_requests(3), endpoint(url), journal_url=str(tmp_path / "j"), namespace="t").n_ok
 
@@ -118,14 +132,27 @@ def test_faults_are_survived_without_paying_twice(tmp_path, monkeypatch):
         await real_sleep(min(d, 0.01))
 
     monkeypatch.setattr(client_mod, "_sleep", recording_sleep)
-    faults = FaultConfig(seed=5, rate_429=0.15, retry_after_s=0.5, rate_500=0.1, rate_timeout=0.1,
-                         timeout_sleep_s=1.5, rate_empty=0.15, rate_truncated=0.15, max_faults_per_request=2)
+    faults = FaultConfig(
+        seed=5,
+        rate_429=0.15,
+        retry_after_s=0.5,
+        rate_500=0.1,
+        rate_timeout=0.1,
+        timeout_sleep_s=5.0,
+        rate_empty=0.15,
+        rate_truncated=0.15,
+        max_faults_per_request=2,
+    )
     log = tmp_path / "req.jsonl"
     journal = tmp_path / "journal.jsonl"
     reqs = make_requests(40)
+    # Client timeout 2 s: far above a normal answer even on a loaded machine (a normal answer
+    # timed out would be delivered and paid twice, which is what this test must not see) and far
+    # below the 5 s an injected timeout takes.
     with serve_fake(log, faults) as url:
-        s = call_all(reqs, endpoint(url, timeout_s=0.5, max_invalid_retries=1), journal_url=str(journal),
-                     namespace="faults")
+        s = call_all(
+            reqs, endpoint(url, timeout_s=2.0, max_invalid_retries=1), journal_url=str(journal), namespace="faults"
+        )
     entries = read_request_log(log)
     faults_seen = Counter(e["fault"] for e in entries)
     assert {"429", "500", "timeout", "empty", "truncated"} <= set(faults_seen), faults_seen
@@ -135,8 +162,9 @@ def test_faults_are_survived_without_paying_twice(tmp_path, monkeypatch):
     for e in entries:
         if e["delivered"]:
             last_delivered[e["client_request_id"]] = e
-    expected_reason = {cid: {"empty": "empty", "truncated": "truncated", None: None}[e["fault"]]
-                       for cid, e in last_delivered.items()}
+    expected_reason = {
+        cid: {"empty": "empty", "truncated": "truncated", None: None}[e["fault"]] for cid, e in last_delivered.items()
+    }
     assert len(expected_reason) == 40
     assert s.n_ok + s.n_invalid == 40
     assert s.n_invalid == sum(r is not None for r in expected_reason.values()) > 0
@@ -188,14 +216,28 @@ def test_validate_rejections_are_reasked_then_kept_invalid(tmp_path):
         return "unparseable" if rec.key == "row-2" else None
 
     with serve_fake(log) as url:
-        s = call_all(reqs, endpoint(url, max_invalid_retries=2), journal_url=str(tmp_path / "j"), namespace="v",
-                     validate=validate)
+        s = call_all(
+            reqs,
+            endpoint(url, max_invalid_retries=2),
+            journal_url=str(tmp_path / "j"),
+            namespace="v",
+            validate=validate,
+        )
     bad = s.records[2]
     assert (bad.status, bad.reason, bad.attempts) == ("invalid", "unparseable", 3)
     assert bad.text == fake_text(reqs[2].messages, reqs[2].seed + 2)  # the last answer is kept for audit
     assert s.invalid_reasons == {"unparseable": 1} and s.n_ok == 3
     bodies = {e["request_hash"] for e in read_request_log(log) if e["client_request_id"] == bad.request_hash}
     assert len(bodies) == 3  # each re-ask is a different request (seed, seed+1, seed+2)
+
+
+def test_truncation_is_invalid_unless_allowed(tmp_path):
+    reqs = [r.model_copy(update={"max_tokens": 1, "top_logprobs": 2}) for r in make_requests(2)]
+    with serve_fake() as url:
+        strict = call_all(reqs, endpoint(url, max_invalid_retries=0), journal_url=str(tmp_path / "a"), namespace="t")
+        judge = call_all(reqs, endpoint(url), journal_url=str(tmp_path / "b"), namespace="t", allow_truncated=True)
+    assert strict.invalid_reasons == {"truncated": 2}
+    assert judge.n_ok == 2 and all(r.finish_reason == "length" and len(r.top_logprobs) == 1 for r in judge.records)
 
 
 def test_exhausted_retries_raise_a_clear_error_without_the_key(tmp_path, monkeypatch):
@@ -220,8 +262,9 @@ def test_unreachable_endpoint_and_missing_key(tmp_path):
     with pytest.raises(LLMCallError, match="APIConnectionError"):
         call_all(make_requests(1), endpoint(dead, max_retries=1), journal_url=str(tmp_path / "j"), namespace="u")
     with pytest.raises(LLMCallError, match="SGPO_TEST_NO_SUCH_KEY is not set"):
-        call_all(make_requests(1), endpoint("https://api.example.com/v1"), journal_url=str(tmp_path / "j2"),
-                 namespace="u")
+        call_all(
+            make_requests(1), endpoint("https://api.example.com/v1"), journal_url=str(tmp_path / "j2"), namespace="u"
+        )
 
 
 def test_a_fatal_error_keeps_finished_answers_and_stops_sending(tmp_path):
@@ -252,7 +295,9 @@ def test_a_non_retryable_status_is_fatal_not_journaled(tmp_path):
 def test_local_journal_tolerates_a_torn_last_line(tmp_path):
     path = tmp_path / "j.jsonl"
     rec = CallRecord(request_hash="a" * 64, key="k", status="ok", text="t", attempts=1, model="m")
-    path.write_text(rec.model_dump_json() + "\n" + rec.model_copy(update={"request_hash": "b" * 64}).model_dump_json()[:30])
+    path.write_text(
+        rec.model_dump_json() + "\n" + rec.model_copy(update={"request_hash": "b" * 64}).model_dump_json()[:30]
+    )
     j = LocalJournal(path)
     assert set(j.load()) == {"a" * 64}
     j.append(rec.model_copy(update={"request_hash": "c" * 64}))
@@ -260,38 +305,21 @@ def test_local_journal_tolerates_a_torn_last_line(tmp_path):
     assert set(LocalJournal(path).load()) == {"a" * 64, "c" * 64}
 
 
-def test_s3_journal(tmp_path):
-    from moto.server import ThreadedMotoServer
+def test_s3_journal(tmp_path, s3_endpoint):  # s3_endpoint: moto's S3 server, from conftest.py
+    import s3fs
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    moto.start()
-    try:
-        import s3fs
-
-        opts = {"client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}", "region_name": "us-east-1"},
-                "key": "testing", "secret": "testing"}
-        import boto3
-
-        boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                     aws_access_key_id="testing", aws_secret_access_key="testing").create_bucket(Bucket="journals")
-        fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
-        url = "s3://journals/run-1/annotate"
-        reqs = make_requests(6)
-        log = tmp_path / "req.jsonl"
-        with serve_fake(log) as base:
-            first = call_all(reqs[:4], endpoint(base), journal_url=url, namespace="s3", storage_options=opts)
-            second = call_all(reqs, endpoint(base), journal_url=url, namespace="s3", storage_options=opts)
-        assert (second.n_from_journal, second.n_sent) == (4, 2)
-        assert [content(r) for r in second.records[:4]] == [content(r) for r in first.records]
-        assert len(read_request_log(log)) == 6
-        fs.invalidate_cache()
-        objects = fs.ls("journals/run-1/annotate")
-        assert sorted(Path(p).name for p in objects) == sorted(f"{r.request_hash}.json" for r in second.records)
-    finally:
-        moto.stop()
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}, "key": "testing", "secret": "testing"}
+    url = "s3://sgpo-test/journal-test/annotate/calls"
+    reqs = make_requests(6)
+    log = tmp_path / "req.jsonl"
+    with serve_fake(log) as base:
+        first = call_all(reqs[:4], endpoint(base), journal_url=url, namespace="s3", storage_options=opts)
+        second = call_all(reqs, endpoint(base), journal_url=url, namespace="s3", storage_options=opts)
+    assert (second.n_from_journal, second.n_sent) == (4, 2)
+    assert [content(r) for r in second.records[:4]] == [content(r) for r in first.records]
+    assert len(read_request_log(log)) == 6
+    objects = s3fs.S3FileSystem(skip_instance_cache=True, **opts).ls(url)
+    assert sorted(Path(p).name for p in objects) == sorted(f"{r.request_hash}.json" for r in second.records)
 
 
 # --------------------------------------------------------------------------- kill -9
@@ -324,8 +352,9 @@ def test_kill_nine_then_resume_loses_and_repays_nothing(tmp_path):
 
     with serve_fake(log_a, faults) as url:
         ep = endpoint(url, max_concurrency=conc).model_dump()
-        proc = subprocess.Popen([sys.executable, str(script), json.dumps(ep), str(journal)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), json.dumps(ep), str(journal)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 60
         while journal_lines() < kill_after and proc.poll() is None:
             assert time.monotonic() < deadline
@@ -341,11 +370,16 @@ def test_kill_nine_then_resume_loses_and_repays_nothing(tmp_path):
     assert kill_after <= len(journaled_at_kill) < n
 
     with serve_fake(log_b, faults) as url:
-        resumed = call_all(make_requests(n), endpoint(url, max_concurrency=conc), journal_url=str(journal),
-                           namespace="kill")
+        resumed = call_all(
+            make_requests(n), endpoint(url, max_concurrency=conc), journal_url=str(journal), namespace="kill"
+        )
     with serve_fake(log_ref, faults) as url:
-        reference = call_all(make_requests(n), endpoint(url, max_concurrency=conc),
-                             journal_url=str(tmp_path / "ref.jsonl"), namespace="kill")
+        reference = call_all(
+            make_requests(n),
+            endpoint(url, max_concurrency=conc),
+            journal_url=str(tmp_path / "ref.jsonl"),
+            namespace="kill",
+        )
 
     # 1. Nothing lost: the interrupted-and-resumed run equals an uninterrupted one.
     assert resumed.n_ok == n and resumed.n_from_journal == len(journaled_at_kill)
@@ -361,5 +395,4 @@ def test_kill_nine_then_resume_loses_and_repays_nothing(tmp_path):
     repaid = delivered_a & delivered_b
     assert repaid <= set(hashes) - journaled_at_kill
     assert len(repaid) <= conc
-    print("DEBUG", kill_after, len(journaled_at_kill), len(repaid), len(a), len(b))
     assert delivered_twice(a) == [] and delivered_twice(b) == []

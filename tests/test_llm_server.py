@@ -1,4 +1,5 @@
 """The local OpenAI-compatible server, driven by the official `openai` client against a tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from llm_helpers import EchoBackend
 
-from llm_helpers import EchoBackend, build_tiny_model_dir
 from sgpo.llm.server import (
     FaultConfig,
     TransformersChatBackend,
@@ -23,18 +24,16 @@ from sgpo.llm.server import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-MESSAGES = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Which is the capital of France?"}]
+MESSAGES = [
+    {"role": "system", "content": "You are helpful."},
+    {"role": "user", "content": "Which is the capital of France?"},
+]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def served(tiny_dir, tmp_path_factory):
+def served(tiny_model_dir, tmp_path_factory):  # tiny_model_dir: the session fixture in conftest.py
     log = tmp_path_factory.mktemp("log") / "requests.jsonl"
-    app = build_app(TransformersChatBackend(tiny_dir), model_name="tiny-test", request_log=log)
+    app = build_app(TransformersChatBackend(tiny_model_dir), model_name="tiny-test", request_log=log)
     with running_server(app) as url:
         yield url, log
 
@@ -133,8 +132,15 @@ def test_stop_sequences_cut_the_text(client):
 
 
 def test_fault_decisions_are_deterministic_and_bounded():
-    cfg = FaultConfig(seed=3, rate_429=0.2, rate_500=0.2, rate_timeout=0.1, rate_empty=0.1, rate_truncated=0.1,
-                      max_faults_per_request=2)
+    cfg = FaultConfig(
+        seed=3,
+        rate_429=0.2,
+        rate_500=0.2,
+        rate_timeout=0.1,
+        rate_empty=0.1,
+        rate_truncated=0.1,
+        max_faults_per_request=2,
+    )
     decisions = [cfg.decide(f"h{i}", a) for i in range(2000) for a in range(3)]
     assert decisions == [cfg.decide(f"h{i}", a) for i in range(2000) for a in range(3)]
     assert all(d is None for d in decisions[2::3])  # attempt 2 >= max_faults_per_request: always answered
@@ -148,8 +154,12 @@ def test_fault_decisions_are_deterministic_and_bounded():
 
 def test_injected_429_carries_retry_after(tmp_path):
     log = tmp_path / "req.jsonl"
-    app = build_app(EchoBackend(), model_name="fake", request_log=log,
-                    faults=FaultConfig(rate_429=1.0, retry_after_s=7, max_faults_per_request=1))
+    app = build_app(
+        EchoBackend(),
+        model_name="fake",
+        request_log=log,
+        faults=FaultConfig(rate_429=1.0, retry_after_s=7, max_faults_per_request=1),
+    )
     with running_server(app) as url:
         body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "x"}]}).encode()
         post = lambda: urllib.request.urlopen(  # noqa: E731
@@ -174,13 +184,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_cli_entry_point(tiny_dir, tmp_path):
+def test_cli_help_is_cheap():
+    # the module imports no torch/fastapi at import time, so --help answers at once
+    out = subprocess.run(
+        [sys.executable, "-m", "sgpo.llm.server", "--help"],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "--served-model-name" in out and "--fault-config" in out
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch + transformers: ~10 s, more on a loaded machine
+def test_cli_entry_point(tiny_model_dir, tmp_path):
     port = _free_port()
     log = tmp_path / "cli.jsonl"
     faults = json.dumps({"seed": 1, "latency_s": 0.0})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sgpo.llm.server", "--model", str(tiny_dir), "--port", str(port),
+        [sys.executable, "-m", "sgpo.llm.server", "--model", str(tiny_model_dir), "--port", str(port),
          "--served-model-name", "cli-tiny", "--fault-config", faults, "--request-log", str(log)],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )  # fmt: skip

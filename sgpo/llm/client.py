@@ -22,6 +22,7 @@ tolerated. Elsewhere (s3://...): `journal_url` is a prefix holding one small JSO
 record, `{journal_url}/{request_hash}.json`; an object store's put is atomic, and appends are not
 available there.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -50,6 +51,8 @@ _sleep = asyncio.sleep  # module-level so tests can observe backoff delays witho
 # Same marker as sgpo.config.runtime_field (not imported: sgpo.config imports this module).
 # Fields so marked change how calls are made, not what they return, so they stay out of cache keys.
 NOT_IN_CACHE_KEY = "not_in_cache_key"
+
+_MAX_RETRY_AFTER_S = 600.0
 
 # 400s that are a property of one request, not of the configuration: re-sending it cannot help,
 # failing the whole batch for one over-long or flagged prompt would be worse, so the row is kept
@@ -127,7 +130,9 @@ class CallRecord(BaseModel):
     finish_reason: str | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    top_logprobs: list[dict] | None = None  # per generated token: {"token", "logprob", "top_logprobs": [{"token","logprob"}]}
+    top_logprobs: list[dict] | None = (
+        None  # per generated token: {"token", "logprob", "top_logprobs": [{"token","logprob"}]}
+    )
     attempts: int = 0  # HTTP requests sent for this record, retries and re-asks included
     model: str = ""  # the model that answered, as the response names it
     raw_response: str | None = None  # the last response's JSON body, for audit
@@ -151,7 +156,9 @@ class CallSummary(BaseModel):
 class LLMCallError(RuntimeError):
     """A request that could not be completed. Names the endpoint and request key, never the API key."""
 
-    def __init__(self, message: str, *, endpoint: str | None = None, key: str | None = None, last_error: str | None = None):
+    def __init__(
+        self, message: str, *, endpoint: str | None = None, key: str | None = None, last_error: str | None = None
+    ):
         super().__init__(message)
         self.endpoint, self.key, self.last_error = endpoint, key, last_error
 
@@ -159,7 +166,9 @@ class LLMCallError(RuntimeError):
         return (_rebuild_llm_call_error, (str(self), self.endpoint, self.key, self.last_error))
 
 
-def _rebuild_llm_call_error(message: str, endpoint: str | None, key: str | None, last_error: str | None) -> LLMCallError:
+def _rebuild_llm_call_error(
+    message: str, endpoint: str | None, key: str | None, last_error: str | None
+) -> LLMCallError:
     return LLMCallError(message, endpoint=endpoint, key=key, last_error=last_error)
 
 
@@ -214,7 +223,7 @@ class LocalJournal:
             fd = self._open()
             view = memoryview(data)
             while view:  # one write in practice; loop only in case the kernel writes less
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)  # survive a machine loss too, not just a killed process; cheap next to a paid call
 
     def close(self) -> None:
@@ -257,6 +266,10 @@ def open_journal(journal_url: str, storage_options: dict | None = None) -> Journ
     fs, root = fsspec.core.url_to_fs(journal_url, **(storage_options or {}))
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
     if "file" in protocols or "local" in protocols:
+        if Path(root).is_dir():
+            raise ValueError(
+                f"journal_url {journal_url!r} is a directory; a local journal is one file (e.g. .../calls.jsonl)"
+            )
         return LocalJournal(root)
     return ObjectStoreJournal(fs, root)
 
@@ -327,13 +340,20 @@ class _Aborted(Exception):
 
 
 class _Caller:
-    def __init__(self, endpoint: EndpointConfig, api_key: str, validate: Callable[[CallRecord], str | None] | None):
+    def __init__(
+        self,
+        endpoint: EndpointConfig,
+        api_key: str,
+        validate: Callable[[CallRecord], str | None] | None,
+        allow_truncated: bool = False,
+    ):
         import openai
 
         self.openai = openai
         self.endpoint = endpoint
         self.api_key = api_key
         self.validate = validate
+        self.allow_truncated = allow_truncated
         self.client = openai.AsyncOpenAI(
             base_url=endpoint.base_url, api_key=api_key, timeout=endpoint.timeout_s, max_retries=0
         )
@@ -355,7 +375,11 @@ class _Caller:
         """One answer, retrying transport errors. Returns (completion, raw_json) or a per-request 400 error."""
         ep = self.endpoint
         kwargs: dict[str, Any] = dict(
-            model=ep.model, messages=req.messages, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens
+            model=ep.model,
+            messages=req.messages,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_tokens=req.max_tokens,
         )
         if seed is not None:
             kwargs["seed"] = seed
@@ -385,16 +409,18 @@ class _Caller:
                 retry_after = _retry_after_s(e.response.headers) if status == 429 else None
             except (self.openai.APITimeoutError, self.openai.APIConnectionError) as e:
                 last = f"{type(e).__name__}: {e}"
+            except self.openai.OpenAIError as e:  # e.g. a response that is not a chat completion
+                raise self._fail(req, counter[0], f"{type(e).__name__}: {e}") from e
             if retry == ep.max_retries:
                 break
             backoff = min(ep.backoff_max_s, ep.backoff_base_s * 2**retry) * self._jitter.uniform(0.5, 1.0)
-            # The server's Retry-After is a floor: retrying sooner would only earn another 429.
-            delay = max(backoff, retry_after) if retry_after is not None else backoff
+            # The server's Retry-After is a floor (retrying sooner only earns another 429), capped
+            # so that a far-away quota reset fails the run visibly instead of stalling it.
+            delay = max(backoff, min(retry_after, _MAX_RETRY_AFTER_S)) if retry_after is not None else backoff
             await _sleep(delay)
         raise self._fail(req, counter[0], last)
 
-    @staticmethod
-    def _builtin_reason(completion: Any) -> str | None:
+    def _builtin_reason(self, completion: Any) -> str | None:
         choice = completion.choices[0] if completion.choices else None
         if choice is None:
             return "no_choices"
@@ -404,7 +430,7 @@ class _Caller:
             return "content_filter"
         if not (choice.message.content or "").strip():
             return "empty"
-        if choice.finish_reason == "length":
+        if choice.finish_reason == "length" and not self.allow_truncated:
             return "truncated"
         return None
 
@@ -423,10 +449,11 @@ class _Caller:
             completion, raw_text = await self._send(req, seed, request_hash, counter)
             if isinstance(completion, self.openai.APIStatusError):
                 # deterministic per-request rejection: re-asking cannot help
+                body = completion.body
                 return CallRecord(
                     request_hash=request_hash, key=req.key, status="invalid",
                     reason=f"rejected:{_error_code(completion)}", attempts=counter[0], model=self.endpoint.model,
-                    raw_response=_scrub(json.dumps(completion.body), self.api_key) if completion.body is not None else None,
+                    raw_response=_scrub(json.dumps(body), self.api_key) if body is not None else None,
                 )  # fmt: skip
             usage = completion.usage
             billed_prompt += usage.prompt_tokens if usage else 0
@@ -468,6 +495,7 @@ async def _call_all_async(
     namespace: str,
     validate: Callable[[CallRecord], str | None] | None,
     progress: Callable[[int, int], None] | None,
+    allow_truncated: bool,
 ) -> CallSummary:
     hashes = [r.request_hash(model=endpoint.model, namespace=namespace) for r in requests]
     done: dict[str, CallRecord] = {}
@@ -490,7 +518,7 @@ async def _call_all_async(
     if todo:
         if endpoint.base_url is None:
             raise ValueError("endpoint.base_url is None: start the embedded server (or set a URL) before call_all")
-        caller = _Caller(endpoint, _api_key(endpoint), validate)
+        caller = _Caller(endpoint, _api_key(endpoint), validate, allow_truncated)
     sem = asyncio.Semaphore(endpoint.max_concurrency)
     errors: list[BaseException] = []
 
@@ -501,18 +529,19 @@ async def _call_all_async(
                 return
             try:
                 record = await caller.call(req, h)
+                # Journal before anything else can fail: this answer is paid for.
+                await asyncio.to_thread(journal.append, record)
+                done[h] = record
+                finished += multiplicity[h]
+                if progress is not None:
+                    progress(finished, total)
             except _Aborted:
                 return
-            except BaseException as e:
-                caller.failed.set()  # stop starting new requests; those in flight finish and are kept
+            except Exception as e:
+                # Stop starting new requests; those in flight finish and are journaled. Not
+                # re-raised here: gather would then abandon (and lose) the in-flight answers.
+                caller.failed.set()
                 errors.append(e)
-                return
-            # Journal before anything else can fail: this answer is paid for.
-            await asyncio.to_thread(journal.append, record)
-            done[h] = record
-            finished += multiplicity[h]
-            if progress is not None:
-                progress(finished, total)
 
     try:
         if todo:
@@ -533,7 +562,10 @@ async def _call_all_async(
     completion_tokens = sum(r.completion_tokens for r in records)
     cost = None
     if endpoint.price_per_1m_prompt_tokens is not None and endpoint.price_per_1m_completion_tokens is not None:
-        cost = (prompt_tokens * endpoint.price_per_1m_prompt_tokens + completion_tokens * endpoint.price_per_1m_completion_tokens) / 1e6
+        cost = (
+            prompt_tokens * endpoint.price_per_1m_prompt_tokens
+            + completion_tokens * endpoint.price_per_1m_completion_tokens
+        ) / 1e6
     return CallSummary(
         records=records,
         n_ok=sum(r.status == "ok" for r in records),
@@ -557,18 +589,22 @@ def call_all(
     storage_options: dict | None = None,
     validate: Callable[[CallRecord], str | None] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    allow_truncated: bool = False,
 ) -> CallSummary:
     """Send every request not already in the journal; return all records in request order.
 
     `namespace` separates journals' meanings (e.g. "annotate/improve/v1"): the same request under
     another namespace is a different call. `validate(record)` returns a reason to reject an
     answer (refusal, unparseable verdict) or None; its exceptions are bugs and propagate.
+    `allow_truncated` accepts finish_reason "length" (a judge asking for max_tokens=1 wants it).
+    Validation settings are not part of the request hash: journaled verdicts are reused as they
+    are, so change the namespace when changing them.
     Raises LLMCallError when a request exhausts its retries (finished answers stay journaled).
     """
     journal = open_journal(journal_url, storage_options)
 
     def run() -> CallSummary:
-        return asyncio.run(_call_all_async(requests, endpoint, journal, namespace, validate, progress))
+        return asyncio.run(_call_all_async(requests, endpoint, journal, namespace, validate, progress, allow_truncated))
 
     try:
         asyncio.get_running_loop()

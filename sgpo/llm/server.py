@@ -13,6 +13,7 @@ so tests can prove that no request whose completion was delivered was ever sent 
 Run it on its own with
 `python -m sgpo.llm.server --model DIR --port 8000 --served-model-name tiny [--fault-config JSON]`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -208,12 +210,15 @@ class TransformersChatBackend:
                 if logprobs is not None:
                     # keep the tokens whose decoded prefix still lies within the kept text
                     keep = 0
-                    while keep < len(content_ids) and len(
-                        self.tokenizer.decode(content_ids[: keep + 1], skip_special_tokens=True)
-                    ) <= cut:
+                    while (
+                        keep < len(content_ids)
+                        and len(self.tokenizer.decode(content_ids[: keep + 1], skip_special_tokens=True)) <= cut
+                    ):
                         keep += 1
                     logprobs = logprobs[:keep]
-        return ChatResult(text=text, finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=n_generated, logprobs=logprobs)
+        return ChatResult(
+            text=text, finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=n_generated, logprobs=logprobs
+        )
 
 
 # --------------------------------------------------------------------------- faults
@@ -246,7 +251,7 @@ class FaultConfig(BaseModel):
     max_faults_per_request: int = Field(3, ge=0)
 
     @model_validator(mode="after")
-    def _rates_sum_to_at_most_one(self) -> "FaultConfig":
+    def _rates_sum_to_at_most_one(self) -> FaultConfig:
         if self._total_rate() > 1 + 1e-9:
             raise ValueError("the fault rates add up to more than 1")
         return self
@@ -290,6 +295,7 @@ class _RequestLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        weakref.finalize(self, os.close, self._fd)  # closed with the app that owns it
 
     def write(self, entry: dict[str, Any]) -> None:
         os.write(self._fd, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
@@ -407,7 +413,7 @@ def build_app(
     request_log: str | Path | None = None,
     max_tokens_cap: int | None = None,
     default_max_tokens: int = 512,
-) -> "fastapi.FastAPI":
+) -> fastapi.FastAPI:
     """An OpenAI-compatible FastAPI app around `backend`.
 
     `max_tokens_cap` bounds every request's max_tokens (a tiny model rambles until the limit);
@@ -440,7 +446,9 @@ def build_app(
         try:
             body = await request.json()
         except ValueError:
-            record({"request_hash": None, "client_request_id": client_id, "status": 400, "fault": None, "delivered": False})
+            record(
+                {"request_hash": None, "client_request_id": client_id, "status": 400, "fault": None, "delivered": False}
+            )
             return _error(400, "request body is not valid JSON", "invalid_request_error")
         req_hash = canonical_request_hash(body) if isinstance(body, dict) else None
         base = {"request_hash": req_hash, "client_request_id": client_id}
@@ -488,7 +496,12 @@ def build_app(
             record({**base, "status": 500, "fault": None, "delivered": False, "error": repr(e)[:500]})
             return _error(500, f"backend error: {type(e).__name__}", "server_error")
 
-        text, finish, n_completion, logprobs = result.text, result.finish_reason, result.completion_tokens, result.logprobs
+        text, finish, n_completion, logprobs = (
+            result.text,
+            result.finish_reason,
+            result.completion_tokens,
+            result.logprobs,
+        )
         if fault == "empty":
             text, n_completion, logprobs = "", 0, ([] if logprobs is not None else None)
         elif fault == "truncated":
@@ -551,7 +564,7 @@ def _wait_healthy(url: str, thread: threading.Thread, timeout_s: float) -> None:
 
 @contextlib.contextmanager
 def running_server(
-    app: "fastapi.FastAPI", host: str = "127.0.0.1", port: int = 0, *, startup_timeout_s: float = 30.0
+    app: fastapi.FastAPI, host: str = "127.0.0.1", port: int = 0, *, startup_timeout_s: float = 30.0
 ) -> Iterator[str]:
     """Serve `app` with uvicorn in a background thread; yields the base URL `http://HOST:PORT/v1`.
 
@@ -586,7 +599,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", required=True, help="Local model dir (saved with save_pretrained)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--served-model-name", default=None, help="Model id reported to clients (default: the dir name)")
+    parser.add_argument(
+        "--served-model-name", default=None, help="Model id reported to clients (default: the dir name)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--fault-config", default=None, help="FaultConfig as a JSON string or a path to a JSON file")
     parser.add_argument("--request-log", default=None, help="Append one JSON line per request to this file")
