@@ -16,7 +16,6 @@ EMBEDDED_PREFECT_DEFAULTS = {
     # The ephemeral API server sometimes needs more than Prefect's default 20 s on a cold start.
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_LOGGING_LEVEL": "WARNING",  # the CLI prints one line per stage itself
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
@@ -29,6 +28,20 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
     if items and "=" not in items[0]:
         return items[0], items[1:]
     return None, items
+
+
+def _quiet_prefect_console() -> None:
+    """The CLI prints one line per stage and a one-paragraph error; Prefect's console output
+    (tracebacks included) is for -v. Its API handlers stay, so the UI keeps every log line."""
+    import logging
+
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    for lg in loggers:
+        for h in lg.handlers:
+            if isinstance(h, PrefectConsoleHandler):
+                h.setLevel(logging.CRITICAL + 1)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -49,6 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})", flush=True)
     from flows.sgpo import STAGES, sgpo_pipeline
 
+    if not args.verbose:
+        _quiet_prefect_console()
+
     unknown = [s for s in args.force if s.split("[")[0] not in STAGES + ("base_model", "prepare")]
     if unknown:
         print(f"sgpo: --force: unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
@@ -61,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 130
     except Exception as e:  # the flow's error names the stage; keep the message, drop the traceback
         print(f"sgpo: run failed: {e}", file=sys.stderr)
+        print("sgpo: finished stages are kept; fix the cause and run the same command again to resume "
+              "from the failed stage (-v shows Prefect's logs and the traceback)", file=sys.stderr)
         if os.environ.get("SGPO_DEBUG"):
             raise
         return 1
@@ -98,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the SGPO pipeline (default: the tiny CPU preset)")
     run.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help="preset name or YAML file, then overrides")
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute this stage (repeatable)")
+    run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
     run.set_defaults(func=cmd_run)
     cfg = sub.add_parser("config", help="print the resolved configuration")
     cfg.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
