@@ -75,6 +75,14 @@ def _quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
+def _train_and_save(trainer, tokenizer, out_dir: str | Path, work: Path) -> dict[str, float]:
+    _quiet(trainer)
+    result = trainer.train()
+    save_checkpoint(trainer.model, tokenizer, out_dir)
+    shutil.rmtree(work, ignore_errors=True)
+    return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+
+
 def load_model(model_dir: str, *, trust_remote_code: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
@@ -125,11 +133,7 @@ def train_sft(
         processing_class=tokenizer,
         callbacks=[tracker.trainer_callback()],
     )
-    _quiet(trainer)
-    result = trainer.train()
-    save_checkpoint(trainer.model, tokenizer, out_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    return _train_and_save(trainer, tokenizer, out_dir, work)
 
 
 def train_dpo(
@@ -175,8 +179,4 @@ def train_dpo(
         processing_class=tokenizer,
         callbacks=[tracker.trainer_callback()],
     )
-    _quiet(trainer)
-    result = trainer.train()
-    save_checkpoint(trainer.model, tokenizer, out_dir)
-    shutil.rmtree(work, ignore_errors=True)
-    return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    return _train_and_save(trainer, tokenizer, out_dir, work)
