@@ -1,6 +1,7 @@
 """`sgpo`: run the pipeline, inspect configs, recompute benchmark metrics.
 
     sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
+    sgpo evaluate [EVAL_CONFIG] [key=value ...]   AlpacaEval 2.0 / Arena-Hard / pairwise judging of a model
     sgpo config [CONFIG] [key=value ...]          print the resolved config
     sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
     sgpo metrics arena-hard JUDGMENTS.jsonl ...   Arena-Hard score and 95% CI
@@ -53,17 +54,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
-    for k, v in EMBEDDED_PREFECT_DEFAULTS.items():
-        os.environ.setdefault(k, v)
-    import warnings
-
-    # Deprecation notices from inside transformers/TRL are for their maintainers, not our users.
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*|trl\..*")
+    _prepare_prefect(args.verbose)
     print(f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})", flush=True)
     from flows.sgpo import STAGES, sgpo_pipeline
-
-    if not args.verbose:
-        _quiet_prefect_console()
 
     unknown = [s for s in args.force if s.split("[")[0] not in STAGES + ("base_model", "prepare")]
     if unknown:
@@ -76,12 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("sgpo: interrupted; finished stages are kept and a new run resumes from them", file=sys.stderr)
         return 130
     except Exception as e:  # the flow's error names the stage; keep the message, drop the traceback
-        print(f"sgpo: run failed: {e}", file=sys.stderr)
-        print("sgpo: finished stages are kept; fix the cause and run the same command again to resume "
-              "from the failed stage (-v shows Prefect's logs and the traceback)", file=sys.stderr)
-        if os.environ.get("SGPO_DEBUG"):
-            raise
-        return 1
+        return _failed(e)
     n_cached = sum(s.status == "cached" for s in report.stages)
     print(f"[sgpo] done in {time.perf_counter() - t0:.1f}s: {len(report.stages) - n_cached} ran, {n_cached} cached", flush=True)
     print(f"[sgpo] final policy: {report.final_policy}")
@@ -92,6 +80,57 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"[sgpo] judge: no win rate: none of {j.get('n', 0)} judge answers had 'm' or 'M' among its top "
               "logprobs (expected from the untrained tiny stand-in judge; a real judge labels almost every row)")
+    return 0
+
+
+def _prepare_prefect(verbose: bool) -> None:
+    import warnings
+
+    for k, v in EMBEDDED_PREFECT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    # Deprecation notices from inside transformers/TRL are for their maintainers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\..*|trl\..*")
+    from prefect import flow  # noqa: F401  (importing the engine sets up Prefect's logging, adjusted next)
+
+    if not verbose:
+        _quiet_prefect_console()
+
+
+def _failed(e: BaseException) -> int:
+    print(f"sgpo: run failed: {e}", file=sys.stderr)
+    print("sgpo: finished stages are kept; fix the cause and run the same command again to resume "
+          "from the failed stage (-v shows Prefect's logs and the traceback)", file=sys.stderr)
+    if os.environ.get("SGPO_DEBUG"):
+        raise e
+    return 1
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from sgpo.config import ConfigError
+    from sgpo.eval_config import load_evaluation_config
+
+    source, overrides = _split_args(args.items)
+    try:
+        cfg = load_evaluation_config(source, overrides)
+    except ConfigError as e:
+        print(f"sgpo: {e}", file=sys.stderr)
+        return 2
+    _prepare_prefect(args.verbose)
+    from flows.evaluate import EVAL_STAGES, evaluate, summary_lines
+
+    unknown = [s for s in args.force if s.split("[")[0] not in EVAL_STAGES + ("pairwise",)]
+    if unknown:
+        print(f"sgpo: --force: unknown stage(s) {unknown}; stages: {', '.join(EVAL_STAGES)}", file=sys.stderr)
+        return 2
+    try:
+        report = evaluate(config=cfg, force=args.force)
+    except KeyboardInterrupt:
+        print("sgpo: interrupted; finished stages and paid judge calls are kept", file=sys.stderr)
+        return 130
+    except Exception as e:
+        return _failed(e)
+    for line in summary_lines(report):
+        print(line)
     return 0
 
 
@@ -118,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute this stage (repeatable)")
     run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
     run.set_defaults(func=cmd_run)
+    ev = sub.add_parser("evaluate", help="AlpacaEval 2.0 / Arena-Hard / pairwise evaluation (default: eval-tiny)")
+    ev.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help="eval preset or YAML file, then overrides")
+    ev.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute this stage (repeatable)")
+    ev.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
+    ev.set_defaults(func=cmd_evaluate)
     cfg = sub.add_parser("config", help="print the resolved configuration")
     cfg.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
     cfg.set_defaults(func=cmd_config)

@@ -117,16 +117,41 @@ class SFTStageConfig(TrainConfig):
 class SamplingConfig(Section):
     """Generation settings; the paper samples everything at temperature 0.7, top-p 0.9."""
 
-    backend: Literal["transformers", "vllm", "openai"] = runtime_field(
-        "transformers", "Generation back-end: transformers (CPU), vllm (GPU), openai (any server)"
+    backend: Literal["transformers", "vllm", "vllm_server", "openai"] = runtime_field(
+        "transformers",
+        "Generation back-end: transformers (in-process HF), vllm (in-process vllm.LLM), vllm_server (a vLLM "
+        "OpenAI server the stage starts for its checkpoint, or the one at base_url), openai (any server at base_url)",
     )
-    base_url: str | None = runtime_field(None, "For backend=openai: the OpenAI-compatible server")
+    base_url: str | None = runtime_field(
+        None, "backend=openai: the server; backend=vllm_server: an already running vLLM server (none: start one)"
+    )
     temperature: float = Field(0.7, ge=0)
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(512, ge=1)
     n: int = Field(1, ge=1, description="Samples per prompt")
     seed: int = 0
     batch_size: int = runtime_field(16, "Prompts per generate() call", ge=1)
+    # --- server back-ends (openai, vllm_server)
+    served_model_name: str | None = runtime_field(
+        None, "Model name at base_url (default: openai: the checkpoint path; vllm_server: the server's only model)"
+    )
+    max_concurrency: int = runtime_field(32, "Requests in flight to a server back-end", ge=1)
+    # --- vLLM (vllm and vllm_server)
+    vllm_python: str | None = runtime_field(
+        None, "vllm_server: the python that has vLLM, e.g. .venv-vllm/bin/python (default: this interpreter)"
+    )
+    vllm_dtype: str = runtime_field("auto", "vLLM --dtype (float32 on CPU)")
+    vllm_max_model_len: int | None = runtime_field(None, "vLLM --max-model-len (default: the model's)", ge=16)
+    vllm_enforce_eager: bool = runtime_field(False, "vLLM --enforce-eager (no CUDA graphs; needed on CPU)")
+    vllm_gpu_memory_utilization: float | None = runtime_field(None, "vLLM --gpu-memory-utilization", gt=0, le=1)
+    vllm_tensor_parallel_size: int = runtime_field(1, "vLLM --tensor-parallel-size", ge=1)
+    vllm_extra_args: list[str] = runtime_field(
+        default_factory=list, description="vllm_server: more CLI arguments for vllm.entrypoints.openai.api_server"
+    )
+    vllm_env: dict[str, str] = runtime_field(
+        default_factory=dict, description="vllm_server: environment for the server, e.g. {VLLM_CPU_KVCACHE_SPACE: '1'}"
+    )
+    server_startup_timeout_s: float = runtime_field(900.0, "vllm_server: how long to wait for the server to be ready", gt=0)
 
 
 class SampleStageConfig(Section):
@@ -293,14 +318,15 @@ def _known_keys(model: type[BaseModel], loc: tuple) -> list[str]:
     return list(getattr(cls, "model_fields", {}))
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration ({source}):"]
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel] | None = None, kind: str = "configuration") -> str:
+    """One line per problem, each naming its dotted key; unknown keys get a 'did you mean'."""
+    lines = [f"invalid {kind} ({source}):"]
     for e in err.errors():
         loc = tuple(str(x) for x in e["loc"])
         key = ".".join(loc) or "<root>"
         msg = e["msg"]
         if e["type"] == "extra_forbidden":
-            close = difflib.get_close_matches(loc[-1], _known_keys(PipelineConfig, loc), n=1)
+            close = difflib.get_close_matches(loc[-1], _known_keys(model or PipelineConfig, loc), n=1)
             msg = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
         elif e["type"] == "missing":
             msg = "required key is missing"
@@ -310,21 +336,32 @@ def format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
-    """Load a preset name or YAML file, apply `key=value` overrides, validate."""
-    path = preset_path(str(source) if source else "tiny")
+def read_yaml_tree(source: str | Path | None, *, default: str, glob: str = "*.yaml", kind: str = "config") -> tuple[Path, dict]:
+    """The mapping in a preset (name) or YAML file, with a clear error for each way it can be wrong."""
+    path = preset_path(str(source) if source else default)
     if not path.exists():
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
-        raise ConfigError(f"config {str(source)!r} not found (no file {path}); presets: {known}")
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob(glob)))
+        raise ConfigError(f"{kind} {str(source)!r} not found (no file {path}); presets: {known}")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, not {type(tree).__name__}")
+    return path, tree
+
+
+def apply_overrides(tree: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     for item in overrides:
         parts, value = _parse_override(item)
         _set_dotted(tree, parts, value)
+    return tree
+
+
+def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
+    """Load a preset name or YAML file, apply `key=value` overrides, validate."""
+    path, tree = read_yaml_tree(source, default="tiny", glob="[!e]*.yaml")
+    apply_overrides(tree, overrides)
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as e:

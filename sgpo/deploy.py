@@ -1,6 +1,7 @@
 """`sgpo deploy`: register the work pools and deployments of a team setup on a Prefect server.
 
-    sgpo deploy [--config PRESET] [--set key=value ...] [--store-url s3://bucket/prefix]
+    sgpo deploy [--config PRESET] [--set key=value ...] [--eval-config PRESET] [--eval-set key=value ...]
+                [--store-url s3://bucket/prefix]
                 [--mlflow-uri http://mlflow:5000] [--cuda-pool-type process|kubernetes]
                 [--update-pools] [--name DEPLOYMENT ...] [--dry-run]
 
@@ -9,8 +10,9 @@
    (`--update-pools` rewrites the templates of existing pools).
 2. Default configuration: the preset (configs/PRESET.yaml) with `execution.mode=distributed`,
    the store and the MLflow server, plus `--set` overrides, is written to the Prefect Variables
-   `sgpo_pipeline_config` and `sgpo_nightly_config` (the same with rounds=2); prefect.yaml uses
-   them as the pipeline deployments' default `config` parameter. Only non-default fields are
+   `sgpo_pipeline_config` and `sgpo_nightly_config` (the same with rounds=2), and the evaluation
+   preset (`--eval-config`, configs/eval-*.yaml) to `sgpo_evaluate_config`; prefect.yaml uses
+   them as the deployments' default `config` parameter. Only non-default fields are
    kept (the flow fills in the rest), so the UI's "Custom run" form shows what the preset sets.
 3. Deployments: `prefect deploy --all --prefect-file deployments/prefect.yaml`, run from the
    repository root: prefect.yaml is the one description of the deployments.
@@ -34,6 +36,7 @@ DEFAULT_MLFLOW_URI = "http://mlflow:5000"
 PIPELINE_CONFIG_VARIABLE = "sgpo_pipeline_config"
 NIGHTLY_CONFIG_VARIABLE = "sgpo_nightly_config"
 NIGHTLY_OVERRIDES = ["rounds=2"]  # SGPO + Step 2
+EVALUATE_CONFIG_VARIABLE = "sgpo_evaluate_config"
 MAX_VARIABLE_CHARS = 5000  # prefect.types.MAX_VARIABLE_VALUE_LENGTH
 
 
@@ -132,26 +135,49 @@ def deploy_env() -> dict[str, str]:
     return env
 
 
-def default_configs(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (),
-                    store_url: str | None = None, mlflow_uri: str | None = None) -> dict[str, dict[str, Any]]:
-    """{variable name: config} for the pipeline deployments: the preset, distributed, on the team's store."""
-    from sgpo.config import ConfigError, load_config
+def _fits(name: str, value: dict[str, Any]) -> dict[str, Any]:
+    size = len(json.dumps(value))
+    if size > MAX_VARIABLE_CHARS:
+        raise DeployError(f"the {name} configuration is {size} characters of JSON; a Prefect Variable holds "
+                          f"at most {MAX_VARIABLE_CHARS}")
+    return value
 
+
+def _team_overrides(store_url: str | None, mlflow_uri: str | None) -> list[str]:
     store_url = store_url or os.environ.get("SGPO_STORE_URL") or DEFAULT_STORE_URL
     mlflow_uri = mlflow_uri or os.environ.get("SGPO_MLFLOW_URI") or DEFAULT_MLFLOW_URI
-    team = ["execution.mode=distributed", f"store.url={store_url}", f"tracking.mlflow_uri={mlflow_uri}"]
+    return [f"store.url={store_url}", f"tracking.mlflow_uri={mlflow_uri}"]
+
+
+def default_configs(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (),
+                    store_url: str | None = None, mlflow_uri: str | None = None, *,
+                    eval_preset: str | None = "eval-tiny", eval_overrides: list[str] | tuple[str, ...] = (),
+                    ) -> dict[str, dict[str, Any]]:
+    """{variable name: config} for the deployments: the presets, distributed, on the team's store.
+
+    Only fields that differ from the defaults are kept (the flow fills in the rest), so the values
+    stay small and the UI's "Custom run" form shows what the preset sets.
+    """
+    from sgpo.config import ConfigError, load_config
+
+    team = _team_overrides(store_url, mlflow_uri)
     out: dict[str, dict[str, Any]] = {}
     for var, extra in ((PIPELINE_CONFIG_VARIABLE, []), (NIGHTLY_CONFIG_VARIABLE, NIGHTLY_OVERRIDES)):
         try:
-            cfg = load_config(preset, [*team, *overrides, *extra])
+            cfg = load_config(preset, ["execution.mode=distributed", *team, *overrides, *extra])
         except ConfigError as e:
             raise DeployError(str(e)) from None
-        value = cfg.model_dump(mode="json", exclude_defaults=True)
-        size = len(json.dumps(value))
-        if size > MAX_VARIABLE_CHARS:
-            raise DeployError(f"the {preset} configuration is {size} characters of JSON; a Prefect Variable holds "
-                              f"at most {MAX_VARIABLE_CHARS}")
-        out[var] = value
+        out[var] = _fits(preset, cfg.model_dump(mode="json", exclude_defaults=True))
+    if eval_preset:
+        from sgpo.eval_config import load_evaluation_config
+
+        try:
+            # keep the preset's experiment: a `tracking.*` override rebuilds the section from its field defaults
+            experiment = load_evaluation_config(eval_preset, eval_overrides).tracking.experiment
+            ecfg = load_evaluation_config(eval_preset, [*team, f"tracking.experiment={experiment}", *eval_overrides])
+        except ConfigError as e:
+            raise DeployError(str(e)) from None
+        out[EVALUATE_CONFIG_VARIABLE] = _fits(eval_preset, ecfg.model_dump(mode="json", exclude_defaults=True))
     return out
 
 
@@ -168,6 +194,8 @@ def deploy(
     names: list[str] | None = None,
     preset: str = "tiny",
     overrides: list[str] | None = None,
+    eval_preset: str = "eval-tiny",
+    eval_overrides: list[str] | None = None,
     cuda_pool_type: str = "process",
     update_pools: bool = False,
     skip_pools: bool = False,
@@ -185,7 +213,8 @@ def deploy(
     prefect_file = (prefect_file or repo_dir() / "deployments" / "prefect.yaml").resolve()
     if not prefect_file.exists():
         raise DeployError(f"{prefect_file} not found (set SGPO_REPO_DIR to the sgpo checkout)")
-    configs = default_configs(preset, overrides or [], store_url, mlflow_uri)  # fail fast on a bad config
+    configs = default_configs(preset, overrides or [], store_url, mlflow_uri,  # fail fast on a bad config
+                              eval_preset=eval_preset, eval_overrides=eval_overrides or [])
     print(f"[sgpo] deploying to {url} from {prefect_file}", flush=True)
     if not skip_pools:
         for pool, what in ensure_pools(cuda_pool_type, update=update_pools, dry_run=dry_run).items():
@@ -208,6 +237,8 @@ def cmd_deploy(args: argparse.Namespace) -> int:
             names=args.name or None,
             preset=args.config,
             overrides=args.set,
+            eval_preset=args.eval_config,
+            eval_overrides=args.eval_set,
             cuda_pool_type=args.cuda_pool_type,
             update_pools=args.update_pools,
             skip_pools=args.skip_pools,
@@ -237,6 +268,10 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
                    help="preset or YAML file of the pipeline deployments' default config (default: tiny)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override in that config, e.g. --set rounds=2 (repeatable)")
+    p.add_argument("--eval-config", default="eval-tiny", metavar="PRESET",
+                   help="evaluation preset (configs/eval-*.yaml) of the sgpo-evaluate deployment (default: eval-tiny)")
+    p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override in the evaluation config (repeatable)")
     p.add_argument("--name", action="append", default=[], metavar="DEPLOYMENT",
                    help="deploy only this one, e.g. sgpo/sgpo-pipeline or 'sft/*' (repeatable; default: all)")
     p.add_argument("--cuda-pool-type", choices=("process", "kubernetes"), default="process",

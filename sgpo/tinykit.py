@@ -50,12 +50,26 @@ def corpus_texts(paths: Iterable[Path]) -> list[str]:
     return out
 
 
+# Qwen2's pre-tokenizer split. transformers >= 5 loads a qwen2 checkpoint's tokenizer through
+# AutoTokenizer as Qwen2Tokenizer *whatever tokenizer_config.json says*, rebuilding the
+# pipeline from vocab + merges with exactly this regex, NFC and a regex-free ByteLevel step.
+# Training our BPE with the same pipeline makes every loader (AutoTokenizer in any release,
+# vLLM, PreTrainedTokenizerFast) produce the same ids.
+QWEN2_PRETOKENIZE_REGEX = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
+
+
 def build_tokenizer(texts: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -98,7 +112,25 @@ def build_tiny_model(out_dir: str | Path, cfg: "TinyModelConfig", texts: list[st
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    _pin_tokenizer_class(out)
     return out
+
+
+def _pin_tokenizer_class(model_dir: Path) -> None:
+    """Make `AutoTokenizer.from_pretrained(model_dir)` reload exactly the saved tokenizer.
+
+    transformers 5 saves `tokenizer_class: TokenizersBackend`, a name older releases (e.g. the
+    one vLLM pins) do not know; they then fall back to the config's model type (qwen2) and load
+    Qwen2Tokenizer, whose own pre-tokenizer gives different ids. `PreTrainedTokenizerFast` (the
+    plain tokenizer.json wrapper) is known to every release. The chat template is also copied
+    into tokenizer_config.json for releases that do not read chat_template.jinja. Written with
+    sorted keys: the file stays byte-identical from build to build.
+    """
+    path = model_dir / "tokenizer_config.json"
+    cfg = json.loads(path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg["chat_template"] = CHAT_TEMPLATE
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):

@@ -14,7 +14,8 @@ from prefect import task
 from artifacts.hashing import stage_cache_key
 from artifacts.refs import ArtifactRef
 from sgpo.config import AnnotateStageConfig, cache_payload
-from sgpo.llm.client import ChatRequest, EndpointConfig
+from sgpo.llm.client import CallSummary, ChatRequest, EndpointConfig
+from sgpo.progress import stage_progress
 from sgpo.prompts import load_prompt
 from tasks.common import TASK_DEFAULTS, StageContext, manifest, stage_logger
 
@@ -74,6 +75,15 @@ def edit_distances(improved: str, response_b: str, response_a: str) -> dict[str,
     }
 
 
+def cost_line(stage: str, result: "CallSummary", endpoint: EndpointConfig) -> str:
+    """One line for the stage log: calls, tokens and what they cost (journaled calls included)."""
+    cost = (f"${result.cost_usd:.4f}" if result.cost_usd is not None
+            else "unknown (set endpoint.price_per_1m_prompt_tokens and price_per_1m_completion_tokens)")
+    return (f"{stage}: {len(result.records)} calls to {endpoint.model} ({result.n_ok} ok, {result.n_invalid} invalid; "
+            f"{result.n_sent} sent now in {result.n_http_requests} HTTP requests, {result.n_from_journal} from the "
+            f"journal): {result.prompt_tokens} prompt + {result.completion_tokens} completion tokens, cost {cost}")
+
+
 def run_annotate(samples: ArtifactRef, cfg: AnnotateStageConfig, ctx: StageContext) -> ArtifactRef:
     import pyarrow as pa
 
@@ -92,13 +102,12 @@ def run_annotate(samples: ArtifactRef, cfg: AnnotateStageConfig, ctx: StageConte
     requests = build_requests(rows, cfg)
     log = stage_logger(STAGE)
     log.info("annotating %d samples (%d calls) with %s", len(rows), len(requests), cfg.endpoint.model)
-    with ctx.tracked(STAGE, config_payload(cfg)) as tracker:
+    with ctx.tracked(STAGE, config_payload(cfg)) as tracker, stage_progress(STAGE, len(requests), logger=log) as progress:
         result = call_all(
             requests, cfg.endpoint, journal_url=store.work_url(STAGE, key) + "/calls",
             namespace=f"{STAGE}:{CODE_VERSION}:" + ",".join(sorted(prompt_versions(cfg).values())),
             storage_options=store.storage_options, allow_truncated=cfg.accept_truncated,
-            progress=lambda done, total: log.info("annotate: %d/%d calls finished", done, total)
-            if done == total or done % 50 == 0 else None,
+            progress=progress,
         )
         by_key = {rec.key: rec for rec in result.records}
         table = []
@@ -120,10 +129,11 @@ def run_annotate(samples: ArtifactRef, cfg: AnnotateStageConfig, ctx: StageConte
             "from_journal": result.n_from_journal, "sent": result.n_sent,
             "invalid_reasons": dict(result.invalid_reasons),
             "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-            "cost_usd": result.cost_usd,
+            "cost_usd": result.cost_usd, "http_requests": result.n_http_requests,
             "mean_norm_edit_imp_vs_b": sum(imp_d) / len(imp_d) if imp_d else None,
             "mean_norm_edit_imp_vs_a": sum(ref_d) / len(ref_d) if ref_d else None,
         }
+        log.info("%s", cost_line(STAGE, result, cfg.endpoint))
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         ref = store.publish_table(
             STAGE, key, pa.Table.from_pylist(table),

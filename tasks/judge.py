@@ -17,8 +17,9 @@ from artifacts.hashing import stage_cache_key
 from artifacts.refs import ArtifactRef
 from sgpo.config import JudgeStageConfig, cache_payload
 from sgpo.llm.client import ChatRequest
+from sgpo.progress import stage_progress
 from sgpo.prompts import load_prompt
-from tasks.annotate import endpoint_payload
+from tasks.annotate import cost_line, endpoint_payload
 from tasks.common import TASK_DEFAULTS, StageContext, manifest, stage_logger
 
 STAGE = "judge"
@@ -80,11 +81,14 @@ def run_judge(policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfig, ctx
         finally:
             gen.close()
         reqs, orders = judge_requests(rows, answers, cfg)
-        result = call_all(
-            reqs, cfg.endpoint, journal_url=store.work_url(STAGE, key) + "/calls",
-            namespace=f"{STAGE}:{CODE_VERSION}:{load_prompt(cfg.prompt).version}",
-            storage_options=store.storage_options, allow_truncated=True,  # max_tokens=1 by design
-        )
+        with stage_progress(STAGE, len(reqs), logger=log) as progress:
+            result = call_all(
+                reqs, cfg.endpoint, journal_url=store.work_url(STAGE, key) + "/calls",
+                namespace=f"{STAGE}:{CODE_VERSION}:{load_prompt(cfg.prompt).version}",
+                storage_options=store.storage_options, allow_truncated=True,  # max_tokens=1 by design
+                progress=progress,
+            )
+        log.info("%s", cost_line(STAGE, result, cfg.endpoint))
         table = []
         for r, answer, first, rec in zip(rows, answers, orders, result.records):
             top = rec.top_logprobs[0]["top_logprobs"] if rec.status == "ok" and rec.top_logprobs else []
@@ -99,7 +103,7 @@ def run_judge(policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfig, ctx
                    "standard_error": metrics.get("standard_error"), "discrete_win_rate": metrics.get("discrete_win_rate"),
                    "avg_length": sum(len(a) for a in answers) / max(len(answers), 1),
                    "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-                   "cost_usd": result.cost_usd}
+                   "cost_usd": result.cost_usd, "http_requests": result.n_http_requests}
         log.info("judge: win rate %s over %d labelled of %d", summary["win_rate"], len(prefs), len(table))
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         ref = store.publish_table(

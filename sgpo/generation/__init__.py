@@ -4,8 +4,14 @@
 {role, content}) and returns, per conversation, `params.n` `Generation`s in order. Back-ends:
   transformers  in-process HF generate; CPU tests and small runs    (sgpo.generation.hf)
   vllm          in-process vllm.LLM batch generation on a GPU worker (sgpo.generation.vllm)
+  vllm_server   vLLM's OpenAI server, started for the checkpoint (or at base_url) (sgpo.generation.vllm)
   openai        any OpenAI-compatible server, e.g. `vllm serve`      (sgpo.generation.openai_server)
 All apply the model's own chat template and honour temperature, top_p, max_new_tokens, n, seed.
+The contract (tests/test_generation_contract.py runs it against every available back-end):
+n generations per conversation, in order; finish_reason "stop" or "length";
+completion_tokens <= max_new_tokens (the end-of-sequence token counted); text without the
+template's special tokens; the same seeded request gives the same text on back-ends that seed
+per request (vllm, vllm_server, openai over a seeded server) or per batch (transformers).
 """
 from __future__ import annotations
 
@@ -38,11 +44,17 @@ def open_generator(model_dir: str, params: "SamplingConfig", *, trust_remote_cod
     if params.backend == "vllm":
         from sgpo.generation.vllm import VLLMGenerator
 
-        return VLLMGenerator(model_dir, trust_remote_code=trust_remote_code)
+        return VLLMGenerator(model_dir, trust_remote_code=trust_remote_code, params=params)
+    if params.backend == "vllm_server":
+        from sgpo.generation.vllm import VLLMServerGenerator
+
+        return VLLMServerGenerator(model_dir, params, trust_remote_code=trust_remote_code)
     if params.backend == "openai":
         from sgpo.generation.openai_server import OpenAIServerGenerator
 
         if not params.base_url:
             raise ValueError("sampling.backend=openai needs sampling.base_url (the server serving this checkpoint)")
-        return OpenAIServerGenerator(params.base_url, model=model_dir)
+        return OpenAIServerGenerator(
+            params.base_url, model=params.served_model_name or model_dir, max_concurrency=params.max_concurrency
+        )
     raise ValueError(f"unknown generation backend {params.backend!r}")

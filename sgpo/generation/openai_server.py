@@ -34,7 +34,9 @@ class OpenAIServerGenerator:
                     max_tokens=params.max_new_tokens, seed=params.seed + i * params.n + k,
                 )
             c = r.choices[0]
-            return Generation(c.message.content or "", c.finish_reason or "stop", r.usage.completion_tokens if r.usage else 0)
+            # stripped like the in-process back-ends' text (one contract: tests/test_generation_contract.py)
+            finish = "length" if c.finish_reason == "length" else "stop"
+            return Generation((c.message.content or "").strip(), finish, r.usage.completion_tokens if r.usage else 0)
 
         try:
             flat = await asyncio.gather(*(one(i, c, k) for i, c in enumerate(conversations) for k in range(params.n)))

@@ -1,0 +1,159 @@
+"""Which generation back-end samples fastest? Completion tokens per second of each available
+back-end on the same checkpoint and workload, as a ratio to transformers (in-process HF generate).
+
+Back-ends measured (each after a warm-up call; start-up time reported separately):
+  transformers   sgpo.generation.hf, batched generate (sampling.batch_size prompts per call)
+  openai         OpenAIServerGenerator over our own sgpo.llm.server (transformers behind HTTP,
+                 one request at a time: the stand-in server serialises generation)
+  vllm_server    vLLM's OpenAI server from .venv-vllm, driven with bounded concurrency
+                 (only if .venv-vllm exists: scripts/setup_vllm_cpu.sh)
+  vllm           in-process vllm.LLM (VLLMGenerator) run inside .venv-vllm (same condition)
+
+    python benchmarks/sampling.py [--model DIR] [--prompts 32] [--n 2] [--max-new-tokens 64]
+
+Without --model the tiny kit's model is built in a temporary folder. On CPU the vLLM rows use
+float32 and --enforce-eager. Sampling settings are the paper's (temperature 0.7, top-p 0.9);
+a random tiny model rarely stops early, so most answers run to max-new-tokens.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
+VLLM_CPU = dict(vllm_dtype="float32", vllm_enforce_eager=True, vllm_max_model_len=512,
+                vllm_env={"VLLM_CPU_KVCACHE_SPACE": "1"})  # fmt: skip
+
+# Run inside .venv-vllm: load, warm up, time one generate, print one JSON line.
+VLLM_INPROCESS = r"""
+import json, sys, time
+
+def main():
+    from sgpo.config import SamplingConfig
+    from sgpo.generation.vllm import VLLMGenerator
+    model, params, convs = sys.argv[1], SamplingConfig.model_validate_json(sys.argv[2]), json.loads(sys.argv[3])
+    t0 = time.perf_counter()
+    gen = VLLMGenerator(model, params=params)
+    startup = time.perf_counter() - t0
+    gen.generate(convs[:2], params.model_copy(update={"max_new_tokens": 8}))
+    t0 = time.perf_counter()
+    out = gen.generate(convs, params)
+    wall = time.perf_counter() - t0
+    gen.close()
+    print("RESULT " + json.dumps({"startup": startup, "wall": wall,
+                                  "tokens": sum(g.completion_tokens for gs in out for g in gs)}), flush=True)
+
+if __name__ == "__main__":
+    main()
+"""
+
+
+def conversations(n: int) -> list[list[dict[str, str]]]:
+    topics = ["the sea", "a cat", "rain", "mountains", "a city at night", "bread", "friendship", "the moon"]
+    return [[{"role": "user", "content": f"Write a short paragraph about {topics[i % len(topics)]} (#{i})."}]
+            for i in range(n)]  # fmt: skip
+
+
+def timed(gen, convs, params) -> tuple[float, int]:
+    gen.generate(convs[:2], params.model_copy(update={"max_new_tokens": 8}))  # warm-up
+    t0 = time.perf_counter()
+    out = gen.generate(convs, params)
+    wall = time.perf_counter() - t0
+    return wall, sum(g.completion_tokens for gs in out for g in gs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", help="checkpoint dir (default: build the tiny kit's model)")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--n", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=16, help="transformers: prompts per generate() call")
+    ap.add_argument("--concurrency", type=int, default=16, help="server back-ends: requests in flight")
+    ap.add_argument("--skip", nargs="*", default=[], help="back-ends to leave out")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(REPO))
+
+    from sgpo.config import SamplingConfig, TinyModelConfig
+    from sgpo.generation import open_generator
+
+    tmp = tempfile.TemporaryDirectory(prefix="sgpo-bench-sampling-")
+    model = args.model
+    if model is None:
+        from sgpo.tinykit import build_tiny_model, corpus_texts
+        from tasks.prepare import BUNDLED_DIR
+
+        model = str(build_tiny_model(Path(tmp.name) / "tiny", TinyModelConfig(),
+                                     corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl")))))  # fmt: skip
+    convs = conversations(args.prompts)
+    common = dict(n=args.n, max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9, seed=0)
+    rows: list[tuple[str, float, float, int]] = []  # name, startup s, wall s, tokens
+
+    def run(name: str, params: SamplingConfig, context=None) -> None:
+        t0 = time.perf_counter()
+        gen = open_generator(model, params)
+        startup = time.perf_counter() - t0
+        try:
+            wall, tokens = timed(gen, convs, params)
+        finally:
+            gen.close()
+        rows.append((name, startup, wall, tokens))
+        print(f"  {name}: {tokens} tokens in {wall:.2f} s", file=sys.stderr, flush=True)
+
+    if "transformers" not in args.skip:
+        run("transformers", SamplingConfig(backend="transformers", batch_size=args.batch_size, **common))
+    if "openai" not in args.skip:
+        from sgpo.llm.server import TransformersChatBackend, build_app, running_server
+
+        t0 = time.perf_counter()
+        app = build_app(TransformersChatBackend(model), model_name="bench")
+        with running_server(app) as url:
+            load = time.perf_counter() - t0
+            run("openai", SamplingConfig(backend="openai", base_url=url, served_model_name="bench",
+                                         max_concurrency=args.concurrency, **common))  # fmt: skip
+            name, startup, wall, tokens = rows[-1]
+            rows[-1] = (name, startup + load, wall, tokens)
+    have_vllm = VLLM_PYTHON.exists()
+    if have_vllm and "vllm_server" not in args.skip:
+        run("vllm_server", SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON),
+                                          max_concurrency=args.concurrency, **VLLM_CPU, **common))  # fmt: skip
+    if have_vllm and "vllm" not in args.skip:
+        params = SamplingConfig(backend="vllm", **VLLM_CPU, **common)
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+        env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1")
+        with tempfile.TemporaryDirectory() as d:
+            script = Path(d) / "child.py"
+            script.write_text(VLLM_INPROCESS)
+            r = subprocess.run([str(VLLM_PYTHON), str(script), model, params.model_dump_json(), json.dumps(convs)],
+                               capture_output=True, text=True, env=env, cwd=d)  # fmt: skip
+        line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if line is None:
+            print(f"in-process vLLM failed:\n{r.stderr[-3000:]}", file=sys.stderr)
+        else:
+            res = json.loads(line.removeprefix("RESULT "))
+            rows.append(("vllm", res["startup"], res["wall"], res["tokens"]))
+    if not have_vllm:
+        print(f"(vLLM rows skipped: {VLLM_PYTHON} is absent; scripts/setup_vllm_cpu.sh creates it)")
+
+    base = next((tokens / wall for name, _, wall, tokens in rows if name == "transformers"), None)
+    print(f"sampling throughput: {args.prompts} prompts x n={args.n}, max_new_tokens={args.max_new_tokens}, "
+          f"temperature 0.7, top-p 0.9; model {Path(model).name}")  # fmt: skip
+    print(f"{'back-end':>13} {'start-up s':>10} {'wall s':>7} {'tokens':>7} {'tokens/s':>9} {'/ transformers':>14}")
+    for name, startup, wall, tokens in rows:
+        tps = tokens / wall
+        ratio = f"{tps / base:14.2f}" if base else f"{'n/a':>14}"
+        print(f"{name:>13} {startup:>10.1f} {wall:>7.2f} {tokens:>7} {tps:>9.1f} {ratio}")
+    tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,400 @@
+"""The team setup, checked without a server: prefect.yaml, work-pool templates, the compose stack
+and Dockerfiles, the pipeline's parameter schema (the UI form), GPU-stage dispatch and `sgpo deploy`.
+The same things running for real: tests/test_cluster.py (slow)."""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from cluster_helpers import ANY, DEPLOY, MLFLOW, REPO, SERVER, TEMPLATES, WORKER_CPU, WORKER_CUDA, fill, matches
+
+DEPLOYMENTS = REPO / "deployments"
+POOLS = DEPLOYMENTS / "pools"
+DOCKER = REPO / "docker"
+GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo")
+
+
+# --------------------------------------------------------------------------- prefect.yaml
+
+
+@pytest.fixture(scope="module")
+def prefect_yaml() -> dict:
+    return yaml.safe_load((DEPLOYMENTS / "prefect.yaml").read_text())
+
+
+def test_prefect_yaml_validates_with_prefects_own_model(prefect_yaml):
+    from prefect.cli.deploy._models import PrefectYamlModel, RawScheduleConfig
+
+    model = PrefectYamlModel.model_validate(prefect_yaml)
+    names = [d.name for d in model.deployments]
+    assert len(names) == len(set(names))
+    scheduled = [d for d in model.deployments if d.schedules]
+    assert scheduled, "a schedule is defined in prefect.yaml"
+    for d in scheduled:
+        for s in d.schedules:
+            RawScheduleConfig.model_validate(s if isinstance(s, dict) else s.model_dump())
+
+
+def test_every_gpu_stage_has_a_deployment_on_the_cuda_pool(prefect_yaml):
+    from flows.stages import GPU_STAGES, STAGE_FLOWS, deployment_name, entrypoint
+    from sgpo.config import ExecutionConfig
+
+    assert set(GPU_STAGES) == set(GPU)
+    by_entry = {d["entrypoint"]: d for d in prefect_yaml["deployments"]}
+    prefix = ExecutionConfig().deployment_prefix
+    for stage in GPU:
+        d = by_entry[entrypoint(stage)]
+        assert d["work_pool"]["name"] == ExecutionConfig().cuda_work_pool == "cuda"
+        # run_deployment's "<flow>/<deployment>" must name exactly this deployment
+        assert deployment_name(stage, prefix) == f"{STAGE_FLOWS[stage].name}/{d['name']}"
+        assert "gpu" in d["tags"]
+
+
+def test_pipeline_deployments_are_on_the_cpu_pool_with_the_config_variable(prefect_yaml):
+    pipe = [d for d in prefect_yaml["deployments"] if d["entrypoint"] == "flows.sgpo:sgpo_pipeline"]
+    assert {d["name"] for d in pipe} >= {"sgpo-pipeline", "sgpo-nightly-step2"}
+    for d in pipe:
+        assert d["work_pool"]["name"] == "cpu"
+        assert re.fullmatch(r"\{\{ prefect\.variables\.sgpo_\w+_config \}\}", d["parameters"]["config"])
+    nightly = next(d for d in pipe if d["name"] == "sgpo-nightly-step2")
+    assert nightly["schedules"][0]["cron"] == "0 2 * * *"
+
+
+def test_evaluation_flow_has_a_deployment(prefect_yaml):
+    (ev,) = [d for d in prefect_yaml["deployments"] if d["entrypoint"] == "flows.evaluate:evaluate"]
+    assert ev["work_pool"]["name"] == "cuda"  # it generates the evaluated model's answers itself
+    assert ev["parameters"]["config"] == "{{ prefect.variables.sgpo_evaluate_config }}"
+
+
+def test_entrypoints_are_importable_module_paths(prefect_yaml):
+    """Module form: a file path (flows/sgpo.py:...) makes Prefect put flows/ first on sys.path,
+    where flows/sgpo.py shadows the `sgpo` package and the flow run crashes on import."""
+    from prefect.flows import Flow
+    from prefect.utilities.importtools import import_object
+
+    for d in prefect_yaml["deployments"]:
+        assert ".py:" not in d["entrypoint"], d["entrypoint"]
+        assert isinstance(import_object(d["entrypoint"]), Flow)
+
+
+def test_workers_resolve_the_checkout_at_run_time(prefect_yaml):
+    (step,) = prefect_yaml["pull"]
+    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $SGPO_REPO_DIR }}"
+
+
+# --------------------------------------------------------------------------- work pools
+
+
+def _placeholders(obj) -> set[str]:
+    text = json.dumps(obj)
+    return set(re.findall(r"\{\{\s*([\w.]+)\s*\}\}", text))
+
+
+def _defaults(template: dict) -> dict:
+    """Variable defaults, as a worker fills them in (unset ones drop out of the job configuration)."""
+    return {k: v["default"] for k, v in template["variables"]["properties"].items() if v.get("default") is not None}
+
+
+@pytest.mark.parametrize("name", ["cpu-process.json", "cuda-process.json", "cuda-kubernetes.json"])
+def test_pool_templates_are_valid_and_closed(name):
+    t = json.loads((POOLS / name).read_text())
+    assert set(t) == {"job_configuration", "variables"}
+    props = t["variables"]["properties"]
+    # every placeholder of the job configuration is a declared variable
+    assert _placeholders(t["job_configuration"]) <= set(props), _placeholders(t["job_configuration"]) - set(props)
+
+
+@pytest.mark.parametrize("name", ["cpu-process.json", "cuda-process.json"])
+def test_process_templates_render_to_a_process_job(name):
+    from prefect.utilities.templating import apply_values
+    from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
+
+    t = json.loads((POOLS / name).read_text())
+    default = ProcessWorker.get_default_base_job_template()
+    assert set(t["variables"]["properties"]) >= set(default["variables"]["properties"])
+    values = _defaults(t)
+    job = ProcessJobConfiguration.model_validate(apply_values(t["job_configuration"], values))
+    assert job.env.get("TOKENIZERS_PARALLELISM") == "false"
+
+
+def test_kubernetes_cuda_template_requests_gpu_count_gpus():
+    from prefect.utilities.templating import apply_values
+
+    t = json.loads((POOLS / "cuda-kubernetes.json").read_text())
+    gpu = t["variables"]["properties"]["gpu_count"]
+    assert gpu["type"] == "integer" and gpu["default"] == 1
+    values = {**_defaults(t), "gpu_count": 8}
+    manifest = apply_values(t["job_configuration"], values)["job_manifest"]
+    pod = manifest["spec"]["template"]["spec"]
+    res = pod["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == 8 and res["requests"]["nvidia.com/gpu"] == 8
+    assert pod["volumes"][0]["emptyDir"]["medium"] == "Memory"  # /dev/shm for NCCL / vLLM
+    assert pod["containers"][0]["image"] == "sgpo-cuda:latest"
+    assert any(tol["key"] == "nvidia.com/gpu" for tol in pod["tolerations"])
+
+
+# --------------------------------------------------------------------------- images and compose
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+
+
+def test_compose_runs_only_commands_the_test_suite_runs(compose):
+    """Every service built from our images runs one of the commands tests/test_cluster.py runs."""
+    services = compose["services"]
+    ours = {n: s for n, s in services.items() if str(s.get("image", "")).startswith("sgpo-")}
+    assert set(ours) >= {"prefect-server", "mlflow", "deploy", "worker-cpu", "worker-cuda"}
+    for name, svc in ours.items():
+        cmd = [str(c) for c in svc["command"]]
+        assert any(matches(cmd, t) for t in TEMPLATES), f"{name}: {cmd} is not a command tests/test_cluster.py runs"
+    assert matches(ours["worker-cuda"]["command"], WORKER_CUDA)
+    assert matches(ours["worker-cpu"]["command"], WORKER_CPU)
+    assert ours["worker-cuda"]["build"]["dockerfile"] == "docker/Dockerfile.cuda"
+    gpus = ours["worker-cuda"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpus["driver"] == "nvidia" and "gpu" in gpus["capabilities"]
+    # MinIO + MLflow + Prefect wired together
+    assert {"minio", "postgres"} <= set(services)
+    env = ours["worker-cpu"]["environment"]
+    assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000" and env["SGPO_STORE_URL"].startswith("s3://")
+    assert "--artifacts-destination" in ours["mlflow"]["command"]
+
+
+def _dockerfile_cmd(path) -> tuple[list[str], list[str]]:
+    text = path.read_text()
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    return entry, cmd
+
+
+def test_dockerfiles_default_to_the_workers():
+    entry, cmd = _dockerfile_cmd(DOCKER / "Dockerfile.cpu")
+    assert entry == ["tini", "--"] and matches(cmd, WORKER_CPU)
+    entry, cmd = _dockerfile_cmd(DOCKER / "Dockerfile.cuda")
+    assert entry == ["tini", "--"] and matches(cmd, WORKER_CUDA)
+    cuda = (DOCKER / "Dockerfile.cuda").read_text()
+    assert re.search(r"^FROM nvidia/cuda:", cuda, re.M) and "vllm==" in cuda
+    for f in ("Dockerfile.cpu", "Dockerfile.cuda"):
+        assert "SGPO_REPO_DIR=/opt/sgpo" in (DOCKER / f).read_text()
+
+
+def test_command_templates():
+    assert fill(SERVER, "127.0.0.1", "4200") == ["prefect", "server", "start", "--host", "127.0.0.1", "--port", "4200"]
+    assert matches(["sgpo", "deploy", "--store-url", "s3://b/p"], DEPLOY)
+    assert not matches(["prefect", "worker", "start", "--pool", "cuda"], WORKER_CUDA)
+    assert matches(fill(MLFLOW, "h", "1", "sqlite:///x", "s3://b/m", extra=("--workers", "1")), MLFLOW)
+    assert ANY not in fill(MLFLOW, "h", "1", "u", "d")
+
+
+def test_accelerate_configs_load():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    z = load_config_from_file(str(REPO / "configs/accelerate/zero3.yaml"))
+    assert z.distributed_type == "DEEPSPEED" and z.deepspeed_config["zero_stage"] == 3
+    f = load_config_from_file(str(REPO / "configs/accelerate/fsdp.yaml"))
+    assert f.distributed_type == "FSDP" and f.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+
+
+# --------------------------------------------------------------------------- parameter schemas (UI forms)
+
+
+def test_pipeline_parameter_schema_has_every_config_section():
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.sgpo import sgpo_pipeline
+
+    schema = parameter_schema(sgpo_pipeline).model_dump_for_openapi()
+    defs = schema["definitions"]
+    props = defs["PipelineConfig"]["properties"]
+    for section in ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "judge",
+                    "store", "tracking", "execution", "data", "rounds", "shared_improver"):
+        assert section in props, section
+    assert "beta" in defs["DPOStageConfig"]["properties"]
+    assert defs["ExecutionConfig"]["properties"]["mode"]["enum"] == ["local", "distributed"]
+    assert {"config", "force"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("stage", GPU)
+def test_stage_flow_parameters_match_the_stage_task(stage):
+    """dispatch sends the task's parameters to the flow and computes cache_key(**params) from them."""
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.dispatch import stage_module
+    from flows.stages import STAGE_FLOWS
+
+    mod = stage_module(stage)
+    task = getattr(mod, f"{stage}_task")
+    flow_params = list(inspect.signature(STAGE_FLOWS[stage].fn).parameters)
+    assert flow_params == list(inspect.signature(task.fn).parameters)
+    assert flow_params[:-1] == list(inspect.signature(mod.cache_key).parameters)
+    assert flow_params[-1] == "ctx"
+    schema = parameter_schema(STAGE_FLOWS[stage]).model_dump_for_openapi()
+    assert set(schema["required"]) == set(flow_params)
+    assert {"ArtifactRef", "StageContext"} <= set(schema["definitions"])
+    assert STAGE_FLOWS[stage].result_serializer == "json" and STAGE_FLOWS[stage].persist_result
+
+
+# --------------------------------------------------------------------------- dispatch (no server)
+
+
+@pytest.fixture
+def sft_inputs(tmp_path):
+    import pyarrow as pa
+
+    from artifacts.store import ArtifactStore
+    from sgpo.config import SFTStageConfig, StoreConfig
+    from tasks.common import StageContext
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    base = store.publish_table("base_model", "b" * 64, pa.table({"x": [1]}), manifest={})
+    data = store.publish_table("prepare", "d" * 64, pa.table({"x": [2]}), manifest={})
+    ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")), run_id="parent-run")
+    return SimpleNamespace(store=store, params={"base": base, "data": data, "cfg": SFTStageConfig()}, ctx=ctx)
+
+
+class _FakeFlowRun(SimpleNamespace):
+    pass
+
+
+def _distributed():
+    from sgpo.config import ExecutionConfig
+
+    return ExecutionConfig(mode="distributed")
+
+
+def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch):
+    import flows.dispatch as d
+    from sgpo.config import ExecutionConfig
+
+    calls = []
+    monkeypatch.setattr(d, "run_in_process", lambda *a, **k: calls.append(a) or ("ref", False))
+    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched in local mode"))
+    assert d.dispatch_stage("sft", "sft", object(), sft_inputs.params, sft_inputs.ctx, ExecutionConfig()) == ("ref", False)
+    # CPU stages stay in-process in distributed mode too
+    assert d.dispatch_stage("annotate", "annotate", object(), {}, sft_inputs.ctx, _distributed()) == ("ref", False)
+    assert len(calls) == 2
+
+
+def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypatch):
+    import pyarrow as pa
+
+    import flows.dispatch as d
+
+    key = d.stage_cache_key("sft", sft_inputs.params)
+    done = sft_inputs.store.publish_table("sft", key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run")
+    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a cached stage"))
+    monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("no server needed"))
+    assert d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed()) == (done, True)
+    # force: the store is bypassed and the stage is dispatched
+    forced = sft_inputs.ctx.model_copy(update={"refresh": True})
+    monkeypatch.setattr(d, "_check_deployment", lambda *a: SimpleNamespace(work_pool_name="cuda"))
+    sent = {}
+
+    def fake_run_deployment(**kw):
+        sent.update(kw)
+        return _FakeFlowRun(name="sft-x", id="1", state=SimpleNamespace(is_completed=lambda: True))
+
+    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+    ref, cached = d.dispatch_stage("sft", "sft", None, sft_inputs.params, forced, _distributed())
+    assert ref == done and sent["parameters"]["ctx"]["refresh"] is True
+
+
+def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, monkeypatch):
+    import pyarrow as pa
+
+    import flows.dispatch as d
+
+    key = d.stage_cache_key("sft", sft_inputs.params)
+    monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name=ex.cuda_work_pool))
+    sent = {}
+
+    def fake_run_deployment(**kw):  # the child flow run on the cuda pool publishes the artifact
+        sent.update(kw)
+        sft_inputs.store.publish_table("sft", key, pa.table({"x": [4]}), manifest={}, produced_by="parent-run")
+        return _FakeFlowRun(name="sft-abc", id="42", state=SimpleNamespace(is_completed=lambda: True))
+
+    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+    ref, cached = d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed())
+    assert sent["name"] == "sft/sgpo-stage-sft" and sent["timeout"] is None
+    json.dumps(sent["parameters"])  # crosses the API as JSON
+    assert set(sent["parameters"]) == {"base", "data", "cfg", "ctx"}
+    assert ref.stage == "sft" and ref.cache_key == key and cached is False
+
+
+def test_dispatch_failure_names_the_stage_and_the_child_run(sft_inputs, monkeypatch):
+    import flows.dispatch as d
+    from prefect.states import Crashed
+
+    monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda"))
+    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **kw: _FakeFlowRun(
+        name="dpo-1234", id="abcd", state=Crashed(message="Process exited with status code: -9")))
+    with pytest.raises(d.StageDispatchError) as e:
+        d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed())
+    msg = str(e.value)
+    assert "'sft'" in msg and "dpo-1234" in msg and "abcd" in msg and "CRASHED" in msg and "-9" in msg
+
+
+def test_dispatch_of_a_completed_child_without_artifact_is_an_error(sft_inputs, monkeypatch):
+    import flows.dispatch as d
+
+    monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda"))
+    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **kw: _FakeFlowRun(
+        name="sft-1", id="9", state=SimpleNamespace(is_completed=lambda: True)))
+    with pytest.raises(d.StageDispatchError, match="same store"):
+        d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed())
+
+
+# --------------------------------------------------------------------------- sgpo deploy
+
+
+def test_deploy_parser_and_default_configs(monkeypatch):
+    from sgpo import deploy
+    from sgpo.config import PipelineConfig
+
+    parser = argparse.ArgumentParser(prog="sgpo")
+    deploy.add_deploy_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["deploy", "--config", "tiny", "--set", "rounds=3", "--store-url", "s3://b/p",
+                              "--cuda-pool-type", "kubernetes"])
+    assert args.func is deploy.cmd_deploy and args.set == ["rounds=3"] and args.cuda_pool_type == "kubernetes"
+
+    configs = deploy.default_configs("tiny", ["dpo.beta=0.2"], "s3://bucket/store", "http://mlflow:5000")
+    pipe = PipelineConfig.model_validate(configs[deploy.PIPELINE_CONFIG_VARIABLE])
+    nightly = PipelineConfig.model_validate(configs[deploy.NIGHTLY_CONFIG_VARIABLE])
+    assert pipe.execution.mode == "distributed" and pipe.store.url == "s3://bucket/store"
+    assert pipe.tracking.mlflow_uri == "http://mlflow:5000" and pipe.dpo.beta == 0.2 and pipe.rounds == 1
+    assert nightly.rounds == 2 and nightly.dpo.beta == 0.2
+    from sgpo.eval_config import EvaluationConfig
+
+    ev = EvaluationConfig.model_validate(configs[deploy.EVALUATE_CONFIG_VARIABLE])
+    assert ev.store.url == "s3://bucket/store" and ev.tracking.experiment == "sgpo-eval"
+    for value in configs.values():
+        assert len(json.dumps(value)) <= deploy.MAX_VARIABLE_CHARS
+    for preset in ("qwen2.5-7b", "llama3-8b", "qwen2-1.5b"):
+        deploy.default_configs(preset, eval_preset="eval-alpaca-arena")  # every paper preset fits a Variable
+    with pytest.raises(deploy.DeployError, match="dpo.bta"):
+        deploy.default_configs("tiny", ["dpo.bta=0.2"])
+
+
+def test_deploy_needs_a_server_and_keeps_the_repo_template(monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sgpo import deploy
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(deploy.DeployError, match="PREFECT_API_URL"):
+            deploy.deploy()
+    monkeypatch.setenv("SGPO_REPO_DIR", str(REPO))
+    assert "SGPO_REPO_DIR" not in deploy.deploy_env()  # resolved by each worker, not at deploy time
+    cmd = deploy.prefect_deploy_command(DEPLOYMENTS / "prefect.yaml")
+    assert cmd[1:5] == ["-m", "prefect", "--no-prompt", "deploy"] and cmd[-1] == "--all"
+    specs = {s["name"]: s for s in deploy.pool_specs("kubernetes")}
+    assert specs["cuda"]["type"] == "kubernetes" and "gpu_count" in json.dumps(specs["cuda"]["base_job_template"])
+    assert specs["cpu"]["type"] == "process"
