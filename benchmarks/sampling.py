@@ -78,7 +78,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16, help="transformers: prompts per generate() call")
     ap.add_argument("--concurrency", type=int, default=16, help="server back-ends: requests in flight")
     ap.add_argument("--skip", nargs="*", default=[], help="back-ends to leave out")
+    ap.add_argument("--torch-threads", type=int, default=None,
+                    help="torch intra-op threads for the transformers and openai rows (default: torch's choice)")
     args = ap.parse_args()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))

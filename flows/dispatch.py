@@ -54,7 +54,14 @@ def _check_deployment(name: str, execution: ExecutionConfig) -> Any:
     """The deployment, or a clear error; warns when no worker polls its pool (the run would wait)."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
 
+    if not PREFECT_API_URL.value():
+        raise StageDispatchError(
+            "execution.mode=distributed needs a Prefect server with the GPU-stage deployments and a worker on "
+            f"pool {execution.cuda_work_pool!r}; PREFECT_API_URL is not set (this run uses a throwaway local API). "
+            "See docs/cluster.md, or use execution.mode=local"
+        )
     with get_client(sync_client=True) as client:
         try:
             dep = client.read_deployment_by_name(name)

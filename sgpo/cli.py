@@ -3,6 +3,7 @@
     sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
     sgpo evaluate [EVAL_CONFIG] [key=value ...]   AlpacaEval 2.0 / Arena-Hard / pairwise judging of a model
     sgpo config [CONFIG] [key=value ...]          print the resolved config
+    sgpo deploy                                   register work pools and deployments (docs/cluster.md)
     sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
     sgpo metrics arena-hard JUDGMENTS.jsonl ...   Arena-Hard score and 95% CI
 """
@@ -165,12 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="print the resolved configuration")
     cfg.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
     cfg.set_defaults(func=cmd_config)
-    try:
-        from sgpo.metrics.cli import add_metrics_parser
+    from sgpo.deploy import add_deploy_parser
+    from sgpo.metrics.cli import add_metrics_parser
 
-        add_metrics_parser(sub)
-    except ImportError:  # pragma: no cover
-        pass
+    add_metrics_parser(sub)
+    add_deploy_parser(sub)
     return p
 
 

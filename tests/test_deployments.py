@@ -398,3 +398,13 @@ def test_deploy_needs_a_server_and_keeps_the_repo_template(monkeypatch):
     specs = {s["name"]: s for s in deploy.pool_specs("kubernetes")}
     assert specs["cuda"]["type"] == "kubernetes" and "gpu_count" in json.dumps(specs["cuda"]["base_job_template"])
     assert specs["cpu"]["type"] == "process"
+
+
+def test_distributed_mode_without_a_server_says_so(sft_inputs):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import flows.dispatch as d
+
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        with pytest.raises(d.StageDispatchError, match="PREFECT_API_URL is not set"):
+            d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed())

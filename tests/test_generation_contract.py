@@ -438,11 +438,11 @@ def test_vllm_server_command_and_missing_python(tmp_path):
     p = SamplingConfig(backend="vllm_server", vllm_python=sys.executable, vllm_dtype="float32",
                        vllm_enforce_eager=True, vllm_max_model_len=256, vllm_extra_args=["--max-num-seqs", "8"],
                        vllm_env={"VLLM_CPU_KVCACHE_SPACE": "1"}, seed=3)  # fmt: skip
-    server = VLLMServer("/models/m", p, trust_remote_code=True)
+    server = VLLMServer(tmp_path, p, trust_remote_code=True)
     cmd = server.command(1234)
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(cmd)
-    for part in ("--model /models/m", "--port 1234", "--host 127.0.0.1", "--dtype float32", "--seed 3",
+    for part in (f"--model {tmp_path}", "--port 1234", "--host 127.0.0.1", "--dtype float32", "--seed 3",
                  "--max-model-len 256", "--enforce-eager", "--trust-remote-code", "--generation-config vllm",
                  "--max-num-seqs 8"):  # fmt: skip
         assert part in joined

@@ -239,8 +239,8 @@ class VLLMServer:
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
-        # The checkpoint is a local folder: never reach for the hub (and fail fast offline).
-        env.setdefault("HF_HUB_OFFLINE", "1")
+        if Path(self.model_dir).is_dir():  # a local checkpoint: never reach for the hub
+            env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
         # The pipeline's venv must not leak into another interpreter's imports.
         if self.python != sys.executable:
