@@ -19,16 +19,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.context import get_run_context
 from pydantic import BaseModel, Field
 
 from artifacts.refs import ArtifactRef
-from flows.sgpo import StageFailed, StageReport, result_storage
+from flows.runner import StageReport, StageRunner, with_endpoint
 from sgpo.eval_config import EvalModelSpec, EvaluationConfig, load_evaluation_config
 from tasks.alpaca_eval import alpaca_eval_generate_task, alpaca_eval_judge_task
 from tasks.arena_hard import arena_hard_generate_task, arena_hard_judge_task
@@ -125,49 +124,6 @@ def resolve_model(spec: EvalModelSpec, run: Any | None = None, storage_options: 
 # --------------------------------------------------------------------------------------------------
 # Running stages
 # --------------------------------------------------------------------------------------------------
-class _EvalRunner:
-    """Runs one stage task in this process (cached by its key), times it, reports ran / cached."""
-
-    def __init__(self, cfg: EvaluationConfig, ctx: StageContext, force: list[str]):
-        self.cfg, self.ctx, self.force = cfg, ctx, set(force)
-        self.storage = result_storage(cfg)
-        self.reports: list[StageReport] = []
-        self.log = get_run_logger()
-
-    def __call__(self, label: str, task: Any, **params: Any) -> ArtifactRef:
-        stage = label.split("[")[0]
-        forced = stage in self.force or label in self.force
-        ctx = self.ctx.model_copy(update={"refresh": forced})
-        t0 = time.perf_counter()
-        state = task.with_options(result_storage=self.storage, refresh_cache=forced or None, task_run_name=label)(
-            **params, ctx=ctx, return_state=True
-        )
-        try:
-            ref: ArtifactRef = state.result()
-        except Exception as e:
-            raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
-        cached = state.name == "Cached" or ref.produced_by != self.ctx.run_id
-        seconds = time.perf_counter() - t0
-        report = StageReport(stage=label, status="cached" if cached else "ran", seconds=round(seconds, 2),
-                             uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary)
-        self.reports.append(report)
-        line = f"[sgpo] {label:<24} {report.status:<6} {seconds:7.1f}s  {ref.uri}"
-        print(line, flush=True)
-        self.log.info(line)
-        if cached and self.ctx.tracking:
-            from sgpo.tracking import stage_run
-
-            with stage_run(self.ctx.tracking, label, tags={"sgpo.cached": "true", "sgpo.artifact_uri": ref.uri}):
-                pass
-        return ref
-
-
-def _with_endpoint(section: Any, base_url: str | None, model: str) -> Any:
-    if section.endpoint.base_url or base_url is None:
-        return section
-    return section.model_copy(update={"endpoint": section.endpoint.model_copy(update={"base_url": base_url, "model": model})})
-
-
 def _needs_embedded_judge(cfg: EvaluationConfig) -> bool:
     sections = [s for s in (cfg.alpaca_eval, cfg.arena_hard) if s.enabled] + list(cfg.pairwise)
     return any(not s.endpoint.base_url for s in sections)
@@ -195,7 +151,7 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
         tracking = start_pipeline_run(uri, cfg.tracking.experiment, cfg.name, artifact_root=artifact_root,
                                       tags={"prefect.flow_run_id": str(run_id), "sgpo.kind": "evaluation"})
     ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
-    run = _EvalRunner(cfg, ctx, force or [])
+    run = StageRunner(ctx, force or [], width=24)
     try:
         report = _evaluate(cfg, run)
     except BaseException:
@@ -209,7 +165,7 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
     return report
 
 
-def _evaluate(cfg: EvaluationConfig, run: _EvalRunner) -> EvaluationReport:
+def _evaluate(cfg: EvaluationConfig, run: StageRunner) -> EvaluationReport:
     from sgpo.llm.embedded import EMBEDDED_MODEL_NAME, embedded_llm
 
     model, model_name = resolve_model(cfg.model, run, cfg.store.storage_options)
@@ -226,17 +182,17 @@ def _evaluate(cfg: EvaluationConfig, run: _EvalRunner) -> EvaluationReport:
             answers = run("alpaca_eval_generate", alpaca_eval_generate_task, model=model, cfg=cfg.alpaca_eval,
                           model_name=model_name)
             judged = run("alpaca_eval_judge", alpaca_eval_judge_task, answers=answers,
-                         cfg=_with_endpoint(cfg.alpaca_eval, base_url, EMBEDDED_MODEL_NAME))
+                         cfg=with_endpoint(cfg.alpaca_eval, base_url, EMBEDDED_MODEL_NAME))
             out.alpaca_eval = {**judged.summary, "annotations_uri": judged.uri}
         if cfg.arena_hard.enabled:
             answers = run("arena_hard_generate", arena_hard_generate_task, model=model, cfg=cfg.arena_hard,
                           model_name=model_name)
             judged = run("arena_hard_judge", arena_hard_judge_task, answers=answers,
-                         cfg=_with_endpoint(cfg.arena_hard, base_url, EMBEDDED_MODEL_NAME))
+                         cfg=with_endpoint(cfg.arena_hard, base_url, EMBEDDED_MODEL_NAME))
             out.arena_hard = {**judged.summary, "judgments_uri": judged.uri}
         for p in cfg.pairwise:
             judged = run(f"pairwise[{p.name}]", pairwise_task, table=tables[p.name],
-                         cfg=_with_endpoint(p, base_url, EMBEDDED_MODEL_NAME))
+                         cfg=with_endpoint(p, base_url, EMBEDDED_MODEL_NAME))
             out.pairwise[p.name] = {**judged.summary, "annotations_uri": judged.uri}
     out.stages = list(run.reports)
     _publish_ui_artifacts(out)

@@ -10,15 +10,15 @@ failed run resumes at the stage that failed. `force` names stages to recompute.
 from __future__ import annotations
 
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.context import get_run_context
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from artifacts.refs import ArtifactRef
+from flows.runner import StageFailed, StageReport, StageRunner, with_endpoint  # noqa: F401 (re-exported)
 from sgpo.config import PipelineConfig, load_config
 from tasks.annotate import annotate_task
 from tasks.base_model import base_model_task
@@ -35,95 +35,12 @@ from tasks.sft import sft_task
 STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "judge")
 
 
-class StageFailed(RuntimeError):
-    """A stage's error, with the stage named; finished stages stay cached for the next run."""
-
-
-class StageReport(BaseModel):
-    stage: str
-    status: str = Field(description="ran | cached")
-    seconds: float
-    uri: str
-    content_hash: str
-    summary: dict[str, Any] = Field(default_factory=dict)
-
-
 class PipelineReport(BaseModel):
     flow_run_id: str | None
     stages: list[StageReport]
     final_policy: str
     judge: dict[str, Any]
     mlflow_run_id: str | None = None
-
-
-def result_storage(cfg: PipelineConfig) -> Any:
-    """Where Prefect keeps its cache records: beside the artifacts, so any process finds them."""
-    from artifacts.store import normalize_url
-
-    url = normalize_url(cfg.store.url)
-    if url.startswith("file://"):
-        path = Path(url[len("file://"):]) / "_prefect"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    from prefect.filesystems import RemoteFileSystem
-
-    from artifacts.hashing import sha256_text
-
-    slug = f"sgpo-results-{sha256_text(url)[:10]}"
-    # Only the endpoint and other non-secret options: credentials come from the environment.
-    RemoteFileSystem(basepath=f"{url}/_prefect", settings=cfg.store.storage_options).save(slug, overwrite=True)
-    return f"remote-file-system/{slug}"
-
-
-class _Runner:
-    """Runs one stage task, times it, and reports ran / cached."""
-
-    def __init__(self, cfg: PipelineConfig, ctx: StageContext, force: list[str]):
-        self.cfg, self.ctx, self.force = cfg, ctx, set(force)
-        self.storage = result_storage(cfg)
-        self.reports: list[StageReport] = []
-        self.log = get_run_logger()
-
-    def __call__(self, label: str, task: Any, **params: Any) -> ArtifactRef:
-        stage = label.split("[")[0]
-        forced = stage in self.force or label in self.force
-        ctx = self.ctx.model_copy(update={"refresh": forced})
-        t0 = time.perf_counter()
-        if self.cfg.execution.mode == "distributed":  # GPU stages as flow runs on the CUDA pool
-            from flows.dispatch import dispatch_stage
-
-            try:
-                ref, cached = dispatch_stage(label, stage, task, params, ctx, self.cfg.execution, result_storage=self.storage)
-            except Exception as e:
-                raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
-        else:
-            state = task.with_options(result_storage=self.storage, refresh_cache=forced or None, task_run_name=label)(
-                **params, ctx=ctx, return_state=True
-            )
-            try:
-                ref: ArtifactRef = state.result()
-            except Exception as e:
-                raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
-            cached = state.name == "Cached" or ref.produced_by != self.ctx.run_id
-        seconds = time.perf_counter() - t0
-        report = StageReport(stage=label, status="cached" if cached else "ran", seconds=round(seconds, 2),
-                             uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary)
-        self.reports.append(report)
-        line = f"[sgpo] {label:<18} {report.status:<6} {seconds:7.1f}s  {ref.uri}"
-        print(line, flush=True)
-        self.log.info(line)
-        if cached and self.ctx.tracking:
-            from sgpo.tracking import stage_run
-
-            with stage_run(self.ctx.tracking, label, tags={"sgpo.cached": "true", "sgpo.artifact_uri": ref.uri}):
-                pass
-        return ref
-
-
-def _with_endpoint(section: Any, base_url: str | None, model: str) -> Any:
-    if section.endpoint.base_url or base_url is None:
-        return section
-    return section.model_copy(update={"endpoint": section.endpoint.model_copy(update={"base_url": base_url, "model": model})})
 
 
 @flow(name="sgpo", description="SGPO: SFT -> self-improver -> on-policy pairs -> DPO -> judge")
@@ -141,7 +58,7 @@ def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None 
         tracking = start_pipeline_run(cfg.tracking.mlflow_uri, cfg.tracking.experiment, cfg.name,
                                       artifact_root=artifact_root, tags={"prefect.flow_run_id": str(run_id)})
     ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
-    run = _Runner(cfg, ctx, force or [])
+    run = StageRunner(ctx, force or [], cfg.execution)
     try:
         report = _pipeline(cfg, run)
     except BaseException:
@@ -154,7 +71,7 @@ def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None 
     return report
 
 
-def _pipeline(cfg: PipelineConfig, run: _Runner) -> PipelineReport:
+def _pipeline(cfg: PipelineConfig, run: StageRunner) -> PipelineReport:
     from sgpo.llm.embedded import EMBEDDED_MODEL_NAME, embedded_llm
 
     base = run("base_model", base_model_task, spec=cfg.model)
@@ -171,7 +88,7 @@ def _pipeline(cfg: PipelineConfig, run: _Runner) -> PipelineReport:
             base_url = stack.enter_context(embedded_llm(model_dir, max_new_tokens_cap=cfg.embedded_llm.max_new_tokens_cap))
             print(f"[sgpo] embedded external LLM at {base_url} (model {model_dir})", flush=True)
         annotations = run("annotate", annotate_task, samples=samples,
-                          cfg=_with_endpoint(cfg.annotate, base_url, EMBEDDED_MODEL_NAME))
+                          cfg=with_endpoint(cfg.annotate, base_url, EMBEDDED_MODEL_NAME))
         filtered = run("ppl_filter", ppl_filter_task, policy=pi_sft, annotations=annotations, cfg=cfg.ppl_filter)
         pi_imp = run("improver_sft", improver_sft_task, start=pi_sft, filtered=filtered, cfg=cfg.improver_sft)
 
@@ -183,7 +100,7 @@ def _pipeline(cfg: PipelineConfig, run: _Runner) -> PipelineReport:
             policy = run(f"dpo{suffix}", dpo_task, start=policy, pairs=pairs, cfg=cfg.dpo)
 
         judged = run("judge", judge_task, policy=policy, data=data["eval"],
-                     cfg=_with_endpoint(cfg.judge, base_url, EMBEDDED_MODEL_NAME))
+                     cfg=with_endpoint(cfg.judge, base_url, EMBEDDED_MODEL_NAME))
     _publish_ui_artifacts(run.reports, judged)
     return PipelineReport(flow_run_id=None, stages=run.reports, final_policy=policy.uri, judge=judged.summary)
 

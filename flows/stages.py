@@ -14,7 +14,6 @@ Flow names are the stage names and deployments are `<stage>/<prefix>-<stage>` (E
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 from prefect import flow
@@ -44,9 +43,9 @@ STAGE_FLOW_OPTIONS: dict[str, Any] = dict(persist_result=True, result_serializer
 
 def _run_stage_task(task: Any, ctx: StageContext, **params: Any) -> ArtifactRef:
     """The stage's task, with result storage in the shared store and `force` honoured (as in-process)."""
-    from flows.sgpo import result_storage
+    from flows.runner import result_storage
 
-    storage = result_storage(SimpleNamespace(store=ctx.store))  # uses only the store section
+    storage = result_storage(ctx.store)
     state = task.with_options(result_storage=storage, refresh_cache=ctx.refresh or None)(
         **params, ctx=ctx, return_state=True
     )
