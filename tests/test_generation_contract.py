@@ -19,14 +19,12 @@ Set up the vLLM venv with scripts/setup_vllm_cpu.sh, then: pytest -m vllm tests/
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -427,9 +425,12 @@ def test_vllm_server_start_failure_is_reported_with_the_log(tmp_path):
     from sgpo.generation.vllm import VLLMServer
 
     bad = SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON), server_startup_timeout_s=300, **VLLM_CPU)
+    server = VLLMServer(tmp_path / "no-such-model", bad)
     with pytest.raises(RuntimeError, match="exited with code") as err:
-        VLLMServer(tmp_path / "no-such-model", bad).start()
-    assert "last lines of" in str(err.value)
+        server.start()
+    assert f"last lines of {server.log_path}" in str(err.value)
+    assert server.proc.poll() is not None
+    server.log_path.unlink()  # kept for the user after a failed start; the test cleans up
 
 
 def test_vllm_server_command_and_missing_python(tmp_path):
