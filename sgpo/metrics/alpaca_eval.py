@@ -61,6 +61,24 @@ Gamed-baseline regularisation: upstream adds the annotations of two "gamed" GPT-
 the leaderboard number: with the surrogate difficulty it gives 21.40 (gpt-3.5-turbo-1106, published
 19.30) and 7.12 (alpaca-7b, published 5.88). For leaderboard-comparable LC pass
 ``gamed_annotations=download_gamed_annotations()`` (and the official difficulty).
+
+Offline stand-in for ``df_gamed.csv`` (tried, NOT adopted): synthetic gamed rows built only from
+the gamed models' public numbers -- per instruction ``i`` the baseline length ``L_i`` (from
+``gpt4_1106_preview_outputs.json``), gamed length ``L_i * avg_length_gamed / avg_length_baseline``
+(leaderboard: verbose 2402, concise 1136, baseline 2049), hence ``delta_i = L_i - gamed_i`` and
+``std_delta_len = delta / std(delta)`` as upstream (the ratio cancels: ``+-L_i / std(L)``), surrogate
+difficulty, ``not_gamed_baseline = False`` and the soft target
+``p_i = logistic(w . [tanh(std_delta_len_i), difficulty_i, 1])`` with that gamed model's published
+GLM weights (the model's own fitted preference). Regularised refit (lambda 0.2), surrogate
+difficulty, vs leaderboard LC:
+
+* proportional lengths: gpt-3.5-turbo-1106 21.06 (+1.76), alpaca-7b 6.26 (+0.39);
+* proportional lengths with ``std_delta_len`` scaled per gamed model so that ``mean(p_i)`` equals
+  its published raw win rate (scale 0.27 verbose / 0.62 concise): 21.96 (+2.66), 6.71 (+0.84).
+
+Neither is within 1.0 point for both models (the unregularised fallback is +2.10 / +1.24), so
+the offline default stays the unregularised GLM; only the official ``df_gamed.csv`` reproduces the
+leaderboard refit.
 """
 
 from __future__ import annotations
