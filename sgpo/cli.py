@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{j['n_labelled']} of {j['n']} prompts judged")
     else:
         print(f"[sgpo] judge: no win rate: none of {j.get('n', 0)} judge answers had 'm' or 'M' among its top "
-              "logprobs (expected from the untrained tiny stand-in judge; a real judge labels almost every row)")
+              "logprobs (the judge did not follow the one-token answer format; a capable judge labels almost every row)")
     return 0
 
 

@@ -5,6 +5,8 @@ and tokenizer locally (deterministically, from the bundled data) and stores it l
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 
 from artifacts.hashing import sha256_bytes, stage_cache_key
@@ -15,7 +17,7 @@ from tasks.common import TASK_DEFAULTS, StageContext, manifest, scratch_dir
 from tasks.prepare import BUNDLED_DIR
 
 STAGE = "base_model"
-CODE_VERSION = "1"
+CODE_VERSION = "2"  # 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
 TINY_CORPUS_GLOB = "tiny/*.jsonl"
 
 
@@ -24,7 +26,14 @@ def _tiny_corpus() -> list:
 
 
 def cache_key(spec: ModelSpec) -> str:
-    corpus = {p.name: sha256_bytes(p.read_bytes()) for p in _tiny_corpus()} if spec.name_or_path == "tiny" else {}
+    corpus: dict[str, str] = {}
+    if spec.name_or_path == "tiny":
+        import sgpo.tinykit
+
+        # The kit's own source is an input too: a change to how it builds the model or tokenizer
+        # must not be served from an old cache entry.
+        corpus = {p.name: sha256_bytes(p.read_bytes()) for p in _tiny_corpus()}
+        corpus["tinykit.py"] = sha256_bytes(Path(sgpo.tinykit.__file__).read_bytes())
     return stage_cache_key(STAGE, code_version=CODE_VERSION, config=cache_payload(spec), inputs=corpus)
 
 
