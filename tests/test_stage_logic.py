@@ -232,3 +232,19 @@ def test_tiny_kit_is_deterministic(tmp_path, tiny_model_dir):
     out = build_tiny_model(tmp_path / "again", TinyModelConfig(), corpus_texts(sorted(prepare.BUNDLED_DIR.glob("tiny/*.jsonl"))))
     for name in ("model.safetensors", "tokenizer.json"):
         assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256((tiny_model_dir / name).read_bytes()).digest()
+
+
+def test_tiny_base_model_key_follows_the_kit_source(tmp_path, monkeypatch):
+    """Changing how the kit builds the model or tokenizer must not be served from an old cache entry."""
+    import sgpo.tinykit
+    from sgpo.config import ModelSpec
+    from tasks import base_model
+
+    spec = ModelSpec()
+    before = base_model.cache_key(spec)
+    edited = tmp_path / "tinykit.py"
+    edited.write_text(open(sgpo.tinykit.__file__).read() + "\n# a change\n")
+    monkeypatch.setattr(sgpo.tinykit, "__file__", str(edited))
+    assert base_model.cache_key(spec) != before
+    assert base_model.cache_key(ModelSpec(name_or_path="Qwen/Qwen2.5-7B")) == base_model.cache_key(
+        ModelSpec(name_or_path="Qwen/Qwen2.5-7B"))
