@@ -132,7 +132,8 @@ def _needs_embedded_judge(cfg: EvaluationConfig) -> bool:
 # --------------------------------------------------------------------------------------------------
 # The flow
 # --------------------------------------------------------------------------------------------------
-@flow(name="sgpo-evaluate", description="AlpacaEval 2.0, Arena-Hard v0.1 and pairwise win rates of one model")
+@flow(name="sgpo-evaluate", description="AlpacaEval 2.0, Arena-Hard v0.1 and pairwise win rates of one model",
+      result_serializer="json")
 def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = None) -> EvaluationReport:
     """Evaluate `config.model` on the configured benchmarks; `force` lists stages (or `pairwise[NAME]`) to recompute."""
     from sgpo.tracking import end_pipeline_run, start_pipeline_run

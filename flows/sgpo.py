@@ -43,7 +43,7 @@ class PipelineReport(BaseModel):
     mlflow_run_id: str | None = None
 
 
-@flow(name="sgpo", description="SGPO: SFT -> self-improver -> on-policy pairs -> DPO -> judge")
+@flow(name="sgpo", description="SGPO: SFT -> self-improver -> on-policy pairs -> DPO -> judge", result_serializer="json")
 def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None = None) -> PipelineReport:
     """Run the whole SGPO pipeline (or its variants) for `config`; `force` lists stages to recompute."""
     from sgpo.tracking import end_pipeline_run, start_pipeline_run
