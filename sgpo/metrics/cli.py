@@ -114,6 +114,12 @@ def run_alpaca_eval(args: argparse.Namespace) -> int:
         "lc_regularized": metrics.get("lc_regularized"),
         "gamed_source": gamed_source,
     }
+    if payload["lc_win_rate"] is not None and not payload["lc_regularized"]:
+        # Upstream regularises the GLM with its gamed-baseline rows (df_gamed.csv, hub only); without
+        # them the fit is upstream's unregularised one, which can sit ~1-2 points from the official LC.
+        payload["lc_note"] = ("fitted without the gamed-baseline regulariser (upstream df_gamed.csv not given); "
+                              "may differ from the official LC by ~1-2 points: pass --gamed-annotations hub "
+                              "(and --instruction-difficulty hub) for the official computation")
     _print_json(payload)
     return 0
 
