@@ -41,7 +41,8 @@ def _deploy_argv() -> list[str]:
 
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     if "deploy" in sub.choices:
-        return fill(DEPLOY)
+        argv = fill(DEPLOY)
+        return [venv_bin(argv[0]), *argv[1:]]  # the venv's own `sgpo`: the venv need not be on PATH
     return [sys.executable, "-m", "sgpo.deploy"]
 
 
