@@ -136,7 +136,7 @@ def _needs_embedded_judge(cfg: EvaluationConfig) -> bool:
       result_serializer="json")
 def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = None) -> EvaluationReport:
     """Evaluate `config.model` on the configured benchmarks; `force` lists stages (or `pairwise[NAME]`) to recompute."""
-    from sgpo.tracking import end_pipeline_run, start_pipeline_run
+    from sgpo.tracking import pipeline_run
 
     cfg = config or load_evaluation_config()
     unknown = [s for s in force or [] if s.split("[")[0] not in EVAL_STAGES]
@@ -144,24 +144,12 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
         raise ValueError(f"force: unknown stage(s) {unknown}; stages: {', '.join(EVAL_STAGES)}")
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
-    tracking = None
-    if cfg.tracking.enabled:
-        uri = cfg.tracking.mlflow_uri
-        artifact_root = str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlruns") \
-            if uri.startswith("sqlite:///") else None
-        tracking = start_pipeline_run(uri, cfg.tracking.experiment, cfg.name, artifact_root=artifact_root,
-                                      tags={"prefect.flow_run_id": str(run_id), "sgpo.kind": "evaluation"})
-    ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
-    run = StageRunner(ctx, force or [], width=24)
-    try:
-        report = _evaluate(cfg, run)
-    except BaseException:
+    tags = {"prefect.flow_run_id": str(run_id), "sgpo.kind": "evaluation"}
+    with pipeline_run(cfg.tracking, cfg.name, tags=tags) as tracking:
+        ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
+        report = _evaluate(cfg, StageRunner(ctx, force or [], width=24))
         if tracking:
-            end_pipeline_run(tracking, "FAILED")
-        raise
-    if tracking:
-        _log_parent_metrics(tracking, report)
-        end_pipeline_run(tracking, "FINISHED")
+            _log_parent_metrics(tracking, report)
     report.flow_run_id, report.mlflow_run_id = run_id, tracking.parent_run_id if tracking else None
     return report
 

@@ -10,7 +10,6 @@ failed run resumes at the stage that failed. `force` names stages to recompute.
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 from prefect import flow
@@ -46,27 +45,14 @@ class PipelineReport(BaseModel):
 @flow(name="sgpo", description="SGPO: SFT -> self-improver -> on-policy pairs -> DPO -> judge", result_serializer="json")
 def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None = None) -> PipelineReport:
     """Run the whole SGPO pipeline (or its variants) for `config`; `force` lists stages to recompute."""
-    from sgpo.tracking import end_pipeline_run, start_pipeline_run
+    from sgpo.tracking import pipeline_run
 
     cfg = config or load_config("tiny")
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
-    tracking = None
-    if cfg.tracking.enabled:
-        artifact_root = str(Path(cfg.tracking.mlflow_uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlruns") \
-            if cfg.tracking.mlflow_uri.startswith("sqlite:///") else None
-        tracking = start_pipeline_run(cfg.tracking.mlflow_uri, cfg.tracking.experiment, cfg.name,
-                                      artifact_root=artifact_root, tags={"prefect.flow_run_id": str(run_id)})
-    ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
-    run = StageRunner(ctx, force or [], cfg.execution)
-    try:
-        report = _pipeline(cfg, run)
-    except BaseException:
-        if tracking:
-            end_pipeline_run(tracking, "FAILED")
-        raise
-    if tracking:
-        end_pipeline_run(tracking, "FINISHED")
+    with pipeline_run(cfg.tracking, cfg.name, tags={"prefect.flow_run_id": str(run_id)}) as tracking:
+        ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
+        report = _pipeline(cfg, StageRunner(ctx, force or [], cfg.execution))
     report.flow_run_id, report.mlflow_run_id = run_id, tracking.parent_run_id if tracking else None
     return report
 

@@ -37,7 +37,7 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def start_pipeline_run(uri: str, experiment: str, run_name: str, *, artifact_root: str, tags: dict[str, str]) -> TrackingHandle:
+def start_pipeline_run(uri: str, experiment: str, run_name: str, *, artifact_root: str | None, tags: dict[str, str]) -> TrackingHandle:
     uri = _normalize_uri(uri)
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -52,6 +52,25 @@ def start_pipeline_run(uri: str, experiment: str, run_name: str, *, artifact_roo
 
 def end_pipeline_run(handle: TrackingHandle, status: str = "FINISHED") -> None:
     _client(handle.uri).set_terminated(handle.parent_run_id, status=status)
+
+
+@contextmanager
+def pipeline_run(cfg: Any, run_name: str, *, tags: dict[str, str]) -> Iterator[TrackingHandle | None]:
+    """The parent MLflow run of one flow run (None when `cfg.enabled` is off): FINISHED when the
+    block ends, FAILED when it raises. `cfg` is a TrackingConfig."""
+    if not cfg.enabled:
+        yield None
+        return
+    uri = cfg.mlflow_uri
+    # MLflow's own artifacts live beside a SQLite database, not in ./mlruns of whatever cwd.
+    root = str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlruns") if uri.startswith("sqlite:///") else None
+    handle = start_pipeline_run(uri, cfg.experiment, run_name, artifact_root=root, tags=tags)
+    try:
+        yield handle
+    except BaseException:
+        end_pipeline_run(handle, "FAILED")
+        raise
+    end_pipeline_run(handle, "FINISHED")
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
