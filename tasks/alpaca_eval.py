@@ -39,6 +39,7 @@ from artifacts.hashing import sha256_bytes, sha256_text, stage_cache_key
 from artifacts.refs import ArtifactRef
 from sgpo.config import DatasetSpec, cache_payload
 from sgpo.eval_config import AlpacaEvalConfig
+from sgpo.generation import answer_each
 from sgpo.llm.client import CallRecord, CallSummary, ChatRequest, EndpointConfig
 from sgpo.prompts import load_prompt
 from tasks.common import TASK_DEFAULTS, StageContext, manifest, stage_logger
@@ -385,18 +386,6 @@ def generate_cache_key(model: ArtifactRef, cfg: AlpacaEvalConfig, model_name: st
                            inputs={"model": model.content_hash, "data": sha256_text(json.dumps(source_fingerprint(cfg.data), sort_keys=True))})
 
 
-def generate_answers(model_dir: str, instructions: list[str], sampling: Any, *, trust_remote_code: bool) -> list[Any]:
-    """One answer per instruction (single user turn, the model's chat template)."""
-    from sgpo.generation import open_generator
-
-    params = sampling.model_copy(update={"n": 1})
-    gen = open_generator(model_dir, params, trust_remote_code=trust_remote_code)
-    try:
-        return [g[0] for g in gen.generate([[{"role": "user", "content": x}] for x in instructions], params)]
-    finally:
-        gen.close()
-
-
 def run_alpaca_eval_generate(model: ArtifactRef, cfg: AlpacaEvalConfig, ctx: StageContext, *, model_name: str) -> ArtifactRef:
     import pyarrow as pa
 
@@ -408,7 +397,7 @@ def run_alpaca_eval_generate(model: ArtifactRef, cfg: AlpacaEvalConfig, ctx: Sta
     rows, n_source = load_alpaca_eval_rows(cfg)
     log.info("alpaca_eval: %s answers %d of %d instructions", model_name, len(rows), n_source)
     with ctx.tracked(STAGE_GENERATE, generate_payload(cfg, model_name)) as tracker:
-        answers = generate_answers(store.model_dir(model), [r["instruction"] for r in rows], cfg.sampling,
+        answers = answer_each(store.model_dir(model), [r["instruction"] for r in rows], cfg.sampling,
                                    trust_remote_code=ctx.trust_remote_code)
         table = [{**r, "output": a.text, "generator": model_name, "finish_reason": a.finish_reason,
                   "completion_tokens": a.completion_tokens} for r, a in zip(rows, answers)]

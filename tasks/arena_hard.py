@@ -34,7 +34,8 @@ from sgpo.config import DatasetSpec, cache_payload
 from sgpo.eval_config import ArenaHardConfig
 from sgpo.llm.client import ChatRequest
 from sgpo.prompts import PROMPT_DIR, PromptError
-from tasks.alpaca_eval import BenchmarkDataError, generate_answers, load_records, source_fingerprint
+from sgpo.generation import answer_each
+from tasks.alpaca_eval import BenchmarkDataError, load_records, source_fingerprint
 from tasks.common import TASK_DEFAULTS, StageContext, manifest, stage_logger
 
 STAGE_GENERATE = "arena_hard_generate"
@@ -175,7 +176,7 @@ def run_arena_hard_generate(model: ArtifactRef, cfg: ArenaHardConfig, ctx: Stage
     rows, counts = load_arena_hard_rows(cfg)
     log.info("arena_hard: %s answers %d questions (%s)", model_name, len(rows), counts)
     with ctx.tracked(STAGE_GENERATE, generate_payload(cfg, model_name)) as tracker:
-        answers = generate_answers(store.model_dir(model), [r["question"] for r in rows], cfg.sampling,
+        answers = answer_each(store.model_dir(model), [r["question"] for r in rows], cfg.sampling,
                                    trust_remote_code=ctx.trust_remote_code)
         table = [{**r, "baseline_model": cfg.baseline_name, "model_id": model_name, "answer": a.text,
                   "token_len": a.completion_tokens, "finish_reason": a.finish_reason} for r, a in zip(rows, answers)]

@@ -60,7 +60,7 @@ def judge_requests(rows: list[dict], answers: list[str], cfg: JudgeStageConfig) 
 def run_judge(policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfig, ctx: StageContext) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.generation import open_generator
+    from sgpo.generation import answer_each
     from sgpo.llm.client import call_all
     from sgpo.metrics.alpaca_eval import preference_from_top_logprobs, win_rate_metrics
     from tasks.annotate import ExternalLLMNotConfigured
@@ -74,12 +74,8 @@ def run_judge(policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfig, ctx
     rows = store.read_table(data).to_pylist()
     log = stage_logger(STAGE)
     with ctx.tracked(STAGE, config_payload(cfg)) as tracker:
-        gen = open_generator(store.model_dir(policy), cfg.sampling.model_copy(update={"n": 1}),
-                             trust_remote_code=ctx.trust_remote_code)
-        try:
-            answers = [s[0].text for s in gen.generate([[{"role": "user", "content": r["prompt"]}] for r in rows], cfg.sampling.model_copy(update={"n": 1}))]
-        finally:
-            gen.close()
+        answers = [g.text for g in answer_each(store.model_dir(policy), [r["prompt"] for r in rows], cfg.sampling,
+                                                trust_remote_code=ctx.trust_remote_code)]
         reqs, orders = judge_requests(rows, answers, cfg)
         with stage_progress(STAGE, len(reqs), logger=log) as progress:
             result = call_all(

@@ -58,3 +58,13 @@ def open_generator(model_dir: str, params: "SamplingConfig", *, trust_remote_cod
             params.base_url, model=params.served_model_name or model_dir, max_concurrency=params.max_concurrency
         )
     raise ValueError(f"unknown generation backend {params.backend!r}")
+
+
+def answer_each(model_dir: str, instructions: list[str], params: "SamplingConfig", *, trust_remote_code: bool = False) -> list[Generation]:
+    """One answer per instruction (a single user turn in the model's chat template), `params.n` ignored."""
+    one = params.model_copy(update={"n": 1})
+    gen = open_generator(model_dir, one, trust_remote_code=trust_remote_code)
+    try:
+        return [g[0] for g in gen.generate([[{"role": "user", "content": x}] for x in instructions], one)]
+    finally:
+        gen.close()
