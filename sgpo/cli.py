@@ -64,13 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"sgpo: --force: unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    try:
-        report = sgpo_pipeline(config=cfg, force=args.force)
-    except KeyboardInterrupt:
-        print("sgpo: interrupted; finished stages are kept and a new run resumes from them", file=sys.stderr)
-        return 130
-    except Exception as e:  # the flow's error names the stage; keep the message, drop the traceback
-        return _failed(e)
+    report, rc = _call_flow(sgpo_pipeline, config=cfg, force=args.force)
+    if report is None:
+        return rc
     n_cached = sum(s.status == "cached" for s in report.stages)
     print(f"[sgpo] done in {time.perf_counter() - t0:.1f}s: {len(report.stages) - n_cached} ran, {n_cached} cached", flush=True)
     print(f"[sgpo] final policy: {report.final_policy}")
@@ -97,13 +93,22 @@ def _prepare_prefect(verbose: bool) -> None:
         _quiet_prefect_console()
 
 
-def _failed(e: BaseException) -> int:
-    print(f"sgpo: run failed: {e}", file=sys.stderr)
-    print("sgpo: finished stages are kept; fix the cause and run the same command again to resume "
-          "from the failed stage (-v shows Prefect's logs and the traceback)", file=sys.stderr)
-    if os.environ.get("SGPO_DEBUG"):
-        raise e
-    return 1
+def _call_flow(flow_fn, **params):
+    """(report, 0), or (None, exit code) after a one-paragraph message: the flow's error names the
+    stage; the traceback is for -v / SGPO_DEBUG."""
+    try:
+        return flow_fn(**params), 0
+    except KeyboardInterrupt:
+        print("sgpo: interrupted; finished stages and paid LLM calls are kept, and a new run resumes from them",
+              file=sys.stderr)
+        return None, 130
+    except Exception as e:
+        print(f"sgpo: run failed: {e}", file=sys.stderr)
+        print("sgpo: finished stages are kept; fix the cause and run the same command again to resume "
+              "from the failed stage (-v shows Prefect's logs and the traceback)", file=sys.stderr)
+        if os.environ.get("SGPO_DEBUG"):
+            raise
+        return None, 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -123,13 +128,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if unknown:
         print(f"sgpo: --force: unknown stage(s) {unknown}; stages: {', '.join(EVAL_STAGES)}", file=sys.stderr)
         return 2
-    try:
-        report = evaluate(config=cfg, force=args.force)
-    except KeyboardInterrupt:
-        print("sgpo: interrupted; finished stages and paid judge calls are kept", file=sys.stderr)
-        return 130
-    except Exception as e:
-        return _failed(e)
+    report, rc = _call_flow(evaluate, config=cfg, force=args.force)
+    if report is None:
+        return rc
     for line in summary_lines(report):
         print(line)
     return 0
