@@ -6,21 +6,9 @@ it through the real openai client over HTTP, exactly as they would talk to GPT-4
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Iterator
 
 EMBEDDED_MODEL_NAME = "sgpo-embedded"
-
-
-@dataclass
-class CappedBackend:
-    """Caps generated tokens: a tiny stand-in model would otherwise ramble to max_tokens."""
-
-    inner: Any
-    cap: int
-
-    def chat(self, messages, *, max_tokens, **kw):
-        return self.inner.chat(messages, max_tokens=min(max_tokens, self.cap), **kw)
 
 
 @contextlib.contextmanager
@@ -28,6 +16,7 @@ def embedded_llm(model_dir: str, *, max_new_tokens_cap: int) -> Iterator[str]:
     """Yields the base URL (http://127.0.0.1:PORT/v1) of a server for `model_dir`."""
     from sgpo.llm.server import TransformersChatBackend, build_app, running_server
 
-    backend = CappedBackend(TransformersChatBackend(model_dir), max_new_tokens_cap)
-    with running_server(build_app(backend, model_name=EMBEDDED_MODEL_NAME)) as base_url:
+    # The cap keeps a tiny stand-in model from rambling to every request's max_tokens.
+    app = build_app(TransformersChatBackend(model_dir), model_name=EMBEDDED_MODEL_NAME, max_tokens_cap=max_new_tokens_cap)
+    with running_server(app) as base_url:
         yield base_url
