@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 HASH_PREFIX_LEN = 16  # folder names use a prefix; manifests keep the full hash
+LARGE_FILE_BYTES = 256 * 2**20
+EDGE_BYTES = 8 * 2**20
 
 
 def canonical_json(obj: Any) -> str:
@@ -43,3 +46,23 @@ def stage_cache_key(
         "prompts": prompts or {},
     }
     return sha256_text(canonical_json(payload))
+
+
+def dir_content_hash(path: Path) -> str:
+    """Content hash of a local checkpoint dir: every file's sha256 (files over 256 MiB: size + first and
+    last 8 MiB, so a 15 GB checkpoint is not read in full on every run)."""
+    entries = {}
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h = hashlib.sha256()
+        size = p.stat().st_size
+        with open(p, "rb") as f:
+            if size <= LARGE_FILE_BYTES:
+                for chunk in iter(lambda: f.read(2**20), b""):
+                    h.update(chunk)
+            else:
+                h.update(str(size).encode())
+                h.update(f.read(EDGE_BYTES))
+                f.seek(size - EDGE_BYTES)
+                h.update(f.read(EDGE_BYTES))
+        entries[p.relative_to(path).as_posix()] = h.hexdigest()
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()

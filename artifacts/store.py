@@ -199,6 +199,27 @@ class ArtifactStore:
         return uri
 
 
+def read_ref(uri: str, storage_options: dict[str, Any] | None = None) -> ArtifactRef:
+    """The ArtifactRef of a finished artifact from its folder URI (read from its manifest)."""
+    url = normalize_url(uri)
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    path = f"{root.rstrip('/')}/{MANIFEST}"
+    if not fs.exists(path):
+        raise FileNotFoundError(f"{uri} is not a finished artifact (no {MANIFEST} in it)")
+    with fs.open(path, "rb") as f:
+        return ArtifactRef.model_validate(json.loads(f.read())["ref"])
+
+
+def local_model_ref(path: str | Path) -> ArtifactRef:
+    """A model in a local checkpoint dir outside the store: referenced by its content hash."""
+    from artifacts.hashing import dir_content_hash
+
+    local = Path(path).expanduser().resolve()
+    digest = dir_content_hash(local)
+    return ArtifactRef(uri=f"hf://{local}", kind="hub_model", stage="model", cache_key=digest, content_hash=digest,
+                       summary={"local_dir": str(local)})
+
+
 def hub_model_ref(name_or_path: str, revision: str | None) -> ArtifactRef:
     """A base model that stays on the hub (or a local dir): referenced, not copied into the store."""
     ident = canonical_json({"model": name_or_path, "revision": revision})

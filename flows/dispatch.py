@@ -5,49 +5,23 @@
 that runs the pipeline); a GPU stage first looks for its finished artifact in the shared store
 (a cached stage dispatches nothing), else calls its deployment `<stage>/<prefix>-<stage>` with
 `run_deployment`, waits for the child flow run, and reads the artifact back from the store by
-cache key. The child runs the same stage code (`flows.stages`), so both paths publish the same
+cache key. The child runs the same stage (`flows.stages`), so both paths publish the same
 artifact under the same key.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
-from pydantic import BaseModel
+from typing import Any, Mapping
 
 from artifacts.refs import ArtifactRef
 from flows.stages import GPU_STAGES, deployment_name
 from sgpo.config import ExecutionConfig
-from tasks.common import StageContext, stage_logger
+from sgpo.stage import Stage, StageContext, run_task, stage_logger
 
 POLL_INTERVAL_S = 2.0
 
 
 class StageDispatchError(RuntimeError):
     """A GPU stage could not be dispatched, or its child flow run did not finish with an artifact."""
-
-
-def stage_module(stage: str) -> Any:
-    return importlib.import_module(f"tasks.{stage}")
-
-
-def stage_cache_key(stage: str, params: dict[str, Any]) -> str:
-    """The stage's own cache key (the same one its task and `run_<stage>` use)."""
-    return stage_module(stage).cache_key(**params)
-
-
-def _jsonable(value: Any) -> Any:
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
-
-
-def run_in_process(label: str, task: Any, params: dict[str, Any], ctx: StageContext,
-                   result_storage: Any = None) -> tuple[ArtifactRef, bool]:
-    """The task in this process, as the pipeline runs every stage in local mode."""
-    state = task.with_options(result_storage=result_storage, refresh_cache=ctx.refresh or None, task_run_name=label)(
-        **params, ctx=ctx, return_state=True
-    )
-    ref: ArtifactRef = state.result()
-    return ref, state.name == "Cached" or ref.produced_by != ctx.run_id
 
 
 def _check_deployment(name: str, execution: ExecutionConfig) -> Any:
@@ -91,34 +65,32 @@ def _check_deployment(name: str, execution: ExecutionConfig) -> Any:
 
 def dispatch_stage(
     label: str,
-    stage: str,
-    task: Any,
-    params: dict[str, Any],
+    st: Stage,
+    cfg: Any,
+    inputs: Mapping[str, ArtifactRef],
+    params: Mapping[str, Any] | None,
     ctx: StageContext,
     execution: ExecutionConfig,
-    *,
-    result_storage: Any = None,
 ) -> tuple[ArtifactRef, bool]:
-    """Run one stage where the configuration says; returns (artifact, cached).
-
-    `params` are the stage task's inputs without `ctx` (e.g. base=, data=, cfg= for sft).
-    """
-    if execution.mode != "distributed" or stage not in GPU_STAGES:
-        return run_in_process(label, task, params, ctx, result_storage)
+    """Run one stage where the configuration says; returns (artifact, cached)."""
+    if execution.mode != "distributed" or st.name not in GPU_STAGES:
+        return run_task(st, cfg, ctx, inputs, params, label=label)
 
     from prefect.deployments import run_deployment
 
-    log = stage_logger(stage)
-    key = stage_cache_key(stage, params)
+    log = stage_logger(st.name)
+    cfg = st.coerce(cfg)
+    key = st.cache_key(cfg, inputs, params)
     store = ctx.open_store()
-    if (ref := ctx.reuse(store, stage, key)) is not None:
+    if (ref := ctx.reuse(store, st.name, key)) is not None:
         log.info("%s: finished artifact in the store (%s); nothing dispatched", label, ref.uri)
         return ref, True
 
-    name = deployment_name(stage, execution.deployment_prefix)
+    name = deployment_name(st.name, execution.deployment_prefix)
     dep = _check_deployment(name, execution)
-    parameters = {k: _jsonable(v) for k, v in params.items()}
-    parameters["ctx"] = ctx.model_dump(mode="json")
+    parameters = {"inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
+                  "cfg": cfg.model_dump(mode="json"), "ctx": ctx.model_dump(mode="json"),
+                  "params": dict(params) if params else None}
     log.info("%s: dispatching to deployment %s on work pool %r", label, name, dep.work_pool_name)
     child = run_deployment(
         name=name,
@@ -126,7 +98,7 @@ def dispatch_stage(
         timeout=None,  # GPU stages take hours; the child's own state ends the wait
         poll_interval=POLL_INTERVAL_S,
         flow_run_name=f"{label}-{key[:8]}",
-        tags=["sgpo", f"sgpo-stage:{stage}"],
+        tags=["sgpo", f"sgpo-stage:{st.name}"],
     )
     state = child.state
     if state is None or not state.is_completed():
@@ -137,11 +109,11 @@ def dispatch_stage(
             f"on work pool {dep.work_pool_name!r} ended {what}{message}. Finished stages stay in the store; "
             "retry the pipeline run to resume here."
         )
-    ref = store.find(stage, key)
+    ref = store.find(st.name, key)
     if ref is None:
         raise StageDispatchError(
             f"GPU stage '{label}': child flow run '{child.name}' ({child.id}) completed but the store "
-            f"{store.url} holds no {stage} artifact for key {key[:16]}: do the CUDA worker and the pipeline "
+            f"{store.url} holds no {st.name} artifact for key {key[:16]}: do the CUDA worker and the pipeline "
             "use the same store (store.url, storage_options, credentials)?"
         )
     log.info("%s: child flow run %s completed -> %s", label, child.name, ref.uri)

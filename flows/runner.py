@@ -1,76 +1,69 @@
 """Running one stage inside a flow: where (dispatch), cached or not, how long, and what it made.
 
-Shared by every flow (sgpo, evaluate): each stage call goes through `StageRunner`, which runs the
-stage's task in-process or on the CUDA pool (flows.dispatch), turns its error into a
-`StageFailed` that names the stage, prints and logs one line per stage, and records cached
-stages in MLflow.
+Shared by every flow (pipeline, evaluate): each stage call goes through `StageRunner`, which
+points an LLM stage without a configured endpoint at the embedded stand-in server (started only
+if that stage really runs), runs the stage's task in-process or on the CUDA pool
+(flows.dispatch), turns its error into a `StageFailed` that names the stage, prints and logs one
+line per stage, and records cached stages in MLflow.
 """
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger
-from pydantic import BaseModel, Field
-
 from artifacts.refs import ArtifactRef
-from sgpo.config import ExecutionConfig, StoreConfig
-from tasks.common import StageContext
+from flows.dispatch import dispatch_stage
+from sgpo.config import ExecutionConfig
+from sgpo.llm.embedded import EMBEDDED_MODEL_NAME, EmbeddedLLM
+from sgpo.run_report import StageReport
+from sgpo.stage import Stage, StageContext
 
 
 class StageFailed(RuntimeError):
     """A stage's error, with the stage named; finished stages stay cached for the next run."""
 
 
-class StageReport(BaseModel):
-    stage: str
-    status: str = Field(description="ran | cached")
-    seconds: float
-    uri: str
-    content_hash: str
-    summary: dict[str, Any] = Field(default_factory=dict)
-
-
-def result_storage(store: StoreConfig) -> Any:
-    """Where Prefect keeps its cache records: beside the artifacts, so any process finds them."""
-    from artifacts.store import normalize_url
-
-    url = normalize_url(store.url)
-    if url.startswith("file://"):
-        path = Path(url[len("file://"):]) / "_prefect"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    from prefect.filesystems import RemoteFileSystem
-
-    from artifacts.hashing import sha256_text
-
-    slug = f"sgpo-results-{sha256_text(url)[:10]}"
-    # Only the endpoint and other non-secret options: credentials come from the environment.
-    RemoteFileSystem(basepath=f"{url}/_prefect", settings=store.storage_options).save(slug, overwrite=True)
-    return f"remote-file-system/{slug}"
+def with_endpoint(section: Any, field: str, base_url: str | None, model: str) -> Any:
+    """`section` with its `field` endpoint pointed at `base_url` / `model`."""
+    ep = getattr(section, field)
+    return section.model_copy(update={field: ep.model_copy(update={"base_url": base_url, "model": model})})
 
 
 class StageRunner:
-    """Call as `run(label, task, **params)`; `label` is the stage name, optionally `name[suffix]`."""
+    """Call as `run(label, stage, cfg, **inputs)`; `label` is the stage name, optionally `name[suffix]`."""
 
-    def __init__(self, ctx: StageContext, force: list[str], execution: ExecutionConfig | None = None, *, width: int = 18):
+    def __init__(self, ctx: StageContext, force: list[str], execution: ExecutionConfig | None = None, *,
+                 llm: EmbeddedLLM | None = None, width: int = 18):
         self.ctx, self.force = ctx, set(force)
         self.execution = execution or ExecutionConfig()
-        self.storage = result_storage(ctx.store)
+        self.llm = llm
         self.reports: list[StageReport] = []
         self.width = width
         self.log = get_run_logger()
 
-    def __call__(self, label: str, task: Any, **params: Any) -> ArtifactRef:
-        from flows.dispatch import dispatch_stage
+    def _forced(self, label: str) -> bool:
+        return label.split("[")[0] in self.force or label in self.force
 
-        stage = label.split("[")[0]
-        forced = stage in self.force or label in self.force
+    def _point_at_embedded(self, st: Stage, cfg: Any, inputs: dict[str, ArtifactRef], params: dict | None,
+                           forced: bool) -> Any:
+        """An LLM stage without base_url talks to the embedded server, which starts only if the stage
+        has no finished artifact (the model name, part of the key, is set either way)."""
+        if not st.llm or self.llm is None or getattr(cfg, st.llm).base_url:
+            return cfg
+        cfg = with_endpoint(st.coerce(cfg), st.llm, None, EMBEDDED_MODEL_NAME)
+        if not forced and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None:
+            return cfg  # cached: no server needed; Stage.run returns the artifact before checking base_url
+        return with_endpoint(cfg, st.llm, self.llm.base_url(), EMBEDDED_MODEL_NAME)
+
+    def __call__(self, label: str, st: Stage, cfg: Any, params: dict[str, Any] | None = None,
+                 **inputs: ArtifactRef) -> ArtifactRef:
+        forced = self._forced(label)
         ctx = self.ctx.model_copy(update={"refresh": forced})
         t0 = time.perf_counter()
         try:
-            ref, cached = dispatch_stage(label, stage, task, params, ctx, self.execution, result_storage=self.storage)
+            cfg = self._point_at_embedded(st, cfg, inputs, params, forced)
+            ref, cached = dispatch_stage(label, st, cfg, inputs, params, ctx, self.execution)
         except Exception as e:
             raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - t0
@@ -86,10 +79,3 @@ class StageRunner:
             with stage_run(self.ctx.tracking, label, tags={"sgpo.cached": "true", "sgpo.artifact_uri": ref.uri}):
                 pass
         return ref
-
-
-def with_endpoint(section: Any, base_url: str | None, model: str) -> Any:
-    """`section` with its judge/annotator endpoint pointed at the embedded server, unless configured."""
-    if section.endpoint.base_url or base_url is None:
-        return section
-    return section.model_copy(update={"endpoint": section.endpoint.model_copy(update={"base_url": base_url, "model": model})})

@@ -2,6 +2,7 @@
 
     sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
     sgpo evaluate [EVAL_CONFIG] [key=value ...]   AlpacaEval 2.0 / Arena-Hard / pairwise judging of a model
+    sgpo stage NAME [CONFIG] [key=value ...] --INPUT URI ...   run one stage alone (= python -m tasks.NAME)
     sgpo config [CONFIG] [key=value ...]          print the resolved config
     sgpo deploy                                   register work pools and deployments (docs/cluster.md)
     sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
@@ -57,11 +58,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     _prepare_prefect(args.verbose)
     print(f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})", flush=True)
-    from flows.sgpo import STAGES, sgpo_pipeline
+    from flows.pipeline import FORCEABLE, check_force, sgpo_pipeline
 
-    unknown = [s for s in args.force if s.split("[")[0] not in STAGES + ("base_model", "prepare")]
-    if unknown:
-        print(f"sgpo: --force: unknown stage(s) {unknown}; stages: {', '.join(STAGES)}", file=sys.stderr)
+    try:
+        check_force(args.force, FORCEABLE)
+    except ValueError as e:
+        print(f"sgpo: --{e}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     report, rc = _call_flow(sgpo_pipeline, config=cfg, force=args.force)
@@ -122,11 +124,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
     _prepare_prefect(args.verbose)
-    from flows.evaluate import EVAL_STAGES, evaluate, summary_lines
+    from flows.evaluate import EVALUATION_STAGES, evaluate
+    from flows.pipeline import check_force
+    from sgpo.run_report import summary_lines
 
-    unknown = [s for s in args.force if s.split("[")[0] not in EVAL_STAGES + ("pairwise",)]
-    if unknown:
-        print(f"sgpo: --force: unknown stage(s) {unknown}; stages: {', '.join(EVAL_STAGES)}", file=sys.stderr)
+    try:
+        check_force(args.force, EVALUATION_STAGES)
+    except ValueError as e:
+        print(f"sgpo: --{e}", file=sys.stderr)
         return 2
     report, rc = _call_flow(evaluate, config=cfg, force=args.force)
     if report is None:
@@ -134,6 +139,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for line in summary_lines(report):
         print(line)
     return 0
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """`sgpo stage NAME ...` is `python -m tasks.NAME ...`."""
+    from sgpo.stage import stage_main
+    from tasks import ALL_STAGES, get_stage
+
+    if args.name not in ALL_STAGES:
+        print(f"sgpo: unknown stage {args.name!r}; stages: {', '.join(ALL_STAGES)}", file=sys.stderr)
+        return 2
+    for k, v in EMBEDDED_PREFECT_DEFAULTS.items():
+        os.environ.setdefault(k, v)
+    return stage_main(get_stage(args.name), args.rest)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -164,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute this stage (repeatable)")
     ev.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
     ev.set_defaults(func=cmd_evaluate)
+    st = sub.add_parser("stage", help="run one stage alone (`sgpo stage NAME -h` lists its inputs)", add_help=False)
+    st.add_argument("name", metavar="NAME", help="the stage, e.g. sft, dpo, judge")
+    st.add_argument("rest", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...] --INPUT URI ... (see -h)")
+    st.set_defaults(func=cmd_stage)
     cfg = sub.add_parser("config", help="print the resolved configuration")
     cfg.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")
     cfg.set_defaults(func=cmd_config)

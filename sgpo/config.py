@@ -12,16 +12,15 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sgpo.llm.client import EndpointConfig
-
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "configs"
 NOT_IN_CACHE_KEY = "not_in_cache_key"
+SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
 def runtime_field(default: Any = None, description: str = "", **kw: Any) -> Any:
@@ -37,6 +36,31 @@ class Section(BaseModel):
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key."""
+
+
+# --------------------------------------------------------------------------- LLM endpoints
+
+
+class EndpointConfig(BaseModel):
+    """An OpenAI-compatible endpoint and how hard to try it. The API key itself is never stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = runtime_field(None, "OpenAI-compatible base URL; None = the pipeline starts the embedded server")
+    model: str = Field("gpt-4-turbo", description="Model id sent with every request")
+    api_key_env: str = runtime_field(
+        "OPENAI_API_KEY", "NAME of the env var holding the key; unset is allowed only for a loopback base_url"
+    )
+    timeout_s: float = runtime_field(60.0, "Per-attempt HTTP timeout", gt=0)
+    max_concurrency: int = runtime_field(8, "Requests in flight at once", ge=1)
+    max_retries: int = runtime_field(6, "Retries per request for transport errors, 429 and 5xx", ge=0)
+    max_invalid_retries: int = Field(
+        2, ge=0, description="Re-asks for empty/truncated/refused/unparseable answers before keeping it as invalid"
+    )
+    backoff_base_s: float = runtime_field(1.0, "First retry delay; doubles each retry, with jitter", ge=0)
+    backoff_max_s: float = runtime_field(60.0, "Cap on one retry delay", ge=0)
+    price_per_1m_prompt_tokens: float | None = runtime_field(None, "USD per 1M prompt tokens, for cost reports", ge=0)
+    price_per_1m_completion_tokens: float | None = runtime_field(None, "USD per 1M completion tokens", ge=0)
 
 
 # --------------------------------------------------------------------------- data and model
@@ -205,13 +229,23 @@ class DPOStageConfig(TrainConfig):
     max_length: int = Field(2048, ge=16)
 
 
-class JudgeStageConfig(Section):
+class PairJudgeConfig(Section):
+    """The pairwise judge (sgpo.judging): AlpacaEval 2.0's protocol unless a custom prompt is chosen."""
+
     endpoint: EndpointConfig = Field(default_factory=EndpointConfig, description="The judge LLM")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How the policy answers eval prompts")
-    prompt: str = Field("judge_pairwise_v1", description="Pairwise judge prompt (answers 'm' or 'M')")
+    prompt: str = Field(
+        "alpaca_eval_clf_v1",
+        description="Judge prompt file under sgpo/prompts answering 'm' or 'M' (default: AlpacaEval's official one)",
+    )
     top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the judge's one-token answer (official: 5)")
-    judge_temperature: float = Field(1.0, ge=0, description="Judge sampling temperature (official weighted evaluator: 1)")
-    seed: int = Field(0, description="Seed of the per-instruction random order of the two outputs")
+    judge_temperature: float = Field(1.0, ge=0, description="Judge temperature (official: 1; only logprobs are read)")
+    order_seed: int = Field(0, description="Seed of upstream's per-instruction output order (AlpacaEval's rule; default 0)")
+
+
+class JudgeStageConfig(PairJudgeConfig):
+    """The pipeline's last stage: the final policy's answers judged against the eval set's baselines."""
+
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How the policy answers eval prompts")
 
 
 # --------------------------------------------------------------------------- infrastructure
@@ -368,6 +402,11 @@ def load_config(source: str | Path | None = None, overrides: list[str] | tuple[s
         return PipelineConfig.model_validate(tree)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, str(path))) from None
+
+
+def project(section: BaseModel, model: type[SectionT]) -> SectionT:
+    """The part of `section` that `model` declares (e.g. the generate stage's fields of a benchmark's section)."""
+    return model.model_validate({k: getattr(section, k) for k in model.model_fields})
 
 
 def cache_payload(section: BaseModel) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from sgpo.config import (
     ConfigError,
     DatasetSpec,
     EmbeddedLLMConfig,
+    EndpointConfig,
+    PairJudgeConfig,
     SamplingConfig,
     Section,
     StoreConfig,
@@ -36,15 +38,19 @@ from sgpo.config import (
     apply_overrides,
     format_validation_error,
     read_yaml_tree,
+    runtime_field,
 )
-from sgpo.llm.client import EndpointConfig
 
 __all__ = [
     "ALPACA_EVAL_HUB_FILE",
     "ARENA_HARD_BASELINE_HUB_FILE",
     "ARENA_HARD_QUESTIONS_HUB_FILE",
     "AlpacaEvalConfig",
+    "AlpacaEvalGenerateConfig",
+    "AlpacaEvalJudgeConfig",
     "ArenaHardConfig",
+    "ArenaHardGenerateConfig",
+    "ArenaHardJudgeConfig",
     "EvalModelSpec",
     "EvaluationConfig",
     "PairwiseConfig",
@@ -94,10 +100,9 @@ class EvalModelSpec(Section):
 # --------------------------------------------------------------------------- AlpacaEval 2.0
 
 
-class AlpacaEvalConfig(Section):
-    """AlpacaEval 2.0: the policy's answers judged against GPT-4 Turbo's with `weighted_alpaca_eval_gpt4_turbo`."""
+class AlpacaEvalGenerateConfig(Section):
+    """What `alpaca_eval_generate` reads: the instructions and how the policy answers them."""
 
-    enabled: bool = Field(True, description="Run this benchmark")
     data: DatasetSpec = Field(
         default_factory=lambda: DatasetSpec(path=ALPACA_EVAL_HUB_FILE, split="eval"),
         description="Instructions with baseline outputs (columns instruction, output, optional dataset, generator); "
@@ -110,13 +115,15 @@ class AlpacaEvalConfig(Section):
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=2048),
         description="How the policy answers (the paper: temperature 0.7, top-p 0.9)",
     )
-    endpoint: EndpointConfig = Field(default_factory=_judge_endpoint, description="The judge LLM (official: gpt-4-1106-preview)")
-    prompt: str = Field("alpaca_eval_clf_v1", description="Judge prompt file under sgpo/prompts (official alpaca_eval_clf.txt)")
-    top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the judge's one-token answer (official: 5)")
-    judge_temperature: float = Field(1.0, ge=0, description="Judge temperature (official: 1; only logprobs are read)")
-    order_seed: int = Field(
-        0, description="Seed of upstream's per-instruction output-order randomisation (annotator default: 0)"
+    baseline_name: str | None = Field(
+        None, description="generator_1 in annotations; default: the data's `generator` column, else gpt4_1106_preview"
     )
+
+
+class AlpacaEvalJudgeConfig(PairJudgeConfig):
+    """What `alpaca_eval_judge` reads: the judge (weighted_alpaca_eval_gpt4_turbo) and the LC inputs."""
+
+    endpoint: EndpointConfig = Field(default_factory=_judge_endpoint, description="The judge LLM (official: gpt-4-1106-preview)")
     instruction_difficulty: str = Field(
         "hub",
         description="LC GLM difficulty: 'hub' (official instruction_difficulty.csv, needs network), a CSV path, "
@@ -127,18 +134,20 @@ class AlpacaEvalConfig(Section):
         description="Upstream df_gamed.csv for the LC GLM's gamed-baseline regulariser: 'hub', a CSV path, or 'none' "
         "(unregularised GLM: NOT the leaderboard's LC, ~2 points off)",
     )
-    baseline_name: str | None = Field(
-        None, description="generator_1 in annotations; default: the data's `generator` column, else gpt4_1106_preview"
-    )
+
+
+class AlpacaEvalConfig(AlpacaEvalGenerateConfig, AlpacaEvalJudgeConfig):
+    """AlpacaEval 2.0: the policy's answers judged against GPT-4 Turbo's with `weighted_alpaca_eval_gpt4_turbo`."""
+
+    enabled: bool = Field(True, description="Run this benchmark")
 
 
 # --------------------------------------------------------------------------- Arena-Hard v0.1
 
 
-class ArenaHardConfig(Section):
-    """Arena-Hard v0.1: two judge games per question (positions swapped) vs gpt-4-0314, Bradley-Terry score."""
+class ArenaHardGenerateConfig(Section):
+    """What `arena_hard_generate` reads: the questions, the baseline's answers, greedy decoding."""
 
-    enabled: bool = Field(True, description="Run this benchmark")
     questions: str = Field(
         ARENA_HARD_QUESTIONS_HUB_FILE,
         description="Questions: official question.jsonl (question_id, category, turns) as a hub file (hf://...), "
@@ -156,6 +165,11 @@ class ArenaHardConfig(Section):
         default_factory=lambda: SamplingConfig(temperature=0.0, top_p=1.0, max_new_tokens=4096),
         description="How the policy answers (official gen_answer: greedy, max 4096 tokens)",
     )
+
+
+class ArenaHardJudgeConfig(Section):
+    """What `arena_hard_judge` reads: the judge, its official settings and the score's bootstrap."""
+
     endpoint: EndpointConfig = Field(default_factory=_judge_endpoint, description="The judge LLM (official: gpt-4-1106-preview)")
     judge_settings: str = Field(
         "arena_hard_judge_v0.1",
@@ -171,10 +185,16 @@ class ArenaHardConfig(Section):
     seed: int = Field(42, description="Bootstrap seed (official show_result.py: 42)")
 
 
+class ArenaHardConfig(ArenaHardGenerateConfig, ArenaHardJudgeConfig):
+    """Arena-Hard v0.1: two judge games per question (positions swapped) vs gpt-4-0314, Bradley-Terry score."""
+
+    enabled: bool = Field(True, description="Run this benchmark")
+
+
 # --------------------------------------------------------------------------- pairwise
 
 
-class PairwiseConfig(Section):
+class PairwiseConfig(PairJudgeConfig):
     """Win rate of one response column over another column of a table artifact, AlpacaEval-style judge.
 
     E.g. Table 1 of the paper on the `annotate` artifact: `imp` vs `policy` (improved vs response B)
@@ -183,16 +203,14 @@ class PairwiseConfig(Section):
     """
 
     name: str = Field(description="Label of this comparison in reports, e.g. imp_vs_policy", pattern=r"^[A-Za-z0-9_.-]+$")
-    table: str = Field(description="URI of a table artifact in the store (its folder, holding manifest.json)")
+    table: str = runtime_field(
+        ..., "URI of a table artifact in the store (its folder, holding manifest.json); "
+        "an input artifact: its content hash, not this URI, is in the cache key")
     instruction_column: str = Field("prompt", description="Column with the instruction")
     model_column: str = Field("imp", description="Column whose win rate is reported (shown as the model)")
     baseline_column: str = Field("policy", description="Column it is compared against (the baseline)")
     max_rows: int | None = Field(None, ge=1, description="Judge the first N usable rows only")
     endpoint: EndpointConfig = Field(default_factory=_judge_endpoint, description="The judge LLM")
-    prompt: str = Field("alpaca_eval_clf_v1", description="Judge prompt file (AlpacaEval's, answers m or M)")
-    top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the one-token answer")
-    judge_temperature: float = Field(1.0, ge=0, description="Judge temperature (only logprobs are read)")
-    order_seed: int = Field(0, description="Seed of the per-instruction output order (AlpacaEval's rule)")
 
 
 # --------------------------------------------------------------------------- the whole evaluation

@@ -7,54 +7,44 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from prefect import task
-
-from artifacts.hashing import sha256_bytes, stage_cache_key
+from artifacts.hashing import sha256_bytes
 from artifacts.refs import ArtifactRef
 from artifacts.store import hub_model_ref
-from sgpo.config import ModelSpec, cache_payload
-from tasks.common import TASK_DEFAULTS, StageContext, manifest, scratch_dir
-from tasks.prepare import BUNDLED_DIR
+from sgpo.config import ModelSpec
+from sgpo.data_sources import BUNDLED_DIR
+from sgpo.stage import Job, scratch_dir, stage, stage_main
 
-STAGE = "base_model"
-CODE_VERSION = "2"  # 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
 TINY_CORPUS_GLOB = "tiny/*.jsonl"
 
 
-def _tiny_corpus() -> list:
+def _tiny_corpus() -> list[Path]:
     return sorted(BUNDLED_DIR.glob(TINY_CORPUS_GLOB))
 
 
-def cache_key(spec: ModelSpec) -> str:
-    corpus: dict[str, str] = {}
-    if spec.name_or_path == "tiny":
-        import sgpo.tinykit
-
-        # The kit's own source is an input too: a change to how it builds the model or tokenizer
-        # must not be served from an old cache entry.
-        corpus = {p.name: sha256_bytes(p.read_bytes()) for p in _tiny_corpus()}
-        corpus["tinykit.py"] = sha256_bytes(Path(sgpo.tinykit.__file__).read_bytes())
-    return stage_cache_key(STAGE, code_version=CODE_VERSION, config=cache_payload(spec), inputs=corpus)
-
-
-def run_base_model(spec: ModelSpec, ctx: StageContext) -> ArtifactRef:
+def tiny_sources(spec: ModelSpec) -> dict[str, str]:
+    """The tiny kit's corpus and its own source are inputs: a change to how it builds the model or
+    tokenizer must not be served from an old cache entry."""
     if spec.name_or_path != "tiny":
-        return hub_model_ref(spec.name_or_path, spec.revision)
-    store = ctx.open_store()
-    key = cache_key(spec)
-    if (ref := ctx.reuse(store, STAGE, key)) is not None:
-        return ref
+        return {}
+    import sgpo.tinykit
+
+    sources = {p.name: sha256_bytes(p.read_bytes()) for p in _tiny_corpus()}
+    sources["tinykit.py"] = sha256_bytes(Path(sgpo.tinykit.__file__).read_bytes())
+    return sources
+
+
+@stage("base_model", section="model", code_version="2", tracked=False, fingerprint=tiny_sources,
+       description="the starting checkpoint: a hub id or local dir (referenced), or the tiny kit's model (built)")
+def base_model(job: Job, cfg: ModelSpec) -> ArtifactRef:
+    # code_version 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
+    if cfg.name_or_path != "tiny":
+        return hub_model_ref(cfg.name_or_path, cfg.revision)
     from sgpo.tinykit import build_tiny_model, corpus_texts
 
-    with scratch_dir(STAGE) as tmp:
-        out = build_tiny_model(tmp / "model", spec.tiny, corpus_texts(_tiny_corpus()))
-        return store.publish_model(
-            STAGE, key, out,
-            manifest=manifest(STAGE, CODE_VERSION, cache_payload(spec), {}, seeds={"init": spec.tiny.seed}),
-            summary={"tiny": True}, produced_by=ctx.run_id,
-        )
+    with scratch_dir("base_model") as tmp:
+        out = build_tiny_model(tmp / "model", cfg.tiny, corpus_texts(_tiny_corpus()))
+        return job.publish_model(out, summary={"tiny": True}, seeds={"init": cfg.tiny.seed})
 
 
-@task(name="base_model", cache_key_fn=lambda _c, p: cache_key(p["spec"]), **TASK_DEFAULTS)
-def base_model_task(spec: ModelSpec, ctx: StageContext) -> ArtifactRef:
-    return run_base_model(spec, ctx)
+if __name__ == "__main__":
+    raise SystemExit(stage_main(base_model))

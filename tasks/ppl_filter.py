@@ -10,15 +10,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from prefect import task
-
-from artifacts.hashing import stage_cache_key
 from artifacts.refs import ArtifactRef
-from sgpo.config import PplFilterStageConfig, cache_payload
-from tasks.common import TASK_DEFAULTS, StageContext, manifest, stage_logger
+from sgpo.config import PplFilterStageConfig
+from sgpo.stage import Job, stage, stage_main
 
-STAGE = "ppl_filter"
-CODE_VERSION = "1"
 RESPONSE_TYPES = ("imp", "ext")
 
 
@@ -75,21 +70,12 @@ def response_perplexities(
     return out
 
 
-def cache_key(policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig) -> str:
-    return stage_cache_key(
-        STAGE, code_version=CODE_VERSION, config=cache_payload(cfg),
-        inputs={"policy": policy.content_hash, "annotations": annotations.content_hash},
-    )
-
-
-def run_ppl_filter(policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig, ctx: StageContext) -> ArtifactRef:
+@stage("ppl_filter", section="ppl_filter", gpu=True,
+       description="perplexity of y_imp / y_ext under pi_sft; drop Tukey IQR outliers per response type")
+def ppl_filter(job: Job, policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    store = ctx.open_store()
-    key = cache_key(policy, annotations, cfg)
-    if (ref := ctx.reuse(store, STAGE, key)) is not None:
-        return ref
-    rows = store.read_table(annotations).to_pylist()
+    rows = job.read_rows(annotations)
     candidates = [
         {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "reference": r["reference"], "policy": r["policy"],
          "target": r[t], "target_type": t}
@@ -97,36 +83,26 @@ def run_ppl_filter(policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilter
     ]
     if not candidates:
         raise ValueError(f"{annotations.uri}: no usable improved or external responses to filter (all calls invalid?)")
-    log = stage_logger(STAGE)
-    with ctx.tracked(STAGE, cache_payload(cfg)) as tracker:
-        ppl = response_perplexities(
-            store.model_dir(policy), [c["prompt"] for c in candidates], [c["target"] for c in candidates],
-            batch_size=cfg.batch_size, max_length=cfg.max_length, trust_remote_code=ctx.trust_remote_code,
-        )
-        summary: dict = {}
-        for t in RESPONSE_TYPES:
-            idx = [i for i, c in enumerate(candidates) if c["target_type"] == t]
-            if not idx:
-                continue
-            fences = tukey_fences([ppl[i] for i in idx], cfg.iqr_k)
-            kept = 0
-            for i in idx:
-                candidates[i]["ppl"] = ppl[i]
-                candidates[i]["kept"] = fences["low"] <= ppl[i] <= fences["high"]
-                kept += candidates[i]["kept"]
-            summary[t] = {**fences, "total": len(idx), "kept": kept, "dropped": len(idx) - kept}
-            log.info("ppl filter %s: kept %d of %d (fences %.3g..%.3g)", t, kept, len(idx), fences["low"], fences["high"])
-        tracker.log_metrics({f"{t}.{k}": v for t, s in summary.items() for k, v in s.items()})
-        ref = store.publish_table(
-            STAGE, key, pa.Table.from_pylist(candidates),
-            manifest=manifest(STAGE, CODE_VERSION, cache_payload(cfg), {"policy": policy, "annotations": annotations},
-                              extra={"fences": summary}),
-            summary=summary, produced_by=ctx.run_id,
-        )
-        tracker.set_tags({"sgpo.artifact_uri": ref.uri})
-        return ref
+    ppl = response_perplexities(
+        job.model_dir(policy), [c["prompt"] for c in candidates], [c["target"] for c in candidates],
+        batch_size=cfg.batch_size, max_length=cfg.max_length, trust_remote_code=job.ctx.trust_remote_code,
+    )
+    summary: dict = {}
+    for t in RESPONSE_TYPES:
+        idx = [i for i, c in enumerate(candidates) if c["target_type"] == t]
+        if not idx:
+            continue
+        fences = tukey_fences([ppl[i] for i in idx], cfg.iqr_k)
+        kept = 0
+        for i in idx:
+            candidates[i]["ppl"] = ppl[i]
+            candidates[i]["kept"] = fences["low"] <= ppl[i] <= fences["high"]
+            kept += candidates[i]["kept"]
+        summary[t] = {**fences, "total": len(idx), "kept": kept, "dropped": len(idx) - kept}
+        job.log.info("ppl filter %s: kept %d of %d (fences %.3g..%.3g)", t, kept, len(idx), fences["low"], fences["high"])
+    job.log_metrics({f"{t}.{k}": v for t, s in summary.items() for k, v in s.items()})
+    return job.publish_table(pa.Table.from_pylist(candidates), summary=summary, extra={"fences": summary})
 
 
-@task(name="ppl_filter", cache_key_fn=lambda _c, p: cache_key(p["policy"], p["annotations"], p["cfg"]), tags=["gpu"], **TASK_DEFAULTS)
-def ppl_filter_task(policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig, ctx: StageContext) -> ArtifactRef:
-    return run_ppl_filter(policy, annotations, cfg, ctx)
+if __name__ == "__main__":
+    raise SystemExit(stage_main(ppl_filter))

@@ -57,7 +57,7 @@ def test_every_gpu_stage_has_a_deployment_on_the_cuda_pool(prefect_yaml):
 
 
 def test_pipeline_deployments_are_on_the_cpu_pool_with_the_config_variable(prefect_yaml):
-    pipe = [d for d in prefect_yaml["deployments"] if d["entrypoint"] == "flows.sgpo:sgpo_pipeline"]
+    pipe = [d for d in prefect_yaml["deployments"] if d["entrypoint"] == "flows.pipeline:sgpo_pipeline"]
     assert {d["name"] for d in pipe} >= {"sgpo-pipeline", "sgpo-nightly-step2"}
     for d in pipe:
         assert d["work_pool"]["name"] == "cpu"
@@ -209,7 +209,7 @@ def test_accelerate_configs_load():
 def test_pipeline_parameter_schema_has_every_config_section():
     from prefect.utilities.callables import parameter_schema
 
-    from flows.sgpo import sgpo_pipeline
+    from flows.pipeline import sgpo_pipeline
 
     schema = parameter_schema(sgpo_pipeline).model_dump_for_openapi()
     defs = schema["definitions"]

@@ -32,7 +32,7 @@ def _status(report) -> dict[str, str]:
 
 
 def test_failed_run_names_the_stage_and_leaves_nothing_finished(workdir):
-    from flows.sgpo import StageFailed, sgpo_pipeline
+    from flows.pipeline import StageFailed, sgpo_pipeline
 
     closed = free_port()  # nothing listens here: the judge endpoint is unreachable
     cfg = _cfg(workdir, f"judge.endpoint.base_url=http://127.0.0.1:{closed}/v1", "judge.endpoint.max_retries=1",
@@ -46,7 +46,7 @@ def test_failed_run_names_the_stage_and_leaves_nothing_finished(workdir):
 
 
 def test_rerun_resumes_at_the_failed_stage(workdir):
-    from flows.sgpo import sgpo_pipeline
+    from flows.pipeline import sgpo_pipeline
 
     report = sgpo_pipeline(config=_cfg(workdir))
     status = _status(report)
@@ -57,7 +57,7 @@ def test_rerun_resumes_at_the_failed_stage(workdir):
 
 
 def test_second_run_is_fully_cached_and_traced(workdir):
-    from flows.sgpo import sgpo_pipeline
+    from flows.pipeline import sgpo_pipeline
 
     report = sgpo_pipeline(config=_cfg(workdir))
     assert set(_status(report).values()) == {"cached"}
@@ -71,7 +71,7 @@ def test_second_run_is_fully_cached_and_traced(workdir):
 
 
 def test_changing_one_stage_reruns_it_and_downstream_only(workdir):
-    from flows.sgpo import sgpo_pipeline
+    from flows.pipeline import sgpo_pipeline
 
     report = sgpo_pipeline(config=_cfg(workdir, "dpo.beta=0.2"))
     ran = {k for k, v in _status(report).items() if v == "ran"}
@@ -79,7 +79,7 @@ def test_changing_one_stage_reruns_it_and_downstream_only(workdir):
 
 
 def test_force_recomputes_one_stage(workdir):
-    from flows.sgpo import sgpo_pipeline
+    from flows.pipeline import sgpo_pipeline
 
     report = sgpo_pipeline(config=_cfg(workdir), force=["ppl_filter"])
     status = _status(report)
@@ -109,7 +109,7 @@ def test_pipeline_on_s3_through_moto(s3_endpoint, tmp_path, monkeypatch):
     """Same pipeline with the store (artifacts + Prefect cache records) on a real S3 endpoint."""
     import s3fs
 
-    from flows.sgpo import sgpo_pipeline
+    from flows.pipeline import sgpo_pipeline
 
     monkeypatch.setenv("SGPO_CACHE_DIR", str(tmp_path / "cache"))
     opts = json.dumps({"client_kwargs": {"endpoint_url": s3_endpoint}})

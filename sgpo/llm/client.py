@@ -45,12 +45,10 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sgpo.config import EndpointConfig  # noqa: F401  (re-exported: callers build endpoints from here too)
+
 log = logging.getLogger(__name__)
 _sleep = asyncio.sleep  # module-level so tests can observe backoff delays without timing anything
-
-# Same marker as sgpo.config.runtime_field (not imported: sgpo.config imports this module).
-# Fields so marked change how calls are made, not what they return, so they stay out of cache keys.
-NOT_IN_CACHE_KEY = "not_in_cache_key"
 
 _MAX_RETRY_AFTER_S = 600.0
 
@@ -58,32 +56,6 @@ _MAX_RETRY_AFTER_S = 600.0
 # failing the whole batch for one over-long or flagged prompt would be worse, so the row is kept
 # as invalid with this reason. Every other 4xx (auth, unknown model, bad parameter) is fatal.
 _PER_REQUEST_400_CODES = {"context_length_exceeded", "content_filter", "invalid_prompt", "content_policy_violation"}
-
-
-def _runtime(default: Any, description: str, **kw: Any) -> Any:
-    return Field(default, description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
-
-
-class EndpointConfig(BaseModel):
-    """An OpenAI-compatible endpoint and how hard to try it. The API key itself is never stored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = _runtime(None, "OpenAI-compatible base URL; None = the pipeline starts the embedded server")
-    model: str = Field("gpt-4-turbo", description="Model id sent with every request")
-    api_key_env: str = _runtime(
-        "OPENAI_API_KEY", "NAME of the env var holding the key; unset is allowed only for a loopback base_url"
-    )
-    timeout_s: float = _runtime(60.0, "Per-attempt HTTP timeout", gt=0)
-    max_concurrency: int = _runtime(8, "Requests in flight at once", ge=1)
-    max_retries: int = _runtime(6, "Retries per request for transport errors, 429 and 5xx", ge=0)
-    max_invalid_retries: int = Field(
-        2, ge=0, description="Re-asks for empty/truncated/refused/unparseable answers before keeping it as invalid"
-    )
-    backoff_base_s: float = _runtime(1.0, "First retry delay; doubles each retry, with jitter", ge=0)
-    backoff_max_s: float = _runtime(60.0, "Cap on one retry delay", ge=0)
-    price_per_1m_prompt_tokens: float | None = _runtime(None, "USD per 1M prompt tokens, for cost reports", ge=0)
-    price_per_1m_completion_tokens: float | None = _runtime(None, "USD per 1M completion tokens", ge=0)
 
 
 def _canonical(obj: Any) -> str:
@@ -164,6 +136,19 @@ class LLMCallError(RuntimeError):
 
     def __reduce__(self):  # keep the attributes across pickling (Prefect ships exceptions between processes)
         return (_rebuild_llm_call_error, (str(self), self.endpoint, self.key, self.last_error))
+
+
+class ExternalLLMNotConfigured(RuntimeError):
+    """A stage that calls an LLM has no endpoint (base_url) to call."""
+
+
+def cost_line(stage: str, result: CallSummary, endpoint: EndpointConfig) -> str:
+    """One line for the stage log: calls, tokens and what they cost (journaled calls included)."""
+    cost = (f"${result.cost_usd:.4f}" if result.cost_usd is not None
+            else "unknown (set endpoint.price_per_1m_prompt_tokens and price_per_1m_completion_tokens)")
+    return (f"{stage}: {len(result.records)} calls to {endpoint.model} ({result.n_ok} ok, {result.n_invalid} invalid; "
+            f"{result.n_sent} sent now in {result.n_http_requests} HTTP requests, {result.n_from_journal} from the "
+            f"journal): {result.prompt_tokens} prompt + {result.completion_tokens} completion tokens, cost {cost}")
 
 
 def _rebuild_llm_call_error(

@@ -634,3 +634,101 @@ def evaluate_annotations(
         if isinstance(value, float) and math.isnan(value):
             out[key] = None
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# LC inputs and the whole report: one code path for `sgpo metrics alpaca-eval` and the judge stages
+# --------------------------------------------------------------------------------------------------
+LC_MIN_ROWS = 5  # the GLM picks its regularisation by 5-fold grouped CV
+UNREGULARISED_NOTE = ("LC from the unregularised GLM (no gamed-baseline rows): not the leaderboard's LC, "
+                      "typically 1-2 points off; give the gamed annotations (hub or a CSV) for the official one")
+
+
+class LCInputError(ValueError):
+    """An LC input (instruction difficulty, gamed-baseline rows) that cannot be read; names the source."""
+
+
+def resolve_instruction_difficulty(source: str | Path | None, *, fallback: Path | None = None) -> tuple[pd.Series | None, str | None]:
+    """(difficulty, where it came from): 'hub' downloads the official file, 'none' skips LC, a path is
+    read; None uses `fallback` when that file exists (else no LC)."""
+    if source is None:
+        if fallback is not None and Path(fallback).is_file():
+            return load_instruction_difficulty(fallback), f"surrogate:{fallback}"
+        return None, None
+    text = str(source)
+    if text.lower() == "none":
+        return None, None
+    if text.lower() == "hub":
+        try:
+            return download_instruction_difficulty(), f"hub:{HUB_REPO_ID}/instruction_difficulty.csv"
+        except Exception as e:
+            raise LCInputError(f"instruction difficulty 'hub': could not download {HUB_REPO_ID}/instruction_difficulty.csv "
+                               f"({type(e).__name__}: {e}); give a local CSV path, or 'none' to skip the LC win rate") from e
+    try:
+        return load_instruction_difficulty(text), f"file:{text}"
+    except (OSError, ValueError, KeyError) as e:
+        raise LCInputError(f"instruction difficulty: cannot read {text!r}: {e}") from e
+
+
+def resolve_gamed_annotations(source: str | Path | None) -> tuple[pd.DataFrame | None, str | None]:
+    """(upstream df_gamed rows, where they came from); None / 'none': no regulariser."""
+    if source is None or str(source).lower() == "none":
+        return None, None
+    text = str(source)
+    if text.lower() == "hub":
+        try:
+            return download_gamed_annotations(), f"hub:{HUB_REPO_ID}/df_gamed.csv"
+        except Exception as e:
+            raise LCInputError(f"gamed annotations 'hub': could not download {HUB_REPO_ID}/df_gamed.csv "
+                               f"({type(e).__name__}: {e}); give a local CSV path, or 'none' for the unregularised GLM") from e
+    try:
+        return pd.read_csv(text).drop(columns=["model"], errors="ignore"), f"file:{text}"
+    except (OSError, ValueError) as e:
+        raise LCInputError(f"gamed annotations: cannot read {text!r}: {e}") from e
+
+
+def resolve_lc_inputs(difficulty: str | Path | None, gamed: str | Path | None, *,
+                      fallback_difficulty: Path | None = None) -> dict[str, Any]:
+    """Both LC inputs and their sources; with gamed rows but no difficulty, the difficulty is their column."""
+    diff, diff_source = resolve_instruction_difficulty(difficulty, fallback=fallback_difficulty)
+    gamed_df, gamed_source = resolve_gamed_annotations(gamed)
+    if diff is None and gamed_df is not None and (difficulty is None or str(difficulty).lower() != "none"):
+        diff, diff_source = instruction_difficulty_from_gamed(gamed_df), f"{gamed_source} (instruction_difficulty column)"
+    return {"difficulty": diff, "difficulty_source": diff_source, "gamed": gamed_df, "gamed_source": gamed_source}
+
+
+def leaderboard_report(annotations: list[dict[str, Any]] | pd.DataFrame, lc: dict[str, Any], *,
+                       n_source_rows: int | None = None) -> dict[str, Any]:
+    """WR, discrete WR, SEs, counts, average lengths and (when possible) the LC win rate, JSON-ready;
+    `lc` is `resolve_lc_inputs(...)`. `lc_note` says why LC is missing or unofficial."""
+    df = annotations if isinstance(annotations, pd.DataFrame) else pd.DataFrame(annotations)
+    out: dict[str, Any] = {"n": len(df), "difficulty_source": lc["difficulty_source"], "gamed_source": lc["gamed_source"]}
+    empty = {"win_rate": None, "standard_error": None, "discrete_win_rate": None, "n_labelled": 0, "lc_win_rate": None,
+             "lc_standard_error": None, "lc_regularized": None, "lc_weights": None}
+    if df.empty:
+        return {**out, **empty, "lc_note": "no annotations"}
+    if "index" in df.columns:  # the LC GLM looks the difficulty up by row of the official set
+        df = df.set_index("index", drop=False)
+        df.index.name = None
+    wr = win_rate_metrics(df["preference"], lengths_model=df.get("output_2"), lengths_baseline=df.get("output_1"))
+    out.update(wr)
+    out["n_labelled"] = out.pop("n_total", 0)
+    out.update({k: None for k in ("lc_win_rate", "lc_standard_error", "lc_regularized", "lc_weights")})
+    difficulty, note = lc["difficulty"], None
+    if difficulty is None:
+        note = "LC not computed: no instruction difficulty (set it, or 'hub')"
+    elif n_source_rows is not None and n_source_rows != len(difficulty):
+        note = (f"LC not computed: the data has {n_source_rows} instructions but the difficulty table {len(difficulty)}; "
+                "the LC GLM needs the official 805-instruction AlpacaEval set")
+    elif out["n_labelled"] < LC_MIN_ROWS:
+        note = f"LC not computed: {out['n_labelled']} labelled rows, the GLM's 5-fold CV needs at least {LC_MIN_ROWS}"
+    else:
+        try:
+            res = length_controlled_win_rate(df, difficulty, gamed_annotations=lc["gamed"])
+            out.update(lc_win_rate=res["lc_win_rate"], lc_standard_error=res["lc_standard_error"],
+                       lc_regularized=res["regularized"], lc_weights=res["weights"])
+            note = None if res["regularized"] else UNREGULARISED_NOTE
+        except ValueError as e:  # e.g. a degenerate fit on a handful of rows
+            note = f"LC not computed: {e}"
+    out["lc_note"] = note
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}

@@ -56,42 +56,14 @@ def _print_json(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _resolve_difficulty(arg: str | None):
-    from . import alpaca_eval as ae
-
-    if arg is not None and arg.lower() == "none":
-        return None, None
-    if arg is not None and arg.lower() == "hub":
-        return ae.download_instruction_difficulty(), f"hub:{ae.HUB_REPO_ID}/instruction_difficulty.csv"
-    if arg is not None:
-        return ae.load_instruction_difficulty(arg), f"file:{arg}"
-    surrogate = shared_data_dir() / SURROGATE_DIFFICULTY
-    if surrogate.is_file():
-        return ae.load_instruction_difficulty(surrogate), f"surrogate:{surrogate}"
-    return None, None
-
-
-def _resolve_gamed(arg: str | None):
-    import pandas as pd
-
-    from . import alpaca_eval as ae
-
-    if arg is None:
-        return None, None
-    if arg.lower() == "hub":
-        return ae.download_gamed_annotations(), f"hub:{ae.HUB_REPO_ID}/df_gamed.csv"
-    return pd.read_csv(arg).drop(columns=["model"], errors="ignore"), f"file:{arg}"
-
-
 def run_alpaca_eval(args: argparse.Namespace) -> int:
     from . import alpaca_eval as ae
 
     df = ae.load_annotations(args.annotations)
-    difficulty, difficulty_source = _resolve_difficulty(args.instruction_difficulty)
-    gamed, gamed_source = _resolve_gamed(args.gamed_annotations)
-    if difficulty is None and gamed is not None:
-        difficulty = ae.instruction_difficulty_from_gamed(gamed)
-        difficulty_source = f"{gamed_source} (instruction_difficulty column)"
+    # The same resolution as the judge stages; the CLI's default difficulty is the offline surrogate.
+    lc = ae.resolve_lc_inputs(args.instruction_difficulty, args.gamed_annotations,
+                              fallback_difficulty=shared_data_dir() / SURROGATE_DIFFICULTY)
+    difficulty, difficulty_source, gamed, gamed_source = lc["difficulty"], lc["difficulty_source"], lc["gamed"], lc["gamed_source"]
     metrics = ae.evaluate_annotations(df, difficulty, gamed_annotations=gamed)
 
     def first(col: str):
@@ -117,9 +89,7 @@ def run_alpaca_eval(args: argparse.Namespace) -> int:
     if payload["lc_win_rate"] is not None and not payload["lc_regularized"]:
         # Upstream regularises the GLM with its gamed-baseline rows (df_gamed.csv, hub only); without
         # them the fit is upstream's unregularised one, which can sit ~1-2 points from the official LC.
-        payload["lc_note"] = ("fitted without the gamed-baseline regulariser (upstream df_gamed.csv not given); "
-                              "may differ from the official LC by ~1-2 points: pass --gamed-annotations hub "
-                              "(and --instruction-difficulty hub) for the official computation")
+        payload["lc_note"] = ae.UNREGULARISED_NOTE + " (--gamed-annotations hub, and --instruction-difficulty hub)"
     _print_json(payload)
     return 0
 
