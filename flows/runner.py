@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from prefect import get_run_logger
 from artifacts.refs import ArtifactRef
 from flows.dispatch import dispatch_stage
 from sgpo.config import ExecutionConfig
 from sgpo.llm.embedded import EMBEDDED_MODEL_NAME, EmbeddedLLM
 from sgpo.run_report import StageReport
-from sgpo.stage import Stage, StageContext
+from sgpo.stage import Stage, StageContext, stage_logger
 
 
 class StageFailed(RuntimeError):
@@ -40,7 +39,7 @@ class StageRunner:
         self.llm = llm
         self.reports: list[StageReport] = []
         self.width = width
-        self.log = get_run_logger()
+        self.log = stage_logger("flow")  # the flow run's logger inside a flow, a plain one outside
 
     def _forced(self, label: str) -> bool:
         return label.split("[")[0] in self.force or label in self.force

@@ -132,9 +132,10 @@ class Stage:
 
     def coerce(self, cfg: Any) -> BaseModel:
         """The section as its model (a dict from JSON, e.g. a deployment's parameters, is validated)."""
-        if isinstance(cfg, self.config):
+        if type(cfg) is self.config:
             return cfg
         if isinstance(cfg, BaseModel):  # e.g. the whole alpaca_eval section -> the generate stage's part
+            # (a subclass too: AlpacaEvalConfig IS-A AlpacaEvalJudgeConfig but has more fields)
             return project(cfg, self.config)
         return self.config.model_validate(cfg)
 

@@ -1,0 +1,306 @@
+"""The stage declarations: what each stage is, that its cache key covers its config, and the
+layering rules (no stage imports another, no import circles, config does not import the client).
+
+No model, no Prefect run: these are checks on the declarations themselves."""
+from __future__ import annotations
+
+import ast
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+from pydantic import BaseModel
+
+from artifacts.refs import ArtifactRef
+from sgpo.config import NOT_IN_CACHE_KEY, load_config
+from sgpo.eval_config import EvaluationConfig, PairwiseConfig
+from tasks import ALL_STAGES, EVALUATION_STAGES, PIPELINE_STAGES, get_stage
+
+REPO = Path(__file__).resolve().parents[1]
+
+# What each stage reads and which section of its recipe configures it (the DAG's contract).
+EXPECTED = {
+    "prepare": ((), "data.<role>"),
+    "base_model": ((), "model"),
+    "sft": (("base", "data"), "sft"),
+    "sample": (("policy", "data"), "sample"),
+    "annotate": (("samples",), "annotate"),
+    "ppl_filter": (("policy", "annotations"), "ppl_filter"),
+    "improver_sft": (("start", "filtered"), "improver_sft"),
+    "pairs": (("policy", "improver", "data"), "pairs"),
+    "dpo": (("start", "pairs"), "dpo"),
+    "judge": (("policy", "data"), "judge"),
+    "alpaca_eval_generate": (("model",), "alpaca_eval"),
+    "alpaca_eval_judge": (("answers",), "alpaca_eval"),
+    "arena_hard_generate": (("model",), "arena_hard"),
+    "arena_hard_judge": (("answers",), "arena_hard"),
+    "pairwise": (("table",), "pairwise.<name>"),
+}
+
+
+def test_every_stage_is_declared_with_its_inputs_and_section():
+    assert set(ALL_STAGES) == set(EXPECTED)
+    for name, (inputs, section) in EXPECTED.items():
+        st = get_stage(name)
+        assert (st.name, st.inputs, st.section) == (name, inputs, section), name
+    # the GPU stages are the six the CUDA pool serves; the LLM stages are the four that call one
+    assert {n for n in ALL_STAGES if get_stage(n).gpu} == {"sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo"}
+    assert {n for n in ALL_STAGES if get_stage(n).llm} == {"annotate", "judge", "alpaca_eval_judge", "arena_hard_judge",
+                                                             "pairwise"}
+    assert get_stage("alpaca_eval_generate").params == ("model_name",)
+
+
+def test_unknown_stage_is_a_clear_error():
+    with pytest.raises(KeyError, match="unknown stage 'dop'"):
+        get_stage("dop")
+
+
+# ----------------------------------------------------------------------------------- layering
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports (top level and inside functions)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+def test_no_stage_imports_another_stage():
+    for name in ALL_STAGES:
+        path = REPO / "tasks" / f"{name}.py"
+        sideways = sorted(m for m in _imports(path) if m.startswith("tasks.") or m == "tasks")
+        assert not sideways, f"tasks/{name}.py imports {sideways}: shared code belongs in sgpo/"
+
+
+def test_library_and_artifacts_never_import_stages_or_flows():
+    for folder in ("sgpo", "artifacts"):
+        for path in (REPO / folder).rglob("*.py"):
+            bad = sorted(m for m in _imports(path) if m.split(".")[0] in ("tasks", "flows"))
+            # sgpo.cli and sgpo.stage's CLI entry are the two library modules that may name stages by
+            # module path (the CLI dispatches; nothing else does)
+            if path.name == "cli.py" and path.parent.name == "sgpo":
+                continue
+            assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+def test_config_does_not_import_the_llm_client():
+    assert not [m for m in _imports(REPO / "sgpo" / "config.py") if m.startswith("sgpo.llm")]
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Top-level (import-time) imports between the project's own modules."""
+    graph: dict[str, set[str]] = {}
+    for folder in ("sgpo", "artifacts", "tasks", "flows"):
+        for path in (REPO / folder).rglob("*.py"):
+            mod = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+            deps = set()
+            for node in ast.parse(path.read_text()).body:  # top level only: function-level imports run later
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module]
+                deps.update(n for n in names if n.split(".")[0] in ("sgpo", "artifacts", "tasks", "flows"))
+            graph[mod] = deps
+    return graph
+
+
+def test_no_import_circles():
+    graph = _module_graph()
+
+    def visit(mod: str, stack: list[str]) -> None:
+        for dep in graph.get(mod, ()):
+            if dep in stack:
+                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+            visit(dep, stack + [dep])
+
+    for mod in graph:
+        visit(mod, [mod])
+
+
+# ----------------------------------------------------------------------------------- cache keys
+def _ref(name: str, h: str) -> ArtifactRef:
+    return ArtifactRef(uri=f"file:///x/{name}", kind="table", stage=name, cache_key="k", content_hash=h)
+
+
+def _sections() -> dict[str, BaseModel]:
+    """A config section per stage: the tiny preset's, and the evaluation defaults (hub sources)."""
+    cfg = load_config("tiny")
+    ev = EvaluationConfig(pairwise=[PairwiseConfig(name="imp_vs_b", table="file:///x/annotate")])
+    return {
+        "prepare": cfg.data.po, "base_model": cfg.model, "sft": cfg.sft, "sample": cfg.sample,
+        "annotate": cfg.annotate, "ppl_filter": cfg.ppl_filter, "improver_sft": cfg.improver_sft,
+        "pairs": cfg.pairs, "dpo": cfg.dpo, "judge": cfg.judge,
+        "alpaca_eval_generate": ev.alpaca_eval, "alpaca_eval_judge": ev.alpaca_eval,
+        "arena_hard_generate": ev.arena_hard, "arena_hard_judge": ev.arena_hard, "pairwise": ev.pairwise[0],
+    }
+
+
+# Values that must name something that exists (a prompt file, a bundled file) to be valid at all.
+PROMPT_ALTERNATIVES = ["refine_v1", "improver_v1", "judge_pairwise_v1", "annotate_improve_v1", "external_answer_v1",
+                       "alpaca_eval_clf_v1"]
+SPECIAL = {
+    ("prepare", "path"): "bundled:tiny/improver.jsonl",
+}
+# Fields whose only other valid value would need a new file in the package: covered through the
+# prompt/settings version in the key instead (flipping the file's text changes the key, tested below).
+NOT_FLIPPABLE = {("arena_hard_judge", "judge_settings")}
+
+
+def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any, bool]]:
+    """(path, annotation, value, runtime) of every field, recursing into sub-sections."""
+    out = []
+    for name, field in type(model).model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        runtime = bool(extra.get(NOT_IN_CACHE_KEY))
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            out += [(p, a, v, runtime or r) for p, a, v, r in _leaves(value, prefix + (name,))]
+        else:
+            out.append((prefix + (name,), field.annotation, value, runtime))
+    return out
+
+
+def _candidates(stage: str, path: tuple[str, ...], annotation: Any, value: Any) -> list[Any]:
+    if (stage, path[-1]) in SPECIAL:
+        return [SPECIAL[(stage, path[-1])]]
+    if "prompt" in path[-1] and isinstance(value, str):
+        return [p for p in PROMPT_ALTERNATIVES if p != value]
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return [c for c in typing.get_args(annotation) if c != value]
+    if origin is list and args and typing.get_origin(args[0]) is Literal:
+        choices = list(typing.get_args(args[0]))
+        return [[c for c in choices if c not in value] or choices[:1]] if len(value) > 1 else [[c for c in choices if c not in value]]
+    if isinstance(value, bool):
+        return [not value]
+    if isinstance(value, int):
+        return [value + 1, value - 1, 0]
+    if isinstance(value, float):
+        return [value * 0.5, value + 0.05, value * 2, 0.5]
+    if isinstance(value, str):
+        return [value + "x"]
+    if isinstance(value, list):
+        return [value + ["x"]]
+    if isinstance(value, dict):
+        return [{**value, "x": "y"}]
+    if value is None:
+        return ["x", 256, 0.5, True]
+    raise AssertionError(f"no candidate for {path} = {value!r}")
+
+
+def _with(section: BaseModel, path: tuple[str, ...], value: Any) -> BaseModel:
+    data = section.model_dump()
+    node = data
+    for p in path[:-1]:
+        node = node[p]
+    node[path[-1]] = value
+    return type(section).model_validate(data)
+
+
+def _flipped(stage: str, section: BaseModel, path: tuple[str, ...], annotation: Any, value: Any) -> BaseModel:
+    for candidate in [c for c in _candidates(stage, path, annotation, value) if c != value]:
+        try:
+            return _with(section, path, candidate)
+        except (ValueError, TypeError):
+            continue
+    raise AssertionError(f"{stage}: found no valid other value for {'.'.join(path)} = {value!r}")
+
+
+@pytest.mark.parametrize("name", ALL_STAGES)
+def test_cache_key_covers_every_config_field_and_no_runtime_field(name):
+    st = get_stage(name)
+    section = st.coerce(_sections()[name])
+    inputs = {n: _ref(n, f"hash-{n}") for n in st.inputs}
+    params = {p: "model-a" for p in st.params}
+    base = st.cache_key(section, inputs, params)
+    checked = 0
+    for path, annotation, value, runtime in _leaves(section):
+        if (name, path[-1]) in NOT_FLIPPABLE:
+            continue
+        other = st.cache_key(_flipped(name, section, path, annotation, value), inputs, params)
+        dotted = f"{st.section}.{'.'.join(path)}"
+        if runtime:
+            assert other == base, f"{name}: runtime-only field {dotted} changed the cache key"
+        else:
+            assert other != base, f"{name}: changing {dotted} does not change the cache key"
+            checked += 1
+    assert checked >= 1
+    # every input artifact and every plain-value parameter is part of the key too
+    for n in st.inputs:
+        assert st.cache_key(section, {**inputs, n: _ref(n, "other")}, params) != base, f"{name}: input {n}"
+    for p in st.params:
+        assert st.cache_key(section, inputs, {**params, p: "model-b"}) != base, f"{name}: param {p}"
+
+
+def test_cache_key_is_independent_of_the_input_order_and_fixed_across_processes():
+    import subprocess
+    import sys
+
+    st = get_stage("sft")
+    cfg = load_config("tiny").sft
+    a, d = _ref("base", "h1"), _ref("data", "h2")
+    key = st.cache_key(cfg, {"base": a, "data": d})
+    assert key == st.cache_key(cfg, {"data": d, "base": a})
+    code = ("from artifacts.refs import ArtifactRef as R; from sgpo.config import load_config; from tasks import get_stage;"
+            "r=lambda n,h: R(uri=f'file:///x/{n}', kind='table', stage=n, cache_key='k', content_hash=h);"
+            "print(get_stage('sft').cache_key(load_config('tiny').sft, {'base': r('base','h1'), 'data': r('data','h2')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"}, check=True)
+    assert out.stdout.strip() == key
+
+
+def test_editing_a_prompt_file_changes_the_key(monkeypatch):
+    """The prompt's version (its text's hash), not only its name, is in the key."""
+    import sgpo.prompts as prompts
+
+    st = get_stage("annotate")
+    cfg = load_config("tiny").annotate
+    inputs = {"samples": _ref("samples", "h")}
+    before = st.cache_key(cfg, inputs)
+    original = prompts.load_prompt(cfg.prompt)
+    monkeypatch.setattr(prompts, "load_prompt", lambda name: prompts.Prompt(name, original.text + " ")
+                        if name == cfg.prompt else original.__class__(name, (prompts.PROMPT_DIR / f"{name}.txt").read_text()))
+    monkeypatch.setattr("tasks.annotate.load_prompt", prompts.load_prompt)
+    assert st.cache_key(cfg, inputs) != before
+
+
+def test_a_missing_input_or_an_unknown_parameter_is_a_clear_error(tmp_path):
+    from sgpo.config import StoreConfig
+    from sgpo.stage import StageContext
+
+    st = get_stage("sft")
+    with pytest.raises(ValueError, match=r"missing input artifact\(s\) \['data'\]"):
+        st.cache_key(load_config("tiny").sft, {"base": _ref("base", "h")})
+    ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['lr'\]"):
+        st.run(load_config("tiny").sft, ctx, {"base": _ref("b", "1"), "data": _ref("d", "2")}, {"lr": 1})
+
+
+def test_an_llm_stage_without_endpoint_says_which_key_to_set(tmp_path):
+    from sgpo.config import StoreConfig
+    from sgpo.llm.client import ExternalLLMNotConfigured
+    from sgpo.stage import StageContext
+
+    ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
+    with pytest.raises(ExternalLLMNotConfigured, match=r"annotate\.endpoint\.base_url is not set"):
+        get_stage("annotate").run(load_config("tiny").annotate, ctx, {"samples": _ref("samples", "h")})
+
+
+def test_eval_stages_get_only_their_part_of_the_benchmark_section():
+    """The generate stage's key does not move when a judge setting changes (no regeneration), and
+    the judge's key does not move when a sampling setting changes (the answers are its input)."""
+    ev = EvaluationConfig()
+    gen, jud = get_stage("alpaca_eval_generate"), get_stage("alpaca_eval_judge")
+    model, answers = {"model": _ref("model", "m")}, {"answers": _ref("answers", "a")}
+    judge_change = ev.alpaca_eval.model_copy(update={"order_seed": 7})
+    sampling_change = ev.alpaca_eval.model_copy(update={"sampling": ev.alpaca_eval.sampling.model_copy(update={"seed": 9})})
+    p = {"model_name": "m"}
+    assert gen.cache_key(gen.coerce(judge_change), model, p) == gen.cache_key(gen.coerce(ev.alpaca_eval), model, p)
+    assert jud.cache_key(jud.coerce(sampling_change), answers) == jud.cache_key(jud.coerce(ev.alpaca_eval), answers)
+    assert set(EVALUATION_STAGES) <= set(ALL_STAGES) and set(PIPELINE_STAGES) <= set(ALL_STAGES)
