@@ -18,7 +18,10 @@ FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv"
 
 
 class DatasetError(ValueError):
-    """A dataset that cannot be used as configured; the message names the dataset and column."""
+    """A dataset that cannot be used as configured; the message names the dataset and column.
+    `retriable`: the source did not answer (network), so trying again may succeed."""
+
+    retriable = False
 
 
 def describe(spec: DatasetSpec) -> str:
@@ -69,7 +72,9 @@ def load_raw(spec: DatasetSpec):
                                 revision=spec.revision)
         return load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision)
     except Exception as e:  # hub unreachable, unknown split, ...: say which dataset
-        raise DatasetError(f"could not load {describe(spec)}: {type(e).__name__}: {e}") from e
+        err = DatasetError(f"could not load {describe(spec)}: {type(e).__name__}: {e}")
+        err.retriable = isinstance(e, OSError)  # requests' / httpx's connection errors are OSErrors
+        raise err from e
 
 
 def load_records(spec: DatasetSpec) -> list[dict[str, Any]]:

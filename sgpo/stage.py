@@ -298,6 +298,25 @@ def result_storage(store: StoreConfig) -> Any:
 
 
 _TASKS: dict[str, Any] = {}
+TRANSIENT_ERRORS = (TimeoutError, ConnectionError)
+
+
+def error_is_transient(exc: BaseException) -> bool:
+    """Worth a task-level retry: an error that says so (`retriable`, e.g. an LLM call that ran out of
+    retries on 429/5xx/timeouts, a hub that did not answer), or a bare timeout / connection error.
+    Config errors, bad data, 4xx answers and a missing endpoint fail at once: retrying cannot help."""
+    flag = getattr(exc, "retriable", None)
+    if flag is not None:
+        return bool(flag)
+    return isinstance(exc, TRANSIENT_ERRORS)
+
+
+def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except Exception as exc:  # the stage's own error
+        return error_is_transient(exc)
+    return False
 
 
 def prefect_task(st: Stage) -> Any:
@@ -315,7 +334,7 @@ def prefect_task(st: Stage) -> Any:
     _TASKS[st.name] = task(
         name=st.name, description=st.description, tags=["gpu"] if st.gpu else [],
         cache_key_fn=lambda _ctx, p: st.cache_key(st.coerce(p["cfg"]), p["inputs"], p.get("params")),
-        retries=st.retries, retry_delay_seconds=st.retry_delay_s, **RESULT_OPTIONS,
+        retries=st.retries, retry_delay_seconds=st.retry_delay_s, retry_condition_fn=_retry_condition, **RESULT_OPTIONS,
     )(run_stage)
     return _TASKS[st.name]
 

@@ -229,3 +229,44 @@ def test_the_embedded_llm_starts_only_when_an_llm_stage_really_runs(tmp_path):
     assert runner._point_at_embedded(st, configured, inputs, None, forced=False) is configured
     assert runner._point_at_embedded(get_stage("sft"), load_config("tiny").sft, {}, None, forced=False).epochs == 2
     assert llm.starts == 2
+
+
+# ------------------------------------------------------------------------------- task-level retries
+def test_only_transient_errors_are_worth_a_retry():
+    from sgpo.data_sources import DatasetError
+    from sgpo.llm.client import ExternalLLMNotConfigured
+    from sgpo.stage import error_is_transient
+
+    assert error_is_transient(TimeoutError("read timed out")) and error_is_transient(ConnectionResetError())
+    hub_down = DatasetError("could not load ...")
+    hub_down.retriable = True
+    assert error_is_transient(hub_down)
+    assert not error_is_transient(DatasetError("no column 'prompt'"))
+    assert not error_is_transient(ExternalLLMNotConfigured("no base_url"))
+    assert not error_is_transient(ValueError("effective_batch_size ... not a multiple"))
+
+
+def test_a_stage_failing_on_bad_input_is_not_retried_by_prefect(tmp_path, monkeypatch):
+    """prepare declares 2 retries (for a hub that does not answer); a missing local file fails at once."""
+    from prefect import flow
+
+    import sgpo.data_sources as ds
+    from sgpo.config import DatasetSpec
+    from sgpo.stage import prefect_task
+
+    looked_up = []
+    real = ds.local_path
+    monkeypatch.setattr(ds, "local_path", lambda spec: looked_up.append(spec.path) or real(spec))
+    ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
+    spec = DatasetSpec(path=str(tmp_path / "missing.jsonl"))
+
+    @flow(retry_delay_seconds=0)
+    def one_stage():
+        state = prefect_task(get_stage("prepare"))(inputs={}, cfg=spec, ctx=ctx, return_state=True)
+        return state.is_failed(), str(state.result(raise_on_failure=False))
+
+    failed, error = one_stage()
+    assert failed and "does not exist" in error
+    # one attempt looks the file up twice (Prefect's cache-key function, then the stage's own lookup);
+    # each of the 2 declared retries would add two more
+    assert get_stage("prepare").retries == 2 and len(looked_up) == 2
