@@ -43,10 +43,14 @@ def reference_source(strategy: str) -> str | None:
 def ema_update(ema_model, policy, alpha: float) -> None:
     """theta_ema <- alpha * theta_ema + (1 - alpha) * theta, in place (TRL's soft update)."""
     import torch
+    from accelerate.state import AcceleratorState
     from trl.trainer.callbacks import SyncRefModelCallback
 
     with torch.no_grad():
-        SyncRefModelCallback.sync_target_model(policy, ema_model, 1.0 - alpha)
+        if AcceleratorState._shared_state:  # an accelerator exists: TRL's path (gathers ZeRO-3 shards)
+            SyncRefModelCallback.sync_target_model(policy, ema_model, 1.0 - alpha)
+        else:  # plain modules (unit tests): TRL's same update without the accelerate lookup
+            SyncRefModelCallback._sync_target_model(policy, ema_model, 1.0 - alpha)
 
 
 def copy_weights(src, dst) -> None:

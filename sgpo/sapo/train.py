@@ -358,6 +358,8 @@ def train_sapo(
     from sgpo.training import save_checkpoint
 
     check_config(cfg)
+    if not rows:  # before anything is loaded
+        raise SAPOConfigError("rows", "the dataset is empty: SAPO needs (prompt, chosen) rows")
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust_remote_code)
     examples = tokenize_rows(rows, tokenizer, cfg)
     steps = total_steps(cfg, len(examples))
@@ -409,6 +411,7 @@ def train_sapo(
     window: dict[str, list[float]] = defaultdict(list)
     window_time = {t: 0.0 for t in TIMERS}
     last_metrics: dict[str, float] = {}
+    saved_at = state["step"]
     generator_model = models.ema if cfg.rejected_by == "ema" else models.policy
     try:
         while state["step"] < steps:
@@ -443,6 +446,7 @@ def train_sapo(
             periodic = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
             if periodic or flag.set or step == steps:
                 write_checkpoint()
+                saved_at = step
             for t in TIMERS:
                 window_time[t] += timings[t] - marks[t]
             state["timings"] = {t: state["timings"].get(t, 0.0) + timings[t] - marks[t] for t in TIMERS}
@@ -462,6 +466,8 @@ def train_sapo(
                 if on_metrics:
                     on_metrics(step, last_metrics)
             if flag.set:
+                if saved_at != step:  # SIGTERM came after this step's checkpoint decision (e.g. while logging)
+                    write_checkpoint()
                 raise SAPOInterrupted(f"SIGTERM: checkpoint written at step {step} under {checkpoint_url}")
     finally:
         if previous is not None:
