@@ -196,3 +196,13 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, t
                for i in a.optimizer["state"] for k in a.optimizer["state"][i])
     assert a.scheduler == b.scheduler
     assert {k: a.state[k] for k in ("step", "ema_updates")} == {k: b.state[k] for k in ("step", "ema_updates")}
+
+
+def test_micro_batches_give_the_same_dpo_step(tiny_model_dir, tmp_path):
+    import torch
+
+    run(tiny_model_dir, tmp_path, "full", max_steps=2)
+    run(tiny_model_dir, tmp_path, "micro", max_steps=2, micro_batch_size=1)
+    a, b = final_checkpoint(tmp_path / "full"), final_checkpoint(tmp_path / "micro")
+    assert all(torch.allclose(a.policy[k], b.policy[k], atol=1e-6) for k in a.policy)
+    assert a.buffer_table.equals(b.buffer_table)

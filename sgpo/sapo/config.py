@@ -97,7 +97,9 @@ class SAPOConfig(Section):
 
     # runtime only: not in the cache key
     generation_batch_size: int = runtime_field(16, "Rows per batched generate call", ge=1)
-    micro_batch_size: int | None = runtime_field(None, "Split each training batch into micro-batches of this size (memory)", ge=1)
+    micro_batch_size: int | None = runtime_field(
+        None, "Split each training batch into micro-batches of this size (memory). The same loss for DPO (a mean over pairs, up to float rounding); for ORPO the NLL term becomes a mean of per-micro-batch token means", ge=1
+    )
     checkpoint_every: int = runtime_field(50, "Write a resumable checkpoint every N steps (0: only on SIGTERM and at the end)", ge=0)
     keep_checkpoints: int = runtime_field(2, "Complete checkpoints kept in the checkpoint folder", ge=1)
     logging_steps: int = runtime_field(10, "Send metrics to the callback every N steps", ge=1)
