@@ -65,11 +65,11 @@ class TinyModelConfig(Section):
     """The locally built tiny model (used when model.name_or_path == 'tiny')."""
 
     vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size")
-    hidden_size: int = Field(128, description="Hidden size; hidden/heads = 64 so vLLM can serve it")
-    num_attention_heads: int = 2
-    num_hidden_layers: int = 2
-    intermediate_size: int = 256
-    max_position_embeddings: int = 1024
+    hidden_size: int = Field(128, ge=1, description="Hidden size; hidden/heads = 64 so vLLM can serve it")
+    num_attention_heads: int = Field(2, ge=1)
+    num_hidden_layers: int = Field(2, ge=1)
+    intermediate_size: int = Field(256, ge=1)
+    max_position_embeddings: int = Field(1024, ge=1)
     seed: int = 0
 
 
@@ -94,7 +94,8 @@ class TrainConfig(Section):
     """Training hyper-parameters; hardware (accelerate/DeepSpeed) lives in separate files."""
 
     epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(2e-5, gt=0)
+    # (0, 1): a rate of 1 or more is a typo (e.g. 2e5 for 2e-5), never a setting
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
     per_device_batch_size: int = runtime_field(8, "Micro-batch size per device", ge=1)
     effective_batch_size: int = Field(
         128, ge=1, description="Global batch (the paper's 128); gradient accumulation = this / (micro-batch x devices)"
@@ -102,12 +103,12 @@ class TrainConfig(Section):
     max_length: int = Field(2048, ge=16)
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = 0.0
-    max_steps: int = Field(-1, description="Stop after N optimiser steps (-1: full epochs)")
+    weight_decay: float = Field(0.0, ge=0, lt=1)
+    max_steps: int = Field(-1, ge=-1, description="Stop after N optimiser steps (-1: full epochs)")
     seed: int = 42
     bf16: bool = runtime_field(False, "bf16 mixed precision (GPU)")
     gradient_checkpointing: bool = runtime_field(False, "Trade compute for memory")
-    logging_steps: int = runtime_field(1, "Log metrics every N steps")
+    logging_steps: int = runtime_field(1, "Log metrics every N steps", ge=1)
 
 
 class SFTStageConfig(TrainConfig):
@@ -125,7 +126,7 @@ class SamplingConfig(Section):
     base_url: str | None = runtime_field(
         None, "backend=openai: the server; backend=vllm_server: an already running vLLM server (none: start one)"
     )
-    temperature: float = Field(0.7, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2, description="[0, 2], the range OpenAI-compatible servers accept")
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(512, ge=1)
     n: int = Field(1, ge=1, description="Samples per prompt")
@@ -168,14 +169,14 @@ class AnnotateStageConfig(Section):
     accept_truncated: bool = Field(
         False, description="Keep answers cut at max_tokens (finish_reason=length); off: re-ask, then drop them"
     )
-    temperature: float = Field(0.7, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2, description="[0, 2], the range OpenAI-compatible servers accept")
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1)
     seed: int = 0
 
 
 class PplFilterStageConfig(Section):
-    iqr_k: float = Field(1.5, gt=0, description="Tukey fence multiplier: keep [Q1 - k IQR, Q3 + k IQR]")
+    iqr_k: float = Field(1.5, gt=0, le=100, description="Tukey fence multiplier: keep [Q1 - k IQR, Q3 + k IQR]")
     max_length: int = Field(2048, ge=16)
     batch_size: int = runtime_field(8, "Sequences per forward pass", ge=1)
 
@@ -199,8 +200,9 @@ class PairsStageConfig(Section):
 
 
 class DPOStageConfig(TrainConfig):
-    learning_rate: float = Field(5e-7, gt=0)
-    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(5e-7, gt=0, lt=1)
+    # DPO's KL weight: papers use 0.01-0.5; above 10 the policy cannot move from the reference
+    beta: float = Field(0.1, gt=0, le=10)
     loss_type: str = "sigmoid"
     max_length: int = Field(2048, ge=16)
 
@@ -210,7 +212,7 @@ class JudgeStageConfig(Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How the policy answers eval prompts")
     prompt: str = Field("judge_pairwise_v1", description="Pairwise judge prompt (answers 'm' or 'M')")
     top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the judge's one-token answer (official: 5)")
-    judge_temperature: float = Field(1.0, ge=0, description="Judge sampling temperature (official weighted evaluator: 1)")
+    judge_temperature: float = Field(1.0, ge=0, le=2, description="Judge sampling temperature (official weighted evaluator: 1)")
     seed: int = Field(0, description="Seed of the per-instruction random order of the two outputs")
 
 
@@ -236,7 +238,7 @@ class EmbeddedLLMConfig(Section):
     """The stand-in for the external LLM when an endpoint has no base_url."""
 
     model: str = runtime_field("base", "'base' = the pipeline's base model, or a local model dir")
-    max_new_tokens_cap: int = runtime_field(256, "Cap on generated tokens (tiny models ramble)")
+    max_new_tokens_cap: int = runtime_field(256, "Cap on generated tokens (tiny models ramble)", ge=1)
 
 
 class ExecutionConfig(Section):
@@ -344,8 +346,21 @@ def read_yaml_tree(source: str | Path | None, *, default: str, glob: str = "*.ya
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob(glob)))
         raise ConfigError(f"{kind} {str(source)!r} not found (no file {path}); presets: {known}")
+    if path.is_dir():
+        raise ConfigError(f"{kind} {path} is a directory, not a YAML file")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{kind} {path} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{kind} {path} is not a UTF-8 text file (byte {e.start} is {raw[e.start:e.start + 1]!r}); "
+            "a config is YAML text"
+        ) from None
+    try:
+        tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(tree, dict):

@@ -113,7 +113,7 @@ class AlpacaEvalConfig(Section):
     endpoint: EndpointConfig = Field(default_factory=_judge_endpoint, description="The judge LLM (official: gpt-4-1106-preview)")
     prompt: str = Field("alpaca_eval_clf_v1", description="Judge prompt file under sgpo/prompts (official alpaca_eval_clf.txt)")
     top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the judge's one-token answer (official: 5)")
-    judge_temperature: float = Field(1.0, ge=0, description="Judge temperature (official: 1; only logprobs are read)")
+    judge_temperature: float = Field(1.0, ge=0, le=2, description="Judge temperature (official: 1; only logprobs are read)")
     order_seed: int = Field(
         0, description="Seed of upstream's per-instruction output-order randomisation (annotator default: 0)"
     )
@@ -161,7 +161,7 @@ class ArenaHardConfig(Section):
         "arena_hard_judge_v0.1",
         description="Official judge settings file under sgpo/prompts (system prompt, template, regex)",
     )
-    judge_temperature: float = Field(0.0, ge=0, description="Judge temperature (official: 0)")
+    judge_temperature: float = Field(0.0, ge=0, le=2, description="Judge temperature (official: 0)")
     judge_max_tokens: int = Field(4096, ge=1, description="Judge max tokens per turn (official: 4096)")
     judgment_attempts: int = Field(
         2, ge=1, description="Judge turns per game: a follow-up asks for the label when none was given (official: 2)"
@@ -191,7 +191,7 @@ class PairwiseConfig(Section):
     endpoint: EndpointConfig = Field(default_factory=_judge_endpoint, description="The judge LLM")
     prompt: str = Field("alpaca_eval_clf_v1", description="Judge prompt file (AlpacaEval's, answers m or M)")
     top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the one-token answer")
-    judge_temperature: float = Field(1.0, ge=0, description="Judge temperature (only logprobs are read)")
+    judge_temperature: float = Field(1.0, ge=0, le=2, description="Judge temperature (only logprobs are read)")
     order_seed: int = Field(0, description="Seed of the per-instruction output order (AlpacaEval's rule)")
 
 
