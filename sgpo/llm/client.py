@@ -335,6 +335,19 @@ def _error_code(err: Any) -> str | None:
     return code if isinstance(code, str) else None
 
 
+def _not_a_chat_completion(parsed: Any, content_type: str | None) -> str | None:
+    """Why a 2xx response is not a chat completion (None if it is one).
+
+    The openai client returns the body as a plain str when the server does not say JSON (an HTML
+    page), and builds the model without validation when it does, so both are checked here."""
+    ctype = (content_type or "no content type").split(";")[0].strip() or "no content type"
+    if isinstance(parsed, (str, bytes)) or "json" not in ctype:
+        return ctype
+    if not isinstance(getattr(parsed, "choices", None), list):
+        return f"{ctype} without a 'choices' list"
+    return None
+
+
 class _Aborted(Exception):
     """Another request failed fatally; this one stops without sending more."""
 
@@ -371,6 +384,14 @@ class _Caller:
             last_error=last,
         )
 
+    def _not_openai(self, status: int, problem: str, body: str) -> LLMCallError:
+        snippet = _scrub(" ".join(body[:120].split()), self.api_key)
+        msg = (
+            f"the endpoint at {self.endpoint.base_url} did not answer as an OpenAI-compatible API (got {problem}, "
+            f"HTTP {status}: {snippet!r}); check base_url (OpenAI-compatible servers usually end in /v1)"
+        )
+        return LLMCallError(msg, endpoint=self.endpoint.base_url, last_error=f"not an OpenAI answer: {problem}")
+
     async def _send(self, req: ChatRequest, seed: int | None, request_hash: str, counter: list[int]):
         """One answer, retrying transport errors. Returns (completion, raw_json) or a per-request 400 error."""
         ep = self.endpoint
@@ -397,7 +418,11 @@ class _Caller:
                 raw = await self.client.chat.completions.with_raw_response.create(
                     **kwargs, extra_headers={"X-Client-Request-Id": request_hash}
                 )
-                return raw.parse(), raw.text
+                completion = raw.parse()
+                if (problem := _not_a_chat_completion(completion, raw.headers.get("content-type"))) is not None:
+                    # a web page or another API at this URL: re-sending cannot help, and it is no answer
+                    raise self._not_openai(raw.status_code, problem, raw.text)
+                return completion, raw.text
             except self.openai.APIStatusError as e:
                 status = e.status_code
                 last = f"HTTP {status}: {e.message}"
@@ -405,6 +430,9 @@ class _Caller:
                 if status == 400 and code in _PER_REQUEST_400_CODES:
                     return e, None
                 if status not in (408, 409, 429) and status < 500:
+                    ctype = e.response.headers.get("content-type") or ""
+                    if "json" not in ctype:  # e.g. a web server's 404 page: wrong URL, not a rejected request
+                        raise self._not_openai(status, ctype.split(";")[0] or "no content type", e.response.text) from None
                     raise self._fail(req, counter[0], last) from None
                 retry_after = _retry_after_s(e.response.headers) if status == 429 else None
             except (self.openai.APITimeoutError, self.openai.APIConnectionError) as e:
