@@ -120,11 +120,15 @@ class ChatRequest(BaseModel):
 class CallRecord(BaseModel):
     """One finished request. `prompt_tokens`/`completion_tokens` are billed totals over every
     answer received for it (rejected re-asks included), so costs add up; `text` and
-    `top_logprobs` are the kept (last) answer's."""
+    `top_logprobs` are the kept (last) answer's.
+
+    Status "pending" (journal only, never returned): `answers` invalid answers were paid for and
+    a re-ask is due. It keeps their tokens in the journal when the run dies or fails before the
+    re-ask finishes, and a re-run continues with re-ask number `answers` instead of starting over."""
 
     request_hash: str
     key: str
-    status: Literal["ok", "invalid"]
+    status: Literal["ok", "invalid", "pending"]
     reason: str | None = None
     text: str | None = None
     finish_reason: str | None = None
@@ -134,12 +138,14 @@ class CallRecord(BaseModel):
         None  # per generated token: {"token", "logprob", "top_logprobs": [{"token","logprob"}]}
     )
     attempts: int = 0  # HTTP requests sent for this record, retries and re-asks included
+    answers: int = 0  # answers received and billed (the kept one and the rejected re-asks)
     model: str = ""  # the model that answered, as the response names it
     raw_response: str | None = None  # the last response's JSON body, for audit
 
 
 class CallSummary(BaseModel):
-    """Totals are over all `records` (journaled ones included): the cost of the whole set."""
+    """Totals are over all distinct `records` (journaled ones included): the cost of the whole set.
+    A request listed twice is sent, and paid, once, so its tokens count once."""
 
     records: list[CallRecord]  # in the order of the requests
     n_ok: int
@@ -177,34 +183,45 @@ def _rebuild_llm_call_error(
 
 class Journal(Protocol):
     def load(self) -> dict[str, CallRecord]: ...
+    def load_all(self) -> dict[str, CallRecord]: ...
     def append(self, record: CallRecord) -> None: ...
     def close(self) -> None: ...
 
 
-def _parse_record(data: bytes | str, where: str) -> CallRecord | None:
+def _parse_record(data: bytes | str, where: str, model: type[BaseModel] = CallRecord) -> Any:
     try:
-        return CallRecord.model_validate_json(data)
+        return model.model_validate_json(data)
     except ValidationError:
         log.warning("journal %s: skipping an unreadable record (a write cut short by a crash?)", where)
         return None
+
+
+def _finished(records: dict[str, Any]) -> dict[str, Any]:
+    return {k: r for k, r in records.items() if getattr(r, "status", None) != "pending"}
 
 
 class LocalJournal:
     """Append-only JSONL file. A crash can only tear the last line, which loading skips; before
     appending after such a crash we end that line, so the torn bytes never glue onto a new record."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, model: type[BaseModel] = CallRecord, key: str = "request_hash"):
         self.path = Path(path)
+        self.model, self.key = model, key  # what a line holds and which field identifies it
         self._fd: int | None = None
         self._lock = threading.Lock()  # appends come from worker threads
 
     def load(self) -> dict[str, CallRecord]:
+        """Finished records by request hash (a later line for the same hash wins)."""
+        return _finished(self.load_all())
+
+    def load_all(self) -> dict[str, Any]:
+        """Every record, "pending" ones included."""
         if not self.path.exists():
             return {}
-        out: dict[str, CallRecord] = {}
+        out: dict[str, Any] = {}
         for line in self.path.read_bytes().split(b"\n"):
-            if line.strip() and (rec := _parse_record(line, str(self.path))) is not None:
-                out[rec.request_hash] = rec
+            if line.strip() and (rec := _parse_record(line, str(self.path), self.model)) is not None:
+                out[getattr(rec, self.key)] = rec
         return out
 
     def _open(self) -> int:
@@ -217,7 +234,7 @@ class LocalJournal:
             self._fd = fd
         return self._fd
 
-    def append(self, record: CallRecord) -> None:
+    def append(self, record: BaseModel) -> None:
         data = (record.model_dump_json() + "\n").encode("utf-8")
         with self._lock:
             fd = self._open()
@@ -236,10 +253,16 @@ class LocalJournal:
 class ObjectStoreJournal:
     """One JSON object per record under a prefix (s3://bucket/run/journal/...)."""
 
-    def __init__(self, fs: Any, root: str):
+    def __init__(self, fs: Any, root: str, *, model: type[BaseModel] = CallRecord, key: str = "request_hash"):
         self.fs, self.root = fs, root.rstrip("/")
+        self.model, self.key = model, key
 
     def load(self) -> dict[str, CallRecord]:
+        """Finished records by request hash."""
+        return _finished(self.load_all())
+
+    def load_all(self) -> dict[str, Any]:
+        """Every record, "pending" ones included (one object per hash: the latest write)."""
         try:
             self.fs.invalidate_cache(self.root)  # fsspec caches listings; another run may have written since
             paths = [p for p in self.fs.find(self.root) if p.endswith(".json")]
@@ -247,14 +270,14 @@ class ObjectStoreJournal:
             return {}
         if not paths:
             return {}
-        out: dict[str, CallRecord] = {}
+        out: dict[str, Any] = {}
         for path, data in self.fs.cat(paths, on_error="omit").items():
-            if (rec := _parse_record(data, path)) is not None:
-                out[rec.request_hash] = rec
+            if (rec := _parse_record(data, path, self.model)) is not None:
+                out[getattr(rec, self.key)] = rec
         return out
 
-    def append(self, record: CallRecord) -> None:
-        self.fs.pipe_file(f"{self.root}/{record.request_hash}.json", record.model_dump_json().encode("utf-8"))
+    def append(self, record: BaseModel) -> None:
+        self.fs.pipe_file(f"{self.root}/{getattr(record, self.key)}.json", record.model_dump_json().encode("utf-8"))
 
     def close(self) -> None:
         pass
@@ -462,17 +485,28 @@ class _Caller:
             return "truncated"
         return None
 
-    async def call(self, req: ChatRequest, request_hash: str) -> CallRecord:
+    async def call(
+        self,
+        req: ChatRequest,
+        request_hash: str,
+        resume: CallRecord | None = None,
+        on_pending: Callable[[CallRecord], Any] | None = None,
+    ) -> CallRecord:
         """Ask, re-ask while the answer is invalid, and return the final record.
 
         Re-asks use seed+1, seed+2, ...: a seeded server (ours, vLLM) would return the very same
         bad answer to the same request, and the derived seeds keep the whole sequence reproducible.
         Without a seed the request is re-sent as is (the server samples afresh anyway).
+        `resume` (a journaled "pending" record) continues at its re-ask with its billed tokens;
+        `on_pending(record)` is awaited with each invalid answer that will be re-asked, so paid
+        tokens reach the journal before the next request can fail.
         """
-        counter = [0]
-        billed_prompt = billed_completion = 0
-        record: CallRecord | None = None
-        for k in range(self.endpoint.max_invalid_retries + 1):
+        counter = [resume.attempts if resume else 0]
+        billed_prompt = resume.prompt_tokens if resume else 0
+        billed_completion = resume.completion_tokens if resume else 0
+        start = resume.answers if resume else 0
+        record: CallRecord | None = resume.model_copy(update={"status": "invalid"}) if resume else None
+        for k in range(start, self.endpoint.max_invalid_retries + 1):
             seed = None if req.seed is None else req.seed + k
             completion, raw_text = await self._send(req, seed, request_hash, counter)
             if isinstance(completion, self.openai.APIStatusError):
@@ -482,6 +516,7 @@ class _Caller:
                     request_hash=request_hash, key=req.key, status="invalid",
                     reason=f"rejected:{_error_code(completion)}", attempts=counter[0], model=self.endpoint.model,
                     raw_response=_scrub(json.dumps(body), self.api_key) if body is not None else None,
+                    prompt_tokens=billed_prompt, completion_tokens=billed_completion, answers=k,  # earlier re-asks were paid
                 )  # fmt: skip
             usage = completion.usage
             billed_prompt += usage.prompt_tokens if usage else 0
@@ -502,7 +537,8 @@ class _Caller:
                 text=choice.message.content if choice else None,
                 finish_reason=choice.finish_reason if choice else None,
                 prompt_tokens=billed_prompt, completion_tokens=billed_completion, top_logprobs=top,
-                attempts=counter[0], model=completion.model or self.endpoint.model, raw_response=raw_text,
+                attempts=counter[0], answers=k + 1, model=completion.model or self.endpoint.model,
+                raw_response=raw_text,
             )  # fmt: skip
             reason = self._builtin_reason(completion)
             if reason is None and self.validate is not None:
@@ -512,6 +548,8 @@ class _Caller:
             record = record.model_copy(update={"status": "invalid", "reason": reason})
             log.info("request %s: invalid answer (%s), attempt %d of %d", req.key, reason, k + 1,
                      self.endpoint.max_invalid_retries + 1)  # fmt: skip
+            if on_pending is not None and k < self.endpoint.max_invalid_retries:
+                await on_pending(record.model_copy(update={"status": "pending"}))
         assert record is not None
         return record
 
@@ -527,7 +565,9 @@ async def _call_all_async(
 ) -> CallSummary:
     hashes = [r.request_hash(model=endpoint.model, namespace=namespace) for r in requests]
     done: dict[str, CallRecord] = {}
-    journaled = await asyncio.to_thread(journal.load)
+    journaled_all = await asyncio.to_thread(journal.load_all)
+    journaled = _finished(journaled_all)
+    pending = {h: r for h, r in journaled_all.items() if r.status == "pending"}
     todo: dict[str, ChatRequest] = {}
     n_from_journal = 0
     for h, r in zip(hashes, requests):
@@ -550,13 +590,16 @@ async def _call_all_async(
     sem = asyncio.Semaphore(endpoint.max_concurrency)
     errors: list[BaseException] = []
 
+    async def on_pending(record: CallRecord) -> None:
+        await asyncio.to_thread(journal.append, record)
+
     async def one(h: str, req: ChatRequest) -> None:
         nonlocal finished
         async with sem:
             if caller.failed.is_set():
                 return
             try:
-                record = await caller.call(req, h)
+                record = await caller.call(req, h, pending.get(h), on_pending)
                 # Journal before anything else can fail: this answer is paid for.
                 await asyncio.to_thread(journal.append, record)
                 done[h] = record
@@ -586,8 +629,9 @@ async def _call_all_async(
 
     records = [done[h] for h in hashes]
     reasons = Counter(r.reason or "unknown" for r in records if r.status == "invalid")
-    prompt_tokens = sum(r.prompt_tokens for r in records)
-    completion_tokens = sum(r.completion_tokens for r in records)
+    paid = [done[h] for h in dict.fromkeys(hashes)]  # each distinct request once: that is what was paid
+    prompt_tokens = sum(r.prompt_tokens for r in paid)
+    completion_tokens = sum(r.completion_tokens for r in paid)
     cost = None
     if endpoint.price_per_1m_prompt_tokens is not None and endpoint.price_per_1m_completion_tokens is not None:
         cost = (

@@ -503,7 +503,8 @@ def build_app(
             result.logprobs,
         )
         if fault == "empty":
-            text, n_completion, logprobs = "", 0, ([] if logprobs is not None else None)
+            # what was generated is billed although nothing usable came back (as providers do)
+            text, logprobs = "", ([] if logprobs is not None else None)
         elif fault == "truncated":
             text, finish = text[: len(text) // 2], "length"
             if logprobs is not None:
@@ -532,7 +533,8 @@ def build_app(
         }
         # Logged before the response leaves: "delivered" = the server committed to sending a
         # completion (it may still be lost if the client dies in between; see client.py).
-        record({**base, "status": 200, "fault": fault, "delivered": True, "finish_reason": finish})
+        record({**base, "status": 200, "fault": fault, "delivered": True, "finish_reason": finish,
+                "prompt_tokens": result.prompt_tokens, "completion_tokens": n_completion})  # what is billed
         return JSONResponse(payload)
 
     app.add_route("/health", health, methods=["GET"])
