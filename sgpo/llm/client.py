@@ -16,6 +16,12 @@ OpenAI-compatible endpoint and returns one `CallRecord` per request. Money is th
   are retried with exponential backoff and jitter; after `max_retries` a clear `LLMCallError`
   names the endpoint, the request key and the last error, never the API key.
 
+* **Batch API mode** (`endpoint.mode = "batch"`, half price, answers within 24 h): what the
+  journal lacks is written as JSONL, uploaded (`/v1/files`, purpose "batch") and submitted
+  (`/v1/batches`); each submission is journaled at upload and again with its batch id, so a
+  killed run resumes by polling the same batch; results are journaled as ordinary records
+  (re-asks and expired or failed items go into a new batch, up to the same limits as sync mode).
+
 The journal lives at `journal_url`, any fsspec URL. Local (a path or file://): `journal_url` is
 one append-only JSONL file, one os.write per record on an O_APPEND fd, fsync'd, a torn last line
 tolerated. Elsewhere (s3://...): `journal_url` is a prefix holding one small JSON object per
@@ -29,6 +35,7 @@ import asyncio
 import email.utils
 import hashlib
 import ipaddress
+import itertools
 import json
 import logging
 import os
@@ -84,6 +91,13 @@ class EndpointConfig(BaseModel):
     backoff_max_s: float = _runtime(60.0, "Cap on one retry delay", ge=0)
     price_per_1m_prompt_tokens: float | None = _runtime(None, "USD per 1M prompt tokens, for cost reports", ge=0)
     price_per_1m_completion_tokens: float | None = _runtime(None, "USD per 1M completion tokens", ge=0)
+    mode: Literal["sync", "batch"] = _runtime(
+        "sync", "sync: one HTTP request per call; batch: OpenAI's Batch API (half price, answers within 24 h)"
+    )
+    batch_poll_s: float = _runtime(10.0, "Batch mode: first wait between status checks; doubles while nothing ends", gt=0)
+    batch_poll_max_s: float = _runtime(300.0, "Batch mode: longest wait between status checks", gt=0)
+    batch_max_requests: int = _runtime(50_000, "Batch mode: requests per batch (OpenAI's limit: 50,000)", ge=1)
+    batch_discount: float = _runtime(0.5, "Batch mode: price factor of batch tokens (OpenAI: half price)", gt=0, le=1)
 
 
 def _canonical(obj: Any) -> str:
@@ -139,6 +153,7 @@ class CallRecord(BaseModel):
     )
     attempts: int = 0  # HTTP requests sent for this record, retries and re-asks included
     answers: int = 0  # answers received and billed (the kept one and the rejected re-asks)
+    batch: bool = False  # answered through the Batch API (billed at the batch discount)
     model: str = ""  # the model that answered, as the response names it
     raw_response: str | None = None  # the last response's JSON body, for audit
 
@@ -371,6 +386,62 @@ def _not_a_chat_completion(parsed: Any, content_type: str | None) -> str | None:
     return None
 
 
+def _request_body(model: str, req: ChatRequest, seed: int | None) -> dict[str, Any]:
+    """The chat-completions body of one ask (the same in sync calls and in batch input lines)."""
+    body: dict[str, Any] = dict(
+        model=model, messages=req.messages, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens
+    )
+    if seed is not None:
+        body["seed"] = seed
+    if req.top_logprobs is not None:
+        body.update(logprobs=True, top_logprobs=req.top_logprobs)
+    return body
+
+
+def _builtin_reason(completion: Any, allow_truncated: bool) -> str | None:
+    """Why an answer is unusable whatever the caller wants (None: usable)."""
+    choice = completion.choices[0] if completion.choices else None
+    if choice is None:
+        return "no_choices"
+    if getattr(choice.message, "refusal", None):
+        return "refused"
+    if choice.finish_reason == "content_filter":
+        return "content_filter"
+    if not (choice.message.content or "").strip():
+        return "empty"
+    if choice.finish_reason == "length" and not allow_truncated:
+        return "truncated"
+    return None
+
+
+def _answer_record(
+    req: ChatRequest, request_hash: str, completion: Any, raw_text: str | None, *, prior: tuple[int, int],
+    attempts: int, answers: int, default_model: str, batch: bool = False,
+) -> CallRecord:
+    """The "ok" record of one answer; `prior` = (prompt, completion) tokens billed for earlier answers."""
+    usage = completion.usage
+    choice = completion.choices[0] if completion.choices else None
+    top = None
+    if choice is not None and choice.logprobs is not None and choice.logprobs.content is not None:
+        top = [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in t.top_logprobs],
+            }
+            for t in choice.logprobs.content
+        ]
+    return CallRecord(
+        request_hash=request_hash, key=req.key, status="ok", reason=None,
+        text=choice.message.content if choice else None,
+        finish_reason=choice.finish_reason if choice else None,
+        prompt_tokens=prior[0] + (usage.prompt_tokens if usage else 0),
+        completion_tokens=prior[1] + (usage.completion_tokens if usage else 0), top_logprobs=top,
+        attempts=attempts, answers=answers, model=completion.model or default_model, raw_response=raw_text,
+        batch=batch,
+    )  # fmt: skip
+
+
 class _Aborted(Exception):
     """Another request failed fatally; this one stops without sending more."""
 
@@ -418,17 +489,7 @@ class _Caller:
     async def _send(self, req: ChatRequest, seed: int | None, request_hash: str, counter: list[int]):
         """One answer, retrying transport errors. Returns (completion, raw_json) or a per-request 400 error."""
         ep = self.endpoint
-        kwargs: dict[str, Any] = dict(
-            model=ep.model,
-            messages=req.messages,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            max_tokens=req.max_tokens,
-        )
-        if seed is not None:
-            kwargs["seed"] = seed
-        if req.top_logprobs is not None:
-            kwargs.update(logprobs=True, top_logprobs=req.top_logprobs)
+        kwargs = _request_body(ep.model, req, seed)
         last = "no attempt made"
         for retry in range(ep.max_retries + 1):
             if self.failed.is_set():
@@ -472,18 +533,7 @@ class _Caller:
         raise self._fail(req, counter[0], last)
 
     def _builtin_reason(self, completion: Any) -> str | None:
-        choice = completion.choices[0] if completion.choices else None
-        if choice is None:
-            return "no_choices"
-        if getattr(choice.message, "refusal", None):
-            return "refused"
-        if choice.finish_reason == "content_filter":
-            return "content_filter"
-        if not (choice.message.content or "").strip():
-            return "empty"
-        if choice.finish_reason == "length" and not self.allow_truncated:
-            return "truncated"
-        return None
+        return _builtin_reason(completion, self.allow_truncated)
 
     async def call(
         self,
@@ -518,28 +568,11 @@ class _Caller:
                     raw_response=_scrub(json.dumps(body), self.api_key) if body is not None else None,
                     prompt_tokens=billed_prompt, completion_tokens=billed_completion, answers=k,  # earlier re-asks were paid
                 )  # fmt: skip
-            usage = completion.usage
-            billed_prompt += usage.prompt_tokens if usage else 0
-            billed_completion += usage.completion_tokens if usage else 0
-            choice = completion.choices[0] if completion.choices else None
-            top = None
-            if choice is not None and choice.logprobs is not None and choice.logprobs.content is not None:
-                top = [
-                    {
-                        "token": t.token,
-                        "logprob": t.logprob,
-                        "top_logprobs": [{"token": a.token, "logprob": a.logprob} for a in t.top_logprobs],
-                    }
-                    for t in choice.logprobs.content
-                ]
-            record = CallRecord(
-                request_hash=request_hash, key=req.key, status="ok", reason=None,
-                text=choice.message.content if choice else None,
-                finish_reason=choice.finish_reason if choice else None,
-                prompt_tokens=billed_prompt, completion_tokens=billed_completion, top_logprobs=top,
-                attempts=counter[0], answers=k + 1, model=completion.model or self.endpoint.model,
-                raw_response=raw_text,
+            record = _answer_record(
+                req, request_hash, completion, raw_text, prior=(billed_prompt, billed_completion),
+                attempts=counter[0], answers=k + 1, default_model=self.endpoint.model,
             )  # fmt: skip
+            billed_prompt, billed_completion = record.prompt_tokens, record.completion_tokens
             reason = self._builtin_reason(completion)
             if reason is None and self.validate is not None:
                 reason = self.validate(record)
@@ -627,6 +660,13 @@ async def _call_all_async(
             log.error("%d requests failed; the first: %s", len(errors), first)
         raise first
 
+    return _summary(hashes, done, endpoint, n_from_journal, len(todo), caller.http_requests if caller else 0)
+
+
+def _summary(
+    hashes: list[str], done: dict[str, CallRecord], endpoint: EndpointConfig, n_from_journal: int, n_sent: int,
+    n_http: int,
+) -> CallSummary:
     records = [done[h] for h in hashes]
     reasons = Counter(r.reason or "unknown" for r in records if r.status == "invalid")
     paid = [done[h] for h in dict.fromkeys(hashes)]  # each distinct request once: that is what was paid
@@ -634,22 +674,275 @@ async def _call_all_async(
     completion_tokens = sum(r.completion_tokens for r in paid)
     cost = None
     if endpoint.price_per_1m_prompt_tokens is not None and endpoint.price_per_1m_completion_tokens is not None:
-        cost = (
-            prompt_tokens * endpoint.price_per_1m_prompt_tokens
-            + completion_tokens * endpoint.price_per_1m_completion_tokens
-        ) / 1e6
+        cost = sum(
+            (r.prompt_tokens * endpoint.price_per_1m_prompt_tokens
+             + r.completion_tokens * endpoint.price_per_1m_completion_tokens) * (endpoint.batch_discount if r.batch else 1)
+            for r in paid
+        ) / 1e6  # fmt: skip
     return CallSummary(
         records=records,
         n_ok=sum(r.status == "ok" for r in records),
         n_invalid=sum(r.status == "invalid" for r in records),
         n_from_journal=n_from_journal,
-        n_sent=len(todo),
-        n_http_requests=caller.http_requests if caller else 0,
+        n_sent=n_sent,
+        n_http_requests=n_http,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cost_usd=cost,
         invalid_reasons=dict(reasons),
     )
+
+
+# --------------------------------------------------------------------------- Batch API
+
+_BATCH_LIVE = {"validating", "in_progress", "finalizing", "cancelling"}
+_sleep_sync = time.sleep  # module-level, like _sleep, so tests can shorten the polling waits
+
+
+class BatchRecord(BaseModel):
+    """One batch submission, journaled beside the call journal (`<journal>.batches...`).
+
+    Written when the input file is uploaded (before the batch exists), again with the batch id as
+    soon as it is created, and once more when its results are journaled ("done"). A run that
+    dies in between resumes by polling the same batch (found by input file id when the id itself
+    was not journaled yet), so a batch is never created, nor paid, twice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_key: str
+    input_file_id: str
+    batch_id: str | None = None
+    items: dict[str, int]  # request hash -> the re-ask number (seed offset) asked in this batch
+    state: Literal["uploaded", "submitted", "done"]
+    created_at: float
+
+
+def open_batch_journal(journal_url: str, storage_options: dict | None = None) -> Journal:
+    """The batch submissions of the journal at `journal_url` (a sibling file or prefix, same folder)."""
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(journal_url, **(storage_options or {}))
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "file" in protocols or "local" in protocols:
+        return LocalJournal(f"{root}.batches.jsonl", model=BatchRecord, key="batch_key")
+    return ObjectStoreJournal(fs, f"{root.rstrip('/')}.batches", model=BatchRecord, key="batch_key")
+
+
+def _batch_item_error(resp: dict[str, Any]) -> tuple[str | None, str]:
+    err = (resp.get("body") or {}).get("error") if isinstance(resp.get("body"), dict) else None
+    if isinstance(err, dict):
+        return (err.get("code") if isinstance(err.get("code"), str) else None), str(err.get("message") or "")
+    return None, ""
+
+
+def _call_all_batch(
+    requests: Sequence[ChatRequest],
+    endpoint: EndpointConfig,
+    journal: Journal,
+    batches: Journal,
+    namespace: str,
+    validate: Callable[[CallRecord], str | None] | None,
+    progress: Callable[[int, int], None] | None,
+    allow_truncated: bool,
+) -> CallSummary:
+    """call_all through the Batch API: what the journal lacks goes into batches; results are journaled
+    as ordinary records, so sync and batch runs share one journal and never pay for a call twice."""
+    import openai
+    from openai.types.chat import ChatCompletion
+
+    hashes = [r.request_hash(model=endpoint.model, namespace=namespace) for r in requests]
+    journaled_all = journal.load_all()
+    done = _finished(journaled_all)
+    carried = {h: r for h, r in journaled_all.items() if r.status == "pending"}  # paid re-asks so far
+    todo: dict[str, ChatRequest] = {}
+    for h, r in zip(hashes, requests):
+        if h not in done:
+            todo.setdefault(h, r)
+    n_from_journal = sum(h in done for h in hashes)
+    multiplicity, total = Counter(hashes), len(requests)
+    finished = n_from_journal
+    if not todo:
+        journal.close()
+        batches.close()
+        return _summary(hashes, done, endpoint, n_from_journal, 0, 0)
+    if endpoint.base_url is None:
+        raise ValueError("endpoint.base_url is None: start the embedded server (or set a URL) before call_all")
+    api_key = _api_key(endpoint)
+    base_url = endpoint.base_url
+    # the client's own retries (backoff, Retry-After) cover the few management requests
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=endpoint.timeout_s, max_retries=endpoint.max_retries)
+    n_http = 0
+    asked = {h: carried[h].answers if h in carried else 0 for h in todo}  # the re-ask number due next
+    submissions: Counter = Counter()  # times each request was put in a batch by this run
+    failures: Counter = Counter()
+    last_failure: dict[str, str] = {}
+    in_flight: dict[str, BatchRecord] = {}
+    covered: set[str] = set()  # requests in a batch that is still running
+
+    def api(what: str, fn: Callable, *a: Any, **kw: Any) -> Any:
+        nonlocal n_http
+        n_http += 1
+        try:
+            return fn(*a, **kw)
+        except openai.APIStatusError as e:
+            hint = " (does this endpoint offer the Batch API? otherwise use mode 'sync')" if e.status_code in (404, 405) else ""
+            last = _scrub(f"HTTP {e.status_code}: {e.message}", api_key)
+        except openai.OpenAIError as e:
+            hint, last = "", _scrub(f"{type(e).__name__}: {e}", api_key)
+        raise LLMCallError(f"Batch API {what} at {base_url} failed: {last}{hint}", endpoint=base_url, last_error=last)
+
+    def finish(h: str, record: CallRecord) -> None:
+        nonlocal finished
+        journal.append(record)  # before anything else can fail: this answer is paid for
+        done[h] = record
+        finished += multiplicity[h]
+        if progress is not None:
+            progress(finished, total)
+
+    def submit(chunk: list[str]) -> None:
+        lines = []
+        for h in chunk:
+            req = todo[h]
+            seed = None if req.seed is None else req.seed + asked[h]  # re-asks use seed+1, ... as in sync mode
+            body = _request_body(endpoint.model, req, seed)
+            lines.append({"custom_id": h, "method": "POST", "url": "/v1/chat/completions", "body": body})
+        data = "".join(_canonical(x) + "\n" for x in lines).encode("utf-8")
+        f = api("file upload", client.files.create, file=("sgpo-batch.jsonl", data, "application/jsonl"), purpose="batch")
+        rec = BatchRecord(batch_key=hashlib.sha256(f.id.encode()).hexdigest()[:32], input_file_id=f.id,
+                          items={h: asked[h] for h in chunk}, state="uploaded", created_at=time.time())  # fmt: skip
+        batches.append(rec)  # journaled before the batch exists: a kill from here on finds it by file id
+        b = api("batch create", client.batches.create, input_file_id=f.id, endpoint="/v1/chat/completions",
+                completion_window="24h", metadata={"sgpo_namespace": namespace[:512]})  # fmt: skip
+        rec = rec.model_copy(update={"batch_id": b.id, "state": "submitted"})
+        batches.append(rec)
+        submissions.update(chunk)
+        in_flight[b.id] = rec
+        covered.update(chunk)
+        log.info("batch %s: %d requests submitted to %s", b.id, len(chunk), base_url)
+
+    def process(rec: BatchRecord, b: Any) -> None:
+        if b.status == "failed":  # the whole input was refused: a bug or a configuration problem
+            errs = getattr(b.errors, "data", None) or []
+            why = "; ".join(f"line {e.line}: {e.message}" for e in errs) or "no reason given"
+            batches.append(rec.model_copy(update={"state": "done"}))
+            raise LLMCallError(f"batch {b.id} at {base_url} failed validation: {why}", endpoint=base_url, last_error=why)
+        results: dict[str, dict[str, Any]] = {}
+        for fid in (b.output_file_id, b.error_file_id):
+            if fid:
+                for line in api("file download", client.files.content, fid).text.splitlines():
+                    if line.strip():
+                        item = json.loads(line)
+                        results[item.get("custom_id")] = item
+        given_up = []
+        for h, k in rec.items.items():
+            if h in done or h not in todo or asked[h] != k:
+                continue  # answered already (a run that died after journaling it), or a stale item
+            req, prev = todo[h], carried.get(h)
+            prior = (prev.prompt_tokens, prev.completion_tokens) if prev else (0, 0)
+            attempts = (prev.attempts if prev else 0) + submissions[h]
+            item = results.get(h) or {}
+            resp = item.get("response") or {}
+            status = resp.get("status_code")
+            if status == 200:
+                try:
+                    completion = ChatCompletion.model_validate(resp.get("body"))
+                except ValidationError:
+                    raise LLMCallError(f"batch {b.id} at {base_url}: the answer to {req.key!r} is not a chat "
+                                       "completion", endpoint=base_url, key=req.key) from None  # fmt: skip
+                record = _answer_record(req, h, completion, json.dumps(resp.get("body")), prior=prior,
+                                        attempts=attempts, answers=k + 1, default_model=endpoint.model, batch=True)  # fmt: skip
+                reason = _builtin_reason(completion, allow_truncated)
+                if reason is None and validate is not None:
+                    reason = validate(record)
+                if reason is None:
+                    finish(h, record)
+                    continue
+                record = record.model_copy(update={"status": "invalid", "reason": reason})
+                if k < endpoint.max_invalid_retries:  # re-ask in the next batch; keep the paid tokens
+                    carried[h] = record.model_copy(update={"status": "pending"})
+                    journal.append(carried[h])
+                    asked[h] = k + 1
+                    covered.discard(h)
+                else:
+                    finish(h, record)
+                continue
+            code, message = _batch_item_error(resp)
+            if status == 400 and code in _PER_REQUEST_400_CODES:
+                finish(h, CallRecord(
+                    request_hash=h, key=req.key, status="invalid", reason=f"rejected:{code}", attempts=attempts,
+                    answers=k, model=endpoint.model, prompt_tokens=prior[0], completion_tokens=prior[1], batch=True,
+                    raw_response=_scrub(json.dumps(resp.get("body")), api_key),
+                ))  # fmt: skip
+                continue
+            if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
+                last = _scrub(f"HTTP {status}: {message}", api_key)
+                batches.append(rec.model_copy(update={"state": "done"}))
+                raise LLMCallError(f"LLM request {req.key!r} in batch {b.id} at {base_url} was rejected: {last}",
+                                   endpoint=base_url, key=req.key, last_error=last)  # fmt: skip
+            # expired, failed at the provider (5xx, 429), or absent from the output: submit it again
+            failures[h] += 1
+            err = item.get("error") if isinstance(item.get("error"), dict) else {}
+            last_failure[h] = err.get("code") or (f"HTTP {status}" if status else f"no result (batch {b.status})")
+            if failures[h] > endpoint.max_retries:
+                given_up.append(h)
+            else:
+                covered.discard(h)
+        batches.append(rec.model_copy(update={"state": "done"}))
+        if given_up:
+            names = ", ".join(f"{todo[h].key!r} ({last_failure[h]})" for h in given_up[:10])
+            more = f" and {len(given_up) - 10} more" if len(given_up) > 10 else ""
+            raise LLMCallError(
+                f"{len(given_up)} request(s) got no answer in {endpoint.max_retries + 1} batch submission(s) to "
+                f"{base_url}: {names}{more}", endpoint=base_url, key=todo[given_up[0]].key,
+                last_error=last_failure[given_up[0]],
+            )  # fmt: skip
+
+    try:
+        # 1. batches a killed run left running: poll them instead of submitting their requests again
+        listed: list[Any] | None = None
+        for rec in batches.load_all().values():
+            if rec.state == "done":
+                continue
+            if not any(h in todo and h not in done and asked[h] == k for h, k in rec.items.items()):
+                batches.append(rec.model_copy(update={"state": "done"}))
+                continue
+            if rec.batch_id is None:  # died between upload and journaling the batch id: was it created?
+                if listed is None:
+                    listed = list(itertools.islice(api("batch list", client.batches.list, limit=100), 1000))
+                found = next((x for x in listed if x.input_file_id == rec.input_file_id), None)
+                if found is None:
+                    batches.append(rec.model_copy(update={"state": "done"}))
+                    continue
+                rec = rec.model_copy(update={"batch_id": found.id, "state": "submitted"})
+                batches.append(rec)
+            in_flight[rec.batch_id] = rec
+            covered.update(h for h, k in rec.items.items() if h in todo and asked[h] == k)
+            log.info("batch %s: resuming (submitted by an earlier run)", rec.batch_id)
+        # 2. submit what is not covered, poll, journal results, re-submit failed items
+        delay = endpoint.batch_poll_s
+        while True:
+            waiting = [h for h in todo if h not in done and h not in covered]
+            for i in range(0, len(waiting), endpoint.batch_max_requests):
+                submit(waiting[i : i + endpoint.batch_max_requests])
+            if not in_flight:
+                break
+            _sleep_sync(delay)
+            ended = False
+            for bid, rec in list(in_flight.items()):
+                b = api("batch status", client.batches.retrieve, bid)
+                if b.status in _BATCH_LIVE:
+                    continue
+                del in_flight[bid]
+                ended = True
+                for h in rec.items:
+                    covered.discard(h)
+                process(rec, b)
+            delay = endpoint.batch_poll_s if ended else min(delay * 2, endpoint.batch_poll_max_s)
+    finally:
+        client.close()
+        journal.close()
+        batches.close()
+    return _summary(hashes, done, endpoint, n_from_journal, len(todo), n_http)
 
 
 def call_all(
@@ -671,9 +964,15 @@ def call_all(
     `allow_truncated` accepts finish_reason "length" (a judge asking for max_tokens=1 wants it).
     Validation settings are not part of the request hash: journaled verdicts are reused as they
     are, so change the namespace when changing them.
+    With `endpoint.mode == "batch"` the calls go through the Batch API (see the module docstring);
+    the records are the same, marked `batch=True` and costed at `endpoint.batch_discount`.
     Raises LLMCallError when a request exhausts its retries (finished answers stay journaled).
     """
     journal = open_journal(journal_url, storage_options)
+    if endpoint.mode == "batch":
+        # blocking polls, no event loop: fine from any thread, a running loop's included
+        return _call_all_batch(requests, endpoint, journal, open_batch_journal(journal_url, storage_options),
+                               namespace, validate, progress, allow_truncated)  # fmt: skip
 
     def run() -> CallSummary:
         return asyncio.run(_call_all_async(requests, endpoint, journal, namespace, validate, progress, allow_truncated))
