@@ -172,3 +172,18 @@ def test_a_kill_between_upload_and_journaling_the_batch_id_finds_the_batch(tmp_p
     entries = read_request_log(log)
     assert s.n_ok == 4 and len(batch_creates(entries)) == 1
     assert set(delivered_per_request(entries).values()) == {1}
+
+
+def test_batch_mode_with_an_s3_journal(tmp_path, s3_endpoint):
+    import s3fs
+
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}, "key": "testing", "secret": "testing"}
+    url = "s3://sgpo-test/batch-journal/annotate/calls"
+    reqs = make_requests(5)
+    with serve_fake(tmp_path / "req.jsonl") as base:
+        first = call_all(reqs[:3], endpoint(base, mode="batch"), journal_url=url, namespace="s3", storage_options=opts)
+        second = call_all(reqs, endpoint(base, mode="batch"), journal_url=url, namespace="s3", storage_options=opts)
+    assert (first.n_ok, second.n_from_journal, second.n_sent, second.n_ok) == (3, 3, 2, 5)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    assert sorted(Path(p).name for p in fs.ls(url)) == sorted(f"{r.request_hash}.json" for r in second.records)
+    assert len(fs.ls(url + ".batches")) == 2  # one record per submission, beside the call records
