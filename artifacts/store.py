@@ -5,15 +5,23 @@ and `manifest.json`. The manifest is written LAST and is the only mark of a fini
 artifact: a stage killed mid-write leaves files without a manifest, which nothing reads
 and the next attempt overwrites. Works the same on a local folder and on S3 (where a single
 PUT is atomic, so the manifest appears whole or not at all).
+
+Integrity: the manifest records the data's size (`data_bytes` for tables, `file_bytes` per
+file for models) beside the content hash. `find` treats an artifact whose data is missing or
+has another size as absent (with a warning), so the stage is recomputed; `read_table` checks
+the bytes it reads against the content hash and `model_dir` the files against their sizes, and
+raise `CorruptArtifactError` naming the artifact and what differs.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
+import uuid
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,8 @@ import pyarrow.parquet as pq
 
 from artifacts.hashing import HASH_PREFIX_LEN, canonical_json, sha256_bytes, sha256_text
 from artifacts.refs import TABLE_SCHEMA_VERSION, ArtifactRef
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 TABLE_FILE = "data.parquet"
@@ -54,6 +64,43 @@ def local_cache_dir() -> Path:
     return Path(os.environ.get("SGPO_CACHE_DIR", Path.home() / ".cache" / "sgpo"))
 
 
+class StoreError(RuntimeError):
+    """The store cannot be used (unknown scheme, no such bucket, credentials rejected, read-only)."""
+
+
+class CorruptArtifactError(StoreError):
+    """A published artifact whose data no longer matches its manifest (truncated, edited, missing)."""
+
+
+def _data_problems(fs: Any, base: str, manifest: dict[str, Any]) -> list[str]:
+    """What differs between the files under `base` and the sizes the manifest records ([] = all fine).
+
+    Manifests written before sizes were recorded have nothing to compare and pass."""
+    expected: dict[str, int] = {}
+    found: dict[str, int | None] = {}
+    fs.invalidate_cache(base)  # s3fs caches listings; the question is what is there now
+    if isinstance(manifest.get("data_bytes"), int):
+        expected[TABLE_FILE] = manifest["data_bytes"]
+        try:
+            found[TABLE_FILE] = fs.info(f"{base}/{TABLE_FILE}").get("size")
+        except FileNotFoundError:
+            pass
+    if manifest.get("file_bytes"):
+        expected.update({f"{MODEL_DIR}/{rel}": size for rel, size in manifest["file_bytes"].items()})
+        try:  # only model/: _work/ beside it may hold thousands of journal objects
+            listing = fs.find(f"{base}/{MODEL_DIR}", detail=True)
+        except FileNotFoundError:
+            listing = {}
+        found.update({p[len(base) + 1:]: info.get("size") for p, info in listing.items()})
+    problems = []
+    for rel, size in sorted(expected.items()):
+        if rel not in found:
+            problems.append(f"{rel} is missing")
+        elif found[rel] != size:
+            problems.append(f"{rel} has {found[rel]} bytes, the manifest records {size}")
+    return problems
+
+
 class ArtifactStore:
     def __init__(self, url: str, storage_options: dict[str, Any] | None = None):
         self.url = normalize_url(url)
@@ -82,7 +129,13 @@ class ArtifactStore:
             manifest = json.loads(f.read())
         if manifest.get("cache_key") != cache_key:  # prefix collision: treat as absent
             return None
-        return ArtifactRef.model_validate(manifest["ref"])
+        ref = ArtifactRef.model_validate(manifest["ref"])
+        if problems := _data_problems(self.fs, self._path(ref.uri), manifest):
+            # absent, not an error: the stage runs again and overwrites the damaged data
+            log.warning("artifact %s is damaged (%s); treating it as absent, so it is recomputed",
+                        ref.uri, "; ".join(problems))  # fmt: skip
+            return None
+        return ref
 
     def read_manifest(self, ref: ArtifactRef) -> dict[str, Any]:
         with self.fs.open(f"{self._path(ref.uri)}/{MANIFEST}", "rb") as f:
@@ -91,8 +144,24 @@ class ArtifactStore:
     def read_table(self, ref: ArtifactRef) -> pa.Table:
         if ref.kind != "table":
             raise TypeError(f"{ref.uri} is a {ref.kind}, not a table")
-        with self.fs.open(f"{self._path(ref.uri)}/{TABLE_FILE}", "rb") as f:
-            return pq.read_table(io.BytesIO(f.read()))
+        path = f"{self._path(ref.uri)}/{TABLE_FILE}"
+        try:
+            with self.fs.open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            raise CorruptArtifactError(f"artifact {ref.uri}: {TABLE_FILE} is missing (its manifest exists)") from None
+        got = sha256_bytes(data)
+        if got != ref.content_hash:
+            try:
+                recorded = self.read_manifest(ref).get("data_bytes")
+            except (OSError, ValueError):
+                recorded = None
+            size = f"{len(data)} bytes" + (f", the manifest records {recorded}" if recorded is not None else "")
+            raise CorruptArtifactError(
+                f"artifact {ref.uri}: {TABLE_FILE} does not match its manifest: sha256 {got[:16]}... "
+                f"instead of {ref.content_hash[:16]}... ({size}); delete the artifact folder to recompute it"
+            )
+        return pq.read_table(io.BytesIO(data))
 
     def model_dir(self, ref: ArtifactRef) -> str:
         """A local directory holding the checkpoint (downloaded once for remote stores), or a hub id."""
@@ -102,6 +171,7 @@ class ArtifactStore:
             raise TypeError(f"{ref.uri} is a {ref.kind}, not a model")
         remote = f"{self._path(ref.uri)}/{MODEL_DIR}"
         if self.is_local:
+            self._check_model_files(ref, Path(remote))
             return remote
         target = local_cache_dir() / "models" / ref.content_hash
         if not (target / ".complete").exists():
@@ -110,8 +180,26 @@ class ArtifactStore:
             shutil.rmtree(target, ignore_errors=True)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp.rename(target)
+            self._check_model_files(ref, target)
             (target / ".complete").touch()
         return str(target)
+
+    def _check_model_files(self, ref: ArtifactRef, folder: Path) -> None:
+        """Every file the manifest lists is in `folder`, with its recorded size (when recorded)."""
+        manifest = self.read_manifest(ref)
+        sizes = manifest.get("file_bytes") or {}
+        problems = []
+        for rel in sorted(set(manifest.get("files") or {}) | set(sizes)):
+            p = folder / rel
+            if not p.is_file():
+                problems.append(f"{MODEL_DIR}/{rel} is missing")
+            elif rel in sizes and p.stat().st_size != sizes[rel]:
+                problems.append(f"{MODEL_DIR}/{rel} has {p.stat().st_size} bytes, the manifest records {sizes[rel]}")
+        if problems:
+            raise CorruptArtifactError(
+                f"artifact {ref.uri} does not match its manifest: {'; '.join(problems)}; "
+                "delete the artifact folder to recompute it"
+            )
 
     # ---------------------------------------------------------------- writing
     def _write_bytes(self, path: str, data: bytes) -> None:
@@ -160,7 +248,7 @@ class ArtifactStore:
             rows=table.num_rows, schema_version=TABLE_SCHEMA_VERSION, produced_by=produced_by,
             summary=summary or {},
         )
-        return self._publish(base, ref, {**manifest, "columns": table.column_names})
+        return self._publish(base, ref, {**manifest, "columns": table.column_names, "data_bytes": len(data)})
 
     def publish_model(
         self,
@@ -180,17 +268,19 @@ class ArtifactStore:
             raise ValueError(f"{local_dir} holds pickle-based files; only safetensors checkpoints are stored")
         uri = self.artifact_url(stage, cache_key)
         base = self._path(uri)
-        hashes = {}
+        hashes, sizes = {}, {}
         for p in files:
             rel = p.relative_to(local_dir).as_posix()
             data = p.read_bytes()
             hashes[rel] = sha256_bytes(data)
+            sizes[rel] = len(data)
             self._write_bytes(f"{base}/{MODEL_DIR}/{rel}", data)
         ref = ArtifactRef(
             uri=uri, kind="model", stage=stage, cache_key=cache_key,
             content_hash=sha256_text(canonical_json(hashes)), produced_by=produced_by, summary=summary or {},
         )
-        return self._publish(base, ref, {**manifest, "files": hashes})
+        # sizes beside (not inside) `files`: the content hash stays the hash of `files` alone
+        return self._publish(base, ref, {**manifest, "files": hashes, "file_bytes": sizes})
 
     def publish_json(self, stage: str, cache_key: str, name: str, obj: Any) -> str:
         """A side file (e.g. a report) beside an artifact; returns its URL."""
@@ -227,3 +317,74 @@ def hub_model_ref(name_or_path: str, revision: str | None) -> ArtifactRef:
         uri=f"hf://{name_or_path}", kind="hub_model", stage="base_model", cache_key=sha256_text(ident),
         content_hash=sha256_text(ident), summary={"revision": revision},
     )
+
+
+# --------------------------------------------------------------------------- checking a store up front
+
+SUPPORTED_SCHEMES = ("file", "s3")
+PROBE_DIR = "_probe"
+
+
+def _s3_cause(err: BaseException) -> str:
+    """The likely cause of an S3 failure, from the error code botocore/s3fs carry (or the message)."""
+    text = f"{type(err).__name__}: {err}"
+    for e in (err, err.__cause__, err.__context__):
+        code = getattr(e, "response", {}).get("Error", {}).get("Code") if hasattr(e, "response") else None
+        if code:
+            text += f" [{code}]"
+    low = text.lower()
+    if "nosuchbucket" in low or "bucket does not exist" in low:
+        return "no such bucket"
+    if any(c in low for c in ("invalidaccesskeyid", "signaturedoesnotmatch", "invalidtoken", "expiredtoken",
+                              "unable to locate credentials", "nocredentials")):  # fmt: skip
+        return "credentials rejected or missing (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE)"
+    if "accessdenied" in low or "forbidden" in low or isinstance(err, PermissionError):
+        return "access denied: the credentials are not allowed to write there, or the bucket belongs to another account"
+    if any(c in low for c in ("could not connect", "connect timeout", "endpointconnectionerror", "name or service")):
+        return "the S3 endpoint cannot be reached (client_kwargs.endpoint_url, network)"
+    return "unexpected error"
+
+
+def check_store(url: str, storage_options: dict[str, Any] | None = None) -> None:
+    """Raise StoreError unless the store at `url` is of a known kind, reachable and writable.
+
+    Writes a small probe object under `{root}/_probe/`, reads it back and deletes it, so a run
+    fails at its start, with the likely cause, instead of at its first publish after hours of work.
+    Secrets in `storage_options` are never part of the message.
+    """
+    norm = normalize_url(url)
+    scheme = norm.split("://", 1)[0]
+    if scheme not in SUPPORTED_SCHEMES:
+        raise StoreError(
+            f"store URL {url!r}: scheme '{scheme}://' is not supported; supported: a folder or file://PATH, "
+            "s3://BUCKET/PREFIX"
+        )
+    where = f"store {norm}"
+    try:
+        fs, root = fsspec.core.url_to_fs(norm, **(storage_options or {}))
+    except ImportError as e:
+        raise StoreError(f"{where}: the filesystem package is not installed ({e})") from None
+    except (TypeError, ValueError) as e:
+        raise StoreError(f"{where}: bad storage_options ({e})") from None
+    probe = f"{root.rstrip('/')}/{PROBE_DIR}/{uuid.uuid4().hex}.txt"
+    payload = b"sgpo store probe\n"
+    try:
+        if scheme == "file":
+            Path(probe).parent.mkdir(parents=True, exist_ok=True)
+        fs.pipe_file(probe, payload)
+        fs.invalidate_cache(probe)
+        if fs.cat_file(probe) != payload:
+            raise StoreError(f"{where}: a probe object read back differs from what was written")
+        fs.rm_file(probe)
+    except StoreError:
+        raise
+    except Exception as e:  # the cause is reported, never the storage options
+        if scheme == "file":
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+            raise StoreError(
+                f"{where} is not writable: {reason} at {getattr(e, 'filename', None) or probe} (a read-only "
+                "folder, or a path through a file)"
+            ) from None
+        bucket = root.split("/", 1)[0]
+        raise StoreError(f"{where}: cannot write a probe object to bucket '{bucket}': {_s3_cause(e)} "
+                         f"({type(e).__name__}: {str(e)[:200]})") from None  # fmt: skip

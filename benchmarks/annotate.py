@@ -6,7 +6,12 @@ Printed per concurrency c: requests/s, as a ratio to the bound c / latency (what
 client achieves) and to the sequential client (c = 1). The server runs in its own process so
 that the client's and the server's Python do not share one GIL.
 
+Then the cost per 1000 calls in sync mode and in Batch API mode (`endpoint.mode = "batch"`,
+priced with the endpoint's `batch_discount`, OpenAI's half price by default), from the billed
+tokens of the same requests, at `--prompt-price` / `--completion-price` USD per 1M tokens.
+
     python benchmarks/annotate.py [--latency 0.1] [--requests 256] [--concurrency 1 4 16 64]
+                                  [--prompt-price 10] [--completion-price 30]
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.1, help="injected server latency per request, seconds")
     ap.add_argument("--requests", type=int, default=256, help="requests per measurement")
     ap.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
+    ap.add_argument("--prompt-price", type=float, default=10.0, help="USD per 1M prompt tokens (GPT-4 Turbo: 10)")
+    ap.add_argument("--completion-price", type=float, default=30.0, help="USD per 1M completion tokens (GPT-4 Turbo: 30)")
     args = ap.parse_args()
 
     sys.path[:0] = [str(REPO), str(REPO / "tests")]
@@ -64,6 +71,17 @@ def main() -> None:
                 wall = time.perf_counter() - t0
                 assert s.n_ok == n, s
                 results.append((c, n, wall, n / wall))
+            costs = {}
+            for mode in ("sync", "batch"):
+                ep = EndpointConfig(base_url=url, model="fake", api_key_env="SGPO_BENCH_NO_KEY", timeout_s=30,
+                                    max_concurrency=max(args.concurrency), mode=mode, batch_poll_s=0.05,
+                                    price_per_1m_prompt_tokens=args.prompt_price,
+                                    price_per_1m_completion_tokens=args.completion_price)  # fmt: skip
+                reqs = make_requests(args.requests, prefix="bench-cost")  # the same calls in both modes
+                t0 = time.perf_counter()
+                s = call_all(reqs, ep, journal_url=f"{d}/cost-{mode}.jsonl", namespace="bench-cost")
+                assert s.n_ok == args.requests, s
+                costs[mode] = (s.cost_usd * 1000 / args.requests, time.perf_counter() - t0, ep.batch_discount)
     finally:
         server.stdin.close()
         server.wait(timeout=30)
@@ -75,6 +93,12 @@ def main() -> None:
         bound = c / args.latency
         vs_seq = f"{rps / seq:12.2f}" if seq else f"{'n/a':>12}"
         print(f"{c:>11} {n:>8} {wall:>7.2f} {rps:>8.1f} {rps / bound:>18.3f} {vs_seq}")
+    print(f"\ncost per 1000 calls, ${args.prompt_price:g} / ${args.completion_price:g} per 1M prompt / completion "
+          f"tokens, {args.requests} calls of the fake model")
+    print(f"{'mode':>6} {'USD / 1000 calls':>17} {'/ sync':>7} {'wall s':>7}")
+    for mode, (per_1000, wall, discount) in costs.items():
+        note = f"  (batch_discount {discount:g})" if mode == "batch" else ""
+        print(f"{mode:>6} {per_1000:>17.4f} {per_1000 / costs['sync'][0]:>7.2f} {wall:>7.2f}{note}")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,13 @@ class EndpointConfig(BaseModel):
     backoff_max_s: float = runtime_field(60.0, "Cap on one retry delay", ge=0)
     price_per_1m_prompt_tokens: float | None = runtime_field(None, "USD per 1M prompt tokens, for cost reports", ge=0)
     price_per_1m_completion_tokens: float | None = runtime_field(None, "USD per 1M completion tokens", ge=0)
+    mode: Literal["sync", "batch"] = runtime_field(
+        "sync", "sync: one HTTP request per call; batch: OpenAI's Batch API (half price, answers within 24 h)"
+    )
+    batch_poll_s: float = runtime_field(10.0, "Batch mode: first wait between status checks; doubles while nothing ends", gt=0)
+    batch_poll_max_s: float = runtime_field(300.0, "Batch mode: longest wait between status checks", gt=0)
+    batch_max_requests: int = runtime_field(50_000, "Batch mode: requests per batch (OpenAI's limit: 50,000)", ge=1)
+    batch_discount: float = runtime_field(0.5, "Batch mode: price factor of batch tokens (OpenAI: half price)", gt=0, le=1)
 
 
 # --------------------------------------------------------------------------- data and model
@@ -89,11 +96,11 @@ class TinyModelConfig(Section):
     """The locally built tiny model (used when model.name_or_path == 'tiny')."""
 
     vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size")
-    hidden_size: int = Field(128, description="Hidden size; hidden/heads = 64 so vLLM can serve it")
-    num_attention_heads: int = 2
-    num_hidden_layers: int = 2
-    intermediate_size: int = 256
-    max_position_embeddings: int = 1024
+    hidden_size: int = Field(128, ge=1, description="Hidden size; hidden/heads = 64 so vLLM can serve it")
+    num_attention_heads: int = Field(2, ge=1)
+    num_hidden_layers: int = Field(2, ge=1)
+    intermediate_size: int = Field(256, ge=1)
+    max_position_embeddings: int = Field(1024, ge=1)
     seed: int = 0
 
 
@@ -118,7 +125,8 @@ class TrainConfig(Section):
     """Training hyper-parameters; hardware (accelerate/DeepSpeed) lives in separate files."""
 
     epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(2e-5, gt=0)
+    # (0, 1): a rate of 1 or more is a typo (e.g. 2e5 for 2e-5), never a setting
+    learning_rate: float = Field(2e-5, gt=0, lt=1)
     per_device_batch_size: int = runtime_field(8, "Micro-batch size per device", ge=1)
     effective_batch_size: int = Field(
         128, ge=1, description="Global batch (the paper's 128); gradient accumulation = this / (micro-batch x devices)"
@@ -126,12 +134,12 @@ class TrainConfig(Section):
     max_length: int = Field(2048, ge=16)
     lr_scheduler_type: str = "cosine"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = 0.0
-    max_steps: int = Field(-1, description="Stop after N optimiser steps (-1: full epochs)")
+    weight_decay: float = Field(0.0, ge=0, lt=1)
+    max_steps: int = Field(-1, ge=-1, description="Stop after N optimiser steps (-1: full epochs)")
     seed: int = 42
     bf16: bool = runtime_field(False, "bf16 mixed precision (GPU)")
     gradient_checkpointing: bool = runtime_field(False, "Trade compute for memory")
-    logging_steps: int = runtime_field(1, "Log metrics every N steps")
+    logging_steps: int = runtime_field(1, "Log metrics every N steps", ge=1)
 
 
 class SFTStageConfig(TrainConfig):
@@ -149,7 +157,7 @@ class SamplingConfig(Section):
     base_url: str | None = runtime_field(
         None, "backend=openai: the server; backend=vllm_server: an already running vLLM server (none: start one)"
     )
-    temperature: float = Field(0.7, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2, description="[0, 2], the range OpenAI-compatible servers accept")
     top_p: float = Field(0.9, gt=0, le=1)
     max_new_tokens: int = Field(512, ge=1)
     n: int = Field(1, ge=1, description="Samples per prompt")
@@ -192,14 +200,14 @@ class AnnotateStageConfig(Section):
     accept_truncated: bool = Field(
         False, description="Keep answers cut at max_tokens (finish_reason=length); off: re-ask, then drop them"
     )
-    temperature: float = Field(0.7, ge=0)
+    temperature: float = Field(0.7, ge=0, le=2, description="[0, 2], the range OpenAI-compatible servers accept")
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1)
     seed: int = 0
 
 
 class PplFilterStageConfig(Section):
-    iqr_k: float = Field(1.5, gt=0, description="Tukey fence multiplier: keep [Q1 - k IQR, Q3 + k IQR]")
+    iqr_k: float = Field(1.5, gt=0, le=100, description="Tukey fence multiplier: keep [Q1 - k IQR, Q3 + k IQR]")
     max_length: int = Field(2048, ge=16)
     batch_size: int = runtime_field(8, "Sequences per forward pass", ge=1)
 
@@ -223,8 +231,9 @@ class PairsStageConfig(Section):
 
 
 class DPOStageConfig(TrainConfig):
-    learning_rate: float = Field(5e-7, gt=0)
-    beta: float = Field(0.1, gt=0)
+    learning_rate: float = Field(5e-7, gt=0, lt=1)
+    # DPO's KL weight: papers use 0.01-0.5; above 10 the policy cannot move from the reference
+    beta: float = Field(0.1, gt=0, le=10)
     loss_type: str = "sigmoid"
     max_length: int = Field(2048, ge=16)
 
@@ -238,7 +247,7 @@ class PairJudgeConfig(Section):
         description="Judge prompt file under sgpo/prompts answering 'm' or 'M' (default: AlpacaEval's official one)",
     )
     top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the judge's one-token answer (official: 5)")
-    judge_temperature: float = Field(1.0, ge=0, description="Judge temperature (official: 1; only logprobs are read)")
+    judge_temperature: float = Field(1.0, ge=0, le=2, description="Judge temperature (official: 1; only logprobs are read)")
     order_seed: int = Field(0, description="Seed of upstream's per-instruction output order (AlpacaEval's rule; default 0)")
 
 
@@ -270,7 +279,7 @@ class EmbeddedLLMConfig(Section):
     """The stand-in for the external LLM when an endpoint has no base_url."""
 
     model: str = runtime_field("base", "'base' = the pipeline's base model, or a local model dir")
-    max_new_tokens_cap: int = runtime_field(256, "Cap on generated tokens (tiny models ramble)")
+    max_new_tokens_cap: int = runtime_field(256, "Cap on generated tokens (tiny models ramble)", ge=1)
 
 
 class ExecutionConfig(Section):
@@ -378,8 +387,21 @@ def read_yaml_tree(source: str | Path | None, *, default: str, glob: str = "*.ya
     if not path.exists():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob(glob)))
         raise ConfigError(f"{kind} {str(source)!r} not found (no file {path}); presets: {known}")
+    if path.is_dir():
+        raise ConfigError(f"{kind} {path} is a directory, not a YAML file")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{kind} {path} cannot be read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{kind} {path} is not a UTF-8 text file (byte {e.start} is {raw[e.start:e.start + 1]!r}); "
+            "a config is YAML text"
+        ) from None
+    try:
+        tree = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if not isinstance(tree, dict):

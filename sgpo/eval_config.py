@@ -175,7 +175,7 @@ class ArenaHardJudgeConfig(Section):
         "arena_hard_judge_v0.1",
         description="Official judge settings file under sgpo/prompts (system prompt, template, regex)",
     )
-    judge_temperature: float = Field(0.0, ge=0, description="Judge temperature (official: 0)")
+    judge_temperature: float = Field(0.0, ge=0, le=2, description="Judge temperature (official: 0)")
     judge_max_tokens: int = Field(4096, ge=1, description="Judge max tokens per turn (official: 4096)")
     judgment_attempts: int = Field(
         2, ge=1, description="Judge turns per game: a follow-up asks for the label when none was given (official: 2)"

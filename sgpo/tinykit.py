@@ -133,6 +133,43 @@ def _pin_tokenizer_class(model_dir: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+# What `from_pretrained` needs in a local folder: transformers' own error for a folder without
+# them is about its fallbacks ("install sentencepiece / tiktoken"), which sends people astray.
+WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json", "pytorch_model*.bin", "*.gguf")
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A local path that exists but holds no model (e.g. an empty folder, a wrong sub-folder)."""
+
+
+def check_model_dir(name_or_path: str | Path) -> None:
+    """Raise ModelNotFoundError if `name_or_path` is an existing local path that is not a model folder.
+
+    A path that does not exist is left alone: it is a hub id, for the hub loader to resolve.
+    """
+    p = Path(str(name_or_path)).expanduser()
+    if not p.exists():
+        return
+    missing = []
+    if not p.is_dir():
+        missing = ["a folder"]
+    else:
+        if not (p / "config.json").is_file():
+            missing.append("config.json")
+        if not any(next(p.glob(pat), None) for pat in WEIGHT_PATTERNS):
+            missing.append("weights")
+    if missing:
+        if p.is_dir():
+            names = sorted(c.name for c in p.iterdir())
+            held = f"it holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else "it is empty"
+        else:
+            held = "it is a file"
+        raise ModelNotFoundError(
+            f"no model found at {p} (expected config.json + weights (*.safetensors) and tokenizer files, as "
+            f"save_pretrained writes them; missing: {', '.join(missing)}; {held})"
+        )
+
+
 def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
     """Load a tokenizer so that token ids match what was saved.
 
@@ -142,6 +179,7 @@ def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
     """
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+    check_model_dir(model_dir)
     cfg_path = Path(str(model_dir)) / "tokenizer_config.json"
     if cfg_path.exists():
         tok_class = json.loads(cfg_path.read_text()).get("tokenizer_class")

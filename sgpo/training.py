@@ -87,6 +87,9 @@ def load_model(model_dir: str, *, trust_remote_code: bool = False):
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sgpo.tinykit import check_model_dir
+
+    check_model_dir(model_dir)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
 

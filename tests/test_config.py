@@ -77,3 +77,74 @@ def test_cli_config_error_exits_2_with_one_paragraph():
     r = subprocess.run([sys.executable, "-m", "sgpo.cli", "run", "sft.lr=1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "sft.lr: unknown key" in r.stderr and "Traceback" not in r.stderr
+
+
+# --------------------------------------------------------------------------- ranges (issue 12, finding 1)
+
+
+@pytest.mark.parametrize("override", [
+    "sample.sampling.temperature=5",
+    "pairs.sampling.temperature=5",
+    "judge.sampling.temperature=-0.1",
+    "annotate.temperature=5",
+    "annotate.top_p=0",
+    "annotate.top_p=1.5",
+    "judge.judge_temperature=2.5",
+    "dpo.beta=0",
+    "dpo.beta=1000",
+    "sft.learning_rate=2e5",
+    "dpo.learning_rate=1",
+    "improver_sft.warmup_ratio=1",
+    "sft.weight_decay=-0.1",
+    "sample.sampling.max_new_tokens=0",
+    "sample.sampling.n=0",
+    "annotate.max_tokens=0",
+    "sft.max_length=0",
+    "model.tiny.hidden_size=0",
+])
+def test_out_of_range_values_fail_at_load_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as e:
+        load_config("tiny", [override])
+    assert f"  {key}: " in str(e.value)
+
+
+def test_range_edges_are_accepted():
+    cfg = load_config("tiny", ["sample.sampling.temperature=2", "annotate.temperature=0", "annotate.top_p=1",
+                               "dpo.beta=0.01", "sft.warmup_ratio=0", "sft.learning_rate=0.5"])
+    assert cfg.sample.sampling.temperature == 2 and cfg.annotate.temperature == 0 and cfg.annotate.top_p == 1
+
+
+@pytest.mark.parametrize("override", [
+    "alpaca_eval.sampling.temperature=5",
+    "arena_hard.judge_temperature=3",
+    "alpaca_eval.judge_temperature=-1",
+    "arena_hard.sampling.top_p=0",
+])
+def test_evaluation_config_ranges(override):
+    from sgpo.eval_config import load_evaluation_config
+
+    with pytest.raises(ConfigError) as e:
+        load_evaluation_config("eval-tiny", [override])
+    assert f"  {override.split('=')[0]}: " in str(e.value)
+
+
+# --------------------------------------------------------------------------- unreadable files (finding 2)
+
+
+@pytest.mark.parametrize("what", ["directory", "binary", "latin-1"])
+def test_a_config_that_is_not_text_is_a_clear_error(tmp_path, what):
+    from sgpo.eval_config import load_evaluation_config
+
+    path = tmp_path / "cfg.yaml"
+    if what == "directory":
+        path.mkdir()
+    elif what == "binary":
+        path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8")
+    else:
+        path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    for load in (load_config, load_evaluation_config):
+        with pytest.raises(ConfigError) as e:
+            load(str(path))
+        assert str(path) in str(e.value)
+        assert ("directory" if what == "directory" else "not a UTF-8 text file") in str(e.value)

@@ -77,3 +77,173 @@ def test_s3_round_trip_through_moto(s3_endpoint, tmp_path, monkeypatch):
     local = again.model_dir(mref)
     assert (tmp_path / "cache") in __import__("pathlib").Path(local).parents
     assert open(f"{local}/model.safetensors", "rb").read() == b"\1" * 16
+
+
+# --------------------------------------------------------------------------- integrity (issue 12, finding 6)
+
+import hashlib  # noqa: E402
+import logging  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from artifacts.store import CorruptArtifactError, StoreError, check_store  # noqa: E402
+
+
+def _table_file(tmp_path, ref) -> Path:
+    return tmp_path / "store" / "demo" / ref.cache_key[:16] / "data.parquet"
+
+
+def test_manifest_records_sizes_and_hashes_stay_as_before(tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    ref = _publish(store)
+    data = _table_file(tmp_path, ref).read_bytes()
+    manifest = store.read_manifest(ref)
+    assert manifest["data_bytes"] == len(data)
+    assert ref.content_hash == hashlib.sha256(data).hexdigest()  # the content hash is still sha256 of the bytes
+
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"\1" * 40)
+    (d / "config.json").write_text('{"a": 1}')
+    mref = store.publish_model("m", "c" * 64, d, manifest={})
+    mman = store.read_manifest(mref)
+    assert mman["file_bytes"] == {"config.json": 8, "model.safetensors": 40}
+    file_hashes = {"config.json": hashlib.sha256(b'{"a": 1}').hexdigest(),
+                   "model.safetensors": hashlib.sha256(b"\1" * 40).hexdigest()}
+    assert mman["files"] == file_hashes
+    assert mref.content_hash == hashlib.sha256(
+        json.dumps(file_hashes, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def test_a_truncated_table_is_absent_for_find_and_an_error_for_read(tmp_path, caplog):
+    store = ArtifactStore(str(tmp_path / "store"))
+    ref = _publish(store)
+    path = _table_file(tmp_path, ref)
+    size = path.stat().st_size
+    with open(path, "r+b") as f:  # a real truncation, as a full disk or a killed copy leaves it
+        f.truncate(size // 2)
+    with caplog.at_level(logging.WARNING, logger="artifacts.store"):
+        assert store.find("demo", "k" * 64) is None
+    assert ref.uri in caplog.text and f"has {size // 2} bytes, the manifest records {size}" in caplog.text
+    with pytest.raises(CorruptArtifactError) as e:
+        store.read_table(ref)
+    msg = str(e.value)
+    assert ref.uri in msg and "sha256" in msg and f"{size // 2} bytes, the manifest records {size}" in msg
+    # publishing again (what the recomputed stage does) repairs it
+    assert _publish(store) == ref and store.find("demo", "k" * 64) == ref and store.read_table(ref).num_rows == 2
+
+
+def test_same_size_corruption_is_caught_by_the_hash(tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    ref = _publish(store)
+    path = _table_file(tmp_path, ref)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert store.find("demo", "k" * 64) == ref  # sizes agree: only reading can tell
+    with pytest.raises(CorruptArtifactError, match="does not match its manifest: sha256"):
+        store.read_table(ref)
+
+
+def test_a_missing_data_file_and_an_old_manifest(tmp_path, caplog):
+    store = ArtifactStore(str(tmp_path / "store"))
+    ref = _publish(store)
+    path = _table_file(tmp_path, ref)
+    # a manifest from before sizes were recorded still finds (nothing to compare) ...
+    mpath = path.parent / MANIFEST
+    manifest = json.loads(mpath.read_text())
+    del manifest["data_bytes"]
+    mpath.write_text(json.dumps(manifest))
+    assert store.find("demo", "k" * 64) == ref
+    path.unlink()
+    # ... and a missing file is still an error on read
+    with pytest.raises(CorruptArtifactError, match="data.parquet is missing"):
+        store.read_table(ref)
+    manifest["data_bytes"] = 10
+    mpath.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="artifacts.store"):
+        assert store.find("demo", "k" * 64) is None
+    assert "data.parquet is missing" in caplog.text
+
+
+def test_a_damaged_model_is_absent_and_model_dir_refuses_it(tmp_path):
+    store = ArtifactStore(str(tmp_path / "store"))
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    (d / "model.safetensors").write_bytes(b"\1" * 64)
+    (d / "config.json").write_text("{}")
+    ref = store.publish_model("m", "c" * 64, d, manifest={})
+    folder = Path(store.model_dir(ref))
+    assert store.find("m", "c" * 64) == ref
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.truncate(10)
+    assert store.find("m", "c" * 64) is None
+    with pytest.raises(CorruptArtifactError) as e:
+        store.model_dir(ref)
+    assert ref.uri in str(e.value) and "model/model.safetensors has 10 bytes, the manifest records 64" in str(e.value)
+    (folder / "config.json").unlink()
+    with pytest.raises(CorruptArtifactError, match="model/config.json is missing"):
+        store.model_dir(ref)
+
+
+def test_s3_truncated_object_is_detected(s3_endpoint, tmp_path):
+    import boto3
+
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    store = ArtifactStore("s3://sgpo-test/integrity", opts)
+    ref = _publish(store)
+    key = f"integrity/demo/{ref.cache_key[:16]}/data.parquet"
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    body = s3.get_object(Bucket="sgpo-test", Key=key)["Body"].read()
+    s3.put_object(Bucket="sgpo-test", Key=key, Body=body[: len(body) - 7])
+    fresh = ArtifactStore("s3://sgpo-test/integrity", opts)
+    assert fresh.find("demo", "k" * 64) is None
+    with pytest.raises(CorruptArtifactError, match=f"artifact {ref.uri}: data.parquet does not match"):
+        fresh.read_table(ref)
+
+
+# --------------------------------------------------------------------------- check_store (finding 10)
+
+
+def test_check_store_rejects_unknown_schemes():
+    with pytest.raises(StoreError) as e:
+        check_store("ftp://example.com/store")
+    assert "ftp://" in str(e.value) and "file://" in str(e.value) and "s3://" in str(e.value)
+
+
+def test_check_store_local_writable_and_not(tmp_path):
+    check_store(str(tmp_path / "new" / "store"))  # created on demand
+    assert list((tmp_path / "new" / "store" / "_probe").iterdir()) == []  # the probe is removed
+    blocker = tmp_path / "x" / "file.txt"
+    blocker.parent.mkdir()
+    blocker.write_text("a file, so nothing can be created under it, even by root")
+    bad = blocker / "store"
+    with pytest.raises(StoreError) as e:
+        check_store(str(bad))
+    assert f"file://{bad}" in str(e.value) and "not writable" in str(e.value)
+
+
+def test_check_store_s3_good_and_missing_bucket(s3_endpoint):
+    import boto3
+
+    opts = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    check_store("s3://sgpo-test/checked", opts)
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    left = s3.list_objects_v2(Bucket="sgpo-test", Prefix="checked/").get("KeyCount", 0)
+    assert left == 0
+    with pytest.raises(StoreError) as e:
+        check_store("s3://sgpo-no-such-bucket/x", opts)
+    assert "s3://sgpo-no-such-bucket/x" in str(e.value) and "no such bucket" in str(e.value)
+    with pytest.raises(StoreError, match="s3://sgpo-test/x: .*cannot be reached"):
+        check_store("s3://sgpo-test/x", {"client_kwargs": {"endpoint_url": "http://127.0.0.1:1"},
+                                         "config_kwargs": {"retries": {"max_attempts": 1}}})
+
+
+def test_check_store_names_rejected_credentials():
+    from botocore.exceptions import ClientError
+
+    from artifacts.store import _s3_cause
+
+    err = PermissionError("Forbidden")
+    err.__cause__ = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "The key does not exist"}}, "PutObject")
+    assert _s3_cause(err).startswith("credentials rejected")
+    assert _s3_cause(PermissionError("Access Denied")).startswith("access denied")

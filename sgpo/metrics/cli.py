@@ -35,6 +35,121 @@ __all__ = ["add_metrics_parser", "main", "run_alpaca_eval", "run_arena_hard"]
 SURROGATE_DIFFICULTY = Path("alpaca_eval") / "instruction_difficulty_surrogate.csv"
 
 
+class MetricsInputError(ValueError):
+    """An input file that cannot be scored; the message is one line naming the file (exit code 2)."""
+
+
+def _read_text(path: Path, what: str) -> str:
+    if not path.exists():
+        raise MetricsInputError(f"{path}: no such file (expected {what})")
+    if path.is_dir():
+        raise MetricsInputError(f"{path} is a folder, not {what}")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise MetricsInputError(f"{path} is not UTF-8 text (expected {what})") from None
+    except OSError as e:
+        raise MetricsInputError(f"{path} cannot be read: {e.strerror or e}") from None
+    if not text.strip():
+        raise MetricsInputError(f"{path} is empty (expected {what})")
+    return text
+
+
+def _json_lines(path: Path, text: str, what: str) -> list[dict[str, Any]]:
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MetricsInputError(f"{path} line {n} is not JSON ({e.msg}); expected {what}") from None
+        if not isinstance(obj, dict):
+            raise MetricsInputError(f"{path} line {n} is a JSON {type(obj).__name__}, not an object; expected {what}")
+        out.append(obj)
+    return out
+
+
+ARENA_HARD_WHAT = "Arena-Hard judgment .jsonl: one object per line with question_id, model, games"
+
+
+def _arena_hard_records(arg: str) -> list[dict[str, Any]]:
+    """Judgment records of a file or folder, each checked for the keys the score needs."""
+    path = Path(arg)
+    files = [path]
+    if path.is_dir():
+        files = sorted(path.glob("*.jsonl"))
+        if not files:
+            raise MetricsInputError(f"{path} is a folder with no .jsonl files (expected {ARENA_HARD_WHAT})")
+    records: list[dict[str, Any]] = []
+    for file in files:
+        for n, rec in enumerate(_json_lines(file, _read_text(file, ARENA_HARD_WHAT), ARENA_HARD_WHAT), 1):
+            missing = [k for k in ("model", "games") if k not in rec]
+            if "question_id" not in rec and "uid" not in rec:
+                missing.insert(0, "question_id")
+            if missing or not isinstance(rec["games"], list):
+                got = ", ".join(sorted(rec)[:8]) or "nothing"
+                raise MetricsInputError(
+                    f"{file} record {n} is not an Arena-Hard judgment (missing {', '.join(missing) or 'a games list'}; "
+                    f"has {got})"
+                )
+            records.append(rec)
+    return records
+
+
+ALPACA_WHAT = "AlpacaEval annotations: a JSON list (or .jsonl) of objects with output_1, output_2, preference"
+
+
+def _alpaca_annotations(arg: str):
+    """The annotations as `alpaca_eval.load_annotations` reads them, after checking they can be scored."""
+    import pandas as pd
+
+    from . import alpaca_eval as ae
+
+    path = Path(arg)
+    text = _read_text(path, ALPACA_WHAT)
+    if path.suffix == ".jsonl":
+        records: Any = _json_lines(path, text, ALPACA_WHAT)
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MetricsInputError(f"{path} is not JSON ({e.msg} at line {e.lineno}); expected {ALPACA_WHAT}") from None
+        if isinstance(records, dict):
+            records = [records]
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise MetricsInputError(f"{path} holds a JSON {type(records).__name__}, not a list of objects; expected {ALPACA_WHAT}")
+    if not records:
+        raise MetricsInputError(f"{path} holds no annotations (expected {ALPACA_WHAT})")
+    missing = sorted({"preference", "output_2"} - set().union(*(r.keys() for r in records)))
+    if missing:
+        raise MetricsInputError(f"{path}: no annotation has {', '.join(missing)} (expected {ALPACA_WHAT})")
+    if pd.to_numeric(pd.Series([r.get("preference") for r in records]), errors="coerce").isna().all():
+        raise MetricsInputError(f"{path}: no annotation has a numeric preference (1 = output_1, 2 = output_2)")
+    return ae.load_annotations(path)
+
+
+def _one_line_errors(command: str):
+    """Input problems become one line on stderr and exit code 2, not a traceback."""
+
+    def wrap(func):
+        def run(args: argparse.Namespace) -> int:
+            try:
+                return func(args)
+            except MetricsInputError as e:
+                msg = str(e)
+            except (OSError, ValueError, KeyError) as e:  # a support file (difficulty CSV...) or the scoring
+                msg = f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)
+            sys.stderr.write(f"sgpo metrics {command}: error: {' '.join(msg.split())}\n")
+            return 2
+
+        run.__name__ = func.__name__
+        run.__doc__ = func.__doc__
+        return run
+
+    return wrap
+
+
 def _jsonable(obj: Any) -> Any:
     """Make the payload strict JSON: NaN/inf -> null, numpy scalars -> Python."""
     if isinstance(obj, dict):
@@ -56,10 +171,11 @@ def _print_json(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+@_one_line_errors("alpaca-eval")
 def run_alpaca_eval(args: argparse.Namespace) -> int:
     from . import alpaca_eval as ae
 
-    df = ae.load_annotations(args.annotations)
+    df = _alpaca_annotations(args.annotations)
     # The same resolution as the judge stages; the CLI's default difficulty is the offline surrogate.
     lc = ae.resolve_lc_inputs(args.instruction_difficulty, args.gamed_annotations,
                               fallback_difficulty=shared_data_dir() / SURROGATE_DIFFICULTY)
@@ -94,12 +210,13 @@ def run_alpaca_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+@_one_line_errors("arena-hard")
 def run_arena_hard(args: argparse.Namespace) -> int:
     from . import arena_hard as ah
 
     records = []
     for path in args.judgments:
-        records.extend(ah.load_judgments(path))
+        records.extend(_arena_hard_records(path))
     result = ah.score(
         records,
         baseline=args.baseline,
