@@ -23,6 +23,7 @@ from prefect import flow
 from prefect.context import get_run_context
 
 from artifacts.refs import ArtifactRef
+from artifacts.store import check_store
 from flows.pipeline import check_force
 from flows.runner import StageRunner
 from sgpo.eval_config import EvalModelSpec, EvaluationConfig, load_evaluation_config
@@ -67,6 +68,7 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
 
     cfg = config or load_evaluation_config()
     force = check_force(force, EVALUATION_STAGES)
+    check_store(cfg.store.url, cfg.store.storage_options)  # scheme known, reachable, writable: before any work
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
     tags = {"prefect.flow_run_id": str(run_id), "sgpo.kind": "evaluation"}

@@ -15,6 +15,7 @@ from prefect import flow
 from prefect.context import get_run_context
 from pydantic import BaseModel
 
+from artifacts.store import check_store
 from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re-exported)
 from sgpo.config import PipelineConfig, load_config
 from sgpo.llm.embedded import EmbeddedLLM
@@ -48,6 +49,7 @@ def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None 
 
     cfg = config or load_config("tiny")
     force = check_force(force, FORCEABLE)
+    check_store(cfg.store.url, cfg.store.storage_options)  # scheme known, reachable, writable: before any work
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
     with pipeline_run(cfg.tracking, cfg.name, tags={"prefect.flow_run_id": str(run_id)}) as tracking:
