@@ -270,3 +270,14 @@ def test_a_stage_failing_on_bad_input_is_not_retried_by_prefect(tmp_path, monkey
     # one attempt looks the file up twice (Prefect's cache-key function, then the stage's own lookup);
     # each of the 2 declared retries would add two more
     assert get_stage("prepare").retries == 2 and len(looked_up) == 2
+
+
+def test_llm_errors_say_whether_a_retry_can_help():
+    import pickle
+
+    from sgpo.llm.client import LLMCallError
+    from sgpo.stage import error_is_transient
+
+    overloaded = LLMCallError("429 x7", endpoint="http://x", key="k", retriable=True)
+    assert error_is_transient(overloaded) and error_is_transient(pickle.loads(pickle.dumps(overloaded)))
+    assert not error_is_transient(LLMCallError("HTTP 401: invalid api key", endpoint="http://x"))

@@ -143,13 +143,17 @@ class LLMCallError(RuntimeError):
     """A request that could not be completed. Names the endpoint and request key, never the API key."""
 
     def __init__(
-        self, message: str, *, endpoint: str | None = None, key: str | None = None, last_error: str | None = None
+        self, message: str, *, endpoint: str | None = None, key: str | None = None, last_error: str | None = None,
+        retriable: bool = False,
     ):
         super().__init__(message)
         self.endpoint, self.key, self.last_error = endpoint, key, last_error
+        # True only when the provider was overloaded or unreachable (429, 5xx, timeouts) past our own
+        # retries: a later task-level retry may succeed. 4xx, a missing key, non-OpenAI answers: never.
+        self.retriable = retriable
 
     def __reduce__(self):  # keep the attributes across pickling (Prefect ships exceptions between processes)
-        return (_rebuild_llm_call_error, (str(self), self.endpoint, self.key, self.last_error))
+        return (_rebuild_llm_call_error, (str(self), self.endpoint, self.key, self.last_error, self.retriable))
 
 
 class ExternalLLMNotConfigured(RuntimeError):
@@ -166,9 +170,9 @@ def cost_line(stage: str, result: CallSummary, endpoint: EndpointConfig) -> str:
 
 
 def _rebuild_llm_call_error(
-    message: str, endpoint: str | None, key: str | None, last_error: str | None
+    message: str, endpoint: str | None, key: str | None, last_error: str | None, retriable: bool = False
 ) -> LLMCallError:
-    return LLMCallError(message, endpoint=endpoint, key=key, last_error=last_error)
+    return LLMCallError(message, endpoint=endpoint, key=key, last_error=last_error, retriable=retriable)
 
 
 # --------------------------------------------------------------------------- journal
@@ -446,13 +450,14 @@ class _Caller:
         self.http_requests = 0
         self._jitter = random.Random()  # timing only: never affects what is recorded
 
-    def _fail(self, req: ChatRequest, attempts: int, last: str) -> LLMCallError:
+    def _fail(self, req: ChatRequest, attempts: int, last: str, *, retriable: bool = False) -> LLMCallError:
         last = _scrub(last, self.api_key)
         return LLMCallError(
             f"LLM request {req.key!r} to {self.endpoint.base_url} (model {self.endpoint.model}) failed after "
             f"{attempts} attempt(s): {last}",
             endpoint=self.endpoint.base_url,
             key=req.key,
+            retriable=retriable,
             last_error=last,
         )
 
@@ -508,7 +513,7 @@ class _Caller:
             # so that a far-away quota reset fails the run visibly instead of stalling it.
             delay = max(backoff, min(retry_after, _MAX_RETRY_AFTER_S)) if retry_after is not None else backoff
             await _sleep(delay)
-        raise self._fail(req, counter[0], last)
+        raise self._fail(req, counter[0], last, retriable=True)  # 429 / 5xx / timeouts all the way
 
     def _builtin_reason(self, completion: Any) -> str | None:
         return _builtin_reason(completion, self.allow_truncated)
