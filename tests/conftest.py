@@ -69,7 +69,7 @@ def tiny_model_dir() -> Path:
     """The tiny kit's model, built once per session."""
     from sgpo.config import TinyModelConfig
     from sgpo.tinykit import build_tiny_model, corpus_texts
-    from tasks.prepare import BUNDLED_DIR
+    from sgpo.data_sources import BUNDLED_DIR
 
     out = _SESSION_TMP / "tiny-model"
     if not (out / "config.json").exists():

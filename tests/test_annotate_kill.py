@@ -21,8 +21,10 @@ import pytest
 from sgpo.config import AnnotateStageConfig, StoreConfig
 from sgpo.llm.client import EndpointConfig, LocalJournal
 from sgpo.llm.server import ChatResult, FaultConfig, build_app, read_request_log, running_server
-from tasks import annotate
-from tasks.common import StageContext
+from sgpo.stage import StageContext
+from tasks import get_stage
+
+ANNOTATE = get_stage("annotate")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,7 +71,7 @@ def stage_config(url: str | None, **endpoint) -> AnnotateStageConfig:
 
 
 def journal_path(store, samples, cfg) -> Path:
-    url = store.work_url(annotate.STAGE, annotate.cache_key(samples, cfg)) + "/calls"
+    url = store.work_url(ANNOTATE.name, ANNOTATE.cache_key(cfg, {"samples": samples})) + "/calls"
     return Path(url.removeprefix("file://"))
 
 
@@ -98,7 +100,7 @@ def test_annotate_stage_survives_injected_faults_with_correct_counts(tmp_path, m
     # client timeout 1.5 s: far above a normal (instant) answer, far below an injected timeout
     with serve(log, faults) as url:
         cfg = stage_config(url, timeout_s=1.5)
-        ref = annotate.run_annotate(samples, cfg, ctx)
+        ref = ANNOTATE.run(cfg, ctx, {"samples": samples})
     entries = read_request_log(log)
     seen = Counter(e["fault"] for e in entries)
     assert {"429", "500", "timeout", "empty", "truncated"} <= set(seen), seen
@@ -127,8 +129,8 @@ def test_annotate_stage_survives_injected_faults_with_correct_counts(tmp_path, m
 
     # a re-run is answered from the published artifact, and the journal alone would answer
     # everything: the server is gone (its port closed) and nothing needs it
-    assert annotate.run_annotate(samples, stage_config(url), ctx) == ref
-    again = annotate.run_annotate(samples, stage_config(url), ctx.model_copy(update={"refresh": True}))
+    assert ANNOTATE.run(stage_config(url), ctx, {"samples": samples}) == ref
+    again = ANNOTATE.run(stage_config(url), ctx.model_copy(update={"refresh": True}), {"samples": samples})
     assert again.summary["from_journal"] == 60 and again.summary["sent"] == 0
     assert again.content_hash == ref.content_hash
 
@@ -140,12 +142,12 @@ import json, sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 from artifacts.refs import ArtifactRef
 from sgpo.config import AnnotateStageConfig
-from tasks.annotate import run_annotate
-from tasks.common import StageContext
+from sgpo.stage import StageContext
+from tasks import get_stage
 ctx = StageContext.model_validate_json(sys.argv[1])
 samples = ArtifactRef.model_validate_json(sys.argv[2])
 cfg = AnnotateStageConfig.model_validate_json(sys.argv[3])
-print(run_annotate(samples, cfg, ctx).model_dump_json())
+print(get_stage("annotate").run(cfg, ctx, {{"samples": samples}}).model_dump_json())
 """
 
 
@@ -189,7 +191,7 @@ def test_annotate_stage_killed_at_random_moments_resumes_without_loss_or_repayme
             time.sleep(0.3)  # let the server finish (and log) what was in flight at the kill
             runs.append({"log_from": n_log, "journaled": set(LocalJournal(journal).load())})
             assert threshold <= len(runs[-1]["journaled"]) < 2 * n_rows  # killed mid-stage
-            assert store.find(annotate.STAGE, annotate.cache_key(samples, cfg)) is None  # nothing looks finished
+            assert store.find(ANNOTATE.name, ANNOTATE.cache_key(cfg, {"samples": samples})) is None  # nothing looks finished
         n_log = len(read_request_log(log))
         done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -201,7 +203,7 @@ def test_annotate_stage_killed_at_random_moments_resumes_without_loss_or_repayme
     ref_samples = publish_samples(ref_ctx.open_store(), n_rows)
     assert ref_samples.content_hash == samples.content_hash
     with serve(None, faults) as url:
-        reference = annotate.run_annotate(ref_samples, stage_config(url, max_concurrency=conc), ref_ctx)
+        reference = ANNOTATE.run(stage_config(url, max_concurrency=conc), ref_ctx, {"samples": ref_samples})
 
     # 1. Nothing lost, nothing changed: the same table (byte-identical Parquet) as without kills.
     assert resumed.content_hash == reference.content_hash

@@ -73,8 +73,8 @@ def test_evaluation_flow_has_a_deployment(prefect_yaml):
 
 
 def test_entrypoints_are_importable_module_paths(prefect_yaml):
-    """Module form: a file path (flows/sgpo.py:...) makes Prefect put flows/ first on sys.path,
-    where flows/sgpo.py shadows the `sgpo` package and the flow run crashes on import."""
+    """Module form: a file path (flows/pipeline.py:...) makes Prefect put flows/ first on sys.path, so the
+    worker would import a script folder instead of the installed packages (sgpo, tasks, flows)."""
     from prefect.flows import Flow
     from prefect.utilities.importtools import import_object
 
@@ -224,22 +224,28 @@ def test_pipeline_parameter_schema_has_every_config_section():
 
 @pytest.mark.parametrize("stage", GPU)
 def test_stage_flow_parameters_match_the_stage_task(stage):
-    """dispatch sends the task's parameters to the flow and computes cache_key(**params) from them."""
+    """dispatch sends the task's parameters to the flow, and the flow's task computes the stage's cache key from them."""
     from prefect.utilities.callables import parameter_schema
 
-    from flows.dispatch import stage_module
+    from artifacts.refs import ArtifactRef
     from flows.stages import STAGE_FLOWS
+    from sgpo.stage import prefect_task
+    from tasks import get_stage
 
-    mod = stage_module(stage)
-    task = getattr(mod, f"{stage}_task")
+    st = get_stage(stage)
+    task = prefect_task(st)
     flow_params = list(inspect.signature(STAGE_FLOWS[stage].fn).parameters)
-    assert flow_params == list(inspect.signature(task.fn).parameters)
-    assert flow_params[:-1] == list(inspect.signature(mod.cache_key).parameters)
-    assert flow_params[-1] == "ctx"
+    assert flow_params == list(inspect.signature(task.fn).parameters) == ["inputs", "cfg", "ctx", "params"]
     schema = parameter_schema(STAGE_FLOWS[stage]).model_dump_for_openapi()
-    assert set(schema["required"]) == set(flow_params)
-    assert {"ArtifactRef", "StageContext"} <= set(schema["definitions"])
+    assert set(schema["required"]) == {"inputs", "cfg", "ctx"}  # params: optional (GPU stages take none)
+    assert {"ArtifactRef", "StageContext", st.config.__name__} <= set(schema["definitions"])
     assert STAGE_FLOWS[stage].result_serializer == "json" and STAGE_FLOWS[stage].persist_result
+    # the task's Prefect cache key is the stage's own key, also for a cfg that arrives as JSON (a deployment's parameters)
+    inputs = {n: ArtifactRef(uri=f"file:///x/{n}", kind="model", stage="s", cache_key="c", content_hash=f"h-{n}")
+              for n in st.inputs}
+    cfg = st.config()
+    params = {"inputs": inputs, "cfg": cfg.model_dump(mode="json"), "ctx": None, "params": None}
+    assert task.cache_key_fn(None, params) == st.cache_key(cfg, inputs)
 
 
 # --------------------------------------------------------------------------- dispatch (no server)
@@ -251,13 +257,17 @@ def sft_inputs(tmp_path):
 
     from artifacts.store import ArtifactStore
     from sgpo.config import SFTStageConfig, StoreConfig
-    from tasks.common import StageContext
+    from sgpo.stage import StageContext
+    from tasks import get_stage
 
     store = ArtifactStore(str(tmp_path / "store"))
     base = store.publish_table("base_model", "b" * 64, pa.table({"x": [1]}), manifest={})
     data = store.publish_table("prepare", "d" * 64, pa.table({"x": [2]}), manifest={})
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")), run_id="parent-run")
-    return SimpleNamespace(store=store, params={"base": base, "data": data, "cfg": SFTStageConfig()}, ctx=ctx)
+    st = get_stage("sft")
+    inputs = {"base": base, "data": data}
+    cfg = SFTStageConfig()
+    return SimpleNamespace(store=store, st=st, inputs=inputs, cfg=cfg, key=st.cache_key(cfg, inputs), ctx=ctx)
 
 
 class _FakeFlowRun(SimpleNamespace):
@@ -270,17 +280,33 @@ def _distributed():
     return ExecutionConfig(mode="distributed")
 
 
-def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch):
-    import flows.dispatch as d
-    from sgpo.config import ExecutionConfig
+def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, tmp_path):
+    """Local mode runs a GPU stage as a task of this process; in distributed mode a CPU stage still
+    does: both for real (Prefect task, store), with no server and nothing dispatched."""
+    import pyarrow as pa
 
-    calls = []
-    monkeypatch.setattr(d, "run_in_process", lambda *a, **k: calls.append(a) or ("ref", False))
-    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched in local mode"))
-    assert d.dispatch_stage("sft", "sft", object(), sft_inputs.params, sft_inputs.ctx, ExecutionConfig()) == ("ref", False)
-    # CPU stages stay in-process in distributed mode too
-    assert d.dispatch_stage("annotate", "annotate", object(), {}, sft_inputs.ctx, _distributed()) == ("ref", False)
-    assert len(calls) == 2
+    import flows.dispatch as d
+    from sgpo.config import DatasetSpec, ExecutionConfig
+    from tasks import get_stage
+
+    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a stage"))
+    monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("looked for a deployment"))
+    # the GPU stage sft, local mode: its task finds the artifact another run published under its key
+    done = sft_inputs.store.publish_table("sft", sft_inputs.key, pa.table({"x": [3]}), manifest={},
+                                          produced_by="earlier-run")
+    ref, cached = d.dispatch_stage("sft", sft_inputs.st, sft_inputs.cfg, sft_inputs.inputs, None, sft_inputs.ctx,
+                                   ExecutionConfig())
+    assert ref == done and cached is True
+    # the CPU stage prepare, distributed mode: it runs here (a real run: no artifact yet) and publishes
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(3)))
+    prepare = get_stage("prepare")
+    spec = DatasetSpec(path=str(rows))
+    assert sft_inputs.store.find("prepare", prepare.cache_key(spec, {})) is None
+    ref, cached = d.dispatch_stage("prepare[po]", prepare, spec, {}, None, sft_inputs.ctx, _distributed())
+    assert ref.stage == "prepare" and ref.rows == 3 and ref.produced_by == "parent-run" and cached is False
+    assert sft_inputs.store.find("prepare", prepare.cache_key(spec, {})) == ref
+    assert sft_inputs.store.read_table(ref).column("prompt").to_pylist() == ["q0", "q1", "q2"]
 
 
 def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypatch):
@@ -288,13 +314,13 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
 
     import flows.dispatch as d
 
-    key = d.stage_cache_key("sft", sft_inputs.params)
-    done = sft_inputs.store.publish_table("sft", key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run")
+    s = sft_inputs
+    done = s.store.publish_table("sft", s.key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run")
     monkeypatch.setattr("prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a cached stage"))
     monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("no server needed"))
-    assert d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed()) == (done, True)
+    assert d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed()) == (done, True)
     # force: the store is bypassed and the stage is dispatched
-    forced = sft_inputs.ctx.model_copy(update={"refresh": True})
+    forced = s.ctx.model_copy(update={"refresh": True})
     monkeypatch.setattr(d, "_check_deployment", lambda *a: SimpleNamespace(work_pool_name="cuda"))
     sent = {}
 
@@ -303,7 +329,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
         return _FakeFlowRun(name="sft-x", id="1", state=SimpleNamespace(is_completed=lambda: True))
 
     monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
-    ref, cached = d.dispatch_stage("sft", "sft", None, sft_inputs.params, forced, _distributed())
+    ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, forced, _distributed())
     assert ref == done and sent["parameters"]["ctx"]["refresh"] is True
 
 
@@ -311,33 +337,40 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
     import pyarrow as pa
 
     import flows.dispatch as d
+    from artifacts.refs import ArtifactRef
+    from sgpo.stage import StageContext
 
-    key = d.stage_cache_key("sft", sft_inputs.params)
+    s = sft_inputs
     monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name=ex.cuda_work_pool))
     sent = {}
 
     def fake_run_deployment(**kw):  # the child flow run on the cuda pool publishes the artifact
         sent.update(kw)
-        sft_inputs.store.publish_table("sft", key, pa.table({"x": [4]}), manifest={}, produced_by="parent-run")
+        s.store.publish_table("sft", s.key, pa.table({"x": [4]}), manifest={}, produced_by="parent-run")
         return _FakeFlowRun(name="sft-abc", id="42", state=SimpleNamespace(is_completed=lambda: True))
 
     monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
-    ref, cached = d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed())
+    ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
     assert sent["name"] == "sft/sgpo-stage-sft" and sent["timeout"] is None
-    json.dumps(sent["parameters"])  # crosses the API as JSON
-    assert set(sent["parameters"]) == {"base", "data", "cfg", "ctx"}
-    assert ref.stage == "sft" and ref.cache_key == key and cached is False
+    params = json.loads(json.dumps(sent["parameters"]))  # crosses the API as JSON
+    assert set(params) == {"inputs", "cfg", "ctx", "params"} and set(params["inputs"]) == {"base", "data"}
+    # what the child flow receives gives the same key: it publishes where the parent looks
+    inputs = {k: ArtifactRef.model_validate(v) for k, v in params["inputs"].items()}
+    assert s.st.cache_key(s.st.coerce(params["cfg"]), inputs, params["params"]) == s.key
+    assert StageContext.model_validate(params["ctx"]) == s.ctx
+    assert ref.stage == "sft" and ref.cache_key == s.key and cached is False
 
 
 def test_dispatch_failure_names_the_stage_and_the_child_run(sft_inputs, monkeypatch):
     import flows.dispatch as d
     from prefect.states import Crashed
 
+    s = sft_inputs
     monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda"))
     monkeypatch.setattr("prefect.deployments.run_deployment", lambda **kw: _FakeFlowRun(
         name="dpo-1234", id="abcd", state=Crashed(message="Process exited with status code: -9")))
     with pytest.raises(d.StageDispatchError) as e:
-        d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed())
+        d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
     msg = str(e.value)
     assert "'sft'" in msg and "dpo-1234" in msg and "abcd" in msg and "CRASHED" in msg and "-9" in msg
 
@@ -345,11 +378,12 @@ def test_dispatch_failure_names_the_stage_and_the_child_run(sft_inputs, monkeypa
 def test_dispatch_of_a_completed_child_without_artifact_is_an_error(sft_inputs, monkeypatch):
     import flows.dispatch as d
 
+    s = sft_inputs
     monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda"))
     monkeypatch.setattr("prefect.deployments.run_deployment", lambda **kw: _FakeFlowRun(
         name="sft-1", id="9", state=SimpleNamespace(is_completed=lambda: True)))
     with pytest.raises(d.StageDispatchError, match="same store"):
-        d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed())
+        d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
 
 
 # --------------------------------------------------------------------------- sgpo deploy
@@ -407,4 +441,5 @@ def test_distributed_mode_without_a_server_says_so(sft_inputs):
 
     with temporary_settings(updates={PREFECT_API_URL: None}):
         with pytest.raises(d.StageDispatchError, match="PREFECT_API_URL is not set"):
-            d.dispatch_stage("sft", "sft", None, sft_inputs.params, sft_inputs.ctx, _distributed())
+            d.dispatch_stage("sft", sft_inputs.st, sft_inputs.cfg, sft_inputs.inputs, None, sft_inputs.ctx,
+                             _distributed())

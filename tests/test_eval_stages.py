@@ -7,7 +7,7 @@ rules), so every number below is predictable.
   with top logprobs; checks the official prompt/order/parameters, the mapping back to
   output_1 = baseline, a row without a label token, WR / SE / LC (surrogate difficulty).
 * Arena-Hard v0.1: 4 questions vs gpt-4-0314, two games each; one question's judge gives no label
-  at first (the follow-up turn), one never does; BT score + bootstrap CI.
+  at first (the follow-up turn), one never does, one is a tie; BT score + bootstrap CI.
 * pairwise: `imp` vs `policy` / `reference` columns of a table artifact.
 * A forced re-run of the judge stages answers every call from the journal: nothing is sent.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import statistics
 import threading
 from pathlib import Path
 
@@ -34,6 +35,7 @@ BASELINE = DATA / "arena_hard" / "answer_gpt-4-0314.jsonl"
 N_ALPACA, N_ARENA = 6, 4
 NO_LABEL_ROW = 4  # AlpacaEval row whose judge answer has neither "m" nor "M" in its top logprobs
 FOLLOW_UP_Q, NEVER_LABEL_Q = 1, 2  # Arena-Hard questions: label only after the follow-up / never
+TIE_Q = 3  # Arena-Hard question judged a tie in both games (so the Bradley-Terry fit has a finite optimum)
 THINKING = "Let me compare both answers with my own first."
 FOLLOW_UP = "continue your judgment and finish by outputting a final verdict label"
 
@@ -47,8 +49,8 @@ def winner_is_first(a: str, b: str) -> bool:
     return _h(a) < _h(b)
 
 
-def arena_verdict(question: str, a: str, b: str) -> str:
-    if a == b:
+def arena_verdict(question: str, a: str, b: str, tie: bool = False) -> str:
+    if a == b or tie:
         return "A=B"
     strong = int(_h(question)[-1], 16) % 2 == 0
     if winner_is_first(a, b):
@@ -64,10 +66,12 @@ def _between(text: str, start: str, end: str) -> str:
 class ScriptedJudge:
     """A ChatBackend playing both official judges, recording every call it answers."""
 
-    def __init__(self, no_label_instructions: set[str], follow_up_questions: set[str], never_label_questions: set[str]):
+    def __init__(self, no_label_instructions: set[str], follow_up_questions: set[str], never_label_questions: set[str],
+                 tie_questions: set[str]):
         self.no_label_instructions = no_label_instructions
         self.follow_up_questions = follow_up_questions
         self.never_label_questions = never_label_questions
+        self.tie_questions = tie_questions
         self.calls: list[dict] = []
         self._lock = threading.Lock()
 
@@ -102,7 +106,8 @@ class ScriptedJudge:
         if question in self.never_label_questions or (question in self.follow_up_questions and not follow_up):
             text = THINKING
         else:
-            text = f"Both answers address the prompt.\n\nMy final verdict is: [[{arena_verdict(question, a, b)}]]"
+            verdict = arena_verdict(question, a, b, tie=question in self.tie_questions)
+            text = f"Both answers address the prompt.\n\nMy final verdict is: [[{verdict}]]"
         return ChatResult(text=text, finish_reason="stop", prompt_tokens=len(user.split()),
                           completion_tokens=len(text.split()))
 
@@ -124,6 +129,7 @@ def judge(bench):
         no_label_instructions={bench["alpaca"][NO_LABEL_ROW]["instruction"]},
         follow_up_questions={bench["questions"][FOLLOW_UP_Q]["turns"][0]["content"]},
         never_label_questions={bench["questions"][NEVER_LABEL_Q]["turns"][0]["content"]},
+        tie_questions={bench["questions"][TIE_Q]["turns"][0]["content"]},
     )
 
 
@@ -194,6 +200,21 @@ def first_run(bench, judge, judge_url, workdir, table_uri, tiny_model_dir):
     return cfg, report, len(judge.calls)
 
 
+def hand_win_rates(preferences: list[float]) -> dict[str, float]:
+    """AlpacaEval's head-to-head numbers written out by hand (not the stage's metric code), from the
+    published definition (alpaca_eval `get_winrate`): over labelled rows, win rate = 100 * mean(p - 1),
+    SE = 100 * sample standard deviation (ddof 1) of (p - 1) / sqrt(n), discrete win rate = 100 *
+    (wins + draws / 2) / n with a win p > 1.5, a draw p = 1.5."""
+    x = [p - 1 for p in preferences]
+    n = len(x)
+    return {"win_rate": 100 * sum(x) / n, "standard_error": 100 * statistics.stdev(x) / math.sqrt(n),
+            "discrete_win_rate": 100 * (sum(v > 0.5 for v in x) + sum(v == 0.5 for v in x) / 2) / n}
+
+
+# Tolerance for numbers the test computes by hand in floating point (pandas vs plain Python sums).
+EXACT = dict(rel=1e-9, abs=1e-9)
+
+
 def _read_table(uri: str):
     import pyarrow.parquet as pq
 
@@ -206,7 +227,7 @@ def test_presets_load_and_defaults_are_the_official_settings():
 
     from sgpo.config import ConfigError
     from sgpo.eval_config import AlpacaEvalConfig, ArenaHardConfig, load_evaluation_config
-    from tasks.arena_hard import load_judge_settings
+    from tasks.arena_hard_judge import load_judge_settings
 
     tiny = load_evaluation_config()  # eval-tiny is the default
     assert tiny.alpaca_eval.data.path == "bundled:tiny/eval.jsonl" and tiny.arena_hard.baseline_answers is None
@@ -238,7 +259,7 @@ def test_presets_load_and_defaults_are_the_official_settings():
 
 def test_official_prompt_rendering():
     from sgpo.prompts import load_prompt
-    from tasks.alpaca_eval import prompt_to_chatml, render_judge_prompt
+    from sgpo.judging import prompt_to_chatml, render_judge_prompt
 
     template = load_prompt("alpaca_eval_clf_v1").text
     text = render_judge_prompt(template, instruction="Do {x} {}", output_1="first }{", output_2='second """')
@@ -289,15 +310,17 @@ def test_alpaca_eval_annotations_follow_the_official_protocol(bench, judge, firs
 
 
 def test_alpaca_eval_report(first_run):
-    from sgpo.metrics.alpaca_eval import win_rate_metrics
-
     _, report, _ = first_run
     rep = report.alpaca_eval
     rows = _read_table(rep["annotations_uri"])
-    expected = win_rate_metrics([r["preference"] for r in rows])
+    # what the scripted judge prefers (0.8 / 0.2 on the shown-first token "m", mapped back to the
+    # model as output_2): 1.8 when the model's answer wins, 1.2 when the baseline's; the no-label row is left out
+    expected = hand_win_rates([1.8 if winner_is_first(r["output_2"], r["output_1"]) else 1.2
+                               for r in rows if r["index"] != NO_LABEL_ROW])
     assert rep["n"] == N_ALPACA and rep["n_labelled"] == N_ALPACA - 1
-    assert rep["win_rate"] == pytest.approx(expected["win_rate"]) and rep["standard_error"] == pytest.approx(expected["standard_error"])
-    assert rep["discrete_win_rate"] == pytest.approx(expected["discrete_win_rate"])
+    assert rep["win_rate"] == pytest.approx(expected["win_rate"], **EXACT)
+    assert rep["standard_error"] == pytest.approx(expected["standard_error"], **EXACT)
+    assert rep["discrete_win_rate"] == pytest.approx(expected["discrete_win_rate"], **EXACT)
     assert rep["avg_length"] == int(sum(len(r["output_2"]) for r in rows) / len(rows))
     assert rep["difficulty_source"] == f"file:{SURROGATE}" and rep["gamed_source"] is None
     assert isinstance(rep["lc_win_rate"], float) and 0 <= rep["lc_win_rate"] <= 100
@@ -309,8 +332,6 @@ def test_alpaca_eval_report(first_run):
 
 # ------------------------------------------------------------------------------------------ Arena-Hard
 def test_arena_hard_games_follow_up_and_score(bench, judge, first_run):
-    from sgpo.metrics.arena_hard import score
-
     _, report, _ = first_run
     rep = report.arena_hard
     records = _read_table(rep["judgments_uri"])
@@ -318,6 +339,7 @@ def test_arena_hard_games_follow_up_and_score(bench, judge, first_run):
     baseline = {json.loads(line)["question_id"]: json.loads(line)["choices"][0]["turns"][0]["content"]
                 for line in BASELINE.read_text().splitlines()}
     answers = {r["question_id"]: r for r in _read_table(report.stages[[s.stage for s in report.stages].index("arena_hard_generate")].uri)}
+    battles = {"model": 0, "baseline": 0, "tie": 0}  # weighted battle rows, counted by hand from the verdicts
     for qi, (rec, q) in enumerate(zip(records, bench["questions"])):
         question, qid = q["turns"][0]["content"], q["question_id"]
         assert (rec["model"], rec["judge"], rec["baseline"]) == ("tiny-policy", "scripted-judge", "gpt-4-0314")
@@ -326,16 +348,23 @@ def test_arena_hard_games_follow_up_and_score(bench, judge, first_run):
         for g, (a, b) in enumerate(((baseline[qid], model_answer), (model_answer, baseline[qid]))):
             game = rec["games"][g]
             assert f"<|The Start of Assistant A's Answer|>\n{a}\n<|The End of Assistant A's Answer|>" in game["user_prompt"]
-            final = f"Both answers address the prompt.\n\nMy final verdict is: [[{arena_verdict(question, a, b)}]]"
+            verdict = arena_verdict(question, a, b, tie=qi == TIE_Q)
+            final = f"Both answers address the prompt.\n\nMy final verdict is: [[{verdict}]]"
             if qi == FOLLOW_UP_Q:  # no label at first: the follow-up turn asks for it (upstream gen_judgment.py)
                 assert game["judgment"] == f"\n{THINKING}\n{final}" and game["turns"] == 2
-                assert game["score"] == arena_verdict(question, a, b) and game["status"] == "ok"
+                assert game["score"] == verdict and game["status"] == "ok"
             elif qi == NEVER_LABEL_Q:  # still none after the 2 allowed turns: no score, no third turn
                 assert game["judgment"] == f"\n{THINKING}\n{THINKING}" and game["turns"] == 2
                 assert game["score"] is None and game["status"] == "no_label"
             else:
-                assert game["judgment"] == f"\n{final}" and game["turns"] == 1 and game["score"] == arena_verdict(question, a, b)
+                assert game["judgment"] == f"\n{final}" and game["turns"] == 1 and game["score"] == verdict
+                assert (verdict == "A=B") == (qi == TIE_Q)
             assert len(game["raw_responses"]) == game["turns"]
+            if qi != NEVER_LABEL_Q:  # upstream: A>B one battle, A>>B `weight` (3), A=B one tie; no label, none
+                model_is_a = g == 1
+                winner = ("tie" if verdict == "A=B" else
+                          "model" if (verdict.startswith("A>") == model_is_a) else "baseline")
+                battles[winner] += 3 if ">>" in verdict else 1
     follow_ups = [c for c in judge.calls if c["messages"][-1]["content"] == FOLLOW_UP]
     assert len(follow_ups) == 4  # 2 games x (FOLLOW_UP_Q, NEVER_LABEL_Q)
     for c in follow_ups:
@@ -344,23 +373,26 @@ def test_arena_hard_games_follow_up_and_score(bench, judge, first_run):
         assert c["messages"][0]["content"].startswith("Please act as an impartial judge")
         assert (c["temperature"], c["max_tokens"], c["top_p"]) == (0.0, 4096, 1.0)
     assert rep["n_follow_up_turns"] == 4 and rep["n_games_without_label"] == 2
-    expected = score(records, baseline="gpt-4-0314", rounds=20, seed=42)["tiny-policy"]
-    assert rep["score"] == pytest.approx(expected["score"]) and rep["n_battles"] == expected["n_battles"]
+    # Bradley-Terry with two players (model, baseline): the MLE's predicted win rate of the model is its
+    # empirical share of the weighted battles, a tie counting half (upstream: each tie one win each side of
+    # the duplicated battles); the tie question keeps both outcomes present, so the optimum is finite.
+    # Tolerance 1e-3 points: the fit is sklearn's lbfgs at tol 1e-8.
+    n_battles = sum(battles.values())
+    assert battles["tie"] == 2 and rep["n_battles"] == n_battles
+    assert rep["score"] == pytest.approx(100 * (battles["model"] + battles["tie"] / 2) / n_battles, abs=1e-3)
     assert rep["ci_low"] <= rep["score"] <= rep["ci_high"] and rep["ci"].startswith("(-")
 
 
 # ------------------------------------------------------------------------------------------ pairwise
 def test_pairwise_win_rates(first_run):
-    from sgpo.metrics.alpaca_eval import win_rate_metrics
-
     _, report, _ = first_run
     for name, other in (("imp_vs_policy", "policy"), ("imp_vs_reference", "reference")):
         rep = report.pairwise[name]
         rows = _read_table(rep["annotations_uri"])
-        assert [r["row"] for r in rows] == [0, 1, 2, 3] and rep["n_skipped"] == 1
+        assert [r["index"] for r in rows] == [0, 1, 2, 3] and rep["n_skipped"] == 1
         expected = []
         for r in rows:
-            src = PAIR_ROWS[r["row"]]
+            src = PAIR_ROWS[r["index"]]
             assert (r["output_2"], r["output_1"]) == (src["imp"], src[other])
             if src["imp"] == src[other]:
                 expected.append(1.5)  # identical outputs: a draw, never sent (upstream)
@@ -368,8 +400,10 @@ def test_pairwise_win_rates(first_run):
             else:
                 expected.append(1.8 if winner_is_first(src["imp"], src[other]) else 1.2)
         assert [r["preference"] for r in rows] == pytest.approx(expected)
-        wr = win_rate_metrics(expected)
-        assert rep["win_rate"] == pytest.approx(wr["win_rate"]) and rep["standard_error"] == pytest.approx(wr["standard_error"])
+        wr = hand_win_rates(expected)
+        assert rep["win_rate"] == pytest.approx(wr["win_rate"], **EXACT)
+        assert rep["standard_error"] == pytest.approx(wr["standard_error"], **EXACT)
+        assert rep["discrete_win_rate"] == pytest.approx(wr["discrete_win_rate"], **EXACT)
     assert report.pairwise["imp_vs_policy"]["sent"] == 3  # the identical pair was not sent
 
 
@@ -377,7 +411,7 @@ def test_pairwise_win_rates(first_run):
 def test_flow_report_tracking_and_stages(first_run):
     from mlflow.tracking import MlflowClient
 
-    from flows.evaluate import result_rows, summary_lines
+    from sgpo.run_report import result_rows, summary_lines
 
     cfg, report, _ = first_run
     assert [s.stage for s in report.stages] == ["alpaca_eval_generate", "alpaca_eval_judge", "arena_hard_generate",

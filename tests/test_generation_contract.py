@@ -373,7 +373,7 @@ def _vllm_server_processes(model_dir: str) -> list[int]:
 
 @pytest.mark.vllm
 def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path, tiny_model_dir):
-    """tasks.sample.run_sample with backend=vllm_server: the stage starts vLLM's OpenAI server
+    """The `sample` stage with backend=vllm_server: the stage starts vLLM's OpenAI server
     from .venv-vllm for the policy checkpoint, samples through it, stops it; the samples equal
     in-process vLLM's for the same config (one seeding rule for both modes)."""
     if not VLLM_PYTHON.exists():
@@ -381,8 +381,8 @@ def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path,
     import pyarrow as pa
 
     from sgpo.config import SampleStageConfig, StoreConfig
-    from tasks.common import StageContext
-    from tasks.sample import run_sample
+    from sgpo.stage import StageContext
+    from tasks import get_stage
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
     store = ctx.open_store()
@@ -396,7 +396,7 @@ def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path,
     )  # fmt: skip
     sampling = SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON), n=2, max_new_tokens=24, seed=5,
                               max_concurrency=4, **VLLM_CPU)  # fmt: skip
-    ref = run_sample(policy, data, SampleStageConfig(sampling=sampling), ctx)
+    ref = get_stage("sample").run(SampleStageConfig(sampling=sampling), ctx, {"policy": policy, "data": data})
     model_dir = store.model_dir(policy)
     assert _vllm_server_processes(model_dir) == []  # the stage stopped its server
 

@@ -2,12 +2,14 @@
 MLflow on SQLite and the embedded OpenAI-compatible server.
 
 One module-scoped store: a run that fails at the judge (unreachable endpoint), the resumed run
-that only judges, an all-cached run, and a config change that re-runs only dpo and judge.
+that only judges, an all-cached run, a config change that re-runs only dpo and judge, and a
+forced stage; each run is a module-scoped fixture chained to the one before it.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -31,7 +33,11 @@ def _status(report) -> dict[str, str]:
     return {s.stage: s.status for s in report.stages}
 
 
-def test_failed_run_names_the_stage_and_leaves_nothing_finished(workdir):
+# One sequence of runs on the module's store, each a module-scoped fixture that requests the one
+# before it: any single test (or any order) runs exactly the runs it needs, in the same order.
+@pytest.fixture(scope="module")
+def failed_run(workdir) -> SimpleNamespace:
+    """A run whose judge endpoint is unreachable; the store as that run left it."""
     from flows.pipeline import StageFailed, sgpo_pipeline
 
     closed = free_port()  # nothing listens here: the judge endpoint is unreachable
@@ -39,27 +45,56 @@ def test_failed_run_names_the_stage_and_leaves_nothing_finished(workdir):
                "judge.endpoint.backoff_base_s=0.05")
     with pytest.raises(StageFailed) as e:
         sgpo_pipeline(config=cfg)
-    msg = str(e.value)
-    assert "stage 'judge' failed" in msg and f"127.0.0.1:{closed}" in msg
-    assert not list((workdir / "store" / "judge").rglob("manifest.json"))  # no partial artifact looks finished
-    assert len(list((workdir / "store" / "dpo").rglob("manifest.json"))) == 1
+    return SimpleNamespace(error=e.value, port=closed,
+                           judge_manifests=list((workdir / "store" / "judge").rglob("manifest.json")),
+                           dpo_manifests=list((workdir / "store" / "dpo").rglob("manifest.json")))
 
 
-def test_rerun_resumes_at_the_failed_stage(workdir):
+@pytest.fixture(scope="module")
+def resumed_run(failed_run, workdir):
     from flows.pipeline import sgpo_pipeline
 
-    report = sgpo_pipeline(config=_cfg(workdir))
-    status = _status(report)
+    return sgpo_pipeline(config=_cfg(workdir))
+
+
+@pytest.fixture(scope="module")
+def cached_run(resumed_run, workdir):
+    from flows.pipeline import sgpo_pipeline
+
+    return sgpo_pipeline(config=_cfg(workdir))
+
+
+@pytest.fixture(scope="module")
+def changed_run(cached_run, workdir):
+    from flows.pipeline import sgpo_pipeline
+
+    return sgpo_pipeline(config=_cfg(workdir, "dpo.beta=0.2"))
+
+
+@pytest.fixture(scope="module")
+def forced_run(changed_run, workdir):
+    from flows.pipeline import sgpo_pipeline
+
+    return sgpo_pipeline(config=_cfg(workdir), force=["ppl_filter"])
+
+
+def test_failed_run_names_the_stage_and_leaves_nothing_finished(failed_run):
+    msg = str(failed_run.error)
+    assert "stage 'judge' failed" in msg and f"127.0.0.1:{failed_run.port}" in msg
+    assert not failed_run.judge_manifests  # no partial artifact looks finished
+    assert len(failed_run.dpo_manifests) == 1
+
+
+def test_rerun_resumes_at_the_failed_stage(resumed_run):
+    status = _status(resumed_run)
     assert list(status) == ALL_STAGES
     assert status["judge"] == "ran"
     assert {k for k, v in status.items() if v == "ran"} == {"judge"}
-    assert report.judge["n"] == 16
+    assert resumed_run.judge["n"] == 16
 
 
-def test_second_run_is_fully_cached_and_traced(workdir):
-    from flows.pipeline import sgpo_pipeline
-
-    report = sgpo_pipeline(config=_cfg(workdir))
+def test_second_run_is_fully_cached_and_traced(cached_run):
+    report = cached_run
     assert set(_status(report).values()) == {"cached"}
     # lineage: the final policy's manifest names its parents and the library versions
     dpo_dir = Path(report.final_policy.removeprefix("file://"))
@@ -70,25 +105,20 @@ def test_second_run_is_fully_cached_and_traced(workdir):
     assert sorted(p.name for p in (dpo_dir / "model").iterdir() if p.suffix in (".safetensors", ".bin")) == ["model.safetensors"]
 
 
-def test_changing_one_stage_reruns_it_and_downstream_only(workdir):
-    from flows.pipeline import sgpo_pipeline
-
-    report = sgpo_pipeline(config=_cfg(workdir, "dpo.beta=0.2"))
-    ran = {k for k, v in _status(report).items() if v == "ran"}
+def test_changing_one_stage_reruns_it_and_downstream_only(changed_run):
+    ran = {k for k, v in _status(changed_run).items() if v == "ran"}
     assert ran == {"dpo", "judge"}
 
 
-def test_force_recomputes_one_stage(workdir):
-    from flows.pipeline import sgpo_pipeline
-
-    report = sgpo_pipeline(config=_cfg(workdir), force=["ppl_filter"])
-    status = _status(report)
+def test_force_recomputes_one_stage(forced_run):
+    status = _status(forced_run)
     assert status["ppl_filter"] == "ran"
     # deterministic stage: same content hash, so everything downstream is still cached
     assert {k for k, v in status.items() if v == "ran"} == {"ppl_filter"}
 
 
-def test_mlflow_has_a_parent_run_with_nested_stage_runs(workdir):
+def test_mlflow_has_a_parent_run_with_nested_stage_runs(forced_run, workdir):
+    """After the five runs above (one failed): one parent run each, nested runs for the stages."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{workdir}/mlflow.db")

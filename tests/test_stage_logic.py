@@ -10,8 +10,10 @@ import pytest
 
 from artifacts.refs import ArtifactRef
 from sgpo.config import DatasetSpec, ImproverSFTStageConfig, PairsStageConfig, load_config
+from sgpo.data_sources import BUNDLED_DIR, DatasetError
 from sgpo.prompts import PromptError, load_prompt
-from tasks import pairs, ppl_filter, prepare
+from sgpo.stage import StageContext
+from tasks import get_stage, pairs, ppl_filter, prepare
 from tasks.improver_sft import improver_examples
 
 
@@ -138,37 +140,36 @@ def test_normalizes_chat_preference_and_flat_formats(tmp_path):
 
 
 def test_wrong_column_is_named(tmp_path):
-    with pytest.raises(prepare.DatasetError, match="no column 'text'.*columns: \\['q', 'a'\\]"):
+    with pytest.raises(DatasetError, match="no column 'text'.*columns: \\['q', 'a'\\]"):
         prepare.normalize_rows([{"q": 1, "a": 2}], ["q", "a"], _spec("x.jsonl", prompt_column="text"))
-    with pytest.raises(prepare.DatasetError, match="cannot find the prompt and response columns"):
+    with pytest.raises(DatasetError, match="cannot find the prompt and response columns"):
         prepare.normalize_rows([{"q": 1, "a": 2}], ["q", "a"], _spec("x.jsonl"))
 
 
 def test_empty_and_missing_datasets_fail_clearly(tmp_path):
-    from tasks.common import StageContext
     from sgpo.config import StoreConfig
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
+    run_prepare = get_stage("prepare").run
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    with pytest.raises(prepare.DatasetError):
-        prepare.run_prepare(_spec(empty), ctx, role="po")
-    with pytest.raises(prepare.DatasetError, match="does not exist"):
-        prepare.run_prepare(_spec(tmp_path / "missing.jsonl"), ctx)
+    with pytest.raises(DatasetError):
+        run_prepare(_spec(empty), ctx, {})
+    with pytest.raises(DatasetError, match="does not exist"):
+        run_prepare(_spec(tmp_path / "missing.jsonl"), ctx, {})
     blank = tmp_path / "blank.jsonl"
     blank.write_text(json.dumps({"prompt": "q", "response": " "}) + "\n")
-    with pytest.raises(prepare.DatasetError, match="none of its 1 rows"):
-        prepare.run_prepare(_spec(blank), ctx)
+    with pytest.raises(DatasetError, match="none of its 1 rows"):
+        run_prepare(_spec(blank), ctx, {})
     assert not list((tmp_path / "store").rglob("manifest.json"))  # nothing looks finished
 
 
 def test_bundled_data_loads_through_load_dataset(tmp_path):
-    from tasks.common import StageContext
     from sgpo.config import StoreConfig
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
     cfg = load_config("tiny")
-    ref = prepare.run_prepare(cfg.data.improver, ctx, role="improver")
+    ref = get_stage("prepare").run(cfg.data.improver, ctx, {})
     assert ref.rows == cfg.data.improver.max_rows
     table = ctx.open_store().read_table(ref)
     assert table.column_names == ["prompt_id", "prompt", "reference"]
@@ -178,11 +179,11 @@ def test_bundled_data_loads_through_load_dataset(tmp_path):
 KEY_SCRIPT = """
 from sgpo.config import load_config
 from artifacts.refs import ArtifactRef
-from tasks import sft, annotate
+from tasks import get_stage
 cfg = load_config("tiny")
 a = ArtifactRef(uri="u", kind="model", stage="base_model", cache_key="c", content_hash="h1")
 d = ArtifactRef(uri="u", kind="table", stage="prepare", cache_key="c", content_hash="h2")
-print(sft.cache_key(a, d, cfg.sft), annotate.cache_key(d, cfg.annotate))
+print(get_stage("sft").cache_key(cfg.sft, {"base": a, "data": d}), get_stage("annotate").cache_key(cfg.annotate, {"samples": d}))
 """
 
 
@@ -195,17 +196,17 @@ def test_cache_keys_are_stable_across_processes():
 
 
 def test_cache_key_changes_with_config_inputs_and_prompt():
-    from tasks import annotate, sft
-
+    sft, annotate = get_stage("sft"), get_stage("annotate")
     cfg = load_config("tiny")
     a = ArtifactRef(uri="u", kind="model", stage="b", cache_key="c", content_hash="h1")
     d = ArtifactRef(uri="u", kind="table", stage="p", cache_key="c", content_hash="h2")
     d2 = d.model_copy(update={"content_hash": "h3"})
-    base = sft.cache_key(a, d, cfg.sft)
-    assert sft.cache_key(a, d2, cfg.sft) != base
-    assert sft.cache_key(a, d, cfg.sft.model_copy(update={"learning_rate": 1e-4})) != base
-    assert sft.cache_key(a, d, cfg.sft.model_copy(update={"per_device_batch_size": 2})) == base  # runtime only
-    assert annotate.cache_key(d, cfg.annotate) != annotate.cache_key(d, cfg.annotate.model_copy(update={"prompt": "refine_v1"}))
+    base = sft.cache_key(cfg.sft, {"base": a, "data": d})
+    assert sft.cache_key(cfg.sft, {"base": a, "data": d2}) != base
+    assert sft.cache_key(cfg.sft.model_copy(update={"learning_rate": 1e-4}), {"base": a, "data": d}) != base
+    assert sft.cache_key(cfg.sft.model_copy(update={"per_device_batch_size": 2}), {"base": a, "data": d}) == base  # runtime only
+    assert annotate.cache_key(cfg.annotate, {"samples": d}) != annotate.cache_key(
+        cfg.annotate.model_copy(update={"prompt": "refine_v1"}), {"samples": d})
 
 
 # ----------------------------------------------------------------- tiny kit
@@ -229,22 +230,30 @@ def test_tiny_kit_is_deterministic(tmp_path, tiny_model_dir):
     from sgpo.config import TinyModelConfig
     from sgpo.tinykit import build_tiny_model, corpus_texts
 
-    out = build_tiny_model(tmp_path / "again", TinyModelConfig(), corpus_texts(sorted(prepare.BUNDLED_DIR.glob("tiny/*.jsonl"))))
+    out = build_tiny_model(tmp_path / "again", TinyModelConfig(), corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))))
     for name in ("model.safetensors", "tokenizer.json"):
         assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256((tiny_model_dir / name).read_bytes()).digest()
 
 
 def test_tiny_base_model_key_follows_the_kit_source(tmp_path, monkeypatch):
     """Changing how the kit builds the model or tokenizer must not be served from an old cache entry."""
-    import sgpo.tinykit
-    from sgpo.config import ModelSpec
-    from tasks import base_model
+    import hashlib
 
+    import sgpo.tinykit
+    from sgpo.config import ModelSpec, cache_payload
+
+    base_model = get_stage("base_model")
     spec = ModelSpec()
-    before = base_model.cache_key(spec)
+    hub = ModelSpec(name_or_path="Qwen/Qwen2.5-7B")
+    before, hub_before = base_model.cache_key(spec, {}), base_model.cache_key(hub, {})
     edited = tmp_path / "tinykit.py"
     edited.write_text(open(sgpo.tinykit.__file__).read() + "\n# a change\n")
     monkeypatch.setattr(sgpo.tinykit, "__file__", str(edited))
-    assert base_model.cache_key(spec) != before
-    assert base_model.cache_key(ModelSpec(name_or_path="Qwen/Qwen2.5-7B")) == base_model.cache_key(
-        ModelSpec(name_or_path="Qwen/Qwen2.5-7B"))
+    assert base_model.cache_key(spec, {}) != before
+    # a hub model is not built by the kit: its key has no kit source in it, before or after the edit.
+    # Expected value written out from the key's definition: sha256 of the canonical JSON of stage,
+    # code version, config (no runtime fields), no inputs, no prompts.
+    payload = {"stage": "base_model", "code_version": base_model.code_version, "config": cache_payload(hub),
+               "inputs": {}, "prompts": {}}
+    expected_hub = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert base_model.cache_key(hub, {}) == hub_before == expected_hub
