@@ -1,14 +1,21 @@
-"""The SGPO pipeline flow: the DAG of stages, nothing else.
+"""The pipeline flow: the DAG of a recipe (SGPO and its ablations, the DPO baseline, SPIN).
 
-    base_model -> sft -> sample -> annotate -> ppl_filter -> improver_sft -> (pairs -> dpo) x rounds -> judge
-    prepare[sft|improver|po|eval] feed the stages that read data
+    sgpo:  base_model -> sft -> sample -> annotate -> ppl_filter -> improver_sft -> (pairs -> dpo) x rounds -> judge
+    dpo:   base_model -> sft -> dpo(prepare[prefs]) -> judge
+    spin:  base_model -> sft -> (pairs(chosen y_sft) -> dpo from pi_t) x iterations -> judge
+    prepare[sft|improver|po|prefs|eval] feed the stages that read data
 
-Every stage is a cached Prefect task returning an ArtifactRef (flows.runner); a second run with
-the same config reuses every finished stage, a changed stage re-runs with everything downstream,
-and a failed run resumes at the stage that failed. `force` names stages to recompute.
+`plan(cfg)` builds the DAG from the recipe as data (steps, their config sections, which step
+feeds which input), so a recipe runs only the stages it needs: an SGPO variant whose policy and
+chosen answers need no improver (e.g. shared_improver=false pairs.chosen=sft) never samples or
+annotates. The flow runs the plan: every stage is a cached Prefect task returning an ArtifactRef
+(flows.runner); recipes on the same model and data share every common stage (SFT at least) from
+the cache, a changed stage re-runs with everything downstream, and a failed run resumes at the
+stage that failed. `force` names stages to recompute.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from prefect import flow
@@ -17,9 +24,9 @@ from pydantic import BaseModel
 
 from artifacts.store import check_store
 from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re-exported)
-from sgpo.config import PipelineConfig, load_config
+from sgpo.config import ConfigError, PipelineConfig, load_config
 from sgpo.llm.embedded import EmbeddedLLM
-from sgpo.stage import StageContext
+from sgpo.stage import StageContext, section_of
 from tasks import get_stage
 
 STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "judge")
@@ -42,9 +49,10 @@ def check_force(force: list[str] | None, known: tuple[str, ...]) -> list[str]:
     return list(force or [])
 
 
-@flow(name="sgpo", description="SGPO: SFT -> self-improver -> on-policy pairs -> DPO -> judge", result_serializer="json")
+@flow(name="sgpo", description="A recipe's DAG: SGPO and its ablations, the DPO baseline, SPIN; then the judge",
+      result_serializer="json")
 def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None = None) -> PipelineReport:
-    """Run the whole SGPO pipeline (or its variants) for `config`; `force` lists stages to recompute."""
+    """Run `config`'s recipe (`config.method`) end to end; `force` lists stages to recompute."""
     from sgpo.tracking import pipeline_run
 
     cfg = config or load_config("tiny")
@@ -59,34 +67,82 @@ def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None 
     return report
 
 
-def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> PipelineReport:
-    s = get_stage
-    holder: dict[str, Any] = {}
-    # The stand-in LLM (for endpoints without base_url) serves the base model, or a configured dir;
-    # it starts only if annotate or judge really runs.
-    llm = EmbeddedLLM(lambda: ctx.open_store().model_dir(holder["base"]) if cfg.embedded_llm.model == "base"
-                      else cfg.embedded_llm.model, max_new_tokens_cap=cfg.embedded_llm.max_new_tokens_cap)
-    with llm:
-        run = StageRunner(ctx, force, cfg.execution, llm=llm)
-        base = holder["base"] = run("base_model", s("base_model"), cfg.model)
-        data = {name: run(f"prepare[{name}]", s("prepare"), getattr(cfg.data, name))
-                for name in ("sft", "improver", "po", "eval")}
-        pi_sft = run("sft", s("sft"), cfg.sft, base=base, data=data["sft"])
-        samples = run("sample", s("sample"), cfg.sample, policy=pi_sft, data=data["improver"])
-        annotations = run("annotate", s("annotate"), cfg.annotate, samples=samples)
-        filtered = run("ppl_filter", s("ppl_filter"), cfg.ppl_filter, policy=pi_sft, annotations=annotations)
-        pi_imp = run("improver_sft", s("improver_sft"), cfg.improver_sft, start=pi_sft, filtered=filtered)
+@dataclass(frozen=True)
+class Step:
+    """One stage call of a recipe: its label, the stage, its config section, and for each input the
+    label of the step that makes it."""
 
+    label: str
+    stage: str
+    section: str
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
+    """(the recipe's steps in run order, the label of the step that makes the final policy)."""
+    steps: list[Step] = []
+
+    def add(label: str, stage: str, section: str, **inputs: str) -> str:
+        steps.append(Step(label, stage, section, inputs))
+        return label
+
+    def data(role: str) -> str:
+        label = f"prepare[{role}]"
+        if all(s.label != label for s in steps):
+            if getattr(cfg.data, role) is None:
+                raise ConfigError(f"method {cfg.method} (algorithm {cfg.algorithm}) needs data.{role}")
+            add(label, "prepare", f"data.{role}")
+        return label
+
+    def suffix(i: int, n: int) -> str:
+        return "" if n == 1 else f"[{i}]"
+
+    base = add("base_model", "base_model", "model")
+    pi_sft = add("sft", "sft", "sft", base=base, data=data("sft"))
+    if cfg.algorithm == "dpo":  # DPO on the published preference pairs, reference pi_sft
+        policy = add("dpo", "dpo", "dpo_baseline", start=pi_sft, pairs=data("prefs"))
+    elif cfg.algorithm == "spin":  # chosen y_sft, rejected pi_t's answer, reference pi_t
+        if cfg.pairs.chosen != "sft":
+            raise ConfigError("algorithm spin takes chosen = y_sft: pairs.chosen must be 'sft' (method=spin sets it)")
+        policy, k = pi_sft, cfg.spin.iterations
+        for t in range(1, k + 1):
+            pairs = add(f"pairs{suffix(t, k)}", "pairs", "pairs", policy=policy, data=data("po"))
+            policy = add(f"dpo{suffix(t, k)}", "dpo", "spin", start=policy, pairs=pairs)
+    else:
+        refined = cfg.pairs.chosen == "refined"
+        pi_imp = None
+        if cfg.shared_improver or refined:  # the improver is the policy, or it refines: train it
+            samples = add("sample", "sample", "sample", policy=pi_sft, data=data("improver"))
+            annotations = add("annotate", "annotate", "annotate", samples=samples)
+            filtered = add("ppl_filter", "ppl_filter", "ppl_filter", policy=pi_sft, annotations=annotations)
+            pi_imp = add("improver_sft", "improver_sft", "improver_sft", start=pi_sft, filtered=filtered)
         # SGPO: one model is policy and improver. SGPO-dagger: the policy starts from pi_sft.
         policy = pi_imp if cfg.shared_improver else pi_sft
         for r in range(1, cfg.rounds + 1):
-            suffix = "" if cfg.rounds == 1 else f"[{r}]"
-            pairs = run(f"pairs{suffix}", s("pairs"), cfg.pairs, policy=policy, improver=pi_imp, data=data["po"])
-            policy = run(f"dpo{suffix}", s("dpo"), cfg.dpo, start=policy, pairs=pairs)
+            inputs = {"policy": policy, "data": data("po")}
+            if refined:  # shared: the refiner of round r is the policy of round r (pi_SGPO in Step 2)
+                inputs["improver"] = policy if cfg.shared_improver else pi_imp
+            pairs = add(f"pairs{suffix(r, cfg.rounds)}", "pairs", "pairs", **inputs)
+            policy = add(f"dpo{suffix(r, cfg.rounds)}", "dpo", "dpo", start=policy, pairs=pairs)
+    add("judge", "judge", "judge", policy=policy, data=data("eval"))
+    return steps, policy
 
-        judged = run("judge", s("judge"), cfg.judge, policy=policy, data=data["eval"])
-    _publish_ui_artifacts(run.reports, judged)
-    return PipelineReport(flow_run_id=None, stages=run.reports, final_policy=policy.uri, judge=judged.summary)
+
+def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> PipelineReport:
+    steps, final = plan(cfg)
+    refs: dict[str, Any] = {}
+    # The stand-in LLM (for endpoints without base_url) serves the base model, or a configured dir;
+    # it starts only if annotate or judge really runs.
+    llm = EmbeddedLLM(lambda: ctx.open_store().model_dir(refs["base_model"]) if cfg.embedded_llm.model == "base"
+                      else cfg.embedded_llm.model, max_new_tokens_cap=cfg.embedded_llm.max_new_tokens_cap,
+                      judge=cfg.embedded_llm.judge)
+    with llm:
+        run = StageRunner(ctx, force, cfg.execution, llm=llm)
+        for step in steps:
+            refs[step.label] = run(step.label, get_stage(step.stage), section_of(cfg, step.section),
+                                   **{name: refs[label] for name, label in step.inputs.items()})
+    _publish_ui_artifacts(run.reports, refs["judge"])
+    return PipelineReport(flow_run_id=None, stages=run.reports, final_policy=refs[final].uri, judge=refs["judge"].summary)
 
 
 def _publish_ui_artifacts(reports: list[StageReport], judged: Any) -> None:

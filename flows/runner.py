@@ -50,10 +50,11 @@ class StageRunner:
         has no finished artifact (the model name, part of the key, is set either way)."""
         if not st.llm or self.llm is None or getattr(cfg, st.llm).base_url:
             return cfg
-        cfg = with_endpoint(st.coerce(cfg), st.llm, None, EMBEDDED_MODEL_NAME)
+        name = self.llm.model_name_for(st.coerce(cfg)) if hasattr(self.llm, "model_name_for") else EMBEDDED_MODEL_NAME
+        cfg = with_endpoint(st.coerce(cfg), st.llm, None, name)
         if not forced and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None:
             return cfg  # cached: no server needed; Stage.run returns the artifact before checking base_url
-        return with_endpoint(cfg, st.llm, self.llm.base_url(), EMBEDDED_MODEL_NAME)
+        return with_endpoint(cfg, st.llm, self.llm.base_url(), name)
 
     def __call__(self, label: str, st: Stage, cfg: Any, params: dict[str, Any] | None = None,
                  **inputs: ArtifactRef) -> ArtifactRef:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "configs"
@@ -90,6 +90,18 @@ class DatasetSpec(Section):
     messages_column: str | None = Field(None, description="Column with a chat (list of {role, content})")
     max_rows: int | None = Field(None, ge=1, description="Keep only the first N rows (after shuffling)")
     shuffle_seed: int | None = Field(None, description="Shuffle with this seed before max_rows")
+    turns: Literal["last", "all"] = Field(
+        "last",
+        description="Chats: 'last' = one row per chat, the conversation up to its final assistant answer (the "
+        "reference); 'all' = one row per assistant turn (SFT on every turn of a dialogue, as on UltraChat)",
+    )
+    preference_pairs: bool = Field(
+        False,
+        description="Read chosen/rejected preference pairs (the DPO baseline's data, e.g. UltraFeedback train_prefs): "
+        "columns chosen_column / rejected_column, chats or strings",
+    )
+    chosen_column: str = Field("chosen", description="preference_pairs: column with the chosen answer (chat or string)")
+    rejected_column: str = Field("rejected", description="preference_pairs: column with the rejected answer")
 
 
 class TinyModelConfig(Section):
@@ -116,6 +128,9 @@ class DataConfig(Section):
     improver: DatasetSpec = Field(description="D_imp: prompts + SFT responses for improver data (dpo-mix-7k)")
     po: DatasetSpec = Field(description="D_po: prompts + SFT references for preference optimisation")
     eval: DatasetSpec = Field(description="Judging prompts with baseline answers")
+    prefs: DatasetSpec | None = Field(
+        None, description="Preference pairs for the DPO baseline (UltraFeedback train_prefs; preference_pairs: true)"
+    )
 
 
 # --------------------------------------------------------------------------- stages
@@ -143,7 +158,11 @@ class TrainConfig(Section):
 
 
 class SFTStageConfig(TrainConfig):
-    pass
+    chat_template: str | None = Field(
+        None,
+        description="Chat template for a base model without one (e.g. Meta-Llama-3-8B): 'chatml' or a Jinja string. "
+        "Set on the SFT tokenizer and saved with pi_sft, so training, sampling, pairs and judging all use it",
+    )
 
 
 class SamplingConfig(Section):
@@ -215,8 +234,14 @@ class PplFilterStageConfig(Section):
 class ImproverSFTStageConfig(TrainConfig):
     epochs: float = Field(3.0, gt=0)
     targets: list[Literal["imp", "ext"]] = Field(
-        default_factory=lambda: ["imp", "ext"], description="Which filtered responses are targets", min_length=1
+        default_factory=lambda: ["imp", "ext"], description="Which filtered responses are targets (a set)", min_length=1
     )
+
+    @field_validator("targets")
+    @classmethod
+    def _targets_as_a_set(cls, value: list[str]) -> list[str]:
+        """[ext, imp] and [imp, ext, imp] are the same data: one canonical order, so one cache key."""
+        return [t for t in ("imp", "ext") if t in value]
     prompt: str = Field("improver_v1", description="Improver training prompt (no SFT reference)")
     with_reference: bool = Field(False, description="All-Ref ablation: put the SFT reference in this prompt too")
     reference_prompt: str = Field("refine_v1", description="Prompt used when with_reference is on")
@@ -236,6 +261,19 @@ class DPOStageConfig(TrainConfig):
     beta: float = Field(0.1, gt=0, le=10)
     loss_type: str = "sigmoid"
     max_length: int = Field(2048, ge=16)
+
+
+class DPOBaselineConfig(DPOStageConfig):
+    """The DPO baseline on published preference pairs (SGPO paper: 1 epoch, lr 5e-7, beta 0.01)."""
+
+    beta: float = Field(0.01, gt=0, le=10)
+
+
+class SpinConfig(DPOStageConfig):
+    """SPIN: chosen y_sft, rejected a sample of pi_t, reference pi_t, for `iterations` rounds
+    (SGPO paper: one iteration, lr 3e-7 on Qwen2.5, 5e-7 on Llama3)."""
+
+    iterations: int = Field(1, ge=1, description="SPIN iterations t = 1..K (each: pairs from pi_t, DPO from pi_t)")
 
 
 class PairJudgeConfig(Section):
@@ -280,6 +318,9 @@ class EmbeddedLLMConfig(Section):
 
     model: str = runtime_field("base", "'base' = the pipeline's base model, or a local model dir")
     max_new_tokens_cap: int = runtime_field(256, "Cap on generated tokens (tiny models ramble)", ge=1)
+    judge: Literal["model", "rule"] = runtime_field(
+        "model", "Judge prompts answered by the model, or by sgpo.llm.rule_judge's documented quality rule (the tiny "
+        "preset: a tiny model cannot judge); the judge's model name, in its cache key, says which")
 
 
 class ExecutionConfig(Section):
@@ -294,6 +335,13 @@ class PipelineConfig(Section):
     """One SGPO run: base model, data, every stage's settings, and where things are kept."""
 
     name: str = Field("sgpo-tiny", description="Run name (MLflow run name)")
+    method: str = Field(
+        "sgpo", description="The recipe (configs/methods/NAME.yaml, merged over the preset): sgpo, sgpo-step2, "
+        "sgpo-dagger, sgpo-double-dagger, sgpo-diamond, sgpo-v1..v3, all-ref, no-ref, dpo, spin",
+    )
+    algorithm: Literal["sgpo", "dpo", "spin"] = Field(
+        "sgpo", description="Which DAG runs: sgpo (and its ablations), dpo (on data.prefs), spin (spin.iterations)"
+    )
     seed: int = 42
     model: ModelSpec = Field(default_factory=ModelSpec)
     data: DataConfig
@@ -308,6 +356,8 @@ class PipelineConfig(Section):
     improver_sft: ImproverSFTStageConfig = Field(default_factory=ImproverSFTStageConfig)
     pairs: PairsStageConfig = Field(default_factory=PairsStageConfig)
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
+    dpo_baseline: DPOBaselineConfig = Field(default_factory=DPOBaselineConfig, description="algorithm=dpo")
+    spin: SpinConfig = Field(default_factory=SpinConfig, description="algorithm=spin")
     judge: JudgeStageConfig = Field(default_factory=JudgeStageConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -409,6 +459,31 @@ def read_yaml_tree(source: str | Path | None, *, default: str, glob: str = "*.ya
     return path, tree
 
 
+METHOD_DIR = CONFIG_DIR / "methods"
+
+
+def method_names() -> list[str]:
+    return sorted(p.stem for p in METHOD_DIR.glob("*.yaml"))
+
+
+def method_tree(name: str) -> dict:
+    """A recipe's settings (configs/methods/NAME.yaml): which DAG and which ablation flags, never
+    hyper-parameters (those belong to the model preset), so a method composes with any preset."""
+    path = METHOD_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"method {name!r} is not a recipe; recipes: {', '.join(method_names())}")
+    tree = yaml.safe_load(path.read_text()) or {}
+    return {**tree, "method": name}
+
+
+def merge_trees(base: dict, top: dict) -> dict:
+    """`top` over `base`, recursively for mappings."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = merge_trees(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def apply_overrides(tree: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     for item in overrides:
         parts, value = _parse_override(item)
@@ -419,6 +494,10 @@ def apply_overrides(tree: dict, overrides: list[str] | tuple[str, ...]) -> dict:
 def load_config(source: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> PipelineConfig:
     """Load a preset name or YAML file, apply `key=value` overrides, validate."""
     path, tree = read_yaml_tree(source, default="tiny", glob="[!e]*.yaml")
+    method = next((_parse_override(o)[1] for o in reversed(list(overrides)) if o.split("=", 1)[0].strip() == "method"),
+                  tree.get("method"))
+    if method is not None:
+        tree = merge_trees(tree, method_tree(str(method)))
     apply_overrides(tree, overrides)
     try:
         return PipelineConfig.model_validate(tree)

@@ -80,3 +80,12 @@ def load_raw(spec: DatasetSpec):
 def load_records(spec: DatasetSpec) -> list[dict[str, Any]]:
     """All rows of a source as dicts."""
     return load_raw(spec).to_list()
+
+
+def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The prompt conversation of a prepared row: its `messages` (every turn up to the final user
+    message), or the single user turn `prompt` for tables made before multi-turn support."""
+    import json
+
+    raw = row.get("messages")
+    return json.loads(raw) if isinstance(raw, str) and raw else [{"role": "user", "content": row["prompt"]}]

@@ -99,6 +99,7 @@ class Stage:
     config: type[BaseModel]
     inputs: tuple[str, ...]
     params: tuple[str, ...]
+    optional_inputs: tuple[str, ...]  # typed `ArtifactRef | None`: left out of the key when absent
     code_version: str
     section: str  # where the config lives in its recipe, e.g. "sft", "model", "data.<role>", "pairwise.<name>"
     recipe: str  # "pipeline" (sgpo.config.PipelineConfig) or "evaluation" (sgpo.eval_config.EvaluationConfig)
@@ -121,10 +122,10 @@ class Stage:
         return payload
 
     def cache_key(self, cfg: BaseModel, inputs: Mapping[str, ArtifactRef], params: Mapping[str, Any] | None = None) -> str:
-        missing = [n for n in self.inputs if n not in inputs]
+        missing = [n for n in self.inputs if inputs.get(n) is None and n not in self.optional_inputs]
         if missing:
             raise ValueError(f"stage {self.name}: missing input artifact(s) {missing}; it takes {list(self.inputs)}")
-        hashes = {n: inputs[n].content_hash for n in self.inputs}
+        hashes = {n: inputs[n].content_hash for n in self.inputs if inputs.get(n) is not None}
         if self.fingerprint is not None:
             hashes.update(self.fingerprint(cfg))
         return stage_cache_key(self.name, code_version=self.code_version, config=self.key_payload(cfg, params),
@@ -160,9 +161,10 @@ class Stage:
                 raise ExternalLLMNotConfigured(
                     f"{self.section}.{self.llm}.base_url is not set: configure the LLM this stage calls (base_url, "
                     "model, api_key_env), or run it inside a flow, which starts the embedded local server")
-        job = Job(stage=self, key=key, ctx=ctx, store=store, cfg=cfg, inputs=dict(inputs), params=params)
+        job = Job(stage=self, key=key, ctx=ctx, store=store, cfg=cfg,
+                  inputs={n: r for n, r in inputs.items() if r is not None}, params=params)
         with job.tracking():
-            ref = self.fn(job, **{n: inputs[n] for n in self.inputs}, cfg=cfg, **params)
+            ref = self.fn(job, **{n: inputs.get(n) for n in self.inputs}, cfg=cfg, **params)
             if job.tracker is not None:
                 job.tracker.set_tags({"sgpo.artifact_uri": ref.uri})
         return ref
@@ -190,9 +192,11 @@ def stage(
         names = list(inspect.signature(fn).parameters)
         if names[:1] != ["job"] or "cfg" not in names:
             raise TypeError(f"stage {name}: the function must take (job, <inputs...>, cfg, <params...>)")
-        inputs = tuple(n for n in names if hints.get(n) is ArtifactRef)
+        optional = tuple(n for n in names if hints.get(n) == (ArtifactRef | None))
+        inputs = tuple(n for n in names if hints.get(n) is ArtifactRef or n in optional)
         params = tuple(n for n in names[1:] if n != "cfg" and n not in inputs)
-        return Stage(name=name, fn=fn, config=hints["cfg"], inputs=inputs, params=params, code_version=code_version,
+        return Stage(name=name, fn=fn, config=hints["cfg"], inputs=inputs, params=params, optional_inputs=optional,
+                     code_version=code_version,
                      section=section, recipe=recipe, description=description, prompts=prompts, fingerprint=fingerprint,
                      llm=llm, gpu=gpu, tracked=tracked, retries=retries, retry_delay_s=retry_delay_s)
 
@@ -390,7 +394,9 @@ def stage_parser(st: Stage) -> argparse.ArgumentParser:
     p.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]",
                    help=f"{st.recipe} preset or YAML file, then overrides (e.g. {st.section.split('.')[0]}.KEY=VALUE)")
     for name in st.inputs:
-        p.add_argument(f"--{name}", required=True, metavar="URI", help=f"input artifact `{name}` (its folder in the store)")
+        p.add_argument(f"--{name}", required=name not in st.optional_inputs, metavar="URI",
+                       help=f"input artifact `{name}` (its folder in the store)"
+                       + (" (optional)" if name in st.optional_inputs else ""))
     for name in st.params:
         p.add_argument(f"--{name}", required=True, help=f"value of the stage parameter `{name}`")
     default_section = st.section if "<" not in st.section else None
@@ -415,7 +421,8 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
     try:
-        inputs = {n: read_ref(getattr(args, n), recipe.store.storage_options) for n in st.inputs}
+        inputs = {n: read_ref(getattr(args, n), recipe.store.storage_options) for n in st.inputs
+                  if getattr(args, n) is not None}
     except (FileNotFoundError, ValueError) as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2

@@ -19,6 +19,30 @@ class TrainingDataError(ValueError):
     pass
 
 
+# Named chat templates for base models that ship none (e.g. Meta-Llama-3-8B): ChatML turns, each
+# assistant turn closed by the tokenizer's own EOS so that generation stops where training ended.
+NAMED_CHAT_TEMPLATES = {
+    "chatml": (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' }}"
+        "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+}
+
+
+def set_chat_template(tokenizer, template: str | None, *, key: str = "sft.chat_template") -> None:
+    """Give `tokenizer` the configured template (a name above, or a Jinja string); without one, a
+    tokenizer that has none is an error naming the key, before any training."""
+    if template:
+        tokenizer.chat_template = NAMED_CHAT_TEMPLATES.get(template, template)
+    elif not getattr(tokenizer, "chat_template", None):
+        raise TrainingDataError(
+            f"the model's tokenizer has no chat template (a base model?): set {key}, e.g. {key}=chatml "
+            f"(named templates: {', '.join(NAMED_CHAT_TEMPLATES)}) or a Jinja template string")
+
+
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
@@ -124,6 +148,8 @@ def train_sft(
     if not examples:
         raise TrainingDataError("no training examples")
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    # saved with the checkpoint: every later stage (sampling, pairs, judging) uses the same template
+    set_chat_template(tokenizer, getattr(cfg, "chat_template", None))
     ds = Dataset.from_list(
         [{"prompt": p, "completion": [{"role": "assistant", "content": c}]} for p, c in examples]
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
 from sgpo.config import DPOStageConfig
+from sgpo.data_sources import conversation
 from sgpo.stage import Job, scratch_dir, stage, stage_main
 
 
@@ -13,7 +14,7 @@ def dpo(job: Job, start: ArtifactRef, pairs: ArtifactRef, cfg: DPOStageConfig) -
 
     rows = job.read_rows(pairs)
     # A pair whose two answers are identical carries no preference signal.
-    data = [([{"role": "user", "content": r["prompt"]}], r["chosen"], r["rejected"]) for r in rows if r["chosen"] != r["rejected"]]
+    data = [(conversation(r), r["chosen"], r["rejected"]) for r in rows if r["chosen"] != r["rejected"]]
     job.log.info("DPO on %d pairs (%d identical skipped)", len(data), len(rows) - len(data))
     with scratch_dir("dpo") as tmp:
         metrics = train_dpo(job.model_dir(start), data, cfg, tmp / "model", tracker=job.tracker,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from artifacts.refs import ArtifactRef
 from sgpo.config import PairsStageConfig
 from sgpo.prompts import load_prompt
+from sgpo.data_sources import conversation
 from sgpo.stage import Job, stage, stage_main
 
 
@@ -43,7 +44,9 @@ def prompt_versions(cfg: PairsStageConfig) -> dict[str, str]:
 
 @stage("pairs", section="pairs", gpu=True, prompts=prompt_versions,
        description="on-policy pairs: y = policy(x) rejected, y+ = improver(refine(x, y, y_sft)) chosen")
-def pairs(job: Job, policy: ArtifactRef, improver: ArtifactRef, data: ArtifactRef, cfg: PairsStageConfig) -> ArtifactRef:
+def pairs(job: Job, policy: ArtifactRef, improver: ArtifactRef | None, data: ArtifactRef, cfg: PairsStageConfig) -> ArtifactRef:
+    # `improver` is only read (and only in the key) with chosen=refined: SPIN / SGPO-diamond pairs do not
+    # depend on an improver they never call.
     import pyarrow as pa
 
     from sgpo.generation import open_generator
@@ -51,10 +54,12 @@ def pairs(job: Job, policy: ArtifactRef, improver: ArtifactRef, data: ArtifactRe
     rows = job.read_rows(data)
     gen = open_generator(job.model_dir(policy), cfg.sampling, trust_remote_code=job.ctx.trust_remote_code)
     try:
-        outs = gen.generate([[{"role": "user", "content": r["prompt"]}] for r in rows], cfg.sampling)
+        outs = gen.generate([conversation(r) for r in rows], cfg.sampling)
         policy_texts = [[g.text for g in s] for s in outs]
         refined = None
         if cfg.chosen == "refined":
+            if improver is None:
+                raise ValueError("pairs.chosen=refined needs the improver input (the model that refines)")
             if improver.content_hash != policy.content_hash:
                 gen.close()
                 gen = open_generator(job.model_dir(improver), cfg.sampling, trust_remote_code=job.ctx.trust_remote_code)

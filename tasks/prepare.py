@@ -1,11 +1,19 @@
 """Stage 0a, `prepare`: load a dataset (hub id, local file or bundled) into a normalised table.
 
-Output columns: `prompt_id` (str), `prompt` (the instruction), `reference` (the reference /
-SFT / baseline response). Single-turn: a chat's first user message and the assistant reply
-that follows it. Rows without both are dropped and counted.
+Output columns: `prompt_id` (str), `prompt` (the final user message), `messages` (JSON: the
+conversation up to and including that user message, [{role, content}]), `reference` (the final
+assistant answer: the SFT / reference / baseline response). With `preference_pairs`, also
+`chosen` and `rejected` (the two final answers; `reference` = chosen).
+
+Chats keep every turn: the prompt of a multi-turn row is the dialogue up to its final user turn,
+its reference the assistant answer that follows (TRL's convention for prompt/completion and
+preference data). `turns: all` makes one row per assistant turn, so SFT learns every answer of
+a dialogue (the SGPO paper trains on whole UltraChat dialogues); `turns: last` keeps one row per
+chat (the final answer). Rows without a usable prompt and answer are dropped and counted.
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from artifacts.refs import ArtifactRef
@@ -18,18 +26,65 @@ RESPONSE_CANDIDATES = ("response", "output", "completion", "answer")
 CHAT_CANDIDATES = ("messages", "chosen", "conversation")
 
 
-def _first_turn(chat: Any) -> tuple[str | None, str | None]:
-    if not isinstance(chat, list):
-        return None, None
-    prompt = None
+def _messages(chat: Any) -> list[dict[str, str]] | None:
+    """A chat as [{role, content}] with string contents, or None if it is not one."""
+    if not isinstance(chat, list) or not chat:
+        return None
+    out = []
     for msg in chat:
-        if not isinstance(msg, dict):
-            return None, None
-        if msg.get("role") == "user" and prompt is None:
-            prompt = msg.get("content")
-        elif msg.get("role") == "assistant" and prompt is not None:
-            return prompt, msg.get("content")
-    return prompt, None
+        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str) or msg.get("role") not in (
+                "system", "user", "assistant"):
+            return None
+        out.append({"role": msg["role"], "content": msg["content"]})
+    return out
+
+
+def chat_examples(chat: Any, turns: str) -> list[tuple[list[dict[str, str]], str]]:
+    """(prompt conversation ending with a user turn, the assistant answer after it) for the final
+    assistant turn ('last') or for every assistant turn ('all')."""
+    msgs = _messages(chat)
+    if msgs is None:
+        return []
+    ends = [j for j, m in enumerate(msgs) if m["role"] == "assistant" and j > 0 and msgs[j - 1]["role"] == "user"]
+    if turns == "last":
+        ends = ends[-1:] if ends and ends[-1] == max(j for j, m in enumerate(msgs) if m["role"] == "assistant") else []
+    return [(msgs[:j], msgs[j]["content"]) for j in ends]
+
+
+def _row(pid: str, prompt_msgs: list[dict[str, str]], answer: str) -> dict[str, str] | None:
+    prompt = prompt_msgs[-1]["content"] if prompt_msgs and prompt_msgs[-1]["role"] == "user" else None
+    if not (isinstance(prompt, str) and prompt.strip() and isinstance(answer, str) and answer.strip()):
+        return None
+    return {"prompt_id": pid, "prompt": prompt.strip(), "messages": json.dumps(prompt_msgs, ensure_ascii=False),
+            "reference": answer.strip()}
+
+
+def _preference_rows(rows: list[dict[str, Any]], columns: list[str], spec: DatasetSpec,
+                     need: Any) -> tuple[list[dict[str, str]], int]:
+    need(spec.chosen_column, "chosen_column")
+    need(spec.rejected_column, "rejected_column")
+    prompt_col = spec.prompt_column or next((c for c in PROMPT_CANDIDATES if c in columns), None)
+    out, dropped = [], 0
+    for i, row in enumerate(rows):
+        chosen, rejected = row.get(spec.chosen_column), row.get(spec.rejected_column)
+        if isinstance(chosen, list) and isinstance(rejected, list):
+            c, r = chat_examples(chosen, "last"), chat_examples(rejected, "last")
+            # both answers must follow the same conversation, or the pair compares two different prompts
+            if not c or not r or c[0][0] != r[0][0]:
+                dropped += 1
+                continue
+            (prompt_msgs, chosen_text), (_, rejected_text) = c[0], r[0]
+        elif isinstance(chosen, str) and isinstance(rejected, str) and prompt_col and isinstance(row.get(prompt_col), str):
+            prompt_msgs, chosen_text, rejected_text = [{"role": "user", "content": row[prompt_col]}], chosen, rejected
+        else:
+            dropped += 1
+            continue
+        base = _row(str(row.get("prompt_id") or row.get("id") or i), prompt_msgs, chosen_text)
+        if base is None or not isinstance(rejected_text, str) or not rejected_text.strip():
+            dropped += 1
+            continue
+        out.append({**base, "chosen": chosen_text.strip(), "rejected": rejected_text.strip()})
+    return out, dropped
 
 
 def normalize_rows(rows: list[dict[str, Any]], columns: list[str], spec: DatasetSpec) -> tuple[list[dict[str, str]], int]:
@@ -42,6 +97,8 @@ def normalize_rows(rows: list[dict[str, Any]], columns: list[str], spec: Dataset
     need(spec.messages_column, "messages_column")
     need(spec.prompt_column, "prompt_column")
     need(spec.response_column, "response_column")
+    if spec.preference_pairs:
+        return _preference_rows(rows, columns, spec, need)
     chat_col = spec.messages_column
     prompt_col, resp_col = spec.prompt_column, spec.response_column
     if not (chat_col or (prompt_col and resp_col)):
@@ -58,21 +115,25 @@ def normalize_rows(rows: list[dict[str, Any]], columns: list[str], spec: Dataset
                 )
     out, dropped = [], 0
     for i, row in enumerate(rows):
+        pid = str(row.get("prompt_id") or row.get("id") or i)
         if chat_col:
-            prompt, response = _first_turn(row.get(chat_col))
-            if prompt_col:  # an explicit prompt column wins over the chat's first user turn
-                prompt = row.get(prompt_col)
+            examples = chat_examples(row.get(chat_col), spec.turns)
+            if prompt_col and examples:  # an explicit prompt column wins over the chat's final user turn
+                msgs, answer = examples[-1]
+                examples = [(msgs[:-1] + [{"role": "user", "content": row.get(prompt_col)}], answer)] \
+                    if isinstance(row.get(prompt_col), str) else []
         else:
-            prompt, response = row.get(prompt_col), row.get(resp_col)
-        if not isinstance(prompt, str) or not isinstance(response, str) or not prompt.strip() or not response.strip():
+            examples = [([{"role": "user", "content": row.get(prompt_col)}], row.get(resp_col))] \
+                if isinstance(row.get(prompt_col), str) else []
+        made = [r for k, (msgs, answer) in enumerate(examples)
+                if (r := _row(pid if len(examples) == 1 else f"{pid}/{k}", msgs, answer)) is not None]
+        if not made:
             dropped += 1
-            continue
-        pid = row.get("prompt_id") or row.get("id") or f"{i}"
-        out.append({"prompt_id": str(pid), "prompt": prompt.strip(), "reference": response.strip()})
+        out.extend(made)
     return out, dropped
 
 
-@stage("prepare", section="data.<role>", tracked=False, retries=2, retry_delay_s=10,
+@stage("prepare", section="data.<role>", code_version="2", tracked=False, retries=2, retry_delay_s=10,
        fingerprint=source_fingerprint,  # a local file by content: editing it re-runs everything downstream
        description="load a dataset (hub id, local file or bundled) into prompt_id / prompt / reference rows")
 def prepare(job: Job, cfg: DatasetSpec) -> ArtifactRef:

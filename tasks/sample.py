@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
 from sgpo.config import SampleStageConfig
+from sgpo.data_sources import conversation
 from sgpo.stage import Job, stage, stage_main
 
 
@@ -20,7 +21,7 @@ def sample(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SampleStageCon
     job.log.info("sampling %d x %d responses with %s", len(rows), cfg.sampling.n, cfg.sampling.backend)
     gen = open_generator(job.model_dir(policy), cfg.sampling, trust_remote_code=job.ctx.trust_remote_code)
     try:
-        outs = gen.generate([[{"role": "user", "content": r["prompt"]}] for r in rows], cfg.sampling)
+        outs = gen.generate([conversation(r) for r in rows], cfg.sampling)
     finally:
         gen.close()
     table = []

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
 from sgpo.config import SFTStageConfig
+from sgpo.data_sources import conversation
 from sgpo.stage import Job, scratch_dir, stage, stage_main
 
 
@@ -10,7 +11,7 @@ from sgpo.stage import Job, scratch_dir, stage, stage_main
 def sft(job: Job, base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig) -> ArtifactRef:
     from sgpo.training import train_sft
 
-    examples = [([{"role": "user", "content": r["prompt"]}], r["reference"]) for r in job.read_rows(data)]
+    examples = [(conversation(r), r["reference"]) for r in job.read_rows(data)]
     job.log.info("SFT on %d examples from %s", len(examples), data.uri)
     with scratch_dir("sft") as tmp:
         metrics = train_sft(job.model_dir(base), examples, cfg, tmp / "model", tracker=job.tracker,
