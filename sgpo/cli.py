@@ -3,6 +3,7 @@
     sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
     sgpo evaluate [EVAL_CONFIG] [key=value ...]   AlpacaEval 2.0 / Arena-Hard / pairwise judging of a model
     sgpo stage NAME [CONFIG] [key=value ...] --INPUT URI ...   run one stage alone (= python -m tasks.NAME)
+    sgpo compare [PRESET] [key=value] [--method RECIPE ...]   the paper's Table-3 layout from the store
     sgpo config [CONFIG] [key=value ...]          print the resolved config
     sgpo deploy                                   register work pools and deployments (docs/cluster.md)
     sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
@@ -154,6 +155,35 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return stage_main(get_stage(args.name), args.rest)
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """`sgpo compare [PRESET] [key=value ...] [--method M ...] [-o DIR]`: the Table-3 layout."""
+    from pathlib import Path
+
+    from sgpo.config import ConfigError, load_config, method_names
+
+    source, overrides = _split_args(args.items)
+    methods = args.method or method_names()
+    try:
+        for m in methods:
+            load_config(source, [*overrides, f"method={m}"])  # fail fast on a bad preset, key or recipe
+    except ConfigError as e:
+        print(f"sgpo: {e}", file=sys.stderr)
+        return 2
+    _prepare_prefect(args.verbose)
+    from flows.compare import compare, markdown, to_csv
+
+    table, rc = _call_flow(compare, preset=source or "tiny", methods=methods, overrides=overrides)
+    if table is None:
+        return rc
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare.md").write_text(markdown(table))
+    (out / "compare.csv").write_text(to_csv(table))
+    print(markdown(table), end="")
+    print(f"[sgpo] written {out / 'compare.md'} and {out / 'compare.csv'}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
@@ -182,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute this stage (repeatable)")
     ev.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
     ev.set_defaults(func=cmd_evaluate)
+    cmp_ = sub.add_parser("compare", help="the SGPO paper's Table-3 layout for recipes on one preset, from the store")
+    cmp_.add_argument("items", nargs="*", metavar="[PRESET] [key=value]", help="model preset, then overrides")
+    cmp_.add_argument("--method", action="append", default=[], metavar="RECIPE",
+                      help="a recipe of configs/methods/ (repeatable; default: all)")
+    cmp_.add_argument("-o", "--output", default=".sgpo/compare", help="folder for compare.md and compare.csv")
+    cmp_.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
+    cmp_.set_defaults(func=cmd_compare)
     st = sub.add_parser("stage", help="run one stage alone (`sgpo stage NAME -h` lists its inputs)", add_help=False)
     st.add_argument("name", metavar="NAME", help="the stage, e.g. sft, dpo, judge")
     st.add_argument("rest", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...] --INPUT URI ... (see -h)")
