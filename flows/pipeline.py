@@ -3,7 +3,8 @@
     sgpo:  base_model -> sft -> sample -> annotate -> ppl_filter -> improver_sft -> (pairs -> dpo) x rounds -> judge
     dpo:   base_model -> sft -> dpo(prepare[prefs]) -> judge
     spin:  base_model -> sft -> (pairs(chosen y_sft) -> dpo from pi_t) x iterations -> judge
-    prepare[sft|improver|po|prefs|eval] feed the stages that read data
+    sapo:  base_model -> [sft] -> sapo(prepare[sapo]) -> judge
+    prepare[sft|improver|po|prefs|sapo|eval] feed the stages that read data
 
 `plan(cfg)` builds the DAG from the recipe as data (steps, their config sections, which step
 feeds which input), so a recipe runs only the stages it needs: an SGPO variant whose policy and
@@ -29,7 +30,7 @@ from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.stage import StageContext, section_of
 from tasks import get_stage
 
-STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "judge")
+STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge")
 FORCEABLE = STAGES + ("base_model", "prepare")
 
 
@@ -98,9 +99,15 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         return "" if n == 1 else f"[{i}]"
 
     base = add("base_model", "base_model", "model")
-    pi_sft = add("sft", "sft", "sft", base=base, data=data("sft"))
+    if cfg.algorithm == "sapo" and cfg.sapo_start == "base":  # the base model is already an SFT model
+        pi_sft = base
+    else:
+        pi_sft = add("sft", "sft", "sft", base=base, data=data("sft"))
     if cfg.algorithm == "dpo":  # DPO on the published preference pairs, reference pi_sft
         policy = add("dpo", "dpo", "dpo_baseline", start=pi_sft, pairs=data("prefs"))
+    elif cfg.algorithm == "sapo":  # one long stage: EMA-regenerated segments, replay buffer, DPO/ORPO steps
+        start = base if cfg.sapo_start == "base" else pi_sft
+        policy = add("sapo", "sapo", "sapo", policy=start, data=data("sapo"))
     elif cfg.algorithm == "spin":  # chosen y_sft, rejected pi_t's answer, reference pi_t
         if cfg.pairs.chosen != "sft":
             raise ConfigError("algorithm spin takes chosen = y_sft: pairs.chosen must be 'sft' (method=spin sets it)")

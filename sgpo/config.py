@@ -17,21 +17,12 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sgpo.sapo.config import SAPOConfig
+from sgpo.sections import NOT_IN_CACHE_KEY, Section, runtime_field  # noqa: F401 (re-exported)
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "configs"
-NOT_IN_CACHE_KEY = "not_in_cache_key"
 SectionT = TypeVar("SectionT", bound=BaseModel)
-
-
-def runtime_field(default: Any = None, description: str = "", **kw: Any) -> Any:
-    """A field that does not change a stage's output, hence is not part of its cache key."""
-    if "default_factory" in kw:
-        return Field(description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
-    return Field(default, description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ConfigError(ValueError):
@@ -130,6 +121,10 @@ class DataConfig(Section):
     eval: DatasetSpec = Field(description="Judging prompts with baseline answers")
     prefs: DatasetSpec | None = Field(
         None, description="Preference pairs for the DPO baseline (UltraFeedback train_prefs; preference_pairs: true)"
+    )
+    sapo: DatasetSpec | None = Field(
+        None, description="(x, y+) rows for SAPO (Distilabel-Capybara: the dialogue up to the final user turn, "
+        "and the chosen final answer)",
     )
 
 
@@ -339,8 +334,13 @@ class PipelineConfig(Section):
         "sgpo", description="The recipe (configs/methods/NAME.yaml, merged over the preset): sgpo, sgpo-step2, "
         "sgpo-dagger, sgpo-double-dagger, sgpo-diamond, sgpo-v1..v3, all-ref, no-ref, dpo, spin",
     )
-    algorithm: Literal["sgpo", "dpo", "spin"] = Field(
-        "sgpo", description="Which DAG runs: sgpo (and its ablations), dpo (on data.prefs), spin (spin.iterations)"
+    algorithm: Literal["sgpo", "dpo", "spin", "sapo"] = Field(
+        "sgpo", description="Which DAG runs: sgpo (and its ablations), dpo (on data.prefs), spin (spin.iterations), "
+        "sapo (the sapo stage on data.sapo)",
+    )
+    sapo_start: Literal["sft", "base"] = Field(
+        "sft", description="algorithm=sapo: start from the sft stage's policy, or from the base model when it is "
+        "already an SFT model (e.g. wandb/mistral-7b-zephyr-sft)",
     )
     seed: int = 42
     model: ModelSpec = Field(default_factory=ModelSpec)
@@ -358,6 +358,7 @@ class PipelineConfig(Section):
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
     dpo_baseline: DPOBaselineConfig = Field(default_factory=DPOBaselineConfig, description="algorithm=dpo")
     spin: SpinConfig = Field(default_factory=SpinConfig, description="algorithm=spin")
+    sapo: SAPOConfig = Field(default_factory=SAPOConfig, description="algorithm=sapo: the sapo stage (sgpo.sapo)")
     judge: JudgeStageConfig = Field(default_factory=JudgeStageConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

@@ -274,6 +274,12 @@ class Job:
         return self.store.publish_model(self.stage.name, self.key, local_dir, manifest=self.manifest(seeds=seeds, extra=extra),
                                         summary=summary, produced_by=self.ctx.run_id)
 
+    def publish_bytes(self, name: str, data: bytes) -> str:
+        """A side file beside the artifact (e.g. a Parquet snapshot); publish it before the data."""
+        uri = f"{self.store.artifact_url(self.stage.name, self.key)}/{name}"
+        self.store._write_bytes(self.store._path(uri), data)
+        return uri
+
     def publish_json(self, name: str, obj: Any) -> str:
         """A side file (e.g. a report) beside the artifact; publish it before the data (manifest last)."""
         return self.store.publish_json(self.stage.name, self.key, name, obj)

@@ -17,7 +17,7 @@ from cluster_helpers import ANY, DEPLOY, MLFLOW, REPO, SERVER, TEMPLATES, WORKER
 DEPLOYMENTS = REPO / "deployments"
 POOLS = DEPLOYMENTS / "pools"
 DOCKER = REPO / "docker"
-GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo")
+GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo")
 
 
 # --------------------------------------------------------------------------- prefect.yaml

@@ -11,7 +11,7 @@ from sgpo.config import CONFIG_DIR, ConfigError, load_config, method_names
 
 PRESETS = ["tiny", "qwen2.5-7b", "llama3-8b", "qwen2-1.5b"]
 RECIPES = ["sgpo", "sgpo-step2", "sgpo-dagger", "sgpo-double-dagger", "sgpo-diamond", "sgpo-v1", "sgpo-v2", "sgpo-v3",
-           "all-ref", "no-ref", "dpo", "spin"]
+           "all-ref", "no-ref", "dpo", "spin", "sapo-dpo", "sapo-orpo"]
 IMPROVER_STAGES = ["sample", "annotate", "ppl_filter", "improver_sft"]
 
 
@@ -48,6 +48,7 @@ DAGS = [
     ("no-ref", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "improver_sft", "improver_sft"),
     ("spin", ["sft", "pairs", "dpo"], "sft", None),
     ("dpo", ["sft", "dpo"], "sft", None),
+    ("sapo-dpo", ["sft", "sapo"], "sft", None),
 ]
 
 
@@ -55,6 +56,10 @@ DAGS = [
 def test_each_recipe_runs_only_the_stages_it_needs(method, stages, start, refiner):
     dag, final, run = _dag(method)
     assert [s for s in run if s not in ("base_model", "prepare", "judge")] == stages
+    if method.startswith("sapo"):
+        assert final == "sapo" and dag["sapo"] == {"policy": "sft", "data": "prepare[sapo]"}
+        assert _dag(method, "sapo_start=base")[0]["sapo"]["policy"] == "base_model"  # e.g. mistral-7b-zephyr-sft
+        return
     assert final == "dpo" and dag["dpo"]["start"] == start  # the DPO reference is its starting policy
     assert dag["judge"]["policy"] == "dpo"
     if method == "dpo":

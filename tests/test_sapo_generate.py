@@ -34,10 +34,12 @@ def test_batched_regeneration_matches_one_by_one(tiny_model_dir):
     assert model.training  # the caller's mode is restored
 
 
-@pytest.mark.parametrize("name", ["tiny", "paper-dpo", "paper-orpo"])
-def test_presets_validate(name):
-    from sgpo.sapo import SAPOConfig
+@pytest.mark.parametrize("preset, method", [("tiny", "sapo-dpo"), ("sapo-llama3-8b", "sapo-dpo"),
+                                            ("sapo-llama3-8b", "sapo-orpo"), ("sapo-mistral-7b", "sapo-orpo")])
+def test_presets_validate(preset, method):
+    from sgpo.config import load_config
 
-    cfg = SAPOConfig(**yaml.safe_load((REPO / "configs/sapo" / f"{name}.yaml").read_text()))
-    if name.startswith("paper"):
+    cfg = load_config(preset, [f"method={method}"]).sapo
+    assert cfg.loss == method.removeprefix("sapo-")
+    if preset != "tiny":
         assert (cfg.segment_length, cfg.buffer_capacity, cfg.max_length, cfg.max_prompt_length) == (256, 2000, 2048, 1792)

@@ -30,6 +30,7 @@ EXPECTED = {
     "improver_sft": (("start", "filtered"), "improver_sft"),
     "pairs": (("policy", "improver", "data"), "pairs"),
     "dpo": (("start", "pairs"), "dpo"),
+    "sapo": (("policy", "data"), "sapo"),
     "judge": (("policy", "data"), "judge"),
     "alpaca_eval_generate": (("model",), "alpaca_eval"),
     "alpaca_eval_judge": (("answers",), "alpaca_eval"),
@@ -45,7 +46,8 @@ def test_every_stage_is_declared_with_its_inputs_and_section():
         st = get_stage(name)
         assert (st.name, st.inputs, st.section) == (name, inputs, section), name
     # the GPU stages are the six the CUDA pool serves; the LLM stages are the four that call one
-    assert {n for n in ALL_STAGES if get_stage(n).gpu} == {"sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo"}
+    assert {n for n in ALL_STAGES if get_stage(n).gpu} == {"sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo",
+                                                                     "sapo"}
     assert {n for n in ALL_STAGES if get_stage(n).llm} == {"annotate", "judge", "alpaca_eval_judge", "arena_hard_judge",
                                                              "pairwise"}
     assert get_stage("alpaca_eval_generate").params == ("model_name",)
@@ -134,7 +136,7 @@ def _sections() -> dict[str, BaseModel]:
     return {
         "prepare": cfg.data.po, "base_model": cfg.model, "sft": cfg.sft, "sample": cfg.sample,
         "annotate": cfg.annotate, "ppl_filter": cfg.ppl_filter, "improver_sft": cfg.improver_sft,
-        "pairs": cfg.pairs, "dpo": cfg.dpo, "judge": cfg.judge,
+        "pairs": cfg.pairs, "dpo": cfg.dpo, "judge": cfg.judge, "sapo": cfg.sapo,
         "alpaca_eval_generate": ev.alpaca_eval, "alpaca_eval_judge": ev.alpaca_eval,
         "arena_hard_generate": ev.arena_hard, "arena_hard_judge": ev.arena_hard, "pairwise": ev.pairwise[0],
     }
@@ -180,7 +182,7 @@ def _candidates(stage: str, path: tuple[str, ...], annotation: Any, value: Any) 
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, int):
-        return [value + 1, value - 1, 0]
+        return [value + 1, value - 1, 0, 5]
     if isinstance(value, float):
         return [value * 0.5, value + 0.05, value * 2, 0.5]
     if isinstance(value, str):

@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from sgpo.config import Section, runtime_field
+from sgpo.sections import Section, runtime_field
 
 
 class SAPOConfigError(ValueError):

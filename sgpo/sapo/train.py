@@ -486,7 +486,7 @@ def train_sapo(
 
 def output_fields(dumped: dict) -> dict:
     """The config without its runtime-only fields (those may change between a run and its resume)."""
-    from sgpo.config import NOT_IN_CACHE_KEY
+    from sgpo.sections import NOT_IN_CACHE_KEY
 
     runtime = {name for name, f in SAPOConfig.model_fields.items()
                if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get(NOT_IN_CACHE_KEY)}

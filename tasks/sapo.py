@@ -1,0 +1,66 @@
+"""Stage `sapo`: self-augmented preference optimisation (the SAPO paper) from an SFT policy.
+
+One long GPU stage around `sgpo.sapo.train_sapo`: for each mini-batch of (x, y+) the EMA model
+regenerates a segment of y+ to make y-, the pair goes to a FIFO replay buffer, and a DPO or ORPO
+step trains on a use-weighted draw from the buffer (details in sgpo/sapo). Inputs: the policy to
+start from and a prepared table whose `messages` are the prompt conversation and `reference` the
+chosen answer. Output: the final policy (safetensors), with `ema/` (the EMA model's weights) and
+`buffer.parquet` (x, y+, y-, cut position, use count, producing step) beside it.
+
+Resume: checkpoints (policy, EMA, optimiser, scheduler, buffer with use counts, RNG states;
+safetensors + Parquet + JSON, nothing pickled) go to the stage's `_work/checkpoints` folder in the
+store every `checkpoint_every` steps and on SIGTERM; the folder is keyed by the stage's cache key,
+so a killed run, re-run with the same inputs and config, resumes where it stopped.
+Metrics go to the stage's MLflow run at each logging step.
+"""
+from __future__ import annotations
+
+from artifacts.refs import ArtifactRef
+from sgpo.data_sources import conversation
+from sgpo.sapo.config import SAPOConfig
+from sgpo.stage import Job, scratch_dir, stage, stage_main
+
+
+@stage("sapo", section="sapo", gpu=True,
+       description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable")
+def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> ArtifactRef:
+    from sgpo.sapo import train_sapo
+
+    rows = [(conversation(r), r["reference"]) for r in job.read_rows(data)]
+    job.log.info("SAPO (%s) on %d rows from %s, checkpoints in %s", cfg.loss, len(rows), data.uri,
+                 job.work_url + "/checkpoints")
+    with scratch_dir("sapo") as tmp:
+        result = train_sapo(
+            job.model_dir(policy), rows, cfg, out_dir=tmp / "model", ema_out_dir=tmp / "model" / "ema",
+            checkpoint_url=job.work_url + "/checkpoints", storage_options=job.store.storage_options,
+            on_metrics=lambda step, metrics: job.log_metrics(metrics, step=step),
+            trust_remote_code=job.ctx.trust_remote_code,
+        )
+        if result.resumed_from_step is not None:
+            job.log.info("SAPO resumed from the checkpoint of step %d", result.resumed_from_step)
+        summary = {"steps": result.steps, "ema_updates": result.ema_updates, "buffer_size": result.buffer_size,
+                   "buffer_mean_uses": result.buffer_mean_uses, "resumed_from_step": result.resumed_from_step,
+                   **{f"seconds_{k}": round(v, 3) for k, v in result.timings.items()}}
+        job.log_metrics(summary)
+        buffer = _final_buffer(job)
+        if buffer is not None:  # beside the model, before the manifest
+            job.publish_bytes("buffer.parquet", buffer)
+        return job.publish_model(tmp / "model", summary=summary, seeds={"sapo": cfg.seed},
+                                 extra={"loss": cfg.loss, "reference": cfg.reference, "last_metrics": result.last_metrics})
+
+
+def _final_buffer(job: Job) -> bytes | None:
+    """The newest checkpoint's buffer.parquet (the buffer as the run ended)."""
+    import fsspec
+
+    from sgpo.sapo.checkpoint import latest_checkpoint
+
+    folder = latest_checkpoint(job.work_url + "/checkpoints", job.store.storage_options)
+    if folder is None:
+        return None
+    with fsspec.open(f"{folder}/buffer.parquet", "rb", **job.store.storage_options) as f:
+        return f.read()
+
+
+if __name__ == "__main__":
+    raise SystemExit(stage_main(sapo))
