@@ -58,16 +58,15 @@ def resolve_plan(cfg: Any, store: Any, *, llm_model_name: Callable[[Any], str] |
 
     Endpoints without base_url get the model name the flow would give them (the embedded stand-in),
     since the model name is part of an LLM stage's key."""
-    from flows.pipeline import plan
+    from flows.pipeline import plan, recipe_section
     from sgpo.llm.embedded import EMBEDDED_MODEL_NAME
-    from sgpo.stage import section_of
     from tasks import get_stage
 
     steps, _ = plan(cfg)
     refs: dict[str, ArtifactRef] = {}
     for step in steps:
         st = get_stage(step.stage)
-        section = st.coerce(section_of(cfg, step.section))
+        section = st.coerce(recipe_section(cfg, step.section))
         if st.llm and not getattr(section, st.llm).base_url:
             ep = getattr(section, st.llm)
             name = llm_model_name(section) if llm_model_name else EMBEDDED_MODEL_NAME

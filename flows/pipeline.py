@@ -114,7 +114,7 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         policy, k = pi_sft, cfg.spin.iterations
         for t in range(1, k + 1):
             pairs = add(f"pairs{suffix(t, k)}", "pairs", "pairs", policy=policy, data=data("po"))
-            policy = add(f"dpo{suffix(t, k)}", "dpo", "spin", start=policy, pairs=pairs)
+            policy = add(f"dpo{suffix(t, k)}", "dpo", f"spin[{t}]", start=policy, pairs=pairs)
     else:
         refined = cfg.pairs.chosen == "refined"
         pi_imp = None
@@ -135,6 +135,13 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
     return steps, policy
 
 
+def recipe_section(cfg: PipelineConfig, path: str) -> Any:
+    """A step's config section: a dotted path, or `spin[t]` (the spin section as iteration t trains)."""
+    if path.startswith("spin[") and path.endswith("]"):
+        return cfg.spin.for_iteration(int(path[5:-1]))
+    return section_of(cfg, path)
+
+
 def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> PipelineReport:
     steps, final = plan(cfg)
     refs: dict[str, Any] = {}
@@ -146,7 +153,7 @@ def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> Pipel
     with llm:
         run = StageRunner(ctx, force, cfg.execution, llm=llm)
         for step in steps:
-            refs[step.label] = run(step.label, get_stage(step.stage), section_of(cfg, step.section),
+            refs[step.label] = run(step.label, get_stage(step.stage), recipe_section(cfg, step.section),
                                    **{name: refs[label] for name, label in step.inputs.items()})
     _publish_ui_artifacts(run.reports, refs["judge"])
     return PipelineReport(flow_run_id=None, stages=run.reports, final_policy=refs[final].uri, judge=refs["judge"].summary)

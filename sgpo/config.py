@@ -269,6 +269,17 @@ class SpinConfig(DPOStageConfig):
     (SGPO paper: one iteration, lr 3e-7 on Qwen2.5, 5e-7 on Llama3)."""
 
     iterations: int = Field(1, ge=1, description="SPIN iterations t = 1..K (each: pairs from pi_t, DPO from pi_t)")
+    per_iteration: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Overrides of this section for iteration t (item t-1), e.g. the SAPO paper's SPIN baseline: "
+        "[{}, {learning_rate: 1.0e-7}, {learning_rate: 1.0e-7}, {learning_rate: 1.0e-7, beta: 5.0}]",
+    )
+
+    def for_iteration(self, t: int) -> "SpinConfig":
+        """This section as iteration t trains with (its override applied and validated)."""
+        if t > len(self.per_iteration) or not self.per_iteration[t - 1]:
+            return self
+        return type(self).model_validate({**self.model_dump(), **self.per_iteration[t - 1], "per_iteration": []})
 
 
 class PairJudgeConfig(Section):

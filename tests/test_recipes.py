@@ -95,7 +95,18 @@ def test_spin_iterations_start_each_from_the_last():
     assert [dag[f"pairs[{t}]"]["policy"] for t in (1, 2, 3)] == ["sft", "dpo[1]", "dpo[2]"]
     assert [dag[f"dpo[{t}]"]["start"] for t in (1, 2, 3)] == ["sft", "dpo[1]", "dpo[2]"]
     steps, _ = plan(load_config("tiny", ["method=spin"]))
-    assert {s.label: s.section for s in steps}["dpo"] == "spin"  # SPIN's own learning rate
+    assert {s.label: s.section for s in steps}["dpo"] == "spin[1]"  # SPIN's own learning rate
+
+
+def test_spin_iterations_can_change_lr_and_beta_as_the_sapo_papers_baseline_does():
+    from flows.pipeline import recipe_section
+
+    cfg = load_config("sapo-llama3-8b", ["method=spin"])
+    trained = [recipe_section(cfg, f"spin[{t}]") for t in (1, 2, 3, 4)]
+    assert [(c.learning_rate, c.beta, c.epochs) for c in trained] == [(5e-7, 0.1, 3), (1e-7, 0.1, 3), (1e-7, 0.1, 3),
+                                                                      (1e-7, 5.0, 3)]
+    with pytest.raises(Exception, match="learning_rate"):
+        load_config("tiny", ["method=spin", "spin.per_iteration=[{learning_rate: 2}]"]).spin.for_iteration(1)
 
 
 def test_a_spin_like_sgpo_variant_never_annotates():
