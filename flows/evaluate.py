@@ -1,8 +1,10 @@
-"""The evaluation flow: AlpacaEval 2.0, Arena-Hard v0.1 and pairwise win rates of one model.
+"""The evaluation flow: AlpacaEval 2.0, Arena-Hard v0.1, MT-Bench, lm-eval tasks and pairwise win rates of one model.
 
     model (tiny | local dir | artifact URI | hub id)
       -> alpaca_eval_generate -> alpaca_eval_judge    (WR, discrete WR, LC WR, SEs)
       -> arena_hard_generate  -> arena_hard_judge     (BT score, 95% bootstrap CI)
+      -> mt_bench_generate    -> mt_bench_judge       (turn 1, turn 2, overall, per category)
+      -> lm_eval                                      (Open LLM Leaderboard tasks, IFEval: lm-eval's scorers)
     table artifacts -> pairwise[NAME]                 (win rate + SE of one column over another)
 
 The DAG only, as `flows.pipeline`: every stage is a cached Prefect task returning an ArtifactRef,
@@ -111,6 +113,14 @@ def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> Eva
                           params={"model_name": model_name}, model=model)
             judged = run("arena_hard_judge", s("arena_hard_judge"), cfg.arena_hard, answers=answers)
             out.arena_hard = {**judged.summary, "judgments_uri": judged.uri}
+        if cfg.mt_bench.enabled:
+            answers = run("mt_bench_generate", s("mt_bench_generate"), cfg.mt_bench,
+                          params={"model_name": model_name}, model=model)
+            judged = run("mt_bench_judge", s("mt_bench_judge"), cfg.mt_bench, answers=answers)
+            out.mt_bench = {**judged.summary, "judgments_uri": judged.uri}
+        if cfg.lm_eval.enabled:
+            scored = run("lm_eval", s("lm_eval"), cfg.lm_eval, params={"model_name": model_name}, model=model)
+            out.lm_eval = {**scored.summary, "metrics_uri": scored.uri}
         for p in cfg.pairwise:
             judged = run(f"pairwise[{p.name}]", s("pairwise"), p, table=tables[p.name])
             out.pairwise[p.name] = {**judged.summary, "annotations_uri": judged.uri}

@@ -11,11 +11,17 @@ Defaults are the official protocols:
 * AlpacaEval 2.0: the 805 instructions with GPT-4 Turbo's baseline answers from the hub
   (`tatsu-lab/alpaca_eval`), policy sampled at temperature 0.7 / top-p 0.9 (the paper's setting),
   judged by `gpt-4-1106-preview` with the `weighted_alpaca_eval_gpt4_turbo` annotator (one token,
-  temperature 1, top-5 logprobs), LC win rate with the official instruction difficulty;
+  temperature 1, top-5 logprobs), LC win rate regularised as upstream (hub files, else the offline
+  reconstructions: `lc_offline_dir`);
 * Arena-Hard v0.1: the 500 questions and gpt-4-0314's answers, greedy answers from the policy,
   `gpt-4-1106-preview` judging two games per question at temperature 0 with the official system
   prompt and template (`sgpo/prompts/arena_hard_judge_v0.1.yaml`), strong verdicts weighted 3x,
-  Bradley-Terry score with a 100-round bootstrap (seed 42, as upstream `show_result.py`).
+  Bradley-Terry score with a 100-round bootstrap (seed 42, as upstream `show_result.py`);
+* MT-Bench (off unless enabled): the 80 questions, two turns (the second sees the policy's own first
+  answer), FastChat's per-category temperatures, max 1024 new tokens; single-answer grading by
+  `gpt-4` at temperature 0 with the official prompts (reference-guided for math/reasoning/coding);
+* lm-eval (off unless enabled): lm-evaluation-harness tasks with the Open LLM Leaderboard (v1)
+  few-shot settings, and IFEval.
 """
 from __future__ import annotations
 
@@ -52,6 +58,11 @@ __all__ = [
     "ArenaHardGenerateConfig",
     "ArenaHardJudgeConfig",
     "EvalModelSpec",
+    "LmEvalConfig",
+    "LmEvalTaskSpec",
+    "MTBenchConfig",
+    "MTBenchGenerateConfig",
+    "MTBenchJudgeConfig",
     "EvaluationConfig",
     "PairwiseConfig",
     "DEFAULT_EVAL_PRESET",
@@ -125,14 +136,20 @@ class AlpacaEvalJudgeConfig(PairJudgeConfig):
 
     endpoint: EndpointConfig = Field(default_factory=_judge_endpoint, description="The judge LLM (official: gpt-4-1106-preview)")
     instruction_difficulty: str = Field(
-        "hub",
-        description="LC GLM difficulty: 'hub' (official instruction_difficulty.csv, needs network), a CSV path, "
-        "or 'none' (no LC win rate)",
+        "auto",
+        description="LC GLM difficulty: 'auto' (the hub's instruction_difficulty.csv when reachable, else the offline "
+        "reconstruction in lc_offline_dir), 'hub', a CSV path, or 'none' (no LC win rate)",
     )
     gamed_annotations: str = Field(
-        "hub",
-        description="Upstream df_gamed.csv for the LC GLM's gamed-baseline regulariser: 'hub', a CSV path, or 'none' "
-        "(unregularised GLM: NOT the leaderboard's LC, ~2 points off)",
+        "auto",
+        description="Upstream df_gamed.csv for the LC GLM's gamed-baseline regulariser: 'auto' (hub when reachable, else "
+        "the offline reconstruction in lc_offline_dir), 'hub', a CSV path, or 'none' (unregularised GLM: NOT the "
+        "leaderboard's LC, up to 17 points off on a length-gamed model)",
+    )
+    lc_offline_dir: str | None = Field(
+        None,
+        description="Folder with df_gamed_offline_reconstruction.csv and instruction_difficulty_offline_reconstruction.csv "
+        "('auto' without the hub); default: $SGPO_SHARED_DATA/alpaca_eval, else ../shared/data/alpaca_eval",
     )
 
 
@@ -191,6 +208,114 @@ class ArenaHardConfig(ArenaHardGenerateConfig, ArenaHardJudgeConfig):
     enabled: bool = Field(True, description="Run this benchmark")
 
 
+# --------------------------------------------------------------------------- MT-Bench
+
+# lm-sys/FastChat fastchat/llm_judge/data (the files `download_mt_bench_pregenerated.py` and the README use)
+MT_BENCH_QUESTIONS_URL = "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data/mt_bench/question.jsonl"
+MT_BENCH_REFERENCE_URL = (
+    "https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data/mt_bench/reference_answer/gpt-4.jsonl"
+)
+# FastChat fastchat/llm_judge/common.py `temperature_config` (gen_model_answer.py; < 1e-4 means greedy)
+MT_BENCH_TEMPERATURES = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0,
+                         "reasoning": 0.0, "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
+# FastChat common.py NEED_REF_CATS: graded against the GPT-4 reference answer
+MT_BENCH_REFERENCE_CATEGORIES = ["math", "reasoning", "coding", "arena-hard-200"]
+
+
+class MTBenchGenerateConfig(Section):
+    """What `mt_bench_generate` reads: the questions and how the policy answers both turns."""
+
+    questions: str = Field(
+        MT_BENCH_QUESTIONS_URL,
+        description="MT-Bench question.jsonl (question_id, category, turns[2]): a URL, hf://... file or local path",
+    )
+    max_rows: int | None = Field(None, ge=1, description="Answer the first N questions only")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.7, top_p=1.0, max_new_tokens=1024),
+        description="How the policy answers (FastChat gen_model_answer: max 1024 new tokens, top-p 1); the temperature "
+        "is per category (category_temperature), this one for categories not listed there",
+    )
+    category_temperature: dict[str, float] = Field(
+        default_factory=lambda: dict(MT_BENCH_TEMPERATURES),
+        description="Temperature per category (FastChat temperature_config; 0 = greedy)",
+    )
+
+
+class MTBenchJudgeConfig(Section):
+    """What `mt_bench_judge` reads: the judge, the official single-answer prompts and the reference answers."""
+
+    endpoint: EndpointConfig = Field(default_factory=lambda: EndpointConfig(model="gpt-4"),
+                                     description="The judge LLM (official: gpt-4)")
+    judge_prompts: str = Field("mt_bench_judge_single_v1", description="Official prompt file under sgpo/prompts (.jsonl)")
+    reference_answers: str | None = Field(
+        MT_BENCH_REFERENCE_URL,
+        description="GPT-4 reference answers (question_id, choices[0].turns) for the reference-guided categories; "
+        "null = grade every question without a reference (NOT the official protocol)",
+    )
+    reference_categories: list[str] = Field(
+        default_factory=lambda: list(MT_BENCH_REFERENCE_CATEGORIES),
+        description="Categories graded with the reference-guided prompts (FastChat NEED_REF_CATS)",
+    )
+    judge_temperature: float = Field(0.0, ge=0, le=2, description="Judge temperature (official: 0)")
+    judge_max_tokens: int = Field(2048, ge=1, description="Judge max tokens (official: 2048)")
+
+
+class MTBenchConfig(MTBenchGenerateConfig, MTBenchJudgeConfig):
+    """MT-Bench: two-turn answers graded 1-10 by the judge; first-turn, second-turn and overall scores."""
+
+    enabled: bool = Field(False, description="Run this benchmark")
+
+
+# --------------------------------------------------------------------------- lm-evaluation-harness
+
+
+class LmEvalTaskSpec(Section):
+    """One lm-eval task with its few-shot setting. A plain string in YAML is the task name (its default shots)."""
+
+    name: str = Field(description="lm-eval task name, e.g. arc_challenge, ifeval")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples (null: the task's default)")
+    metric: str | None = Field(None, description="The headline metric reported for it, e.g. acc_norm (null: all)")
+    dataset_path: str | None = Field(None, description="Override the task's dataset (e.g. 'json' for a local file)")
+    data_files: dict[str, str] | None = Field(
+        None, description="With dataset_path json: {split: local file}, e.g. {train: ../shared/data/ifeval/input_data.jsonl}"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+def _open_llm_leaderboard_v1() -> list[LmEvalTaskSpec]:
+    """The Open LLM Leaderboard (v1) settings, as the SAPO paper reports them."""
+    return [LmEvalTaskSpec(name="arc_challenge", num_fewshot=25, metric="acc_norm"),
+            LmEvalTaskSpec(name="hellaswag", num_fewshot=10, metric="acc_norm"),
+            LmEvalTaskSpec(name="mmlu", num_fewshot=5, metric="acc"),
+            LmEvalTaskSpec(name="truthfulqa_mc2", num_fewshot=0, metric="acc"),
+            LmEvalTaskSpec(name="winogrande", num_fewshot=5, metric="acc"),
+            LmEvalTaskSpec(name="gsm8k", num_fewshot=5, metric="exact_match")]
+
+
+class LmEvalConfig(Section):
+    """lm-evaluation-harness on the policy checkpoint: Open LLM Leaderboard tasks, IFEval, or any task list."""
+
+    enabled: bool = Field(False, description="Run this benchmark")
+    tasks: list[LmEvalTaskSpec] = Field(default_factory=_open_llm_leaderboard_v1,
+                                        description="Tasks with their few-shot settings (default: Open LLM Leaderboard v1)")
+    chat_template_tasks: list[str] = Field(
+        default_factory=lambda: ["ifeval"],
+        description="Tasks run with the model's chat template (instruction following); the others as plain few-shot "
+        "prompts, as the leaderboard",
+    )
+    include_paths: list[str] = Field(default_factory=list, description="Folders with more lm-eval task YAMLs")
+    backend: str = runtime_field("hf", "lm-eval model back-end: hf (transformers) or vllm")
+    batch_size: int = runtime_field(8, "lm-eval batch size", ge=1)
+    max_length: int | None = Field(None, ge=16, description="Context length given to lm-eval (null: the model's)")
+    max_gen_toks: int | None = Field(None, ge=1, description="Cap on generated tokens per request (null: the task's)")
+    limit: int | None = Field(None, ge=1, description="First N documents per task only (NOT comparable; for tests)")
+    seed: int = Field(0, description="Seeds of lm-eval (random, numpy, torch, fewshot) and of langdetect")
+
+
 # --------------------------------------------------------------------------- pairwise
 
 
@@ -223,6 +348,8 @@ class EvaluationConfig(Section):
     model: EvalModelSpec = Field(default_factory=EvalModelSpec, description="The model to evaluate")
     alpaca_eval: AlpacaEvalConfig = Field(default_factory=AlpacaEvalConfig)
     arena_hard: ArenaHardConfig = Field(default_factory=ArenaHardConfig)
+    mt_bench: MTBenchConfig = Field(default_factory=MTBenchConfig)
+    lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig)
     pairwise: list[PairwiseConfig] = Field(default_factory=list, description="Pairwise column comparisons")
     store: StoreConfig = Field(default_factory=StoreConfig)
     tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(experiment="sgpo-eval"))

@@ -30,6 +30,8 @@ class EvaluationReport(BaseModel):
     alpaca_eval: dict[str, Any] | None = Field(None, description="The alpaca_eval_judge report (WR, LC, SEs, ...)")
     arena_hard: dict[str, Any] | None = Field(None, description="The arena_hard_judge report (score, CI, ...)")
     pairwise: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per comparison name: its report")
+    mt_bench: dict[str, Any] | None = Field(None, description="The mt_bench_judge report (turn 1, turn 2, overall, ...)")
+    lm_eval: dict[str, Any] | None = Field(None, description="The lm_eval report (headline metric per task, ...)")
 
 
 def result_rows(report: EvaluationReport) -> list[dict[str, Any]]:
@@ -49,6 +51,17 @@ def result_rows(report: EvaluationReport) -> list[dict[str, Any]]:
         rows.append({"benchmark": f"pairwise {name}", "model": p.get("model_column"), "vs": p.get("baseline_column"),
                      "score": p.get("win_rate"), "se_or_ci": p.get("standard_error"), "lc_win_rate": None,
                      "lc_se": None, "n": p.get("n_labelled"), "note": None, "report": p.get("report_uri")})
+    if m := report.mt_bench:
+        rows.append({"benchmark": "MT-Bench", "model": m.get("model"), "vs": None, "score": m.get("score"),
+                     "se_or_ci": None, "lc_win_rate": None, "lc_se": None, "n": m.get("n_rated"),
+                     "note": f"turn 1 {m.get('score_turn_1')}, turn 2 {m.get('score_turn_2')}, "
+                             f"{m.get('n_no_rating')} without a rating", "report": m.get("report_uri")})
+    if e := report.lm_eval:
+        for task, value in (e.get("headline") or {}).items():
+            rows.append({"benchmark": f"lm-eval {task}", "model": e.get("model"), "vs": None, "score": value,
+                         "se_or_ci": None, "lc_win_rate": None, "lc_se": None, "n": None,
+                         "note": f"{(e.get('n_shot') or {}).get(task)}-shot" + ("" if e.get("comparable") else ", limit: NOT comparable"),
+                         "report": e.get("report_uri")})
     return rows
 
 
@@ -74,6 +87,14 @@ def summary_lines(report: EvaluationReport) -> list[str]:
     for name, p in report.pairwise.items():
         lines.append(f"[sgpo] pairwise {name}: {p.get('model_column')} beats {p.get('baseline_column')} in "
                      f"{num(p.get('win_rate'))}% (SE {num(p.get('standard_error'))}) of {p.get('n_labelled')} judged pairs")
+    if m := report.mt_bench:
+        lines.append(f"[sgpo] MT-Bench: {num(m.get('score'))} (turn 1 {num(m.get('score_turn_1'))}, turn 2 "
+                     f"{num(m.get('score_turn_2'))}), judge {m.get('judge_model')}, {m.get('n_no_rating')} of "
+                     f"{m.get('n_judgments')} judgments without a rating; {m.get('report_uri')}")
+    if e := report.lm_eval:
+        heads = ", ".join(f"{t} {num(v, '{:.4f}')}" for t, v in (e.get("headline") or {}).items())
+        lines.append(f"[sgpo] lm-eval: {heads or 'no headline metric'}{'' if e.get('comparable') else ' (limit set: NOT comparable)'}"
+                     f"; {e.get('report_uri')}")
     return lines
 
 
@@ -92,4 +113,8 @@ def parent_metrics(report: EvaluationReport) -> dict[str, float]:
     put("arena_hard", report.arena_hard, ("score", "ci_low", "ci_high", "n_questions"))
     for name, p in report.pairwise.items():
         put(f"pairwise.{name}", p, ("win_rate", "standard_error", "discrete_win_rate", "n_labelled"))
+    if report.mt_bench:
+        put("mt_bench", report.mt_bench, ("score", "score_turn_1", "score_turn_2", "n_no_rating"))
+    if report.lm_eval:
+        put("lm_eval", report.lm_eval.get("headline") or {}, tuple((report.lm_eval.get("headline") or {}).keys()))
     return out

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 PIPELINE_STAGES = ("prepare", "base_model", "sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo",
                    "sapo", "judge")
 EVALUATION_STAGES = ("base_model", "alpaca_eval_generate", "alpaca_eval_judge", "arena_hard_generate",
-                     "arena_hard_judge", "pairwise")
+                     "arena_hard_judge", "pairwise", "mt_bench_generate", "mt_bench_judge", "lm_eval")
 ALL_STAGES = tuple(dict.fromkeys(PIPELINE_STAGES + EVALUATION_STAGES))
 
 

@@ -74,6 +74,7 @@ def alpaca_eval_generate(job: Job, model: ArtifactRef, cfg: AlpacaEvalGenerateCo
     table = [{**r, "output": a.text, "generator": model_name, "finish_reason": a.finish_reason,
               "completion_tokens": a.completion_tokens} for r, a in zip(rows, answers)]
     summary = {"n": len(table), "n_source_rows": n_source,
+               "decoding": {k: getattr(cfg.sampling, k) for k in ("temperature", "top_p", "max_new_tokens", "seed")},
                "avg_length": sum(len(t["output"]) for t in table) / max(len(table), 1),
                "truncated": sum(t["finish_reason"] == "length" for t in table)}
     job.log_metrics(summary)

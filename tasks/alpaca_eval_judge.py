@@ -32,7 +32,8 @@ def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig
     from sgpo.judging import annotation_rows, annotation_schema, call_totals, judge_pairs
     from sgpo.metrics.alpaca_eval import leaderboard_report, resolve_lc_inputs
 
-    lc = resolve_lc_inputs(cfg.instruction_difficulty, cfg.gamed_annotations)  # fail before paying for calls
+    lc = resolve_lc_inputs(cfg.instruction_difficulty, cfg.gamed_annotations,  # fail before paying for calls
+                           offline_dir=cfg.lc_offline_dir)
     rows = job.read_rows(answers)
     judge = PairJudge.from_config(cfg)
     results, calls = judge_pairs(
@@ -46,7 +47,8 @@ def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig
          for r in rows], results, judge)
     metrics = leaderboard_report(table, lc, n_source_rows=(answers.summary or {}).get("n_source_rows"))
     report = {
-        "benchmark": "alpaca_eval_2", "annotator": table[0]["annotator"] if table else None,
+        "benchmark": "alpaca_eval_2", "benchmark_version": "alpaca_eval 2.0 (weighted_alpaca_eval_gpt4_turbo)",
+        "decoding": (answers.summary or {}).get("decoding"), "annotator": table[0]["annotator"] if table else None,
         "judge_model": cfg.endpoint.model, "model": rows[0]["generator"] if rows else None,
         "baseline": rows[0]["baseline_generator"] if rows else None, **metrics,
         "prompt_version": judge.prompt_version, **call_totals(calls),
@@ -57,7 +59,8 @@ def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig
     report_uri = job.publish_json("report.json", report)  # before the manifest
     summary = {k: v for k, v in report.items() if k != "lc_weights"} | {"report_uri": report_uri}
     return job.publish_table(pa.Table.from_pylist(table, schema=annotation_schema()), summary=summary,
-                             seeds={"order": cfg.order_seed}, extra={"report": report_uri})
+                             seeds={"order": cfg.order_seed}, extra={"report": report_uri, "lc_inputs": {
+                                 k: report.get(k) for k in ("difficulty_source", "gamed_source", "lc_hub_error")}})
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def arena_hard_generate(job: Job, model: ArtifactRef, cfg: ArenaHardGenerateConf
                           trust_remote_code=job.ctx.trust_remote_code)
     table = [{**r, "baseline_model": cfg.baseline_name, "model_id": model_name, "answer": a.text,
               "token_len": a.completion_tokens, "finish_reason": a.finish_reason} for r, a in zip(rows, answers)]
-    summary = {"n": len(table), **counts, "truncated": sum(t["finish_reason"] == "length" for t in table)}
+    summary = {"n": len(table), **counts, "truncated": sum(t["finish_reason"] == "length" for t in table),
+               "decoding": {k: getattr(cfg.sampling, k) for k in ("temperature", "top_p", "max_new_tokens", "seed")}}
     job.log_metrics(summary)
     return job.publish_table(pa.Table.from_pylist(table), summary=summary, seeds={"sampling": cfg.sampling.seed},
                              extra={"data_fingerprint": data_fingerprint(cfg)["data"]})

@@ -192,7 +192,8 @@ def arena_hard_judge(job: Job, answers: ArtifactRef, cfg: ArenaHardJudgeConfig) 
     baseline = rows[0]["baseline_model"] if rows else None
     metrics = arena_hard_metrics(records, cfg, model_name, baseline) if rows else {"score": None, "score_note": "no questions"}
     report = {
-        "benchmark": "arena_hard_v0.1", "model": model_name, "baseline": baseline,
+        "benchmark": "arena_hard_v0.1", "benchmark_version": "arena-hard-v0.1",
+        "decoding": (answers.summary or {}).get("decoding"), "model": model_name, "baseline": baseline,
         "judge_model": cfg.endpoint.model, "n_questions": len(records), **metrics,
         "n_games_without_label": sum(g["score"] is None for gs in games for g in gs),
         "n_follow_up_turns": sum(max(g["turns"] - 1, 0) for gs in games for g in gs),

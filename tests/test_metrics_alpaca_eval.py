@@ -259,7 +259,8 @@ def test_lc_baseline_against_itself_and_bad_index(annotations, difficulty):
 # --------------------------------------------------------------------------------------------------
 def test_cli_alpaca_eval(capsys, leaderboard):
     path = DATA / "annotations_gpt-3.5-turbo-1106.json"
-    assert cli_main(["metrics", "alpaca-eval", str(path), "--instruction-difficulty", str(SURROGATE)]) == 0
+    assert cli_main(["metrics", "alpaca-eval", str(path), "--instruction-difficulty", str(SURROGATE),
+                     "--gamed-annotations", "none"]) == 0  # the unregularised GLM, asked for explicitly
     out = json.loads(capsys.readouterr().out)
     row = leaderboard.loc["gpt-3.5-turbo-1106"]
     assert out["win_rate"] == pytest.approx(float(row["win_rate"]), abs=1e-9)
@@ -271,7 +272,8 @@ def test_cli_alpaca_eval(capsys, leaderboard):
     assert out["difficulty_source"] == f"file:{SURROGATE}"
     assert out["lc_regularized"] is False
 
-    assert cli_main(["metrics", "alpaca-eval", str(path), "--instruction-difficulty", "none"]) == 0
+    assert cli_main(["metrics", "alpaca-eval", str(path), "--instruction-difficulty", "none",
+                     "--gamed-annotations", "none"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["lc_win_rate"] is None and out["difficulty_source"] is None
     assert out["win_rate"] == pytest.approx(float(row["win_rate"]), abs=1e-9)

@@ -37,6 +37,9 @@ EXPECTED = {
     "arena_hard_generate": (("model",), "arena_hard"),
     "arena_hard_judge": (("answers",), "arena_hard"),
     "pairwise": (("table",), "pairwise.<name>"),
+    "mt_bench_generate": (("model",), "mt_bench"),
+    "mt_bench_judge": (("answers",), "mt_bench"),
+    "lm_eval": (("model",), "lm_eval"),
 }
 
 
@@ -49,7 +52,7 @@ def test_every_stage_is_declared_with_its_inputs_and_section():
     assert {n for n in ALL_STAGES if get_stage(n).gpu} == {"sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo",
                                                                      "sapo"}
     assert {n for n in ALL_STAGES if get_stage(n).llm} == {"annotate", "judge", "alpaca_eval_judge", "arena_hard_judge",
-                                                             "pairwise"}
+                                                             "pairwise", "mt_bench_judge"}
     assert get_stage("alpaca_eval_generate").params == ("model_name",)
 
 
@@ -139,6 +142,7 @@ def _sections() -> dict[str, BaseModel]:
         "pairs": cfg.pairs, "dpo": cfg.dpo, "judge": cfg.judge, "sapo": cfg.sapo,
         "alpaca_eval_generate": ev.alpaca_eval, "alpaca_eval_judge": ev.alpaca_eval,
         "arena_hard_generate": ev.arena_hard, "arena_hard_judge": ev.arena_hard, "pairwise": ev.pairwise[0],
+        "mt_bench_generate": ev.mt_bench, "mt_bench_judge": ev.mt_bench, "lm_eval": ev.lm_eval,
     }
 
 
@@ -150,7 +154,7 @@ SPECIAL = {
 }
 # Fields whose only other valid value would need a new file in the package: covered through the
 # prompt/settings version in the key instead (flipping the file's text changes the key, tested below).
-NOT_FLIPPABLE = {("arena_hard_judge", "judge_settings")}
+NOT_FLIPPABLE = {("arena_hard_judge", "judge_settings"), ("mt_bench_judge", "judge_prompts")}
 
 
 def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any, bool]]:
@@ -190,7 +194,7 @@ def _candidates(stage: str, path: tuple[str, ...], annotation: Any, value: Any) 
     if isinstance(value, list):
         return [value + ["x"]]
     if isinstance(value, dict):
-        return [{**value, "x": "y"}]
+        return [{**value, "x": "y"}, {**value, "x": 0.5}]
     if value is None:
         return ["x", 256, 0.5, True]
     raise AssertionError(f"no candidate for {path} = {value!r}")

@@ -35,8 +35,38 @@ class Generator(Protocol):
     def close(self) -> None: ...
 
 
+class ChatTemplateMissing(ValueError):
+    """A local checkpoint without a chat template: chat prompts cannot be rendered for it."""
+
+
+def require_chat_template(model_dir: str) -> None:
+    """Fail early, naming the fix, when a local checkpoint has no chat template (hub ids are not checked)."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir)
+    if not path.is_dir():
+        return
+    if (path / "chat_template.jinja").is_file() or (path / "chat_template.json").is_file():
+        return
+    config = path / "tokenizer_config.json"
+    try:
+        if config.is_file() and json.loads(config.read_text()).get("chat_template"):
+            return
+    except (OSError, ValueError):
+        return  # an unreadable config: let the tokenizer say what is wrong
+    raise ChatTemplateMissing(
+        f"{model_dir} has no chat template (no chat_template.jinja, chat_template.json, nor chat_template in "
+        "tokenizer_config.json), and the evaluation prompts are chat turns. Fix: save the chat template of the model "
+        "it was trained from into the checkpoint (tok = AutoTokenizer.from_pretrained(DIR); tok.chat_template = "
+        "AutoTokenizer.from_pretrained(BASE_MODEL).chat_template; tok.save_pretrained(DIR)), or evaluate a checkpoint "
+        "that has one")
+
+
 def open_generator(model_dir: str, params: "SamplingConfig", *, trust_remote_code: bool = False) -> Generator:
     """The back-end named by `params.backend`, loaded for the checkpoint in `model_dir`."""
+    if params.backend in ("transformers", "vllm") or (params.backend == "vllm_server" and not params.base_url):
+        require_chat_template(model_dir)
     if params.backend == "transformers":
         from sgpo.generation.hf import TransformersGenerator
 

@@ -3,20 +3,20 @@
 Usage (standalone: ``python -m sgpo.metrics.cli metrics ...``; hooked into the ``sgpo`` CLI through
 :func:`add_metrics_parser`)::
 
-    metrics alpaca-eval ANNOTATIONS.json [--instruction-difficulty CSV|hub|none]
-                                         [--gamed-annotations CSV|hub]
+    metrics alpaca-eval ANNOTATIONS.json [--instruction-difficulty auto|CSV|hub|none]
+                                         [--gamed-annotations auto|CSV|hub|none] [--lc-offline-dir DIR]
     metrics arena-hard JUDGMENTS.jsonl [MORE.jsonl ...] [--baseline gpt-4-0314] [--rounds 100]
                                        [--seed 42] [--weight 3] [--first-game-only] [--reparse]
 
 Each prints exactly one JSON object on stdout (NaN printed as ``null``).
 
-``--instruction-difficulty`` (LC win rate): a CSV path; ``hub`` downloads the official
-``instruction_difficulty.csv`` (network); ``none`` skips LC. When omitted, the offline surrogate
-``<shared data>/alpaca_eval/instruction_difficulty_surrogate.csv`` is used if present (NOT upstream;
-reported in ``difficulty_source``), otherwise LC fields are ``null``.
-``--gamed-annotations`` (upstream ``df_gamed.csv``, a CSV path or ``hub``) enables upstream's
-gamed-baseline regularisation of the LC GLM; without it the unregularised GLM is fitted
-(``lc_regularized: false``).
+``--instruction-difficulty`` and ``--gamed-annotations`` (the LC GLM's inputs, upstream
+``instruction_difficulty.csv`` and ``df_gamed.csv``): ``auto`` (default) takes the hub files when the
+hub is reachable, else the offline reconstructions in ``--lc-offline-dir`` (default
+``<shared data>/alpaca_eval``), exactly as the judge stage does (one function,
+``alpaca_eval.resolve_lc_inputs``); a CSV path; ``hub``; ``none`` (no LC / the unregularised GLM,
+``lc_regularized: false``). The sources used are printed (``difficulty_source``, ``gamed_source``,
+``lc_hub_error``).
 """
 
 from __future__ import annotations
@@ -176,9 +176,8 @@ def run_alpaca_eval(args: argparse.Namespace) -> int:
     from . import alpaca_eval as ae
 
     df = _alpaca_annotations(args.annotations)
-    # The same resolution as the judge stages; the CLI's default difficulty is the offline surrogate.
-    lc = ae.resolve_lc_inputs(args.instruction_difficulty, args.gamed_annotations,
-                              fallback_difficulty=shared_data_dir() / SURROGATE_DIFFICULTY)
+    # The same resolution as the judge stages: 'auto' = the hub files, else the offline reconstructions.
+    lc = ae.resolve_lc_inputs(args.instruction_difficulty, args.gamed_annotations, offline_dir=args.lc_offline_dir)
     difficulty, difficulty_source, gamed, gamed_source = lc["difficulty"], lc["difficulty_source"], lc["gamed"], lc["gamed_source"]
     metrics = ae.evaluate_annotations(df, difficulty, gamed_annotations=gamed)
 
@@ -201,6 +200,7 @@ def run_alpaca_eval(args: argparse.Namespace) -> int:
         "difficulty_source": difficulty_source,
         "lc_regularized": metrics.get("lc_regularized"),
         "gamed_source": gamed_source,
+        "lc_hub_error": lc["hub_error"],
     }
     if payload["lc_win_rate"] is not None and not payload["lc_regularized"]:
         # Upstream regularises the GLM with its gamed-baseline rows (df_gamed.csv, hub only); without
@@ -249,16 +249,23 @@ def add_metrics_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
     pa.add_argument("annotations", help="official annotations.json (output_1 = baseline, output_2 = model)")
     pa.add_argument(
         "--instruction-difficulty",
-        default=None,
-        metavar="CSV|hub|none",
-        help="instruction_difficulty.csv for the LC GLM; 'hub' downloads the official file; "
-        "default: the offline surrogate in the shared data folder if present",
+        default="auto",
+        metavar="auto|CSV|hub|none",
+        help="instruction_difficulty.csv for the LC GLM; default 'auto': the hub file when reachable, else the "
+        "offline reconstruction (--lc-offline-dir); 'none' skips LC",
     )
     pa.add_argument(
         "--gamed-annotations",
+        default="auto",
+        metavar="auto|CSV|hub|none",
+        help="upstream df_gamed.csv (gamed-baseline rows) regularising the LC GLM like upstream; default 'auto' as "
+        "above; 'none' fits the unregularised GLM (not the leaderboard's LC)",
+    )
+    pa.add_argument(
+        "--lc-offline-dir",
         default=None,
-        metavar="CSV|hub",
-        help="upstream df_gamed.csv (gamed-baseline rows) to regularise the LC GLM like upstream",
+        metavar="DIR",
+        help="folder with the offline reconstructions (default: <shared data>/alpaca_eval)",
     )
     pa.set_defaults(func=run_alpaca_eval)
 
