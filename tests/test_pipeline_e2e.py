@@ -16,8 +16,9 @@ import pytest
 from conftest import free_port
 from sgpo.config import load_config
 
-ALL_STAGES = ["base_model", "prepare[sft]", "prepare[improver]", "prepare[po]", "prepare[eval]",
-              "sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "judge"]
+# in run order: each prepare step right before the first stage that reads it (flows.pipeline.plan)
+ALL_STAGES = ["base_model", "prepare[sft]", "sft", "prepare[improver]", "sample", "annotate", "ppl_filter",
+              "improver_sft", "prepare[po]", "pairs", "dpo", "prepare[eval]", "judge"]
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,8 @@ def _spec(path, **kw):
 def test_normalizes_chat_preference_and_flat_formats(tmp_path):
     chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     rows, dropped = prepare.normalize_rows([{"messages": chat}], ["messages"], _spec("x.jsonl"))
-    assert rows == [{"prompt_id": "0", "prompt": "q", "reference": "a"}] and dropped == 0
+    assert rows == [{"prompt_id": "0", "prompt": "q", "messages": '[{"role": "user", "content": "q"}]',
+                     "reference": "a"}] and dropped == 0
     rows, _ = prepare.normalize_rows([{"chosen": chat, "rejected": chat}], ["chosen", "rejected"], _spec("x.jsonl"))
     assert rows[0]["reference"] == "a"
     rows, _ = prepare.normalize_rows([{"instruction": "q", "output": "a"}], ["instruction", "output"], _spec("x.jsonl"))
@@ -172,7 +173,7 @@ def test_bundled_data_loads_through_load_dataset(tmp_path):
     ref = get_stage("prepare").run(cfg.data.improver, ctx, {})
     assert ref.rows == cfg.data.improver.max_rows
     table = ctx.open_store().read_table(ref)
-    assert table.column_names == ["prompt_id", "prompt", "reference"]
+    assert table.column_names == ["prompt_id", "prompt", "messages", "reference"]
 
 
 # ----------------------------------------------------------------- cache keys
