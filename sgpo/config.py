@@ -267,6 +267,13 @@ class StoreConfig(Section):
         description="fsspec options without secrets, e.g. {client_kwargs: {endpoint_url: ...}}; "
         "credentials come from the environment (AWS_ACCESS_KEY_ID, ...)",
     )
+    on_busy: Literal["wait", "fail"] = runtime_field(
+        "wait", "Another run is computing the same stage and key: wait for it and reuse its artifact, or fail at once"
+    )
+    lease_timeout_s: float = runtime_field(
+        300.0, "A stage lease whose heartbeat is older than this is stale (its holder died) and is taken over", gt=0
+    )
+    lease_poll_s: float = runtime_field(2.0, "How often a waiting run checks a busy stage's lease", gt=0)
 
 
 class TrackingConfig(Section):

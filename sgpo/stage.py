@@ -160,12 +160,26 @@ class Stage:
                 raise ExternalLLMNotConfigured(
                     f"{self.section}.{self.llm}.base_url is not set: configure the LLM this stage calls (base_url, "
                     "model, api_key_env), or run it inside a flow, which starts the embedded local server")
-        job = Job(stage=self, key=key, ctx=ctx, store=store, cfg=cfg, inputs=dict(inputs), params=params)
-        with job.tracking():
-            ref = self.fn(job, **{n: inputs[n] for n in self.inputs}, cfg=cfg, **params)
-            if job.tracker is not None:
-                job.tracker.set_tags({"sgpo.artifact_uri": ref.uri})
-        return ref
+        # One run computes a (stage, key) at a time: a second one waits and reuses its artifact
+        # (or fails at once with store.on_busy=fail), so paid calls are never made twice (artifacts.lease).
+        from artifacts.lease import Lease, acquire_or_wait
+
+        lease = Lease(store, self.name, key, timeout_s=ctx.store.lease_timeout_s, run_id=ctx.run_id)
+        made, waited = acquire_or_wait(lease, on_busy=ctx.store.on_busy, poll_s=ctx.store.lease_poll_s,
+                                       finished=lambda: store.find(self.name, key), logger=stage_logger(self.name))
+        if made is not None:
+            return made  # made by the run we waited for (forced or not: it is fresh)
+        try:
+            if (waited or not ctx.refresh) and (ref := store.find(self.name, key)) is not None:
+                return ref  # finished by another run between our lookup and the lease
+            job = Job(stage=self, key=key, ctx=ctx, store=store, cfg=cfg, inputs=dict(inputs), params=params)
+            with job.tracking():
+                ref = self.fn(job, **{n: inputs[n] for n in self.inputs}, cfg=cfg, **params)
+                if job.tracker is not None:
+                    job.tracker.set_tags({"sgpo.artifact_uri": ref.uri})
+            return ref
+        finally:
+            lease.release()
 
 
 def stage(
