@@ -204,6 +204,14 @@ class AnnotateStageConfig(Section):
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1)
     seed: int = 0
+    min_usable_fraction: float = runtime_field(
+        0.5, "Fail (publishing nothing) when fewer than this share of the calls gave a usable answer; 0 disables the check",
+        ge=0, le=1,
+    )
+    journal_namespace: str = runtime_field(
+        "", "Set to a new value (e.g. 'fresh-2') to re-ask the LLM instead of reusing journaled answers; in the "
+        "cache key and the manifest when set",
+    )
 
 
 class PplFilterStageConfig(Section):
@@ -249,6 +257,13 @@ class PairJudgeConfig(Section):
     top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the judge's one-token answer (official: 5)")
     judge_temperature: float = Field(1.0, ge=0, le=2, description="Judge temperature (official: 1; only logprobs are read)")
     order_seed: int = Field(0, description="Seed of upstream's per-instruction output order (AlpacaEval's rule; default 0)")
+    max_unlabelled_fraction: float = runtime_field(
+        0.5, "Fail (publishing nothing) when more than this share of the judge's answers has no 'm'/'M' label; "
+        "1 disables the check", ge=0, le=1,
+    )
+    journal_namespace: str = runtime_field(
+        "", "Set to a new value to re-ask the judge instead of reusing journaled verdicts; in the cache key when set",
+    )
 
 
 class JudgeStageConfig(PairJudgeConfig):

@@ -66,6 +66,16 @@ class StageContext(BaseModel):
         return ArtifactStore(self.store.url, self.store.storage_options)
 
 
+def journal_note(summary: Mapping[str, Any] | None) -> str:
+    """' (48 answers from the journal, 0 sent)' for a stage that made paid calls, else ''.
+
+    A forced LLM stage reruns but re-sends nothing its journal holds; this says so on its line
+    (set the stage's `journal_namespace` to really re-ask)."""
+    if not summary or not isinstance(summary.get("from_journal"), int) or not isinstance(summary.get("sent"), int):
+        return ""
+    return f" ({summary['from_journal']} answers from the journal, {summary['sent']} sent)"
+
+
 def stage_logger(stage: str) -> logging.Logger:
     """Prefect's run logger inside a run (shows in the UI), a plain logger outside one."""
     try:
@@ -446,6 +456,7 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"sgpo: stage '{st.name}' failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    print(f"[sgpo] {st.name} {'cached' if cached else 'ran'} {time.perf_counter() - t0:.1f}s  {ref.uri}", file=sys.stderr)
+    status = "cached" if cached else "ran" + journal_note(ref.summary)
+    print(f"[sgpo] {st.name} {status} {time.perf_counter() - t0:.1f}s  {ref.uri}", file=sys.stderr)
     print(json.dumps(ref.model_dump(mode="json")))
     return 0
