@@ -373,6 +373,15 @@ def run_task(st: Stage, cfg: Any, ctx: StageContext, inputs: Mapping[str, Artifa
         result_storage=result_storage(ctx.store), refresh_cache=ctx.refresh or None, task_run_name=label or st.name,
     )(inputs=dict(inputs), cfg=cfg, ctx=ctx, params=dict(params) if params else None, return_state=True)
     ref: ArtifactRef = state.result()  # raises the stage's error
+    if ref.kind in ("table", "model") and not (store := ctx.open_store()).holds(ref):
+        # Prefect's cache record names the artifact where the store was when it was made (a copied or
+        # moved store): the same key, looked up where the store is now (or recomputed if absent there).
+        if (here := store.find(ref.stage, ref.cache_key)) is not None:
+            return here, True
+        state = prefect_task(st).with_options(
+            result_storage=result_storage(ctx.store), refresh_cache=True, task_run_name=label or st.name,
+        )(inputs=dict(inputs), cfg=cfg, ctx=ctx, params=dict(params) if params else None, return_state=True)
+        ref = state.result()
     return ref, state.name == "Cached" or ref.produced_by != ctx.run_id
 
 
