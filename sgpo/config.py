@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "configs"
 NOT_IN_CACHE_KEY = "not_in_cache_key"
+KEY_WHEN_SET = "in_cache_key_when_set"  # in the key only when not at its default (old keys stay valid)
 SectionT = TypeVar("SectionT", bound=BaseModel)
 
 
@@ -28,6 +29,12 @@ def runtime_field(default: Any = None, description: str = "", **kw: Any) -> Any:
     if "default_factory" in kw:
         return Field(description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
     return Field(default, description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
+
+
+def key_field_when_set(default: Any, description: str = "", **kw: Any) -> Any:
+    """A field that changes the output, added after artifacts were made: at its default it is left out of
+    the cache key (so existing keys stay valid); set, it is part of the key like any other field."""
+    return Field(default, description=description, json_schema_extra={KEY_WHEN_SET: True}, **kw)
 
 
 class Section(BaseModel):
@@ -208,7 +215,7 @@ class AnnotateStageConfig(Section):
         0.5, "Fail (publishing nothing) when fewer than this share of the calls gave a usable answer; 0 disables the check",
         ge=0, le=1,
     )
-    journal_namespace: str = runtime_field(
+    journal_namespace: str = key_field_when_set(
         "", "Set to a new value (e.g. 'fresh-2') to re-ask the LLM instead of reusing journaled answers; in the "
         "cache key and the manifest when set",
     )
@@ -261,7 +268,7 @@ class PairJudgeConfig(Section):
         0.5, "Fail (publishing nothing) when more than this share of the judge's answers has no 'm'/'M' label; "
         "1 disables the check", ge=0, le=1,
     )
-    journal_namespace: str = runtime_field(
+    journal_namespace: str = key_field_when_set(
         "", "Set to a new value to re-ask the judge instead of reusing journaled verdicts; in the cache key when set",
     )
 
@@ -461,5 +468,7 @@ def cache_payload(section: BaseModel) -> dict[str, Any]:
         if extra.get(NOT_IN_CACHE_KEY):
             continue
         value = getattr(section, name)
+        if extra.get(KEY_WHEN_SET) and value == field.default:
+            continue
         out[name] = cache_payload(value) if isinstance(value, BaseModel) else json.loads(json.dumps(value, default=str))
     return out

@@ -109,10 +109,6 @@ class PairJudge:
     def namespace(self) -> str:
         return f"pair_judge:{CODE_VERSION}:{self.prompt_version}" + (f":{self.journal_namespace}" if self.journal_namespace else "")
 
-    def key_versions(self) -> dict[str, str]:
-        """What a judge stage puts in its cache key as prompt versions (its `prompts=`)."""
-        return {"judge": self.prompt_version, **({"journal": self.journal_namespace} if self.journal_namespace else {})}
-
     def request(self, instruction: str, baseline: str, model: str) -> tuple[ChatRequest, bool]:
         """The judge request for one pair, and whether the model's output is shown first."""
         from sgpo.metrics.alpaca_eval import official_model_first

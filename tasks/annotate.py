@@ -24,11 +24,6 @@ def prompt_versions(cfg: AnnotateStageConfig) -> dict[str, str]:
     return out
 
 
-def journal_fingerprint(cfg: AnnotateStageConfig) -> dict[str, str]:
-    """A set `journal_namespace` is in the key: fresh answers are another artifact (the default adds nothing)."""
-    return {"journal_namespace": cfg.journal_namespace} if cfg.journal_namespace else {}
-
-
 class UnusableAnswersError(RuntimeError):
     """Too few usable answers to publish (`annotate.min_usable_fraction`); not worth a task retry."""
 
@@ -61,7 +56,7 @@ def edit_distances(improved: str, response_b: str, response_a: str) -> dict[str,
 
 
 # Retries re-enter the stage, which resumes from the journal: no finished call is repaid.
-@stage("annotate", section="annotate", llm="endpoint", prompts=prompt_versions, fingerprint=journal_fingerprint, retries=1,
+@stage("annotate", section="annotate", llm="endpoint", prompts=prompt_versions, retries=1,
        description="the external LLM writes y_imp (close to B, no better than A) and y_ext; edit distances")
 def annotate(job: Job, samples: ArtifactRef, cfg: AnnotateStageConfig) -> ArtifactRef:
     import pyarrow as pa
@@ -114,8 +109,7 @@ def annotate(job: Job, samples: ArtifactRef, cfg: AnnotateStageConfig) -> Artifa
     if cfg.journal_namespace:
         summary["journal_namespace"] = cfg.journal_namespace
     job.log_metrics(summary)
-    return job.publish_table(pa.Table.from_pylist(table), summary=summary, seeds={"api": cfg.seed},
-                             extra={"journal_namespace": cfg.journal_namespace} if cfg.journal_namespace else None)
+    return job.publish_table(pa.Table.from_pylist(table), summary=summary, seeds={"api": cfg.seed})
 
 
 if __name__ == "__main__":

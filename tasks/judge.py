@@ -16,7 +16,7 @@ from sgpo.stage import Job, stage, stage_main
 
 
 def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
-    return PairJudge.from_config(cfg).key_versions()  # + the journal namespace when one is set
+    return {"judge": PairJudge.from_config(cfg).prompt_version}
 
 
 # Retries re-enter the stage, which resumes from the journal: no finished judgment is repaid.

@@ -20,7 +20,7 @@ from sgpo.stage import Job, stage, stage_main
 
 
 def prompt_versions(cfg: PairwiseConfig) -> dict[str, str]:
-    return PairJudge.from_config(cfg).key_versions()  # + the journal namespace when one is set
+    return {"judge": PairJudge.from_config(cfg).prompt_version}
 
 
 def select_pairs(rows: list[dict[str, Any]], cfg: PairwiseConfig) -> tuple[list[tuple[int, str, str, str]], int]:

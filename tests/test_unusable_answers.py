@@ -92,7 +92,7 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
     assert fresh.cache_key != accepted.cache_key
     from artifacts.store import ArtifactStore
 
-    assert ArtifactStore(str(store)).read_manifest(fresh)["prompts"]["journal"] == "fresh-1"
+    assert ArtifactStore(str(store)).read_manifest(fresh)["config"]["journal_namespace"] == "fresh-1"
 
 
 def test_a_garbage_judge_fails_the_pipeline_judge_and_alpaca_eval(tmp_path, tiny_model_dir):
