@@ -129,13 +129,29 @@ class ArtifactStore:
             manifest = json.loads(f.read())
         if manifest.get("cache_key") != cache_key:  # prefix collision: treat as absent
             return None
-        ref = ArtifactRef.model_validate(manifest["ref"])
+        ref = self._rebase(ArtifactRef.model_validate(manifest["ref"]), stage, cache_key)
         if problems := _data_problems(self.fs, self._path(ref.uri), manifest):
             # absent, not an error: the stage runs again and overwrites the damaged data
             log.warning("artifact %s is damaged (%s); treating it as absent, so it is recomputed",
                         ref.uri, "; ".join(problems))  # fmt: skip
             return None
         return ref
+
+    def _rebase(self, ref: ArtifactRef, stage: str, cache_key: str) -> ArtifactRef:
+        """The ref as found HERE: a store copied or moved elsewhere (another folder, a bucket) keeps
+        manifests naming the old location; the artifact is where we found it, and so are its side
+        files (summary values under the old folder, e.g. `report_uri`)."""
+        here = self.artifact_url(stage, cache_key)
+        old = ref.uri
+        if old == here:
+            return ref
+        summary = {k: (here + v[len(old):] if isinstance(v, str) and (v == old or v.startswith(old + "/")) else v)
+                   for k, v in ref.summary.items()}
+        return ref.model_copy(update={"uri": here, "summary": summary})
+
+    def holds(self, ref: ArtifactRef) -> bool:
+        """Whether `ref` points into this store (a ref from a copied store's old location does not)."""
+        return ref.uri == self.url or ref.uri.startswith(self.url + "/")
 
     def read_manifest(self, ref: ArtifactRef) -> dict[str, Any]:
         with self.fs.open(f"{self._path(ref.uri)}/{MANIFEST}", "rb") as f:

@@ -16,7 +16,7 @@ from flows.dispatch import dispatch_stage
 from sgpo.config import ExecutionConfig
 from sgpo.llm.embedded import EMBEDDED_MODEL_NAME, EmbeddedLLM
 from sgpo.run_report import StageReport
-from sgpo.stage import Stage, StageContext, stage_logger
+from sgpo.stage import Stage, StageContext, journal_note, stage_logger
 
 
 class StageFailed(RuntimeError):
@@ -70,7 +70,8 @@ class StageRunner:
         report = StageReport(stage=label, status="cached" if cached else "ran", seconds=round(seconds, 2),
                              uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary)
         self.reports.append(report)
-        line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}"
+        status = report.status + ("" if cached else journal_note(ref.summary))  # e.g. "ran (48 answers from the journal, 0 sent)"
+        line = f"[sgpo] {label:<{self.width}} {status:<6} {seconds:7.1f}s  {ref.uri}"
         print(line, flush=True)
         self.log.info(line)
         if cached and self.ctx.tracking:

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sgpo.sapo.config import SAPOConfig
-from sgpo.sections import NOT_IN_CACHE_KEY, Section, runtime_field  # noqa: F401 (re-exported)
+from sgpo.sections import KEY_WHEN_SET, NOT_IN_CACHE_KEY, Section, key_field_when_set, runtime_field  # noqa: F401
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "configs"
@@ -218,6 +218,14 @@ class AnnotateStageConfig(Section):
     top_p: float = Field(0.9, gt=0, le=1)
     max_tokens: int = Field(1024, ge=1)
     seed: int = 0
+    min_usable_fraction: float = runtime_field(
+        0.5, "Fail (publishing nothing) when fewer than this share of the calls gave a usable answer; 0 disables the check",
+        ge=0, le=1,
+    )
+    journal_namespace: str = key_field_when_set(
+        "", "Set to a new value (e.g. 'fresh-2') to re-ask the LLM instead of reusing journaled answers; in the "
+        "cache key and the manifest when set",
+    )
 
 
 class PplFilterStageConfig(Section):
@@ -293,6 +301,13 @@ class PairJudgeConfig(Section):
     top_logprobs: int = Field(5, ge=1, le=20, description="Top logprobs of the judge's one-token answer (official: 5)")
     judge_temperature: float = Field(1.0, ge=0, le=2, description="Judge temperature (official: 1; only logprobs are read)")
     order_seed: int = Field(0, description="Seed of upstream's per-instruction output order (AlpacaEval's rule; default 0)")
+    max_unlabelled_fraction: float = runtime_field(
+        0.5, "Fail (publishing nothing) when more than this share of the judge's answers has no 'm'/'M' label; "
+        "1 disables the check", ge=0, le=1,
+    )
+    journal_namespace: str = key_field_when_set(
+        "", "Set to a new value to re-ask the judge instead of reusing journaled verdicts; in the cache key when set",
+    )
 
 
 class JudgeStageConfig(PairJudgeConfig):
@@ -311,6 +326,13 @@ class StoreConfig(Section):
         description="fsspec options without secrets, e.g. {client_kwargs: {endpoint_url: ...}}; "
         "credentials come from the environment (AWS_ACCESS_KEY_ID, ...)",
     )
+    on_busy: Literal["wait", "fail"] = runtime_field(
+        "wait", "Another run is computing the same stage and key: wait for it and reuse its artifact, or fail at once"
+    )
+    lease_timeout_s: float = runtime_field(
+        300.0, "A stage lease whose heartbeat is older than this is stale (its holder died) and is taken over", gt=0
+    )
+    lease_poll_s: float = runtime_field(2.0, "How often a waiting run checks a busy stage's lease", gt=0)
 
 
 class TrackingConfig(Section):
@@ -530,5 +552,7 @@ def cache_payload(section: BaseModel) -> dict[str, Any]:
         if extra.get(NOT_IN_CACHE_KEY):
             continue
         value = getattr(section, name)
+        if extra.get(KEY_WHEN_SET) and value == field.default:
+            continue
         out[name] = cache_payload(value) if isinstance(value, BaseModel) else json.loads(json.dumps(value, default=str))
     return out

@@ -200,6 +200,10 @@ class ArenaHardJudgeConfig(Section):
     weight: int = Field(3, ge=1, description="Battles counted per strong verdict (A>>B, B>>A) (official: 3)")
     bootstrap_rounds: int = Field(100, ge=0, description="Bootstrap resamples for the 95% CI (official: 100)")
     seed: int = Field(42, description="Bootstrap seed (official show_result.py: 42)")
+    max_unlabelled_fraction: float = runtime_field(
+        0.5, "Fail (publishing nothing) when more than this share of the games has no [[..]] verdict; 1 disables "
+        "the check", ge=0, le=1,
+    )
 
 
 class ArenaHardConfig(ArenaHardGenerateConfig, ArenaHardJudgeConfig):

@@ -82,11 +82,13 @@ class PairJudge:
     top_logprobs: int
     temperature: float
     order_seed: int
+    journal_namespace: str = ""  # set: a journal of its own, so every pair is asked again (fresh verdicts)
 
     @classmethod
     def from_config(cls, cfg: PairJudgeConfig) -> PairJudge:
         return cls(endpoint=cfg.endpoint, prompt=cfg.prompt, top_logprobs=cfg.top_logprobs,
-                   temperature=cfg.judge_temperature, order_seed=cfg.order_seed)
+                   temperature=cfg.judge_temperature, order_seed=cfg.order_seed,
+                   journal_namespace=getattr(cfg, "journal_namespace", ""))
 
     @property
     def prompt_version(self) -> str:
@@ -96,7 +98,8 @@ class PairJudge:
         """Everything that determines the judge's answers (its journal key)."""
         return {"model": self.endpoint.model, "max_invalid_retries": self.endpoint.max_invalid_retries,
                 "prompt": self.prompt_version, "top_logprobs": self.top_logprobs, "temperature": self.temperature,
-                "top_p": 1.0, "max_tokens": 1, "order_seed": self.order_seed}
+                "top_p": 1.0, "max_tokens": 1, "order_seed": self.order_seed,
+                **({"journal_namespace": self.journal_namespace} if self.journal_namespace else {})}
 
     def journal_url(self, store: Any) -> str:
         calls_key = stage_cache_key("pair_judge/calls", code_version=CODE_VERSION, config=self.payload(), inputs={})
@@ -104,7 +107,7 @@ class PairJudge:
 
     @property
     def namespace(self) -> str:
-        return f"pair_judge:{CODE_VERSION}:{self.prompt_version}"
+        return f"pair_judge:{CODE_VERSION}:{self.prompt_version}" + (f":{self.journal_namespace}" if self.journal_namespace else "")
 
     def request(self, instruction: str, baseline: str, model: str) -> tuple[ChatRequest, bool]:
         """The judge request for one pair, and whether the model's output is shown first."""
@@ -211,3 +214,39 @@ def call_totals(summary: CallSummary | None) -> dict[str, Any]:
     return {"judge_calls": len(summary.records), "from_journal": summary.n_from_journal, "sent": summary.n_sent,
             "prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
             "cost_usd": summary.cost_usd, "invalid_reasons": dict(summary.invalid_reasons)}
+
+
+class JudgeOutputError(RuntimeError):
+    """Too many judge answers without a label: the stage fails and publishes nothing (no manifest).
+
+    Retrying cannot help (the same requests get the same answers from the journal), so it is not
+    retriable; the paid answers stay in the journal, and a rerun pays nothing for them again."""
+
+    retriable = False
+
+
+def check_labelled(what: str, section: str, n_labelled: int, n: int, max_unlabelled_fraction: float, *,
+                   label: str = "a label ('m' or 'M' among the top logprobs)", fix: str | None = None, prompt_field: str = "prompt") -> None:
+    """Raise JudgeOutputError when more than `max_unlabelled_fraction` of `n` judge answers has no label.
+
+    The threshold, not "any label at all": a judge that follows the format labels almost every row,
+    so a large unlabelled share means a wrong endpoint, model or prompt, and a win rate over the
+    few labelled rows would be biased (the rows a confused judge labels are not a random sample).
+    The default 0.5 tolerates a weak judge (the tiny preset labels 15-16 of 16); 1 never fails.
+    No answers at all (e.g. all outputs identical, decided without a call) is not a failure."""
+    if n <= 0 or (n - n_labelled) / n <= max_unlabelled_fraction:
+        return
+    raise JudgeOutputError(
+        f"{what}: {n_labelled} of {n} judge answers had {label}; more than {section}.max_unlabelled_fraction="
+        f"{max_unlabelled_fraction:g} are unlabelled, so nothing was published. The judge did not follow the "
+        f"answer format: check {section}.endpoint (base_url, model) and {section}.{prompt_field}. The paid answers stay "
+        f"in the journal (a rerun pays nothing for them again); "
+        + (fix or f"to re-ask after fixing the endpoint set {section}.journal_namespace=NEW")
+        + f", to accept them raise {section}.max_unlabelled_fraction"
+    )
+
+
+def check_judged(what: str, section: str, results: list[dict[str, Any]], max_unlabelled_fraction: float) -> None:
+    """`check_labelled` over `judge_pairs` results: the rows sent to the judge (identical outputs are not)."""
+    asked = [r for r in results if r["judge_status"] != "identical_outputs"]
+    check_labelled(what, section, sum(r["preference"] is not None for r in asked), len(asked), max_unlabelled_fraction)

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 NOT_IN_CACHE_KEY = "not_in_cache_key"
+KEY_WHEN_SET = "in_cache_key_when_set"  # in the key only when not at its default (old keys stay valid)
 
 
 def runtime_field(default: Any = None, description: str = "", **kw: Any) -> Any:
@@ -17,6 +18,12 @@ def runtime_field(default: Any = None, description: str = "", **kw: Any) -> Any:
     if "default_factory" in kw:
         return Field(description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
     return Field(default, description=description, json_schema_extra={NOT_IN_CACHE_KEY: True}, **kw)
+
+
+def key_field_when_set(default: Any, description: str = "", **kw: Any) -> Any:
+    """A field that changes the output, added after artifacts were made: at its default it is left out of
+    the cache key (so existing keys stay valid); set, it is part of the key like any other field."""
+    return Field(default, description=description, json_schema_extra={KEY_WHEN_SET: True}, **kw)
 
 
 class Section(BaseModel):

@@ -66,6 +66,16 @@ class StageContext(BaseModel):
         return ArtifactStore(self.store.url, self.store.storage_options)
 
 
+def journal_note(summary: Mapping[str, Any] | None) -> str:
+    """' (48 answers from the journal, 0 sent)' for a stage that made paid calls, else ''.
+
+    A forced LLM stage reruns but re-sends nothing its journal holds; this says so on its line
+    (set the stage's `journal_namespace` to really re-ask)."""
+    if not summary or not isinstance(summary.get("from_journal"), int) or not isinstance(summary.get("sent"), int):
+        return ""
+    return f" ({summary['from_journal']} answers from the journal, {summary['sent']} sent)"
+
+
 def stage_logger(stage: str) -> logging.Logger:
     """Prefect's run logger inside a run (shows in the UI), a plain logger outside one."""
     try:
@@ -161,13 +171,27 @@ class Stage:
                 raise ExternalLLMNotConfigured(
                     f"{self.section}.{self.llm}.base_url is not set: configure the LLM this stage calls (base_url, "
                     "model, api_key_env), or run it inside a flow, which starts the embedded local server")
-        job = Job(stage=self, key=key, ctx=ctx, store=store, cfg=cfg,
-                  inputs={n: r for n, r in inputs.items() if r is not None}, params=params)
-        with job.tracking():
-            ref = self.fn(job, **{n: inputs.get(n) for n in self.inputs}, cfg=cfg, **params)
-            if job.tracker is not None:
-                job.tracker.set_tags({"sgpo.artifact_uri": ref.uri})
-        return ref
+        # One run computes a (stage, key) at a time: a second one waits and reuses its artifact
+        # (or fails at once with store.on_busy=fail), so paid calls are never made twice (artifacts.lease).
+        from artifacts.lease import Lease, acquire_or_wait
+
+        lease = Lease(store, self.name, key, timeout_s=ctx.store.lease_timeout_s, run_id=ctx.run_id)
+        made, waited = acquire_or_wait(lease, on_busy=ctx.store.on_busy, poll_s=ctx.store.lease_poll_s,
+                                       finished=lambda: store.find(self.name, key), logger=stage_logger(self.name))
+        if made is not None:
+            return made  # made by the run we waited for (forced or not: it is fresh)
+        try:
+            if (waited or not ctx.refresh) and (ref := store.find(self.name, key)) is not None:
+                return ref  # finished by another run between our lookup and the lease
+            job = Job(stage=self, key=key, ctx=ctx, store=store, cfg=cfg,
+                      inputs={n: r for n, r in inputs.items() if r is not None}, params=params)
+            with job.tracking():
+                ref = self.fn(job, **{n: inputs.get(n) for n in self.inputs}, cfg=cfg, **params)
+                if job.tracker is not None:
+                    job.tracker.set_tags({"sgpo.artifact_uri": ref.uri})
+            return ref
+        finally:
+            lease.release()
 
 
 def stage(
@@ -359,6 +383,15 @@ def run_task(st: Stage, cfg: Any, ctx: StageContext, inputs: Mapping[str, Artifa
         result_storage=result_storage(ctx.store), refresh_cache=ctx.refresh or None, task_run_name=label or st.name,
     )(inputs=dict(inputs), cfg=cfg, ctx=ctx, params=dict(params) if params else None, return_state=True)
     ref: ArtifactRef = state.result()  # raises the stage's error
+    if ref.kind in ("table", "model") and not (store := ctx.open_store()).holds(ref):
+        # Prefect's cache record names the artifact where the store was when it was made (a copied or
+        # moved store): the same key, looked up where the store is now (or recomputed if absent there).
+        if (here := store.find(ref.stage, ref.cache_key)) is not None:
+            return here, True
+        state = prefect_task(st).with_options(
+            result_storage=result_storage(ctx.store), refresh_cache=True, task_run_name=label or st.name,
+        )(inputs=dict(inputs), cfg=cfg, ctx=ctx, params=dict(params) if params else None, return_state=True)
+        ref = state.result()
     return ref, state.name == "Cached" or ref.produced_by != ctx.run_id
 
 
@@ -445,6 +478,7 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"sgpo: stage '{st.name}' failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    print(f"[sgpo] {st.name} {'cached' if cached else 'ran'} {time.perf_counter() - t0:.1f}s  {ref.uri}", file=sys.stderr)
+    status = "cached" if cached else "ran" + journal_note(ref.summary)
+    print(f"[sgpo] {st.name} {status} {time.perf_counter() - t0:.1f}s  {ref.uri}", file=sys.stderr)
     print(json.dumps(ref.model_dump(mode="json")))
     return 0

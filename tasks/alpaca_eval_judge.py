@@ -29,7 +29,7 @@ def prompt_versions(cfg: AlpacaEvalJudgeConfig) -> dict[str, str]:
 def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.judging import annotation_rows, annotation_schema, call_totals, judge_pairs
+    from sgpo.judging import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
     from sgpo.metrics.alpaca_eval import leaderboard_report, resolve_lc_inputs
 
     lc = resolve_lc_inputs(cfg.instruction_difficulty, cfg.gamed_annotations,  # fail before paying for calls
@@ -41,6 +41,7 @@ def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig
         progress=lambda done, total: job.log.info("alpaca_eval: %d/%d judgments", done, total)
         if done == total or done % 100 == 0 else None,
     )
+    check_judged("alpaca_eval", "alpaca_eval", results, cfg.max_unlabelled_fraction)  # before anything is published
     table = annotation_rows(
         [{"instruction": r["instruction"], "output_1": r["baseline_output"], "generator_1": r["baseline_generator"],
           "dataset": r["dataset"], "output_2": r["output"], "generator_2": r["generator"], "index": r["index"]}

@@ -24,6 +24,12 @@ def prompt_versions(cfg: AnnotateStageConfig) -> dict[str, str]:
     return out
 
 
+class UnusableAnswersError(RuntimeError):
+    """Too few usable answers to publish (`annotate.min_usable_fraction`); not worth a task retry."""
+
+    retriable = False
+
+
 def build_requests(rows: list[dict], cfg: AnnotateStageConfig) -> list[ChatRequest]:
     improve = load_prompt(cfg.prompt)
     direct = load_prompt(cfg.direct_prompt)
@@ -64,9 +70,18 @@ def annotate(job: Job, samples: ArtifactRef, cfg: AnnotateStageConfig) -> Artifa
     with stage_progress("annotate", len(requests), logger=log) as progress:
         result = call_all(
             requests, cfg.endpoint, journal_url=job.work_url + "/calls",
-            namespace=f"annotate:{job.stage.code_version}:" + ",".join(sorted(prompt_versions(cfg).values())),
+            namespace=f"annotate:{job.stage.code_version}:" + ",".join(sorted(prompt_versions(cfg).values()))
+            + (f":{cfg.journal_namespace}" if cfg.journal_namespace else ""),
             storage_options=job.store.storage_options, allow_truncated=cfg.accept_truncated, progress=progress,
         )
+    log.info("%s", cost_line("annotate", result, cfg.endpoint))
+    if requests and result.n_ok < cfg.min_usable_fraction * len(requests):  # before anything is published
+        raise UnusableAnswersError(
+            f"annotate: {result.n_ok} of {len(requests)} answers were usable (invalid: {dict(result.invalid_reasons) or 'none'}); "
+            f"fewer than annotate.min_usable_fraction={cfg.min_usable_fraction:g}, so nothing was published. Check "
+            "annotate.endpoint (base_url, model) and annotate.max_tokens / accept_truncated. The paid answers stay in the "
+            "journal (a rerun pays nothing for them again); to re-ask after fixing the endpoint set "
+            "annotate.journal_namespace=NEW, to accept them lower annotate.min_usable_fraction")
     by_key = {rec.key: rec for rec in result.records}
     table = []
     for i, r in enumerate(rows):
@@ -91,7 +106,8 @@ def annotate(job: Job, samples: ArtifactRef, cfg: AnnotateStageConfig) -> Artifa
         "mean_norm_edit_imp_vs_b": sum(imp_d) / len(imp_d) if imp_d else None,
         "mean_norm_edit_imp_vs_a": sum(ref_d) / len(ref_d) if ref_d else None,
     }
-    log.info("%s", cost_line("annotate", result, cfg.endpoint))
+    if cfg.journal_namespace:
+        summary["journal_namespace"] = cfg.journal_namespace
     job.log_metrics(summary)
     return job.publish_table(pa.Table.from_pylist(table), summary=summary, seeds={"api": cfg.seed})
 

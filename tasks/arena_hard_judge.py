@@ -178,6 +178,8 @@ def judgment_schema():
 def arena_hard_judge(job: Job, answers: ArtifactRef, cfg: ArenaHardJudgeConfig) -> ArtifactRef:
     import pyarrow as pa
 
+    from sgpo.judging import check_labelled
+
     rows = job.read_rows(answers)
     _, settings_version = load_judge_settings(cfg.judge_settings)
     calls_key = stage_cache_key("arena_hard_judge/calls", code_version="1", config=calls_payload(cfg), inputs={})
@@ -190,6 +192,11 @@ def arena_hard_judge(job: Job, answers: ArtifactRef, cfg: ArenaHardJudgeConfig) 
                for r, g in zip(rows, games)]
     model_name = rows[0]["model_id"] if rows else None
     baseline = rows[0]["baseline_model"] if rows else None
+    n_games = sum(len(gs) for gs in games)
+    check_labelled("arena_hard", "arena_hard", sum(g["score"] is not None for gs in games for g in gs), n_games,
+                   cfg.max_unlabelled_fraction, label="a verdict label ([[A>B]] and the like)",
+                   fix="answers are journaled per judge model and settings: another arena_hard.endpoint.model or "
+                   "judge_settings asks again", prompt_field="judge_settings")  # before publishing
     metrics = arena_hard_metrics(records, cfg, model_name, baseline) if rows else {"score": None, "score_note": "no questions"}
     report = {
         "benchmark": "arena_hard_v0.1", "benchmark_version": "arena-hard-v0.1",

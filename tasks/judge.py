@@ -27,7 +27,7 @@ def judge(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfi
     import pyarrow as pa
 
     from sgpo.generation import answer_each
-    from sgpo.judging import annotation_rows, annotation_schema, call_totals, judge_pairs
+    from sgpo.judging import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
     from sgpo.llm.client import cost_line
     from sgpo.metrics.alpaca_eval import leaderboard_report, resolve_lc_inputs
     from sgpo.progress import stage_progress
@@ -39,6 +39,7 @@ def judge(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfi
     with stage_progress("judge", len(rows), logger=job.log) as progress:
         results, calls = judge_pairs([(r["prompt"], r["reference"], a.text) for r, a in zip(rows, answers)], judge_,
                                      store=job.store, progress=progress)
+    check_judged("judge", "judge", results, cfg.max_unlabelled_fraction)  # before anything is published
     table = annotation_rows(
         [{"instruction": r["prompt"], "output_1": r["reference"], "generator_1": "reference", "dataset": None,
           "output_2": a.text, "generator_2": "policy", "index": i} for i, (r, a) in enumerate(zip(rows, answers))],

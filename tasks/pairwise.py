@@ -48,12 +48,13 @@ def select_pairs(rows: list[dict[str, Any]], cfg: PairwiseConfig) -> tuple[list[
 def pairwise(job: Job, table: ArtifactRef, cfg: PairwiseConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.judging import annotation_rows, annotation_schema, call_totals, judge_pairs
+    from sgpo.judging import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
     from sgpo.metrics.alpaca_eval import win_rate_metrics
 
     pairs, skipped = select_pairs(job.read_rows(table), cfg)
     judge = PairJudge.from_config(cfg)
     results, calls = judge_pairs([(x, b, m) for _, x, b, m in pairs], judge, store=job.store)
+    check_judged(f"pairwise {cfg.name!r}", f"pairwise[{cfg.name}]", results, cfg.max_unlabelled_fraction)
     rows = annotation_rows(
         [{"instruction": x, "output_1": b, "generator_1": cfg.baseline_column, "dataset": None, "output_2": m,
           "generator_2": cfg.model_column, "index": i} for i, x, b, m in pairs], results, judge)
