@@ -165,8 +165,11 @@ def _trainable_model(model_dir: str, cfg: "TrainConfig", *, trust_remote_code: b
     model = load_model(model_dir, trust_remote_code=trust_remote_code,
                        quantization=lora.quantization if lora is not None else "none")
     if lora is not None:
+        from transformers import set_seed
+
         from sgpo.lora import wrap_lora
 
+        set_seed(cfg.seed)  # the adapters' random init: the same run gives the same checkpoint
         model = wrap_lora(model, lora, gradient_checkpointing=cfg.gradient_checkpointing)
     return model
 
