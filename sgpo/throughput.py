@@ -8,6 +8,8 @@ What is measured:
 * `perf.peak_gpu_mem_gb`: `torch.cuda.max_memory_allocated` of this process (rank 0), reset at the
   start; `perf.peak_rss_gb`: the process's peak resident set (`ru_maxrss`; on CPU it includes
   everything the process loaded before, so it is an upper bound of the run's own memory).
+* `perf.models_held`, `perf.model_weights_gb`: models in memory (policy, + the reference when it is
+  live) and their weights' bytes on this rank.
 * `perf.mfu`: 6 x parameters x tokens/s / (processes x the GPU's dense bf16 peak), only for GPUs
   whose peak is in PEAK_BF16_FLOPS (the usual 6N estimate: no attention term, no recompute).
 """
@@ -84,6 +86,9 @@ def throughput_metrics(trainer: Any, seconds: float, peak: PeakMemory) -> dict[s
            "perf.samples_per_s": samples / seconds if seconds > 0 else 0.0,
            "perf.tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
            "perf.processes": float(world), "perf.peak_rss_gb": round(peak.rss_gb, 3)}
+    held = [m for m in (trainer.model, getattr(trainer, "ref_model", None)) if m is not None]
+    out["perf.models_held"] = float(len(held))  # 2: a live reference model beside the policy
+    out["perf.model_weights_gb"] = round(sum(p.numel() * p.element_size() for m in held for p in m.parameters()) / 2**30, 6)
     if peak.gpu_gb is not None:
         out["perf.peak_gpu_mem_gb"] = round(peak.gpu_gb, 3)
     flops = gpu_peak_flops()
