@@ -236,3 +236,18 @@ def test_lora_publishes_a_merged_checkpoint_or_the_adapter_and_both_load(world):
     model = load_model(str(folder))  # a downstream stage loads the adapter artifact as a plain model
     sd = {k: v for k, v in model.state_dict().items() if k in w}
     assert _max_diff(sd, {k: w[k] for k in sd}) <= 1e-5  # same training, same merged weights
+
+
+# ------------------------------------------------------------------------------------------- GPU check
+def test_gpu_check_dry_run_passes_on_cpu_and_names_every_check(tmp_path):
+    out = subprocess.run(["bash", str(REPO / "scripts/gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                         timeout=600, env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stdout + out.stderr[-3000:]
+    lines = [l for l in out.stdout.splitlines() if l.startswith("[gpu_check]")]
+    status = {l.split()[1]: l.split()[2] for l in lines}
+    assert {"wheels", "env", "bf16_sft", "lora", "dpo_cached", "zero3", "vllm", "done:"} <= set(status)
+    assert status["bf16_sft"] == "OK" and status["dpo_cached"] == "OK"
+    assert "tokens/s" in next(l for l in lines if " bf16_sft " in l)
+    for name in ("zero3", "vllm"):
+        assert status[name] in ("OK", "SKIP")
+    assert "0 failed" in lines[-1]
