@@ -70,7 +70,8 @@ class LaunchPlan:
 
 
 def in_launched_rank() -> bool:
-    return bool(os.environ.get(SPEC_ENV))
+    """Inside a launch: ours (the spec), or one started outside sgpo (torchrun/accelerate over several nodes)."""
+    return bool(os.environ.get(SPEC_ENV)) or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def process_rank() -> int:

@@ -458,6 +458,31 @@ def _launched_rank_main(st: Stage, args: argparse.Namespace) -> int:
     return 0
 
 
+def _external_rank_main(st: Stage, cfg: Any, recipe: Any, inputs: dict, params: dict, args: argparse.Namespace,
+                        trust: bool) -> int:
+    """`accelerate launch ... -m tasks.<stage> CONFIG ...` on several nodes: rank 0 looks the key up and
+    every rank follows its decision; then as under sgpo's own launch (rank 0 tracks and publishes)."""
+    from sgpo.launch import process_rank
+    from sgpo.tracking import pipeline_run
+    from sgpo.training import main_process_value
+
+    key = st.cache_key(cfg, inputs, params)
+    store = ArtifactStore(recipe.store.url, recipe.store.storage_options)
+    found = store.find(st.name, key) if process_rank() == 0 and not args.force else None
+    if main_process_value(found.uri if found is not None else None) is not None:
+        if found is not None:
+            print(json.dumps(found.model_dump(mode="json")))
+        return 0
+    with contextlib.ExitStack() as stack:
+        tracking = stack.enter_context(pipeline_run(recipe.tracking, f"{recipe.name}:{st.name}", tags={"sgpo.kind": "stage"})) \
+            if process_rank() == 0 else None
+        ctx = StageContext(store=recipe.store, tracking=tracking, run_id=args.run_id, trust_remote_code=trust, refresh=args.force)
+        ref = st.run_rank(cfg, ctx, inputs, params, key)
+    if ref is not None:
+        print(json.dumps(ref.model_dump(mode="json")))
+    return 0
+
+
 def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     from artifacts.store import read_ref
     from sgpo.config import ConfigError
@@ -481,6 +506,8 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     params = {n: getattr(args, n) for n in st.params}
     trust = getattr(getattr(recipe, "model", None), "trust_remote_code", False)
     store = ArtifactStore(recipe.store.url, recipe.store.storage_options)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a rank of a launch started outside sgpo (e.g. multi-node)
+        return _external_rank_main(st, cfg, recipe, inputs, params, args, trust)
     cached = not args.force and store.find(st.name, st.cache_key(cfg, inputs, params)) is not None
     t0 = time.perf_counter()
     try:
