@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sgpo.sapo.config import SAPOConfig
-from sgpo.sections import KEY_WHEN_SET, NOT_IN_CACHE_KEY, Section, key_field_when_set, runtime_field  # noqa: F401
+from sgpo.sections import (  # noqa: F401 (re-exported)
+    KEY_WHEN_SET, NOT_IN_CACHE_KEY, Section, key_field_when_set, optional_field, runtime_field,
+)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 CONFIG_DIR = PACKAGE_DIR.parent / "configs"
@@ -131,6 +133,32 @@ class DataConfig(Section):
 # --------------------------------------------------------------------------- stages
 
 
+class LaunchConfig(Section):
+    """Hardware of a training stage (how it is launched), never its hyper-parameters: runtime only.
+
+    One process and no accelerate config: the stage trains in its own process. Otherwise it runs under
+    `accelerate launch --config_file <accelerate_config> --num_processes N -m tasks.<stage>` (sgpo.launch)."""
+
+    accelerate_config: str | None = Field(
+        None, description="accelerate config: a file, or a name in configs/accelerate (ddp, fsdp, zero3, ...)")
+    num_processes: int | None = Field(
+        None, ge=1, description="Processes (one per GPU); None: the visible GPUs when an accelerate config is named, else 1")
+    main_process_port: int | None = Field(None, ge=1, le=65535, description="Rendezvous port (None: a free one)")
+
+
+class LoRAConfig(Section):
+    """LoRA (or QLoRA with quantization=4bit) instead of full fine-tuning (peft)."""
+
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["all-linear"], min_length=1,
+        description="Module names to adapt (peft's target_modules); ['all-linear'] = every linear layer but the head")
+    quantization: Literal["none", "4bit"] = Field("none", description="4bit: QLoRA (bitsandbytes NF4, CUDA only)")
+    keep_adapter: bool = Field(False, description="Publish the adapter (+ base reference) instead of a merged checkpoint")
+
+
 class TrainConfig(Section):
     """Training hyper-parameters; hardware (accelerate/DeepSpeed) lives in separate files."""
 
@@ -150,6 +178,14 @@ class TrainConfig(Section):
     bf16: bool = runtime_field(False, "bf16 mixed precision (GPU)")
     gradient_checkpointing: bool = runtime_field(False, "Trade compute for memory")
     logging_steps: int = runtime_field(1, "Log metrics every N steps", ge=1)
+    launch: LaunchConfig = runtime_field(
+        default_factory=LaunchConfig, description="How the stage is launched (default: the recipe's `hardware`)")
+    lora: LoRAConfig | None = optional_field("LoRA / QLoRA instead of full fine-tuning (`lora=true`: defaults)")
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_switch(cls, v: Any) -> Any:
+        return {} if v is True else (None if v is False else v)
 
 
 class SFTStageConfig(TrainConfig):
@@ -264,6 +300,10 @@ class DPOStageConfig(TrainConfig):
     beta: float = Field(0.1, gt=0, le=10)
     loss_type: str = "sigmoid"
     max_length: int = Field(2048, ge=16)
+    reference_logps: Literal["live", "cached"] = runtime_field(
+        "cached", "cached: the reference's log-probs computed once into a cached Parquet artifact (one model in "
+        "memory while training); live: a frozen reference model beside the policy")
+    reference_batch_size: int = runtime_field(8, "Sequences per forward pass when computing the reference log-probs", ge=1)
 
 
 class DPOBaselineConfig(DPOStageConfig):
@@ -397,6 +437,17 @@ class PipelineConfig(Section):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     embedded_llm: EmbeddedLLMConfig = Field(default_factory=EmbeddedLLMConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    hardware: LaunchConfig = runtime_field(
+        default_factory=LaunchConfig, description="Launch of every training stage that sets no `launch` of its own")
+
+    @model_validator(mode="after")
+    def _hardware_to_training_stages(self) -> "PipelineConfig":
+        if "hardware" in self.model_fields_set:
+            for name in type(self).model_fields:
+                section = getattr(self, name)
+                if isinstance(section, TrainConfig) and "launch" not in section.model_fields_set:
+                    section.launch = self.hardware.model_copy()
+        return self
 
 
 # --------------------------------------------------------------------------- loading

@@ -26,5 +26,10 @@ def key_field_when_set(default: Any, description: str = "", **kw: Any) -> Any:
     return Field(default, description=description, json_schema_extra={KEY_WHEN_SET: True}, **kw)
 
 
+def optional_field(description: str = "", **kw: Any) -> Any:
+    """An opt-in setting (default None) that changes the output when set: in the cache key only when set."""
+    return key_field_when_set(None, description, **kw)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

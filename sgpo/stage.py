@@ -27,6 +27,7 @@ import contextlib
 import inspect
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -183,6 +184,12 @@ class Stage:
         try:
             if (waited or not ctx.refresh) and (ref := store.find(self.name, key)) is not None:
                 return ref  # finished by another run between our lookup and the lease
+            launch = getattr(cfg, "launch", None)  # training stages: more than one process -> accelerate launch
+            if launch is not None:
+                from sgpo.launch import launch_plan, launch_stage
+
+                if (plan := launch_plan(launch, where=f"{self.section}.launch")) is not None:
+                    return launch_stage(self, plan, cfg, ctx, inputs, params, key, log=stage_logger(self.name))
             job = Job(stage=self, key=key, ctx=ctx, store=store, cfg=cfg,
                       inputs={n: r for n, r in inputs.items() if r is not None}, params=params)
             with job.tracking():
@@ -192,6 +199,29 @@ class Stage:
             return ref
         finally:
             lease.release()
+
+    def run_rank(self, cfg: Any, ctx: StageContext, inputs: Mapping[str, ArtifactRef],
+                 params: Mapping[str, Any], key: str) -> ArtifactRef | None:
+        """One rank of a launched stage (sgpo.launch): the function, with the parent's key; rank 0 tracks
+        and publishes, the other ranks train alongside and publish nothing (they return None). No store
+        lookup here: the parent did it, and every rank must take the same path."""
+        from sgpo.launch import process_rank
+
+        cfg = self.coerce(cfg)
+        if (mine := self.cache_key(cfg, inputs, params)) != key:
+            raise RuntimeError(f"stage {self.name}: the launched rank computes cache key {mine[:16]}, the parent "
+                               f"{key[:16]}: the config did not survive the trip (sgpo versions differ?)")
+        main = process_rank() == 0
+        job = Job(stage=self, key=key, ctx=ctx, store=ctx.open_store(), cfg=cfg, inputs=dict(inputs),
+                  params=dict(params), is_main_process=main)
+        if not main:
+            self.fn(job, **{n: inputs.get(n) for n in self.inputs}, cfg=cfg, **params)
+            return None
+        with job.tracking():
+            ref = self.fn(job, **{n: inputs.get(n) for n in self.inputs}, cfg=cfg, **params)
+            if job.tracker is not None:
+                job.tracker.set_tags({"sgpo.artifact_uri": ref.uri, "sgpo.processes": os.environ.get("WORLD_SIZE", "1")})
+        return ref
 
 
 def stage(
@@ -242,6 +272,7 @@ class Job:
     inputs: dict[str, ArtifactRef]
     params: dict[str, Any]
     tracker: StageTracker | None = None
+    is_main_process: bool = True  # False on ranks > 0 of a launched stage: they neither track nor publish
     _t0: float = field(default_factory=time.perf_counter)
 
     @property
@@ -290,11 +321,15 @@ class Job:
 
     def publish_table(self, table: Any, *, summary: dict[str, Any] | None = None, seeds: dict[str, int] | None = None,
                       extra: dict[str, Any] | None = None) -> ArtifactRef:
+        if not self.is_main_process:
+            return None  # type: ignore[return-value]  # rank 0 publishes
         return self.store.publish_table(self.stage.name, self.key, table, manifest=self.manifest(seeds=seeds, extra=extra),
                                         summary=summary, produced_by=self.ctx.run_id)
 
     def publish_model(self, local_dir: str | Path, *, summary: dict[str, Any] | None = None,
                       seeds: dict[str, int] | None = None, extra: dict[str, Any] | None = None) -> ArtifactRef:
+        if not self.is_main_process:
+            return None  # type: ignore[return-value]  # rank 0 publishes
         return self.store.publish_model(self.stage.name, self.key, local_dir, manifest=self.manifest(seeds=seeds, extra=extra),
                                         summary=summary, produced_by=self.ctx.run_id)
 
@@ -306,6 +341,8 @@ class Job:
 
     def publish_json(self, name: str, obj: Any) -> str:
         """A side file (e.g. a report) beside the artifact; publish it before the data (manifest last)."""
+        if not self.is_main_process:
+            return ""
         return self.store.publish_json(self.stage.name, self.key, name, obj)
 
 
@@ -443,7 +480,52 @@ def stage_parser(st: Stage) -> argparse.ArgumentParser:
                    help=f"config section to use (default: {st.section})")
     p.add_argument("--force", action="store_true", help="recompute even if the store holds the artifact")
     p.add_argument("--run-id", default="cli", help="recorded as produced_by in the artifact (default: cli)")
+    p.add_argument("--launch-spec", default=None, help=argparse.SUPPRESS)  # a rank under accelerate launch (sgpo.launch)
     return p
+
+
+def _launched_rank_main(st: Stage, args: argparse.Namespace) -> int:
+    """A rank under `accelerate launch` (sgpo.launch): config, context and key from the parent's spec."""
+    from artifacts.store import read_ref
+    from sgpo.launch import process_rank, write_rank_error
+
+    try:
+        spec = json.loads(Path(args.launch_spec).read_text())
+        ctx = StageContext.model_validate(spec["ctx"])
+        inputs = {n: read_ref(getattr(args, n), ctx.store.storage_options) for n in st.inputs}
+        ref = st.run_rank(spec["cfg"], ctx, inputs, spec.get("params") or {}, spec["key"])
+    except BaseException as e:
+        write_rank_error(e)
+        print(f"sgpo: stage '{st.name}' rank {process_rank()} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    if ref is not None:
+        print(json.dumps(ref.model_dump(mode="json")))
+    return 0
+
+
+def _external_rank_main(st: Stage, cfg: Any, recipe: Any, inputs: dict, params: dict, args: argparse.Namespace,
+                        trust: bool) -> int:
+    """`accelerate launch ... -m tasks.<stage> CONFIG ...` on several nodes: rank 0 looks the key up and
+    every rank follows its decision; then as under sgpo's own launch (rank 0 tracks and publishes)."""
+    from sgpo.launch import process_rank
+    from sgpo.tracking import pipeline_run
+    from sgpo.training import main_process_value
+
+    key = st.cache_key(cfg, inputs, params)
+    store = ArtifactStore(recipe.store.url, recipe.store.storage_options)
+    found = store.find(st.name, key) if process_rank() == 0 and not args.force else None
+    if main_process_value(found.uri if found is not None else None) is not None:
+        if found is not None:
+            print(json.dumps(found.model_dump(mode="json")))
+        return 0
+    with contextlib.ExitStack() as stack:
+        tracking = stack.enter_context(pipeline_run(recipe.tracking, f"{recipe.name}:{st.name}", tags={"sgpo.kind": "stage"})) \
+            if process_rank() == 0 else None
+        ctx = StageContext(store=recipe.store, tracking=tracking, run_id=args.run_id, trust_remote_code=trust, refresh=args.force)
+        ref = st.run_rank(cfg, ctx, inputs, params, key)
+    if ref is not None:
+        print(json.dumps(ref.model_dump(mode="json")))
+    return 0
 
 
 def stage_main(st: Stage, argv: list[str] | None = None) -> int:
@@ -452,6 +534,8 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     from sgpo.tracking import pipeline_run
 
     args = stage_parser(st).parse_intermixed_args(argv)
+    if args.launch_spec:
+        return _launched_rank_main(st, args)
     source, overrides = (args.items[0], args.items[1:]) if args.items and "=" not in args.items[0] else (None, args.items)
     try:
         recipe = _load_recipe(st, source, overrides)
@@ -468,6 +552,8 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     params = {n: getattr(args, n) for n in st.params}
     trust = getattr(getattr(recipe, "model", None), "trust_remote_code", False)
     store = ArtifactStore(recipe.store.url, recipe.store.storage_options)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a rank of a launch started outside sgpo (e.g. multi-node)
+        return _external_rank_main(st, cfg, recipe, inputs, params, args, trust)
     cached = not args.force and store.find(st.name, st.cache_key(cfg, inputs, params)) is not None
     t0 = time.perf_counter()
     try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,21 @@ def set_chat_template(tokenizer, template: str | None, *, key: str = "sft.chat_t
 
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def main_process_value(value: Any) -> Any:
+    """Rank 0's `value` on every rank of a launched stage (the process group is set up here if needed);
+    the value itself outside a launch."""
+    if _world_size() <= 1:
+        return value
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    PartialState(cpu=not torch.cuda.is_available())
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def common_args(cfg: "TrainConfig", output_dir: str) -> dict[str, Any]:
@@ -99,23 +115,97 @@ def _quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def _train_and_save(trainer, tokenizer, out_dir: str | Path, work: Path) -> dict[str, float]:
+def _callbacks(tracker: "StageTracker | None") -> list:
+    """The MLflow callback (rank 0 of a launched stage and in-process runs; other ranks have no tracker)."""
+    return [tracker.trainer_callback()] if tracker is not None else []
+
+
+def _train_and_save(trainer, tokenizer, out_dir: str | Path, work: Path, cfg: "TrainConfig | None" = None,
+                    tracker: "StageTracker | None" = None) -> dict[str, float]:
+    import time
+
+    from sgpo.throughput import PeakMemory, throughput_metrics
+
     _quiet(trainer)
-    result = trainer.train()
-    save_checkpoint(trainer.model, tokenizer, out_dir)
+    with PeakMemory() as peak:
+        t0 = time.perf_counter()
+        result = trainer.train()
+        seconds = time.perf_counter() - t0
+    metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics.update(throughput_metrics(trainer, seconds, peak))
+    _save_trained(trainer, tokenizer, out_dir, cfg)
     shutil.rmtree(work, ignore_errors=True)
-    return {k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    if tracker is not None:
+        tracker.log_metrics({k: v for k, v in metrics.items() if k.startswith("perf.")})
+    return metrics
 
 
-def load_model(model_dir: str, *, trust_remote_code: bool = False):
+def _save_trained(trainer, tokenizer, out_dir: str | Path, cfg: "TrainConfig | None") -> None:
+    """The trained model as a safetensors checkpoint in `out_dir` (rank 0 writes; sharded models are gathered)."""
+    lora = getattr(cfg, "lora", None)
+    if lora is not None:
+        from sgpo.lora import save_lora
+
+        save_lora(trainer, tokenizer, out_dir, lora)
+        return
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        # ZeRO-3 / FSDP: every rank takes part in gathering the full state dict; the main process writes
+        out = Path(out_dir)
+        trainer.save_model(str(out))
+        if trainer.accelerator.is_main_process:
+            tokenizer.save_pretrained(out)
+            for p in out.glob("*.bin"):
+                p.unlink()
+    elif trainer.accelerator.is_main_process:
+        save_checkpoint(trainer.accelerator.unwrap_model(trainer.model), tokenizer, out_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def load_model(model_dir: str, *, trust_remote_code: bool = False, quantization: str = "none"):
+    """A causal LM from a checkpoint folder; a LoRA adapter artifact (lora.keep_adapter) is loaded onto
+    its base and merged, so every downstream stage reads either kind."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from sgpo.tinykit import check_model_dir
 
+    if (Path(model_dir) / "adapter_config.json").is_file():
+        from sgpo.lora import load_adapter_model
+
+        return load_adapter_model(model_dir, trust_remote_code=trust_remote_code)
     check_model_dir(model_dir)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    kw: dict[str, Any] = {}
+    if quantization == "4bit":
+        from sgpo.lora import bnb_4bit_config
+
+        kw["quantization_config"] = bnb_4bit_config()
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
+
+
+def _trainable_model(model_dir: str, cfg: "TrainConfig", *, trust_remote_code: bool = False):
+    """The model to train: the checkpoint, wrapped in LoRA adapters when `cfg.lora` is set."""
+    lora = getattr(cfg, "lora", None)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code,
+                       quantization=lora.quantization if lora is not None else "none")
+    if lora is not None:
+        from transformers import set_seed
+
+        from sgpo.lora import wrap_lora
+
+        set_seed(cfg.seed)  # the adapters' random init: the same run gives the same checkpoint
+        model = wrap_lora(model, lora, gradient_checkpointing=cfg.gradient_checkpointing)
+    return model
+
+
+def check_lora(model_dir: str, cfg: "TrainConfig", *, trust_remote_code: bool = False) -> None:
+    """A LoRA setting that cannot work (target modules absent from the model, 4-bit without CUDA or
+    bitsandbytes, peft missing) fails here, before any weights are loaded."""
+    lora = getattr(cfg, "lora", None)
+    if lora is not None:
+        from sgpo.lora import check_lora_config
+
+        check_lora_config(model_dir, lora, trust_remote_code=trust_remote_code)
 
 
 def save_checkpoint(model, tokenizer, out_dir: str | Path) -> Path:
@@ -147,6 +237,7 @@ def train_sft(
 
     if not examples:
         raise TrainingDataError("no training examples")
+    check_lora(model_dir, cfg, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     # saved with the checkpoint: every later stage (sampling, pairs, judging) uses the same template
     set_chat_template(tokenizer, getattr(cfg, "chat_template", None))
@@ -156,13 +247,13 @@ def train_sft(
     work = Path(out_dir).parent / "trainer"
     args = SFTConfig(**common_args(cfg, str(work)), max_length=cfg.max_length, completion_only_loss=True)
     trainer = SFTTrainer(
-        model=load_model(model_dir, trust_remote_code=trust_remote_code),
+        model=_trainable_model(model_dir, cfg, trust_remote_code=trust_remote_code),
         args=args,
         train_dataset=ds,
         processing_class=tokenizer,
-        callbacks=[tracker.trainer_callback()],
+        callbacks=_callbacks(tracker),
     )
-    return _train_and_save(trainer, tokenizer, out_dir, work)
+    return _train_and_save(trainer, tokenizer, out_dir, work, cfg, tracker)
 
 
 def train_dpo(
@@ -171,41 +262,128 @@ def train_dpo(
     cfg: "DPOStageConfig",
     out_dir: str | Path,
     *,
-    tracker: "StageTracker",
+    tracker: "StageTracker | None",
     ref_model_dir: str | None = None,
     trust_remote_code: bool = False,
+    ref_logps: list[tuple[float, float]] | None = None,
 ) -> dict[str, float]:
     """DPO on (prompt conversation, chosen, rejected). The reference is `ref_model_dir`, or the
-    starting model itself when None (TRL then keeps a frozen copy)."""
+    starting model itself when None (TRL then keeps a frozen copy); with `ref_logps` (the reference's
+    summed (chosen, rejected) log-probs per pair, `reference_logps`) no reference model is loaded."""
+    from trl import DPOConfig
+
+    from sgpo.tinykit import load_tokenizer
+
+    if not pairs:
+        raise TrainingDataError("no preference pairs")
+    if ref_logps is not None and len(ref_logps) != len(pairs):
+        raise TrainingDataError(f"{len(ref_logps)} reference log-prob rows for {len(pairs)} pairs")
+    check_lora(model_dir, cfg, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    ds = _pairs_dataset(pairs, ref_logps)
+    work = Path(out_dir).parent / "trainer"
+    args = DPOConfig(
+        **common_args(cfg, str(work)), max_length=cfg.max_length, beta=cfg.beta, loss_type=[cfg.loss_type],
+        precompute_ref_log_probs=ref_logps is not None,
+    )
+    ref = load_model(ref_model_dir, trust_remote_code=trust_remote_code) if ref_model_dir and ref_logps is None else None
+    trainer = _dpo_trainer_class()(
+        model=_trainable_model(model_dir, cfg, trust_remote_code=trust_remote_code),
+        ref_model=ref,
+        args=args,
+        train_dataset=ds,
+        processing_class=tokenizer,
+        callbacks=_callbacks(tracker),
+    )
+    return _train_and_save(trainer, tokenizer, out_dir, work, cfg, tracker)
+
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def _pairs_dataset(pairs: list[tuple[list[dict[str, str]], str, str]], ref_logps: list[tuple[float, float]] | None = None):
     from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+
+    rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in pairs]
+    if ref_logps is not None:
+        for row, (lc, lr) in zip(rows, ref_logps):
+            row[REF_COLUMNS[0]], row[REF_COLUMNS[1]] = float(lc), float(lr)
+    return Dataset.from_list(rows)
+
+
+def _dpo_trainer_class():
+    """TRL's DPOTrainer, taking reference log-probs already in the dataset (the cached artifact) as they are.
+
+    TRL 1.16 reads `ref_chosen_logps` / `ref_rejected_logps` from the batch when
+    `precompute_ref_log_probs=True` and then keeps no reference model; left alone it would compute
+    them again at start-up with the policy. Columns present -> that pass is skipped."""
+    from trl import DPOTrainer
+
+    if not hasattr(DPOTrainer, "_precompute_ref_logps"):  # pragma: no cover - a TRL without the hook
+        raise RuntimeError("this TRL's DPOTrainer has no _precompute_ref_logps: use dpo.reference_logps=live")
+
+    class CachedRefDPOTrainer(DPOTrainer):
+        def _precompute_ref_logps(self, dataset, name, batch_size):
+            if all(c in dataset.column_names for c in REF_COLUMNS):
+                return dataset
+            return super()._precompute_ref_logps(dataset, name, batch_size)
+
+    return CachedRefDPOTrainer
+
+
+def reference_logps(
+    model_dir: str,
+    pairs: list[tuple[list[dict[str, str]], str, str]],
+    cfg: "DPOStageConfig",
+    *,
+    batch_size: int = 8,
+    trust_remote_code: bool = False,
+) -> list[tuple[float, float]]:
+    """The reference model's summed log-probs of each pair's chosen and rejected answer, exactly as TRL's
+    DPOTrainer computes them (its tokenisation, truncation and `compute_ref_log_probs`), but batched over
+    length-sorted pairs, without gradients, once. Under a launch each rank takes a share of the batches."""
+    import torch
+    from trl import DPOConfig
 
     from sgpo.tinykit import load_tokenizer
 
     if not pairs:
         raise TrainingDataError("no preference pairs")
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-    ds = Dataset.from_list(
-        [
-            {
-                "prompt": p,
-                "chosen": [{"role": "assistant", "content": c}],
-                "rejected": [{"role": "assistant", "content": r}],
-            }
-            for p, c, r in pairs
-        ]
-    )
-    work = Path(out_dir).parent / "trainer"
-    args = DPOConfig(
-        **common_args(cfg, str(work)), max_length=cfg.max_length, beta=cfg.beta, loss_type=[cfg.loss_type]
-    )
-    ref = load_model(ref_model_dir, trust_remote_code=trust_remote_code) if ref_model_dir else None
-    trainer = DPOTrainer(
-        model=load_model(model_dir, trust_remote_code=trust_remote_code),
-        ref_model=ref,
-        args=args,
-        train_dataset=ds,
-        processing_class=tokenizer,
-        callbacks=[tracker.trainer_callback()],
-    )
-    return _train_and_save(trainer, tokenizer, out_dir, work)
+    model = load_model(model_dir, trust_remote_code=trust_remote_code)
+    with tempfile.TemporaryDirectory(prefix="sgpo-reflogps-") as work:
+        args = DPOConfig(**{**common_args(cfg, work), "gradient_accumulation_steps": 1}, max_length=cfg.max_length,
+                         beta=cfg.beta, loss_type=[cfg.loss_type], precompute_ref_log_probs=True)
+        # policy = the reference itself; precompute on and our no-op hook: TRL builds no second copy
+        source = _pairs_dataset(pairs, [(0.0, 0.0)] * len(pairs)).add_column("pair_index", list(range(len(pairs))))
+        trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=source, processing_class=tokenizer)
+        # tokenised and filtered the way training sees it: TRL drops pairs whose prompt fills max_length (their
+        # log-probs stay NaN; training drops the same pairs)
+        ds = trainer.train_dataset
+        index = ds["pair_index"]
+        ds = ds.remove_columns(["pair_index"])
+        lengths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in ds]
+        order = sorted(range(len(ds)), key=lambda i: -lengths[i])  # longest first: an OOM shows at once
+        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        state = trainer.accelerator.state
+        mine = batches[state.process_index::state.num_processes]
+        device = trainer.accelerator.device
+        net = model.to(device).eval()
+        found: dict[int, tuple[float, float]] = {}
+        with torch.no_grad():
+            for idx in mine:
+                batch = trainer.data_collator([ds[i] for i in idx])
+                batch = {k: v.to(device) for k, v in batch.items() if k not in REF_COLUMNS}
+                lc, lr = trainer.compute_ref_log_probs(net, batch)
+                for i, a, b in zip(idx, lc.float().cpu().tolist(), lr.float().cpu().tolist()):
+                    found[index[i]] = (a, b)
+        if state.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            merged: dict[int, tuple[float, float]] = {}
+            for part in gather_object([found]):
+                merged.update(part)
+            found = merged
+    nan = float("nan")
+    return [found.get(i, (nan, nan)) for i in range(len(pairs))]

@@ -31,7 +31,8 @@ def response_perplexities(
     model_dir: str, prompts: list[str], responses: list[str], *, batch_size: int, max_length: int,
     trust_remote_code: bool = False,
 ) -> list[float]:
-    """exp(mean NLL over the response tokens | chat-formatted prompt), one per pair."""
+    """exp(mean NLL over the response tokens | chat-formatted prompt), one per pair (in their order),
+    computed in length-sorted batches of `batch_size` without gradients."""
     import math
 
     import torch
@@ -43,30 +44,48 @@ def response_perplexities(
     model = load_model(model_dir, trust_remote_code=trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).eval()
-    out: list[float] = []
-    for start in range(0, len(prompts), batch_size):
-        ids, labels = [], []
-        for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size]):
-            prefix = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-            p_ids = tok(prefix, add_special_tokens=False).input_ids
-            r_ids = tok(r + tok.eos_token, add_special_tokens=False).input_ids
-            seq = (p_ids + r_ids)[-max_length:]  # keep the response; cut the prompt's head if too long
-            n_resp = min(len(r_ids), len(seq) - 1)
-            ids.append(seq)
-            labels.append([-100] * (len(seq) - n_resp) + seq[len(seq) - n_resp :])
-        width = max(len(s) for s in ids)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in ids], device=device)
-        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in ids], device=device)
-        lab = torch.tensor([l + [-100] * (width - len(l)) for l in labels], device=device)
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attn).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    # logits = lm_head(decoder(x)) holds for most causal LMs; models that scale or cap their logits
+    # (Gemma-2's softcapping, Cohere's logit_scale) take the full forward
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    scaled = any(getattr(model.config, a, None) not in (None, 1.0) for a in ("final_logit_softcapping", "logit_scale"))
+    heads_only = decoder is not None and head is not None and not scaled
+    seqs: list[list[int]] = []
+    n_resps: list[int] = []
+    for p, r in zip(prompts, responses):
+        prefix = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        p_ids = tok(prefix, add_special_tokens=False).input_ids
+        r_ids = tok(r + tok.eos_token, add_special_tokens=False).input_ids
+        seq = (p_ids + r_ids)[-max_length:]  # keep the response; cut the prompt's head if too long
+        seqs.append(seq)
+        n_resps.append(min(len(r_ids), len(seq) - 1))
+    # length-sorted batches (longest first): little padding, and an out-of-memory batch shows at once
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    out: list[float] = [float("nan")] * len(seqs)
+    pad = tok.pad_token_id
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(seqs[i]) for i in idx)
+        ids = [seqs[i] + [pad] * (width - len(seqs[i])) for i in idx]
+        labels = [[-100] * (len(seqs[i]) - n_resps[i]) + seqs[i][len(seqs[i]) - n_resps[i]:] + [-100] * (width - len(seqs[i]))
+                  for i in idx]
+        input_ids = torch.tensor(ids, device=device)
+        attn = torch.tensor([[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in idx], device=device)
+        lab = torch.tensor(labels, device=device)
         target = lab[:, 1:]
         mask = target != -100
-        nll = -logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) * mask
-        for row_nll, row_mask in zip(nll, mask):
-            out.append(math.exp(float(row_nll.sum() / row_mask.sum())))
+        with torch.no_grad():
+            if heads_only:  # the LM head only where a response token is predicted: no prompt/padding logits
+                hidden = decoder(input_ids=input_ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
+                logp = torch.log_softmax(head(hidden[mask]).float(), dim=-1)
+            else:
+                logits = model(input_ids=input_ids, attention_mask=attn, use_cache=False).logits.float()
+                logp = torch.log_softmax(logits[:, :-1][mask], dim=-1)
+            nll = -logp.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
+            rows = torch.arange(len(idx), device=device).unsqueeze(1).expand_as(mask)[mask]
+            sums = torch.zeros(len(idx), device=device, dtype=nll.dtype).index_add_(0, rows, nll)
+        counts = mask.sum(dim=1)
+        for i, total, count in zip(idx, sums.tolist(), counts.tolist()):
+            out[i] = math.exp(total / count)
     return out
 
 
