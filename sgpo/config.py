@@ -189,9 +189,8 @@ class TrainConfig(Section):
 
 
 class SFTStageConfig(TrainConfig):
-    chat_template: str | None = Field(
-        None,
-        description="Chat template for a base model without one (e.g. Meta-Llama-3-8B): 'chatml' or a Jinja string. "
+    chat_template: str | None = optional_field(
+        "Chat template for a base model without one (e.g. Meta-Llama-3-8B): 'chatml' or a Jinja string. "
         "Set on the SFT tokenizer and saved with pi_sft, so training, sampling, pairs and judging all use it",
     )
 
