@@ -72,9 +72,12 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
     tags = {"prefect.flow_run_id": str(run_id), "sgpo.kind": "evaluation"}
-    with pipeline_run(cfg.tracking, cfg.name, tags=tags) as tracking:
+    from flows.reporting import finish_evaluation, run_name
+
+    with pipeline_run(cfg.tracking, run_name(cfg), tags=tags) as tracking:
         ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
         report = _evaluate(cfg, ctx, force)
+        report.report_uri = finish_evaluation(cfg, ctx, report, force)  # report stage, UI summary; never raises
         if tracking:
             from mlflow.tracking import MlflowClient
 

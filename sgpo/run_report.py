@@ -30,6 +30,7 @@ class EvaluationReport(BaseModel):
     alpaca_eval: dict[str, Any] | None = Field(None, description="The alpaca_eval_judge report (WR, LC, SEs, ...)")
     arena_hard: dict[str, Any] | None = Field(None, description="The arena_hard_judge report (score, CI, ...)")
     pairwise: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per comparison name: its report")
+    report_uri: str | None = Field(None, description="The `report` stage's artifact (report.html inside)")
 
 
 def result_rows(report: EvaluationReport) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from artifacts.refs import ArtifactRef
 from sgpo.config import NOT_IN_CACHE_KEY, load_config
 from sgpo.eval_config import EvaluationConfig, PairwiseConfig
 from tasks import ALL_STAGES, EVALUATION_STAGES, PIPELINE_STAGES, get_stage
+from tasks.report import ReportConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,6 +37,7 @@ EXPECTED = {
     "arena_hard_generate": (("model",), "arena_hard"),
     "arena_hard_judge": (("answers",), "arena_hard"),
     "pairwise": (("table",), "pairwise.<name>"),
+    "report": ((), "report"),
 }
 
 
@@ -137,6 +139,7 @@ def _sections() -> dict[str, BaseModel]:
         "pairs": cfg.pairs, "dpo": cfg.dpo, "judge": cfg.judge,
         "alpaca_eval_generate": ev.alpaca_eval, "alpaca_eval_judge": ev.alpaca_eval,
         "arena_hard_generate": ev.arena_hard, "arena_hard_judge": ev.arena_hard, "pairwise": ev.pairwise[0],
+        "report": ReportConfig(),
     }
 
 
