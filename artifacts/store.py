@@ -304,6 +304,16 @@ class ArtifactStore:
         self._write_bytes(self._path(uri), json.dumps(obj, indent=2, default=str).encode())
         return uri
 
+    def publish_bytes(self, stage: str, cache_key: str, name: str, data: bytes) -> str:
+        """A side file (e.g. an HTML report, a PNG) beside an artifact, before its manifest; returns its URL."""
+        uri = f"{self.artifact_url(stage, cache_key)}/{name}"
+        self._write_bytes(self._path(uri), data)
+        return uri
+
+    def read_bytes(self, uri: str) -> bytes:
+        with self.fs.open(self._path(uri), "rb") as f:
+            return f.read()
+
 
 def read_ref(uri: str, storage_options: dict[str, Any] | None = None) -> ArtifactRef:
     """The ArtifactRef of a finished artifact from its folder URI (read from its manifest)."""

@@ -69,14 +69,17 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
     from sgpo.tracking import pipeline_run
 
     cfg = config or load_evaluation_config()
-    force = check_force(force, EVALUATION_STAGES)
+    force = check_force(force, EVALUATION_STAGES + ("report",))
     check_store(cfg.store.url, cfg.store.storage_options)  # scheme known, reachable, writable: before any work
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
     tags = {"prefect.flow_run_id": str(run_id), "sgpo.kind": "evaluation"}
-    with pipeline_run(cfg.tracking, cfg.name, tags=tags) as tracking:
+    from flows.reporting import finish_evaluation, run_name
+
+    with pipeline_run(cfg.tracking, run_name(cfg), tags=tags) as tracking:
         ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
         report = _evaluate(cfg, ctx, force)
+        report.report_uri = finish_evaluation(cfg, ctx, report, force)  # report stage, UI summary; never raises
         if tracking:
             from mlflow.tracking import MlflowClient
 

@@ -31,7 +31,7 @@ from sgpo.stage import StageContext, section_of
 from tasks import get_stage
 
 STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge")
-FORCEABLE = STAGES + ("base_model", "prepare")
+FORCEABLE = STAGES + ("base_model", "prepare", "report")
 
 
 class PipelineReport(BaseModel):
@@ -40,6 +40,7 @@ class PipelineReport(BaseModel):
     final_policy: str
     judge: dict[str, Any]
     mlflow_run_id: str | None = None
+    report_uri: str | None = None  # the `report` stage's artifact (report.html inside; `sgpo report URI`)
 
 
 def check_force(force: list[str] | None, known: tuple[str, ...]) -> list[str]:
@@ -61,9 +62,12 @@ def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None 
     check_store(cfg.store.url, cfg.store.storage_options)  # scheme known, reachable, writable: before any work
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
-    with pipeline_run(cfg.tracking, cfg.name, tags={"prefect.flow_run_id": str(run_id)}) as tracking:
+    from flows.reporting import finish_pipeline, run_name
+
+    with pipeline_run(cfg.tracking, run_name(cfg), tags={"prefect.flow_run_id": str(run_id)}) as tracking:
         ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
         report = _pipeline(cfg, ctx, force)
+        report.report_uri = finish_pipeline(cfg, ctx, report, force)  # report stage, UI summary; never raises
     report.flow_run_id, report.mlflow_run_id = run_id, tracking.parent_run_id if tracking else None
     return report
 

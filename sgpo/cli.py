@@ -73,6 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     n_cached = sum(s.status == "cached" for s in report.stages)
     print(f"[sgpo] done in {time.perf_counter() - t0:.1f}s: {len(report.stages) - n_cached} ran, {n_cached} cached", flush=True)
     print(f"[sgpo] final policy: {report.final_policy}")
+    if report.report_uri:
+        print(f"[sgpo] report: {report.report_uri}/report.html  (copy: sgpo report {report.report_uri} -o report.html)")
     j = report.judge
     if j.get("win_rate") is not None:
         print(f"[sgpo] judge: win rate {j['win_rate']:.2f} (SE {j.get('standard_error') or 0:.2f}) vs the baseline, "
@@ -231,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_metrics_parser(sub)
     add_deploy_parser(sub)
+    from sgpo.report import add_report_parser
+
+    add_report_parser(sub)
     return p
 
 

@@ -32,6 +32,7 @@ class EvaluationReport(BaseModel):
     pairwise: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Per comparison name: its report")
     mt_bench: dict[str, Any] | None = Field(None, description="The mt_bench_judge report (turn 1, turn 2, overall, ...)")
     lm_eval: dict[str, Any] | None = Field(None, description="The lm_eval report (headline metric per task, ...)")
+    report_uri: str | None = Field(None, description="The `report` stage's artifact (report.html inside)")
 
 
 def result_rows(report: EvaluationReport) -> list[dict[str, Any]]:

@@ -316,6 +316,8 @@ class Job:
             "seeds": seeds or {},
             "parents": {k: {"uri": v.uri, "content_hash": v.content_hash, "stage": v.stage} for k, v in self.inputs.items()},
             "seconds": round(time.perf_counter() - self._t0, 3),
+            # per-step training logs (loss, reward margin/accuracy, lr), for the report's curves
+            **({"train_history": self.tracker.history} if self.tracker is not None and self.tracker.history else {}),
             **(extra or {}),
         }
 

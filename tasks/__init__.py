@@ -15,7 +15,8 @@ PIPELINE_STAGES = ("prepare", "base_model", "sft", "sample", "annotate", "ppl_fi
                    "sapo", "judge")
 EVALUATION_STAGES = ("base_model", "alpaca_eval_generate", "alpaca_eval_judge", "arena_hard_generate",
                      "arena_hard_judge", "pairwise", "mt_bench_generate", "mt_bench_judge", "lm_eval")
-ALL_STAGES = tuple(dict.fromkeys(PIPELINE_STAGES + EVALUATION_STAGES))
+REPORT_STAGES = ("report",)  # the end of every flow: figures + HTML report (tasks/report.py)
+ALL_STAGES = tuple(dict.fromkeys(PIPELINE_STAGES + EVALUATION_STAGES + REPORT_STAGES))
 
 
 def get_stage(name: str) -> "Stage":

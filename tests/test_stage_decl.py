@@ -16,6 +16,7 @@ from artifacts.refs import ArtifactRef
 from sgpo.config import NOT_IN_CACHE_KEY, load_config
 from sgpo.eval_config import EvaluationConfig, PairwiseConfig
 from tasks import ALL_STAGES, EVALUATION_STAGES, PIPELINE_STAGES, get_stage
+from tasks.report import ReportConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +41,7 @@ EXPECTED = {
     "mt_bench_generate": (("model",), "mt_bench"),
     "mt_bench_judge": (("answers",), "mt_bench"),
     "lm_eval": (("model",), "lm_eval"),
+    "report": ((), "report"),
 }
 
 
@@ -143,6 +145,7 @@ def _sections() -> dict[str, BaseModel]:
         "alpaca_eval_generate": ev.alpaca_eval, "alpaca_eval_judge": ev.alpaca_eval,
         "arena_hard_generate": ev.arena_hard, "arena_hard_judge": ev.arena_hard, "pairwise": ev.pairwise[0],
         "mt_bench_generate": ev.mt_bench, "mt_bench_judge": ev.mt_bench, "lm_eval": ev.lm_eval,
+        "report": ReportConfig(),
     }
 
 

@@ -1,0 +1,189 @@
+"""The end of every flow run: the `report` stage, a Markdown summary in the Prefect UI, and the
+run's key params and headline metrics on its MLflow parent run. Never fails the flow: whatever
+goes wrong here is logged as a warning and the run's result stands.
+
+    flows/pipeline.py  sgpo_pipeline -> finish_pipeline(cfg, ctx, report, force)
+    flows/evaluate.py  evaluate      -> finish_evaluation(cfg, ctx, report, force)
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sgpo.run_report import StageReport
+from sgpo.stage import StageContext, stage_logger
+
+
+def config_hash(cfg: Any) -> str:
+    """8 hex digits of the configuration that changes results (runtime-only fields left out)."""
+    from artifacts.hashing import sha256_text
+    from sgpo.config import cache_payload
+
+    try:
+        payload = cache_payload(cfg)
+    except Exception:  # noqa: BLE001 - any pydantic model will do
+        payload = cfg.model_dump(mode="json")
+    return sha256_text(json.dumps(payload, sort_keys=True, default=str))[:8]
+
+
+def run_name(cfg: Any) -> str:
+    """`sgpo-tiny-1a2b3c4d`: the recipe's name plus the short config hash (MLflow parent run name)."""
+    return f"{cfg.name}-{config_hash(cfg)}"
+
+
+def method_of(cfg: Any) -> str:
+    """The pipeline variant in words (configuration, not code: docs/architecture.md)."""
+    parts = ["SGPO" if getattr(cfg, "shared_improver", True) else "SGPO-dagger"]
+    try:
+        if list(cfg.improver_sft.targets) == ["ext"]:
+            parts.append("targets=ext")
+        if cfg.pairs.chosen == "sft":
+            parts.append("chosen=sft (diamond)")
+    except AttributeError:
+        pass
+    rounds = getattr(cfg, "rounds", 1)
+    if rounds > 1:
+        parts.append(f"+ Step 2 ({rounds} rounds)")
+    return " ".join(parts)
+
+
+def _stage_items(stages: list[StageReport]) -> list[dict[str, Any]]:
+    # what keys the report: artifacts and cache hits; not the seconds (they differ on every run)
+    return [{"label": s.stage, "status": s.status, "uri": s.uri, "content_hash": s.content_hash} for s in stages]
+
+
+def run_report_stage(ctx: StageContext, stages: list[StageReport], title: str, force: list[str]) -> StageReport | None:
+    """The report stage (cached, in-process: it is a cheap CPU stage); None if it failed."""
+    from flows.runner import StageRunner
+    from tasks import get_stage
+    from tasks.report import ReportConfig
+
+    log = stage_logger("report")
+    try:
+        runner = StageRunner(ctx, [s for s in force if s == "report"])
+        runner("report", get_stage("report"), ReportConfig(), params={"stages": _stage_items(stages), "title": title})
+        done = runner.reports[-1]
+        missing = done.summary.get("missing") or {}
+        if missing:
+            log.warning("report: %d figure(s) missing: %s", len(missing), "; ".join(f"{k}: {v}" for k, v in missing.items()))
+        return done
+    except Exception as e:  # noqa: BLE001 - the report never fails the run
+        log.warning("report not made (the run itself is fine): %s: %s", type(e).__name__, e)
+        return None
+
+
+def mlflow_run_url(tracking: Any) -> str | None:
+    if tracking is None:
+        return None
+    if tracking.uri.startswith(("http://", "https://")):
+        return f"{tracking.uri.rstrip('/')}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
+    return f"{tracking.uri} (run {tracking.parent_run_id}; `mlflow ui --backend-store-uri {tracking.uri}`)"
+
+
+def _fmt(v: Any, nd: int = 1) -> str:
+    return f"{v:.{nd}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "n/a"
+
+
+def judged_line(name: str, s: dict[str, Any]) -> str:
+    if isinstance(s.get("score"), (int, float)):  # Arena-Hard
+        return (f"{name}: score {_fmt(s['score'])} (95% CI {_fmt(s.get('ci_low'))} to {_fmt(s.get('ci_high'))}), "
+                f"{s.get('n_questions')} questions")
+    if s.get("win_rate") is None:
+        return f"{name}: no win rate ({s.get('n_labelled', 0)} of {s.get('n', 0)} labelled)"
+    line = f"{name}: win rate {_fmt(s['win_rate'])}% (SE {_fmt(s.get('standard_error'))}), {s.get('n_labelled')} of {s.get('n')} judged"
+    if isinstance(s.get("lc_win_rate"), (int, float)):
+        line += f"; LC {_fmt(s['lc_win_rate'])}% (SE {_fmt(s.get('lc_standard_error'))})"
+    return line
+
+
+def summary_markdown(*, title: str, method: str, stages: list[StageReport], judged: list[str],
+                     final_policy: str | None, mlflow_url: str | None, report: StageReport | None) -> str:
+    ran = sum(s.status == "ran" for s in stages)
+    lines = [f"# {title}", "", f"**Method**: {method}", ""]
+    if final_policy:
+        lines += [f"**Final policy** (`sgpo evaluate eval-alpaca-arena model.path=...`): `{final_policy}`", ""]
+    lines += ["**Judged**:", *([f"- {j}" for j in judged] or ["- nothing judged"]), ""]
+    lines += [f"**Stages**: {ran} ran, {len(stages) - ran} cached (table artifact `sgpo-stages`)", ""]
+    lines += [f"**MLflow**: {mlflow_url or 'tracking off'}", ""]
+    if report is not None:
+        html = report.summary.get("html")
+        lines += [f"**Report**: `{html}` (figures, stage table, lineage); a local copy: "
+                  f"`sgpo report {report.uri} -o report.html`"]
+        if report.summary.get("missing"):
+            lines += ["", "Figures not made: " + "; ".join(f"{k} ({v})" for k, v in report.summary["missing"].items())]
+    else:
+        lines += ["**Report**: not made (see the run's logs)"]
+    return "\n".join(lines)
+
+
+def _publish_markdown(markdown: str, description: str) -> None:
+    try:
+        from prefect.artifacts import create_markdown_artifact
+
+        create_markdown_artifact(markdown=markdown, key="sgpo-summary", description=description)
+    except Exception as e:  # noqa: BLE001 - outside a run, or the API is down
+        stage_logger("flow").debug("no summary artifact: %s", e)
+
+
+def _log_parent(tracking: Any, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    if tracking is None:
+        return
+    try:
+        from sgpo.tracking import StageTracker, _client
+
+        t = StageTracker(_client(tracking.uri), tracking.parent_run_id)
+        existing = t.client.get_run(tracking.parent_run_id).data.params
+        t.log_params({k: v for k, v in params.items() if k not in existing})  # a retry may not change a param
+        t.log_metrics(metrics)
+    except Exception as e:  # noqa: BLE001
+        stage_logger("flow").warning("MLflow parent run not updated: %s", e)
+
+
+def _headline_metrics(prefix: str, s: dict[str, Any]) -> dict[str, float]:
+    keys = ("win_rate", "standard_error", "discrete_win_rate", "lc_win_rate", "lc_standard_error", "n_labelled",
+            "score", "ci_low", "ci_high")
+    return {f"{prefix}.{k}": float(s[k]) for k in keys if isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)}
+
+
+def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) -> str | None:
+    """Report stage, summary artifact, parent params/metrics; returns the report artifact's URI."""
+    try:
+        title = f"{cfg.name} ({method_of(cfg)}), config {config_hash(cfg)}"
+        done = run_report_stage(ctx, report.stages, title, force)
+        judged = [judged_line("judge (final policy vs the eval set's baseline)", report.judge or {})]
+        _publish_markdown(summary_markdown(title=title, method=method_of(cfg), stages=report.stages, judged=judged,
+                                           final_policy=report.final_policy, mlflow_url=mlflow_run_url(ctx.tracking),
+                                           report=done), f"{cfg.name}: summary of this run")
+        metrics = {**_headline_metrics("judge", report.judge or {}),
+                   "stages.ran": float(sum(s.status == "ran" for s in report.stages)),
+                   "stages.cached": float(sum(s.status == "cached" for s in report.stages))}
+        _log_parent(ctx.tracking, {"method": method_of(cfg), "config_hash": config_hash(cfg), "rounds": cfg.rounds,
+                                   "shared_improver": cfg.shared_improver, "dpo.beta": cfg.dpo.beta,
+                                   "final_policy": report.final_policy,
+                                   "report": (done.summary.get("html") if done else "")}, metrics)
+        return done.uri if done else None
+    except Exception as e:  # noqa: BLE001
+        stage_logger("flow").warning("end-of-run summary not made: %s: %s", type(e).__name__, e)
+        return None
+
+
+def finish_evaluation(cfg: Any, ctx: StageContext, report: Any, force: list[str]) -> str | None:
+    try:
+        title = f"{cfg.name}: evaluation of {report.model_name}, config {config_hash(cfg)}"
+        done = run_report_stage(ctx, report.stages, title, force)
+        judged = []
+        if report.alpaca_eval:
+            judged.append(judged_line("AlpacaEval 2.0", report.alpaca_eval))
+        if report.arena_hard:
+            judged.append(judged_line("Arena-Hard v0.1", report.arena_hard))
+        for name, p in report.pairwise.items():
+            judged.append(judged_line(f"pairwise {name}", p))
+        _publish_markdown(summary_markdown(title=title, method=f"evaluation of {report.model}", stages=report.stages,
+                                           judged=judged, final_policy=None, mlflow_url=mlflow_run_url(ctx.tracking),
+                                           report=done), f"{cfg.name}: summary of this evaluation")
+        _log_parent(ctx.tracking, {"model": report.model, "config_hash": config_hash(cfg),
+                                   "report": (done.summary.get("html") if done else "")}, {})
+        return done.uri if done else None
+    except Exception as e:  # noqa: BLE001
+        stage_logger("flow").warning("end-of-run summary not made: %s: %s", type(e).__name__, e)
+        return None

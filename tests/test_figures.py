@@ -1,0 +1,131 @@
+"""The figures' data preparation on hand-made tables (expected values worked out by hand), and
+the figure set of a run: a stage that is absent leaves its figure out, a figure that cannot be
+made is missing with its reason, never an exception."""
+from __future__ import annotations
+
+import pytest
+
+from sgpo.figures import (RunArtifacts, StageEntry, cache_hits, edit_distance_data, make_figures, perplexity_data,
+                          stage_costs, training_curves, win_rate_rows)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_edit_distance_bins_over_0_1_and_missing_answers_counted_not_plotted():
+    rows = [{"norm_edit_imp_vs_b": v} for v in (0.0, 0.05, 0.12, 0.5, 0.55, 1.0)] + [{"norm_edit_imp_vs_b": None}]
+    d = edit_distance_data(rows, "norm_edit_imp_vs_b", bins=4)  # bins [0,.25) [.25,.5) [.5,.75) [.75,1]
+    assert d["counts"] == [3, 0, 2, 1]
+    assert d["edges"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert (d["n"], d["missing"]) == (6, 1)
+    assert d["mean"] == pytest.approx(2.22 / 6)
+    assert d["median"] == pytest.approx((0.12 + 0.5) / 2)
+
+
+def test_edit_distance_of_a_table_without_the_column_or_values_is_an_error():
+    with pytest.raises(KeyError, match="norm_edit_imp_vs_a"):
+        edit_distance_data([{"x": 1}], "norm_edit_imp_vs_a")
+    with pytest.raises(ValueError, match="every improved answer is missing"):
+        edit_distance_data([{"norm_edit_imp_vs_a": None}], "norm_edit_imp_vs_a")
+
+
+def test_perplexity_uses_the_manifests_fences_and_the_tables_kept_flag():
+    rows = [
+        {"target_type": "imp", "ppl": 10.0, "kept": True}, {"target_type": "imp", "ppl": 12.0, "kept": True},
+        {"target_type": "imp", "ppl": 50.0, "kept": False},
+        {"target_type": "ext", "ppl": 20.0, "kept": True}, {"target_type": "ext", "ppl": 1.0, "kept": False},
+        {"target_type": "ext", "ppl": 90.0, "kept": False},
+    ]
+    # deliberately not what the quartiles of these rows would give: the figure must draw the manifest's cut
+    fences = {"imp": {"low": 5.0, "high": 30.0, "q1": 9.0, "q3": 14.0, "total": 3, "kept": 2, "dropped": 1},
+              "ext": {"low": 2.0, "high": 60.0, "total": 3, "kept": 1, "dropped": 2}}
+    d = perplexity_data(rows, fences, bins=10)
+    assert set(d) == {"imp", "ext"}
+    assert (d["imp"]["low"], d["imp"]["high"]) == (5.0, 30.0)
+    assert (d["ext"]["low"], d["ext"]["high"]) == (2.0, 60.0)
+    assert (d["imp"]["n_kept"], d["imp"]["n_dropped"]) == (2, 1)
+    assert (d["ext"]["n_kept"], d["ext"]["n_dropped"]) == (1, 2)
+    assert sorted(d["ext"]["dropped"]) == [1.0, 90.0]
+    # imp range: 5 (fence) .. 50 (value), padded by 2% of 45 = 0.9 -> [4.1, 50.9], 10 bins of 4.68
+    edges = d["imp"]["edges"]
+    assert edges[0] == pytest.approx(4.1) and edges[-1] == pytest.approx(50.9) and len(edges) == 11
+    assert d["imp"]["counts_kept"] == [0, 2, 0, 0, 0, 0, 0, 0, 0, 0]  # 10 and 12 in [8.78, 13.46)
+    assert d["imp"]["counts_dropped"] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert sum(d["ext"]["counts_kept"]) == 1 and sum(d["ext"]["counts_dropped"]) == 2
+
+
+def test_perplexity_without_fences_in_the_manifest_is_an_error():
+    with pytest.raises(ValueError, match="no fences"):
+        perplexity_data([{"target_type": "imp", "ppl": 1.0, "kept": True}], {})
+
+
+def test_training_curves_take_per_step_logs_and_leave_out_the_final_summary():
+    history = [
+        {"step": 2, "loss": 0.69, "learning_rate": 1e-4, "rewards/margins": 0.0, "rewards/accuracies": 0.5},
+        {"step": 1, "loss": 0.70, "learning_rate": 2e-4, "grad_norm": 1.0},
+        {"step": 3, "loss": float("nan"), "learning_rate": 5e-5},
+        {"step": 3, "train_loss": 0.69, "train_runtime": 1.0},
+    ]
+    c = training_curves(history)
+    assert c["loss"] == [(1, 0.70), (2, 0.69)]
+    assert c["learning_rate"] == [(1, 2e-4), (2, 1e-4), (3, 5e-5)]
+    assert c["rewards/margins"] == [(2, 0.0)] and c["rewards/accuracies"] == [(2, 0.5)]
+    assert "grad_norm" not in c and "train_loss" not in c
+
+
+def _entry(label, status="ran", summary=None, manifest=None, seconds=1.0):
+    return StageEntry(label=label, stage=label.split("[")[0], uri=f"file:///s/{label}", content_hash="h" * 16,
+                      status=status, seconds=seconds, summary=summary or {}, manifest=manifest or {})
+
+
+def test_stage_costs_and_cache_hits():
+    stages = [_entry("sft", manifest={"seconds": 9.5}),
+              _entry("annotate", "cached", {"sent": 0, "from_journal": 48, "prompt_tokens": 100,
+                                            "completion_tokens": 20, "cost_usd": 0.25}),
+              _entry("judge", summary={"sent": 10, "from_journal": 6, "cost_usd": None})]
+    rows = {r["label"]: r for r in stage_costs(stages)}
+    assert rows["sft"]["compute_seconds"] == 9.5 and rows["sft"]["llm_sent"] is None
+    assert (rows["annotate"]["llm_sent"], rows["annotate"]["llm_from_journal"], rows["annotate"]["tokens"],
+            rows["annotate"]["cost_usd"]) == (0, 48, 120, 0.25)
+    assert rows["judge"]["cost_usd"] is None
+    assert cache_hits(stages) == {"ran": 2, "cached": 1}
+
+
+def test_win_rate_rows_of_the_judges():
+    run = RunArtifacts(stages=[
+        _entry("judge", summary={"win_rate": 25.0, "standard_error": 11.18, "n_labelled": 16, "n": 16}),
+        _entry("arena_hard_judge", summary={"score": 40.0, "ci_low": 36.0, "ci_high": 45.0, "n_questions": 500}),
+        _entry("sft"),
+    ], read_rows=lambda e: [])
+    rows = win_rate_rows(run)
+    assert [(r["label"], r["value"], r["se"]) for r in rows] == [
+        ("judge (final policy vs baseline)", 25.0, 11.18), ("Arena-Hard v0.1 score", 40.0, 4.5)]
+
+
+def test_make_figures_leaves_out_absent_stages_and_reports_missing_ones():
+    tables = {"annotate": [{"norm_edit_imp_vs_b": 0.2, "norm_edit_imp_vs_a": 0.8}] * 3,
+              "ppl_filter": [{"target_type": "imp", "ppl": 3.0, "kept": True}]}
+    run = RunArtifacts(stages=[
+        _entry("annotate"),
+        _entry("ppl_filter", manifest={"fences": {"imp": {"low": 1.0, "high": 5.0}}}),
+        _entry("dpo", manifest={"train_history": [{"step": 1, "loss": 0.7, "rewards/margins": 0.1}]}),
+        _entry("sft", manifest={}),  # made before train_history was recorded
+    ], read_rows=lambda e: tables[e.label])
+    figs = {f.id: f for f in make_figures(run)}
+    assert set(figs) == {"fig3_edit_vs_b", "fig4_edit_vs_a", "fig5_perplexity", "train_dpo", "train_sft", "stages"}
+    for fid in ("fig3_edit_vs_b", "fig4_edit_vs_a", "fig5_perplexity", "train_dpo", "stages"):
+        assert figs[fid].png.startswith(PNG_MAGIC) and figs[fid].missing is None, fid
+    assert figs["fig3_edit_vs_b"].title.startswith("Fig. 3") and figs["fig5_perplexity"].title.startswith("Fig. 5")
+    assert figs["fig3_edit_vs_b"].counts["n"] == 3
+    assert figs["fig5_perplexity"].counts == {"imp": {"kept": 1, "dropped": 0, "low": 1.0, "high": 5.0}}
+    assert figs["train_sft"].png is None and "train_history" in figs["train_sft"].missing
+    # no judge stage in this run: no judge figure (no empty plot)
+    assert "judge" not in figs
+
+
+def test_a_table_that_cannot_be_read_makes_its_figures_missing_not_an_error():
+    def broken(entry):
+        raise OSError("artifact deleted")
+
+    figs = {f.id: f for f in make_figures(RunArtifacts(stages=[_entry("annotate")], read_rows=broken))}
+    assert figs["fig3_edit_vs_b"].png is None and "artifact deleted" in figs["fig3_edit_vs_b"].missing
+    assert figs["stages"].png is not None
