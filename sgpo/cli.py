@@ -132,7 +132,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sgpo.run_report import summary_lines
 
     try:
-        check_force(args.force, EVALUATION_STAGES)
+        check_force(args.force, EVALUATION_STAGES + ("report",))
     except ValueError as e:
         print(f"sgpo: --{e}", file=sys.stderr)
         return 2
