@@ -197,7 +197,8 @@ def train_dpo(
     )
     work = Path(out_dir).parent / "trainer"
     args = DPOConfig(
-        **common_args(cfg, str(work)), max_length=cfg.max_length, beta=cfg.beta, loss_type=[cfg.loss_type]
+        **common_args(cfg, str(work)), max_length=cfg.max_length, beta=cfg.beta,
+        loss_type=cfg.loss_type.split("+"),  # "sigmoid+sft": DPO + NLL on chosen (RPO), equal weights
     )
     ref = load_model(ref_model_dir, trust_remote_code=trust_remote_code) if ref_model_dir else None
     trainer = DPOTrainer(

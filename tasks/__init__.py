@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from sgpo.stage import Stage
 
 PIPELINE_STAGES = ("prepare", "base_model", "sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo",
-                   "sapo", "judge")
+                   "sapo", "judge", "testbed_report")
 EVALUATION_STAGES = ("base_model", "alpaca_eval_generate", "alpaca_eval_judge", "arena_hard_generate",
                      "arena_hard_judge", "pairwise")
 ALL_STAGES = tuple(dict.fromkeys(PIPELINE_STAGES + EVALUATION_STAGES))
