@@ -148,16 +148,19 @@ def minimal_improvement(instruction: str, response_a: str, response_b: str) -> s
     steps: list[str] = []
     if extra:
         steps.append(render(items))
-    work = list(items)
-    for i in range(max(len(work), len(target))):
-        if i < len(target) and i < len(work) and work[i] != target[i]:
+    work, i = list(items), 0
+    while work != target:
+        if i < min(len(work), len(target)):
+            changed = work[i] != target[i]
             work[i] = target[i]
-        elif i >= len(work):
+            i += 1
+            if not changed:
+                continue
+        elif i < len(target):  # too short: add the next item
             work.append(target[i])
-        elif i >= len(target):
-            work = work[: len(target)]
-        else:
-            continue
+            i += 1
+        else:  # too long: drop the last item
+            work.pop()
         steps.append(render(work))
     best = response_b
     for step in steps:
