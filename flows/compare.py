@@ -185,7 +185,8 @@ def compare(preset: str = "tiny", methods: list[str] | None = None, overrides: l
     rows = []
     for method in methods or method_names():
         cfg = load_config(preset, [*(overrides or []), f"method={method}"])
-        namer = EmbeddedLLM(lambda: "", max_new_tokens_cap=1, judge=cfg.embedded_llm.judge).model_name_for
+        namer = EmbeddedLLM(lambda: "", max_new_tokens_cap=1, judge=cfg.embedded_llm.judge,
+                            annotator=cfg.embedded_llm.annotator).model_name_for
         rows.append(compare_row(method, preset, cfg, _store(cfg), llm_model_name=namer))
     table = table_rows(rows)
     create_table_artifact(key="sgpo-compare", table=table,

@@ -99,7 +99,8 @@ def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> Eva
     # dir; it starts only if a judge stage really runs.
     llm = EmbeddedLLM(lambda: ctx.open_store().model_dir(holder["model"]) if cfg.embedded_llm.model == "base"
                       else cfg.embedded_llm.model, max_new_tokens_cap=cfg.embedded_llm.max_new_tokens_cap,
-                      judge=cfg.embedded_llm.judge)
+                      judge=cfg.embedded_llm.judge,
+                      annotator=getattr(cfg.embedded_llm, "annotator", "model"))
     tables = {p.name: read_ref(p.table, cfg.store.storage_options) for p in cfg.pairwise}  # fail fast
     with llm:
         run = StageRunner(ctx, force, llm=llm, width=24)

@@ -30,7 +30,7 @@ from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.stage import StageContext, section_of
 from tasks import get_stage
 
-STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge")
+STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge", "testbed_report")
 FORCEABLE = STAGES + ("base_model", "prepare", "report")
 
 
@@ -39,6 +39,7 @@ class PipelineReport(BaseModel):
     stages: list[StageReport]
     final_policy: str
     judge: dict[str, Any]
+    testbed: dict[str, Any] | None = None  # the testbed_report stage's summary (report_vs_sft)
     mlflow_run_id: str | None = None
     report_uri: str | None = None  # the `report` stage's artifact (report.html inside; `sgpo report URI`)
 
@@ -107,7 +108,11 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         pi_sft = base
     else:
         pi_sft = add("sft", "sft", "sft", base=base, data=data("sft"))
-    if cfg.algorithm == "dpo":  # DPO on the published preference pairs, reference pi_sft
+    if cfg.algorithm == "sft":  # pi_sft itself (the testbed's first row)
+        policy = pi_sft
+    elif cfg.algorithm == "sft_continued":  # the control: as much more SFT as PO gets, on D_po's references
+        policy = add("sft_continued", "sft", "sft_continued", base=pi_sft, data=data("po"))
+    elif cfg.algorithm == "dpo":  # DPO on the published preference pairs, reference pi_sft
         policy = add("dpo", "dpo", "dpo_baseline", start=pi_sft, pairs=data("prefs"))
     elif cfg.algorithm == "sapo":  # one long stage: EMA-regenerated segments, replay buffer, DPO/ORPO steps
         start = base if cfg.sapo_start == "base" else pi_sft
@@ -135,7 +140,10 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
                 inputs["improver"] = policy if cfg.shared_improver else pi_imp
             pairs = add(f"pairs{suffix(r, cfg.rounds)}", "pairs", "pairs", **inputs)
             policy = add(f"dpo{suffix(r, cfg.rounds)}", "dpo", "dpo", start=policy, pairs=pairs)
-    add("judge", "judge", "judge", policy=policy, data=data("eval"))
+    judged = add("judge", "judge", "judge", policy=policy, data=data("eval"))
+    if cfg.report_vs_sft:  # the testbed: verifier scores of pi_sft and the final policy, final vs pi_sft
+        judged_sft = judged if policy == pi_sft else add("judge[sft]", "judge", "judge", policy=pi_sft, data=data("eval"))
+        add("testbed_report", "testbed_report", "judge", final=judged, sft=judged_sft)
     return steps, policy
 
 
@@ -153,14 +161,16 @@ def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> Pipel
     # it starts only if annotate or judge really runs.
     llm = EmbeddedLLM(lambda: ctx.open_store().model_dir(refs["base_model"]) if cfg.embedded_llm.model == "base"
                       else cfg.embedded_llm.model, max_new_tokens_cap=cfg.embedded_llm.max_new_tokens_cap,
-                      judge=cfg.embedded_llm.judge)
+                      judge=cfg.embedded_llm.judge,
+                      annotator=getattr(cfg.embedded_llm, "annotator", "model"))
     with llm:
         run = StageRunner(ctx, force, cfg.execution, llm=llm)
         for step in steps:
             refs[step.label] = run(step.label, get_stage(step.stage), recipe_section(cfg, step.section),
                                    **{name: refs[label] for name, label in step.inputs.items()})
     _publish_ui_artifacts(run.reports, refs["judge"])
-    return PipelineReport(flow_run_id=None, stages=run.reports, final_policy=refs[final].uri, judge=refs["judge"].summary)
+    return PipelineReport(flow_run_id=None, stages=run.reports, final_policy=refs[final].uri, judge=refs["judge"].summary,
+                          testbed=refs["testbed_report"].summary if "testbed_report" in refs else None)
 
 
 def _publish_ui_artifacts(reports: list[StageReport], judged: Any) -> None:

@@ -82,6 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"[sgpo] judge: no win rate: none of {j.get('n', 0)} judge answers had 'm' or 'M' among its top "
               "logprobs (the judge did not follow the one-token answer format; a capable judge labels almost every row)")
+    for line in (report.testbed or {}).get("lines", []):  # report_vs_sft (the testbed): what the numbers mean
+        print(line)
     return 0
 
 

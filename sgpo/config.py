@@ -385,9 +385,13 @@ class EmbeddedLLMConfig(Section):
 
     model: str = runtime_field("base", "'base' = the pipeline's base model, or a local model dir")
     max_new_tokens_cap: int = runtime_field(256, "Cap on generated tokens (tiny models ramble)", ge=1)
-    judge: Literal["model", "rule"] = runtime_field(
+    judge: Literal["model", "rule", "testbed"] = runtime_field(
         "model", "Judge prompts answered by the model, or by sgpo.llm.rule_judge's documented quality rule (the tiny "
-        "preset: a tiny model cannot judge); the judge's model name, in its cache key, says which")
+        "preset: a tiny model cannot judge), or by the testbed's verifier (sgpo.llm.oracle); the judge's model name, "
+        "in its cache key, says which")
+    annotator: Literal["model", "oracle"] = runtime_field(
+        "model", "Annotation prompts answered by the model, or by the testbed's oracle (sgpo.llm.oracle: y_imp a "
+        "minimal fix of B no better than A, y_ext the correct answer); the annotator's model name says which")
 
 
 class ExecutionConfig(Section):
@@ -406,9 +410,10 @@ class PipelineConfig(Section):
         "sgpo", description="The recipe (configs/methods/NAME.yaml, merged over the preset): sgpo, sgpo-step2, "
         "sgpo-dagger, sgpo-double-dagger, sgpo-diamond, sgpo-v1..v3, all-ref, no-ref, dpo, spin",
     )
-    algorithm: Literal["sgpo", "dpo", "spin", "sapo"] = Field(
+    algorithm: Literal["sgpo", "dpo", "spin", "sapo", "sft", "sft_continued"] = Field(
         "sgpo", description="Which DAG runs: sgpo (and its ablations), dpo (on data.prefs), spin (spin.iterations), "
-        "sapo (the sapo stage on data.sapo)",
+        "sapo (the sapo stage on data.sapo), sft (pi_sft itself), sft_continued (more SFT of pi_sft on D_po's "
+        "references: the continued-SFT control)",
     )
     sapo_start: Literal["sft", "base"] = Field(
         "sft", description="algorithm=sapo: start from the sft stage's policy, or from the base model when it is "
@@ -430,6 +435,10 @@ class PipelineConfig(Section):
     dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
     dpo_baseline: DPOBaselineConfig = Field(default_factory=DPOBaselineConfig, description="algorithm=dpo")
     spin: SpinConfig = Field(default_factory=SpinConfig, description="algorithm=spin")
+    sft_continued: SFTStageConfig = Field(default_factory=SFTStageConfig,
+                                          description="algorithm=sft_continued: SFT of pi_sft on D_po's references")
+    report_vs_sft: bool = Field(False, description="Also judge pi_sft and add the testbed_report stage: the verifier's "
+                                "scores of pi_sft and of the final policy, and the final policy's win rate over pi_sft")
     sapo: SAPOConfig = Field(default_factory=SAPOConfig, description="algorithm=sapo: the sapo stage (sgpo.sapo)")
     judge: JudgeStageConfig = Field(default_factory=JudgeStageConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)

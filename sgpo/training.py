@@ -283,7 +283,7 @@ def train_dpo(
     ds = _pairs_dataset(pairs, ref_logps)
     work = Path(out_dir).parent / "trainer"
     args = DPOConfig(
-        **common_args(cfg, str(work)), max_length=cfg.max_length, beta=cfg.beta, loss_type=[cfg.loss_type],
+        **common_args(cfg, str(work)), max_length=cfg.max_length, beta=cfg.beta, loss_type=cfg.loss_type.split("+"),  # "sigmoid+sft": DPO + NLL on chosen (RPO)
         precompute_ref_log_probs=ref_logps is not None,
     )
     ref = load_model(ref_model_dir, trust_remote_code=trust_remote_code) if ref_model_dir and ref_logps is None else None
@@ -354,7 +354,7 @@ def reference_logps(
     model = load_model(model_dir, trust_remote_code=trust_remote_code)
     with tempfile.TemporaryDirectory(prefix="sgpo-reflogps-") as work:
         args = DPOConfig(**{**common_args(cfg, work), "gradient_accumulation_steps": 1}, max_length=cfg.max_length,
-                         beta=cfg.beta, loss_type=[cfg.loss_type], precompute_ref_log_probs=True)
+                         beta=cfg.beta, loss_type=cfg.loss_type.split("+"), precompute_ref_log_probs=True)
         # policy = the reference itself; precompute on and our no-op hook: TRL builds no second copy
         source = _pairs_dataset(pairs, [(0.0, 0.0)] * len(pairs)).add_column("pair_index", list(range(len(pairs))))
         trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=source, processing_class=tokenizer)

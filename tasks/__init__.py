@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from sgpo.stage import Stage
 
 PIPELINE_STAGES = ("prepare", "base_model", "sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo",
-                   "sapo", "judge")
+                   "sapo", "judge", "testbed_report")
 EVALUATION_STAGES = ("base_model", "alpaca_eval_generate", "alpaca_eval_judge", "arena_hard_generate",
                      "arena_hard_judge", "pairwise", "mt_bench_generate", "mt_bench_judge", "lm_eval")
 REPORT_STAGES = ("report",)  # the end of every flow: figures + HTML report (tasks/report.py)

@@ -11,7 +11,7 @@ from sgpo.config import CONFIG_DIR, ConfigError, load_config, method_names
 
 PRESETS = ["tiny", "qwen2.5-7b", "llama3-8b", "qwen2-1.5b"]
 RECIPES = ["sgpo", "sgpo-step2", "sgpo-dagger", "sgpo-double-dagger", "sgpo-diamond", "sgpo-v1", "sgpo-v2", "sgpo-v3",
-           "all-ref", "no-ref", "dpo", "spin", "sapo-dpo", "sapo-orpo"]
+           "all-ref", "no-ref", "dpo", "spin", "sapo-dpo", "sapo-orpo", "sft", "sft-continued"]
 IMPROVER_STAGES = ["sample", "annotate", "ppl_filter", "improver_sft"]
 
 

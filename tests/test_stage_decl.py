@@ -33,6 +33,7 @@ EXPECTED = {
     "dpo": (("start", "pairs"), "dpo"),
     "sapo": (("policy", "data"), "sapo"),
     "judge": (("policy", "data"), "judge"),
+    "testbed_report": (("final", "sft"), "judge"),
     "alpaca_eval_generate": (("model",), "alpaca_eval"),
     "alpaca_eval_judge": (("answers",), "alpaca_eval"),
     "arena_hard_generate": (("model",), "arena_hard"),
@@ -54,7 +55,7 @@ def test_every_stage_is_declared_with_its_inputs_and_section():
     assert {n for n in ALL_STAGES if get_stage(n).gpu} == {"sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo",
                                                                      "sapo"}
     assert {n for n in ALL_STAGES if get_stage(n).llm} == {"annotate", "judge", "alpaca_eval_judge", "arena_hard_judge",
-                                                             "pairwise", "mt_bench_judge"}
+                                                             "pairwise", "mt_bench_judge", "testbed_report"}
     assert get_stage("alpaca_eval_generate").params == ("model_name",)
 
 
@@ -141,7 +142,7 @@ def _sections() -> dict[str, BaseModel]:
     return {
         "prepare": cfg.data.po, "base_model": cfg.model, "sft": cfg.sft, "sample": cfg.sample,
         "annotate": cfg.annotate, "ppl_filter": cfg.ppl_filter, "improver_sft": cfg.improver_sft,
-        "pairs": cfg.pairs, "dpo": cfg.dpo, "judge": cfg.judge, "sapo": cfg.sapo,
+        "pairs": cfg.pairs, "dpo": cfg.dpo, "judge": cfg.judge, "sapo": cfg.sapo, "testbed_report": cfg.judge,
         "alpaca_eval_generate": ev.alpaca_eval, "alpaca_eval_judge": ev.alpaca_eval,
         "arena_hard_generate": ev.arena_hard, "arena_hard_judge": ev.arena_hard, "pairwise": ev.pairwise[0],
         "mt_bench_generate": ev.mt_bench, "mt_bench_judge": ev.mt_bench, "lm_eval": ev.lm_eval,

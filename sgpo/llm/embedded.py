@@ -13,7 +13,7 @@ EMBEDDED_MODEL_NAME = "sgpo-embedded"
 
 
 @contextlib.contextmanager
-def embedded_llm(model_dir: str, *, max_new_tokens_cap: int, judge: str = "model") -> Iterator[str]:
+def embedded_llm(model_dir: str, *, max_new_tokens_cap: int, judge: str = "model", annotator: str = "model") -> Iterator[str]:
     """Yields the base URL (http://127.0.0.1:PORT/v1) of a server for `model_dir`; with judge='rule'
     the judge prompts are answered by sgpo.llm.rule_judge instead of the model."""
     from sgpo.llm.server import TransformersChatBackend, build_app, running_server
@@ -23,6 +23,10 @@ def embedded_llm(model_dir: str, *, max_new_tokens_cap: int, judge: str = "model
         from sgpo.llm.rule_judge import RuleJudgeBackend
 
         backend = RuleJudgeBackend(backend)
+    if judge == "testbed" or annotator == "oracle":  # the testbed's verifier judge / oracle annotator
+        from sgpo.llm.oracle import TestbedBackend
+
+        backend = TestbedBackend(backend, judge=judge == "testbed", annotator=annotator == "oracle")
     # The cap keeps a tiny stand-in model from rambling to every request's max_tokens.
     app = build_app(backend, model_name=EMBEDDED_MODEL_NAME, max_tokens_cap=max_new_tokens_cap)
     with running_server(app) as base_url:
@@ -32,8 +36,9 @@ def embedded_llm(model_dir: str, *, max_new_tokens_cap: int, judge: str = "model
 class EmbeddedLLM:
     """A server started on first `base_url()` and stopped by `close()` (use as a context manager)."""
 
-    def __init__(self, model_dir: Callable[[], str], *, max_new_tokens_cap: int, judge: str = "model"):
-        self._model_dir, self._cap, self.judge = model_dir, max_new_tokens_cap, judge
+    def __init__(self, model_dir: Callable[[], str], *, max_new_tokens_cap: int, judge: str = "model",
+                 annotator: str = "model"):
+        self._model_dir, self._cap, self.judge, self.annotator = model_dir, max_new_tokens_cap, judge, annotator
         self._stack = contextlib.ExitStack()
         self._url: str | None = None
 
@@ -44,7 +49,8 @@ class EmbeddedLLM:
     def base_url(self) -> str:
         if self._url is None:
             model_dir = self._model_dir()
-            self._url = self._stack.enter_context(embedded_llm(model_dir, max_new_tokens_cap=self._cap, judge=self.judge))
+            self._url = self._stack.enter_context(embedded_llm(model_dir, max_new_tokens_cap=self._cap, judge=self.judge,
+                                                                annotator=self.annotator))
             print(f"[sgpo] embedded stand-in LLM at {self._url} (model {model_dir})", flush=True)
         return self._url
 
@@ -57,6 +63,14 @@ class EmbeddedLLM:
             from sgpo.llm.rule_judge import MODEL_NAME
 
             return MODEL_NAME
+        if self.judge == "testbed" and isinstance(section, PairJudgeConfig):
+            from sgpo.llm.oracle import VERIFIER_MODEL_NAME
+
+            return VERIFIER_MODEL_NAME
+        if self.annotator == "oracle" and not isinstance(section, PairJudgeConfig):  # the annotate stage
+            from sgpo.llm.oracle import ORACLE_MODEL_NAME
+
+            return ORACLE_MODEL_NAME
         return EMBEDDED_MODEL_NAME
 
     def close(self) -> None:

@@ -1,0 +1,129 @@
+"""The testbed comparison (docs/testbed.md): every testbed recipe x seeds, mean ± SE per method.
+
+    python benchmarks/testbed.py                          # run what is missing, then print the table
+    python benchmarks/testbed.py --report-only            # only read the store (like sgpo compare)
+    python benchmarks/testbed.py --seeds 0 1 2 --methods sft spin sgpo -o .sgpo/testbed
+
+Each (method, seed) is one `sgpo_pipeline` run of `configs/testbed.yaml` with `method=M` and the
+seed overrides of `seed_overrides(s)` (model init, every training and sampling seed; the data are
+fixed). All runs go through one process (one Prefect start-up) and share stages from the cache
+(pi_sft per seed, the improver per seed, SGPO's round 1 with SGPO + Step 2). The table is read back
+from the store by content (flows.compare.resolve_plan: nothing re-runs): per method, the mean over
+seeds of the verifier's exact match / mean score / habit rate of the final policy and its judged win
+rate over pi_sft, each ± the standard error of that mean over seeds (sd / sqrt(seeds)).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+METHODS = ["sft", "sft-continued", "dpo", "spin", "sgpo-diamond", "sgpo-dagger", "sgpo", "sgpo-step2"]
+SEED_KEYS = ["model.tiny.seed", "sft.seed", "improver_sft.seed", "dpo.seed", "dpo_baseline.seed", "spin.seed",
+             "sft_continued.seed", "sample.sampling.seed", "pairs.sampling.seed", "judge.sampling.seed", "annotate.seed"]
+
+
+def seed_overrides(seed: int) -> list[str]:
+    return [f"{k}={seed}" for k in SEED_KEYS]
+
+
+def configs(preset: str, methods: list[str], seeds: list[int], overrides: list[str]):
+    from sgpo.config import load_config
+
+    for seed in seeds:
+        for m in methods:
+            yield m, seed, load_config(preset, [*overrides, *seed_overrides(seed), f"method={m}"])
+
+
+def find_report(cfg) -> dict | None:
+    from flows.compare import _store, resolve_plan
+    from sgpo.llm.embedded import EmbeddedLLM
+
+    namer = EmbeddedLLM(lambda: "", max_new_tokens_cap=1, judge=cfg.embedded_llm.judge,
+                        annotator=cfg.embedded_llm.annotator).model_name_for
+    refs, missing = resolve_plan(cfg, _store(cfg), llm_model_name=namer)
+    return None if missing else refs["testbed_report"].summary
+
+
+def mean_se(v: list[float]) -> tuple[float | None, float | None]:
+    v = [x for x in v if x is not None]
+    if not v:
+        return None, None
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, None
+    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
+
+
+def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, list[dict]]:
+    cols = ["method", "seeds", "exact match %", "mean score", "habit %", "WR over pi_sft %", "per-seed exact match %"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    rows = []
+    for m, by_seed in results.items():
+        got = [by_seed[s] for s in seeds if by_seed.get(s)]
+        em = mean_se([100 * r["final"]["exact_match"] for r in got])
+        ms = mean_se([r["final"]["mean_quality"] for r in got])
+        hb = mean_se([100 * r["final"]["habit_rate"] for r in got])
+        wr = mean_se([r["win_rate"] for r in got])
+
+        def f(x, d=1):
+            return "-" if x[0] is None else f"{x[0]:.{d}f}" + ("" if x[1] is None else f" ± {x[1]:.{d}f}")
+
+        per = ", ".join(f"{100 * by_seed[s]['final']['exact_match']:.1f}" if by_seed.get(s) else "missing" for s in seeds)
+        lines.append(f"| {m} | {len(got)} | {f(em)} | {f(ms, 3)} | {f(hb)} | {f(wr)} | {per} |")
+        rows.append({"method": m, "seeds": len(got), "exact_match": em, "mean_score": ms, "habit": hb, "win_rate_vs_sft": wr,
+                     "per_seed": {s: by_seed.get(s) and {k: by_seed[s][k] for k in ("final", "sft", "win_rate", "standard_error")}
+                                  for s in seeds}})
+    return "\n".join(lines) + "\n", rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--preset", default="testbed")
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--report-only", action="store_true", help="read the store, run nothing")
+    ap.add_argument("-o", "--output", default=".sgpo/testbed", help="folder for testbed.md and testbed.json")
+    ap.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. store.url=...)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+    results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
+    t_all = time.perf_counter()
+    for m, seed, cfg in configs(args.preset, args.methods, args.seeds, args.overrides):
+        rep = find_report(cfg)
+        if rep is None and not args.report_only:
+            from flows.pipeline import sgpo_pipeline
+
+            t0 = time.perf_counter()
+            try:
+                rep = sgpo_pipeline(config=cfg).testbed
+            except Exception as e:  # a failed run is reported, not hidden; the others go on
+                print(f"[testbed] {m} seed {seed}: FAILED {type(e).__name__}: {e}", flush=True)
+                rep = None
+            print(f"[testbed] {m} seed {seed}: ran in {time.perf_counter() - t0:.0f}s (total "
+                  f"{time.perf_counter() - t_all:.0f}s)", flush=True)
+        if rep:
+            results[m][seed] = rep
+            print(f"[testbed] {m} seed {seed}: exact match {100 * rep['final']['exact_match']:.1f}% (pi_sft "
+                  f"{100 * rep['sft']['exact_match']:.1f}%), habit {100 * rep['final']['habit_rate']:.1f}%, WR over pi_sft "
+                  f"{rep['win_rate']:.1f} (SE {rep['standard_error']:.1f})", flush=True)
+    md, rows = table(results, args.seeds)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "testbed.md").write_text(md)
+    (out / "testbed.json").write_text(json.dumps(rows, indent=2, default=str))
+    print(md, end="")
+    print(f"[testbed] {time.perf_counter() - t_all:.0f}s; written {out / 'testbed.md'} and {out / 'testbed.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
