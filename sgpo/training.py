@@ -387,3 +387,16 @@ def reference_logps(
             found = merged
     nan = float("nan")
     return [found.get(i, (nan, nan)) for i in range(len(pairs))]
+
+
+def sft_and_publish(job, start, examples: list[tuple[list[dict[str, str]], str]], cfg: "TrainConfig"):
+    """SFT of `start` on `examples`, published as the stage's model (the sft and improver_sft stages):
+    summary with the example count and final loss, the seed, and the training metrics in the manifest."""
+    from sgpo.stage import scratch_dir
+
+    with scratch_dir(job.stage.name) as tmp:
+        metrics = train_sft(job.model_dir(start), examples, cfg, tmp / "model", tracker=job.tracker,
+                            trust_remote_code=job.ctx.trust_remote_code)
+        return job.publish_model(tmp / "model", summary={"examples": len(examples), "train_loss": metrics.get("train_loss")},
+                                 seeds={"train": cfg.seed}, extra={"train_metrics": metrics})
+

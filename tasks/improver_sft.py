@@ -9,7 +9,7 @@ from __future__ import annotations
 from artifacts.refs import ArtifactRef
 from sgpo.config import ImproverSFTStageConfig
 from sgpo.prompts import load_prompt
-from sgpo.stage import Job, scratch_dir, stage, stage_main
+from sgpo.stage import Job, stage, stage_main
 
 
 def prompt_name(cfg: ImproverSFTStageConfig) -> str:
@@ -37,17 +37,13 @@ def improver_examples(rows: list[dict], cfg: ImproverSFTStageConfig) -> list[tup
 @stage("improver_sft", section="improver_sft", gpu=True, prompts=prompt_versions,
        description="train pi_sft to improve its own responses on the filtered y_imp / y_ext -> pi_imp")
 def improver_sft(job: Job, start: ArtifactRef, filtered: ArtifactRef, cfg: ImproverSFTStageConfig) -> ArtifactRef:
-    from sgpo.training import TrainingDataError, train_sft
+    from sgpo.training import TrainingDataError, sft_and_publish
 
     examples = improver_examples(job.read_rows(filtered), cfg)
     if not examples:
         raise TrainingDataError(f"{filtered.uri}: no kept rows with target types {cfg.targets}")
     job.log.info("improver SFT on %d examples (targets %s)", len(examples), cfg.targets)
-    with scratch_dir("improver_sft") as tmp:
-        metrics = train_sft(job.model_dir(start), examples, cfg, tmp / "model", tracker=job.tracker,
-                            trust_remote_code=job.ctx.trust_remote_code)
-        return job.publish_model(tmp / "model", summary={"examples": len(examples), "train_loss": metrics.get("train_loss")},
-                                 seeds={"train": cfg.seed}, extra={"train_metrics": metrics})
+    return sft_and_publish(job, start, examples, cfg)
 
 
 if __name__ == "__main__":
