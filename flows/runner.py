@@ -70,8 +70,8 @@ class StageRunner:
         report = StageReport(stage=label, status="cached" if cached else "ran", seconds=round(seconds, 2),
                              uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary)
         self.reports.append(report)
-        status = report.status + ("" if cached else journal_note(ref.summary))  # e.g. "ran (48 answers from the journal, 0 sent)"
-        line = f"[sgpo] {label:<{self.width}} {status:<6} {seconds:7.1f}s  {ref.uri}"
+        note = "" if cached else journal_note(ref.summary)  # e.g. " (48 answers from the journal, 0 sent)"
+        line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"
         print(line, flush=True)
         self.log.info(line)
         if cached and self.ctx.tracking:
