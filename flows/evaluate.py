@@ -27,6 +27,7 @@ from prefect.context import get_run_context
 from artifacts.refs import ArtifactRef
 from artifacts.store import check_store
 from flows.pipeline import check_force
+from flows.reporting import flow_run_namer
 from flows.runner import StageRunner
 from sgpo.eval_config import EvalModelSpec, EvaluationConfig, load_evaluation_config
 from sgpo.llm.embedded import EmbeddedLLM
@@ -63,7 +64,7 @@ def resolve_model(spec: EvalModelSpec, run: StageRunner | None = None, storage_o
 
 
 @flow(name="sgpo-evaluate", description="AlpacaEval 2.0, Arena-Hard v0.1 and pairwise win rates of one model",
-      result_serializer="json")
+      result_serializer="json", flow_run_name=flow_run_namer(lambda: load_evaluation_config()))
 def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = None) -> EvaluationReport:
     """Evaluate `config.model` on the configured benchmarks; `force` lists stages (or `pairwise[NAME]`) to recompute."""
     from sgpo.tracking import pipeline_run

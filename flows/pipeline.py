@@ -24,6 +24,7 @@ from prefect.context import get_run_context
 from pydantic import BaseModel
 
 from artifacts.store import check_store
+from flows.reporting import flow_run_namer
 from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re-exported)
 from sgpo.config import ConfigError, PipelineConfig, load_config
 from sgpo.llm.embedded import EmbeddedLLM
@@ -45,7 +46,10 @@ class PipelineReport(BaseModel):
 
 
 def check_force(force: list[str] | None, known: tuple[str, ...]) -> list[str]:
-    """`force` as given, or a ValueError naming the unknown stages (the CLI says the same)."""
+    """`force` as given, or a ValueError naming the unknown stages.
+
+    The one check and the one sentence for every way in: `sgpo run/evaluate --force` prints it
+    before starting Prefect, and the flows raise it for a `force` typed in the UI's Custom-run form."""
     unknown = [s for s in force or [] if s.split("[")[0] not in known]
     if unknown:
         raise ValueError(f"force: unknown stage(s) {unknown}; stages: {', '.join(known)}")
@@ -53,7 +57,7 @@ def check_force(force: list[str] | None, known: tuple[str, ...]) -> list[str]:
 
 
 @flow(name="sgpo", description="A recipe's DAG: SGPO and its ablations, the DPO baseline, SPIN; then the judge",
-      result_serializer="json")
+      result_serializer="json", flow_run_name=flow_run_namer(lambda: load_config("tiny")))
 def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None = None) -> PipelineReport:
     """Run `config`'s recipe (`config.method`) end to end; `force` lists stages to recompute."""
     from sgpo.tracking import pipeline_run

@@ -31,6 +31,24 @@ def run_name(cfg: Any) -> str:
     return f"{cfg.name}-{config_hash(cfg)}"
 
 
+def flow_run_namer(default_config: Any) -> Any:
+    """A Prefect `flow_run_name` callable: the run is named `run_name(config)` (recipe + short config
+    hash) from the flow run's validated `config` parameter, or from `default_config()` when none was
+    given. Never raises (a name is not worth a failed run): falls back to `<flow>-<run id prefix>`."""
+
+    def name() -> str:
+        from prefect.context import FlowRunContext
+
+        ctx = FlowRunContext.get()
+        try:
+            cfg = (ctx.parameters or {}).get("config") if ctx else None
+            return run_name(cfg if cfg is not None else default_config())
+        except Exception:  # noqa: BLE001
+            return f"{ctx.flow.name}-{str(ctx.flow_run.id)[:8]}" if ctx and ctx.flow_run else "sgpo-run"
+
+    return name
+
+
 def method_of(cfg: Any) -> str:
     """The pipeline variant in words (configuration, not code: docs/architecture.md)."""
     parts = ["SGPO" if getattr(cfg, "shared_improver", True) else "SGPO-dagger"]

@@ -64,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         check_force(args.force, FORCEABLE)
     except ValueError as e:
-        print(f"sgpo: --{e}", file=sys.stderr)
+        print(f"sgpo: {e}", file=sys.stderr)  # the sentence the flow raises
         return 2
     t0 = time.perf_counter()
     report, rc = _call_flow(sgpo_pipeline, config=cfg, force=args.force)
@@ -136,7 +136,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         check_force(args.force, EVALUATION_STAGES + ("report",))
     except ValueError as e:
-        print(f"sgpo: --{e}", file=sys.stderr)
+        print(f"sgpo: {e}", file=sys.stderr)  # the sentence the flow raises
         return 2
     report, rc = _call_flow(evaluate, config=cfg, force=args.force)
     if report is None:
