@@ -66,7 +66,12 @@ def resolve_model(spec: EvalModelSpec, run: StageRunner | None = None, storage_o
 @flow(name="sgpo-evaluate", description="AlpacaEval 2.0, Arena-Hard v0.1 and pairwise win rates of one model",
       result_serializer="json", flow_run_name=flow_run_namer(lambda: load_evaluation_config()))
 def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = None) -> EvaluationReport:
-    """Evaluate `config.model` on the configured benchmarks; `force` lists stages (or `pairwise[NAME]`) to recompute."""
+    """Evaluate `config.model` on the configured benchmarks; `force` lists stages (or `pairwise[NAME]`) to recompute.
+
+    Args:
+        config: The model to evaluate, the benchmarks and their judges, store and tracking (default: the default evaluation config)
+        force: Stages to recompute even when cached, e.g. ["alpaca_eval_judge"] or ["pairwise[NAME]"]; an unknown name fails the run at once
+    """
     from sgpo.tracking import pipeline_run
 
     cfg = config or load_evaluation_config()

@@ -59,7 +59,12 @@ def check_force(force: list[str] | None, known: tuple[str, ...]) -> list[str]:
 @flow(name="sgpo", description="A recipe's DAG: SGPO and its ablations, the DPO baseline, SPIN; then the judge",
       result_serializer="json", flow_run_name=flow_run_namer(lambda: load_config("tiny")))
 def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None = None) -> PipelineReport:
-    """Run `config`'s recipe (`config.method`) end to end; `force` lists stages to recompute."""
+    """Run `config`'s recipe (`config.method`) end to end; `force` lists stages to recompute.
+
+    Args:
+        config: The whole run: recipe (method), base model, data, every stage's settings, store and tracking (default: the tiny preset)
+        force: Stages to recompute even when cached, e.g. ["dpo"] or ["pairs[2]"]; an unknown name fails the run at once
+    """
     from sgpo.tracking import pipeline_run
 
     cfg = config or load_config("tiny")

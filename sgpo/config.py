@@ -102,18 +102,18 @@ class TinyModelConfig(Section):
 
     vocab_size: int = Field(1024, ge=300, description="BPE vocabulary size")
     hidden_size: int = Field(128, ge=1, description="Hidden size; hidden/heads = 64 so vLLM can serve it")
-    num_attention_heads: int = Field(2, ge=1)
-    num_hidden_layers: int = Field(2, ge=1)
-    intermediate_size: int = Field(256, ge=1)
-    max_position_embeddings: int = Field(1024, ge=1)
-    seed: int = 0
+    num_attention_heads: int = Field(2, ge=1, description="Attention heads")
+    num_hidden_layers: int = Field(2, ge=1, description="Transformer layers")
+    intermediate_size: int = Field(256, ge=1, description="MLP hidden size")
+    max_position_embeddings: int = Field(1024, ge=1, description="Longest sequence in tokens")
+    seed: int = Field(0, description="Seed of the tiny model's initial weights")
 
 
 class ModelSpec(Section):
     name_or_path: str = Field("tiny", description="Hub id or local dir of the base model; 'tiny' builds one locally")
     revision: str | None = Field(None, description="Hub revision")
     trust_remote_code: bool = Field(False, description="Run model code from the hub (off unless you trust it)")
-    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig, description="The tiny model's shape (name_or_path=tiny only)")
 
 
 class DataConfig(Section):
@@ -137,7 +137,7 @@ class LaunchConfig(Section):
     """Hardware of a training stage (how it is launched), never its hyper-parameters: runtime only.
 
     One process and no accelerate config: the stage trains in its own process. Otherwise it runs under
-    `accelerate launch --config_file <accelerate_config> --num_processes N -m tasks.<stage>` (sgpo.launch)."""
+    `accelerate launch --config_file ACCELERATE_CONFIG --num_processes N -m tasks.STAGE` (sgpo.launch)."""
 
     accelerate_config: str | None = Field(
         None, description="accelerate config: a file, or a name in configs/accelerate (ddp, fsdp, zero3, ...)")
@@ -149,9 +149,9 @@ class LaunchConfig(Section):
 class LoRAConfig(Section):
     """LoRA (or QLoRA with quantization=4bit) instead of full fine-tuning (peft)."""
 
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA layers, in [0, 1)")
     target_modules: list[str] = Field(
         default_factory=lambda: ["all-linear"], min_length=1,
         description="Module names to adapt (peft's target_modules); ['all-linear'] = every linear layer but the head")
@@ -162,19 +162,19 @@ class LoRAConfig(Section):
 class TrainConfig(Section):
     """Training hyper-parameters; hardware (accelerate/DeepSpeed) lives in separate files."""
 
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (fractions allowed)")
     # (0, 1): a rate of 1 or more is a typo (e.g. 2e5 for 2e-5), never a setting
-    learning_rate: float = Field(2e-5, gt=0, lt=1)
+    learning_rate: float = Field(2e-5, gt=0, lt=1, description="Peak learning rate, in (0, 1)")
     per_device_batch_size: int = runtime_field(8, "Micro-batch size per device", ge=1)
     effective_batch_size: int = Field(
         128, ge=1, description="Global batch (the paper's 128); gradient accumulation = this / (micro-batch x devices)"
     )
-    max_length: int = Field(2048, ge=16)
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = Field(0.1, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0, lt=1)
+    max_length: int = Field(2048, ge=16, description="Longest prompt + answer in tokens; longer ones are truncated")
+    lr_scheduler_type: str = Field("cosine", description="transformers' lr scheduler: cosine, linear, constant, ...")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Fraction of the steps spent warming the learning rate up")
+    weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay")
     max_steps: int = Field(-1, ge=-1, description="Stop after N optimiser steps (-1: full epochs)")
-    seed: int = 42
+    seed: int = Field(42, description="Training seed (data order, dropout)")
     bf16: bool = runtime_field(False, "bf16 mixed precision (GPU)")
     gradient_checkpointing: bool = runtime_field(False, "Trade compute for memory")
     logging_steps: int = runtime_field(1, "Log metrics every N steps", ge=1)
@@ -207,10 +207,10 @@ class SamplingConfig(Section):
         None, "backend=openai: the server; backend=vllm_server: an already running vLLM server (none: start one)"
     )
     temperature: float = Field(0.7, ge=0, le=2, description="[0, 2], the range OpenAI-compatible servers accept")
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_new_tokens: int = Field(512, ge=1)
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling: keep the smallest token set of this probability, in (0, 1]")
+    max_new_tokens: int = Field(512, ge=1, description="Longest generated answer in tokens")
     n: int = Field(1, ge=1, description="Samples per prompt")
-    seed: int = 0
+    seed: int = Field(0, description="Sampling seed")
     batch_size: int = runtime_field(16, "Prompts per generate() call", ge=1)
     # --- server back-ends (openai, vllm_server)
     served_model_name: str | None = runtime_field(
@@ -238,7 +238,7 @@ class SamplingConfig(Section):
 
 
 class SampleStageConfig(Section):
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How the improver's training answers are sampled from pi_sft")
 
 
 class AnnotateStageConfig(Section):
@@ -250,9 +250,9 @@ class AnnotateStageConfig(Section):
         False, description="Keep answers cut at max_tokens (finish_reason=length); off: re-ask, then drop them"
     )
     temperature: float = Field(0.7, ge=0, le=2, description="[0, 2], the range OpenAI-compatible servers accept")
-    top_p: float = Field(0.9, gt=0, le=1)
-    max_tokens: int = Field(1024, ge=1)
-    seed: int = 0
+    top_p: float = Field(0.9, gt=0, le=1, description="Nucleus sampling of the external LLM, in (0, 1]")
+    max_tokens: int = Field(1024, ge=1, description="Longest answer of the external LLM in tokens")
+    seed: int = Field(0, description="Seed sent to the external LLM (where it honours one)")
     min_usable_fraction: float = runtime_field(
         0.5, "Fail (publishing nothing) when fewer than this share of the calls gave a usable answer; 0 disables the check",
         ge=0, le=1,
@@ -265,12 +265,12 @@ class AnnotateStageConfig(Section):
 
 class PplFilterStageConfig(Section):
     iqr_k: float = Field(1.5, gt=0, le=100, description="Tukey fence multiplier: keep [Q1 - k IQR, Q3 + k IQR]")
-    max_length: int = Field(2048, ge=16)
+    max_length: int = Field(2048, ge=16, description="Longest prompt + answer scored, in tokens")
     batch_size: int = runtime_field(8, "Sequences per forward pass", ge=1)
 
 
 class ImproverSFTStageConfig(TrainConfig):
-    epochs: float = Field(3.0, gt=0)
+    epochs: float = Field(3.0, gt=0, description="Passes over the training data (fractions allowed)")
     targets: list[Literal["imp", "ext"]] = Field(
         default_factory=lambda: ["imp", "ext"], description="Which filtered responses are targets (a set)", min_length=1
     )
@@ -286,7 +286,7 @@ class ImproverSFTStageConfig(TrainConfig):
 
 
 class PairsStageConfig(Section):
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How the policy's answers (and the refinements) are sampled")
     chosen: Literal["refined", "sft"] = Field("refined", description="refined: y+ from the improver; sft: y_sft (SGPO-diamond / SPIN)")
     refine_with_reference: bool = Field(True, description="Refining prompt holds the SFT reference (No-Ref: off)")
     prompt: str = Field("refine_v1", description="Refining prompt with the SFT reference")
@@ -294,11 +294,11 @@ class PairsStageConfig(Section):
 
 
 class DPOStageConfig(TrainConfig):
-    learning_rate: float = Field(5e-7, gt=0, lt=1)
+    learning_rate: float = Field(5e-7, gt=0, lt=1, description="Peak learning rate, in (0, 1)")
     # DPO's KL weight: papers use 0.01-0.5; above 10 the policy cannot move from the reference
-    beta: float = Field(0.1, gt=0, le=10)
-    loss_type: str = "sigmoid"
-    max_length: int = Field(2048, ge=16)
+    beta: float = Field(0.1, gt=0, le=10, description="DPO's KL weight beta, in (0, 10]")
+    loss_type: str = Field("sigmoid", description="TRL's DPO loss_type: sigmoid (DPO), ipo, hinge, ...")
+    max_length: int = Field(2048, ge=16, description="Longest prompt + answer in tokens; longer ones are truncated")
     reference_logps: Literal["live", "cached"] = runtime_field(
         "cached", "cached: the reference's log-probs computed once into a cached Parquet artifact (one model in "
         "memory while training); live: a frozen reference model beside the policy")
@@ -308,7 +308,7 @@ class DPOStageConfig(TrainConfig):
 class DPOBaselineConfig(DPOStageConfig):
     """The DPO baseline on published preference pairs (SGPO paper: 1 epoch, lr 5e-7, beta 0.01)."""
 
-    beta: float = Field(0.01, gt=0, le=10)
+    beta: float = Field(0.01, gt=0, le=10, description="DPO's KL weight beta, in (0, 10]")
 
 
 class SpinConfig(DPOStageConfig):
@@ -399,7 +399,7 @@ class ExecutionConfig(Section):
         "local", "local: every stage in this process; distributed: GPU stages via run_deployment"
     )
     cuda_work_pool: str = runtime_field("cuda", "Work pool for GPU stages in distributed mode")
-    deployment_prefix: str = runtime_field("sgpo-stage", "GPU-stage deployments are named '<stage>/<prefix>-<stage>'")
+    deployment_prefix: str = runtime_field("sgpo-stage", "GPU-stage deployments are named STAGE/PREFIX-STAGE (e.g. dpo/sgpo-stage-dpo)")
 
 
 class PipelineConfig(Section):
@@ -419,20 +419,20 @@ class PipelineConfig(Section):
         "sft", description="algorithm=sapo: start from the sft stage's policy, or from the base model when it is "
         "already an SFT model (e.g. wandb/mistral-7b-zephyr-sft)",
     )
-    seed: int = 42
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    data: DataConfig
+    seed: int = Field(42, description="Run-level seed, kept for the record; each stage has its own seed setting")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The base model")
+    data: DataConfig = Field(description="The datasets each stage reads (D_sft, D_imp, D_po, eval, ...)")
     shared_improver: bool = Field(
         True, description="Policy and improver share parameters (SGPO); off = separate models (SGPO-dagger)"
     )
     rounds: int = Field(1, ge=1, description="Pair generation + DPO rounds (2 = SGPO + Step 2)")
-    sft: SFTStageConfig = Field(default_factory=SFTStageConfig)
-    sample: SampleStageConfig = Field(default_factory=SampleStageConfig)
-    annotate: AnnotateStageConfig = Field(default_factory=AnnotateStageConfig)
-    ppl_filter: PplFilterStageConfig = Field(default_factory=PplFilterStageConfig)
-    improver_sft: ImproverSFTStageConfig = Field(default_factory=ImproverSFTStageConfig)
-    pairs: PairsStageConfig = Field(default_factory=PairsStageConfig)
-    dpo: DPOStageConfig = Field(default_factory=DPOStageConfig)
+    sft: SFTStageConfig = Field(default_factory=SFTStageConfig, description="SFT of the base model on D_sft: pi_sft")
+    sample: SampleStageConfig = Field(default_factory=SampleStageConfig, description="pi_sft answers the improver prompts (y_sft)")
+    annotate: AnnotateStageConfig = Field(default_factory=AnnotateStageConfig, description="The external LLM improves y_sft (and answers directly)")
+    ppl_filter: PplFilterStageConfig = Field(default_factory=PplFilterStageConfig, description="Perplexity IQR filter of the improved answers")
+    improver_sft: ImproverSFTStageConfig = Field(default_factory=ImproverSFTStageConfig, description="SFT of the improver on the filtered answers")
+    pairs: PairsStageConfig = Field(default_factory=PairsStageConfig, description="Preference pairs: the policy's answer vs its refinement")
+    dpo: DPOStageConfig = Field(default_factory=DPOStageConfig, description="DPO of the policy on the pairs")
     dpo_baseline: DPOBaselineConfig = Field(default_factory=DPOBaselineConfig, description="algorithm=dpo")
     spin: SpinConfig = Field(default_factory=SpinConfig, description="algorithm=spin")
     sft_continued: SFTStageConfig = Field(default_factory=SFTStageConfig,
@@ -440,11 +440,11 @@ class PipelineConfig(Section):
     report_vs_sft: bool = Field(False, description="Also judge pi_sft and add the testbed_report stage: the verifier's "
                                 "scores of pi_sft and of the final policy, and the final policy's win rate over pi_sft")
     sapo: SAPOConfig = Field(default_factory=SAPOConfig, description="algorithm=sapo: the sapo stage (sgpo.sapo)")
-    judge: JudgeStageConfig = Field(default_factory=JudgeStageConfig)
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    embedded_llm: EmbeddedLLMConfig = Field(default_factory=EmbeddedLLMConfig)
-    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    judge: JudgeStageConfig = Field(default_factory=JudgeStageConfig, description="Pairwise judge of the final policy vs the eval set's baseline")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Where artifacts are kept (the cache)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking")
+    embedded_llm: EmbeddedLLMConfig = Field(default_factory=EmbeddedLLMConfig, description="The local stand-in LLM for endpoints without base_url")
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig, description="Where stages run: in-process or the CUDA work pool")
     hardware: LaunchConfig = runtime_field(
         default_factory=LaunchConfig, description="Launch of every training stage that sets no `launch` of its own")
 

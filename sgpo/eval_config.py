@@ -94,7 +94,7 @@ class EvalModelSpec(Section):
     path: str = Field(
         "tiny",
         description="'tiny' (the tiny kit's base model, built locally), a local checkpoint dir, an artifact "
-        "URI of a model in the store (e.g. the pipeline's final policy, file://.../dpo/<key>), or a hub id",
+        "URI of a model in the store (e.g. the pipeline's final policy, file://.../dpo/KEY), or a hub id",
     )
     revision: str | None = Field(None, description="Hub revision (hub ids only)")
     name: str | None = Field(
@@ -350,13 +350,15 @@ class EvaluationConfig(Section):
 
     name: str = Field("sgpo-eval", description="Run name (MLflow run name)")
     model: EvalModelSpec = Field(default_factory=EvalModelSpec, description="The model to evaluate")
-    alpaca_eval: AlpacaEvalConfig = Field(default_factory=AlpacaEvalConfig)
-    arena_hard: ArenaHardConfig = Field(default_factory=ArenaHardConfig)
-    mt_bench: MTBenchConfig = Field(default_factory=MTBenchConfig)
-    lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig)
+    alpaca_eval: AlpacaEvalConfig = Field(default_factory=AlpacaEvalConfig,
+                                          description="AlpacaEval 2.0: generation, judge, WR / LC WR with SEs")
+    arena_hard: ArenaHardConfig = Field(default_factory=ArenaHardConfig,
+                                        description="Arena-Hard v0.1: generation, judge, score with 95% bootstrap CI")
+    mt_bench: MTBenchConfig = Field(default_factory=MTBenchConfig, description="MT-Bench: two-turn answers, 1-10 judge scores")
+    lm_eval: LmEvalConfig = Field(default_factory=LmEvalConfig, description="lm-eval tasks (Open LLM Leaderboard, IFEval)")
     pairwise: list[PairwiseConfig] = Field(default_factory=list, description="Pairwise column comparisons")
-    store: StoreConfig = Field(default_factory=StoreConfig)
-    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(experiment="sgpo-eval"))
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Where artifacts are kept (the cache)")
+    tracking: TrackingConfig = Field(default_factory=lambda: TrackingConfig(experiment="sgpo-eval"), description="MLflow tracking")
     embedded_llm: EmbeddedLLMConfig = Field(
         default_factory=EmbeddedLLMConfig,
         description="Stand-in judge for endpoints without base_url; model 'base' = the evaluated model itself",
