@@ -114,6 +114,54 @@ def judged_line(name: str, s: dict[str, Any]) -> str:
     return line
 
 
+def _num(v: Any) -> float | None:
+    return round(float(v), 2) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def benchmark_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
+    """A judged benchmark's numbers as table rows, rounded to 2 decimals, each with its SE or 95% CI."""
+    rows = []
+
+    def add(metric: str, value: Any, se: Any = None, lo: Any = None, hi: Any = None, n: Any = None) -> None:
+        if _num(value) is not None:
+            rows.append({"metric": metric, "value": _num(value), "SE": _num(se), "CI 95% low": _num(lo),
+                         "CI 95% high": _num(hi), "n": n})
+
+    add("win rate (%)", s.get("win_rate"), se=s.get("standard_error"), n=s.get("n_labelled"))
+    add("discrete win rate (%)", s.get("discrete_win_rate"), n=s.get("n_labelled"))
+    add("LC win rate (%)", s.get("lc_win_rate"), se=s.get("lc_standard_error"), n=s.get("n_labelled"))
+    add("score", s.get("score"), lo=s.get("ci_low"), hi=s.get("ci_high"), n=s.get("n_questions") or s.get("n_rated"))
+    add("turn 1 score", s.get("score_turn_1"))
+    add("turn 2 score", s.get("score_turn_2"))
+    return [{k: ("" if v is None else v) for k, v in r.items()} for r in rows]
+
+
+def artifact_key(name: str) -> str:
+    """`sgpo-bench-<name>` in the characters Prefect allows in a key (lowercase, digits, dashes)."""
+    import re
+
+    return "sgpo-bench-" + (re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unnamed")
+
+
+def publish_benchmark_tables(judged: dict[str, dict[str, Any]]) -> list[str]:
+    """One Prefect table artifact per judged benchmark ({name: summary}); returns the keys made."""
+    keys = []
+    try:
+        from prefect.artifacts import create_table_artifact
+
+        for name, s in judged.items():
+            rows = benchmark_rows(s or {})
+            if not rows:
+                continue
+            versus = f" vs {s.get('baseline') or s.get('baseline_column')}" if (s.get("baseline") or s.get("baseline_column")) else ""
+            create_table_artifact(key=artifact_key(name), table=rows,
+                                  description=f"{name}{versus}: judged numbers, rounded, with SE / 95% CI")
+            keys.append(artifact_key(name))
+    except Exception as e:  # noqa: BLE001 - outside a run, or the API is down
+        stage_logger("flow").debug("no benchmark table artifacts: %s", e)
+    return keys
+
+
 def summary_markdown(*, title: str, method: str, stages: list[StageReport], judged: list[str],
                      final_policy: str | None, mlflow_url: str | None, report: StageReport | None) -> str:
     ran = sum(s.status == "ran" for s in stages)
@@ -169,6 +217,7 @@ def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) 
         title = f"{cfg.name} ({method_of(cfg)}), config {config_hash(cfg)}"
         done = run_report_stage(ctx, report.stages, title, force)
         judged = [judged_line("judge (final policy vs the eval set's baseline)", report.judge or {})]
+        publish_benchmark_tables({"judge": report.judge or {}})
         _publish_markdown(summary_markdown(title=title, method=method_of(cfg), stages=report.stages, judged=judged,
                                            final_policy=report.final_policy, mlflow_url=mlflow_run_url(ctx.tracking),
                                            report=done), f"{cfg.name}: summary of this run")
@@ -196,6 +245,9 @@ def finish_evaluation(cfg: Any, ctx: StageContext, report: Any, force: list[str]
             judged.append(judged_line("Arena-Hard v0.1", report.arena_hard))
         for name, p in report.pairwise.items():
             judged.append(judged_line(f"pairwise {name}", p))
+        publish_benchmark_tables({k: v for k, v in [("alpaca-eval", report.alpaca_eval), ("arena-hard", report.arena_hard),
+                                                    ("mt-bench", report.mt_bench)] if v}
+                                 | {f"pairwise {n}": p for n, p in report.pairwise.items()})
         _publish_markdown(summary_markdown(title=title, method=f"evaluation of {report.model}", stages=report.stages,
                                            judged=judged, final_policy=None, mlflow_url=mlflow_run_url(ctx.tracking),
                                            report=done), f"{cfg.name}: summary of this evaluation")

@@ -29,6 +29,22 @@ def with_endpoint(section: Any, field: str, base_url: str | None, model: str) ->
     return section.model_copy(update={field: ep.model_copy(update={"base_url": base_url, "model": model})})
 
 
+def show_cached(label: str, ref: ArtifactRef) -> None:
+    """A cached stage runs no task and no subflow, so the UI's graph never shows it: a link
+    artifact on the flow run names it, with its artifact URI. Never fails the stage."""
+    try:
+        from prefect.artifacts import create_link_artifact
+        from prefect.context import FlowRunContext
+
+        if FlowRunContext.get() is None:  # `python -m tasks.NAME`, tests: nothing to attach to
+            return
+        create_link_artifact(link=ref.uri, link_text=f"{label} (cached) {ref.uri}",
+                             description=f"Stage {label}: cached, reused from an earlier run "
+                                         f"(content {ref.content_hash[:12]}, made by {ref.produced_by or 'unknown'})")
+    except Exception as e:  # noqa: BLE001 - the API is down: the stage line in the logs still says it
+        stage_logger("flow").debug("no cached-stage artifact for %s: %s", label, e)
+
+
 class StageRunner:
     """Call as `run(label, stage, cfg, **inputs)`; `label` is the stage name, optionally `name[suffix]`."""
 
@@ -74,6 +90,8 @@ class StageRunner:
         line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"
         print(line, flush=True)
         self.log.info(line)
+        if cached:
+            show_cached(label, ref)
         if cached and self.ctx.tracking:
             from sgpo.tracking import stage_run
 

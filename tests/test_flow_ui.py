@@ -71,3 +71,70 @@ def test_flow_run_name_differs_with_the_config():
 
     a, b = load_config("tiny"), load_config("tiny", ["dpo.beta=0.2"])
     assert run_name(a) != run_name(b) and run_name(a) == run_name(load_config("tiny"))
+
+
+# ------------------------------------------------ table artifacts per benchmark, cached stages shown
+ALPACA = {"win_rate": 52.34567, "standard_error": 1.23456, "discrete_win_rate": 51.0, "lc_win_rate": 48.8888,
+          "lc_standard_error": 0.98765, "n_labelled": 805, "baseline": "gpt4_1106_preview"}
+ARENA = {"score": 33.3333, "ci_low": 30.1111, "ci_high": 36.6666, "n_questions": 500}
+
+
+def test_benchmark_rows_are_rounded_with_their_uncertainty():
+    from flows.reporting import artifact_key, benchmark_rows
+
+    rows = {r["metric"]: r for r in benchmark_rows(ALPACA)}
+    assert list(rows) == ["win rate (%)", "discrete win rate (%)", "LC win rate (%)"]
+    assert rows["win rate (%)"] == {"metric": "win rate (%)", "value": 52.35, "SE": 1.23, "CI 95% low": "",
+                                    "CI 95% high": "", "n": 805}
+    assert rows["LC win rate (%)"]["value"] == 48.89 and rows["LC win rate (%)"]["SE"] == 0.99
+    (arena,) = benchmark_rows(ARENA)
+    assert (arena["value"], arena["CI 95% low"], arena["CI 95% high"], arena["SE"]) == (33.33, 30.11, 36.67, "")
+    assert benchmark_rows({"win_rate": None, "n": 3}) == []  # nothing judged: no table
+    assert artifact_key("pairwise SGPO vs DPO") == "sgpo-bench-pairwise-sgpo-vs-dpo"
+
+
+def _artifacts(flow_run_id):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def test_benchmark_tables_and_cached_stages_read_back_from_the_api(tmp_path, monkeypatch):
+    import json
+
+    from prefect import flow
+
+    import flows.runner as runner_mod
+    from artifacts.refs import ArtifactRef
+    from flows.reporting import publish_benchmark_tables
+    from flows.runner import StageRunner
+    from sgpo.config import SFTStageConfig, StoreConfig
+    from sgpo.stage import StageContext
+    from tasks import get_stage
+
+    uri = f"file://{tmp_path}/store/sft/abc"
+    ref = ArtifactRef(uri=uri, kind="model", stage="sft", cache_key="k" * 64, content_hash="c" * 64, produced_by="run-1")
+    monkeypatch.setattr(runner_mod, "dispatch_stage", lambda label, *a: (ref, label == "sft"))  # sft cached, dpo ran
+
+    @flow
+    def judged_run():
+        ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")), tracking=None)
+        run = StageRunner(ctx, [])
+        run("sft", get_stage("sft"), SFTStageConfig())
+        run("dpo", get_stage("sft"), SFTStageConfig())
+        return publish_benchmark_tables({"alpaca-eval": ALPACA, "arena-hard": ARENA, "mt-bench": {"score": None}})
+
+    state = judged_run(return_state=True)
+    assert state.result() == ["sgpo-bench-alpaca-eval", "sgpo-bench-arena-hard"]
+    arts = _artifacts(state.state_details.flow_run_id)
+    tables = {a.key: a for a in arts if a.type == "table"}
+    assert set(tables) == {"sgpo-bench-alpaca-eval", "sgpo-bench-arena-hard"}
+    data = tables["sgpo-bench-alpaca-eval"].data
+    rows = json.loads(data) if isinstance(data, str) else data
+    assert rows[0]["metric"] == "win rate (%)" and rows[0]["value"] == 52.35 and rows[0]["SE"] == 1.23
+    assert "gpt4_1106_preview" in tables["sgpo-bench-alpaca-eval"].description
+    links = [a for a in arts if a.type in ("link", "markdown")]  # Prefect 3.8 stores a link artifact as Markdown
+    assert len(links) == 1  # the cached sft only; dpo ran and has its own run
+    assert uri in links[0].data and "sft (cached)" in links[0].data and "cached" in links[0].description
