@@ -7,6 +7,8 @@
     training curves (loss, reward margin / accuracy, lr) per training stage          manifest `train_history`
     stage time, LLM calls (sent vs from the journal), cost, cache hits               the run's stage list + manifests
     judge result (win rate vs the baseline, SE)                                      judge / alpaca_eval_judge / arena_hard_judge
+    SAPO loss / reward-margin / lr curves                                            sapo manifest `train_history`
+    SAPO replay buffer: use counts, producing step, EMA / reference updates          sapo `buffer.parquet` + `last_metrics`
 
 Each figure has a pure data-preparation function (unit-tested on hand-made tables: bin counts,
 fences taken from the manifest, never recomputed) and a drawing function. `make_figures(run)`
@@ -24,7 +26,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 EDIT_BINS = 20
 PPL_BINS = 30
-TRAINING_STAGES = ("sft", "improver_sft", "dpo")
+TRAINING_STAGES = ("sft", "improver_sft", "dpo", "sapo")
 TRAINING_SERIES = (  # (panel, history keys that go on it, y label)
     ("loss", ("loss",), "training loss (nats / token)"),
     ("reward", ("rewards/margins", "rewards/accuracies"), "reward margin (nats) / accuracy (0-1)"),
@@ -56,6 +58,8 @@ class RunArtifacts:
     stages: list[StageEntry]
     read_rows: Callable[[StageEntry], list[dict[str, Any]]]
     title: str = ""
+    # rows of a Parquet file beside an artifact (e.g. sapo's buffer.parquet); None: not readable
+    read_side_rows: Callable[[StageEntry, str], list[dict[str, Any]]] | None = None
 
     def find(self, stage: str) -> list[StageEntry]:
         return [s for s in self.stages if s.stage == stage]
@@ -208,6 +212,21 @@ def win_rate_rows(run: RunArtifacts) -> list[dict[str, Any]]:
     return rows
 
 
+def sapo_buffer_data(rows: Iterable[dict[str, Any]], last_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The SAPO replay buffer as the run ended: how many entries were drawn 0, 1, 2, ... times, how
+    many entries each producing step left in it, and the run's last EMA / reference / buffer numbers."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("the replay buffer is empty")
+    uses = [int(r["uses"]) for r in rows]
+    use_counts = {u: uses.count(u) for u in range(max(uses) + 1)}
+    steps = sorted({int(r["step"]) for r in rows if r.get("step") is not None})
+    by_step = {st: sum(1 for r in rows if r.get("step") == st) for st in steps}
+    lm = last_metrics or {}
+    return {"n": len(rows), "use_counts": use_counts, "mean_uses": sum(uses) / len(uses), "by_step": by_step,
+            "ema_updates": _num(lm.get("ema_updates")), "reference_updates": _num(lm.get("reference_updates"))}
+
+
 def _num(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
@@ -345,6 +364,28 @@ def draw_win_rates(rows: list[dict[str, Any]], title: str) -> bytes:
     return _png(fig)
 
 
+def draw_sapo_buffer(data: dict[str, Any], title: str) -> bytes:
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11.0, 3.8))
+    uses = list(data["use_counts"])
+    ax1.bar(uses, [data["use_counts"][u] for u in uses], color="#4C72B0",
+            label=f"{data['n']} entries, mean {data['mean_uses']:.2f} draws")
+    ax1.set_xlabel("times drawn for a training step (count)")
+    ax1.set_ylabel("buffer entries (count)")
+    ax1.legend(fontsize=8)
+    steps = list(data["by_step"])
+    ax2.bar(steps, [data["by_step"][st] for st in steps], color="#55A868",
+            label=f"entries by producing step ({len(steps)} steps)")
+    ax2.set_xlabel("optimizer step that generated the entry")
+    ax2.set_ylabel("buffer entries (count)")
+    extra = [f"{k.replace('_', ' ')} {int(data[k])}" for k in ("ema_updates", "reference_updates") if data[k] is not None]
+    if extra:
+        ax2.set_title(", ".join(extra), fontsize=9)
+    ax2.legend(fontsize=8)
+    fig.suptitle(title)
+    return _png(fig)
+
+
 # --------------------------------------------------------------------------------------------------
 # The figures of a run
 # --------------------------------------------------------------------------------------------------
@@ -405,6 +446,17 @@ def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int
             return draw_training(curves, title), {k: len(v) for k, v in curves.items()}
 
         figs.append(_attempt(Figure(f"train_{_slug(s.label)}", title, s.label, s.uri), make))
+
+    for sp in run.find("sapo"):
+        title = f"SAPO replay buffer of {sp.label}: use counts, producing step, EMA / reference updates"
+
+        def make_buffer(sp=sp, title=title):
+            if run.read_side_rows is None:
+                raise ValueError("this reader cannot open files beside an artifact")
+            d = sapo_buffer_data(run.read_side_rows(sp, "buffer.parquet"), (sp.manifest or {}).get("last_metrics"))
+            return draw_sapo_buffer(d, title), {"n": d["n"], "use_counts": d["use_counts"], "mean_uses": d["mean_uses"]}
+
+        figs.append(_attempt(Figure(f"sapo_buffer{_suffix(sp.label)}", title, sp.label, sp.uri), make_buffer))
 
     judged = win_rate_rows(run)
     if judged:

@@ -55,6 +55,20 @@ def table_reader(storage_options: dict[str, Any] | None = None):
     return read_rows
 
 
+def side_rows_reader(storage_options: dict[str, Any] | None = None):
+    """`read_side_rows(entry, name)` for RunArtifacts: the rows of a Parquet file beside the artifact."""
+
+    def read_side_rows(entry: StageEntry, name: str) -> list[dict[str, Any]]:
+        import io
+
+        import pyarrow.parquet as pq
+
+        store, url = _store_of(entry.uri, storage_options)
+        return pq.read_table(io.BytesIO(store.read_bytes(f"{url}/{name}"))).to_pylist()
+
+    return read_side_rows
+
+
 def entries_from_stages(stages: Iterable[dict[str, Any]], storage_options: dict[str, Any] | None = None
                         ) -> list[StageEntry]:
     """StageEntry per {label, status, seconds, uri, content_hash[, summary]} (a flow's stage list)."""
@@ -210,7 +224,8 @@ def render_html(run: RunArtifacts, figures: list[Figure], meta: dict[str, str] |
 def build(entries: list[StageEntry], storage_options: dict[str, Any] | None = None, *, title: str = "",
           meta: dict[str, str] | None = None, edit_bins: int = 20, ppl_bins: int = 30
           ) -> tuple[str, list[Figure], RunArtifacts]:
-    run = RunArtifacts(stages=entries, read_rows=table_reader(storage_options), title=title)
+    run = RunArtifacts(stages=entries, read_rows=table_reader(storage_options), title=title,
+                       read_side_rows=side_rows_reader(storage_options))
     figures = make_figures(run, edit_bins=edit_bins, ppl_bins=ppl_bins)
     return render_html(run, figures, meta), figures, run
 

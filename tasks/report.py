@@ -27,7 +27,7 @@ class ReportConfig(Section):
     ppl_bins: int = Field(30, ge=2, le=200, description="Bins of the perplexity histograms (Fig. 5)")
 
 
-@stage("report", section="report", code_version="1",
+@stage("report", section="report", code_version="2",
        description="the run's figures (papers' Fig. 3/4/5, training curves, judge, stage costs) and an HTML report")
 def report(job: Job, cfg: ReportConfig, stages: Any, title: str) -> ArtifactRef:
     import pyarrow as pa

@@ -33,7 +33,7 @@ def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> A
         result = train_sapo(
             job.model_dir(policy), rows, cfg, out_dir=tmp / "model", ema_out_dir=tmp / "model" / "ema",
             checkpoint_url=job.work_url + "/checkpoints", storage_options=job.store.storage_options,
-            on_metrics=lambda step, metrics: job.log_metrics(metrics, step=step),
+            on_metrics=lambda step, metrics: _log_step(job, step, metrics),
             trust_remote_code=job.ctx.trust_remote_code,
         )
         if result.resumed_from_step is not None:
@@ -47,6 +47,14 @@ def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> A
             job.publish_bytes("buffer.parquet", buffer)
         return job.publish_model(tmp / "model", summary=summary, seeds={"sapo": cfg.seed},
                                  extra={"loss": cfg.loss, "reference": cfg.reference, "last_metrics": result.last_metrics})
+
+
+def _log_step(job: Job, step: int, metrics: dict) -> None:
+    """A logging step to MLflow and to the manifest's `train_history` (the report's SAPO curves)."""
+    job.log_metrics(metrics, step=step)
+    if job.tracker is not None:
+        job.tracker.history.append({"step": step, **{k: float(v) for k, v in metrics.items()
+                                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}})
 
 
 def _final_buffer(job: Job) -> bytes | None:

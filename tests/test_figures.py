@@ -129,3 +129,37 @@ def test_a_table_that_cannot_be_read_makes_its_figures_missing_not_an_error():
     figs = {f.id: f for f in make_figures(RunArtifacts(stages=[_entry("annotate")], read_rows=broken))}
     assert figs["fig3_edit_vs_b"].png is None and "artifact deleted" in figs["fig3_edit_vs_b"].missing
     assert figs["stages"].png is not None
+
+
+# ------------------------------------------------------------------------------------------- SAPO
+BUFFER = [{"entry_id": i, "step": step, "uses": uses, "prompt": "p", "chosen_text": "c", "rejected_text": "r",
+           "cut": 1, "segment_tokens": 4} for i, (step, uses) in enumerate([(0, 0), (0, 2), (0, 2), (1, 1), (2, 0), (2, 3)])]
+
+
+def test_sapo_buffer_data_counts_uses_and_producing_steps():
+    from sgpo.figures import sapo_buffer_data
+
+    d = sapo_buffer_data(BUFFER, {"ema_updates": 4.0, "reference_updates": 1.0, "loss": 0.6})
+    assert d["n"] == 6 and d["use_counts"] == {0: 2, 1: 1, 2: 2, 3: 1}  # every count up to the max, zeros kept
+    assert d["by_step"] == {0: 3, 1: 1, 2: 2} and d["mean_uses"] == pytest.approx(8 / 6)
+    assert (d["ema_updates"], d["reference_updates"]) == (4.0, 1.0)
+    assert sapo_buffer_data(BUFFER)["ema_updates"] is None  # no last_metrics: left out of the title
+    with pytest.raises(ValueError, match="empty"):
+        sapo_buffer_data([])
+
+
+def test_sapo_figures_only_when_the_sapo_stage_ran():
+    history = [{"step": 1, "loss": 0.69, "rewards/margins": 0.0, "learning_rate": 1e-6},
+               {"step": 2, "loss": 0.65, "rewards/margins": 0.2, "learning_rate": 1e-6}]
+    sapo = _entry("sapo", manifest={"train_history": history, "last_metrics": {"ema_updates": 2.0}})
+    run = RunArtifacts(stages=[sapo], read_rows=lambda e: [],
+                       read_side_rows=lambda e, name: BUFFER if (e.label, name) == ("sapo", "buffer.parquet") else [])
+    figs = {f.id: f for f in make_figures(run)}
+    assert {"train_sapo", "sapo_buffer"} <= set(figs)
+    assert figs["train_sapo"].counts == {"loss": 2, "rewards/margins": 2, "learning_rate": 2}
+    assert figs["sapo_buffer"].png.startswith(PNG_MAGIC) and figs["sapo_buffer"].counts["use_counts"] == {0: 2, 1: 1, 2: 2, 3: 1}
+    assert figs["sapo_buffer"].title.startswith("SAPO replay buffer")
+    no_reader = {f.id: f for f in make_figures(RunArtifacts(stages=[sapo], read_rows=lambda e: []))}
+    assert no_reader["sapo_buffer"].png is None and "cannot open" in no_reader["sapo_buffer"].missing
+    without = {f.id for f in make_figures(RunArtifacts(stages=[_entry("dpo")], read_rows=lambda e: []))}
+    assert not any(f.startswith(("sapo", "train_sapo")) for f in without)

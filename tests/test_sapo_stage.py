@@ -41,6 +41,16 @@ def test_the_sapo_stage_publishes_policy_ema_and_buffer(tmp_path, loss):
     assert ref.summary["steps"] == 4 and {"prompt", "chosen_text", "rejected_text", "cut", "step"} <= set(buffer[0])
     manifest = ctx.open_store().read_manifest(ref)
     assert manifest["loss"] == loss and manifest["parents"]["data"]["content_hash"] == data.content_hash
+    # the report's SAPO figures come from this artifact: per-step curves in the manifest, the buffer beside it
+    assert [h["step"] for h in manifest["train_history"]] == [1, 2, 3, 4] and "loss" in manifest["train_history"][0]
+    from sgpo.figures import RunArtifacts, StageEntry, make_figures
+    from sgpo.report import side_rows_reader, table_reader
+
+    entry = StageEntry(label="sapo", stage="sapo", uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary,
+                       manifest=manifest)
+    figs = {f.id: f for f in make_figures(RunArtifacts([entry], table_reader(), read_side_rows=side_rows_reader()))}
+    assert figs["train_sapo"].missing is None and figs["train_sapo"].counts["loss"] == 4
+    assert figs["sapo_buffer"].missing is None and figs["sapo_buffer"].counts["n"] == 16
     # a second run is the cached artifact
     assert get_stage("sapo").run(cfg.sapo, ctx.model_copy(update={"run_id": "other"}), {"policy": policy, "data": data}) == ref
 
