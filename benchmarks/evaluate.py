@@ -6,7 +6,11 @@ the real evaluation flow, with a local scripted judge (no API). Prints, per stag
 (`from_pretrained` calls of the evaluated checkpoint) and the generation tokens/s; the baseline is one
 load per benchmark (the issue's bound), so `loads / benchmarks` <= 1.0 is the target.
 
-    python benchmarks/evaluate.py [--mt-questions 4] [--alpaca-rows 8] [--limit 4] [--max-new-tokens 32]
+    python benchmarks/evaluate.py [--mt-questions 4] [--alpaca-rows 8] [--limit 4] [--max-new-tokens 32] [--no-compare]
+
+By default it runs twice, into two stores: first with the flow's shared generator switched off (one load
+per stage, as before), then as the flow runs (one loaded generator for the checkpoint), and prints both
+load counts and whether the generate stages' and lm-eval's artifacts are byte-identical.
 
 Needs ../shared/data (or SGPO_SHARED_DATA) for the MT-Bench questions and the IFEval file; without it
 MT-Bench uses two built-in questions and lm-eval runs the local task only.
@@ -50,6 +54,8 @@ def main() -> int:
     ap.add_argument("--alpaca-rows", type=int, default=8)
     ap.add_argument("--limit", type=int, default=4, help="documents per lm-eval task")
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run with one load per stage (the shared generator off) and print both")
     args = ap.parse_args()
 
     import transformers
@@ -87,32 +93,52 @@ def main() -> int:
         lm_tasks.append({"name": "ifeval", "metric": "prompt_level_strict_acc", "dataset_path": "json",
                          "data_files": {"train": str(data / "ifeval" / "input_data.jsonl")}})
 
-    loads: Counter[str] = Counter()
     real = transformers.AutoModelForCausalLM.from_pretrained.__func__
-
-    def counting(cls, path, *a, **k):
-        if Path(str(path)).name == "model" or str(path) == str(model_dir):
-            stage = next((f.f_code.co_filename for f in _frames() if "/tasks/" in f.f_code.co_filename), "?")
-            loads[Path(stage).stem] += 1
-        return real(cls, path, *a, **k)
-
-    transformers.AutoModelForCausalLM.from_pretrained = classmethod(counting)
     sampling = {"max_new_tokens": args.max_new_tokens, "batch_size": 8, "backend": "transformers"}
-    with running_server(build_app(Judge(), model_name="scripted-judge")) as url:
-        endpoint = {"base_url": url, "model": "scripted-judge", "max_concurrency": 8}
-        cfg = load_evaluation_config("eval-sapo", [f"model={model_dir}", "model.name=tiny", f"store.url={work / 'store'}",
-                                                   f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db"])
-        cfg = cfg.model_validate({**cfg.model_dump(), "alpaca_eval": {
-            **cfg.alpaca_eval.model_dump(), "data": {"path": "bundled:tiny/eval.jsonl", "split": "eval"},
-            "max_rows": args.alpaca_rows, "sampling": sampling, "endpoint": endpoint, "top_logprobs": 5,
-            "instruction_difficulty": "none", "gamed_annotations": "none"},
-            "mt_bench": {**cfg.mt_bench.model_dump(), "questions": str(mtq), "reference_answers": refs,
-                         "sampling": sampling, "endpoint": endpoint},
-            "lm_eval": {**cfg.lm_eval.model_dump(), "backend": "hf", "tasks": lm_tasks, "include_paths": [str(tasks_dir)],
-                        "limit": args.limit, "max_gen_toks": args.max_new_tokens, "batch_size": 8}})
-        t0 = time.perf_counter()
-        report = evaluate(config=cfg)
-        wall = time.perf_counter() - t0
+
+    def run(mode: str):
+        """The flow into its own store: `shared` as it runs (one loaded generator for the checkpoint), or
+        `per_stage` (sgpo.generation.shared_generators off: each stage loads the model, as before)."""
+        import contextlib
+
+        import flows.evaluate as fe
+
+        loads: Counter[str] = Counter()
+
+        def counting(cls, path, *a, **k):
+            if Path(str(path)).name == "model" or str(path) == str(model_dir):
+                stage = next((f.f_code.co_filename for f in _frames() if "/tasks/" in f.f_code.co_filename), "?")
+                loads[Path(stage).stem] += 1
+            return real(cls, path, *a, **k)
+
+        transformers.AutoModelForCausalLM.from_pretrained = classmethod(counting)
+        shared = fe.shared_generators
+        if mode == "per_stage":
+            fe.shared_generators = contextlib.nullcontext
+        try:
+            with running_server(build_app(Judge(), model_name="scripted-judge")) as url:
+                endpoint = {"base_url": url, "model": "scripted-judge", "max_concurrency": 8}
+                cfg = load_evaluation_config("eval-sapo", [f"model={model_dir}", "model.name=tiny",
+                                                           f"store.url={work / mode / 'store'}",
+                                                           f"tracking.mlflow_uri=sqlite:///{work}/mlflow-{mode}.db"])
+                cfg = cfg.model_validate({**cfg.model_dump(), "alpaca_eval": {
+                    **cfg.alpaca_eval.model_dump(), "data": {"path": "bundled:tiny/eval.jsonl", "split": "eval"},
+                    "max_rows": args.alpaca_rows, "sampling": sampling, "endpoint": endpoint, "top_logprobs": 5,
+                    "instruction_difficulty": "none", "gamed_annotations": "none"},
+                    "mt_bench": {**cfg.mt_bench.model_dump(), "questions": str(mtq), "reference_answers": refs,
+                                 "sampling": sampling, "endpoint": endpoint},
+                    "lm_eval": {**cfg.lm_eval.model_dump(), "backend": "hf", "tasks": lm_tasks,
+                                "include_paths": [str(tasks_dir)], "limit": args.limit,
+                                "max_gen_toks": args.max_new_tokens, "batch_size": 8}})
+                t0 = time.perf_counter()
+                report = evaluate(config=cfg)
+                return report, loads, time.perf_counter() - t0
+        finally:
+            transformers.AutoModelForCausalLM.from_pretrained = classmethod(real)
+            fe.shared_generators = shared
+
+    runs = {mode: run(mode) for mode in (("per_stage", "shared") if args.compare else ("shared",))}
+    report, loads, wall = runs["shared"]
 
     import pyarrow.parquet as pq
 
@@ -139,6 +165,14 @@ def main() -> int:
     benchmarks = 3
     print(f"model loads: {sum(loads.values())} for {benchmarks} benchmarks with generation (ratio "
           f"{sum(loads.values()) / benchmarks:.2f} to one load per benchmark); by stage {dict(loads)}")
+    if "per_stage" in runs:
+        before, before_loads, before_wall = runs["per_stage"]
+        names = ("alpaca_eval_generate", "mt_bench_generate", "lm_eval")
+        hashes = [{s.stage: s.content_hash for s in r.stages if s.stage in names} for r in (before, report)]
+        same = hashes[0] == hashes[1]
+        print(f"before (one load per stage): {sum(before_loads.values())} loads {dict(before_loads)}, {before_wall:.1f}s wall; "
+              f"after (shared generator): {sum(loads.values())} loads, {wall:.1f}s wall; "
+              f"generate + lm_eval artifacts byte-identical: {same}")
     e = report.lm_eval or {}
     print(f"lm-eval: model load {e.get('model_load_seconds')}s, tasks {e.get('run_seconds')}s, headline {e.get('headline')}")
     return 0

@@ -13,12 +13,20 @@ and looks every step up in the store by its cache key. A recipe with a missing s
 as not run (with the first missing stage), not silently left out. The paper's published numbers
 stand beside ours only where the preset is the paper's setting (`PAPER_RESULTS`); they are not
 in this repository (see the README), so that column says so instead of showing numbers.
+
+Only comparable cells side by side: every AE2 / Arena-Hard cell comes from a judge report that
+records what it was measured with (benchmark version, judge model, prompt version, decoding, and for
+LC the sources of the instruction-difficulty and gamed-baseline files). A cell whose setting differs
+from its column's majority, or, on the paper's presets, from the paper's setting (`PAPER_SETTINGS`),
+is marked ` *` and its row's status names each differing field (`comparability`).
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,6 +59,79 @@ class Row:
     arena_hard: float | None = None
     arena_hard_ci: str | None = None
     notes: list[str] = field(default_factory=list)
+    # what each benchmark's cell was measured with ("alpaca_eval" / "arena_hard" -> field -> value)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+# The fields each cell is compared on (`decoding.*` and `*_source` as `settings_of` flattens them); the
+# seed is not one of them (another seed is another sample of the same setting).
+_DECODING = ("decoding.temperature", "decoding.top_p", "decoding.max_new_tokens")
+CELL_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {  # column -> (benchmark, fields)
+    "AE2 WR (ours)": ("alpaca_eval", ("benchmark_version", "judge_model", "prompt_version", *_DECODING)),
+    "AE2 LC (ours)": ("alpaca_eval", ("benchmark_version", "judge_model", "prompt_version", *_DECODING,
+                                      "lc_regularized", "difficulty_source", "gamed_source")),
+    "Arena-Hard WR (95% CI) (ours)": ("arena_hard", ("benchmark_version", "judge_model", "prompt_version", *_DECODING)),
+}
+# The SGPO paper's setting (configs/eval-sgpo.yaml): on a paper preset a cell is compared with these
+# rather than with its column's majority (fields not named here: the majority).
+PAPER_SETTINGS: dict[str, dict[str, Any]] = {
+    "alpaca_eval": {"benchmark_version": "alpaca_eval 2.0 (weighted_alpaca_eval_gpt4_turbo)",
+                    "judge_model": "gpt-4-1106-preview", "decoding.temperature": 0.7, "decoding.top_p": 0.9,
+                    "lc_regularized": True},
+    "arena_hard": {"benchmark_version": "arena-hard-v0.1", "judge_model": "gpt-4-1106-preview",
+                   "decoding.temperature": 0.0},
+}
+
+
+def _source_id(source: Any) -> Any:
+    """An auxiliary file's source by kind and content, not by where it lies: 'offline-reconstruction@<sha256[:16]>'."""
+    if not isinstance(source, str):
+        return source
+    kind = source.split(":", 1)[0]
+    sha = re.search(r"sha256:([0-9a-f]{16})", source)
+    return f"{kind}@{sha.group(1)}" if sha else source
+
+
+def settings_of(bench: str, summary: dict[str, Any]) -> dict[str, Any]:
+    """The comparability fields of a judge report (alpaca_eval_judge / arena_hard_judge summary)."""
+    out: dict[str, Any] = {k: summary.get(k) for k in ("benchmark_version", "judge_model")}
+    # Arena-Hard's judge prompt and settings are versioned together (`judge_settings`)
+    out["prompt_version"] = summary.get("prompt_version") if bench == "alpaca_eval" else summary.get("judge_settings")
+    decoding = summary.get("decoding") or {}
+    out.update({k: decoding.get(k.split(".", 1)[1]) for k in _DECODING})
+    if bench == "alpaca_eval":
+        out["lc_regularized"] = summary.get("lc_regularized")
+        out.update({k: _source_id(summary.get(k)) for k in ("difficulty_source", "gamed_source")})
+    return out
+
+
+def comparability(rows: list[Row]) -> dict[tuple[int, str], list[str]]:
+    """(row index, column) -> why the cell is not comparable ('judge_model gpt-4o (column: gpt-4-1106-preview)');
+    cells without a number or with the column's setting are absent."""
+    out: dict[tuple[int, str], list[str]] = {}
+    for column, (bench, fields) in CELL_FIELDS.items():
+        present = [(i, r.settings[bench]) for i, r in enumerate(rows) if bench in r.settings and _cell_value(r, column) is not None]
+        for f in fields:
+            counts = Counter(json.dumps(st.get(f), sort_keys=True, default=str) for _, st in present)
+            ranked = counts.most_common()
+            majority = json.loads(ranked[0][0]) if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]) else None
+            tie = len(ranked) > 1 and majority is None
+            for i, st in present:
+                paper = PAPER_SETTINGS.get(bench, {})
+                if rows[i].preset in PAPER_PRESETS and f in paper:
+                    ref, what = paper[f], "paper"
+                elif tie:
+                    ref, what = object(), "no majority in the column"
+                else:
+                    ref, what = majority, "column"
+                if st.get(f) != ref:
+                    shown = "" if what == "no majority in the column" else f": {ref}"
+                    out.setdefault((i, column), []).append(f"{f} {st.get(f)} ({what}{shown})")
+    return out
+
+
+def _cell_value(r: Row, column: str) -> float | None:
+    return {"AE2 WR (ours)": r.wr, "AE2 LC (ours)": r.lc, "Arena-Hard WR (95% CI) (ours)": r.arena_hard}[column]
 
 
 def resolve_plan(cfg: Any, store: Any, *, llm_model_name: Callable[[Any], str] | None = None) -> tuple[dict[str, ArtifactRef], str | None]:
@@ -124,8 +205,10 @@ def compare_row(method: str, preset: str, cfg: Any, store: Any, **kw: Any) -> Ro
                                                 a.get("standard_error"))
         if a.get("lc_note"):
             row.notes.append(a["lc_note"])
+        row.settings["alpaca_eval"] = settings_of("alpaca_eval", a)
     if h := ev.get("arena_hard"):
         row.arena_hard, row.arena_hard_ci = h.get("score"), h.get("ci")
+        row.settings["arena_hard"] = settings_of("arena_hard", h)
     if not ev:
         row.notes.append(f"no sgpo evaluate run of {policy.uri} in the store (AlpacaEval LC/WR, Arena-Hard)")
     return row
@@ -142,8 +225,9 @@ COLUMNS = ["method", "AE2 LC (ours)", "AE2 WR (ours)", "Arena-Hard WR (95% CI) (
 
 
 def table_rows(rows: list[Row]) -> list[dict[str, str]]:
+    marks = comparability(rows)
     out = []
-    for r in rows:
+    for i, r in enumerate(rows):
         paper = PAPER_RESULTS.get(r.preset, {}).get(r.method, {})
         missing_paper = "n/a (not a paper setting)" if r.preset not in PAPER_PRESETS else "not in this repo"
         out.append({
@@ -157,12 +241,19 @@ def table_rows(rows: list[Row]) -> list[dict[str, str]]:
             "Arena-Hard (paper)": _num(paper["arena_hard"]) if "arena_hard" in paper else missing_paper,
             "status": r.status if not r.notes else f"{r.status}; " + "; ".join(r.notes),
         })
+        for column in CELL_FIELDS:
+            if why := marks.get((i, column)):
+                out[-1][column] += " *"
+                out[-1]["status"] += f"; * {column.removesuffix(' (ours)')} not comparable: " + ", ".join(why)
     return out
 
 
 def markdown(rows: list[dict[str, str]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r[c].replace("|", "/") for c in COLUMNS) + " |" for r in rows]
+    if any(r[c].endswith(" *") for r in rows for c in CELL_FIELDS):
+        lines += ["", "\\* not comparable with the rest of its column (or the paper's setting): the status names "
+                      "the differing field"]
     return "\n".join(lines) + "\n"
 
 

@@ -30,6 +30,7 @@ from flows.pipeline import check_force
 from flows.reporting import flow_run_namer
 from flows.runner import StageRunner
 from sgpo.eval_config import EvalModelSpec, EvaluationConfig, load_evaluation_config
+from sgpo.generation import shared_generators
 from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.run_report import EvaluationReport, parent_metrics, result_rows
 from sgpo.stage import StageContext
@@ -108,7 +109,9 @@ def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> Eva
                       judge=cfg.embedded_llm.judge,
                       annotator=getattr(cfg.embedded_llm, "annotator", "model"))
     tables = {p.name: read_ref(p.table, cfg.store.storage_options) for p in cfg.pairwise}  # fail fast
-    with llm:
+    # One loaded model for every benchmark's generation (and lm-eval's HF back-end) in this process,
+    # closed when the flow ends; stages dispatched to the CUDA pool, or run alone, load their own.
+    with llm, shared_generators():
         run = StageRunner(ctx, force, llm=llm, width=24)
         model, model_name = resolve_model(cfg.model, run, cfg.store.storage_options)
         holder["model"] = model

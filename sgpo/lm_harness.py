@@ -211,11 +211,18 @@ def load_lm(model_dir: str, cfg: Any, *, trust_remote_code: bool = False) -> Any
 
     from sgpo.tinykit import load_tokenizer
 
+    from sgpo.generation import active_shared_generators
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-                                                 trust_remote_code=trust_remote_code)
-    model.to(device).eval()
+    tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)  # its own: the generator's pads left
+    pool = active_shared_generators()  # the evaluation flow: the model its generate stages already loaded
+    shared = pool.find(model_dir, "transformers", trust_remote_code=trust_remote_code) if pool else None
+    if shared is not None and shared.device == device:
+        model = shared.model  # the same weights, dtype and device as a load here would give
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                                                     trust_remote_code=trust_remote_code)
+        model.to(device).eval()
     return HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.batch_size, device=device,
                 **({"max_length": cfg.max_length} if cfg.max_length else {}))
 
