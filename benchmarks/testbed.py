@@ -43,11 +43,8 @@ def configs(preset: str, methods: list[str], seeds: list[int], overrides: list[s
 
 def find_report(cfg) -> dict | None:
     from flows.compare import _store, resolve_plan
-    from sgpo.llm.embedded import EmbeddedLLM
 
-    namer = EmbeddedLLM(lambda: "", max_new_tokens_cap=1, judge=cfg.embedded_llm.judge,
-                        annotator=cfg.embedded_llm.annotator).model_name_for
-    refs, missing = resolve_plan(cfg, _store(cfg), llm_model_name=namer)
+    refs, missing = resolve_plan(cfg, _store(cfg))
     return None if missing else refs["testbed_report"].summary
 
 

@@ -28,7 +28,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from prefect import flow
 
@@ -134,13 +134,14 @@ def _cell_value(r: Row, column: str) -> float | None:
     return {"AE2 WR (ours)": r.wr, "AE2 LC (ours)": r.lc, "Arena-Hard WR (95% CI) (ours)": r.arena_hard}[column]
 
 
-def resolve_plan(cfg: Any, store: Any, *, llm_model_name: Callable[[Any], str] | None = None) -> tuple[dict[str, ArtifactRef], str | None]:
+def resolve_plan(cfg: Any, store: Any) -> tuple[dict[str, ArtifactRef], str | None]:
     """(the finished artifact of every step found in the store, the first missing step or None).
 
-    Endpoints without base_url get the model name the flow would give them (the embedded stand-in),
-    since the model name is part of an LLM stage's key."""
+    Endpoints without base_url get the model name the flow would give them (the embedded stand-in,
+    as `cfg.embedded_llm` configures it), since the model name is part of an LLM stage's key."""
     from flows.pipeline import plan, recipe_section
-    from sgpo.llm.embedded import EMBEDDED_MODEL_NAME
+    from flows.runner import with_endpoint
+    from sgpo.llm.embedded import embedded_model_name
     from tasks import get_stage
 
     steps, _ = plan(cfg)
@@ -149,9 +150,8 @@ def resolve_plan(cfg: Any, store: Any, *, llm_model_name: Callable[[Any], str] |
         st = get_stage(step.stage)
         section = st.coerce(recipe_section(cfg, step.section))
         if st.llm and not getattr(section, st.llm).base_url:
-            ep = getattr(section, st.llm)
-            name = llm_model_name(section) if llm_model_name else EMBEDDED_MODEL_NAME
-            section = section.model_copy(update={st.llm: ep.model_copy(update={"model": name})})
+            name = embedded_model_name(section, judge=cfg.embedded_llm.judge, annotator=cfg.embedded_llm.annotator)
+            section = with_endpoint(section, st.llm, None, name)
         inputs = {n: refs[label] for n, label in step.inputs.items()}
         if st.name == "base_model" and cfg.model.name_or_path != "tiny":
             from artifacts.store import hub_model_ref
@@ -189,10 +189,10 @@ def evaluations_of(store: Any, model_hash: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def compare_row(method: str, preset: str, cfg: Any, store: Any, **kw: Any) -> Row:
+def compare_row(method: str, preset: str, cfg: Any, store: Any) -> Row:
     from flows.pipeline import plan
 
-    refs, missing = resolve_plan(cfg, store, **kw)
+    refs, missing = resolve_plan(cfg, store)
     if missing is not None:
         return Row(method=method, preset=preset, status=f"not run ({missing} missing): sgpo run {preset} method={method}")
     _, final = plan(cfg)
@@ -271,14 +271,11 @@ def compare(preset: str = "tiny", methods: list[str] | None = None, overrides: l
     from prefect.artifacts import create_table_artifact
 
     from sgpo.config import load_config, method_names
-    from sgpo.llm.embedded import EmbeddedLLM
 
     rows = []
     for method in methods or method_names():
         cfg = load_config(preset, [*(overrides or []), f"method={method}"])
-        namer = EmbeddedLLM(lambda: "", max_new_tokens_cap=1, judge=cfg.embedded_llm.judge,
-                            annotator=cfg.embedded_llm.annotator).model_name_for
-        rows.append(compare_row(method, preset, cfg, _store(cfg), llm_model_name=namer))
+        rows.append(compare_row(method, preset, cfg, _store(cfg)))
     table = table_rows(rows)
     create_table_artifact(key="sgpo-compare", table=table,
                           description=f"SGPO paper Table-3 layout on preset {preset}: ours beside the paper's")

@@ -104,10 +104,7 @@ def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> Eva
     holder: dict[str, Any] = {}
     # The stand-in judge (for endpoints without base_url) serves the evaluated model, or a configured
     # dir; it starts only if a judge stage really runs.
-    llm = EmbeddedLLM(lambda: ctx.open_store().model_dir(holder["model"]) if cfg.embedded_llm.model == "base"
-                      else cfg.embedded_llm.model, max_new_tokens_cap=cfg.embedded_llm.max_new_tokens_cap,
-                      judge=cfg.embedded_llm.judge,
-                      annotator=getattr(cfg.embedded_llm, "annotator", "model"))
+    llm = EmbeddedLLM.from_config(cfg.embedded_llm, lambda: ctx.open_store().model_dir(holder["model"]))
     tables = {p.name: read_ref(p.table, cfg.store.storage_options) for p in cfg.pairwise}  # fail fast
     # One loaded model for every benchmark's generation (and lm-eval's HF back-end) in this process,
     # closed when the flow ends; stages dispatched to the CUDA pool, or run alone, load their own.

@@ -168,10 +168,7 @@ def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> Pipel
     refs: dict[str, Any] = {}
     # The stand-in LLM (for endpoints without base_url) serves the base model, or a configured dir;
     # it starts only if annotate or judge really runs.
-    llm = EmbeddedLLM(lambda: ctx.open_store().model_dir(refs["base_model"]) if cfg.embedded_llm.model == "base"
-                      else cfg.embedded_llm.model, max_new_tokens_cap=cfg.embedded_llm.max_new_tokens_cap,
-                      judge=cfg.embedded_llm.judge,
-                      annotator=getattr(cfg.embedded_llm, "annotator", "model"))
+    llm = EmbeddedLLM.from_config(cfg.embedded_llm, lambda: ctx.open_store().model_dir(refs["base_model"]))
     with llm:
         run = StageRunner(ctx, force, cfg.execution, llm=llm)
         for step in steps:

@@ -14,7 +14,7 @@ from typing import Any
 from artifacts.refs import ArtifactRef
 from flows.dispatch import dispatch_stage
 from sgpo.config import ExecutionConfig
-from sgpo.llm.embedded import EMBEDDED_MODEL_NAME, EmbeddedLLM
+from sgpo.llm.embedded import EmbeddedLLM, embedded_model_name
 from sgpo.run_report import StageReport
 from sgpo.stage import Stage, StageContext, journal_note, stage_logger
 
@@ -66,8 +66,9 @@ class StageRunner:
         has no finished artifact (the model name, part of the key, is set either way)."""
         if not st.llm or self.llm is None or getattr(cfg, st.llm).base_url:
             return cfg
-        name = self.llm.model_name_for(st.coerce(cfg)) if hasattr(self.llm, "model_name_for") else EMBEDDED_MODEL_NAME
-        cfg = with_endpoint(st.coerce(cfg), st.llm, None, name)
+        cfg = st.coerce(cfg)
+        name = embedded_model_name(cfg, judge=self.llm.judge, annotator=self.llm.annotator)
+        cfg = with_endpoint(cfg, st.llm, None, name)
         if not forced and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None:
             return cfg  # cached: no server needed; Stage.run returns the artifact before checking base_url
         return with_endpoint(cfg, st.llm, self.llm.base_url(), name)

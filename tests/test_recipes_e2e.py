@@ -41,7 +41,6 @@ def test_compare_reports_a_recipe_that_has_not_run(tmp_path):
 def test_every_recipe_runs_end_to_end_and_fills_its_comparison_row(tmp_path):
     from artifacts.store import ArtifactStore
     from flows.compare import compare_row
-    from sgpo.llm.embedded import EmbeddedLLM
 
     store = tmp_path / "store"
     finals = {}
@@ -49,8 +48,7 @@ def test_every_recipe_runs_end_to_end_and_fills_its_comparison_row(tmp_path):
         report, cfg = _run(store, method)
         finals[method] = report.final_policy
         assert report.judge["n_labelled"] == report.judge["n"] == 16, method
-        namer = EmbeddedLLM(lambda: "", max_new_tokens_cap=1, judge=cfg.embedded_llm.judge).model_name_for
-        row = compare_row(method, "tiny", cfg, ArtifactStore(str(store)), llm_model_name=namer)
+        row = compare_row(method, "tiny", cfg, ArtifactStore(str(store)))
         assert row.status == "done" and row.final_policy == report.final_policy, method
         assert row.judge_win_rate == pytest.approx(report.judge["win_rate"])
     # distinct recipes make distinct policies (sgpo and all four single-flag variants differ)

@@ -192,6 +192,8 @@ def test_an_effective_batch_that_does_not_divide_is_refused(monkeypatch):
 
 # ------------------------------------------------------------------------------- embedded LLM
 class CountingLLM:
+    judge = annotator = "model"  # answered by the model, as the default EmbeddedLLM
+
     def __init__(self) -> None:
         self.starts = 0
 

@@ -80,7 +80,7 @@ def test_oracle_and_verifier_answer_the_real_prompts_over_http(tmp_path):
 def test_the_preset_runs_sgpo_and_reports_against_pi_sft():
     from flows.pipeline import plan
     from sgpo.config import load_config
-    from sgpo.llm.embedded import EmbeddedLLM
+    from sgpo.llm.embedded import embedded_model_name
     from sgpo.llm.oracle import ORACLE_MODEL_NAME, VERIFIER_MODEL_NAME
 
     cfg = load_config("testbed")
@@ -88,8 +88,9 @@ def test_the_preset_runs_sgpo_and_reports_against_pi_sft():
     dag = {s.label: s.inputs for s in steps}
     assert final == "dpo" and dag["judge[sft]"]["policy"] == "sft"
     assert dag["testbed_report"] == {"final": "judge", "sft": "judge[sft]"}
-    name = EmbeddedLLM(lambda: "", max_new_tokens_cap=1, judge=cfg.embedded_llm.judge,
-                       annotator=cfg.embedded_llm.annotator).model_name_for
+    def name(section):
+        return embedded_model_name(section, judge=cfg.embedded_llm.judge, annotator=cfg.embedded_llm.annotator)
+
     assert name(cfg.judge) == VERIFIER_MODEL_NAME and name(cfg.annotate) == ORACLE_MODEL_NAME
     sft_dag = {s.label: s.inputs for s in plan(load_config("testbed", ["method=sft"]))[0]}
     assert "judge[sft]" not in sft_dag and sft_dag["testbed_report"] == {"final": "judge", "sft": "judge"}

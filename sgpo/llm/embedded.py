@@ -33,6 +33,28 @@ def embedded_llm(model_dir: str, *, max_new_tokens_cap: int, judge: str = "model
         yield base_url
 
 
+def embedded_model_name(section: Any, *, judge: str = "model", annotator: str = "model") -> str:
+    """The model name an LLM stage's endpoint gets when the stand-in answers it (part of the stage's
+    cache key and journal): a judge stage answered by a rule or the testbed's verifier, or annotation
+    answered by the oracle, is a different LLM from the model."""
+    from sgpo.config import PairJudgeConfig
+
+    is_judge = isinstance(section, PairJudgeConfig)
+    if is_judge and judge == "rule":
+        from sgpo.llm.rule_judge import MODEL_NAME
+
+        return MODEL_NAME
+    if is_judge and judge == "testbed":
+        from sgpo.llm.oracle import VERIFIER_MODEL_NAME
+
+        return VERIFIER_MODEL_NAME
+    if not is_judge and annotator == "oracle":  # the annotate stage
+        from sgpo.llm.oracle import ORACLE_MODEL_NAME
+
+        return ORACLE_MODEL_NAME
+    return EMBEDDED_MODEL_NAME
+
+
 class EmbeddedLLM:
     """A server started on first `base_url()` and stopped by `close()` (use as a context manager)."""
 
@@ -54,24 +76,11 @@ class EmbeddedLLM:
             print(f"[sgpo] embedded stand-in LLM at {self._url} (model {model_dir})", flush=True)
         return self._url
 
-    def model_name_for(self, section: Any) -> str:
-        """The model name a stage's endpoint gets (part of its cache key and journal): a judge stage
-        answered by the rule judge is a different judge from the model."""
-        from sgpo.config import PairJudgeConfig
-
-        if self.judge == "rule" and isinstance(section, PairJudgeConfig):
-            from sgpo.llm.rule_judge import MODEL_NAME
-
-            return MODEL_NAME
-        if self.judge == "testbed" and isinstance(section, PairJudgeConfig):
-            from sgpo.llm.oracle import VERIFIER_MODEL_NAME
-
-            return VERIFIER_MODEL_NAME
-        if self.annotator == "oracle" and not isinstance(section, PairJudgeConfig):  # the annotate stage
-            from sgpo.llm.oracle import ORACLE_MODEL_NAME
-
-            return ORACLE_MODEL_NAME
-        return EMBEDDED_MODEL_NAME
+    @classmethod
+    def from_config(cls, cfg: Any, base_model_dir: Callable[[], str]) -> EmbeddedLLM:
+        """From an EmbeddedLLMConfig: the flow's base (or evaluated) model unless `cfg.model` names a dir."""
+        return cls(base_model_dir if cfg.model == "base" else (lambda: cfg.model), max_new_tokens_cap=cfg.max_new_tokens_cap,
+                   judge=cfg.judge, annotator=cfg.annotator)
 
     def close(self) -> None:
         self._stack.close()
