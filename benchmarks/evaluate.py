@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
 import tempfile
@@ -42,9 +41,9 @@ class Judge:
         from sgpo.llm.server import ChatResult
 
         if top_logprobs:
-            tops = [{"token": "m", "logprob": math.log(0.6)}, {"token": "M", "logprob": math.log(0.4)}]
-            return ChatResult(text="m", finish_reason="length", prompt_tokens=10, completion_tokens=1,
-                              logprobs=[{**tops[0], "top_logprobs": tops}])
+            from sgpo.llm.rule_judge import judge_answer
+
+            return judge_answer(0.6, top_logprobs=top_logprobs, prompt_tokens=10)
         return ChatResult(text="Rating: [[5]]", finish_reason="stop", prompt_tokens=10, completion_tokens=4)
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -24,9 +23,9 @@ class Judge:
 
     def chat(self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop):
         if top_logprobs:
-            tops = [{"token": "m", "logprob": math.log(0.6)}, {"token": "M", "logprob": math.log(0.4)}]
-            return ChatResult(text="m", finish_reason="length", prompt_tokens=10, completion_tokens=1,
-                              logprobs=[{**tops[0], "top_logprobs": tops}])
+            from sgpo.llm.rule_judge import judge_answer
+
+            return judge_answer(0.6, top_logprobs=top_logprobs, prompt_tokens=10)
         return ChatResult(text="Rating: [[5]]", finish_reason="stop", prompt_tokens=10, completion_tokens=4)
 
 

@@ -3,7 +3,6 @@ the embedded stand-in LLM starts only for a stage that really runs."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import subprocess
@@ -88,18 +87,14 @@ class MarkerJudge:
         self._lock = threading.Lock()
 
     def chat(self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop):
-        from sgpo.llm.server import ChatResult
+        from sgpo.llm.rule_judge import judge_answer
 
         with self._lock:
             self.calls += 1
         user = messages[-1]["content"]
         first, second = re.findall(r'"output": """(.*?)"""', user, flags=re.S)
         first_wins = "BAD" in second or ("BAD" not in first and "GOOD" in first)
-        p_m = 0.9 if first_wins else 0.1
-        tops = sorted([{"token": "m", "logprob": math.log(p_m)}, {"token": "M", "logprob": math.log(1 - p_m)}],
-                      key=lambda t: -t["logprob"])
-        return ChatResult(text=tops[0]["token"], finish_reason="length", prompt_tokens=10, completion_tokens=1,
-                          logprobs=[{**tops[0], "top_logprobs": tops}])
+        return judge_answer(0.9 if first_wins else 0.1, top_logprobs=top_logprobs, prompt_tokens=10)
 
 
 def test_pipeline_judge_scores_with_the_alpaca_eval_protocol_and_shares_its_journal(tmp_path, tiny_model_dir):

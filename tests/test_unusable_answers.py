@@ -3,7 +3,6 @@
 re-asks for real (item 12). Real local OpenAI-compatible servers that count requests."""
 from __future__ import annotations
 
-import math
 import os
 import re
 import subprocess
@@ -27,13 +26,11 @@ class GoodJudge:
         self._lock = threading.Lock()
 
     def chat(self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop):
-        from sgpo.llm.server import ChatResult
+        from sgpo.llm.rule_judge import judge_answer
 
         with self._lock:
             self.calls += 1
-        tops = [{"token": "m", "logprob": math.log(0.8)}, {"token": "M", "logprob": math.log(0.2)}]
-        return ChatResult(text="m", finish_reason="length", prompt_tokens=10, completion_tokens=1,
-                          logprobs=[{**tops[0], "top_logprobs": tops}])
+        return judge_answer(0.8, top_logprobs=top_logprobs, prompt_tokens=10)
 
 
 def _manifests(store: Path, stage: str) -> list[Path]:

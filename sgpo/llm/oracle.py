@@ -61,17 +61,14 @@ class TestbedBackend:
         self.fallback, self.judge, self.annotator = fallback, judge, annotator
 
     def chat(self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop):
-        from sgpo.llm.rule_judge import parse_judge_prompt
+        from sgpo.llm.rule_judge import judge_answer, parse_judge_prompt
         from sgpo.llm.server import ChatResult
 
         content = messages[-1].get("content", "") if messages else ""
         if self.judge and top_logprobs and (parsed := parse_judge_prompt(messages)) is not None:
             instruction, first, second = parsed
-            p = min(max(p_first(first, second, instruction), 1e-6), 1 - 1e-6)
-            tops = sorted([{"token": "m", "logprob": math.log(p)}, {"token": "M", "logprob": math.log(1 - p)}],
-                          key=lambda t: -t["logprob"])[: max(top_logprobs, 1)]
-            return ChatResult(text=tops[0]["token"], finish_reason="length", prompt_tokens=len(content.split()),
-                              completion_tokens=1, logprobs=[{**tops[0], "top_logprobs": tops}])
+            return judge_answer(p_first(first, second, instruction), top_logprobs=top_logprobs,
+                                prompt_tokens=len(content.split()))
         if self.annotator:
             answer = None
             if (parsed_a := parse_annotate_prompt(content)) is not None:

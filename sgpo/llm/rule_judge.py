@@ -51,6 +51,18 @@ def p_first(first: str, second: str, instruction: str) -> float:
     return 1.0 / (1.0 + math.exp(-8.0 * (quality(first, instruction) - quality(second, instruction))))
 
 
+def judge_answer(p_first_shown: float, *, top_logprobs: int, prompt_tokens: int) -> Any:
+    """The one-token answer of AlpacaEval's judge format: 'm' or 'M', with the top logprobs of both
+    giving p('m') = `p_first_shown` (clamped away from 0 and 1, so both logprobs are finite)."""
+    from sgpo.llm.server import ChatResult
+
+    p = min(max(p_first_shown, 1e-6), 1 - 1e-6)
+    tops = sorted([{"token": "m", "logprob": math.log(p)}, {"token": "M", "logprob": math.log(1 - p)}],
+                  key=lambda t: -t["logprob"])[: max(top_logprobs, 1)]
+    return ChatResult(text=tops[0]["token"], finish_reason="length", prompt_tokens=prompt_tokens, completion_tokens=1,
+                      logprobs=[{**tops[0], "top_logprobs": tops}])
+
+
 def parse_judge_prompt(messages: list[dict[str, Any]]) -> tuple[str, str, str] | None:
     """(instruction, shown first, shown second) from AlpacaEval's judge prompt, or None."""
     text = messages[-1].get("content", "") if messages else ""
@@ -68,15 +80,10 @@ class RuleJudgeBackend:
         self.fallback = fallback
 
     def chat(self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop):
-        from sgpo.llm.server import ChatResult
-
         parsed = parse_judge_prompt(messages) if top_logprobs else None
         if parsed is None:
             return self.fallback.chat(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                       seed=seed, top_logprobs=top_logprobs, stop=stop)
         instruction, first, second = parsed
-        p = min(max(p_first(first, second, instruction), 1e-6), 1 - 1e-6)
-        tops = sorted([{"token": "m", "logprob": math.log(p)}, {"token": "M", "logprob": math.log(1 - p)}],
-                      key=lambda t: -t["logprob"])[: max(top_logprobs, 1)]
-        return ChatResult(text=tops[0]["token"], finish_reason="length", prompt_tokens=len(words(messages[-1]["content"])),
-                          completion_tokens=1, logprobs=[{**tops[0], "top_logprobs": tops}])
+        return judge_answer(p_first(first, second, instruction), top_logprobs=top_logprobs,
+                            prompt_tokens=len(words(messages[-1]["content"])))
