@@ -82,7 +82,11 @@ def test_alpaca_eval_bad_input(tmp_path, capsys, case):
 def test_alpaca_eval_missing_difficulty_csv_is_one_line(tmp_path, capsys):
     path = tmp_path / "annotations.json"
     path.write_text(json.dumps([{"output_1": "a", "output_2": "bb", "preference": 2.0}] * 3))
-    code, _, err = _run(capsys, ["metrics", "alpaca-eval", str(path), "--instruction-difficulty", str(tmp_path / "no.csv")])
+    # --gamed-annotations none: this is about the difficulty file, whether or not ../shared (the offline
+    # fallback of 'auto') sits beside the checkout
+    code, _, err = _run(capsys, ["metrics", "alpaca-eval", str(path), "--instruction-difficulty", str(tmp_path / "no.csv"),
+                                 "--gamed-annotations", "none"])
     assert code == 2 and err.count("\n") == 1 and "no.csv" in err
-    code, out, err = _run(capsys, ["metrics", "alpaca-eval", str(path), "--instruction-difficulty", "none"])
+    code, out, err = _run(capsys, ["metrics", "alpaca-eval", str(path), "--instruction-difficulty", "none",
+                                   "--gamed-annotations", "none"])
     assert code == 0 and json.loads(out)["win_rate"] == pytest.approx(100.0)
