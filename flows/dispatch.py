@@ -20,6 +20,32 @@ from sgpo.stage import Stage, StageContext, run_task, stage_logger
 POLL_INTERVAL_S = 2.0
 
 
+def show_cached_task(label: str, ref: ArtifactRef) -> None:
+    """A GPU stage found in the store dispatches no child run: a task run named after the stage ends in
+    the Cached state with a link to its artifact, so the run's graph and Task Runs tab still show it.
+    Never fails the stage."""
+    try:
+        from prefect import task
+        from prefect.context import FlowRunContext
+        from prefect.states import Completed
+
+        if FlowRunContext.get() is None:
+            return
+
+        @task(name="cached-stage", task_run_name=label)
+        def cached_stage(uri: str, content_hash: str, produced_by: str | None) -> Any:
+            from prefect.artifacts import create_link_artifact
+
+            create_link_artifact(link=uri, link_text=f"{label} (cached) {uri}",
+                                 description=f"Stage {label}: reused from the store (content {content_hash[:12]}, "
+                                             f"made by run {produced_by or 'unknown'})")
+            return Completed(name="Cached", message=f"reused {uri}", data=uri)
+
+        cached_stage(ref.uri, ref.content_hash, ref.produced_by, return_state=True)
+    except Exception as e:  # noqa: BLE001 - the API is down: the stage line in the logs still says it
+        stage_logger("dispatch").debug("no cached task run for %s: %s", label, e)
+
+
 class StageDispatchError(RuntimeError):
     """A GPU stage could not be dispatched, or its child flow run did not finish with an artifact."""
 
@@ -84,6 +110,7 @@ def dispatch_stage(
     store = ctx.open_store()
     if (ref := ctx.reuse(store, st.name, key)) is not None:
         log.info("%s: finished artifact in the store (%s); nothing dispatched", label, ref.uri)
+        show_cached_task(label, ref)
         return ref, True
 
     name = deployment_name(st.name, execution.deployment_prefix)

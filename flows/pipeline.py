@@ -4,6 +4,7 @@
     dpo:   base_model -> sft -> dpo(prepare[prefs]) -> judge
     spin:  base_model -> sft -> (pairs(chosen y_sft) -> dpo from pi_t) x iterations -> judge
     sapo:  base_model -> [sft] -> sapo(prepare[sapo]) -> judge
+    checks (opt-in): pairwise[imp_vs_*](annotate), pairwise[refined_vs_*](pairs of each round), after the judge
     prepare[sft|improver|po|prefs|sapo|eval] feed the stages that read data
 
 `plan(cfg)` builds the DAG from the recipe as data (steps, their config sections, which step
@@ -31,8 +32,14 @@ from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.stage import StageContext, section_of
 from tasks import get_stage
 
-STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge", "testbed_report")
+STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge", "pairwise",
+          "testbed_report")
 FORCEABLE = STAGES + ("base_model", "prepare", "report")
+# The data checks (`checks`), each a pairwise[NAME] stage: NAME -> (the column judged as the model, the
+# column it is judged against). Table 1 reads annotate's table; the refinement checks (Fig. 8/10) read
+# each round's pairs (chosen = the refinement y+, rejected = the policy's y); round r > 1 adds `.rR`.
+CHECKS = {"imp_vs_policy": ("imp", "policy"), "imp_vs_reference": ("imp", "reference"),
+          "refined_vs_policy": ("chosen", "rejected"), "refined_vs_reference": ("chosen", "reference")}
 
 
 class PipelineReport(BaseModel):
@@ -41,6 +48,7 @@ class PipelineReport(BaseModel):
     final_policy: str
     judge: dict[str, Any]
     testbed: dict[str, Any] | None = None  # the testbed_report stage's summary (report_vs_sft)
+    checks: dict[str, dict[str, Any]] = {}  # data check name -> its pairwise summary (`checks`)
     mlflow_run_id: str | None = None
     report_uri: str | None = None  # the `report` stage's artifact (report.html inside; `sgpo report URI`)
 
@@ -150,6 +158,21 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
             pairs = add(f"pairs{suffix(r, cfg.rounds)}", "pairs", "pairs", **inputs)
             policy = add(f"dpo{suffix(r, cfg.rounds)}", "dpo", "dpo", start=policy, pairs=pairs)
     judged = add("judge", "judge", "judge", policy=policy, data=data("eval"))
+    labels = {s.label for s in steps}
+    if cfg.checks.improved_data:
+        if "annotate" not in labels:
+            raise ConfigError(f"checks.improved_data: method {cfg.method} does not annotate (no improved answers to judge)")
+        for name in ("imp_vs_policy", "imp_vs_reference"):
+            add(f"pairwise[{name}]", "pairwise", f"checks[{name}]", table="annotate")
+    if cfg.checks.refinement:
+        rounds = [s.label for s in steps if s.stage == "pairs"]
+        if cfg.algorithm != "sgpo" or cfg.pairs.chosen != "refined" or not rounds:
+            raise ConfigError(f"checks.refinement: method {cfg.method} has no refined pairs (needs algorithm sgpo "
+                              "with pairs.chosen=refined)")
+        for r, label in enumerate(rounds, 1):
+            for name in ("refined_vs_policy", "refined_vs_reference"):
+                name = name if r == 1 else f"{name}.r{r}"
+                add(f"pairwise[{name}]", "pairwise", f"checks[{name}]", table=label)
     if cfg.report_vs_sft:  # the testbed: verifier scores of pi_sft and the final policy, final vs pi_sft
         judged_sft = judged if policy == pi_sft else add("judge[sft]", "judge", "judge", policy=pi_sft, data=data("eval"))
         add("testbed_report", "testbed_report", "judge", final=judged, sft=judged_sft)
@@ -160,7 +183,19 @@ def recipe_section(cfg: PipelineConfig, path: str) -> Any:
     """A step's config section: a dotted path, or `spin[t]` (the spin section as iteration t trains)."""
     if path.startswith("spin[") and path.endswith("]"):
         return cfg.spin.for_iteration(int(path[5:-1]))
+    if path.startswith("checks[") and path.endswith("]"):
+        return check_section(cfg, path[7:-1])
     return section_of(cfg, path)
+
+
+def check_section(cfg: PipelineConfig, name: str) -> Any:
+    """The pairwise section of data check `name`: the pipeline judge's endpoint and protocol (one
+    judge for the run), the check's two columns, `checks.max_rows`."""
+    from sgpo.eval_config import PairwiseConfig
+
+    model_column, baseline_column = CHECKS[name.split(".")[0]]
+    return PairwiseConfig(**cfg.judge.model_dump(exclude={"sampling"}), name=name, instruction_column="prompt",
+                          model_column=model_column, baseline_column=baseline_column, max_rows=cfg.checks.max_rows)
 
 
 def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> PipelineReport:
@@ -176,7 +211,8 @@ def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> Pipel
                                    **{name: refs[label] for name, label in step.inputs.items()})
     _publish_ui_artifacts(run.reports, refs["judge"])
     return PipelineReport(flow_run_id=None, stages=run.reports, final_policy=refs[final].uri, judge=refs["judge"].summary,
-                          testbed=refs["testbed_report"].summary if "testbed_report" in refs else None)
+                          testbed=refs["testbed_report"].summary if "testbed_report" in refs else None,
+                          checks={s.label[9:-1]: refs[s.label].summary for s in steps if s.stage == "pairwise"})
 
 
 def _publish_ui_artifacts(reports: list[StageReport], judged: Any) -> None:

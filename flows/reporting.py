@@ -50,19 +50,30 @@ def flow_run_namer(default_config: Any) -> Any:
 
 
 def method_of(cfg: Any) -> str:
-    """The pipeline variant in words (configuration, not code: docs/architecture.md)."""
+    """The recipe and what it does, in words (`no-ref: SGPO No-Ref`; configuration, not code)."""
+    algorithm = getattr(cfg, "algorithm", "sgpo")
+    if algorithm != "sgpo":
+        words = {"dpo": "DPO on preference pairs", "spin": "SPIN", "sapo": "SAPO", "sft": "SFT only",
+                 "sft_continued": "continued SFT"}.get(algorithm, algorithm)
+        return f"{cfg.method}: {words}" if getattr(cfg, "method", algorithm) != algorithm else words
     parts = ["SGPO" if getattr(cfg, "shared_improver", True) else "SGPO-dagger"]
     try:
         if list(cfg.improver_sft.targets) == ["ext"]:
             parts.append("targets=ext")
         if cfg.pairs.chosen == "sft":
             parts.append("chosen=sft (diamond)")
+        elif not cfg.pairs.refine_with_reference:
+            parts.append("No-Ref (no y_sft in the refining prompt)")
+        if cfg.improver_sft.with_reference:
+            parts.append("All-Ref (y_sft in the improver's training prompt)")
     except AttributeError:
         pass
     rounds = getattr(cfg, "rounds", 1)
     if rounds > 1:
         parts.append(f"+ Step 2 ({rounds} rounds)")
-    return " ".join(parts)
+    words = " ".join(parts)
+    method = getattr(cfg, "method", "sgpo")
+    return words if method == "sgpo" else f"{method}: {words}"
 
 
 def _stage_items(stages: list[StageReport]) -> list[dict[str, Any]]:
@@ -217,11 +228,15 @@ def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) 
         title = f"{cfg.name} ({method_of(cfg)}), config {config_hash(cfg)}"
         done = run_report_stage(ctx, report.stages, title, force)
         judged = [judged_line("judge (final policy vs the eval set's baseline)", report.judge or {})]
-        publish_benchmark_tables({"judge": report.judge or {}})
+        checks = getattr(report, "checks", None) or {}
+        judged += [judged_line(f"check {name} ({s.get('model_column')} vs {s.get('baseline_column')})", s)
+                   for name, s in checks.items()]
+        publish_benchmark_tables({"judge": report.judge or {}} | {f"check {n}": s for n, s in checks.items()})
         _publish_markdown(summary_markdown(title=title, method=method_of(cfg), stages=report.stages, judged=judged,
                                            final_policy=report.final_policy, mlflow_url=mlflow_run_url(ctx.tracking),
                                            report=done), f"{cfg.name}: summary of this run")
         metrics = {**_headline_metrics("judge", report.judge or {}),
+                   **{k: v for n, s in checks.items() for k, v in _headline_metrics(f"check.{n}", s).items()},
                    "stages.ran": float(sum(s.status == "ran" for s in report.stages)),
                    "stages.cached": float(sum(s.status == "cached" for s in report.stages))}
         _log_parent(ctx.tracking, {"method": method_of(cfg), "config_hash": config_hash(cfg), "rounds": cfg.rounds,

@@ -355,6 +355,18 @@ class JudgeStageConfig(PairJudgeConfig):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="How the policy answers eval prompts")
 
 
+class DataChecksConfig(Section):
+    """Judge checks of the generated data, by the pipeline's judge (the `judge` section's endpoint and
+    protocol): the paper's Table 1 and the refinement win rates of Fig. 8/10. Each is a `pairwise[...]`
+    stage after the judge; paid calls, so off by default."""
+
+    improved_data: bool = Field(False, description="Table 1: annotate's improved answer y_imp vs response B (the "
+                                "policy's y) and vs response A (y_sft); needs a recipe that annotates")
+    refinement: bool = Field(False, description="Fig. 8/10: each round's refinement y+ (chosen) vs the policy's y "
+                             "(rejected) and vs y_sft; needs pairs.chosen=refined")
+    max_rows: int | None = Field(None, ge=1, description="Judge the first N usable rows of each table (default: all)")
+
+
 # --------------------------------------------------------------------------- infrastructure
 
 
@@ -441,6 +453,8 @@ class PipelineConfig(Section):
                                 "scores of pi_sft and of the final policy, and the final policy's win rate over pi_sft")
     sapo: SAPOConfig = Field(default_factory=SAPOConfig, description="algorithm=sapo: the sapo stage (sgpo.sapo)")
     judge: JudgeStageConfig = Field(default_factory=JudgeStageConfig, description="Pairwise judge of the final policy vs the eval set's baseline")
+    checks: DataChecksConfig = Field(default_factory=DataChecksConfig,
+                                     description="Judge checks of the generated data (Table 1, Fig. 8/10), by the judge above")
     store: StoreConfig = Field(default_factory=StoreConfig, description="Where artifacts are kept (the cache)")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking")
     embedded_llm: EmbeddedLLMConfig = Field(default_factory=EmbeddedLLMConfig, description="The local stand-in LLM for endpoints without base_url")

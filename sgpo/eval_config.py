@@ -332,9 +332,10 @@ class PairwiseConfig(PairJudgeConfig):
     """
 
     name: str = Field(description="Label of this comparison in reports, e.g. imp_vs_policy", pattern=r"^[A-Za-z0-9_.-]+$")
-    table: str = runtime_field(
-        ..., "URI of a table artifact in the store (its folder, holding manifest.json); "
-        "an input artifact: its content hash, not this URI, is in the cache key")
+    table: str | None = runtime_field(
+        None, "URI of a table artifact in the store (its folder, holding manifest.json); "
+        "an input artifact: its content hash, not this URI, is in the cache key. Required in `sgpo evaluate`; "
+        "in the pipeline (`checks`) the table is the stage's input")
     instruction_column: str = Field("prompt", description="Column with the instruction")
     model_column: str = Field("imp", description="Column whose win rate is reported (shown as the model)")
     baseline_column: str = Field("policy", description="Column it is compared against (the baseline)")
@@ -371,6 +372,8 @@ class EvaluationConfig(Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"pairwise names must be unique, repeated: {dup}")
+        if untabled := [p.name for p in value if not p.table]:
+            raise ValueError(f"pairwise {untabled}: `table` (the URI of a table artifact) is required")
         return value
 
 

@@ -3,7 +3,11 @@
     Fig. 3   normalised edit distance, improved answer vs response B (the policy's)   annotate
     Fig. 4   normalised edit distance, improved answer vs response A (the reference)  annotate
     Fig. 5   perplexity under pi_sft per response type, Tukey fences, kept/dropped    ppl_filter (+ manifest `fences`)
-    Table 1  pairwise judge checks of the improved data (win rate, SE)               pairwise[...] (evaluation)
+    Table 1  pairwise judge checks of the improved data (win rate, SE)               pairwise[imp_vs_*] (checks / evaluation)
+    Fig. 8   the self-improver's refinement y+ vs the policy's y and vs y_sft, by round  pairwise[refined_vs_*] (checks)
+    Fig. 9   perplexity of the pairs' chosen / rejected answers under the DPO reference   dpo's reference_logps artifact
+             (pi_imp in SGPO: the improver)
+    Fig. 10  refinement win rate by recipe (SGPO, All-Ref, No-Ref, ...), several runs  `sgpo report RUN RUN ...`
     training curves (loss, reward margin / accuracy, lr) per training stage          manifest `train_history`
     stage time, LLM calls (sent vs from the journal), cost, cache hits               the run's stage list + manifests
     judge result (win rate vs the baseline, SE)                                      judge / alpaca_eval_judge / arena_hard_judge
@@ -199,7 +203,8 @@ def win_rate_rows(run: RunArtifacts) -> list[dict[str, Any]]:
         if s.stage in ("judge", "alpaca_eval_judge", "pairwise") and isinstance(sm.get("win_rate"), (int, float)):
             name = {"judge": "judge (final policy vs baseline)", "alpaca_eval_judge": "AlpacaEval 2.0 WR"}.get(s.stage, s.label)
             rows.append({"label": name, "value": float(sm["win_rate"]), "se": _num(sm.get("standard_error")),
-                         "n": sm.get("n_labelled"), "of": sm.get("n"), "stage": s.label})
+                         "n": sm.get("n_labelled"), "of": sm.get("n"), "stage": s.label,
+                         "model_column": sm.get("model_column"), "baseline_column": sm.get("baseline_column")})
             if s.stage == "alpaca_eval_judge" and isinstance(sm.get("lc_win_rate"), (int, float)):
                 rows.append({"label": "AlpacaEval 2.0 LC WR", "value": float(sm["lc_win_rate"]),
                              "se": _num(sm.get("lc_standard_error")), "n": sm.get("n_labelled"), "of": sm.get("n"),
@@ -210,6 +215,53 @@ def win_rate_rows(run: RunArtifacts) -> list[dict[str, Any]]:
             rows.append({"label": "Arena-Hard v0.1 score", "value": float(sm["score"]), "se": half, "ci": (lo, hi),
                          "n": sm.get("n_questions"), "of": sm.get("n_questions"), "stage": s.label})
     return rows
+
+
+def refinement_rows(judged: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Fig. 8: the refinement checks among a run's judged rows (pairwise stages whose model column is
+    a pairs table's `chosen`, the refinement y+), each with its round (`.rN` in the check's name; 1
+    without) and what it is compared with ('y' = the policy's answer, 'y_sft' = the SFT reference)."""
+    out = []
+    for r in judged:
+        if r.get("model_column") != "chosen" or r.get("baseline_column") not in ("rejected", "reference"):
+            continue
+        label = r["stage"]
+        name = label[label.index("[") + 1:-1] if "[" in label else label
+        rnd = int(name.rsplit(".r", 1)[1]) if ".r" in name and name.rsplit(".r", 1)[1].isdigit() else 1
+        out.append({**r, "round": rnd, "versus": "y" if r["baseline_column"] == "rejected" else "y_sft"})
+    return sorted(out, key=lambda r: (r["round"], r["versus"]))
+
+
+def perplexity_by_type_data(rows: Iterable[dict[str, Any]], bins: int = PPL_BINS) -> dict[str, Any]:
+    """Fig. 9: per-token perplexity exp(-log p / tokens) of each pair's chosen and rejected answer under
+    the reference, from the reference log-prob table (summed log-probs and the scored token counts);
+    pairs TRL dropped (NaN log-probs) or with no scored token are counted, not plotted. Counts on one
+    log-spaced range shared by both types."""
+    rows = list(rows)
+    if rows and "chosen_tokens" not in rows[0]:
+        raise KeyError("the reference log-prob table has no token counts (made before they were recorded)")
+    values: dict[str, list[float]] = {"chosen": [], "rejected": []}
+    skipped = 0
+    for r in rows:
+        for t in values:
+            lp, n = r.get(f"ref_{t}_logps"), r.get(f"{t}_tokens")
+            if isinstance(lp, (int, float)) and math.isfinite(lp) and isinstance(n, int) and n > 0:
+                values[t].append(math.exp(-lp / n))
+            else:
+                skipped += 1
+    every = values["chosen"] + values["rejected"]
+    if not every:
+        raise ValueError("no pair has a finite reference log-prob")
+    lo, hi = math.log10(min(every)), math.log10(max(every))
+    pad = (hi - lo) * 0.02 or 0.05
+    edges = [10 ** (lo - pad + i * (hi - lo + 2 * pad) / bins) for i in range(bins + 1)]
+    out: dict[str, Any] = {"edges": edges, "skipped": skipped}
+    import numpy as np
+
+    for t, v in values.items():
+        counts = np.histogram(np.asarray(v, dtype=float), bins=np.asarray(edges))[0] if v else [0] * bins
+        out[t] = {"values": v, "n": len(v), "counts": [int(c) for c in counts], "median": _median(v) if v else None}
+    return out
 
 
 def sapo_buffer_data(rows: Iterable[dict[str, Any]], last_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -386,6 +438,66 @@ def draw_sapo_buffer(data: dict[str, Any], title: str) -> bytes:
     return _png(fig)
 
 
+def draw_refinement(rows: list[dict[str, Any]], title: str) -> bytes:
+    plt = _plt()
+    rounds = sorted({r["round"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(rounds) + 2.5), 4.0))
+    width = 0.38
+    for k, (versus, color, what) in enumerate((("y", "#4C72B0", "y+ vs the policy's y (rejected)"),
+                                                ("y_sft", "#DD8452", "y+ vs the SFT reference y_sft"))):
+        sel = {r["round"]: r for r in rows if r["versus"] == versus}
+        xs = [i + (k - 0.5) * width for i, rd in enumerate(rounds) if rd in sel]
+        if not xs:
+            continue
+        got = [sel[rd] for rd in rounds if rd in sel]
+        n = ", ".join(f"n={r['n']}" for r in got)
+        ax.bar(xs, [r["value"] for r in got], width, yerr=[r["se"] or 0 for r in got], capsize=4, color=color,
+               label=f"{what} ({n})")
+    ax.axhline(50, color="black", linestyle=":", label="50% (no better, no worse)")
+    ax.set_xticks(range(len(rounds)), [f"round {rd}" for rd in rounds])
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("win rate of the refinement y+ (%, error bar: SE)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def draw_perplexity_by_type(data: dict[str, Any], title: str, model: str) -> bytes:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.8, 4.0))
+    edges = data["edges"]
+    widths = [b - a for a, b in zip(edges, edges[1:])]
+    for t, color, what in (("chosen", "#55A868", "chosen y+"), ("rejected", "#C44E52", "rejected y")):
+        d = data[t]
+        if not d["n"]:
+            continue
+        ax.bar(edges[:-1], d["counts"], width=widths, align="edge", color=color, alpha=0.55, edgecolor="white",
+               label=f"{what} (n={d['n']}, median {d['median']:.3g})")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"perplexity under {model} (exp of mean token NLL, log scale)")
+    ax.set_ylabel("answers (count)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, title=f"{data['skipped']} not scored" if data["skipped"] else None)
+    return _png(fig)
+
+
+def draw_refinement_by_run(rows: list[dict[str, Any]], title: str) -> bytes:
+    """Fig. 10: one bar per run (its round-1 refinement vs the policy's y), labelled by run."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.8, 0.6 * len(rows) + 1.8))
+    ys = list(range(len(rows)))
+    ax.barh(ys, [r["value"] for r in rows], xerr=[r["se"] or 0 for r in rows], color="#4C72B0", capsize=4,
+            label="win rate of y+ over y (error bar: SE)")
+    ax.set_yticks(ys, [f"{r['run']} (n={r['n']})" for r in rows])
+    ax.invert_yaxis()
+    ax.axvline(50, color="black", linestyle=":", label="50%")
+    ax.set_xlim(0, 100)
+    ax.set_xlabel("win rate of the refinement y+ over the policy's y (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower right")
+    return _png(fig)
+
+
 # --------------------------------------------------------------------------------------------------
 # The figures of a run
 # --------------------------------------------------------------------------------------------------
@@ -447,6 +559,24 @@ def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int
 
         figs.append(_attempt(Figure(f"train_{_slug(s.label)}", title, s.label, s.uri), make))
 
+    for d in run.find("dpo"):
+        uri = (d.manifest or {}).get("reference_logps")
+        if not uri:
+            continue  # a live reference (dpo.reference_logps=live): no log-prob table to draw from
+        start = ((d.manifest or {}).get("parents") or {}).get("start") or {}
+        model = {"improver_sft": "the improver pi_imp", "sft": "pi_sft",
+                 "dpo": "the previous round's policy"}.get(start.get("stage", ""), "the start model") + \
+            " (the DPO reference)"
+        title = f"Fig. 9: perplexity of {d.label}'s chosen / rejected answers under {model.split(' (')[0]}"
+
+        def make_ppl(uri=uri, title=title, model=model):
+            entry = StageEntry(label="ref_logps", stage="ref_logps", uri=uri)
+            data = perplexity_by_type_data(run.read_rows(entry), ppl_bins)
+            return draw_perplexity_by_type(data, title, model), {t: {"n": data[t]["n"], "median": data[t]["median"]}
+                                                                   for t in ("chosen", "rejected")}
+
+        figs.append(_attempt(Figure(f"fig9_perplexity{_suffix(d.label)}", title, d.label, uri), make_ppl))
+
     for sp in run.find("sapo"):
         title = f"SAPO replay buffer of {sp.label}: use counts, producing step, EMA / reference updates"
 
@@ -459,12 +589,25 @@ def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int
         figs.append(_attempt(Figure(f"sapo_buffer{_suffix(sp.label)}", title, sp.label, sp.uri), make_buffer))
 
     judged = win_rate_rows(run)
-    if judged:
-        pairwise_only = all(r["stage"].startswith("pairwise") for r in judged)
-        title = ("Table 1: judge checks of the improved data (pairwise win rates)" if pairwise_only
-                 else "Judge result: win rate vs the baseline")
-        figs.append(_attempt(Figure("judge", title, judged[0]["stage"]),
-                             lambda: (draw_win_rates(judged, title), {r["label"]: r["value"] for r in judged})))
+    refinement = refinement_rows(judged)
+    refined_stages = {r["stage"] for r in refinement}
+    pairwise = [r for r in judged if r["stage"].startswith("pairwise") and r["stage"] not in refined_stages]
+    benchmarks = [r for r in judged if not r["stage"].startswith("pairwise")]
+    if benchmarks:
+        title = "Judge result: win rate vs the baseline"
+        figs.append(_attempt(Figure("judge", title, benchmarks[0]["stage"]),
+                             lambda: (draw_win_rates(benchmarks, title), {r["label"]: r["value"] for r in benchmarks})))
+    if pairwise:
+        improved = all(r.get("model_column") == "imp" for r in pairwise)
+        ptitle = ("Table 1: judge checks of the improved data y_imp (vs response B = y, vs response A = y_sft)"
+                  if improved else "Pairwise win rates (model column vs baseline column)")
+        figs.append(_attempt(Figure("table1_improved_data" if improved else "pairwise", ptitle, pairwise[0]["stage"]),
+                             lambda: (draw_win_rates(pairwise, ptitle), {r["label"]: r["value"] for r in pairwise})))
+    if refinement:
+        rtitle = "Fig. 8: win rate of the self-improver's refinement y+ over the policy's y and over y_sft"
+        figs.append(_attempt(Figure("fig8_refinement", rtitle, refinement[0]["stage"]),
+                             lambda: (draw_refinement(refinement, rtitle),
+                                      {f"round {r['round']} vs {r['versus']}": r["value"] for r in refinement})))
 
     if run.stages:
         title = "Stages: time, cache hits, paid LLM calls and cost"

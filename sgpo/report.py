@@ -2,6 +2,7 @@
 the stage table with lineage (artifact URIs, content hashes, code and prompt versions).
 
     sgpo report RUN_OR_STORE_URI [-o report.html]
+    sgpo report RUN_URI RUN_URI ... [-o report.html]     (several runs: comparison table, Fig. 10)
 
 RUN_OR_STORE_URI is a `report` artifact (its HTML is copied out), any other finished artifact
 (e.g. a run's judge or final dpo: the report is built from its lineage, walking the manifests'
@@ -181,44 +182,66 @@ th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-al
 th { background: #f2f2f2; }
 td.uri { font-family: monospace; font-size: 12px; word-break: break-all; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
-.missing { color: #a00; } .meta { color: #555; }
+.missing { color: #a00; } .meta { color: #555; } section.run { border-top: 2px solid #ccc; margin-top: 2em; }
 </style></head>
 <body>
-<h1>{{ title }}</h1>
-<p class="meta">{% for k, v in meta.items() %}<b>{{ k }}</b>: {{ v }}{% if not loop.last %} &middot; {% endif %}{% endfor %}</p>
-{% if headline %}
-<h2>Judged numbers</h2>
-<table id="headline"><thead><tr><th>what</th><th>win rate / score (%)</th><th>uncertainty</th><th>n judged</th><th>stage</th></tr></thead>
-<tbody>{% for r in headline %}<tr><td>{{ r.what }}</td><td>{{ r.value }}</td><td>{{ r.error }}</td><td>{{ r.n }}</td><td>{{ r.stage }}</td></tr>{% endfor %}</tbody></table>
+{% macro run_body(r, p, h) %}
+<p class="meta">{% for k, v in r.meta.items() %}<b>{{ k }}</b>: {{ v }}{% if not loop.last %} &middot; {% endif %}{% endfor %}</p>
+{% if r.headline %}
+<{{ h }}>Judged numbers</{{ h }}>
+<table id="{{ p }}headline"><thead><tr><th>what</th><th>win rate / score (%)</th><th>uncertainty</th><th>n judged</th><th>stage</th></tr></thead>
+<tbody>{% for x in r.headline %}<tr><td>{{ x.what }}</td><td>{{ x.value }}</td><td>{{ x.error }}</td><td>{{ x.n }}</td><td>{{ x.stage }}</td></tr>{% endfor %}</tbody></table>
 {% endif %}
-<h2>Figures</h2>
-{% for f in figures if f.png %}
-<figure id="fig-{{ f.id }}"><img alt="{{ f.title }}" src="data:image/png;base64,{{ f.b64 }}">
+<{{ h }}>Figures</{{ h }}>
+{% for f in r.figures if f.png %}
+<figure id="{{ p }}fig-{{ f.id }}"><img alt="{{ f.title }}" src="data:image/png;base64,{{ f.b64 }}">
 <figcaption>{{ f.title }} &mdash; from {{ f.source }}{% if f.source_uri %} (<code>{{ f.source_uri }}</code>){% endif %}</figcaption></figure>
 {% endfor %}
-{% if missing %}
+{% if r.missing %}
 <h3>Figures that could not be made</h3>
-<ul id="missing">{% for f in missing %}<li class="missing"><b>{{ f.title }}</b> ({{ f.source }}): {{ f.missing }}</li>{% endfor %}</ul>
+<ul id="{{ p }}missing">{% for f in r.missing %}<li class="missing"><b>{{ f.title }}</b> ({{ f.source }}): {{ f.missing }}</li>{% endfor %}</ul>
 {% endif %}
-<h2>Stages and lineage</h2>
-<table id="stages"><thead><tr><th>stage</th><th>this run</th><th>s (this run)</th><th>s (when made)</th><th>artifact</th>
+<{{ h }}>Stages and lineage</{{ h }}>
+<table id="{{ p }}stages"><thead><tr><th>stage</th><th>this run</th><th>s (this run)</th><th>s (when made)</th><th>artifact</th>
 <th>content hash</th><th>code</th><th>prompts</th><th>inputs</th><th>produced by</th><th>created</th></tr></thead>
-<tbody>{% for r in stages %}<tr><td>{{ r.label }}</td><td>{{ r.status }}</td><td>{{ r.seconds }}</td><td>{{ r.compute_seconds }}</td>
-<td class="uri">{{ r.uri }}</td><td class="uri">{{ r.content_hash }}</td><td>{{ r.code_version }}</td><td>{{ r.prompts }}</td>
-<td>{{ r.parents }}</td><td class="uri">{{ r.produced_by }}</td><td>{{ r.created_at }}</td></tr>{% endfor %}</tbody></table>
+<tbody>{% for x in r.stages %}<tr><td>{{ x.label }}</td><td>{{ x.status }}</td><td>{{ x.seconds }}</td><td>{{ x.compute_seconds }}</td>
+<td class="uri">{{ x.uri }}</td><td class="uri">{{ x.content_hash }}</td><td>{{ x.code_version }}</td><td>{{ x.prompts }}</td>
+<td>{{ x.parents }}</td><td class="uri">{{ x.produced_by }}</td><td>{{ x.created_at }}</td></tr>{% endfor %}</tbody></table>
+{% endmacro %}
+<h1>{{ title }}</h1>
+{% if comparison %}
+<h2>Comparison of the runs</h2>
+<table id="comparison"><thead><tr>{% for c in comparison_columns %}<th>{{ c }}</th>{% endfor %}</tr></thead>
+<tbody>{% for row in comparison %}<tr>{% for c in comparison_columns %}<td>{{ row[c] }}</td>{% endfor %}</tr>{% endfor %}</tbody></table>
+{% for f in across if f.png %}
+<figure id="fig-{{ f.id }}"><img alt="{{ f.title }}" src="data:image/png;base64,{{ f.b64 }}"><figcaption>{{ f.title }}</figcaption></figure>
+{% endfor %}
+{% for f in across if not f.png %}<p class="missing"><b>{{ f.title }}</b>: {{ f.missing }}</p>{% endfor %}
+{% for r in runs %}<section class="run" id="run{{ loop.index }}"><h2>Run {{ loop.index }}: {{ r.title }}</h2>
+{{ run_body(r, "run" ~ loop.index ~ "-", "h3") }}</section>{% endfor %}
+{% else %}
+{{ run_body(runs[0], "", "h2") }}
+{% endif %}
 </body></html>
 """
+
+
+def _figs(figures: list[Figure]) -> list[dict[str, Any]]:
+    return [{"id": f.id, "title": f.title, "source": f.source, "source_uri": f.source_uri, "missing": f.missing,
+             "png": f.png, "b64": base64.b64encode(f.png).decode() if f.png else ""} for f in figures]
+
+
+def _run_view(run: RunArtifacts, figures: list[Figure], meta: dict[str, str] | None) -> dict[str, Any]:
+    figs = _figs(figures)
+    return {"title": run.title or "sgpo run", "meta": meta or {}, "headline": headline_rows(run), "figures": figs,
+            "missing": [f for f in figs if not f["png"]], "stages": lineage_rows(run.stages)}
 
 
 def render_html(run: RunArtifacts, figures: list[Figure], meta: dict[str, str] | None = None) -> str:
     from jinja2 import Environment
 
-    env = Environment(autoescape=True)
-    figs = [{"id": f.id, "title": f.title, "source": f.source, "source_uri": f.source_uri, "missing": f.missing,
-             "png": f.png, "b64": base64.b64encode(f.png).decode() if f.png else ""} for f in figures]
-    return env.from_string(TEMPLATE).render(
-        title=run.title or "sgpo run", meta=meta or {}, headline=headline_rows(run), figures=figs,
-        missing=[f for f in figs if not f["png"]], stages=lineage_rows(run.stages))
+    return Environment(autoescape=True).from_string(TEMPLATE).render(
+        title=run.title or "sgpo run", runs=[_run_view(run, figures, meta)], comparison=None)
 
 
 def build(entries: list[StageEntry], storage_options: dict[str, Any] | None = None, *, title: str = "",
@@ -228,6 +251,89 @@ def build(entries: list[StageEntry], storage_options: dict[str, Any] | None = No
                        read_side_rows=side_rows_reader(storage_options))
     figures = make_figures(run, edit_bins=edit_bins, ppl_bins=ppl_bins)
     return render_html(run, figures, meta), figures, run
+
+
+# --------------------------------------------------------------------------------------------------
+# Several runs on one page: the comparison table and Fig. 10
+# --------------------------------------------------------------------------------------------------
+def run_of(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[str, list[StageEntry]]:
+    """(title, stages) of the run a URI names: a report artifact's own stage list (with ran / cached),
+    or, for any other artifact or a store, the lineage of it (or of the store's newest report / judge)."""
+    kind, url = resolve(uri, storage_options)
+    if kind == "report":
+        params = (read_manifest(url, storage_options).get("config") or {}).get("params") or {}
+        stages = params.get("stages")
+        if stages:
+            stages = json.loads(stages) if isinstance(stages, str) else stages
+            return str(params.get("title") or url), entries_from_stages(stages, storage_options)
+    return f"lineage of {url}", entries_from_lineage(url, storage_options)
+
+
+def comparison_rows(runs: list[RunArtifacts], storage_options: dict[str, Any] | None = None
+                    ) -> tuple[list[str], list[dict[str, str]]]:
+    """The methods comparison (`sgpo compare`'s columns, ours only: the runs name no preset) of the
+    runs, with `sgpo evaluate` results of each run's final policy where the store holds them."""
+    from flows.compare import COLUMNS, Row, evaluations_of, settings_of, table_rows
+
+    rows = []
+    for run in runs:
+        judge = run.one("judge")
+        if judge is None:
+            rows.append(Row(method=run.title, preset="", status="no judge stage in this run"))
+            continue
+        sm, policy = judge.summary or {}, ((judge.manifest or {}).get("parents") or {}).get("policy") or {}
+        row = Row(method=run.title, preset="", status="done", final_policy=policy.get("uri"),
+                  judge_win_rate=sm.get("win_rate"), judge_se=sm.get("standard_error"), judge_n=sm.get("n_labelled"))
+        if policy.get("content_hash"):
+            store, _ = _store_of(judge.uri, storage_options)
+            ev = evaluations_of(store, policy["content_hash"])
+            if a := ev.get("alpaca_eval"):
+                row.lc, row.lc_se, row.wr, row.wr_se = (a.get("lc_win_rate"), a.get("lc_standard_error"),
+                                                        a.get("win_rate"), a.get("standard_error"))
+                row.settings["alpaca_eval"] = settings_of("alpaca_eval", a)
+            if h := ev.get("arena_hard"):
+                row.arena_hard, row.arena_hard_ci = h.get("score"), h.get("ci")
+                row.settings["arena_hard"] = settings_of("arena_hard", h)
+            if not ev:
+                row.notes.append("no sgpo evaluate run of its final policy in the store")
+        rows.append(row)
+    columns = [c for c in COLUMNS if not c.endswith("(paper)")]
+    return columns, [{c: r[c] for c in columns} for r in table_rows(rows)]
+
+
+def refinement_by_run(runs: list[RunArtifacts]) -> Figure:
+    """Fig. 10: each run's round-1 refinement win rate over the policy's y (e.g. SGPO, All-Ref, No-Ref)."""
+    from sgpo.figures import _attempt, draw_refinement_by_run, refinement_rows
+
+    title = "Fig. 10: refinement win rate of y+ over y by run (SGPO vs All-Ref / No-Ref ...)"
+    rows = []
+    for run in runs:
+        got = [r for r in refinement_rows(win_rate_rows(run)) if r["round"] == 1 and r["versus"] == "y"]
+        if got:
+            rows.append({**got[0], "run": run.title})
+    fig = Figure("fig10_refinement_by_run", title, "runs")
+    if len(rows) < 2:
+        fig.missing = (f"{len(rows)} of {len(runs)} runs have the refinement check (checks.refinement=true); "
+                       "Fig. 10 compares two or more")
+        return fig
+    return _attempt(fig, lambda: (draw_refinement_by_run(rows, title), {r["run"]: r["value"] for r in rows}))
+
+
+def build_several(uris: list[str], storage_options: dict[str, Any] | None = None) -> str:
+    """One page for several runs: the comparison table, Fig. 10, then each run's own report."""
+    from jinja2 import Environment
+
+    runs, views = [], []
+    for uri in uris:
+        title, entries = run_of(uri, storage_options)
+        run = RunArtifacts(stages=entries, read_rows=table_reader(storage_options), title=title,
+                           read_side_rows=side_rows_reader(storage_options))
+        runs.append(run)
+        views.append(_run_view(run, make_figures(run), {"built from": uri, "stages": str(len(entries))}))
+    columns, rows = comparison_rows(runs, storage_options)
+    return Environment(autoescape=True).from_string(TEMPLATE).render(
+        title=f"sgpo: {len(runs)} runs compared", runs=views, comparison=rows, comparison_columns=columns,
+        across=_figs([refinement_by_run(runs)]))
 
 
 def log_figures(tracking: Any, figures: list[Figure], entries: list[StageEntry], *, own_run_id: str | None) -> int:
@@ -286,8 +392,20 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[st
 
 def cmd_report(args: argparse.Namespace) -> int:
     so = json.loads(args.storage_options) if args.storage_options else None
+    uris = list(args.uri)
+    if len(uris) > 1:
+        try:
+            html = build_several(uris, so)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"sgpo: {e}", file=sys.stderr)
+            return 2
+        out = Path(args.output)
+        out.write_text(html, encoding="utf-8")
+        print(f"[sgpo] report of {len(uris)} runs (comparison table, Fig. 10, each run's figures) -> {out.resolve()}")
+        print(f"[sgpo] open it with: xdg-open {out.resolve()}  (self-contained: no network needed)")
+        return 0
     try:
-        kind, uri = resolve(args.uri, so)
+        kind, uri = resolve(uris[0], so)
         if kind == "report":
             store, url = _store_of(uri, so)
             html = store.read_bytes(f"{url}/{REPORT_FILE}").decode()
@@ -309,8 +427,9 @@ def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `sgpo report` on the CLI's subparsers."""
     p = subparsers.add_parser("report", help="write a run's self-contained HTML report (figures, stage table, lineage)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("uri", metavar="RUN_OR_STORE_URI",
-                   help="a report artifact, any finished artifact of the run (e.g. its judge), or a store")
+    p.add_argument("uri", metavar="RUN_OR_STORE_URI", nargs="+",
+                   help="a report artifact, any finished artifact of the run (e.g. its judge), or a store; "
+                        "several: one page with their comparison table, Fig. 10 and each run's report")
     p.add_argument("-o", "--output", default="report.html", help="where to write the HTML (default: report.html)")
     p.add_argument("--storage-options", default=None, metavar="JSON",
                    help='fsspec options of the store, e.g. \'{"endpoint_url": "http://minio:9000"}\'')

@@ -340,9 +340,24 @@ def reference_logps(
     batch_size: int = 8,
     trust_remote_code: bool = False,
 ) -> list[tuple[float, float]]:
+    """The reference model's summed log-probs of each pair's chosen and rejected answer (see
+    `reference_logps_and_tokens`)."""
+    return [(a, b) for a, b, _, _ in reference_logps_and_tokens(model_dir, pairs, cfg, batch_size=batch_size,
+                                                                trust_remote_code=trust_remote_code)]
+
+
+def reference_logps_and_tokens(
+    model_dir: str,
+    pairs: list[tuple[list[dict[str, str]], str, str]],
+    cfg: "DPOStageConfig",
+    *,
+    batch_size: int = 8,
+    trust_remote_code: bool = False,
+) -> list[tuple[float, float, int, int]]:
     """The reference model's summed log-probs of each pair's chosen and rejected answer, exactly as TRL's
     DPOTrainer computes them (its tokenisation, truncation and `compute_ref_log_probs`), but batched over
-    length-sorted pairs, without gradients, once. Under a launch each rank takes a share of the batches."""
+    length-sorted pairs, without gradients, once; with the number of answer tokens each sum covers (after
+    truncation: per-token perplexities for the report). Under a launch each rank takes a share of the batches."""
     import torch
     from trl import DPOConfig
 
@@ -370,23 +385,26 @@ def reference_logps(
         mine = batches[state.process_index::state.num_processes]
         device = trainer.accelerator.device
         net = model.to(device).eval()
-        found: dict[int, tuple[float, float]] = {}
+        found: dict[int, tuple[float, float, int, int]] = {}
         with torch.no_grad():
             for idx in mine:
                 batch = trainer.data_collator([ds[i] for i in idx])
                 batch = {k: v.to(device) for k, v in batch.items() if k not in REF_COLUMNS}
                 lc, lr = trainer.compute_ref_log_probs(net, batch)
-                for i, a, b in zip(idx, lc.float().cpu().tolist(), lr.float().cpu().tolist()):
-                    found[index[i]] = (a, b)
+                # the collator stacks chosen rows then rejected rows; its completion mask is what the sums cover
+                nc, nr = batch["completion_mask"].sum(dim=1).chunk(2, dim=0)
+                for i, a, b, ta, tb in zip(idx, lc.float().cpu().tolist(), lr.float().cpu().tolist(),
+                                           nc.cpu().tolist(), nr.cpu().tolist()):
+                    found[index[i]] = (a, b, int(ta), int(tb))
         if state.num_processes > 1:
             from accelerate.utils import gather_object
 
-            merged: dict[int, tuple[float, float]] = {}
+            merged: dict[int, tuple[float, float, int, int]] = {}
             for part in gather_object([found]):
                 merged.update(part)
             found = merged
     nan = float("nan")
-    return [found.get(i, (nan, nan)) for i in range(len(pairs))]
+    return [found.get(i, (nan, nan, 0, 0)) for i in range(len(pairs))]
 
 
 def sft_and_publish(job, start, examples: list[tuple[list[dict[str, str]], str]], cfg: "TrainConfig"):

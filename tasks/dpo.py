@@ -15,7 +15,7 @@ from sgpo.data_sources import conversation
 from sgpo.stage import Job, scratch_dir, stage, stage_main
 
 REF_LOGPS_STAGE = "ref_logps"
-REF_LOGPS_VERSION = "1"
+REF_LOGPS_VERSION = "2"  # 2: the scored answer tokens of each sum (chosen_tokens, rejected_tokens)
 
 
 def ref_logps_key(reference: ArtifactRef, pairs: ArtifactRef, cfg: DPOStageConfig) -> str:
@@ -34,7 +34,7 @@ def cached_reference_logps(job: Job, reference: ArtifactRef, pairs: ArtifactRef,
     import pyarrow as pa
 
     from artifacts.hashing import sha256_text
-    from sgpo.training import main_process_value, reference_logps
+    from sgpo.training import main_process_value, reference_logps_and_tokens
 
     key = ref_logps_key(reference, pairs, cfg)
     store = job.store
@@ -49,12 +49,14 @@ def cached_reference_logps(job: Job, reference: ArtifactRef, pairs: ArtifactRef,
         if [r["pair_hash"] for r in rows] == hashes:
             return [(r["ref_chosen_logps"], r["ref_rejected_logps"]) for r in rows], ref, True
         raise RuntimeError(f"{uri}: cached reference log-probs do not match the pairs (rows differ)")
-    logps = reference_logps(job.model_dir(reference), data, cfg, batch_size=cfg.reference_batch_size,
-                            trust_remote_code=job.ctx.trust_remote_code)
+    scored = reference_logps_and_tokens(job.model_dir(reference), data, cfg, batch_size=cfg.reference_batch_size,
+                                        trust_remote_code=job.ctx.trust_remote_code)
+    logps = [(a, b) for a, b, _, _ in scored]
     if not job.is_main_process:
         return logps, None, False
     table = pa.table({"pair_index": list(range(len(data))), "pair_hash": hashes,
-                      "ref_chosen_logps": [a for a, _ in logps], "ref_rejected_logps": [b for _, b in logps]})
+                      "ref_chosen_logps": [a for a, _ in logps], "ref_rejected_logps": [b for _, b in logps],
+                      "chosen_tokens": [n for _, _, n, _ in scored], "rejected_tokens": [n for _, _, _, n in scored]})
     manifest = {"stage": REF_LOGPS_STAGE, "code_version": REF_LOGPS_VERSION,
                 "config": {"max_length": cfg.max_length, "truncation_mode": "keep_start"},
                 "parents": {"reference": {"uri": reference.uri, "content_hash": reference.content_hash},

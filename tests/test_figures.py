@@ -163,3 +163,84 @@ def test_sapo_figures_only_when_the_sapo_stage_ran():
     assert no_reader["sapo_buffer"].png is None and "cannot open" in no_reader["sapo_buffer"].missing
     without = {f.id for f in make_figures(RunArtifacts(stages=[_entry("dpo")], read_rows=lambda e: []))}
     assert not any(f.startswith(("sapo", "train_sapo")) for f in without)
+
+
+# ------------------------------------------------------------------------- Table 1, Fig. 8, 9, 10
+def _check(name, model, baseline, wr, se=5.0, n=16):
+    return _entry(f"pairwise[{name}]", summary={"win_rate": wr, "standard_error": se, "n_labelled": n, "n": n,
+                                                 "model_column": model, "baseline_column": baseline})
+
+
+def test_refinement_rows_take_the_round_from_the_checks_name_and_leave_other_pairwise_out():
+    from sgpo.figures import refinement_rows
+
+    run = RunArtifacts(stages=[_check("imp_vs_policy", "imp", "policy", 80.0),
+                               _check("refined_vs_policy", "chosen", "rejected", 65.0),
+                               _check("refined_vs_reference", "chosen", "reference", 48.0),
+                               _check("refined_vs_policy.r2", "chosen", "rejected", 60.0)], read_rows=lambda e: [])
+    rows = refinement_rows(win_rate_rows(run))
+    assert [(r["round"], r["versus"], r["value"]) for r in rows] == [(1, "y", 65.0), (1, "y_sft", 48.0), (2, "y", 60.0)]
+
+
+def test_table1_fig8_and_the_judge_are_separate_figures():
+    run = RunArtifacts(stages=[_entry("judge", summary={"win_rate": 52.0, "standard_error": 9.0, "n_labelled": 16, "n": 16}),
+                               _check("imp_vs_policy", "imp", "policy", 80.0),
+                               _check("imp_vs_reference", "imp", "reference", 45.0),
+                               _check("refined_vs_policy", "chosen", "rejected", 65.0)], read_rows=lambda e: [])
+    figs = {f.id: f for f in make_figures(run)}
+    assert figs["judge"].counts == {"judge (final policy vs baseline)": 52.0}
+    assert figs["table1_improved_data"].title.startswith("Table 1")
+    assert figs["table1_improved_data"].counts == {"pairwise[imp_vs_policy]": 80.0, "pairwise[imp_vs_reference]": 45.0}
+    assert figs["fig8_refinement"].title.startswith("Fig. 8") and figs["fig8_refinement"].counts == {"round 1 vs y": 65.0}
+    assert all(figs[k].png.startswith(PNG_MAGIC) for k in ("judge", "table1_improved_data", "fig8_refinement"))
+    # a run without refinement checks draws no Fig. 8; a user's own pairwise is neither Table 1 nor Fig. 8
+    other = {f.id: f for f in make_figures(RunArtifacts(stages=[_check("x_vs_y", "x", "y", 30.0)], read_rows=lambda e: []))}
+    assert "pairwise" in other and not {"fig8_refinement", "table1_improved_data", "judge"} & set(other)
+
+
+def test_fig9_perplexity_is_exp_of_the_mean_token_nll_and_unscored_pairs_are_counted():
+    import math
+
+    from sgpo.figures import perplexity_by_type_data
+
+    rows = [{"ref_chosen_logps": -4 * math.log(10), "ref_rejected_logps": -2 * 3 * math.log(100),
+             "chosen_tokens": 4, "rejected_tokens": 3},  # ppl 10 and 100
+            {"ref_chosen_logps": -5 * math.log(1000), "ref_rejected_logps": float("nan"),
+             "chosen_tokens": 5, "rejected_tokens": 7},  # ppl 1000; NaN: a pair TRL dropped
+            {"ref_chosen_logps": -1.0, "ref_rejected_logps": -1.0, "chosen_tokens": 0, "rejected_tokens": 2}]
+    d = perplexity_by_type_data(rows, bins=4)
+    assert d["chosen"]["values"] == pytest.approx([10.0, 1000.0]) and d["rejected"]["values"] == pytest.approx([10000.0, math.e ** 0.5])
+    assert d["skipped"] == 2  # the NaN rejected and the chosen with no scored token
+    # log-spaced common range: 10**0.217 .. 10**(4 + pad) over 4 bins
+    assert d["edges"][0] < math.e ** 0.5 < d["edges"][1] and d["edges"][-1] > 10000
+    assert sum(d["chosen"]["counts"]) == 2 and sum(d["rejected"]["counts"]) == 2
+    assert d["chosen"]["median"] == pytest.approx(505.0)
+    with pytest.raises(KeyError, match="no token counts"):
+        perplexity_by_type_data([{"ref_chosen_logps": -1.0, "ref_rejected_logps": -1.0}])
+
+
+def test_fig9_reads_the_dpo_reference_table_and_names_the_reference():
+    import math
+
+    table = [{"ref_chosen_logps": -3 * math.log(20), "ref_rejected_logps": -3 * math.log(40), "chosen_tokens": 3,
+              "rejected_tokens": 3}] * 4
+    dpo = _entry("dpo", manifest={"reference_logps": "file:///s/ref_logps/k",
+                                  "parents": {"start": {"stage": "improver_sft"}}})
+    run = RunArtifacts(stages=[dpo], read_rows=lambda e: table if e.uri == "file:///s/ref_logps/k" else [])
+    (fig,) = [f for f in make_figures(run) if f.id.startswith("fig9")]
+    assert fig.title.startswith("Fig. 9") and "the improver pi_imp" in fig.title and fig.source_uri == "file:///s/ref_logps/k"
+    assert fig.counts["chosen"]["median"] == pytest.approx(20.0) and fig.counts["rejected"]["median"] == pytest.approx(40.0)
+    live = _entry("dpo", manifest={"parents": {"start": {"stage": "sft"}}})  # dpo.reference_logps=live: no table
+    assert not any(f.id.startswith("fig9") for f in make_figures(RunArtifacts(stages=[live], read_rows=lambda e: [])))
+
+
+def test_fig10_needs_two_runs_with_the_refinement_check():
+    from sgpo.report import refinement_by_run
+
+    def run(title, wr):
+        return RunArtifacts(stages=[_check("refined_vs_policy", "chosen", "rejected", wr)], read_rows=lambda e: [], title=title)
+
+    fig = refinement_by_run([run("sgpo", 65.0), run("no-ref", 55.0), RunArtifacts(stages=[], read_rows=lambda e: [])])
+    assert fig.png.startswith(PNG_MAGIC) and fig.counts == {"sgpo": 65.0, "no-ref": 55.0}
+    alone = refinement_by_run([run("sgpo", 65.0), RunArtifacts(stages=[], read_rows=lambda e: [], title="dpo")])
+    assert alone.png is None and "1 of 2 runs" in alone.missing

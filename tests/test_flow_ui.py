@@ -138,3 +138,31 @@ def test_benchmark_tables_and_cached_stages_read_back_from_the_api(tmp_path, mon
     links = [a for a in arts if a.type in ("link", "markdown")]  # Prefect 3.8 stores a link artifact as Markdown
     assert len(links) == 1  # the cached sft only; dpo ran and has its own run
     assert uri in links[0].data and "sft (cached)" in links[0].data and "cached" in links[0].description
+
+
+def test_a_gpu_stage_found_in_the_store_shows_as_a_cached_task_run_with_its_artifact_link():
+    """Distributed mode dispatches nothing for a GPU stage already in the store; the run's graph and Task
+    Runs tab still show it: a task run named after the stage, in the Cached state, with a link artifact."""
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterTaskRunId, FlowRunFilter, FlowRunFilterId
+
+    from artifacts.refs import ArtifactRef
+    from flows.dispatch import show_cached_task
+
+    ref = ArtifactRef(stage="dpo", cache_key="k" * 16, uri="file:///s/dpo/kkkk", content_hash="c" * 64, kind="model",
+                      produced_by="an-earlier-run")
+
+    @flow
+    def pipeline_like():
+        show_cached_task("dpo[2]", ref)
+
+    state = pipeline_like(return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        (tr,) = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+        assert tr.name == "dpo[2]" and tr.state.type.value == "COMPLETED" and tr.state.name == "Cached"
+        (link,) = client.read_artifacts(artifact_filter=ArtifactFilter(task_run_id=ArtifactFilterTaskRunId(any_=[tr.id])))
+        assert link.type == "markdown"  # how Prefect 3 stores a link artifact
+        assert "file:///s/dpo/kkkk" in str(link.data) and "an-earlier-run" in (link.description or "")
+    show_cached_task("dpo", ref)  # outside a flow run: nothing to attach to, and no error

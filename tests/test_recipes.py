@@ -280,3 +280,39 @@ def test_two_different_policies_get_different_win_rates_and_the_shown_order_does
         careful_swapped, order1 = win_rate(careful, 1)
     assert careful_wr > 90 and looping_wr < 10  # the policies differ, and the rule says which is better
     assert order0 != order1 and careful_swapped == pytest.approx(careful_wr)  # other display order, same result
+
+
+# ------------------------------------------------------------------------------------------ data checks
+def test_data_checks_add_pairwise_stages_on_the_annotate_table_and_each_rounds_pairs():
+    dag, final, run = _dag("sgpo-step2", "checks.improved_data=true", "checks.refinement=true")
+    checks = {label: inputs for label, inputs in dag.items() if label.startswith("pairwise[")}
+    assert checks == {
+        "pairwise[imp_vs_policy]": {"table": "annotate"}, "pairwise[imp_vs_reference]": {"table": "annotate"},
+        "pairwise[refined_vs_policy]": {"table": "pairs[1]"}, "pairwise[refined_vs_reference]": {"table": "pairs[1]"},
+        "pairwise[refined_vs_policy.r2]": {"table": "pairs[2]"},
+        "pairwise[refined_vs_reference.r2]": {"table": "pairs[2]"},
+    }
+    assert final == "dpo[2]" and run.index("judge") < run.index("pairwise")  # after the judge: it never delays it
+    assert not any(label.startswith("pairwise") for label in _dag("sgpo")[0])  # off by default: paid calls
+
+
+def test_a_data_check_is_judged_by_the_pipelines_judge_on_the_checks_columns():
+    from flows.pipeline import recipe_section
+
+    cfg = load_config("tiny", ["checks.refinement=true", "checks.max_rows=5", "judge.endpoint.model=gpt-4-1106-preview",
+                               "judge.top_logprobs=7"])
+    sec = recipe_section(cfg, "checks[refined_vs_reference.r2]")
+    assert (sec.name, sec.model_column, sec.baseline_column, sec.instruction_column) == (
+        "refined_vs_reference.r2", "chosen", "reference", "prompt")
+    assert sec.endpoint.model == "gpt-4-1106-preview" and sec.top_logprobs == 7 and sec.max_rows == 5
+    imp = recipe_section(cfg, "checks[imp_vs_policy]")
+    assert (imp.model_column, imp.baseline_column) == ("imp", "policy")
+
+
+def test_data_checks_a_recipe_cannot_make_say_why():
+    with pytest.raises(ConfigError, match="checks.improved_data: method dpo does not annotate"):
+        plan(load_config("tiny", ["method=dpo", "checks.improved_data=true"]))
+    with pytest.raises(ConfigError, match="checks.refinement: method sgpo-diamond has no refined pairs"):
+        plan(load_config("tiny", ["method=sgpo-diamond", "checks.refinement=true"]))
+    with pytest.raises(ConfigError, match="checks.refinement: method spin has no refined pairs"):
+        plan(load_config("tiny", ["method=spin", "checks.refinement=true"]))

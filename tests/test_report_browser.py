@@ -20,8 +20,12 @@ import pytest
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 EXPECTED_FIGURES = {"fig3_edit_vs_b", "fig4_edit_vs_a", "fig5_perplexity", "train_sft", "train_improver_sft",
-                    "train_dpo", "judge", "stages"}
-PIPELINE_STAGES = 13  # base_model, prepare x4, sft, sample, annotate, ppl_filter, improver_sft, pairs, dpo, judge
+                    "train_dpo", "fig9_perplexity", "judge", "table1_improved_data", "fig8_refinement", "stages"}
+CHECKS = ["pairwise[imp_vs_policy]", "pairwise[imp_vs_reference]", "pairwise[refined_vs_policy]",
+          "pairwise[refined_vs_reference]"]
+# base_model, prepare x4, sft, sample, annotate, ppl_filter, improver_sft, pairs, dpo, judge, the 4 checks
+PIPELINE_STAGES = 13 + len(CHECKS)
+CHECK_OVERRIDES = ["checks.improved_data=true", "checks.refinement=true"]
 
 
 def _chromium() -> str:
@@ -54,7 +58,8 @@ def tiny_run(tmp_path_factory):
     from sgpo.config import load_config
 
     work = tmp_path_factory.mktemp("report-run")
-    cfg = load_config("tiny", [f"store.url={work}/store", f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db"])
+    cfg = load_config("tiny", [f"store.url={work}/store", f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db",
+                               *CHECK_OVERRIDES])
     return work, sgpo_pipeline(config=cfg)
 
 
@@ -72,6 +77,10 @@ def _inspect(browser, path: Path) -> dict:
         statuses: [...document.querySelectorAll('#stages tbody tr')].map(r => r.cells[1].textContent),
         headline: [...document.querySelectorAll('#headline tbody tr')].map(r => [...r.cells].map(c => c.textContent)),
         missing: document.querySelectorAll('#missing li').length,
+        comparison: [...document.querySelectorAll('#comparison tbody tr')].map(r => [...r.cells].map(c => c.textContent)),
+        sections: [...document.querySelectorAll('section.run')].map(s => ({
+            id: s.id, figures: [...s.querySelectorAll('figure')].map(f => f.id.replace(/^run[0-9]+-fig-/, '')),
+            stages: s.querySelectorAll('table[id$="-stages"] tbody tr').length})),
     })""")
     page.close()
     out["errors"] = errors
@@ -91,9 +100,11 @@ def test_the_tiny_runs_report_renders_in_chromium(browser, tiny_run):
     assert len(page["stages"]) == PIPELINE_STAGES == len(report.stages)
     assert page["stages"] == [s.stage for s in report.stages]
     assert set(page["statuses"]) == {"ran"}  # the first run on a fresh store
-    (row,) = page["headline"]
+    row, *checks = page["headline"]
     assert row[0].startswith("judge") and row[1] == f"{report.judge['win_rate']:.1f}"
     assert row[2] == f"SE {report.judge['standard_error']:.1f}"
+    assert [c[4] for c in checks] == CHECKS  # one row per data check, labelled by its stage
+    assert [c[1] for c in checks] == [f"{report.checks[c[9:-1]]['win_rate']:.1f}" for c in CHECKS]
 
 
 def test_sgpo_report_writes_the_same_page_from_the_store(browser, tiny_run, tmp_path):
@@ -114,5 +125,34 @@ def test_sgpo_report_writes_the_same_page_from_the_store(browser, tiny_run, tmp_
     assert done.returncode == 0, done.stdout + done.stderr
     page = _inspect(browser, out2)
     assert page["errors"] == [] and all(i["ok"] for i in page["images"])
-    assert set(page["figures"]) == EXPECTED_FIGURES - {"judge"}
-    assert len(page["stages"]) == PIPELINE_STAGES - 2  # without judge and its prepare[eval]
+    assert set(page["figures"]) == EXPECTED_FIGURES - {"judge", "table1_improved_data", "fig8_refinement"}
+    assert len(page["stages"]) == PIPELINE_STAGES - 2 - len(CHECKS)  # without judge, its prepare[eval], the checks
+
+
+def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, tmp_path):
+    """`sgpo report RUN RUN`: the SGPO run beside a No-Ref run on the same store (shares every stage up to
+    the improver): the comparison table has a row per run, Fig. 10 draws both refinement win rates, and
+    each run's own section has its figures and stage table."""
+    from flows.pipeline import sgpo_pipeline
+    from sgpo.config import load_config
+
+    work, report = tiny_run
+    cfg = load_config("tiny", [f"store.url={work}/store", f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db",
+                               "method=no-ref", "checks.refinement=true"])
+    no_ref = sgpo_pipeline(config=cfg)
+    assert {s.stage: s.status for s in no_ref.stages}["improver_sft"] == "cached"
+    out = tmp_path / "two.html"
+    done = subprocess.run([sys.executable, "-m", "sgpo.cli", "report", report.report_uri, no_ref.report_uri, "-o", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stdout + done.stderr
+    page = _inspect(browser, out)
+    assert page["errors"] == [] and page["remote"] == [], page
+    assert page["images"] and all(i["ok"] for i in page["images"]), page["images"]
+    assert "fig10_refinement_by_run" in page["figures"]
+    rows = page["comparison"]
+    assert len(rows) == 2 and "no-ref" in rows[1][0] and "No-Ref" in rows[1][0] and "no-ref" not in rows[0][0]
+    assert rows[0][4].startswith(f"{report.judge['win_rate']:.2f}") and rows[1][4].startswith(f"{no_ref.judge['win_rate']:.2f}")
+    one, two = page["sections"]
+    assert set(one["figures"]) == EXPECTED_FIGURES and one["stages"] == PIPELINE_STAGES
+    assert "fig8_refinement" in two["figures"] and "table1_improved_data" not in two["figures"]
+    assert two["stages"] == len(no_ref.stages)
