@@ -11,7 +11,8 @@ What is measured:
 * `perf.models_held`, `perf.model_weights_gb`: models in memory (policy, + the reference when it is
   live) and their weights' bytes on this rank.
 * `perf.mfu`: 6 x parameters x tokens/s / (processes x the GPU's dense bf16 peak), only for GPUs
-  whose peak is in PEAK_BF16_FLOPS (the usual 6N estimate: no attention term, no recompute).
+  whose peak is in PEAK_BF16_FLOPS (the usual 6N estimate: no attention term, no recompute; N is the
+  whole model's, counted from its config, so ZeRO-3 / FSDP shards do not shrink it).
 """
 from __future__ import annotations
 
@@ -93,6 +94,23 @@ def throughput_metrics(trainer: Any, seconds: float, peak: PeakMemory) -> dict[s
         out["perf.peak_gpu_mem_gb"] = round(peak.gpu_gb, 3)
     flops = gpu_peak_flops()
     if flops and seconds > 0:
-        params = sum(p.numel() for p in trainer.model.parameters())
-        out["perf.mfu"] = 6 * params * out["perf.tokens_per_s"] / (world * flops)
+        out["perf.mfu"] = 6 * full_parameter_count(trainer.model) * out["perf.tokens_per_s"] / (world * flops)
     return out
+
+
+def full_parameter_count(model: Any) -> int:
+    """Parameters of the whole model, however it is sharded: under ZeRO-3 a rank's tensors are empty
+    partitions (DeepSpeed keeps the full size in `ds_numel`), under FSDP flat shards. Counted on an
+    empty (meta-device) copy built from the model's config when there is one, else from `ds_numel`."""
+    config = getattr(model, "config", None)
+    if config is not None:
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            with torch.device("meta"):
+                empty = AutoModelForCausalLM.from_config(config)
+            return sum(p.numel() for p in empty.parameters())
+        except Exception:  # noqa: BLE001 - a config transformers cannot build: count the tensors
+            pass
+    return sum(int(getattr(p, "ds_numel", 0) or p.numel()) for p in model.parameters())

@@ -251,3 +251,23 @@ def test_gpu_check_dry_run_passes_on_cpu_and_names_every_check(tmp_path):
     for name in ("zero3", "vllm"):
         assert status[name] in ("OK", "SKIP")
     assert "0 failed" in lines[-1]
+
+
+def test_mfu_counts_the_whole_model_however_it_is_sharded(tiny_model_dir):
+    """MFU's parameter count N: under ZeRO-3 each rank's tensors are empty partitions, so counting
+    them gives ~0; the count comes from the config (an empty meta-device copy), or from ds_numel."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sgpo.throughput import full_parameter_count
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    real = sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        for p in model.parameters():  # what a ZeRO-3 rank holds: an empty partition, the full size aside
+            p.ds_numel = p.numel()
+            p.data = torch.empty(0)
+    assert sum(p.numel() for p in model.parameters()) == 0
+    assert full_parameter_count(model) == real  # from the config
+    model.config = None
+    assert full_parameter_count(model) == real  # from ds_numel
