@@ -1,15 +1,19 @@
-"""The team setup for real, on loopback: a Prefect server, S3 (moto's server), an MLflow server,
-`sgpo deploy`, a process worker for pool `cpu` and one for `cuda`, the tiny pipeline started
-through the API the way the UI's Run button does, with `execution.mode: distributed`.
+"""docs/cluster.md, walked from scratch on loopback: the ```bash blocks of its sections 1-6 run as
+written, in order (tests/cluster_helpers.py: plan_walk / DocWalk, with an explicit table of the
+doc's placeholders -> this machine and a reviewed list of lines skipped here, each with its reason).
+That starts a Prefect server, creates the bucket on S3 (moto's server stands in for MinIO), starts
+an MLflow server, runs `sgpo deploy` (preset tiny instead of qwen2.5-7b), one process worker per
+pool with the environment its block exports, and the tiny pipeline through section 6's CLI,
+`prefect deployment run sgpo/sgpo-pipeline`. A doc line the walker does not know fails the test.
 
 Checked: every GPU stage ran as its own flow run of its deployment on the cuda pool (picked up
 by the cuda worker, linked to the pipeline run as a subflow), the CPU stages ran in the pipeline
 run on the cpu worker, artifacts and MLflow runs landed in the bucket / tracking server. Then a
 GPU job dies mid-stage (its process is killed, as a preempted node would be): the child is
 Crashed, the pipeline Failed with a message naming the stage and the child run; a Retry of the
-pipeline run (what the UI's Retry button does) dispatches only the failed stage, then the judge.
+pipeline run with section 7's `prefect flow-run retry <id>` dispatches only the failed stage,
+then the stages after it.
 
-The same commands as docker/compose.yaml (tests/cluster_helpers.py; test_deployments.py checks).
 Several minutes on 2 CPU cores; every process is stopped at the end.
 """
 from __future__ import annotations
@@ -25,8 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from cluster_helpers import (DEPLOY, MLFLOW, REPO, SERVER, WORKER_CPU, WORKER_CUDA, Procs, fill, http_ok, kill_tree,
-                             venv_bin, wait_for)
+from cluster_helpers import REPO, DocWalk, Procs, doc_retry_command, http_ok, kill_tree, wait_for
 from conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -35,15 +38,18 @@ GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo")
 LINE = re.compile(r"\[sgpo\] (\S+)\s+(ran|cached)\s")
 
 
-def _deploy_argv() -> list[str]:
-    """`sgpo deploy` once the CLI has it; the same code as a module until then."""
-    from sgpo.cli import build_parser
+# The harness's own environment, not the doc's: what a fresh machine has before the doc's exports.
+# Everything the doc is meant to provide (store credentials and endpoint, API URL, repo dir) is removed.
+_DOC_PROVIDES = ("AWS_", "MLFLOW_", "PREFECT_API_URL", "PREFECT_UI_API_URL", "SGPO_REPO_DIR", "SGPO_STORE_URL",
+                 "SGPO_MLFLOW_URI")
 
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
-    if "deploy" in sub.choices:
-        argv = fill(DEPLOY)
-        return [venv_bin(argv[0]), *argv[1:]]  # the venv's own `sgpo`: the venv need not be on PATH
-    return [sys.executable, "-m", "sgpo.deploy"]
+
+def _harness_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_DOC_PROVIDES)}
+    # `pip install -e .` put prefect, mlflow, sgpo and python on the machines' PATH: here, this venv's
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(PYTHONUNBUFFERED="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    return env
 
 
 @pytest.fixture(scope="module")
@@ -52,37 +58,30 @@ def cluster(tmp_path_factory, s3_endpoint):
     procs = Procs(tmp)
     api_port, mlflow_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}/api"
-    prefix = f"cluster-{uuid.uuid4().hex[:8]}"
-    base_env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "AWS_ENDPOINT_URL")}
-    base_env.update(PYTHONUNBUFFERED="1", PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    bucket = f"sgpo-walk-{uuid.uuid4().hex[:8]}"
+    values = {"api_port": str(api_port), "mlflow_port": str(mlflow_port), "s3": s3_endpoint, "repo": str(REPO),
+              "mlflow_dir": str(tmp / "mlflow"), "bucket": bucket}
+
+    def machine_env(machine: str) -> dict[str, str]:
+        """Per machine: its own Prefect home and cache (separate machines share neither), log levels the
+        assertions read, and a 2 s work-pool poll instead of 10 s."""
+        env = {"PREFECT_HOME": str(tmp / f"{machine}-home"), "SGPO_CACHE_DIR": str(tmp / f"cache-{machine}"),
+               "PREFECT_LOGGING_LEVEL": "WARNING" if machine == "prefect-host" else "INFO"}
+        if machine.endswith("-machine"):
+            env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
+        return env
+
+    ready = {"server": lambda: http_ok(f"{api}/health"),
+             "mlflow": lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health")}
     try:
-        procs.start("server", fill(SERVER, "127.0.0.1", str(api_port)),
-                    {**base_env, "PREFECT_HOME": str(tmp / "server-home"), "PREFECT_LOGGING_LEVEL": "WARNING"})
-        procs.start("mlflow", fill(MLFLOW, "127.0.0.1", str(mlflow_port), f"sqlite:///{tmp}/mlflow.db",
-                                   f"s3://sgpo-test/{prefix}/mlflow", extra=("--workers", "1")),
-                    {**base_env, "MLFLOW_S3_ENDPOINT_URL": s3_endpoint, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-                    cwd=tmp)
-        wait_for(lambda: http_ok(f"{api}/health"), 180, "the Prefect server")
-        wait_for(lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"), 180, "the MLflow server")
-
-        client_env = {**base_env, "PREFECT_API_URL": api, "PREFECT_HOME": str(tmp / "client-home")}
-        store_url = f"s3://sgpo-test/{prefix}/store"
-        deploy = subprocess.run(
-            [*_deploy_argv(), "--config", "tiny", "--store-url", store_url,
-             "--mlflow-uri", f"http://127.0.0.1:{mlflow_port}",
-             "--set", "store.storage_options=" + json.dumps({"endpoint_url": s3_endpoint})],
-            env=client_env, cwd=tmp, capture_output=True, text=True, timeout=300,
-        )
-        assert deploy.returncode == 0, deploy.stdout + deploy.stderr
-
-        for pool, template in (("cpu", WORKER_CPU), ("cuda", WORKER_CUDA)):
-            procs.start(f"worker-{pool}", fill(template), {
-                **client_env, "PREFECT_HOME": str(tmp / f"worker-{pool}-home"), "PREFECT_LOGGING_LEVEL": "INFO",
-                "PREFECT_WORKER_QUERY_SECONDS": "2", "SGPO_REPO_DIR": str(REPO),
-                "SGPO_CACHE_DIR": str(tmp / f"cache-{pool}"),
-            }, cwd=tmp)
-        yield {"api": api, "tmp": tmp, "procs": procs, "s3": s3_endpoint, "store": store_url, "prefix": prefix,
-               "mlflow": f"http://127.0.0.1:{mlflow_port}", "env": client_env, "deploy_out": deploy.stdout}
+        walk = DocWalk(procs, tmp, values, _harness_env(), machine_env, ready).run()
+        out = walk.results["deployment-run"].stdout
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", out)
+        assert run_id, out
+        yield {"api": api, "tmp": tmp, "procs": procs, "s3": s3_endpoint, "bucket": bucket,
+               "store": f"s3://{bucket}/store", "mlflow": f"http://127.0.0.1:{mlflow_port}",
+               "env": walk.envs["operator"], "deploy_out": walk.results["deploy"].stdout,
+               "run_id": uuid.UUID(run_id.group(1))}
     finally:
         procs.stop_all()
 
@@ -117,13 +116,13 @@ def parent_task_runs(client, flow_run_id) -> list:
     return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
 
 
-def _manifests(s3: str, prefix: str) -> dict[str, list[str]]:
+def _manifests(s3: str, bucket: str) -> dict[str, list[str]]:
     import s3fs
 
     fs = s3fs.S3FileSystem(endpoint_url=s3)
     fs.invalidate_cache()
     out: dict[str, list[str]] = {}
-    for path in fs.glob(f"sgpo-test/{prefix}/store/*/*/manifest.json"):
+    for path in fs.glob(f"{bucket}/store/*/*/manifest.json"):
         out.setdefault(path.split("/")[-3], []).append(path)
     return out
 
@@ -156,9 +155,11 @@ def test_distributed_pipeline_on_cpu_and_cuda_pools_then_crash_and_retry(cluster
         nightly = deployments["sgpo/sgpo-nightly-step2"]
         assert nightly.parameters["config"]["rounds"] == 2 and nightly.schedules[0].schedule.cron == "0 2 * * *"
         client.pause_deployment(nightly.id)  # no surprise run if this test crosses 02:00 UTC
+        assert f"from {REPO / 'deployments' / 'prefect.yaml'}" in cluster["deploy_out"], cluster["deploy_out"]
 
-        # "Run" in the UI: a flow run of the deployment with its default parameters
-        parent = client.create_flow_run_from_deployment(pipeline.id)
+        # section 6's `prefect deployment run sgpo/sgpo-pipeline`: a flow run with the default parameters
+        parent = client.read_flow_run(cluster["run_id"])
+        assert parent.deployment_id == pipeline.id, parent
 
         # A GPU job dies during dpo (a preempted node): kill the child's process.
         def logs() -> str:
@@ -200,13 +201,14 @@ def test_distributed_pipeline_on_cpu_and_cuda_pools_then_crash_and_retry(cluster
         assert submitted in procs.log("worker-cpu") and submitted not in procs.log("worker-cuda")
         for stage in ("base_model", "prepare", "annotate"):  # CPU stages: tasks of the pipeline run (cpu worker)
             assert any(r.name.split("[")[0] == stage for r in parent_task_runs(client, parent.id)), stage
-        stored = _manifests(cluster["s3"], cluster["prefix"])
+        stored = _manifests(cluster["s3"], cluster["bucket"])
         assert set(stored) == {"base_model", "prepare", "sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs"}
         first_lines = len(procs.log("worker-cpu").splitlines())
 
-        # -------- Retry (the UI's Retry button; here the CLI's `prefect flow-run retry`)
-        retry = subprocess.run([venv_bin("prefect"), "flow-run", "retry", str(parent.id)], env=cluster["env"],
-                               capture_output=True, text=True, timeout=120)
+        # -------- Retry (the UI's Retry button; here section 7's CLI, `prefect flow-run retry <id>`)
+        prefect, *args = doc_retry_command()
+        retry = subprocess.run([str(Path(sys.executable).parent / prefect), *args, str(parent.id)],
+                               env=cluster["env"], cwd=cluster["tmp"], capture_output=True, text=True, timeout=120)
         assert retry.returncode == 0, retry.stdout + retry.stderr
         wait_for(lambda: not client.read_flow_run(parent.id).state.is_final(), 60, "the retry to be scheduled")
         done = _wait_final(client, parent.id, 600, "the retried pipeline run")
@@ -228,7 +230,7 @@ def test_distributed_pipeline_on_cpu_and_cuda_pools_then_crash_and_retry(cluster
         assert any(r.name == "judge" for r in parent_task_runs(client, parent.id))
         assert not any(r.name in GPU for r in parent_task_runs(client, parent.id))  # GPU stages: never in-process
 
-    stored = _manifests(cluster["s3"], cluster["prefix"])
+    stored = _manifests(cluster["s3"], cluster["bucket"])
     assert {"dpo", "judge"} <= set(stored) and all(len(v) == 1 for k, v in stored.items() if k != "prepare")
 
     # MLflow server: the pipeline's parent run with nested stage runs (logged from both workers)

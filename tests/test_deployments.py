@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+import cluster_helpers
 from cluster_helpers import ANY, DEPLOY, MLFLOW, REPO, SERVER, TEMPLATES, WORKER_CPU, WORKER_CUDA, fill, matches
 
 DEPLOYMENTS = REPO / "deployments"
@@ -192,6 +193,42 @@ def test_command_templates():
     assert not matches(["prefect", "worker", "start", "--pool", "cuda"], WORKER_CUDA)
     assert matches(fill(MLFLOW, "h", "1", "sqlite:///x", "s3://b/m", extra=("--workers", "1")), MLFLOW)
     assert ANY not in fill(MLFLOW, "h", "1", "u", "d")
+
+
+def test_cluster_doc_walk_has_a_plan_for_every_line():
+    """Every command line of docs/cluster.md sections 1-6 is run by tests/test_cluster.py's walk or
+    skipped with a reason; the fast half of that slow test (no servers)."""
+    values = {"api_port": "1", "mlflow_port": "2", "s3": "http://127.0.0.1:3", "repo": str(REPO),
+              "mlflow_dir": "/tmp/m", "bucket": "sgpo-walk-x"}
+    steps, _ = cluster_helpers.plan_walk(values)
+    started = {s.name: s.machine for s in steps if s.kind == "background"}
+    assert started == {"server": "prefect-host", "mlflow": "operator", "worker-cpu": "cpu-machine",
+                       "worker-cuda": "gpu-machine"}
+    ran = [s.name for s in steps if s.kind == "run"]
+    assert ran == ["bucket", "deploy", "deployment-run"]
+    assert all(s.reason for s in steps if s.kind == "skip")
+    # each worker's block gives it the store, the repo and (its own or section 1's) API URL
+    exported: dict[str, set[str]] = {}
+    for s in steps:
+        if s.kind == "export":
+            exported.setdefault(s.machine, set()).update(s.exports)
+    for machine in ("cpu-machine", "gpu-machine"):
+        assert {"SGPO_REPO_DIR", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= exported[machine]
+    assert cluster_helpers.doc_retry_command() == ["prefect", "flow-run", "retry"]
+
+
+def test_cluster_doc_walk_fails_on_an_unknown_line():
+    text = cluster_helpers.DOC.read_text()
+    values = {"api_port": "1", "mlflow_port": "2", "s3": "s", "repo": "r", "mlflow_dir": "m", "bucket": "b"}
+    new = text.replace("prefect worker start --pool cpu --type process\n",
+                       "prefect worker start --pool cpu --type process\nsudo systemctl start sgpo\n", 1)
+    assert new != text
+    with pytest.raises(cluster_helpers.DocDrift, match="does not know 'sudo systemctl start sgpo'"):
+        cluster_helpers.plan_walk(values, new)
+    with pytest.raises(cluster_helpers.DocDrift, match="left in"):
+        cluster_helpers.plan_walk(values, text.replace("http://minio:9000      #", "http://minio:9001      #", 1))
+    with pytest.raises(cluster_helpers.DocDrift, match="skipped lines"):
+        cluster_helpers.plan_walk(values, text.replace("mc mb local/sgpo", "# (removed)", 1))
 
 
 def test_accelerate_configs_load():
