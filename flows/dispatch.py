@@ -1,16 +1,18 @@
 """Where a stage runs: in this process, or as its own flow run on the CUDA work pool.
 
-`execution.mode == "local"`: every stage is a task in the pipeline's process (the default).
-`execution.mode == "distributed"`: CPU stages still run in-process (on the CPU pool's worker
-that runs the pipeline); a GPU stage first looks for its finished artifact in the shared store
+`execution.mode == "local"`: every stage is a task in the flow's process (the default).
+`execution.mode == "distributed"`: CPU stages still run in-process (on the worker that runs the
+pipeline or evaluation flow); a GPU stage first looks for its finished artifact in the shared store
 (a cached stage dispatches nothing), else calls its deployment `<stage>/<prefix>-<stage>` with
 `run_deployment`, waits for the child flow run, and reads the artifact back from the store by
 cache key. The child runs the same stage (`flows.stages`), so both paths publish the same
-artifact under the same key.
+artifact under the same key. A GPU stage that calls an LLM (judge) sends the endpoint the flow
+resolved (e.g. the embedded stand-in's URL) in its cfg, so the GPU worker must reach it.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from artifacts.refs import ArtifactRef
 from flows.stages import GPU_STAGES, deployment_name
@@ -89,6 +91,12 @@ def _check_deployment(name: str, execution: ExecutionConfig) -> Any:
     return dep
 
 
+def is_loopback(url: str | None) -> bool:
+    """True for an http(s) URL whose host is this machine only (localhost, 127.x, ::1)."""
+    host = (urlsplit(url).hostname or "") if url else ""
+    return host == "localhost" or host.startswith("127.") or host == "::1"
+
+
 def dispatch_stage(
     label: str,
     st: Stage,
@@ -115,6 +123,11 @@ def dispatch_stage(
 
     name = deployment_name(st.name, execution.deployment_prefix)
     dep = _check_deployment(name, execution)
+    if st.llm and is_loopback(url := getattr(cfg, st.llm).base_url):
+        log.warning("%s: its LLM endpoint %s is a loopback address of this machine, and the stage runs on a GPU "
+                    "worker: it reaches the endpoint only if that worker is on this host. Otherwise set "
+                    "%s.%s.base_url to an address the GPU workers reach (docs/cluster.md)", label, url,
+                    st.section, st.llm)
     parameters = {"inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
                   "cfg": cfg.model_dump(mode="json"), "ctx": ctx.model_dump(mode="json"),
                   "params": dict(params) if params else None}

@@ -14,7 +14,9 @@ stages to recompute (their paid judge calls still come from the journal). Judge 
 `base_url` talk to the embedded local OpenAI-compatible server (over the evaluated model unless
 `embedded_llm.model` says otherwise), started only if a judge stage really runs. Results go to a
 Prefect table artifact, the MLflow run (one parent run, a nested run per stage) and the returned
-`EvaluationReport` (sgpo.run_report).
+`EvaluationReport` (sgpo.run_report). With `execution.mode: distributed` the stages that run the
+model (the generate stages, lm_eval) are dispatched to the CUDA pool like the pipeline's GPU
+stages (flows.dispatch); the judges run here.
 """
 from __future__ import annotations
 
@@ -107,9 +109,10 @@ def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> Eva
     llm = EmbeddedLLM.from_config(cfg.embedded_llm, lambda: ctx.open_store().model_dir(holder["model"]))
     tables = {p.name: read_ref(p.table, cfg.store.storage_options) for p in cfg.pairwise}  # fail fast
     # One loaded model for every benchmark's generation (and lm-eval's HF back-end) in this process,
-    # closed when the flow ends; stages dispatched to the CUDA pool, or run alone, load their own.
+    # closed when the flow ends; with execution.mode=distributed the GPU stages (generate, lm_eval)
+    # are dispatched to the CUDA pool and each loads its own there, as does a stage run alone.
     with llm, shared_generators():
-        run = StageRunner(ctx, force, llm=llm, width=24)
+        run = StageRunner(ctx, force, cfg.execution, llm=llm, width=24)
         model, model_name = resolve_model(cfg.model, run, cfg.store.storage_options)
         holder["model"] = model
         out = EvaluationReport(model=model.uri, model_name=model_name, stages=[])

@@ -1,6 +1,7 @@
-"""The GPU stages as Prefect flows: what the `cuda` work pool runs when the pipeline is distributed.
+"""The GPU stages as Prefect flows: what the `cuda` work pool runs when a flow is distributed.
 
     sgpo pipeline (cpu pool) --run_deployment--> sft/sgpo-stage-sft (cuda pool) -> the sft stage
+    sgpo-evaluate            --run_deployment--> alpaca_eval_generate/sgpo-stage-alpaca_eval_generate -> ...
 
 One flow per GPU stage (a stage declared with `gpu=True`), derived from its declaration: the
 flow runs the stage's Prefect task, i.e. the same function, cache key and result storage as the
@@ -22,9 +23,10 @@ from prefect import flow
 
 from artifacts.refs import ArtifactRef
 from sgpo.stage import RESULT_OPTIONS, Stage, StageContext, run_task
-from tasks import PIPELINE_STAGES, get_stage
+from tasks import ALL_STAGES, get_stage
 
-GPU_STAGES = tuple(name for name in PIPELINE_STAGES if get_stage(name).gpu)
+# The pipeline's and the evaluation flow's (e.g. judge, alpaca_eval_generate): every stage that runs a model.
+GPU_STAGES = tuple(name for name in ALL_STAGES if get_stage(name).gpu)
 
 
 def stage_flow(st: Stage) -> Any:

@@ -225,7 +225,13 @@ class SamplingConfig(Section):
     vllm_max_model_len: int | None = runtime_field(None, "vLLM --max-model-len (default: the model's)", ge=16)
     vllm_enforce_eager: bool = runtime_field(False, "vLLM --enforce-eager (no CUDA graphs; needed on CPU)")
     vllm_gpu_memory_utilization: float | None = runtime_field(None, "vLLM --gpu-memory-utilization", gt=0, le=1)
-    vllm_tensor_parallel_size: int = runtime_field(1, "vLLM --tensor-parallel-size", ge=1)
+    vllm_tensor_parallel_size: int = runtime_field(
+        1, "vLLM --tensor-parallel-size: GPUs per model replica (vllm, and a vllm_server sgpo starts)", ge=1
+    )
+    vllm_data_parallel_size: int = runtime_field(
+        1, "vllm_server: vLLM --data-parallel-size, model replicas of the server sgpo starts (it uses tensor x data "
+        "parallel GPUs); backend vllm (one in-process vllm.LLM) has no data parallelism", ge=1,
+    )
     vllm_extra_args: list[str] = runtime_field(
         default_factory=list, description="vllm_server: more CLI arguments for vllm.entrypoints.openai.api_server"
     )
@@ -235,6 +241,17 @@ class SamplingConfig(Section):
     server_startup_timeout_s: float = runtime_field(
         900.0, "vllm_server: how long to wait for the server to be ready", gt=0
     )
+
+    @model_validator(mode="after")
+    def _data_parallel_needs_the_server(self) -> "SamplingConfig":
+        # vLLM's data parallelism is one engine process per replica behind its server's front end (or one
+        # launcher process per rank, vLLM's offline example); a single in-process vllm.LLM has none.
+        if self.vllm_data_parallel_size > 1 and self.backend == "vllm":
+            raise ValueError(
+                f"vllm_data_parallel_size={self.vllm_data_parallel_size} needs backend=vllm_server: one in-process "
+                "vllm.LLM (backend=vllm) has no data parallelism, while the vLLM OpenAI server sgpo starts runs "
+                "--data-parallel-size replicas itself (or set vllm_data_parallel_size=1)")
+        return self
 
 
 class SampleStageConfig(Section):

@@ -60,9 +60,10 @@ def pool_specs(cuda_pool_type: str = "process") -> list[dict[str, Any]]:
         raise DeployError(f"--cuda-pool-type must be process or kubernetes, not {cuda_pool_type!r}")
     specs = [
         {"name": CPU_POOL, "type": "process", "template": pools_dir() / "cpu-process.json",
-         "description": "SGPO pipeline flows: orchestration and CPU stages (prepare, base_model, annotate, judge)"},
+         "description": "SGPO pipeline flows: orchestration and CPU stages (prepare, base_model, annotate)"},
         {"name": CUDA_POOL, "type": cuda_pool_type, "template": pools_dir() / f"cuda-{cuda_pool_type}.json",
-         "description": "SGPO GPU stages: sft, sample, ppl_filter, improver_sft, pairs, dpo (flows/stages.py)"},
+         "description": "SGPO GPU stages: sft, sample, ppl_filter, improver_sft, pairs, dpo, sapo, judge, the "
+                        "evaluation's generate stages and lm_eval (flows/stages.py); the evaluation flow"},
     ]
     for s in specs:
         s["base_job_template"] = json.loads(Path(s["template"]).read_text())

@@ -35,6 +35,7 @@ from sgpo.config import (
     DatasetSpec,
     EmbeddedLLMConfig,
     EndpointConfig,
+    ExecutionConfig,
     PairJudgeConfig,
     SamplingConfig,
     Section,
@@ -363,6 +364,11 @@ class EvaluationConfig(Section):
     embedded_llm: EmbeddedLLMConfig = Field(
         default_factory=EmbeddedLLMConfig,
         description="Stand-in judge for endpoints without base_url; model 'base' = the evaluated model itself",
+    )
+    execution: ExecutionConfig = Field(
+        default_factory=ExecutionConfig,
+        description="local: every stage in this process (one loaded model for all benchmarks); distributed: the "
+        "generate stages and lm_eval run on the CUDA pool (each loads the model)",
     )
 
     @field_validator("pairwise")

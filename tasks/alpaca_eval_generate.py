@@ -60,7 +60,7 @@ def data_fingerprint(cfg: AlpacaEvalGenerateConfig) -> dict[str, str]:
     return {f"data.{k}": str(v) for k, v in source_fingerprint(cfg.data).items()}
 
 
-@stage("alpaca_eval_generate", section="alpaca_eval", recipe="evaluation", code_version="2",
+@stage("alpaca_eval_generate", section="alpaca_eval", recipe="evaluation", code_version="2", gpu=True,
        fingerprint=data_fingerprint, description="the model's answers to the AlpacaEval 2.0 instructions")
 def alpaca_eval_generate(job: Job, model: ArtifactRef, cfg: AlpacaEvalGenerateConfig, model_name: str) -> ArtifactRef:
     import pyarrow as pa

@@ -88,7 +88,7 @@ def data_fingerprint(cfg: ArenaHardGenerateConfig) -> dict[str, str]:
     return {"data": sha256_text(json.dumps(parts, sort_keys=True))}
 
 
-@stage("arena_hard_generate", section="arena_hard", recipe="evaluation", code_version="2",
+@stage("arena_hard_generate", section="arena_hard", recipe="evaluation", code_version="2", gpu=True,
        fingerprint=data_fingerprint, description="the model's greedy answers to the Arena-Hard v0.1 questions")
 def arena_hard_generate(job: Job, model: ArtifactRef, cfg: ArenaHardGenerateConfig, model_name: str) -> ArtifactRef:
     import pyarrow as pa

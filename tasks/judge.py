@@ -20,7 +20,7 @@ def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
 
 
 # Retries re-enter the stage, which resumes from the journal: no finished judgment is repaid.
-@stage("judge", section="judge", code_version="2", llm="endpoint", prompts=prompt_versions, retries=1,
+@stage("judge", section="judge", code_version="2", llm="endpoint", gpu=True, prompts=prompt_versions, retries=1,
        description="win rate of the policy's answers vs the eval set's baselines (AlpacaEval 2.0 judge)")
 def judge(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfig) -> ArtifactRef:
     # code_version 2: the AlpacaEval-protocol judge of sgpo.judging (was its own prompt and order)

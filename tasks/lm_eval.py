@@ -46,8 +46,8 @@ def files_fingerprint(cfg: LmEvalConfig) -> dict[str, str]:
     return out
 
 
-@stage("lm_eval", section="lm_eval", recipe="evaluation", code_version="1", fingerprint=files_fingerprint,
-       description="lm-evaluation-harness tasks (Open LLM Leaderboard, IFEval) on the model")
+@stage("lm_eval", section="lm_eval", recipe="evaluation", code_version="1", gpu=True,
+       fingerprint=files_fingerprint, description="lm-evaluation-harness tasks (Open LLM Leaderboard, IFEval) on the model")
 def lm_eval(job: Job, model: ArtifactRef, cfg: LmEvalConfig, model_name: str) -> ArtifactRef:
     import fsspec
     import pyarrow as pa

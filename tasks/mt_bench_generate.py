@@ -51,8 +51,8 @@ def temperature_of(cfg: MTBenchGenerateConfig, category: str) -> float:
     return float(cfg.category_temperature.get(category, cfg.sampling.temperature))
 
 
-@stage("mt_bench_generate", section="mt_bench", recipe="evaluation", code_version="1", fingerprint=data_fingerprint,
-       description="the model's two-turn answers to the MT-Bench questions")
+@stage("mt_bench_generate", section="mt_bench", recipe="evaluation", code_version="1", gpu=True,
+       fingerprint=data_fingerprint, description="the model's two-turn answers to the MT-Bench questions")
 def mt_bench_generate(job: Job, model: ArtifactRef, cfg: MTBenchGenerateConfig, model_name: str) -> ArtifactRef:
     import pyarrow as pa
 

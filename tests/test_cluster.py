@@ -34,7 +34,7 @@ from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
-GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo")
+GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo", "judge")
 LINE = re.compile(r"\[sgpo\] (\S+)\s+(ran|cached)\s")
 
 

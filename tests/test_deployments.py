@@ -18,7 +18,8 @@ from cluster_helpers import ANY, DEPLOY, MLFLOW, REPO, SERVER, TEMPLATES, WORKER
 DEPLOYMENTS = REPO / "deployments"
 POOLS = DEPLOYMENTS / "pools"
 DOCKER = REPO / "docker"
-GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo")
+GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge", "alpaca_eval_generate",
+       "arena_hard_generate", "mt_bench_generate", "lm_eval")
 
 
 # --------------------------------------------------------------------------- prefect.yaml
@@ -274,15 +275,18 @@ def test_stage_flow_parameters_match_the_stage_task(stage):
     flow_params = list(inspect.signature(STAGE_FLOWS[stage].fn).parameters)
     assert flow_params == list(inspect.signature(task.fn).parameters) == ["inputs", "cfg", "ctx", "params"]
     schema = parameter_schema(STAGE_FLOWS[stage]).model_dump_for_openapi()
-    assert set(schema["required"]) == {"inputs", "cfg", "ctx"}  # params: optional (GPU stages take none)
+    assert set(schema["required"]) == {"inputs", "cfg", "ctx"}  # params: optional (most GPU stages take none)
     assert {"ArtifactRef", "StageContext", st.config.__name__} <= set(schema["definitions"])
     assert STAGE_FLOWS[stage].result_serializer == "json" and STAGE_FLOWS[stage].persist_result
     # the task's Prefect cache key is the stage's own key, also for a cfg that arrives as JSON (a deployment's parameters)
     inputs = {n: ArtifactRef(uri=f"file:///x/{n}", kind="model", stage="s", cache_key="c", content_hash=f"h-{n}")
               for n in st.inputs}
     cfg = st.config()
-    params = {"inputs": inputs, "cfg": cfg.model_dump(mode="json"), "ctx": None, "params": None}
-    assert task.cache_key_fn(None, params) == st.cache_key(cfg, inputs)
+    values = {n: f"value-of-{n}" for n in st.params} or None  # e.g. the evaluated model's name
+    params = {"inputs": inputs, "cfg": cfg.model_dump(mode="json"), "ctx": None, "params": values}
+    assert task.cache_key_fn(None, params) == st.cache_key(cfg, inputs, values)
+    if values:  # the parameters reach the key: another value, another key
+        assert st.cache_key(cfg, inputs, values) != st.cache_key(cfg, inputs, {n: "other" for n in st.params})
 
 
 # --------------------------------------------------------------------------- dispatch (no server)
@@ -421,6 +425,111 @@ def test_dispatch_of_a_completed_child_without_artifact_is_an_error(sft_inputs, 
         name="sft-1", id="9", state=SimpleNamespace(is_completed=lambda: True)))
     with pytest.raises(d.StageDispatchError, match="same store"):
         d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
+
+
+def _fake_cuda_pool(monkeypatch, store, sent: list):
+    """run_deployment as the cuda pool answers it: the child runs nothing but publishes under the key it computes
+    from the parameters it received (as flows.stages does)."""
+    import pyarrow as pa
+
+    import flows.dispatch as d
+    from artifacts.refs import ArtifactRef
+    from tasks import get_stage
+
+    monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name=ex.cuda_work_pool))
+
+    def fake_run_deployment(**kw):
+        params = json.loads(json.dumps(kw["parameters"]))  # crosses the API as JSON
+        sent.append((kw["name"], params))
+        st = get_stage(kw["name"].split("/")[0])
+        inputs = {k: ArtifactRef.model_validate(v) for k, v in params["inputs"].items()}
+        key = st.cache_key(st.coerce(params["cfg"]), inputs, params["params"])
+        store.publish_table(st.name, key, pa.table({"x": [1]}), manifest={}, produced_by="parent-run")
+        return _FakeFlowRun(name=kw["flow_run_name"], id="7", state=SimpleNamespace(is_completed=lambda: True))
+
+    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+
+
+def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path, monkeypatch):
+    """execution.mode=distributed in the evaluation config: the generate stages and lm_eval go to their
+    deployments on the cuda pool (with the model name parameter), the judges run in this process."""
+    from artifacts.refs import ArtifactRef
+    from artifacts.store import ArtifactStore
+    import flows.dispatch as d
+    import flows.evaluate as ev
+    from sgpo.eval_config import EvaluationConfig
+    from sgpo.stage import StageContext
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    judge = {"endpoint": {"base_url": "http://judge.example/v1", "model": "j"}}
+    cfg = EvaluationConfig.model_validate({
+        "model": {"path": str(model), "name": "m"}, "store": {"url": str(tmp_path / "store")},
+        "execution": {"mode": "distributed"}, "alpaca_eval": judge, "arena_hard": judge,
+        "mt_bench": {"enabled": True, **judge}, "lm_eval": {"enabled": True}})
+    store = ArtifactStore(cfg.store.url)
+    sent: list = []
+    _fake_cuda_pool(monkeypatch, store, sent)
+    here = []
+
+    def in_process(st, cfg_, ctx, inputs, params=None, *, label=None):
+        here.append(label)
+        return ArtifactRef(uri=f"file:///x/{label}", kind="table", stage=st.name, cache_key="k" * 64,
+                           content_hash="h", produced_by=ctx.run_id, summary={}), False
+
+    monkeypatch.setattr(d, "run_task", in_process)
+    monkeypatch.setattr(ev, "_publish_ui_artifacts", lambda report: None)
+    ctx = StageContext(store=cfg.store, run_id="parent-run")
+    ev._evaluate(cfg, ctx, [])
+    assert [name for name, _ in sent] == [f"{s}/sgpo-stage-{s}" for s in (
+        "alpaca_eval_generate", "arena_hard_generate", "mt_bench_generate", "lm_eval")]
+    assert all(params["params"] == {"model_name": "m"} for _, params in sent)
+    assert here == ["alpaca_eval_judge", "arena_hard_judge", "mt_bench_judge"]
+    # local mode (the default): nothing is dispatched
+    sent.clear(), here.clear()
+    ev._evaluate(cfg.model_copy(update={"execution": cfg.execution.model_copy(update={"mode": "local"})}), ctx, [])
+    assert sent == [] and len(here) == 7
+
+
+def test_dispatched_judge_carries_the_resolved_endpoint_and_warns_about_loopback(tmp_path, monkeypatch, caplog):
+    """The pipeline's judge is a GPU stage that calls an LLM: the endpoint the orchestrator resolved (here the
+    embedded stand-in's loopback URL) travels in the cfg the GPU worker receives, with a warning."""
+    import logging
+
+    import pyarrow as pa
+
+    import flows.dispatch as d
+    from artifacts.store import ArtifactStore
+    from sgpo.config import JudgeStageConfig, StoreConfig
+    from sgpo.stage import StageContext
+    from tasks import get_stage
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    inputs = {"policy": store.publish_table("dpo", "p" * 64, pa.table({"x": [1]}), manifest={}),
+              "data": store.publish_table("prepare", "d" * 64, pa.table({"x": [2]}), manifest={})}
+    # refresh: the URL is no part of the key, so the second judge would otherwise be the first one's artifact
+    ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")), run_id="parent-run", refresh=True)
+    sent: list = []
+    _fake_cuda_pool(monkeypatch, store, sent)
+    st = get_stage("judge")
+    for url, warns in (("http://127.0.0.1:8123/v1", True), ("http://judge.internal:8000/v1", False)):
+        cfg = JudgeStageConfig.model_validate({"endpoint": {"base_url": url, "model": "stand-in"}})
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            ref, cached = d.dispatch_stage("judge", st, cfg, inputs, None, ctx, _distributed())
+        name, params = sent[-1]
+        assert name == "judge/sgpo-stage-judge" and cached is False and ref.stage == "judge"
+        assert params["cfg"]["endpoint"]["base_url"] == url and params["cfg"]["endpoint"]["model"] == "stand-in"
+        assert ("loopback" in caplog.text and "judge.endpoint.base_url" in caplog.text) is warns, caplog.text
+
+
+def test_loopback_urls():
+    from flows.dispatch import is_loopback
+
+    assert is_loopback("http://127.0.0.1:8000/v1") and is_loopback("http://localhost/v1") and is_loopback("http://[::1]:1/v1")
+    assert not is_loopback("http://10.0.0.5:8000/v1") and not is_loopback("https://api.openai.com/v1")
+    assert not is_loopback(None) and not is_loopback("")
 
 
 # --------------------------------------------------------------------------- sgpo deploy

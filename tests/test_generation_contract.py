@@ -463,6 +463,109 @@ def test_vllm_server_command_and_missing_python(tmp_path):
     assert cache_payload(p) == cache_payload(SamplingConfig(seed=3))
 
 
+def test_vllm_server_command_carries_tensor_and_data_parallel_sizes(tmp_path):
+    from sgpo.config import cache_payload
+    from sgpo.generation.vllm import VLLMServer
+
+    def flag(cmd: list[str], name: str) -> str | None:
+        return cmd[cmd.index(name) + 1] if name in cmd else None
+
+    p = SamplingConfig(backend="vllm_server", vllm_python=sys.executable, vllm_tensor_parallel_size=2,
+                       vllm_data_parallel_size=4)
+    cmd = VLLMServer(tmp_path, p).command(1234)
+    assert (flag(cmd, "--tensor-parallel-size"), flag(cmd, "--data-parallel-size")) == ("2", "4")
+    plain = VLLMServer(tmp_path, SamplingConfig(backend="vllm_server", vllm_python=sys.executable)).command(1234)
+    assert (flag(plain, "--tensor-parallel-size"), flag(plain, "--data-parallel-size")) == ("1", None)
+    # like the tensor parallel size, the data parallel size changes how answers are made, not which: no cache key
+    assert cache_payload(p) == cache_payload(SamplingConfig())
+
+
+def test_data_parallel_with_the_in_process_vllm_backend_is_a_config_error():
+    from pydantic import ValidationError
+
+    from sgpo.config import ConfigError, load_config
+
+    with pytest.raises(ValidationError, match="needs backend=vllm_server"):
+        SamplingConfig(backend="vllm", vllm_data_parallel_size=2)
+    with pytest.raises(ConfigError, match=r"sample\.sampling[\s\S]*needs backend=vllm_server"):
+        load_config("tiny", ["sample.sampling.backend=vllm", "sample.sampling.vllm_data_parallel_size=2"])
+    SamplingConfig(backend="vllm", vllm_tensor_parallel_size=2)  # tensor parallel is fine in-process
+    SamplingConfig(backend="vllm_server", vllm_data_parallel_size=2)
+    SamplingConfig(backend="transformers", vllm_data_parallel_size=2)  # vLLM settings, unused by this back-end
+
+
+@pytest.mark.parametrize("tp, dp, cuda, cpu_vllm, error", [
+    (1, 1, 0, False, None),            # one device: nothing to check
+    (2, 2, 4, False, None),
+    (2, 2, 8, None, None),
+    (2, 2, 3, False, "4 devices, but 3 CUDA device"),
+    (1, 3, 2, None, "3 devices, but 2 CUDA device"),
+    (2, 1, 0, False, "no CUDA device is visible"),
+    (2, 1, 0, True, None),             # vLLM's CPU build: its own ranks on CPU cores
+    (2, 1, 0, None, None),             # unknown build: vLLM reports its own error
+    (4, 2, None, None, None),          # nothing countable here
+])
+def test_parallel_sizes_are_checked_against_the_visible_cuda_devices(tp, dp, cuda, cpu_vllm, error):
+    from sgpo.config import ConfigError
+    from sgpo.generation.vllm import check_parallel_sizes
+
+    p = SamplingConfig(backend="vllm_server", vllm_tensor_parallel_size=tp, vllm_data_parallel_size=dp)
+    if error is None:
+        check_parallel_sizes(p, cuda_devices=cuda, cpu_vllm=cpu_vllm, cuda_visible="0")
+        return
+    with pytest.raises(ConfigError) as err:
+        check_parallel_sizes(p, cuda_devices=cuda, cpu_vllm=cpu_vllm, cuda_visible="0,1")
+    msg = str(err.value)
+    assert error in msg
+    assert f"vllm_tensor_parallel_size={tp}" in msg and f"vllm_data_parallel_size={dp}" in msg
+    assert "CUDA_VISIBLE_DEVICES='0,1'" in msg
+    with pytest.raises(ConfigError, match="CUDA_VISIBLE_DEVICES=unset"):
+        check_parallel_sizes(p, cuda_devices=cuda, cpu_vllm=cpu_vllm, cuda_visible=None)
+
+
+def test_vllm_server_checks_the_devices_its_interpreter_sees_before_starting(tmp_path, monkeypatch):
+    """The probe runs the server's python in the server's environment (vllm_env included); too few devices
+    fail before any process is started."""
+    import sgpo.generation.vllm as v
+    from sgpo.config import ConfigError
+
+    seen = v.probe_interpreter(sys.executable, {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert seen["cuda_devices"] == 0  # an empty CUDA_VISIBLE_DEVICES hides every GPU from torch
+    if importlib.util.find_spec("vllm") is None:
+        assert seen["cpu_vllm"] is None  # no vLLM in that interpreter: unknown, not "not the CPU build"
+    calls = []
+    monkeypatch.setattr(v, "probe_interpreter", lambda python, env: calls.append((python, env)) or
+                        {"cuda_devices": 2, "cpu_vllm": False})
+    monkeypatch.setattr(v.subprocess, "Popen", lambda *a, **k: pytest.fail("started a server"))
+    p = SamplingConfig(backend="vllm_server", vllm_python=sys.executable, vllm_tensor_parallel_size=2,
+                       vllm_data_parallel_size=2, vllm_env={"CUDA_VISIBLE_DEVICES": "6,7"})
+    with pytest.raises(ConfigError, match=r"= 4 devices, but 2 CUDA device.*CUDA_VISIBLE_DEVICES='6,7'"):
+        v.VLLMServer(tmp_path, p).start()
+    assert calls and calls[0][0] == sys.executable and calls[0][1]["CUDA_VISIBLE_DEVICES"] == "6,7"
+    # one device: no probe at all (the common case starts as fast as before)
+    calls.clear()
+    monkeypatch.setattr(v.subprocess, "Popen", lambda *a, **k: (_ for _ in ()).throw(OSError("no server here")))
+    with pytest.raises(OSError, match="no server here"):
+        v.VLLMServer(tmp_path, SamplingConfig(backend="vllm_server", vllm_python=sys.executable)).start()
+    assert calls == []
+
+
+def test_in_process_vllm_checks_tensor_parallel_before_the_model_loads(monkeypatch):
+    import types
+
+    import sgpo.generation.vllm as v
+    from sgpo.config import ConfigError
+
+    fake = types.ModuleType("vllm")
+    fake.LLM = lambda **k: pytest.fail("loaded a model")
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setattr(v, "_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(v, "_this_vllm_is_cpu", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
+    with pytest.raises(ConfigError, match=r"vllm_tensor_parallel_size=2 .*2 devices, but 1 CUDA device.*'3'"):
+        v.VLLMGenerator("/nowhere", params=SamplingConfig(backend="vllm", vllm_tensor_parallel_size=2))
+
+
 def test_vllm_server_mode_uses_a_running_server(tiny_model_dir):
     """backend=vllm_server with base_url: no process is started, the served model is discovered."""
     from sgpo.generation.vllm import VLLMServerGenerator

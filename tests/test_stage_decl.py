@@ -51,9 +51,10 @@ def test_every_stage_is_declared_with_its_inputs_and_section():
     for name, (inputs, section) in EXPECTED.items():
         st = get_stage(name)
         assert (st.name, st.inputs, st.section) == (name, inputs, section), name
-    # the GPU stages are the six the CUDA pool serves; the LLM stages are the four that call one
+    # the GPU stages are those that run a model (the CUDA pool serves them); the LLM stages are those that call one
     assert {n for n in ALL_STAGES if get_stage(n).gpu} == {"sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo",
-                                                                     "sapo"}
+                                                           "sapo", "judge", "alpaca_eval_generate", "arena_hard_generate",
+                                                           "mt_bench_generate", "lm_eval"}
     assert {n for n in ALL_STAGES if get_stage(n).llm} == {"annotate", "judge", "alpaca_eval_judge", "arena_hard_judge",
                                                              "pairwise", "mt_bench_judge", "testbed_report"}
     assert get_stage("alpaca_eval_generate").params == ("model_name",)

@@ -124,7 +124,7 @@ SHARED_LOAD_FIELDS: dict[str, tuple[str, ...]] = {
              "vllm_gpu_memory_utilization"),
     "vllm_server": ("base_url", "served_model_name", "max_concurrency", "vllm_python", "vllm_dtype",
                     "vllm_max_model_len", "vllm_enforce_eager", "vllm_gpu_memory_utilization",
-                    "vllm_tensor_parallel_size", "vllm_extra_args", "vllm_env", "server_startup_timeout_s", "seed"),
+                    "vllm_tensor_parallel_size", "vllm_data_parallel_size", "vllm_extra_args", "vllm_env", "server_startup_timeout_s", "seed"),
 }
 
 

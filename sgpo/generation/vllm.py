@@ -18,6 +18,12 @@ temperature, top_p, max_tokens, seed; no top-k, no repetition penalty. The serve
 with `--generation-config vllm` so a checkpoint's generation_config.json (e.g. top_k=20,
 repetition_penalty=1.05 for Qwen2.5-Instruct) does not silently change the paper's settings.
 Prompts go through the checkpoint's own chat template in both modes.
+
+Parallelism: `sampling.vllm_tensor_parallel_size` (both modes) and `sampling.vllm_data_parallel_size`
+(vllm_server only: the server runs that many replicas behind one endpoint, `--data-parallel-size`;
+one in-process `vllm.LLM` has no data parallelism, a config error). Before a model loads,
+`check_parallel_sizes` compares tensor x data parallel with the CUDA devices the vLLM interpreter
+sees (CUDA_VISIBLE_DEVICES applied); without CUDA, sizes above 1 need vLLM's CPU build.
 """
 from __future__ import annotations
 
@@ -56,6 +62,85 @@ def _finish(reason: str | None) -> str:
     return "length" if reason == "length" else "stop"
 
 
+# --------------------------------------------------------------------------- parallelism
+
+
+def check_parallel_sizes(params: "SamplingConfig", *, cuda_devices: int | None, cpu_vllm: bool | None,
+                         cuda_visible: str | None) -> None:
+    """Raise a ConfigError, before any model loads, when tensor x data parallel cannot run here.
+
+    `cuda_devices`: the CUDA devices the interpreter that runs vLLM sees (None: it could not tell);
+    `cpu_vllm`: whether that vLLM is the CPU build (None: unknown); `cuda_visible`: its
+    CUDA_VISIBLE_DEVICES (None: unset), named in the error."""
+    from sgpo.config import ConfigError
+
+    tp, dp = params.vllm_tensor_parallel_size, params.vllm_data_parallel_size
+    need = tp * dp
+    if need == 1 or cuda_devices is None:
+        return  # nothing to split, or nothing checkable here (vLLM reports its own error)
+    sizes = f"sampling.vllm_tensor_parallel_size={tp} x sampling.vllm_data_parallel_size={dp} = {need} devices"
+    visible = "unset" if cuda_visible is None else repr(cuda_visible)
+    if cuda_devices >= 1:
+        if need > cuda_devices:
+            raise ConfigError(
+                f"{sizes}, but {cuda_devices} CUDA device(s) are visible here (CUDA_VISIBLE_DEVICES={visible}): "
+                f"lower the sizes, or run the stage on a worker with {need} GPUs (CUDA_VISIBLE_DEVICES, or the "
+                "Kubernetes cuda pool's gpu_count)")
+        return
+    if cpu_vllm is not False:
+        return  # vLLM's CPU build runs its tensor / data parallel ranks on CPU cores (None: unknown, vLLM says)
+    raise ConfigError(
+        f"{sizes}, but no CUDA device is visible here (CUDA_VISIBLE_DEVICES={visible}) and the vLLM that would run "
+        "them is not vLLM's CPU build: run the stage on a GPU worker, or set both sizes to 1")
+
+
+def _cuda_device_count() -> int | None:
+    """CUDA devices this interpreter sees (CUDA_VISIBLE_DEVICES applied); None without torch."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None
+    return int(torch.cuda.device_count())
+
+
+def _this_vllm_is_cpu() -> bool | None:
+    try:
+        from vllm.platforms import current_platform
+    except Exception:  # pragma: no cover - depends on the vLLM build
+        return None
+    return bool(current_platform.is_cpu())
+
+
+# Run by the server's interpreter, in the server's environment: what check_parallel_sizes needs to know.
+_PROBE = """
+import json
+try:
+    import torch
+    cuda = int(torch.cuda.device_count())
+except Exception:
+    cuda = None
+try:
+    from vllm.platforms import current_platform
+    cpu = bool(current_platform.is_cpu())
+except Exception:
+    cpu = None
+print(json.dumps({"cuda_devices": cuda, "cpu_vllm": cpu}))
+"""
+
+
+def probe_interpreter(python: str, env: dict[str, str], timeout_s: float = 300.0) -> dict[str, Any]:
+    """{cuda_devices, cpu_vllm} as `python` sees them in `env` (Nones when it cannot say)."""
+    import json
+
+    try:
+        out = subprocess.run([python, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=timeout_s,
+                             stdin=subprocess.DEVNULL)  # fmt: skip
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+        log.warning("could not ask %s how many CUDA devices it sees; vLLM checks the parallel sizes itself", python)
+        return {"cuda_devices": None, "cpu_vllm": None}
+
+
 # --------------------------------------------------------------------------- in-process
 
 
@@ -73,6 +158,9 @@ class VLLMGenerator:
             ) from e
         kwargs: dict[str, Any] = {}
         if params is not None:
+            if params.vllm_tensor_parallel_size > 1:  # before the model loads (data parallel > 1: a config error)
+                check_parallel_sizes(params, cuda_devices=_cuda_device_count(), cpu_vllm=_this_vllm_is_cpu(),
+                                     cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
             kwargs.update(dtype=params.vllm_dtype, enforce_eager=params.vllm_enforce_eager, seed=params.seed,
                           tensor_parallel_size=params.vllm_tensor_parallel_size)  # fmt: skip
             if params.vllm_max_model_len is not None:
@@ -227,6 +315,8 @@ class VLLMServer:
             "--generation-config", "vllm", "--tensor-parallel-size", str(p.vllm_tensor_parallel_size),
             "--disable-uvicorn-access-log",
         ]  # fmt: skip
+        if p.vllm_data_parallel_size > 1:  # replicas behind this one endpoint (vLLM's own load balancing)
+            cmd += ["--data-parallel-size", str(p.vllm_data_parallel_size)]
         if p.vllm_max_model_len is not None:
             cmd += ["--max-model-len", str(p.vllm_max_model_len)]
         if p.vllm_enforce_eager:
@@ -249,8 +339,19 @@ class VLLMServer:
         env.update(self.params.vllm_env)
         return env
 
+    def check_parallelism(self) -> None:
+        """The parallel sizes against the devices the server's interpreter sees, before it starts."""
+        p = self.params
+        if p.vllm_tensor_parallel_size * p.vllm_data_parallel_size == 1:
+            return
+        env = self.environment()
+        seen = probe_interpreter(self.python, env)
+        check_parallel_sizes(p, cuda_devices=seen.get("cuda_devices"), cpu_vllm=seen.get("cpu_vllm"),
+                             cuda_visible=env.get("CUDA_VISIBLE_DEVICES"))
+
     def start(self, attempts: int = 3) -> str:
         """Start the server and wait until it serves the model; returns the base URL."""
+        self.check_parallelism()
         last_error = ""
         for _ in range(attempts):
             port = _free_port(self.host)
