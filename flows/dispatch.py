@@ -7,7 +7,9 @@ pipeline or evaluation flow); a GPU stage first looks for its finished artifact 
 `run_deployment`, waits for the child flow run, and reads the artifact back from the store by
 cache key. The child runs the same stage (`flows.stages`), so both paths publish the same
 artifact under the same key. A GPU stage that calls an LLM (judge) sends the endpoint the flow
-resolved (e.g. the embedded stand-in's URL) in its cfg, so the GPU worker must reach it.
+resolved in its cfg, so the GPU worker must reach it; an endpoint on this machine's loopback (the
+embedded stand-in LLM, which lives in this flow's process) cannot be reached from another host,
+so such a stage runs here instead, and says so.
 """
 from __future__ import annotations
 
@@ -120,14 +122,15 @@ def dispatch_stage(
         log.info("%s: finished artifact in the store (%s); nothing dispatched", label, ref.uri)
         show_cached_task(label, ref)
         return ref, True
+    if st.llm and is_loopback(url := getattr(cfg, st.llm).base_url):
+        log.info("%s: its LLM endpoint %s is on this machine's loopback (the embedded stand-in), which a GPU "
+                 "worker on another host cannot reach: running it here. Set %s.%s.base_url to an address the "
+                 "GPU workers reach to run it on pool %r (docs/cluster.md)", label, url, st.section, st.llm,
+                 execution.cuda_work_pool)
+        return run_task(st, cfg, ctx, inputs, params, label=label)
 
     name = deployment_name(st.name, execution.deployment_prefix)
     dep = _check_deployment(name, execution)
-    if st.llm and is_loopback(url := getattr(cfg, st.llm).base_url):
-        log.warning("%s: its LLM endpoint %s is a loopback address of this machine, and the stage runs on a GPU "
-                    "worker: it reaches the endpoint only if that worker is on this host. Otherwise set "
-                    "%s.%s.base_url to an address the GPU workers reach (docs/cluster.md)", label, url,
-                    st.section, st.llm)
     parameters = {"inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
                   "cfg": cfg.model_dump(mode="json"), "ctx": ctx.model_dump(mode="json"),
                   "params": dict(params) if params else None}

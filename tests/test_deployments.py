@@ -492,9 +492,10 @@ def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path,
     assert sent == [] and len(here) == 7
 
 
-def test_dispatched_judge_carries_the_resolved_endpoint_and_warns_about_loopback(tmp_path, monkeypatch, caplog):
-    """The pipeline's judge is a GPU stage that calls an LLM: the endpoint the orchestrator resolved (here the
-    embedded stand-in's loopback URL) travels in the cfg the GPU worker receives, with a warning."""
+def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_here(tmp_path, monkeypatch, caplog):
+    """The pipeline's judge is a GPU stage that calls an LLM: the endpoint the orchestrator resolved travels
+    in the cfg the GPU worker receives; an endpoint on this machine's loopback (the embedded stand-in, which
+    a GPU worker on another host cannot reach) keeps the stage in this process, with a line saying why."""
     import logging
 
     import pyarrow as pa
@@ -512,16 +513,23 @@ def test_dispatched_judge_carries_the_resolved_endpoint_and_warns_about_loopback
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")), run_id="parent-run", refresh=True)
     sent: list = []
     _fake_cuda_pool(monkeypatch, store, sent)
+    here: list = []
+    monkeypatch.setattr(d, "run_task", lambda st, cfg, *a, **k: (here.append(cfg.endpoint.base_url), (inputs["data"], False))[1])
     st = get_stage("judge")
-    for url, warns in (("http://127.0.0.1:8123/v1", True), ("http://judge.internal:8000/v1", False)):
+    for url, local in (("http://127.0.0.1:8123/v1", True), ("http://judge.internal:8000/v1", False)):
         cfg = JudgeStageConfig.model_validate({"endpoint": {"base_url": url, "model": "stand-in"}})
-        caplog.clear()
-        with caplog.at_level(logging.WARNING):
+        caplog.clear(), sent.clear(), here.clear()
+        with caplog.at_level(logging.INFO):
             ref, cached = d.dispatch_stage("judge", st, cfg, inputs, None, ctx, _distributed())
-        name, params = sent[-1]
-        assert name == "judge/sgpo-stage-judge" and cached is False and ref.stage == "judge"
+        assert cached is False
+        if local:
+            assert sent == [] and here == [url]
+            assert "loopback" in caplog.text and "judge.endpoint.base_url" in caplog.text, caplog.text
+            continue
+        (name, params), = sent
+        assert here == [] and name == "judge/sgpo-stage-judge" and ref.stage == "judge"
         assert params["cfg"]["endpoint"]["base_url"] == url and params["cfg"]["endpoint"]["model"] == "stand-in"
-        assert ("loopback" in caplog.text and "judge.endpoint.base_url" in caplog.text) is warns, caplog.text
+        assert "loopback" not in caplog.text, caplog.text
 
 
 def test_loopback_urls():
