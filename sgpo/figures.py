@@ -399,18 +399,19 @@ def draw_stage_costs(rows: list[dict[str, Any]], hits: dict[str, int], title: st
     return _png(fig)
 
 
-def draw_win_rates(rows: list[dict[str, Any]], title: str) -> bytes:
+def draw_win_rates(rows: list[dict[str, Any]], title: str, *, xlabel: str = "win rate vs the baseline (%)",
+                   legend: str = "win rate (error bar: SE; Arena-Hard: 95% CI)") -> bytes:
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(rows) + 1.8))
+    fig, ax = plt.subplots(figsize=(6.8, 0.6 * len(rows) + 1.8))
     ys = list(range(len(rows)))
     ax.barh(ys, [r["value"] for r in rows], xerr=[r["se"] or 0 for r in rows], color="#4C72B0", capsize=4,
-            label="win rate (error bar: SE; Arena-Hard: 95% CI)")
+            label=legend)
     ax.set_yticks(ys, [f"{r['label']} (n={r['n']}" + (f" of {r['of']}" if r.get("of") not in (None, r["n"]) else "") + ")"
                        for r in rows])
     ax.invert_yaxis()
     ax.axvline(50, color="black", linestyle=":", label="50% (tie with the baseline)")
     ax.set_xlim(0, 100)
-    ax.set_xlabel("win rate vs the baseline (%)")
+    ax.set_xlabel(xlabel)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
@@ -478,23 +479,6 @@ def draw_perplexity_by_type(data: dict[str, Any], title: str, model: str) -> byt
     ax.set_ylabel("answers (count)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, title=f"{data['skipped']} not scored" if data["skipped"] else None)
-    return _png(fig)
-
-
-def draw_refinement_by_run(rows: list[dict[str, Any]], title: str) -> bytes:
-    """Fig. 10: one bar per run (its round-1 refinement vs the policy's y), labelled by run."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.8, 0.6 * len(rows) + 1.8))
-    ys = list(range(len(rows)))
-    ax.barh(ys, [r["value"] for r in rows], xerr=[r["se"] or 0 for r in rows], color="#4C72B0", capsize=4,
-            label="win rate of y+ over y (error bar: SE)")
-    ax.set_yticks(ys, [f"{r['run']} (n={r['n']})" for r in rows])
-    ax.invert_yaxis()
-    ax.axvline(50, color="black", linestyle=":", label="50%")
-    ax.set_xlim(0, 100)
-    ax.set_xlabel("win rate of the refinement y+ over the policy's y (%)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="lower right")
     return _png(fig)
 
 

@@ -271,9 +271,9 @@ def run_of(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[str
 
 def comparison_rows(runs: list[RunArtifacts], storage_options: dict[str, Any] | None = None
                     ) -> tuple[list[str], list[dict[str, str]]]:
-    """The methods comparison (`sgpo compare`'s columns, ours only: the runs name no preset) of the
+    """The methods comparison (sgpo.comparison: `sgpo compare`'s columns, ours only: a run names no preset) of the
     runs, with `sgpo evaluate` results of each run's final policy where the store holds them."""
-    from flows.compare import COLUMNS, Row, evaluations_of, settings_of, table_rows
+    from sgpo.comparison import COLUMNS, Row, add_evaluations, table_rows
 
     rows = []
     for run in runs:
@@ -285,17 +285,7 @@ def comparison_rows(runs: list[RunArtifacts], storage_options: dict[str, Any] | 
         row = Row(method=run.title, preset="", status="done", final_policy=policy.get("uri"),
                   judge_win_rate=sm.get("win_rate"), judge_se=sm.get("standard_error"), judge_n=sm.get("n_labelled"))
         if policy.get("content_hash"):
-            store, _ = _store_of(judge.uri, storage_options)
-            ev = evaluations_of(store, policy["content_hash"])
-            if a := ev.get("alpaca_eval"):
-                row.lc, row.lc_se, row.wr, row.wr_se = (a.get("lc_win_rate"), a.get("lc_standard_error"),
-                                                        a.get("win_rate"), a.get("standard_error"))
-                row.settings["alpaca_eval"] = settings_of("alpaca_eval", a)
-            if h := ev.get("arena_hard"):
-                row.arena_hard, row.arena_hard_ci = h.get("score"), h.get("ci")
-                row.settings["arena_hard"] = settings_of("arena_hard", h)
-            if not ev:
-                row.notes.append("no sgpo evaluate run of its final policy in the store")
+            add_evaluations(row, _store_of(judge.uri, storage_options)[0], policy["content_hash"], policy.get("uri"))
         rows.append(row)
     columns = [c for c in COLUMNS if not c.endswith("(paper)")]
     return columns, [{c: r[c] for c in columns} for r in table_rows(rows)]
@@ -303,20 +293,22 @@ def comparison_rows(runs: list[RunArtifacts], storage_options: dict[str, Any] | 
 
 def refinement_by_run(runs: list[RunArtifacts]) -> Figure:
     """Fig. 10: each run's round-1 refinement win rate over the policy's y (e.g. SGPO, All-Ref, No-Ref)."""
-    from sgpo.figures import _attempt, draw_refinement_by_run, refinement_rows
+    from sgpo.figures import _attempt, draw_win_rates, refinement_rows
 
     title = "Fig. 10: refinement win rate of y+ over y by run (SGPO vs All-Ref / No-Ref ...)"
     rows = []
     for run in runs:
         got = [r for r in refinement_rows(win_rate_rows(run)) if r["round"] == 1 and r["versus"] == "y"]
         if got:
-            rows.append({**got[0], "run": run.title})
+            rows.append({**got[0], "label": run.title})
     fig = Figure("fig10_refinement_by_run", title, "runs")
     if len(rows) < 2:
         fig.missing = (f"{len(rows)} of {len(runs)} runs have the refinement check (checks.refinement=true); "
                        "Fig. 10 compares two or more")
         return fig
-    return _attempt(fig, lambda: (draw_refinement_by_run(rows, title), {r["run"]: r["value"] for r in rows}))
+    return _attempt(fig, lambda: (draw_win_rates(rows, title, xlabel="win rate of the refinement y+ over the policy's y (%)",
+                                                 legend="win rate of y+ over y (error bar: SE)"),
+                                  {r["label"]: r["value"] for r in rows}))
 
 
 def build_several(uris: list[str], storage_options: dict[str, Any] | None = None) -> str:
@@ -393,32 +385,26 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[st
 def cmd_report(args: argparse.Namespace) -> int:
     so = json.loads(args.storage_options) if args.storage_options else None
     uris = list(args.uri)
-    if len(uris) > 1:
-        try:
-            html = build_several(uris, so)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"sgpo: {e}", file=sys.stderr)
-            return 2
-        out = Path(args.output)
-        out.write_text(html, encoding="utf-8")
-        print(f"[sgpo] report of {len(uris)} runs (comparison table, Fig. 10, each run's figures) -> {out.resolve()}")
-        print(f"[sgpo] open it with: xdg-open {out.resolve()}  (self-contained: no network needed)")
-        return 0
     try:
-        kind, uri = resolve(uris[0], so)
-        if kind == "report":
-            store, url = _store_of(uri, so)
-            html = store.read_bytes(f"{url}/{REPORT_FILE}").decode()
+        if len(uris) > 1:
+            html = build_several(uris, so)
+            what = f"of {len(uris)} runs (comparison table, Fig. 10, each run's figures)"
         else:
-            entries = entries_from_lineage(uri, so)
-            html, figures, _ = build(entries, so, title=f"sgpo report of {uri}",
-                                     meta={"built from": uri, "stages": str(len(entries))})
+            kind, uri = resolve(uris[0], so)
+            if kind == "report":
+                store, url = _store_of(uri, so)
+                html = store.read_bytes(f"{url}/{REPORT_FILE}").decode()
+            else:
+                entries = entries_from_lineage(uri, so)
+                html, figures, _ = build(entries, so, title=f"sgpo report of {uri}",
+                                         meta={"built from": uri, "stages": str(len(entries))})
+            what = f"({'copied from ' if kind == 'report' else 'built from the lineage of '}{uri})"
     except (OSError, ValueError, KeyError) as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
     out = Path(args.output)
     out.write_text(html, encoding="utf-8")
-    print(f"[sgpo] report ({'copied from ' if kind == 'report' else 'built from the lineage of '}{uri}) -> {out.resolve()}")
+    print(f"[sgpo] report {what} -> {out.resolve()}")
     print(f"[sgpo] open it with: xdg-open {out.resolve()}  (self-contained: no network needed)")
     return 0
 
