@@ -332,18 +332,10 @@ def _dpo_trainer_class():
     return CachedRefDPOTrainer
 
 
-def reference_logps(
-    model_dir: str,
-    pairs: list[tuple[list[dict[str, str]], str, str]],
-    cfg: "DPOStageConfig",
-    *,
-    batch_size: int = 8,
-    trust_remote_code: bool = False,
-) -> list[tuple[float, float]]:
-    """The reference model's summed log-probs of each pair's chosen and rejected answer (see
-    `reference_logps_and_tokens`)."""
-    return [(a, b) for a, b, _, _ in reference_logps_and_tokens(model_dir, pairs, cfg, batch_size=batch_size,
-                                                                trust_remote_code=trust_remote_code)]
+def reference_logps(model_dir: str, pairs: list, cfg: "DPOStageConfig", **kw: Any) -> list[tuple[float, float]]:
+    """The reference model's summed log-probs of each pair's chosen and rejected answer
+    (`reference_logps_and_tokens` without the token counts; same keyword arguments)."""
+    return [(a, b) for a, b, _, _ in reference_logps_and_tokens(model_dir, pairs, cfg, **kw)]
 
 
 def reference_logps_and_tokens(
