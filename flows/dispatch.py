@@ -93,6 +93,22 @@ def _check_deployment(name: str, execution: ExecutionConfig) -> Any:
     return dep
 
 
+def check_not_on_the_cuda_pool(execution: ExecutionConfig) -> None:
+    """Distributed mode from a flow run that itself runs on the CUDA pool is refused before any work: its
+    GPU stages would wait for a slot of the pool it holds (a worker with `--limit 1` never frees it)."""
+    if execution.mode != "distributed":
+        return
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    pool = getattr(getattr(ctx, "flow_run", None), "work_pool_name", None) if ctx else None
+    if pool and pool == execution.cuda_work_pool:
+        raise StageDispatchError(
+            f"execution.mode=distributed, but this flow run itself runs on the GPU stages' work pool {pool!r}: "
+            "its stages would wait for a slot of the pool it holds. Run it with execution.mode=local there (its "
+            "stages then use this worker's GPUs), or deploy the flow on the cpu pool")
+
+
 def is_loopback(url: str | None) -> bool:
     """True for an http(s) URL whose host is this machine only (localhost, 127.x, ::1)."""
     host = (urlsplit(url).hostname or "") if url else ""

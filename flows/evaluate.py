@@ -101,6 +101,9 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
 
 def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> EvaluationReport:
     from artifacts.store import read_ref
+    from flows.dispatch import check_not_on_the_cuda_pool
+
+    check_not_on_the_cuda_pool(cfg.execution)
 
     s = get_stage
     holder: dict[str, Any] = {}

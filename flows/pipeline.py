@@ -199,6 +199,9 @@ def check_section(cfg: PipelineConfig, name: str) -> Any:
 
 
 def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> PipelineReport:
+    from flows.dispatch import check_not_on_the_cuda_pool
+
+    check_not_on_the_cuda_pool(cfg.execution)
     steps, final = plan(cfg)
     refs: dict[str, Any] = {}
     # The stand-in LLM (for endpoints without base_url) serves the base model, or a configured dir;

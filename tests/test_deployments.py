@@ -597,3 +597,25 @@ def test_distributed_mode_without_a_server_says_so(sft_inputs):
         with pytest.raises(d.StageDispatchError, match="PREFECT_API_URL is not set"):
             d.dispatch_stage("sft", sft_inputs.st, sft_inputs.cfg, sft_inputs.inputs, None, sft_inputs.ctx,
                              _distributed())
+
+
+def test_distributed_mode_from_a_flow_run_on_the_cuda_pool_is_refused_before_any_work(monkeypatch):
+    """The evaluation deployment runs on the cuda pool: with execution.mode=distributed its GPU stages would
+    wait for a slot of the pool its own run holds. Refused with a way out; local mode there is fine."""
+    from types import SimpleNamespace
+
+    import prefect.context
+
+    from flows.dispatch import StageDispatchError, check_not_on_the_cuda_pool
+    from sgpo.config import ExecutionConfig
+
+    on = lambda pool: monkeypatch.setattr(prefect.context.FlowRunContext, "get",  # noqa: E731
+                                          classmethod(lambda cls: SimpleNamespace(flow_run=SimpleNamespace(work_pool_name=pool))))
+    on("cuda")
+    with pytest.raises(StageDispatchError, match="runs on the GPU stages' work pool 'cuda'.*execution.mode=local"):
+        check_not_on_the_cuda_pool(ExecutionConfig(mode="distributed"))
+    check_not_on_the_cuda_pool(ExecutionConfig(mode="local"))
+    on("cpu")
+    check_not_on_the_cuda_pool(ExecutionConfig(mode="distributed"))
+    on(None)  # a flow run started without a deployment (sgpo run ... execution.mode=distributed)
+    check_not_on_the_cuda_pool(ExecutionConfig(mode="distributed"))
