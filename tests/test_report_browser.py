@@ -130,14 +130,16 @@ def test_sgpo_report_writes_the_same_page_from_the_store(browser, tiny_run, tmp_
 
 
 def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, tmp_path):
-    """`sgpo report RUN RUN`: the SGPO run beside a No-Ref run on the same store (shares every stage up to
-    the improver): the comparison table has a row per run, Fig. 10 draws both refinement win rates, and
-    each run's own section has its figures and stage table."""
+    """`sgpo report RUN RUN`: the SGPO run beside a No-Ref run on a copy of its store (the copy shares every
+    stage up to the improver; a copy, so the other tests' "newest report" of the store stays the SGPO
+    run's): the comparison table has a row per run, Fig. 10 draws both refinement win rates, and each
+    run's own section has its figures and stage table."""
     from flows.pipeline import sgpo_pipeline
     from sgpo.config import load_config
 
     work, report = tiny_run
-    cfg = load_config("tiny", [f"store.url={work}/store", f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db",
+    shutil.copytree(work / "store", tmp_path / "store")
+    cfg = load_config("tiny", [f"store.url={tmp_path}/store", f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
                                "method=no-ref", "checks.refinement=true"])
     no_ref = sgpo_pipeline(config=cfg)
     assert {s.stage: s.status for s in no_ref.stages}["improver_sft"] == "cached"
