@@ -228,7 +228,7 @@ def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) 
         title = f"{cfg.name} ({method_of(cfg)}), config {config_hash(cfg)}"
         done = run_report_stage(ctx, report.stages, title, force)
         judged = [judged_line("judge (final policy vs the eval set's baseline)", report.judge or {})]
-        checks = getattr(report, "checks", None) or {}
+        checks = report.checks
         judged += [judged_line(f"check {name} ({s.get('model_column')} vs {s.get('baseline_column')})", s)
                    for name, s in checks.items()]
         publish_benchmark_tables({"judge": report.judge or {}} | {f"check {n}": s for n, s in checks.items()})
