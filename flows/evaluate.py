@@ -119,21 +119,15 @@ def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> Eva
         model, model_name = resolve_model(cfg.model, run, cfg.store.storage_options)
         holder["model"] = model
         out = EvaluationReport(model=model.uri, model_name=model_name, stages=[])
-        if cfg.alpaca_eval.enabled:
-            answers = run("alpaca_eval_generate", s("alpaca_eval_generate"), cfg.alpaca_eval,
-                          params={"model_name": model_name}, model=model)
-            judged = run("alpaca_eval_judge", s("alpaca_eval_judge"), cfg.alpaca_eval, answers=answers)
-            out.alpaca_eval = {**judged.summary, "annotations_uri": judged.uri}
-        if cfg.arena_hard.enabled:
-            answers = run("arena_hard_generate", s("arena_hard_generate"), cfg.arena_hard,
-                          params={"model_name": model_name}, model=model)
-            judged = run("arena_hard_judge", s("arena_hard_judge"), cfg.arena_hard, answers=answers)
-            out.arena_hard = {**judged.summary, "judgments_uri": judged.uri}
-        if cfg.mt_bench.enabled:
-            answers = run("mt_bench_generate", s("mt_bench_generate"), cfg.mt_bench,
-                          params={"model_name": model_name}, model=model)
-            judged = run("mt_bench_judge", s("mt_bench_judge"), cfg.mt_bench, answers=answers)
-            out.mt_bench = {**judged.summary, "judgments_uri": judged.uri}
+        # each benchmark: `<bench>_generate` (the model answers) -> `<bench>_judge`, on the benchmark's section
+        for bench, uri_key in (("alpaca_eval", "annotations_uri"), ("arena_hard", "judgments_uri"),
+                               ("mt_bench", "judgments_uri")):
+            section = getattr(cfg, bench)
+            if section.enabled:
+                answers = run(f"{bench}_generate", s(f"{bench}_generate"), section,
+                              params={"model_name": model_name}, model=model)
+                judged = run(f"{bench}_judge", s(f"{bench}_judge"), section, answers=answers)
+                setattr(out, bench, {**judged.summary, uri_key: judged.uri})
         if cfg.lm_eval.enabled:
             scored = run("lm_eval", s("lm_eval"), cfg.lm_eval, params={"model_name": model_name}, model=model)
             out.lm_eval = {**scored.summary, "metrics_uri": scored.uri}
