@@ -60,16 +60,14 @@ def main() -> int:
     import transformers
 
     from flows.evaluate import evaluate
-    from sgpo.config import TinyModelConfig
-    from sgpo.data_sources import BUNDLED_DIR
     from sgpo.eval_config import load_evaluation_config
     from sgpo.llm.server import build_app, running_server
     from sgpo.metrics import shared_data_dir
-    from sgpo.tinykit import build_tiny_model, corpus_texts
+    from sgpo.tinykit import build_bundled_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="sgpo-bench-eval-"))
     model_dir = work / "tiny"
-    build_tiny_model(model_dir, TinyModelConfig(), corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))))
+    build_bundled_tiny_model(model_dir)
     data = shared_data_dir()
     mtq = work / "mt_questions.jsonl"
     if (data / "mt_bench" / "question.jsonl").is_file():

@@ -20,11 +20,9 @@ sys.path.insert(0, str(REPO))
 
 
 def tiny_model(folder: Path) -> str:
-    from sgpo.config import TinyModelConfig
-    from sgpo.data_sources import BUNDLED_DIR
-    from sgpo.tinykit import build_tiny_model, corpus_texts
+    from sgpo.tinykit import build_bundled_tiny_model
 
-    build_tiny_model(folder, TinyModelConfig(), corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))))
+    build_bundled_tiny_model(folder)
     return str(folder)
 
 

@@ -91,17 +91,15 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
 
-    from sgpo.config import SamplingConfig, TinyModelConfig
+    from sgpo.config import SamplingConfig
     from sgpo.generation import open_generator
 
     tmp = tempfile.TemporaryDirectory(prefix="sgpo-bench-sampling-")
     model = args.model
     if model is None:
-        from sgpo.tinykit import build_tiny_model, corpus_texts
-        from tasks.prepare import BUNDLED_DIR
+        from sgpo.tinykit import build_bundled_tiny_model
 
-        model = str(build_tiny_model(Path(tmp.name) / "tiny", TinyModelConfig(),
-                                     corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl")))))  # fmt: skip
+        model = str(build_bundled_tiny_model(Path(tmp.name) / "tiny"))
     convs = conversations(args.prompts)
     common = dict(n=args.n, max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9, seed=0)
     rows: list[tuple[str, float, float, int]] = []  # name, startup s, wall s, tokens

@@ -22,12 +22,11 @@ sys.path.insert(0, str(REPO))
 
 
 def tiny_model(cache: Path) -> Path:
-    from sgpo.config import TinyModelConfig
-    from sgpo.tinykit import build_tiny_model, corpus_texts
+    from sgpo.tinykit import build_bundled_tiny_model
 
     out = cache / "tiny-model"
     if not (out / "config.json").exists():
-        build_tiny_model(out, TinyModelConfig(), corpus_texts(sorted((REPO / "sgpo/data/tiny").glob("*.jsonl"))))
+        build_bundled_tiny_model(out)
     return out
 
 

@@ -41,13 +41,12 @@ def missing(names: list[str]) -> list[str]:
 
 def tiny_model(folder: Path, big: bool) -> str:
     from sgpo.config import TinyModelConfig
-    from sgpo.data_sources import BUNDLED_DIR
-    from sgpo.tinykit import build_tiny_model, corpus_texts
+    from sgpo.tinykit import build_bundled_tiny_model
 
     # on a GPU a model big enough for the figures to mean something (~50M parameters); on CPU the tiny one
     tc = TinyModelConfig(hidden_size=512, num_attention_heads=8, num_hidden_layers=8, intermediate_size=2048,
                          vocab_size=4096) if big else TinyModelConfig()
-    build_tiny_model(folder, tc, corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))))
+    build_bundled_tiny_model(folder, tc)
     return str(folder)
 
 

@@ -83,6 +83,21 @@ def build_tokenizer(texts: list[str], vocab_size: int):
     return fast
 
 
+def bundled_corpus() -> list[Path]:
+    """The JSONL files the `tiny` base model's tokenizer is trained on (the bundled tiny data), in order."""
+    from sgpo.data_sources import BUNDLED_DIR
+
+    return sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))
+
+
+def build_bundled_tiny_model(out_dir: str | Path, cfg: "TinyModelConfig | None" = None) -> Path:
+    """The model `model.name_or_path: tiny` builds (the base_model stage): `cfg` (default: the defaults)
+    on the bundled corpus. Tests, benchmarks and the GPU check build theirs with this, so they get the same."""
+    from sgpo.config import TinyModelConfig
+
+    return build_tiny_model(out_dir, cfg or TinyModelConfig(), corpus_texts(bundled_corpus()))
+
+
 def build_tiny_model(out_dir: str | Path, cfg: "TinyModelConfig", texts: list[str]) -> Path:
     """Train the tokenizer on `texts`, initialise the model with `cfg.seed`, save both to `out_dir`."""
     import torch

@@ -11,14 +11,8 @@ from artifacts.hashing import sha256_bytes
 from artifacts.refs import ArtifactRef
 from artifacts.store import hub_model_ref
 from sgpo.config import ModelSpec
-from sgpo.data_sources import BUNDLED_DIR
 from sgpo.stage import Job, scratch_dir, stage, stage_main
-
-TINY_CORPUS_GLOB = "tiny/*.jsonl"
-
-
-def _tiny_corpus() -> list[Path]:
-    return sorted(BUNDLED_DIR.glob(TINY_CORPUS_GLOB))
+from sgpo.tinykit import bundled_corpus
 
 
 def tiny_sources(spec: ModelSpec) -> dict[str, str]:
@@ -28,7 +22,7 @@ def tiny_sources(spec: ModelSpec) -> dict[str, str]:
         return {}
     import sgpo.tinykit
 
-    sources = {p.name: sha256_bytes(p.read_bytes()) for p in _tiny_corpus()}
+    sources = {p.name: sha256_bytes(p.read_bytes()) for p in bundled_corpus()}
     sources["tinykit.py"] = sha256_bytes(Path(sgpo.tinykit.__file__).read_bytes())
     return sources
 
@@ -39,10 +33,10 @@ def base_model(job: Job, cfg: ModelSpec) -> ArtifactRef:
     # code_version 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
     if cfg.name_or_path != "tiny":
         return hub_model_ref(cfg.name_or_path, cfg.revision)
-    from sgpo.tinykit import build_tiny_model, corpus_texts
+    from sgpo.tinykit import build_bundled_tiny_model
 
     with scratch_dir("base_model") as tmp:
-        out = build_tiny_model(tmp / "model", cfg.tiny, corpus_texts(_tiny_corpus()))
+        out = build_bundled_tiny_model(tmp / "model", cfg.tiny)
         return job.publish_model(out, summary={"tiny": True}, seeds={"init": cfg.tiny.seed})
 
 

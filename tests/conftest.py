@@ -67,11 +67,9 @@ def s3_endpoint():
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny kit's model, built once per session."""
-    from sgpo.config import TinyModelConfig
-    from sgpo.tinykit import build_tiny_model, corpus_texts
-    from sgpo.data_sources import BUNDLED_DIR
+    from sgpo.tinykit import build_bundled_tiny_model
 
     out = _SESSION_TMP / "tiny-model"
     if not (out / "config.json").exists():
-        build_tiny_model(out, TinyModelConfig(), corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))))
+        build_bundled_tiny_model(out)
     return out

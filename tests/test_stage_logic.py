@@ -10,7 +10,7 @@ import pytest
 
 from artifacts.refs import ArtifactRef
 from sgpo.config import DatasetSpec, ImproverSFTStageConfig, PairsStageConfig, load_config
-from sgpo.data_sources import BUNDLED_DIR, DatasetError
+from sgpo.data_sources import DatasetError
 from sgpo.prompts import PromptError, load_prompt
 from sgpo.stage import StageContext
 from tasks import get_stage, pairs, ppl_filter, prepare
@@ -228,10 +228,9 @@ def test_tiny_tokenizer_round_trip_and_head_dim(tiny_model_dir):
 def test_tiny_kit_is_deterministic(tmp_path, tiny_model_dir):
     import hashlib
 
-    from sgpo.config import TinyModelConfig
-    from sgpo.tinykit import build_tiny_model, corpus_texts
+    from sgpo.tinykit import build_bundled_tiny_model
 
-    out = build_tiny_model(tmp_path / "again", TinyModelConfig(), corpus_texts(sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))))
+    out = build_bundled_tiny_model(tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json"):
         assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256((tiny_model_dir / name).read_bytes()).digest()
 

@@ -54,8 +54,7 @@ def pi_sft(work: Path, seed: int = 0) -> str:
     import torch
 
     from sgpo.config import SFTStageConfig, TinyModelConfig
-    from sgpo.data_sources import BUNDLED_DIR
-    from sgpo.tinykit import build_tiny_model, corpus_texts
+    from sgpo.tinykit import build_bundled_tiny_model
     from sgpo.tracking import StageTracker
     from sgpo.training import train_sft
 
@@ -63,9 +62,8 @@ def pi_sft(work: Path, seed: int = 0) -> str:
     if (out / "config.json").exists():
         return str(out)
     torch.set_num_threads(1)
-    base = build_tiny_model(work / f"base-{seed}", TinyModelConfig(vocab_size=512, hidden_size=64, num_attention_heads=1,
-                                                                   num_hidden_layers=1, intermediate_size=128, seed=seed),
-                            corpus_texts(sorted((BUNDLED_DIR / "tiny").glob("*.jsonl"))))
+    base = build_bundled_tiny_model(work / f"base-{seed}", TinyModelConfig(
+        vocab_size=512, hidden_size=64, num_attention_heads=1, num_hidden_layers=1, intermediate_size=128, seed=seed))
     cfg = SFTStageConfig(epochs=2, learning_rate=3e-3, per_device_batch_size=16, effective_batch_size=16, max_length=64,
                          warmup_ratio=0.0, seed=seed)
     train_sft(str(base), [([{"role": "user", "content": r["prompt"]}], r["response"]) for r in _rows("sft", N_SFT)],
