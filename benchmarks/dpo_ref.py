@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 
 def pairs_data(n: int) -> list:
-    from sgpo.data_sources import BUNDLED_DIR
+    from sgpo.data.sources import BUNDLED_DIR
 
     rows = [json.loads(l) for l in (BUNDLED_DIR / "tiny" / "sft.jsonl").read_text().splitlines() if l.strip()]
     rows = (rows * (n // len(rows) + 1))[:n]
@@ -41,9 +41,9 @@ def pairs_data(n: int) -> list:
 
 
 def child(mode: str, args: argparse.Namespace) -> None:
-    from sgpo.config import DPOStageConfig
-    from sgpo.throughput import peak_rss_gb
-    from sgpo.training import reference_logps, train_dpo
+    from sgpo.config.pipeline import DPOStageConfig
+    from sgpo.train.throughput import peak_rss_gb
+    from sgpo.train.trainers import reference_logps, train_dpo
 
     import datasets, trl, transformers  # noqa: F401  (imports are not part of any timing)
 
@@ -51,7 +51,7 @@ def child(mode: str, args: argparse.Namespace) -> None:
                          max_length=args.max_length, learning_rate=1e-4, warmup_ratio=0.0)
     data = pairs_data(args.pairs)
     ref, t_ref = None, 0.0
-    from sgpo.training import load_model
+    from sgpo.train.trainers import load_model
 
     load_model(args.model)  # model classes imported before any timing
     if mode == "cached":

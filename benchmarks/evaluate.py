@@ -60,10 +60,10 @@ def main() -> int:
     import transformers
 
     from flows.evaluate import evaluate
-    from sgpo.eval_config import load_evaluation_config
+    from sgpo.config.evaluation import load_evaluation_config
     from sgpo.llm.server import build_app, running_server
-    from sgpo.metrics import shared_data_dir
-    from sgpo.tinykit import build_bundled_tiny_model
+    from sgpo.data.shared import shared_data_dir
+    from sgpo.models.tinykit import build_bundled_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="sgpo-bench-eval-"))
     model_dir = work / "tiny"
@@ -95,7 +95,7 @@ def main() -> int:
 
     def run(mode: str):
         """The flow into its own store: `shared` as it runs (one loaded generator for the checkpoint), or
-        `per_stage` (sgpo.generation.shared_generators off: each stage loads the model, as before)."""
+        `per_stage` (sgpo.generate.shared_generators off: each stage loads the model, as before)."""
         import contextlib
 
         import flows.evaluate as fe

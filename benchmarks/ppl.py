@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO))
 
 
 def tiny_model(folder: Path) -> str:
-    from sgpo.tinykit import build_bundled_tiny_model
+    from sgpo.models.tinykit import build_bundled_tiny_model
 
     build_bundled_tiny_model(folder)
     return str(folder)
@@ -31,7 +31,7 @@ def main() -> None:
 
     import torch
 
-    from sgpo.data_sources import BUNDLED_DIR
+    from sgpo.data.sources import BUNDLED_DIR
     from tasks.ppl_filter import response_perplexities
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -15,7 +15,7 @@ from pathlib import Path
 
 def timed_run(workdir: Path, overrides: list[str]) -> tuple[float, str]:
     env = {**os.environ, "PREFECT_HOME": str(workdir / "prefect")}
-    cmd = [sys.executable, "-m", "sgpo.cli", "run", f"store.url={workdir}/store",
+    cmd = [sys.executable, "-m", "sgpo.cli.main", "run", f"store.url={workdir}/store",
            f"tracking.mlflow_uri=sqlite:///{workdir}/mlflow.db", *overrides]
     t0 = time.perf_counter()
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)

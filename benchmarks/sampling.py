@@ -2,7 +2,7 @@
 back-end on the same checkpoint and workload, as a ratio to transformers (in-process HF generate).
 
 Back-ends measured (each after a warm-up call; start-up time reported separately):
-  transformers   sgpo.generation.hf, batched generate (sampling.batch_size prompts per call)
+  transformers   sgpo.generate.hf, batched generate (sampling.batch_size prompts per call)
   openai         OpenAIServerGenerator over our own sgpo.llm.server (transformers behind HTTP,
                  one request at a time: the stand-in server serialises generation)
   vllm_server    vLLM's OpenAI server, driven with bounded concurrency
@@ -38,8 +38,8 @@ VLLM_INPROCESS = r"""
 import json, sys, time
 
 def main():
-    from sgpo.config import SamplingConfig
-    from sgpo.generation.vllm import VLLMGenerator
+    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.generate.vllm import VLLMGenerator
     model, params, convs = sys.argv[1], SamplingConfig.model_validate_json(sys.argv[2]), json.loads(sys.argv[3])
     t0 = time.perf_counter()
     gen = VLLMGenerator(model, params=params)
@@ -91,13 +91,13 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
 
-    from sgpo.config import SamplingConfig
-    from sgpo.generation import open_generator
+    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.generate import open_generator
 
     tmp = tempfile.TemporaryDirectory(prefix="sgpo-bench-sampling-")
     model = args.model
     if model is None:
-        from sgpo.tinykit import build_bundled_tiny_model
+        from sgpo.models.tinykit import build_bundled_tiny_model
 
         model = str(build_bundled_tiny_model(Path(tmp.name) / "tiny"))
     convs = conversations(args.prompts)

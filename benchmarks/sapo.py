@@ -1,6 +1,6 @@
 """Where does a SAPO iteration spend its time? generation / training / EMA / checkpoint.
 
-Runs the tiny SAPO loop (`sgpo.sapo.train_sapo`) on the tiny kit's model and the bundled rows and
+Runs the tiny SAPO loop (`sgpo.train.sapo.train_sapo`) on the tiny kit's model and the bundled rows and
 prints the mean time per iteration of each part, and the generation share of the iteration
 (the goal on CPU: generation under half of it). The first `--warmup` iterations are left out
 (first-call costs). Checkpoint time is amortised over the iterations between checkpoints.
@@ -22,7 +22,7 @@ sys.path.insert(0, str(REPO))
 
 
 def tiny_model(cache: Path) -> Path:
-    from sgpo.tinykit import build_bundled_tiny_model
+    from sgpo.models.tinykit import build_bundled_tiny_model
 
     out = cache / "tiny-model"
     if not (out / "config.json").exists():
@@ -47,10 +47,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.torch_threads)
-    from sgpo.sapo import SAPOConfig, train_sapo
+    from sgpo.train.sapo import SAPOConfig, train_sapo
 
     rows = []
-    for line in (REPO / "sgpo/data/tiny/sft.jsonl").read_text().splitlines():
+    for line in (REPO / "sgpo/data/bundled/tiny/sft.jsonl").read_text().splitlines():
         msgs = json.loads(line)["messages"]
         rows.append((msgs[:-1], msgs[-1]["content"]))
     with tempfile.TemporaryDirectory(prefix="sapo-bench-") as tmp:

@@ -27,7 +27,7 @@ from typing import Any
 from prefect import flow
 
 from artifacts.refs import ArtifactRef
-from sgpo.comparison import (  # noqa: F401 (re-exported: the table's parts live in the library)
+from sgpo.report.comparison import (  # noqa: F401 (re-exported: the table's parts live in the library)
     CELL_FIELDS, COLUMNS, PAPER_PRESETS, PAPER_RESULTS, PAPER_SETTINGS, Row, add_evaluations, comparability,
     evaluations_of, markdown, settings_of, table_rows, to_csv)
 
@@ -82,7 +82,7 @@ def compare(preset: str = "tiny", methods: list[str] | None = None, overrides: l
     """One row per recipe (`methods`, default every recipe) on `preset`; also a Prefect table artifact."""
     from prefect.artifacts import create_table_artifact
 
-    from sgpo.config import load_config, method_names
+    from sgpo.config.pipeline import load_config, method_names
 
     rows = []
     for method in methods or method_names():

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 
 from artifacts.refs import ArtifactRef
 from flows.stages import GPU_STAGES, deployment_name
-from sgpo.config import ExecutionConfig
-from sgpo.stage import Stage, StageContext, run_task, stage_logger
+from sgpo.config.pipeline import ExecutionConfig
+from sgpo.core.stage import Stage, StageContext, run_task, stage_logger
 
 POLL_INTERVAL_S = 2.0
 

@@ -14,7 +14,7 @@ stages to recompute (their paid judge calls still come from the journal). Judge 
 `base_url` talk to the embedded local OpenAI-compatible server (over the evaluated model unless
 `embedded_llm.model` says otherwise), started only if a judge stage really runs. Results go to a
 Prefect table artifact, the MLflow run (one parent run, a nested run per stage) and the returned
-`EvaluationReport` (sgpo.run_report). With `execution.mode: distributed` the stages that run the
+`EvaluationReport` (sgpo.report.summary). With `execution.mode: distributed` the stages that run the
 model (the generate stages, lm_eval) are dispatched to the CUDA pool like the pipeline's GPU
 stages (flows.dispatch); the judges run here.
 """
@@ -31,11 +31,11 @@ from artifacts.store import check_store
 from flows.pipeline import check_force
 from flows.reporting import flow_run_namer
 from flows.runner import StageRunner
-from sgpo.eval_config import EvalModelSpec, EvaluationConfig, load_evaluation_config
-from sgpo.generation import shared_generators
+from sgpo.config.evaluation import EvalModelSpec, EvaluationConfig, load_evaluation_config
+from sgpo.generate import shared_generators
 from sgpo.llm.embedded import EmbeddedLLM
-from sgpo.run_report import EvaluationReport, parent_metrics, result_rows
-from sgpo.stage import StageContext
+from sgpo.report.summary import EvaluationReport, parent_metrics, result_rows
+from sgpo.core.stage import StageContext
 from tasks import EVALUATION_STAGES, get_stage
 
 __all__ = ["EVALUATION_STAGES", "EvaluationReport", "evaluate", "load_evaluation_config", "resolve_model"]
@@ -49,7 +49,7 @@ def resolve_model(spec: EvalModelSpec, run: StageRunner | None = None, storage_o
     from artifacts.store import hub_model_ref, local_model_ref, read_ref
 
     if spec.path == "tiny":
-        from sgpo.config import ModelSpec
+        from sgpo.config.pipeline import ModelSpec
 
         if run is None:
             raise ValueError("model.path=tiny builds the tiny model with the base_model stage: pass the stage runner")
@@ -75,7 +75,7 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
         config: The model to evaluate, the benchmarks and their judges, store and tracking (default: the default evaluation config)
         force: Stages to recompute even when cached, e.g. ["alpaca_eval_judge"] or ["pairwise[NAME]"]; an unknown name fails the run at once
     """
-    from sgpo.tracking import pipeline_run
+    from sgpo.core.tracking import pipeline_run
 
     cfg = config or load_evaluation_config()
     force = check_force(force, EVALUATION_STAGES + ("report",))
@@ -92,7 +92,7 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
         if tracking:
             from mlflow.tracking import MlflowClient
 
-            from sgpo.tracking import StageTracker
+            from sgpo.core.tracking import StageTracker
 
             StageTracker(MlflowClient(tracking_uri=tracking.uri), tracking.parent_run_id).log_metrics(parent_metrics(report))
     report.flow_run_id, report.mlflow_run_id = run_id, tracking.parent_run_id if tracking else None

@@ -27,9 +27,9 @@ from pydantic import BaseModel
 from artifacts.store import check_store
 from flows.reporting import flow_run_namer
 from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re-exported)
-from sgpo.config import ConfigError, PipelineConfig, load_config
+from sgpo.config.pipeline import ConfigError, PipelineConfig, load_config
 from sgpo.llm.embedded import EmbeddedLLM
-from sgpo.stage import StageContext, section_of
+from sgpo.core.stage import StageContext, section_of
 from tasks import get_stage
 
 STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge", "pairwise",
@@ -73,7 +73,7 @@ def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None 
         config: The whole run: recipe (method), base model, data, every stage's settings, store and tracking (default: the tiny preset)
         force: Stages to recompute even when cached, e.g. ["dpo"] or ["pairs[2]"]; an unknown name fails the run at once
     """
-    from sgpo.tracking import pipeline_run
+    from sgpo.core.tracking import pipeline_run
 
     cfg = config or load_config("tiny")
     force = check_force(force, FORCEABLE)
@@ -191,7 +191,7 @@ def recipe_section(cfg: PipelineConfig, path: str) -> Any:
 def check_section(cfg: PipelineConfig, name: str) -> Any:
     """The pairwise section of data check `name`: the pipeline judge's endpoint and protocol (one
     judge for the run), the check's two columns, `checks.max_rows`."""
-    from sgpo.eval_config import PairwiseConfig
+    from sgpo.config.evaluation import PairwiseConfig
 
     model_column, baseline_column = CHECKS[name.split(".")[0]]
     return PairwiseConfig(**cfg.judge.model_dump(exclude={"sampling"}), name=name, instruction_column="prompt",

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sgpo.run_report import StageReport
-from sgpo.stage import StageContext, stage_logger
+from sgpo.report.summary import StageReport
+from sgpo.core.stage import StageContext, stage_logger
 
 
 def config_hash(cfg: Any) -> str:
     """8 hex digits of the configuration that changes results (runtime-only fields left out)."""
     from artifacts.hashing import sha256_text
-    from sgpo.config import cache_payload
+    from sgpo.config.pipeline import cache_payload
 
     try:
         payload = cache_payload(cfg)
@@ -206,7 +206,7 @@ def _log_parent(tracking: Any, params: dict[str, Any], metrics: dict[str, float]
     if tracking is None:
         return
     try:
-        from sgpo.tracking import StageTracker, _client
+        from sgpo.core.tracking import StageTracker, _client
 
         t = StageTracker(_client(tracking.uri), tracking.parent_run_id)
         existing = t.client.get_run(tracking.parent_run_id).data.params

@@ -13,10 +13,10 @@ from typing import Any
 
 from artifacts.refs import ArtifactRef
 from flows.dispatch import dispatch_stage
-from sgpo.config import ExecutionConfig
+from sgpo.config.pipeline import ExecutionConfig
 from sgpo.llm.embedded import EmbeddedLLM, embedded_model_name
-from sgpo.run_report import StageReport
-from sgpo.stage import Stage, StageContext, journal_note, stage_logger
+from sgpo.report.summary import StageReport
+from sgpo.core.stage import Stage, StageContext, journal_note, stage_logger
 
 
 class StageFailed(RuntimeError):
@@ -94,7 +94,7 @@ class StageRunner:
         if cached:
             show_cached(label, ref)
         if cached and self.ctx.tracking:
-            from sgpo.tracking import stage_run
+            from sgpo.core.tracking import stage_run
 
             with stage_run(self.ctx.tracking, label, tags={"sgpo.cached": "true", "sgpo.artifact_uri": ref.uri}):
                 pass

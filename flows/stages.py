@@ -22,7 +22,7 @@ from typing import Any, Optional
 from prefect import flow
 
 from artifacts.refs import ArtifactRef
-from sgpo.stage import RESULT_OPTIONS, Stage, StageContext, run_task
+from sgpo.core.stage import RESULT_OPTIONS, Stage, StageContext, run_task
 from tasks import ALL_STAGES, get_stage
 
 # The pipeline's and the evaluation flow's (e.g. judge, alpaca_eval_generate): every stage that runs a model.

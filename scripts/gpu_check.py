@@ -1,5 +1,5 @@
 """The GPU check behind scripts/gpu_check.sh: one line per check with its figure, each check skipping
-with a reason when its package is absent; no Prefect, no store, no MLflow (sgpo.training directly).
+with a reason when its package is absent; no Prefect, no store, no MLflow (sgpo.train.trainers directly).
 
     python scripts/gpu_check.py [--dry-run] [--steps 20]
 
@@ -40,8 +40,8 @@ def missing(names: list[str]) -> list[str]:
 
 
 def tiny_model(folder: Path, big: bool) -> str:
-    from sgpo.config import TinyModelConfig
-    from sgpo.tinykit import build_bundled_tiny_model
+    from sgpo.config.pipeline import TinyModelConfig
+    from sgpo.models.tinykit import build_bundled_tiny_model
 
     # on a GPU a model big enough for the figures to mean something (~50M parameters); on CPU the tiny one
     tc = TinyModelConfig(hidden_size=512, num_attention_heads=8, num_hidden_layers=8, intermediate_size=2048,
@@ -51,7 +51,7 @@ def tiny_model(folder: Path, big: bool) -> str:
 
 
 def examples(n: int = 64) -> list:
-    from sgpo.data_sources import BUNDLED_DIR
+    from sgpo.data.sources import BUNDLED_DIR
 
     rows = [json.loads(l) for l in (BUNDLED_DIR / "tiny" / "sft.jsonl").read_text().splitlines() if l.strip()]
     rows = (rows * (n // len(rows) + 1))[:n]
@@ -60,9 +60,9 @@ def examples(n: int = 64) -> list:
 
 
 def train(kind: str, model: str, steps: int, gpu: bool) -> dict:
-    """One training run; returns the perf metrics (sgpo.throughput)."""
-    from sgpo.config import DPOStageConfig, LoRAConfig, SFTStageConfig
-    from sgpo.training import reference_logps, train_dpo, train_sft
+    """One training run; returns the perf metrics (sgpo.train.throughput)."""
+    from sgpo.config.pipeline import DPOStageConfig, LoRAConfig, SFTStageConfig
+    from sgpo.train.trainers import reference_logps, train_dpo, train_sft
 
     common = dict(max_steps=steps, per_device_batch_size=8, effective_batch_size=8, max_length=512,
                   learning_rate=1e-4, warmup_ratio=0.0, bf16=gpu)
@@ -143,7 +143,7 @@ def main() -> int:
             line("dpo_cached", "OK", figure(m, steps) + f", reference log-prob pass {m['logps_s']:.2f}s (once)")
 
         def zero3():
-            from sgpo.launch import free_port, read_accelerate_config, resolve_accelerate_config
+            from sgpo.core.launch import free_port, read_accelerate_config, resolve_accelerate_config
 
             path = resolve_accelerate_config("zero3")
             tree = read_accelerate_config(path)

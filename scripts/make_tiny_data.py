@@ -1,6 +1,6 @@
 """Derive the bundled tiny-preset data from the self-instruct corpora (Apache-2.0).
 
-Run once by a maintainer (the output is committed under sgpo/data/tiny/):
+Run once by a maintainer (the output is committed under sgpo/data/bundled/tiny/):
     python scripts/make_tiny_data.py ../shared/data/corpora
 
 Each split imitates the shape of the hub dataset it stands in for, so the tiny preset runs

@@ -1,4 +1,4 @@
-"""The stages: one module per stage, `tasks/<name>.py`, declaring the Stage `<name>` (sgpo.stage).
+"""The stages: one module per stage, `tasks/<name>.py`, declaring the Stage `<name>` (sgpo.core.stage).
 
 No stage imports another; what two stages share lives in `sgpo/`. Each module runs alone:
 `python -m tasks.<name> [CONFIG] [key=value ...] --<input> URI ...`.
@@ -9,7 +9,7 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sgpo.stage import Stage
+    from sgpo.core.stage import Stage
 
 PIPELINE_STAGES = ("prepare", "base_model", "sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo",
                    "sapo", "judge", "testbed_report")

@@ -11,9 +11,9 @@ import random
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.data_sources import DatasetError, load_records, source_fingerprint
-from sgpo.eval_config import AlpacaEvalGenerateConfig
-from sgpo.stage import Job, stage, stage_main
+from sgpo.data.sources import DatasetError, load_records, source_fingerprint
+from sgpo.config.evaluation import AlpacaEvalGenerateConfig
+from sgpo.core.stage import Job, stage, stage_main
 
 DEFAULT_BASELINE_NAME = "gpt4_1106_preview"
 
@@ -65,7 +65,7 @@ def data_fingerprint(cfg: AlpacaEvalGenerateConfig) -> dict[str, str]:
 def alpaca_eval_generate(job: Job, model: ArtifactRef, cfg: AlpacaEvalGenerateConfig, model_name: str) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.generation import answer_each
+    from sgpo.generate import answer_each
 
     rows, n_source = load_alpaca_eval_rows(cfg)
     job.log.info("alpaca_eval: %s answers %d of %d instructions", model_name, len(rows), n_source)

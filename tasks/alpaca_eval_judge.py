@@ -1,8 +1,8 @@
 """Evaluation stage `alpaca_eval_judge`: AlpacaEval 2.0 annotations and leaderboard metrics.
 
-The judge is `sgpo.judging` (the official `weighted_alpaca_eval_gpt4_turbo` protocol: prompt,
+The judge is `sgpo.evals.pairwise` (the official `weighted_alpaca_eval_gpt4_turbo` protocol: prompt,
 order, one-token logprob preference, identical outputs 1.5 without a call). Metrics are
-`sgpo.metrics.alpaca_eval.leaderboard_report`, the same code `sgpo metrics alpaca-eval` runs: raw
+`sgpo.evals.alpaca_eval.metrics.leaderboard_report`, the same code `sgpo metrics alpaca-eval` runs: raw
 and discrete win rates with standard errors, and the LC win rate with the configured instruction
 difficulty and gamed-baseline rows (the report says which sources were used and whether the GLM
 was regularised). The LC inputs are resolved before any judge call is paid for.
@@ -14,9 +14,9 @@ twice for a judgment already made.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.eval_config import AlpacaEvalJudgeConfig
-from sgpo.judging import PairJudge
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.evaluation import AlpacaEvalJudgeConfig
+from sgpo.evals.pairwise import PairJudge
+from sgpo.core.stage import Job, stage, stage_main
 
 
 def prompt_versions(cfg: AlpacaEvalJudgeConfig) -> dict[str, str]:
@@ -29,8 +29,8 @@ def prompt_versions(cfg: AlpacaEvalJudgeConfig) -> dict[str, str]:
 def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.judging import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
-    from sgpo.metrics.alpaca_eval import leaderboard_report, resolve_lc_inputs
+    from sgpo.evals.pairwise import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
+    from sgpo.evals.alpaca_eval.metrics import leaderboard_report, resolve_lc_inputs
 
     lc = resolve_lc_inputs(cfg.instruction_difficulty, cfg.gamed_annotations,  # fail before paying for calls
                            offline_dir=cfg.lc_offline_dir)

@@ -10,11 +10,11 @@ characters; the paper's Fig. 3/4) and their normalised forms.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import AnnotateStageConfig
+from sgpo.config.pipeline import AnnotateStageConfig
 from sgpo.llm.client import ChatRequest
-from sgpo.progress import stage_progress
+from sgpo.core.progress import stage_progress
 from sgpo.prompts import load_prompt
-from sgpo.stage import Job, stage, stage_main
+from sgpo.core.stage import Job, stage, stage_main
 
 
 def prompt_versions(cfg: AnnotateStageConfig) -> dict[str, str]:

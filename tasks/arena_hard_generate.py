@@ -11,10 +11,10 @@ from typing import Any
 
 from artifacts.hashing import sha256_text
 from artifacts.refs import ArtifactRef
-from sgpo.config import DatasetSpec
-from sgpo.data_sources import DatasetError, load_records, source_fingerprint
-from sgpo.eval_config import ArenaHardGenerateConfig
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import DatasetSpec
+from sgpo.data.sources import DatasetError, load_records, source_fingerprint
+from sgpo.config.evaluation import ArenaHardGenerateConfig
+from sgpo.core.stage import Job, stage, stage_main
 
 PROMPT_CANDIDATES = ("prompt", "instruction", "question")
 RESPONSE_CANDIDATES = ("output", "response", "answer", "completion")
@@ -93,7 +93,7 @@ def data_fingerprint(cfg: ArenaHardGenerateConfig) -> dict[str, str]:
 def arena_hard_generate(job: Job, model: ArtifactRef, cfg: ArenaHardGenerateConfig, model_name: str) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.generation import answer_each
+    from sgpo.generate import answer_each
 
     rows, counts = load_arena_hard_rows(cfg)
     job.log.info("arena_hard: %s answers %d questions (%s)", model_name, len(rows), counts)

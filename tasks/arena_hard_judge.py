@@ -13,7 +13,7 @@ Protocol: lm-sys/arena-hard-auto v0.1 (`gen_judgment.py`, `show_result.py`).
 * Score: battles with strong verdicts (A>>B, B>>A) counted `weight` (3) times, Bradley-Terry
   (Elo scale) anchored at the baseline named by `arena_hard_generate`, predicted win rate vs the
   baseline, 95% CI from `bootstrap_rounds` (100) resamples with a fixed seed (42), all via
-  `sgpo.metrics.arena_hard`.
+  `sgpo.evals.arena_hard.metrics`.
 
 Output: a Parquet artifact with one row per question in the official judgment structure
 (`question_id`, `model`, `judge`, `games` = two dicts with `user_prompt`, `judgment`, `score`), each
@@ -27,10 +27,10 @@ from typing import Any
 
 from artifacts.hashing import sha256_text, stage_cache_key
 from artifacts.refs import ArtifactRef
-from sgpo.eval_config import ArenaHardJudgeConfig
+from sgpo.config.evaluation import ArenaHardJudgeConfig
 from sgpo.llm.client import ChatRequest
 from sgpo.prompts import PROMPT_DIR, PromptError
-from sgpo.stage import Job, stage, stage_main
+from sgpo.core.stage import Job, stage, stage_main
 
 CODE_VERSION = "2"
 # upstream gen_judgment.py (v0.1), verbatim
@@ -84,7 +84,7 @@ def judge_games(rows: list[dict[str, Any]], cfg: ArenaHardJudgeConfig, *, journa
                 storage_options: dict | None = None, log: Any = None) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
     """Both games of every row, with upstream's follow-up turn; returns (games per row, call totals)."""
     from sgpo.llm.client import call_all
-    from sgpo.metrics.arena_hard import get_score
+    from sgpo.evals.arena_hard.metrics import get_score
 
     settings, _ = load_judge_settings(cfg.judge_settings)
     pats = patterns(settings)
@@ -141,7 +141,7 @@ def judge_games(rows: list[dict[str, Any]], cfg: ArenaHardJudgeConfig, *, journa
 
 
 def arena_hard_metrics(records: list[dict[str, Any]], cfg: ArenaHardJudgeConfig, model_name: str, baseline: str) -> dict[str, Any]:
-    from sgpo.metrics.arena_hard import format_ci, score
+    from sgpo.evals.arena_hard.metrics import format_ci, score
 
     labels: dict[str, int] = {}
     for rec in records:
@@ -178,7 +178,7 @@ def judgment_schema():
 def arena_hard_judge(job: Job, answers: ArtifactRef, cfg: ArenaHardJudgeConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.judging import check_labelled
+    from sgpo.evals.pairwise import check_labelled
 
     rows = job.read_rows(answers)
     _, settings_version = load_judge_settings(cfg.judge_settings)

@@ -10,9 +10,9 @@ from pathlib import Path
 from artifacts.hashing import sha256_bytes
 from artifacts.refs import ArtifactRef
 from artifacts.store import hub_model_ref
-from sgpo.config import ModelSpec
-from sgpo.stage import Job, scratch_dir, stage, stage_main
-from sgpo.tinykit import bundled_corpus
+from sgpo.config.pipeline import ModelSpec
+from sgpo.core.stage import Job, scratch_dir, stage, stage_main
+from sgpo.models.tinykit import bundled_corpus
 
 
 def tiny_sources(spec: ModelSpec) -> dict[str, str]:
@@ -20,10 +20,10 @@ def tiny_sources(spec: ModelSpec) -> dict[str, str]:
     tokenizer must not be served from an old cache entry."""
     if spec.name_or_path != "tiny":
         return {}
-    import sgpo.tinykit
+    import sgpo.models.tinykit
 
     sources = {p.name: sha256_bytes(p.read_bytes()) for p in bundled_corpus()}
-    sources["tinykit.py"] = sha256_bytes(Path(sgpo.tinykit.__file__).read_bytes())
+    sources["tinykit.py"] = sha256_bytes(Path(sgpo.models.tinykit.__file__).read_bytes())
     return sources
 
 
@@ -33,7 +33,7 @@ def base_model(job: Job, cfg: ModelSpec) -> ArtifactRef:
     # code_version 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
     if cfg.name_or_path != "tiny":
         return hub_model_ref(cfg.name_or_path, cfg.revision)
-    from sgpo.tinykit import build_bundled_tiny_model
+    from sgpo.models.tinykit import build_bundled_tiny_model
 
     with scratch_dir("base_model") as tmp:
         out = build_bundled_tiny_model(tmp / "model", cfg.tiny)

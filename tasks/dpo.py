@@ -10,9 +10,9 @@ learning rate, loss), reads them from the store and pays nothing.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import DPOStageConfig
-from sgpo.data_sources import conversation
-from sgpo.stage import Job, scratch_dir, stage, stage_main
+from sgpo.config.pipeline import DPOStageConfig
+from sgpo.data.sources import conversation
+from sgpo.core.stage import Job, scratch_dir, stage, stage_main
 
 REF_LOGPS_STAGE = "ref_logps"
 REF_LOGPS_VERSION = "2"  # 2: the scored answer tokens of each sum (chosen_tokens, rejected_tokens)
@@ -34,7 +34,7 @@ def cached_reference_logps(job: Job, reference: ArtifactRef, pairs: ArtifactRef,
     import pyarrow as pa
 
     from artifacts.hashing import sha256_text
-    from sgpo.training import main_process_value, reference_logps_and_tokens
+    from sgpo.train.trainers import main_process_value, reference_logps_and_tokens
 
     key = ref_logps_key(reference, pairs, cfg)
     store = job.store
@@ -68,7 +68,7 @@ def cached_reference_logps(job: Job, reference: ArtifactRef, pairs: ArtifactRef,
 
 @stage("dpo", section="dpo", gpu=True, description="DPO of the policy on the pairs, reference = the starting policy")
 def dpo(job: Job, start: ArtifactRef, pairs: ArtifactRef, cfg: DPOStageConfig) -> ArtifactRef:
-    from sgpo.training import train_dpo
+    from sgpo.train.trainers import train_dpo
 
     rows = job.read_rows(pairs)
     # A pair whose two answers are identical carries no preference signal.

@@ -7,9 +7,9 @@ y_ext. With shared parameters (SGPO) pi_imp is both the policy and the improver.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import ImproverSFTStageConfig
+from sgpo.config.pipeline import ImproverSFTStageConfig
 from sgpo.prompts import load_prompt
-from sgpo.stage import Job, stage, stage_main
+from sgpo.core.stage import Job, stage, stage_main
 
 
 def prompt_name(cfg: ImproverSFTStageConfig) -> str:
@@ -37,7 +37,7 @@ def improver_examples(rows: list[dict], cfg: ImproverSFTStageConfig) -> list[tup
 @stage("improver_sft", section="improver_sft", gpu=True, prompts=prompt_versions,
        description="train pi_sft to improve its own responses on the filtered y_imp / y_ext -> pi_imp")
 def improver_sft(job: Job, start: ArtifactRef, filtered: ArtifactRef, cfg: ImproverSFTStageConfig) -> ArtifactRef:
-    from sgpo.training import TrainingDataError, sft_and_publish
+    from sgpo.train.trainers import TrainingDataError, sft_and_publish
 
     examples = improver_examples(job.read_rows(filtered), cfg)
     if not examples:

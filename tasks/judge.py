@@ -1,7 +1,7 @@
 """Stage 8, `judge`: the final policy's win rate against the eval set's baseline answers.
 
 The policy answers each eval prompt (sampling settings from the config), and the one pairwise
-judge of `sgpo.judging` (AlpacaEval 2.0's protocol: official prompt and order, one token, logprob
+judge of `sgpo.evals.pairwise` (AlpacaEval 2.0's protocol: official prompt and order, one token, logprob
 preference, identical outputs 1.5 without a call, shared journal) compares its answer with the
 row's reference (the baseline, output_1). On the AlpacaEval file this is the AlpacaEval 2.0 raw
 win rate, the same number `sgpo evaluate` reports for the same answers. Output: AlpacaEval-format
@@ -10,9 +10,9 @@ annotations (Parquet) and `report.json` (win rate, SE, discrete win rate, counts
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import JudgeStageConfig
-from sgpo.judging import PairJudge
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import JudgeStageConfig
+from sgpo.evals.pairwise import PairJudge
+from sgpo.core.stage import Job, stage, stage_main
 
 
 def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
@@ -23,14 +23,14 @@ def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
 @stage("judge", section="judge", code_version="2", llm="endpoint", gpu=True, prompts=prompt_versions, retries=1,
        description="win rate of the policy's answers vs the eval set's baselines (AlpacaEval 2.0 judge)")
 def judge(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfig) -> ArtifactRef:
-    # code_version 2: the AlpacaEval-protocol judge of sgpo.judging (was its own prompt and order)
+    # code_version 2: the AlpacaEval-protocol judge of sgpo.evals.pairwise (was its own prompt and order)
     import pyarrow as pa
 
-    from sgpo.generation import answer_each
-    from sgpo.judging import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
+    from sgpo.generate import answer_each
+    from sgpo.evals.pairwise import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
     from sgpo.llm.client import cost_line
-    from sgpo.metrics.alpaca_eval import leaderboard_report, resolve_lc_inputs
-    from sgpo.progress import stage_progress
+    from sgpo.evals.alpaca_eval.metrics import leaderboard_report, resolve_lc_inputs
+    from sgpo.core.progress import stage_progress
 
     rows = job.read_rows(data)
     answers = answer_each(job.model_dir(policy), [r["prompt"] for r in rows], cfg.sampling,

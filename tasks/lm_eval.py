@@ -10,7 +10,7 @@ TruthfulQA-MC2 0-shot, Winogrande 5-shot acc, GSM8K 5-shot exact match). Tasks n
 few-shot prompts, as the leaderboard does. A task may read a local file instead of the hub
 (`dataset_path: json`, `data_files`), e.g. IFEval's input_data.jsonl.
 
-IFEval's NLTK data: `sgpo.lm_harness.ensure_punkt_tab()` (no download at run time).
+IFEval's NLTK data: `sgpo.evals.lm_harness.ensure_punkt_tab()` (no download at run time).
 
 Output: one row per (task, metric, filter) with value, stderr, few-shot count, task version and
 whether the chat template was used; `samples.parquet` beside it (one row per document: doc,
@@ -25,8 +25,8 @@ from typing import Any
 
 from artifacts.hashing import sha256_bytes
 from artifacts.refs import ArtifactRef
-from sgpo.eval_config import LmEvalConfig
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.evaluation import LmEvalConfig
+from sgpo.core.stage import Job, stage, stage_main
 
 BENCHMARK = "lm_eval"
 
@@ -59,7 +59,7 @@ def lm_eval(job: Job, model: ArtifactRef, cfg: LmEvalConfig, model_name: str) ->
     lh.check_task_names([t.name for t in cfg.tasks], cfg.include_paths, manager)  # before any model is loaded
     model_dir = job.model_dir(model)
     if any(t.name in cfg.chat_template_tasks for t in cfg.tasks):
-        from sgpo.generation import require_chat_template
+        from sgpo.generate import require_chat_template
 
         require_chat_template(model_dir)
     lh.ensure_punkt_tab()

@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import DatasetSpec
-from sgpo.data_sources import DatasetError, load_records, source_fingerprint
-from sgpo.eval_config import MTBenchGenerateConfig
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import DatasetSpec
+from sgpo.data.sources import DatasetError, load_records, source_fingerprint
+from sgpo.config.evaluation import MTBenchGenerateConfig
+from sgpo.core.stage import Job, stage, stage_main
 
 BENCHMARK = "mt_bench"
 
@@ -56,7 +56,7 @@ def temperature_of(cfg: MTBenchGenerateConfig, category: str) -> float:
 def mt_bench_generate(job: Job, model: ArtifactRef, cfg: MTBenchGenerateConfig, model_name: str) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.generation import open_generator
+    from sgpo.generate import open_generator
 
     rows = load_questions(cfg)
     job.log.info("mt_bench: %s answers %d questions, two turns each", model_name, len(rows))

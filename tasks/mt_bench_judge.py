@@ -26,12 +26,12 @@ from typing import Any
 
 from artifacts.hashing import sha256_text, stage_cache_key
 from artifacts.refs import ArtifactRef
-from sgpo.config import DatasetSpec
-from sgpo.data_sources import DatasetError, load_records
-from sgpo.eval_config import MTBenchJudgeConfig
+from sgpo.config.pipeline import DatasetSpec
+from sgpo.data.sources import DatasetError, load_records
+from sgpo.config.evaluation import MTBenchJudgeConfig
 from sgpo.llm.client import ChatRequest
 from sgpo.prompts import PROMPT_DIR, PromptError
-from sgpo.stage import Job, stage, stage_main
+from sgpo.core.stage import Job, stage, stage_main
 
 CODE_VERSION = "1"
 BENCHMARK = "mt_bench"

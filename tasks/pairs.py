@@ -8,10 +8,10 @@ With shared parameters `policy` and `improver` are the same checkpoint and it is
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import PairsStageConfig
+from sgpo.config.pipeline import PairsStageConfig
 from sgpo.prompts import load_prompt
-from sgpo.data_sources import conversation
-from sgpo.stage import Job, stage, stage_main
+from sgpo.data.sources import conversation
+from sgpo.core.stage import Job, stage, stage_main
 
 
 def refine_prompt_name(cfg: PairsStageConfig) -> str:
@@ -49,7 +49,7 @@ def pairs(job: Job, policy: ArtifactRef, improver: ArtifactRef | None, data: Art
     # depend on an improver they never call.
     import pyarrow as pa
 
-    from sgpo.generation import open_generator
+    from sgpo.generate import open_generator
 
     rows = job.read_rows(data)
     gen = open_generator(job.model_dir(policy), cfg.sampling, trust_remote_code=job.ctx.trust_remote_code)

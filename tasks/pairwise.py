@@ -2,7 +2,7 @@
 
 For the paper's Table 1 (on the `annotate` artifact: `imp` vs `policy` = improved vs response B,
 `imp` vs `reference` = improved vs response A) and Fig. 8. The judge is the one pairwise judge of
-`sgpo.judging` (AlpacaEval's protocol), with `model_column` in the role of the evaluated model
+`sgpo.evals.pairwise` (AlpacaEval's protocol), with `model_column` in the role of the evaluated model
 (output_2) and `baseline_column` in the role of the baseline (output_1). Rows where either
 response is missing or empty are skipped and counted. Output: a Parquet artifact of annotations in
 AlpacaEval's format (`index` = the source row) and `report.json` with the win rate, its
@@ -13,10 +13,10 @@ from __future__ import annotations
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.data_sources import DatasetError
-from sgpo.eval_config import PairwiseConfig
-from sgpo.judging import PairJudge
-from sgpo.stage import Job, stage, stage_main
+from sgpo.data.sources import DatasetError
+from sgpo.config.evaluation import PairwiseConfig
+from sgpo.evals.pairwise import PairJudge
+from sgpo.core.stage import Job, stage, stage_main
 
 
 def prompt_versions(cfg: PairwiseConfig) -> dict[str, str]:
@@ -48,8 +48,8 @@ def select_pairs(rows: list[dict[str, Any]], cfg: PairwiseConfig) -> tuple[list[
 def pairwise(job: Job, table: ArtifactRef, cfg: PairwiseConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.judging import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
-    from sgpo.metrics.alpaca_eval import win_rate_metrics
+    from sgpo.evals.pairwise import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
+    from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
 
     pairs, skipped = select_pairs(job.read_rows(table), cfg)
     judge = PairJudge.from_config(cfg)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Sequence
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import PplFilterStageConfig
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import PplFilterStageConfig
+from sgpo.core.stage import Job, stage, stage_main
 
 RESPONSE_TYPES = ("imp", "ext")
 
@@ -37,8 +37,8 @@ def response_perplexities(
 
     import torch
 
-    from sgpo.tinykit import load_tokenizer
-    from sgpo.training import load_model
+    from sgpo.models.tinykit import load_tokenizer
+    from sgpo.train.trainers import load_model
 
     tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     model = load_model(model_dir, trust_remote_code=trust_remote_code)

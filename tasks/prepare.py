@@ -17,9 +17,9 @@ import json
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import DatasetSpec
-from sgpo.data_sources import DatasetError, describe, load_raw, source_fingerprint
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import DatasetSpec
+from sgpo.data.sources import DatasetError, describe, load_raw, source_fingerprint
+from sgpo.core.stage import Job, stage, stage_main
 
 PROMPT_CANDIDATES = ("prompt", "instruction", "question")
 RESPONSE_CANDIDATES = ("response", "output", "completion", "answer")

@@ -1,4 +1,4 @@
-"""The `report` stage: the run's figures and one self-contained HTML page (sgpo.report).
+"""The `report` stage: the run's figures and one self-contained HTML page (sgpo.report.html).
 
 Runs at the end of the pipeline and evaluation flows (flows/reporting.py), cheap (seconds, CPU)
 and cached like the others: its key is the run's stage list (label, ran/cached, artifact URI and
@@ -16,8 +16,8 @@ from typing import Any
 from pydantic import Field
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import Section
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import Section
+from sgpo.core.stage import Job, stage, stage_main
 
 
 class ReportConfig(Section):
@@ -32,7 +32,7 @@ class ReportConfig(Section):
 def report(job: Job, cfg: ReportConfig, stages: Any, title: str) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.report import REPORT_FILE, build, entries_from_stages, log_figures
+    from sgpo.report.html import REPORT_FILE, build, entries_from_stages, log_figures
 
     items = json.loads(stages) if isinstance(stages, str) else list(stages)
     so = job.store.storage_options

@@ -6,16 +6,16 @@ sample_index, policy_finish_reason.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import SampleStageConfig
-from sgpo.data_sources import conversation
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import SampleStageConfig
+from sgpo.data.sources import conversation
+from sgpo.core.stage import Job, stage, stage_main
 
 
 @stage("sample", section="sample", gpu=True, description="sample y ~ pi_sft(x) on D_imp (temperature 0.7, top-p 0.9)")
 def sample(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SampleStageConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.generation import open_generator
+    from sgpo.generate import open_generator
 
     rows = job.read_rows(data)
     job.log.info("sampling %d x %d responses with %s", len(rows), cfg.sampling.n, cfg.sampling.backend)

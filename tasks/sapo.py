@@ -1,8 +1,8 @@
 """Stage `sapo`: self-augmented preference optimisation (the SAPO paper) from an SFT policy.
 
-One long GPU stage around `sgpo.sapo.train_sapo`: for each mini-batch of (x, y+) the EMA model
+One long GPU stage around `sgpo.train.sapo.train_sapo`: for each mini-batch of (x, y+) the EMA model
 regenerates a segment of y+ to make y-, the pair goes to a FIFO replay buffer, and a DPO or ORPO
-step trains on a use-weighted draw from the buffer (details in sgpo/sapo). Inputs: the policy to
+step trains on a use-weighted draw from the buffer (details in sgpo/train/sapo). Inputs: the policy to
 start from and a prepared table whose `messages` are the prompt conversation and `reference` the
 chosen answer. Output: the final policy (safetensors), with `ema/` (the EMA model's weights) and
 `buffer.parquet` (x, y+, y-, cut position, use count, producing step) beside it.
@@ -16,15 +16,15 @@ Metrics go to the stage's MLflow run at each logging step.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.data_sources import conversation
-from sgpo.sapo.config import SAPOConfig
-from sgpo.stage import Job, scratch_dir, stage, stage_main
+from sgpo.data.sources import conversation
+from sgpo.config.sapo import SAPOConfig
+from sgpo.core.stage import Job, scratch_dir, stage, stage_main
 
 
 @stage("sapo", section="sapo", gpu=True,
        description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable")
 def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> ArtifactRef:
-    from sgpo.sapo import train_sapo
+    from sgpo.train.sapo import train_sapo
 
     rows = [(conversation(r), r["reference"]) for r in job.read_rows(data)]
     job.log.info("SAPO (%s) on %d rows from %s, checkpoints in %s", cfg.loss, len(rows), data.uri,
@@ -61,7 +61,7 @@ def _final_buffer(job: Job) -> bytes | None:
     """The newest checkpoint's buffer.parquet (the buffer as the run ended)."""
     import fsspec
 
-    from sgpo.sapo.checkpoint import latest_checkpoint
+    from sgpo.train.sapo.checkpoint import latest_checkpoint
 
     folder = latest_checkpoint(job.work_url + "/checkpoints", job.store.storage_options)
     if folder is None:

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import SFTStageConfig
-from sgpo.data_sources import conversation
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import SFTStageConfig
+from sgpo.data.sources import conversation
+from sgpo.core.stage import Job, stage, stage_main
 
 
 @stage("sft", section="sft", gpu=True, description="supervised fine-tuning of the base model on D_sft -> pi_sft")
 def sft(job: Job, base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig) -> ArtifactRef:
-    from sgpo.training import sft_and_publish
+    from sgpo.train.trainers import sft_and_publish
 
     examples = [(conversation(r), r["reference"]) for r in job.read_rows(data)]
     job.log.info("SFT on %d examples from %s", len(examples), data.uri)

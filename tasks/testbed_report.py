@@ -2,18 +2,18 @@
 that mean something.
 
 Inputs: the `judge` artifacts of the final policy and of pi_sft (the same eval prompts). Output:
-per prompt, both answers, their verifier scores (sgpo.testbed.quality, exact match, the habit) and
+per prompt, both answers, their verifier scores (sgpo.data.testbed.quality, exact match, the habit) and
 the pairwise judge's preference of the final policy's answer over pi_sft's, judged by the one
-pairwise judge of sgpo.judging (AlpacaEval's protocol; on the testbed, the verifier judge served
+pairwise judge of sgpo.evals.pairwise (AlpacaEval's protocol; on the testbed, the verifier judge served
 by the embedded server). Summary: verifier means with SEs for both policies, the win rate over
 pi_sft with its SE, and `lines` that the CLI prints at the end of `sgpo run`.
 """
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import PairJudgeConfig
-from sgpo.judging import PairJudge
-from sgpo.stage import Job, stage, stage_main
+from sgpo.config.pipeline import PairJudgeConfig
+from sgpo.evals.pairwise import PairJudge
+from sgpo.core.stage import Job, stage, stage_main
 
 
 def prompt_versions(cfg: PairJudgeConfig) -> dict[str, str]:
@@ -44,9 +44,9 @@ def report_lines(s: dict) -> list[str]:
 def testbed_report(job: Job, final: ArtifactRef, sft: ArtifactRef, cfg: PairJudgeConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.judging import call_totals, judge_pairs
-    from sgpo.metrics.alpaca_eval import win_rate_metrics
-    from sgpo.testbed import exact, has_extra, quality, score_answers
+    from sgpo.evals.pairwise import call_totals, judge_pairs
+    from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
+    from sgpo.data.testbed import exact, has_extra, quality, score_answers
 
     by_final = {r["index"]: r for r in job.read_rows(final)}
     by_sft = {r["index"]: r for r in job.read_rows(sft)}

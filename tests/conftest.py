@@ -67,7 +67,7 @@ def s3_endpoint():
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny kit's model, built once per session."""
-    from sgpo.tinykit import build_bundled_tiny_model
+    from sgpo.models.tinykit import build_bundled_tiny_model
 
     out = _SESSION_TMP / "tiny-model"
     if not (out / "config.json").exists():

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from sgpo.config import AnnotateStageConfig, StoreConfig
+from sgpo.config.pipeline import AnnotateStageConfig, StoreConfig
 from sgpo.llm.client import EndpointConfig, LocalJournal
 from sgpo.llm.server import ChatResult, FaultConfig, build_app, read_request_log, running_server
-from sgpo.stage import StageContext
+from sgpo.core.stage import StageContext
 from tasks import get_stage
 
 ANNOTATE = get_stage("annotate")
@@ -141,8 +141,8 @@ STAGE_SCRIPT = """
 import json, sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 from artifacts.refs import ArtifactRef
-from sgpo.config import AnnotateStageConfig
-from sgpo.stage import StageContext
+from sgpo.config.pipeline import AnnotateStageConfig
+from sgpo.core.stage import StageContext
 from tasks import get_stage
 ctx = StageContext.model_validate_json(sys.argv[1])
 samples = ArtifactRef.model_validate_json(sys.argv[2])

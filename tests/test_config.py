@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sgpo.config import CONFIG_DIR, ConfigError, PipelineConfig, cache_payload, load_config
+from sgpo.config.pipeline import CONFIG_DIR, ConfigError, PipelineConfig, cache_payload, load_config
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("eval-")))
@@ -74,7 +74,7 @@ def test_runtime_fields_stay_out_of_cache_payload():
 
 
 def test_cli_config_error_exits_2_with_one_paragraph():
-    r = subprocess.run([sys.executable, "-m", "sgpo.cli", "run", "sft.lr=1"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "run", "sft.lr=1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert "sft.lr: unknown key" in r.stderr and "Traceback" not in r.stderr
 
@@ -122,7 +122,7 @@ def test_range_edges_are_accepted():
     "arena_hard.sampling.top_p=0",
 ])
 def test_evaluation_config_ranges(override):
-    from sgpo.eval_config import load_evaluation_config
+    from sgpo.config.evaluation import load_evaluation_config
 
     with pytest.raises(ConfigError) as e:
         load_evaluation_config("eval-tiny", [override])
@@ -134,7 +134,7 @@ def test_evaluation_config_ranges(override):
 
 @pytest.mark.parametrize("what", ["directory", "binary", "latin-1"])
 def test_a_config_that_is_not_text_is_a_clear_error(tmp_path, what):
-    from sgpo.eval_config import load_evaluation_config
+    from sgpo.config.evaluation import load_evaluation_config
 
     path = tmp_path / "cfg.yaml"
     if what == "directory":

@@ -45,7 +45,7 @@ def test_prefect_yaml_validates_with_prefects_own_model(prefect_yaml):
 
 def test_every_gpu_stage_has_a_deployment_on_the_cuda_pool(prefect_yaml):
     from flows.stages import GPU_STAGES, STAGE_FLOWS, deployment_name, entrypoint
-    from sgpo.config import ExecutionConfig
+    from sgpo.config.pipeline import ExecutionConfig
 
     assert set(GPU_STAGES) == set(GPU)
     by_entry = {d["entrypoint"]: d for d in prefect_yaml["deployments"]}
@@ -267,7 +267,7 @@ def test_stage_flow_parameters_match_the_stage_task(stage):
 
     from artifacts.refs import ArtifactRef
     from flows.stages import STAGE_FLOWS
-    from sgpo.stage import prefect_task
+    from sgpo.core.stage import prefect_task
     from tasks import get_stage
 
     st = get_stage(stage)
@@ -297,8 +297,8 @@ def sft_inputs(tmp_path):
     import pyarrow as pa
 
     from artifacts.store import ArtifactStore
-    from sgpo.config import SFTStageConfig, StoreConfig
-    from sgpo.stage import StageContext
+    from sgpo.config.pipeline import SFTStageConfig, StoreConfig
+    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = ArtifactStore(str(tmp_path / "store"))
@@ -316,7 +316,7 @@ class _FakeFlowRun(SimpleNamespace):
 
 
 def _distributed():
-    from sgpo.config import ExecutionConfig
+    from sgpo.config.pipeline import ExecutionConfig
 
     return ExecutionConfig(mode="distributed")
 
@@ -327,7 +327,7 @@ def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, t
     import pyarrow as pa
 
     import flows.dispatch as d
-    from sgpo.config import DatasetSpec, ExecutionConfig
+    from sgpo.config.pipeline import DatasetSpec, ExecutionConfig
     from tasks import get_stage
 
     monkeypatch.setattr("prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a stage"))
@@ -379,7 +379,7 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
 
     import flows.dispatch as d
     from artifacts.refs import ArtifactRef
-    from sgpo.stage import StageContext
+    from sgpo.core.stage import StageContext
 
     s = sft_inputs
     monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name=ex.cuda_work_pool))
@@ -457,8 +457,8 @@ def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path,
     from artifacts.store import ArtifactStore
     import flows.dispatch as d
     import flows.evaluate as ev
-    from sgpo.eval_config import EvaluationConfig
-    from sgpo.stage import StageContext
+    from sgpo.config.evaluation import EvaluationConfig
+    from sgpo.core.stage import StageContext
 
     model = tmp_path / "model"
     model.mkdir()
@@ -502,8 +502,8 @@ def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_
 
     import flows.dispatch as d
     from artifacts.store import ArtifactStore
-    from sgpo.config import JudgeStageConfig, StoreConfig
-    from sgpo.stage import StageContext
+    from sgpo.config.pipeline import JudgeStageConfig, StoreConfig
+    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = ArtifactStore(str(tmp_path / "store"))
@@ -545,7 +545,7 @@ def test_loopback_urls():
 
 def test_deploy_parser_and_default_configs(monkeypatch):
     from sgpo import deploy
-    from sgpo.config import PipelineConfig
+    from sgpo.config.pipeline import PipelineConfig
 
     parser = argparse.ArgumentParser(prog="sgpo")
     deploy.add_deploy_parser(parser.add_subparsers(dest="command"))
@@ -559,7 +559,7 @@ def test_deploy_parser_and_default_configs(monkeypatch):
     assert pipe.execution.mode == "distributed" and pipe.store.url == "s3://bucket/store"
     assert pipe.tracking.mlflow_uri == "http://mlflow:5000" and pipe.dpo.beta == 0.2 and pipe.rounds == 1
     assert nightly.rounds == 2 and nightly.dpo.beta == 0.2
-    from sgpo.eval_config import EvaluationConfig
+    from sgpo.config.evaluation import EvaluationConfig
 
     ev = EvaluationConfig.model_validate(configs[deploy.EVALUATE_CONFIG_VARIABLE])
     assert ev.store.url == "s3://bucket/store" and ev.tracking.experiment == "sgpo-eval"
@@ -607,7 +607,7 @@ def test_distributed_mode_from_a_flow_run_on_the_cuda_pool_is_refused_before_any
     import prefect.context
 
     from flows.dispatch import StageDispatchError, check_not_on_the_cuda_pool
-    from sgpo.config import ExecutionConfig
+    from sgpo.config.pipeline import ExecutionConfig
 
     on = lambda pool: monkeypatch.setattr(prefect.context.FlowRunContext, "get",  # noqa: E731
                                           classmethod(lambda cls: SimpleNamespace(flow_run=SimpleNamespace(work_pool_name=pool))))

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from sgpo.llm.server import ChatResult
-from sgpo.metrics import shared_data_dir
-from sgpo.metrics.cli import main as cli_main
+from sgpo.data.shared import shared_data_dir
+from sgpo.cli.metrics import main as cli_main
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -58,7 +58,7 @@ def test_lc_default_is_regularised_with_the_offline_files(model, capsys):
 
 
 def test_lc_auto_without_hub_or_offline_files_fails_naming_the_fix(tmp_path):
-    from sgpo.metrics.alpaca_eval import LCInputError, resolve_lc_inputs
+    from sgpo.evals.alpaca_eval.metrics import LCInputError, resolve_lc_inputs
 
     with pytest.raises(LCInputError, match="lc_offline_dir"):
         resolve_lc_inputs("auto", "auto", offline_dir=tmp_path)
@@ -68,8 +68,8 @@ def test_lc_auto_without_hub_or_offline_files_fails_naming_the_fix(tmp_path):
 def test_unregularised_lc_is_no_default():
     import inspect
 
-    from sgpo.eval_config import AlpacaEvalConfig, load_evaluation_config
-    from sgpo.metrics import cli
+    from sgpo.config.evaluation import AlpacaEvalConfig, load_evaluation_config
+    from sgpo.data.shared import cli
 
     a = AlpacaEvalConfig()
     assert (a.instruction_difficulty, a.gamed_annotations) == ("auto", "auto")
@@ -86,7 +86,7 @@ def test_unregularised_lc_is_no_default():
 
 # ------------------------------------------------------------------------------------------ presets
 def test_every_eval_preset_loads_and_starts_with_its_command():
-    from sgpo.eval_config import load_evaluation_config
+    from sgpo.config.evaluation import load_evaluation_config
 
     presets = sorted((REPO / "configs").glob("eval-*.yaml"))
     assert {"eval-sgpo", "eval-sapo"} <= {p.stem for p in presets}
@@ -109,7 +109,7 @@ def test_every_eval_preset_loads_and_starts_with_its_command():
 def test_punkt_tab_written_offline(tmp_path, monkeypatch):
     import nltk
 
-    from sgpo.lm_harness import ensure_punkt_tab
+    from sgpo.evals.lm_harness import ensure_punkt_tab
 
     monkeypatch.setattr(nltk, "download", lambda *a, **k: pytest.fail("nltk.download called"))
     monkeypatch.setattr(nltk.data, "path", list(nltk.data.path))
@@ -123,7 +123,7 @@ def test_punkt_tab_written_offline(tmp_path, monkeypatch):
 def _ifeval_scores(seed: int) -> dict[str, float]:
     from langdetect import DetectorFactory
 
-    from sgpo.lm_harness import ifeval_score
+    from sgpo.evals.lm_harness import ifeval_score
 
     docs = [json.loads(line) for line in (IFEVAL / "input_data.jsonl").read_text().splitlines()]
     responses = [json.loads(line)["response"] for line in
@@ -171,7 +171,7 @@ def test_mt_bench_rating_parser(text, rating):
 
 
 def test_missing_chat_template_fails_with_the_fix(tiny_model_dir, tmp_path):
-    from sgpo.generation import ChatTemplateMissing, require_chat_template
+    from sgpo.generate import ChatTemplateMissing, require_chat_template
 
     ckpt = tmp_path / "no-template"
     shutil.copytree(tiny_model_dir, ckpt)
@@ -185,7 +185,7 @@ def test_missing_chat_template_fails_with_the_fix(tiny_model_dir, tmp_path):
 
 
 def test_unknown_lm_eval_task_fails_by_name():
-    from sgpo.lm_harness import LmEvalTaskError, check_task_names
+    from sgpo.evals.lm_harness import LmEvalTaskError, check_task_names
 
     with pytest.raises(LmEvalTaskError, match=r"'arc_chalenge' \(did you mean arc_challenge"):
         check_task_names(["arc_challenge", "arc_chalenge"])
@@ -241,7 +241,7 @@ def _local_task(folder: Path) -> Path:
 
 
 def _flow_config(workdir: Path, url: str, model_dir: Path, tasks_dir: Path, **over):
-    from sgpo.eval_config import EvaluationConfig
+    from sgpo.config.evaluation import EvaluationConfig
 
     endpoint = {"base_url": url, "model": "scripted-judge", "max_retries": 1, "backoff_base_s": 0.05, "max_concurrency": 4}
     tree = {

@@ -1,6 +1,6 @@
 """One loaded model for every benchmark's generation of one checkpoint (issue 15, performance).
 
-The evaluation flow opens `sgpo.generation.shared_generators()`: AlpacaEval's and MT-Bench's generate
+The evaluation flow opens `sgpo.generate.shared_generators()`: AlpacaEval's and MT-Bench's generate
 stages and lm-eval's HF back-end use the one model loaded first, instead of one load per stage, and
 every artifact is byte-identical to the one a load per stage makes (same cache keys, same content
 hashes). Outside the flow (`python -m tasks.<stage>`) each call still loads its own.
@@ -46,7 +46,7 @@ def _data(folder: Path) -> tuple[Path, Path]:
 
 
 def _config(workdir: Path, url: str, model_dir: Path, tasks: Path, questions: Path):
-    from sgpo.eval_config import EvaluationConfig
+    from sgpo.config.evaluation import EvaluationConfig
 
     endpoint = {"base_url": url, "model": "scripted-judge", "max_retries": 1, "backoff_base_s": 0.05, "max_concurrency": 4}
     sampling = {"max_new_tokens": 10, "batch_size": 8, "backend": "transformers"}
@@ -72,7 +72,7 @@ def two_runs(tiny_model_dir, tmp_path_factory):
 
     import flows.evaluate as fe
     from flows.evaluate import evaluate
-    from sgpo.generation import hf
+    from sgpo.generate import hf
     from sgpo.llm.server import build_app, running_server
 
     real_load = transformers.AutoModelForCausalLM.from_pretrained.__func__
@@ -128,8 +128,8 @@ def test_shared_generator_leaves_every_artifact_and_cache_key_unchanged(two_runs
 
 
 def test_outside_the_flow_each_call_loads_and_closes_its_own(tiny_model_dir, monkeypatch):
-    from sgpo.config import SamplingConfig
-    from sgpo.generation import active_shared_generators, answer_each, hf, shared_generators
+    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.generate import active_shared_generators, answer_each, hf, shared_generators
 
     made = []
     real_init = hf.TransformersGenerator.__init__

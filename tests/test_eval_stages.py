@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from sgpo.llm.server import ChatResult
-from sgpo.metrics import shared_data_dir
+from sgpo.data.shared import shared_data_dir
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # LC GLM on 5 rows
 
@@ -170,7 +170,7 @@ def table_uri(workdir) -> str:
 
 
 def _config(workdir: Path, url: str, model_dir: Path, table: str):
-    from sgpo.eval_config import EvaluationConfig
+    from sgpo.config.evaluation import EvaluationConfig
 
     endpoint = {"base_url": url, "model": "scripted-judge", "max_retries": 1, "backoff_base_s": 0.05, "max_concurrency": 4}
     sampling = {"max_new_tokens": 24, "batch_size": 8}
@@ -225,8 +225,8 @@ def _read_table(uri: str):
 def test_presets_load_and_defaults_are_the_official_settings():
     import yaml
 
-    from sgpo.config import ConfigError
-    from sgpo.eval_config import AlpacaEvalConfig, ArenaHardConfig, load_evaluation_config
+    from sgpo.config.pipeline import ConfigError
+    from sgpo.config.evaluation import AlpacaEvalConfig, ArenaHardConfig, load_evaluation_config
     from tasks.arena_hard_judge import load_judge_settings
 
     tiny = load_evaluation_config()  # eval-tiny is the default
@@ -259,7 +259,7 @@ def test_presets_load_and_defaults_are_the_official_settings():
 
 def test_official_prompt_rendering():
     from sgpo.prompts import load_prompt
-    from sgpo.judging import prompt_to_chatml, render_judge_prompt
+    from sgpo.evals.pairwise import prompt_to_chatml, render_judge_prompt
 
     template = load_prompt("alpaca_eval_clf_v1").text
     text = render_judge_prompt(template, instruction="Do {x} {}", output_1="first }{", output_2='second """')
@@ -278,7 +278,7 @@ def test_official_prompt_rendering():
 
 # ------------------------------------------------------------------------------------------ AlpacaEval
 def test_alpaca_eval_annotations_follow_the_official_protocol(bench, judge, first_run):
-    from sgpo.metrics.alpaca_eval import official_model_first
+    from sgpo.evals.alpaca_eval.metrics import official_model_first
 
     _, report, _ = first_run
     rows = _read_table(report.alpaca_eval["annotations_uri"])
@@ -411,7 +411,7 @@ def test_pairwise_win_rates(first_run):
 def test_flow_report_tracking_and_stages(first_run):
     from mlflow.tracking import MlflowClient
 
-    from sgpo.run_report import result_rows, summary_lines
+    from sgpo.report.summary import result_rows, summary_lines
 
     cfg, report, _ = first_run
     assert [s.stage for s in report.stages] == ["alpaca_eval_generate", "alpaca_eval_judge", "arena_hard_generate",

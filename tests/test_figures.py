@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sgpo.figures import (RunArtifacts, StageEntry, cache_hits, edit_distance_data, make_figures, perplexity_data,
+from sgpo.report.figures import (RunArtifacts, StageEntry, cache_hits, edit_distance_data, make_figures, perplexity_data,
                           stage_costs, training_curves, win_rate_rows)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -137,7 +137,7 @@ BUFFER = [{"entry_id": i, "step": step, "uses": uses, "prompt": "p", "chosen_tex
 
 
 def test_sapo_buffer_data_counts_uses_and_producing_steps():
-    from sgpo.figures import sapo_buffer_data
+    from sgpo.report.figures import sapo_buffer_data
 
     d = sapo_buffer_data(BUFFER, {"ema_updates": 4.0, "reference_updates": 1.0, "loss": 0.6})
     assert d["n"] == 6 and d["use_counts"] == {0: 2, 1: 1, 2: 2, 3: 1}  # every count up to the max, zeros kept
@@ -172,7 +172,7 @@ def _check(name, model, baseline, wr, se=5.0, n=16):
 
 
 def test_refinement_rows_take_the_round_from_the_checks_name_and_leave_other_pairwise_out():
-    from sgpo.figures import refinement_rows
+    from sgpo.report.figures import refinement_rows
 
     run = RunArtifacts(stages=[_check("imp_vs_policy", "imp", "policy", 80.0),
                                _check("refined_vs_policy", "chosen", "rejected", 65.0),
@@ -201,7 +201,7 @@ def test_table1_fig8_and_the_judge_are_separate_figures():
 def test_fig9_perplexity_is_exp_of_the_mean_token_nll_and_unscored_pairs_are_counted():
     import math
 
-    from sgpo.figures import perplexity_by_type_data
+    from sgpo.report.figures import perplexity_by_type_data
 
     rows = [{"ref_chosen_logps": -4 * math.log(10), "ref_rejected_logps": -2 * 3 * math.log(100),
              "chosen_tokens": 4, "rejected_tokens": 3},  # ppl 10 and 100
@@ -235,7 +235,7 @@ def test_fig9_reads_the_dpo_reference_table_and_names_the_reference():
 
 
 def test_fig10_needs_two_runs_with_the_refinement_check():
-    from sgpo.report import refinement_by_run
+    from sgpo.report.html import refinement_by_run
 
     def run(title, wr):
         return RunArtifacts(stages=[_check("refined_vs_policy", "chosen", "rejected", wr)], read_rows=lambda e: [], title=title)

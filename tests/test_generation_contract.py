@@ -31,8 +31,8 @@ from typing import Any
 
 import pytest
 
-from sgpo.config import SamplingConfig
-from sgpo.generation import Generation, open_generator
+from sgpo.config.pipeline import SamplingConfig
+from sgpo.generate import Generation, open_generator
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
@@ -82,8 +82,8 @@ import dataclasses, json, os, sys
 def main():
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever vLLM prints goes to the log, the pipe carries only answers
-    from sgpo.config import SamplingConfig
-    from sgpo.generation.vllm import VLLMGenerator
+    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.generate.vllm import VLLMGenerator
     gen = VLLMGenerator(sys.argv[1], params=SamplingConfig.model_validate_json(sys.argv[2]))
     out.write(json.dumps({"ready": True}) + "\n")
     for line in sys.stdin:
@@ -153,7 +153,7 @@ def open_backend(name: str, model_dir: Path, workdir: Path):
     elif name == "vllm_server":
         if not VLLM_PYTHON.exists():
             pytest.skip(NO_VENV)
-        from sgpo.generation.vllm import VLLMServer
+        from sgpo.generate.vllm import VLLMServer
 
         start = SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON), **VLLM_CPU)
         with VLLMServer(model_dir, start) as server:
@@ -308,7 +308,7 @@ def test_tiny_checkpoint_reloads_identically_through_autotokenizer(tiny_model_di
     the saved ids anyway."""
     from transformers import AutoTokenizer
 
-    from sgpo.tinykit import load_tokenizer
+    from sgpo.models.tinykit import load_tokenizer
 
     auto = AutoTokenizer.from_pretrained(str(tiny_model_dir))
     ours = load_tokenizer(tiny_model_dir)
@@ -342,7 +342,7 @@ print(json.dumps({
 def test_vllm_loads_the_tiny_tokenizer_with_the_saved_ids(tiny_model_dir):
     if not VLLM_PYTHON.exists():
         pytest.skip(NO_VENV)
-    from sgpo.tinykit import load_tokenizer
+    from sgpo.models.tinykit import load_tokenizer
 
     r = subprocess.run([str(VLLM_PYTHON), "-c", VENV_TOKENIZER_SCRIPT, str(tiny_model_dir), TRICKY],
                        capture_output=True, text=True, env=venv_env(), timeout=300)  # fmt: skip
@@ -380,8 +380,8 @@ def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path,
         pytest.skip(NO_VENV)
     import pyarrow as pa
 
-    from sgpo.config import SampleStageConfig, StoreConfig
-    from sgpo.stage import StageContext
+    from sgpo.config.pipeline import SampleStageConfig, StoreConfig
+    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
@@ -422,7 +422,7 @@ def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path,
 def test_vllm_server_start_failure_is_reported_with_the_log(tmp_path):
     if not VLLM_PYTHON.exists():
         pytest.skip(NO_VENV)
-    from sgpo.generation.vllm import VLLMServer
+    from sgpo.generate.vllm import VLLMServer
 
     bad = SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON), server_startup_timeout_s=300, **VLLM_CPU)
     server = VLLMServer(tmp_path / "no-such-model", bad)
@@ -434,7 +434,7 @@ def test_vllm_server_start_failure_is_reported_with_the_log(tmp_path):
 
 
 def test_vllm_server_command_and_missing_python(tmp_path):
-    from sgpo.generation.vllm import VLLMServer, resolve_python
+    from sgpo.generate.vllm import VLLMServer, resolve_python
 
     p = SamplingConfig(backend="vllm_server", vllm_python=sys.executable, vllm_dtype="float32",
                        vllm_enforce_eager=True, vllm_max_model_len=256, vllm_extra_args=["--max-num-seqs", "8"],
@@ -453,19 +453,19 @@ def test_vllm_server_command_and_missing_python(tmp_path):
         resolve_python(str(tmp_path / "nope" / "python"))
     from conftest import free_port
 
-    from sgpo.generation.vllm import served_model
+    from sgpo.generate.vllm import served_model
 
     with pytest.raises(RuntimeError, match="did not answer"):
         served_model(f"http://127.0.0.1:{free_port()}/v1")
     # runtime-only: none of the vLLM / server knobs reach a cache key
-    from sgpo.config import cache_payload
+    from sgpo.config.pipeline import cache_payload
 
     assert cache_payload(p) == cache_payload(SamplingConfig(seed=3))
 
 
 def test_vllm_server_command_carries_tensor_and_data_parallel_sizes(tmp_path):
-    from sgpo.config import cache_payload
-    from sgpo.generation.vllm import VLLMServer
+    from sgpo.config.pipeline import cache_payload
+    from sgpo.generate.vllm import VLLMServer
 
     def flag(cmd: list[str], name: str) -> str | None:
         return cmd[cmd.index(name) + 1] if name in cmd else None
@@ -483,7 +483,7 @@ def test_vllm_server_command_carries_tensor_and_data_parallel_sizes(tmp_path):
 def test_data_parallel_with_the_in_process_vllm_backend_is_a_config_error():
     from pydantic import ValidationError
 
-    from sgpo.config import ConfigError, load_config
+    from sgpo.config.pipeline import ConfigError, load_config
 
     with pytest.raises(ValidationError, match="needs backend=vllm_server"):
         SamplingConfig(backend="vllm", vllm_data_parallel_size=2)
@@ -506,8 +506,8 @@ def test_data_parallel_with_the_in_process_vllm_backend_is_a_config_error():
     (4, 2, None, None, None),          # nothing countable here
 ])
 def test_parallel_sizes_are_checked_against_the_visible_cuda_devices(tp, dp, cuda, cpu_vllm, error):
-    from sgpo.config import ConfigError
-    from sgpo.generation.vllm import check_parallel_sizes
+    from sgpo.config.pipeline import ConfigError
+    from sgpo.generate.vllm import check_parallel_sizes
 
     p = SamplingConfig(backend="vllm_server", vllm_tensor_parallel_size=tp, vllm_data_parallel_size=dp)
     if error is None:
@@ -526,8 +526,8 @@ def test_parallel_sizes_are_checked_against_the_visible_cuda_devices(tp, dp, cud
 def test_vllm_server_checks_the_devices_its_interpreter_sees_before_starting(tmp_path, monkeypatch):
     """The probe runs the server's python in the server's environment (vllm_env included); too few devices
     fail before any process is started."""
-    import sgpo.generation.vllm as v
-    from sgpo.config import ConfigError
+    import sgpo.generate.vllm as v
+    from sgpo.config.pipeline import ConfigError
 
     seen = v.probe_interpreter(sys.executable, {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert seen["cuda_devices"] == 0  # an empty CUDA_VISIBLE_DEVICES hides every GPU from torch
@@ -553,8 +553,8 @@ def test_vllm_server_checks_the_devices_its_interpreter_sees_before_starting(tmp
 def test_in_process_vllm_checks_tensor_parallel_before_the_model_loads(monkeypatch):
     import types
 
-    import sgpo.generation.vllm as v
-    from sgpo.config import ConfigError
+    import sgpo.generate.vllm as v
+    from sgpo.config.pipeline import ConfigError
 
     fake = types.ModuleType("vllm")
     fake.LLM = lambda **k: pytest.fail("loaded a model")
@@ -568,7 +568,7 @@ def test_in_process_vllm_checks_tensor_parallel_before_the_model_loads(monkeypat
 
 def test_vllm_server_mode_uses_a_running_server(tiny_model_dir):
     """backend=vllm_server with base_url: no process is started, the served model is discovered."""
-    from sgpo.generation.vllm import VLLMServerGenerator
+    from sgpo.generate.vllm import VLLMServerGenerator
     from sgpo.llm.server import TransformersChatBackend, build_app, running_server
 
     app = build_app(TransformersChatBackend(tiny_model_dir), model_name="already-running")

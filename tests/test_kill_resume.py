@@ -18,7 +18,7 @@ LINE = re.compile(r"^\[sgpo\] (\S+)\s+(ran|cached)\s")
 def _sgpo(tmp: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "sgpo.cli", "run", f"store.url={tmp}/store", f"tracking.mlflow_uri=sqlite:///{tmp}/mlflow.db", *args],
+        [sys.executable, "-m", "sgpo.cli.main", "run", f"store.url={tmp}/store", f"tracking.mlflow_uri=sqlite:///{tmp}/mlflow.db", *args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp,
         start_new_session=True,  # so the kill also takes Prefect's ephemeral server child down
     )

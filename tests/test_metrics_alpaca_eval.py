@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgpo.metrics import alpaca_eval as ae
-from sgpo.metrics import shared_data_dir
-from sgpo.metrics.cli import main as cli_main
+from sgpo.data.shared import alpaca_eval as ae
+from sgpo.data.shared import shared_data_dir
+from sgpo.cli.metrics import main as cli_main
 
 DATA = shared_data_dir() / "alpaca_eval"
 LEADERBOARD = DATA / "leaderboard_weighted_alpaca_eval_gpt4_turbo.csv"

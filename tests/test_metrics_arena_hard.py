@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgpo.metrics import arena_hard as ah
-from sgpo.metrics import shared_data_dir
-from sgpo.metrics.cli import main as cli_main
+from sgpo.data.shared import arena_hard as ah
+from sgpo.data.shared import shared_data_dir
+from sgpo.cli.metrics import main as cli_main
 
 DATA = shared_data_dir() / "arena_hard"
 SAMPLE = DATA / "judgment_sample_Pythia-12B-DPO-UltraFeedback.jsonl"
@@ -204,7 +204,7 @@ def test_cli_module_entry_point():
     _require_data()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(
-        [sys.executable, "-m", "sgpo.metrics.cli", "metrics", "arena-hard", str(SAMPLE), "--rounds", "3"],
+        [sys.executable, "-m", "sgpo.cli.metrics", "metrics", "arena-hard", str(SAMPLE), "--rounds", "3"],
         capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr

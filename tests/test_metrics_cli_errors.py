@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from sgpo.cli import main
+from sgpo.cli.main import main
 
 
 def _run(capsys, argv):

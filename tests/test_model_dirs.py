@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
-from sgpo.tinykit import ModelNotFoundError, check_model_dir, load_tokenizer
-from sgpo.training import load_model
+from sgpo.models.tinykit import ModelNotFoundError, check_model_dir, load_tokenizer
+from sgpo.train.trainers import load_model
 
 
 def _not_models(tmp_path, tiny_model_dir):
@@ -25,7 +25,7 @@ def _not_models(tmp_path, tiny_model_dir):
 
 @pytest.mark.parametrize("case", ["empty", "tokenizer_only", "no_weights", "file"])
 def test_every_loader_says_no_model_found(tmp_path, tiny_model_dir, case):
-    from sgpo.generation.hf import TransformersGenerator
+    from sgpo.generate.hf import TransformersGenerator
     from sgpo.llm.server import TransformersChatBackend
 
     path = _not_models(tmp_path, tiny_model_dir)[case]

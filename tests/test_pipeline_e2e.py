@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import free_port
-from sgpo.config import load_config
+from sgpo.config.pipeline import load_config
 
 # in run order: each prepare step right before the first stage that reads it (flows.pipeline.plan)
 ALL_STAGES = ["base_model", "prepare[sft]", "sft", "prepare[improver]", "sample", "annotate", "ppl_filter",
@@ -129,10 +129,10 @@ def test_mlflow_has_a_parent_run_with_nested_stage_runs(forced_run, workdir):
     assert len(parents) == 5 and all(r.data.tags.get("prefect.flow_run_id") for r in parents)
     assert {r.info.status for r in parents} == {"FINISHED", "FAILED"}
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    sft = [r for r in children if r.data.tags.get("sgpo.stage") == "sft" and r.data.tags.get("sgpo.cached") == "false"]
+    sft = [r for r in children if r.data.tags.get("sgpo.core.stage") == "sft" and r.data.tags.get("sgpo.cached") == "false"]
     assert len(sft) == 1
     assert sft[0].data.params["learning_rate"] == "0.001" and "train_loss" in sft[0].data.metrics
-    annotate = [r for r in children if r.data.tags.get("sgpo.stage") == "annotate" and r.data.tags.get("sgpo.cached") == "false"][0]
+    annotate = [r for r in children if r.data.tags.get("sgpo.core.stage") == "annotate" and r.data.tags.get("sgpo.cached") == "false"][0]
     assert annotate.data.metrics["ok"] > 0 and "endpoint.api_key_env" not in annotate.data.params
 
 

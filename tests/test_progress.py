@@ -1,10 +1,10 @@
-"""sgpo.progress: a progress callback that never fails a stage, with a Prefect artifact inside runs."""
+"""sgpo.core.progress: a progress callback that never fails a stage, with a Prefect artifact inside runs."""
 from __future__ import annotations
 
 import io
 import logging
 
-from sgpo.progress import StageProgress, _artifact_key, in_prefect_run, stage_progress
+from sgpo.core.progress import StageProgress, _artifact_key, in_prefect_run, stage_progress
 
 
 class FakeTTY(io.StringIO):

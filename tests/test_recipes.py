@@ -7,7 +7,7 @@ import json
 import pytest
 
 from flows.pipeline import plan
-from sgpo.config import CONFIG_DIR, ConfigError, load_config, method_names
+from sgpo.config.pipeline import CONFIG_DIR, ConfigError, load_config, method_names
 
 PRESETS = ["tiny", "qwen2.5-7b", "llama3-8b", "qwen2-1.5b"]
 RECIPES = ["sgpo", "sgpo-step2", "sgpo-dagger", "sgpo-double-dagger", "sgpo-diamond", "sgpo-v1", "sgpo-v2", "sgpo-v3",
@@ -160,7 +160,7 @@ def test_pairs_without_a_refiner_do_not_depend_on_one():
 
 # ------------------------------------------------------------------------------------ data
 def _normalize(rows, **spec):
-    from sgpo.config import DatasetSpec
+    from sgpo.config.pipeline import DatasetSpec
     from tasks.prepare import normalize_rows
 
     columns = sorted({k for r in rows for k in r})
@@ -210,9 +210,9 @@ def test_preference_pairs_from_chats_and_from_strings():
 
 
 def test_the_dpo_baseline_trains_on_the_source_pairs_as_published(tmp_path):
-    from sgpo.config import StoreConfig
-    from sgpo.data_sources import BUNDLED_DIR
-    from sgpo.stage import StageContext
+    from sgpo.config.pipeline import StoreConfig
+    from sgpo.data.sources import BUNDLED_DIR
+    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     cfg = load_config("tiny", ["method=dpo", "data.prefs.max_rows=null"])
@@ -225,8 +225,8 @@ def test_the_dpo_baseline_trains_on_the_source_pairs_as_published(tmp_path):
 
 
 def test_a_base_model_without_chat_template_needs_one_configured(tiny_model_dir):
-    from sgpo.tinykit import load_tokenizer
-    from sgpo.training import NAMED_CHAT_TEMPLATES, TrainingDataError, set_chat_template
+    from sgpo.models.tinykit import load_tokenizer
+    from sgpo.train.trainers import NAMED_CHAT_TEMPLATES, TrainingDataError, set_chat_template
 
     tok = load_tokenizer(tiny_model_dir)
     tok.chat_template = None
@@ -254,13 +254,13 @@ def test_the_rule_judge_scores_by_its_documented_rule():
 
 
 def test_two_different_policies_get_different_win_rates_and_the_shown_order_does_not_flip_them(tmp_path):
-    """Through the real judge (sgpo.judging) and an embedded-style server answering with the rule."""
+    """Through the real judge (sgpo.evals.pairwise) and an embedded-style server answering with the rule."""
     from artifacts.store import ArtifactStore
-    from sgpo.config import PairJudgeConfig
-    from sgpo.judging import PairJudge, judge_pairs
+    from sgpo.config.pipeline import PairJudgeConfig
+    from sgpo.evals.pairwise import PairJudge, judge_pairs
     from sgpo.llm.rule_judge import RuleJudgeBackend
     from sgpo.llm.server import build_app, running_server
-    from sgpo.metrics.alpaca_eval import win_rate_metrics
+    from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
 
     prompts = [f"Describe topic number {i} in a few words" for i in range(12)]
     baseline = [f"topic {i} is a subject people describe" for i in range(12)]

@@ -55,7 +55,7 @@ def browser():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from flows.pipeline import sgpo_pipeline
-    from sgpo.config import load_config
+    from sgpo.config.pipeline import load_config
 
     work = tmp_path_factory.mktemp("report-run")
     cfg = load_config("tiny", [f"store.url={work}/store", f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db",
@@ -110,7 +110,7 @@ def test_the_tiny_runs_report_renders_in_chromium(browser, tiny_run):
 def test_sgpo_report_writes_the_same_page_from_the_store(browser, tiny_run, tmp_path):
     work, report = tiny_run
     out = tmp_path / "copy.html"
-    done = subprocess.run([sys.executable, "-m", "sgpo.cli", "report", f"{work}/store", "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "report", f"{work}/store", "-o", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stdout + done.stderr
     assert "copied from" in done.stdout and report.report_uri in done.stdout
@@ -120,7 +120,7 @@ def test_sgpo_report_writes_the_same_page_from_the_store(browser, tiny_run, tmp_
     # from the lineage of the final policy instead (no report artifact used): the same figures but
     # the judge (upstream of dpo there is no judge), statuses unknown
     out2 = tmp_path / "lineage.html"
-    done = subprocess.run([sys.executable, "-m", "sgpo.cli", "report", report.final_policy, "-o", str(out2)],
+    done = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "report", report.final_policy, "-o", str(out2)],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stdout + done.stderr
     page = _inspect(browser, out2)
@@ -135,7 +135,7 @@ def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, 
     run's): the comparison table has a row per run, Fig. 10 draws both refinement win rates, and each
     run's own section has its figures and stage table."""
     from flows.pipeline import sgpo_pipeline
-    from sgpo.config import load_config
+    from sgpo.config.pipeline import load_config
 
     work, report = tiny_run
     shutil.copytree(work / "store", tmp_path / "store")
@@ -144,7 +144,7 @@ def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, 
     no_ref = sgpo_pipeline(config=cfg)
     assert {s.stage: s.status for s in no_ref.stages}["improver_sft"] == "cached"
     out = tmp_path / "two.html"
-    done = subprocess.run([sys.executable, "-m", "sgpo.cli", "report", report.report_uri, no_ref.report_uri, "-o", str(out)],
+    done = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "report", report.report_uri, no_ref.report_uri, "-o", str(out)],
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0, done.stdout + done.stderr
     page = _inspect(browser, out)

@@ -12,9 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 def test_batched_regeneration_matches_one_by_one(tiny_model_dir):
     import torch
 
-    from sgpo.sapo.generate import SamplingSettings, hf_regenerate
-    from sgpo.tinykit import load_tokenizer
-    from sgpo.training import load_model
+    from sgpo.train.sapo.generate import SamplingSettings, hf_regenerate
+    from sgpo.models.tinykit import load_tokenizer
+    from sgpo.train.trainers import load_model
 
     torch.set_num_threads(1)
     tok, model = load_tokenizer(tiny_model_dir), load_model(str(tiny_model_dir))
@@ -37,7 +37,7 @@ def test_batched_regeneration_matches_one_by_one(tiny_model_dir):
 @pytest.mark.parametrize("preset, method", [("tiny", "sapo-dpo"), ("sapo-llama3-8b", "sapo-dpo"),
                                             ("sapo-llama3-8b", "sapo-orpo"), ("sapo-mistral-7b", "sapo-orpo")])
 def test_presets_validate(preset, method):
-    from sgpo.config import load_config
+    from sgpo.config.pipeline import load_config
 
     cfg = load_config(preset, [f"method={method}"]).sapo
     assert cfg.loss == method.removeprefix("sapo-")

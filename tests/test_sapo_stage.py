@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sgpo.config import StoreConfig, load_config
-from sgpo.stage import StageContext
+from sgpo.config.pipeline import StoreConfig, load_config
+from sgpo.core.stage import StageContext
 from tasks import get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,8 +43,8 @@ def test_the_sapo_stage_publishes_policy_ema_and_buffer(tmp_path, loss):
     assert manifest["loss"] == loss and manifest["parents"]["data"]["content_hash"] == data.content_hash
     # the report's SAPO figures come from this artifact: per-step curves in the manifest, the buffer beside it
     assert [h["step"] for h in manifest["train_history"]] == [1, 2, 3, 4] and "loss" in manifest["train_history"][0]
-    from sgpo.figures import RunArtifacts, StageEntry, make_figures
-    from sgpo.report import side_rows_reader, table_reader
+    from sgpo.report.figures import RunArtifacts, StageEntry, make_figures
+    from sgpo.report.html import side_rows_reader, table_reader
 
     entry = StageEntry(label="sapo", stage="sapo", uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary,
                        manifest=manifest)

@@ -20,7 +20,7 @@ TINY = dict(epochs=1, batch_size=4, max_prompt_length=96, max_length=160, segmen
 
 def tiny_rows(n: int = 12) -> list:
     rows = []
-    for line in (REPO / "sgpo/data/tiny/sft.jsonl").read_text().splitlines()[:n]:
+    for line in (REPO / "sgpo/data/bundled/tiny/sft.jsonl").read_text().splitlines()[:n]:
         msgs = json.loads(line)["messages"]
         rows.append((msgs[:-1], msgs[-1]["content"]))
     return rows
@@ -29,7 +29,7 @@ def tiny_rows(n: int = 12) -> list:
 def run(tiny_model_dir, tmp_path, name="run", **overrides):
     import torch
 
-    from sgpo.sapo import SAPOConfig, train_sapo
+    from sgpo.train.sapo import SAPOConfig, train_sapo
 
     torch.set_num_threads(1)
     cfg = SAPOConfig(**{**TINY, **overrides})
@@ -41,7 +41,7 @@ def run(tiny_model_dir, tmp_path, name="run", **overrides):
 
 
 def final_checkpoint(folder: Path):
-    from sgpo.sapo.checkpoint import latest_checkpoint, load_checkpoint
+    from sgpo.train.sapo.checkpoint import latest_checkpoint, load_checkpoint
 
     return load_checkpoint(latest_checkpoint(str(folder / "ckpt")))
 
@@ -84,8 +84,8 @@ def test_orpo_end_to_end(tiny_model_dir, tmp_path):
 def test_reference_strategies(tiny_model_dir, tmp_path):
     import torch
 
-    from sgpo.sapo.config import SAPOConfig
-    from sgpo.sapo.train import _load_models
+    from sgpo.config.sapo import SAPOConfig
+    from sgpo.train.sapo.loop import _load_models
 
     cfg = SAPOConfig(**TINY)
     models = _load_models(cfg, str(tiny_model_dir), torch.device("cpu"), False)
@@ -119,7 +119,7 @@ SCRIPT = textwrap.dedent('''
     import json, sys, time, torch
     torch.set_num_threads(1)
     sys.path.insert(0, {repo!r})
-    from sgpo.sapo import SAPOConfig, SAPOInterrupted, train_sapo
+    from sgpo.train.sapo import SAPOConfig, SAPOInterrupted, train_sapo
     rows = []
     for line in open({rows!r}).read().splitlines()[:12]:
         m = json.loads(line)["messages"]; rows.append((m[:-1], m[-1]["content"]))
@@ -141,7 +141,7 @@ def _start(script: Path, folder: Path, delay: float) -> subprocess.Popen:
 
 
 def _wait_for_checkpoint(folder: Path, at_least: int, proc: subprocess.Popen, timeout: float = 180) -> int:
-    from sgpo.sapo.checkpoint import complete_steps
+    from sgpo.train.sapo.checkpoint import complete_steps
 
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -162,7 +162,7 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, t
     # 3 epochs of 3 steps = 9 steps, checkpoints every 2 steps, keep 2
     cfg = {**TINY, "epochs": 3, "checkpoint_every": 2}
     script = tmp_path / "sapo_run.py"
-    script.write_text(SCRIPT.format(repo=str(REPO), rows=str(REPO / "sgpo/data/tiny/sft.jsonl"),
+    script.write_text(SCRIPT.format(repo=str(REPO), rows=str(REPO / "sgpo/data/bundled/tiny/sft.jsonl"),
                                     cfg=json.dumps(cfg), model=str(tiny_model_dir)))
     whole, parts = tmp_path / "whole", tmp_path / "parts"
 

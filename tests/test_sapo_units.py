@@ -8,10 +8,10 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from sgpo.sapo.buffer import BufferEntry, ReplayBuffer
-from sgpo.sapo.config import SAPOConfig, SAPOConfigError
-from sgpo.sapo.ema import ema_due, ema_value, reference_refresh_due, reference_source
-from sgpo.sapo.segment import Cut, plan_cut, splice_rejected, truncate_pair
+from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer
+from sgpo.config.sapo import SAPOConfig, SAPOConfigError
+from sgpo.train.sapo.ema import ema_due, ema_value, reference_refresh_due, reference_source
+from sgpo.train.sapo.segment import Cut, plan_cut, splice_rejected, truncate_pair
 
 EOS = 2
 
@@ -150,7 +150,7 @@ def test_ema_numbers():
 def test_ema_update_on_a_model_uses_the_same_formula():
     import torch
 
-    from sgpo.sapo.ema import copy_weights, ema_update
+    from sgpo.train.sapo.ema import copy_weights, ema_update
 
     torch.set_num_threads(1)
     ema, policy = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
@@ -192,7 +192,7 @@ def test_config_defaults_are_the_papers():
 
 
 def test_runtime_fields_are_marked():
-    from sgpo.config import NOT_IN_CACHE_KEY
+    from sgpo.config.pipeline import NOT_IN_CACHE_KEY
 
     runtime = {n for n, f in SAPOConfig.model_fields.items()
                if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get(NOT_IN_CACHE_KEY)}
@@ -219,8 +219,8 @@ def test_segment_length_may_exceed_max_length_when_not_segmenting():
 
 
 def test_dataset_errors_name_the_key(tiny_model_dir):
-    from sgpo.sapo.train import tokenize_rows
-    from sgpo.tinykit import load_tokenizer
+    from sgpo.train.sapo.loop import tokenize_rows
+    from sgpo.models.tinykit import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     cfg = SAPOConfig(max_prompt_length=64, max_length=128, segment_length=16, batch_size=2, buffer_capacity=4)
@@ -234,7 +234,7 @@ def test_dataset_errors_name_the_key(tiny_model_dir):
 
 
 def test_train_sapo_validates_before_loading_anything(tmp_path):
-    from sgpo.sapo.train import train_sapo
+    from sgpo.train.sapo.loop import train_sapo
 
     missing = str(tmp_path / "no-model-here")  # nothing is loaded before these checks
     kw = dict(out_dir=tmp_path / "out", checkpoint_url=str(tmp_path / "ckpt"))
@@ -256,7 +256,7 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(opt_name):
     import torch
     from safetensors.torch import load, save
 
-    from sgpo.sapo.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
+    from sgpo.train.sapo.checkpoint import flatten_optimizer_state, unflatten_optimizer_state
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -283,7 +283,7 @@ def test_rng_states_round_trip():
     import numpy as np
     import torch
 
-    from sgpo.sapo.checkpoint import capture_rng, restore_rng
+    from sgpo.train.sapo.checkpoint import capture_rng, restore_rng
 
     meta, tensors = capture_rng()
     meta = json.loads(json.dumps(meta))
@@ -293,7 +293,7 @@ def test_rng_states_round_trip():
 
 
 def test_only_complete_checkpoints_count(tmp_path):
-    from sgpo.sapo.checkpoint import MARKER, complete_steps, latest_checkpoint, prune_checkpoints, step_folder
+    from sgpo.train.sapo.checkpoint import MARKER, complete_steps, latest_checkpoint, prune_checkpoints, step_folder
 
     url = str(tmp_path / "ckpt")
     for step, complete in [(2, True), (4, True), (6, True), (8, False)]:
@@ -313,7 +313,7 @@ def test_checkpoint_round_trip_on_s3(s3_endpoint):
     """The same checkpoint code on real S3 protocol (moto): marker last, latest found, state back."""
     import torch
 
-    from sgpo.sapo.checkpoint import complete_steps, latest_checkpoint, load_checkpoint, save_checkpoint
+    from sgpo.train.sapo.checkpoint import complete_steps, latest_checkpoint, load_checkpoint, save_checkpoint
 
     torch.set_num_threads(1)
     torch.manual_seed(0)

@@ -20,9 +20,9 @@ import pytest
 
 from artifacts.refs import ArtifactRef
 from artifacts.store import ArtifactStore, read_ref
-from sgpo.config import ConfigError, LaunchConfig, StoreConfig, load_config
-from sgpo.launch import LaunchConfigError, StageLaunchError, launch_plan
-from sgpo.stage import StageContext
+from sgpo.config.pipeline import ConfigError, LaunchConfig, StoreConfig, load_config
+from sgpo.core.launch import LaunchConfigError, StageLaunchError, launch_plan
+from sgpo.core.stage import StageContext
 from tasks import get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_a_failed_rank_fails_the_stage_with_that_ranks_error(world, tmp_path, mo
     (hook / "sitecustomize.py").write_text(
         "import os\n"
         "if os.environ.get('RANK') == '1' and os.environ.get('SGPO_LAUNCH_SPEC'):\n"
-        "    import sgpo.training as t\n"
+        "    import sgpo.train.trainers as t\n"
         "    def boom(*a, **k):\n"
         "        raise MemoryError('rank one ran out of memory (injected)')\n"
         "    t.train_sft = boom\n")
@@ -199,7 +199,7 @@ def test_fsdp_on_cpu_or_the_reason_it_is_skipped(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import torch\nfrom accelerate import Accelerator\na = Accelerator()\n"
                      "m = a.prepare(torch.nn.Linear(4, 4))\nprint('TYPE', a.state.distributed_type, type(m).__name__)\n")
-    from sgpo.launch import free_port
+    from sgpo.core.launch import free_port
 
     config = tmp_path / "fsdp_cpu.yaml"  # the smallest FSDP config (FSDP2, no wrapping policy, no bf16)
     config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: FSDP\nfsdp_config:\n  fsdp_version: 2\n"
@@ -221,7 +221,7 @@ def test_fsdp_on_cpu_or_the_reason_it_is_skipped(tmp_path):
 def test_lora_publishes_a_merged_checkpoint_or_the_adapter_and_both_load(world):
     pytest.importorskip("peft")
     store_dir, ctx, store, base, data, _ = world
-    from sgpo.training import load_model
+    from sgpo.train.trainers import load_model
 
     st, inputs = get_stage("sft"), {"base": base, "data": data}
     lr = ["sft.learning_rate=0.01", "sft.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"]
@@ -259,7 +259,7 @@ def test_mfu_counts_the_whole_model_however_it_is_sharded(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sgpo.throughput import full_parameter_count
+    from sgpo.train.throughput import full_parameter_count
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     real = sum(p.numel() for p in model.parameters())

@@ -13,8 +13,8 @@ import pytest
 from pydantic import BaseModel
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import NOT_IN_CACHE_KEY, load_config
-from sgpo.eval_config import EvaluationConfig, PairwiseConfig
+from sgpo.config.pipeline import NOT_IN_CACHE_KEY, load_config
+from sgpo.config.evaluation import EvaluationConfig, PairwiseConfig
 from tasks import ALL_STAGES, EVALUATION_STAGES, PIPELINE_STAGES, get_stage
 from tasks.report import ReportConfig
 
@@ -89,7 +89,7 @@ def test_library_and_artifacts_never_import_stages_or_flows():
     for folder in ("sgpo", "artifacts"):
         for path in (REPO / folder).rglob("*.py"):
             bad = sorted(m for m in _imports(path) if m.split(".")[0] in ("tasks", "flows"))
-            # sgpo.cli and sgpo.stage's CLI entry are the two library modules that may name stages by
+            # sgpo.cli.main and sgpo.core.stage's CLI entry are the two library modules that may name stages by
             # module path (the CLI dispatches; nothing else does)
             if path.name == "cli.py" and path.parent.name == "sgpo":
                 continue
@@ -258,7 +258,7 @@ def test_cache_key_is_independent_of_the_input_order_and_fixed_across_processes(
     a, d = _ref("base", "h1"), _ref("data", "h2")
     key = st.cache_key(cfg, {"base": a, "data": d})
     assert key == st.cache_key(cfg, {"data": d, "base": a})
-    code = ("from artifacts.refs import ArtifactRef as R; from sgpo.config import load_config; from tasks import get_stage;"
+    code = ("from artifacts.refs import ArtifactRef as R; from sgpo.config.pipeline import load_config; from tasks import get_stage;"
             "r=lambda n,h: R(uri=f'file:///x/{n}', kind='table', stage=n, cache_key='k', content_hash=h);"
             "print(get_stage('sft').cache_key(load_config('tiny').sft, {'base': r('base','h1'), 'data': r('data','h2')}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
@@ -282,8 +282,8 @@ def test_editing_a_prompt_file_changes_the_key(monkeypatch):
 
 
 def test_a_missing_input_or_an_unknown_parameter_is_a_clear_error(tmp_path):
-    from sgpo.config import StoreConfig
-    from sgpo.stage import StageContext
+    from sgpo.config.pipeline import StoreConfig
+    from sgpo.core.stage import StageContext
 
     st = get_stage("sft")
     with pytest.raises(ValueError, match=r"missing input artifact\(s\) \['data'\]"):
@@ -294,9 +294,9 @@ def test_a_missing_input_or_an_unknown_parameter_is_a_clear_error(tmp_path):
 
 
 def test_an_llm_stage_without_endpoint_says_which_key_to_set(tmp_path):
-    from sgpo.config import StoreConfig
+    from sgpo.config.pipeline import StoreConfig
     from sgpo.llm.client import ExternalLLMNotConfigured
-    from sgpo.stage import StageContext
+    from sgpo.core.stage import StageContext
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
     with pytest.raises(ExternalLLMNotConfigured, match=r"annotate\.endpoint\.base_url is not set"):

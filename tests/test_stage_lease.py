@@ -98,7 +98,7 @@ def test_two_processes_on_one_stage_pay_each_call_once(tmp_path):
 def test_on_busy_fail_fails_at_once_naming_the_holder(tmp_path):
     from artifacts.lease import Lease
     from artifacts.store import ArtifactStore
-    from sgpo.config import load_config
+    from sgpo.config.pipeline import load_config
     from sgpo.llm.server import build_app, running_server
     from tasks import get_stage
 
@@ -132,9 +132,9 @@ def _dead_pid() -> int:
 def test_a_stale_lease_is_taken_over(tmp_path, how):
     from artifacts.lease import LEASE_FILE
     from artifacts.store import ArtifactStore
-    from sgpo.config import StoreConfig, load_config
+    from sgpo.config.pipeline import StoreConfig, load_config
     from sgpo.llm.server import build_app, running_server
-    from sgpo.stage import StageContext
+    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = tmp_path / "store"

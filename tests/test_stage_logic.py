@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import DatasetSpec, ImproverSFTStageConfig, PairsStageConfig, load_config
-from sgpo.data_sources import DatasetError
+from sgpo.config.pipeline import DatasetSpec, ImproverSFTStageConfig, PairsStageConfig, load_config
+from sgpo.data.sources import DatasetError
 from sgpo.prompts import PromptError, load_prompt
-from sgpo.stage import StageContext
+from sgpo.core.stage import StageContext
 from tasks import get_stage, pairs, ppl_filter, prepare
 from tasks.improver_sft import improver_examples
 
@@ -43,7 +43,7 @@ def test_response_perplexity_matches_manual_loss(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from sgpo.tinykit import load_tokenizer
+    from sgpo.models.tinykit import load_tokenizer
 
     ppl = ppl_filter.response_perplexities(str(tiny_model_dir), ["Say hi"], ["Hello there"], batch_size=2, max_length=256)
     tok = load_tokenizer(tiny_model_dir)
@@ -148,7 +148,7 @@ def test_wrong_column_is_named(tmp_path):
 
 
 def test_empty_and_missing_datasets_fail_clearly(tmp_path):
-    from sgpo.config import StoreConfig
+    from sgpo.config.pipeline import StoreConfig
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
     run_prepare = get_stage("prepare").run
@@ -166,7 +166,7 @@ def test_empty_and_missing_datasets_fail_clearly(tmp_path):
 
 
 def test_bundled_data_loads_through_load_dataset(tmp_path):
-    from sgpo.config import StoreConfig
+    from sgpo.config.pipeline import StoreConfig
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
     cfg = load_config("tiny")
@@ -178,7 +178,7 @@ def test_bundled_data_loads_through_load_dataset(tmp_path):
 
 # ----------------------------------------------------------------- cache keys
 KEY_SCRIPT = """
-from sgpo.config import load_config
+from sgpo.config.pipeline import load_config
 from artifacts.refs import ArtifactRef
 from tasks import get_stage
 cfg = load_config("tiny")
@@ -214,7 +214,7 @@ def test_cache_key_changes_with_config_inputs_and_prompt():
 def test_tiny_tokenizer_round_trip_and_head_dim(tiny_model_dir):
     from transformers import AutoConfig
 
-    from sgpo.tinykit import load_tokenizer
+    from sgpo.models.tinykit import load_tokenizer
 
     tok = load_tokenizer(tiny_model_dir)
     text = "Rewrite:  tabs\tand\nnewlines, unicode — é ü 中文 {braces} <|im_end|>"
@@ -228,7 +228,7 @@ def test_tiny_tokenizer_round_trip_and_head_dim(tiny_model_dir):
 def test_tiny_kit_is_deterministic(tmp_path, tiny_model_dir):
     import hashlib
 
-    from sgpo.tinykit import build_bundled_tiny_model
+    from sgpo.models.tinykit import build_bundled_tiny_model
 
     out = build_bundled_tiny_model(tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json"):
@@ -239,16 +239,16 @@ def test_tiny_base_model_key_follows_the_kit_source(tmp_path, monkeypatch):
     """Changing how the kit builds the model or tokenizer must not be served from an old cache entry."""
     import hashlib
 
-    import sgpo.tinykit
-    from sgpo.config import ModelSpec, cache_payload
+    import sgpo.models.tinykit
+    from sgpo.config.pipeline import ModelSpec, cache_payload
 
     base_model = get_stage("base_model")
     spec = ModelSpec()
     hub = ModelSpec(name_or_path="Qwen/Qwen2.5-7B")
     before, hub_before = base_model.cache_key(spec, {}), base_model.cache_key(hub, {})
     edited = tmp_path / "tinykit.py"
-    edited.write_text(open(sgpo.tinykit.__file__).read() + "\n# a change\n")
-    monkeypatch.setattr(sgpo.tinykit, "__file__", str(edited))
+    edited.write_text(open(sgpo.models.tinykit.__file__).read() + "\n# a change\n")
+    monkeypatch.setattr(sgpo.models.tinykit, "__file__", str(edited))
     assert base_model.cache_key(spec, {}) != before
     # a hub model is not built by the kit: its key has no kit source in it, before or after the edit.
     # Expected value written out from the key's definition: sha256 of the canonical JSON of stage,

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import StoreConfig, load_config
-from sgpo.stage import StageContext
+from sgpo.config.pipeline import StoreConfig, load_config
+from sgpo.core.stage import StageContext
 from tasks import get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +72,7 @@ def test_stage_cli_errors_name_the_problem(tmp_path):
     assert typo.returncode == 2 and "model.tinyy" in typo.stderr
     no_input = run("tasks.dpo", "tiny")
     assert no_input.returncode == 2 and "--start" in no_input.stderr
-    via_sgpo = subprocess.run([sys.executable, "-m", "sgpo.cli", "stage", "dop"], capture_output=True, text=True,
+    via_sgpo = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "stage", "dop"], capture_output=True, text=True,
                               cwd=tmp_path, env=_env(tmp_path), timeout=120)
     assert via_sgpo.returncode == 2 and "unknown stage 'dop'" in via_sgpo.stderr
 
@@ -101,9 +101,9 @@ def test_pipeline_judge_scores_with_the_alpaca_eval_protocol_and_shares_its_jour
     import pyarrow as pa
 
     from artifacts.store import ArtifactStore, local_model_ref
-    from sgpo.eval_config import PairwiseConfig
+    from sgpo.config.evaluation import PairwiseConfig
     from sgpo.llm.server import build_app, running_server
-    from sgpo.metrics.alpaca_eval import official_model_first
+    from sgpo.evals.alpaca_eval.metrics import official_model_first
 
     rows = [{"prompt_id": str(i), "prompt": f"Question number {i}?",
              "reference": ("GOOD reference answer" if i % 2 else "BAD reference answer") + f" {i}"} for i in range(8)]
@@ -143,8 +143,8 @@ def test_dpo_settings_reach_trl(monkeypatch, tmp_path, tiny_model_dir):
     """beta, loss type, learning rate and the accumulation steps are what TRL's DPOConfig gets."""
     import trl
 
-    from sgpo.training import train_dpo
-    from sgpo.tracking import StageTracker
+    from sgpo.train.trainers import train_dpo
+    from sgpo.core.tracking import StageTracker
 
     seen = {}
 
@@ -167,7 +167,7 @@ def test_dpo_settings_reach_trl(monkeypatch, tmp_path, tiny_model_dir):
 @pytest.mark.parametrize("world, micro, effective, accumulation", [(1, 4, 16, 4), (2, 4, 16, 2), (4, 2, 16, 2),
                                                                     (8, 1, 128, 16)])
 def test_gradient_accumulation_keeps_the_effective_batch(monkeypatch, world, micro, effective, accumulation):
-    from sgpo.training import common_args
+    from sgpo.train.trainers import common_args
 
     monkeypatch.setenv("WORLD_SIZE", str(world))
     cfg = load_config("tiny", [f"sft.per_device_batch_size={micro}", f"sft.effective_batch_size={effective}"]).sft
@@ -177,7 +177,7 @@ def test_gradient_accumulation_keeps_the_effective_batch(monkeypatch, world, mic
 
 
 def test_an_effective_batch_that_does_not_divide_is_refused(monkeypatch):
-    from sgpo.training import common_args
+    from sgpo.train.trainers import common_args
 
     monkeypatch.setenv("WORLD_SIZE", "3")
     cfg = load_config("tiny", ["sft.per_device_batch_size=4", "sft.effective_batch_size=16"]).sft
@@ -230,9 +230,9 @@ def test_the_embedded_llm_starts_only_when_an_llm_stage_really_runs(tmp_path):
 
 # ------------------------------------------------------------------------------- task-level retries
 def test_only_transient_errors_are_worth_a_retry():
-    from sgpo.data_sources import DatasetError
+    from sgpo.data.sources import DatasetError
     from sgpo.llm.client import ExternalLLMNotConfigured
-    from sgpo.stage import error_is_transient
+    from sgpo.core.stage import error_is_transient
 
     assert error_is_transient(TimeoutError("read timed out")) and error_is_transient(ConnectionResetError())
     hub_down = DatasetError("could not load ...")
@@ -247,9 +247,9 @@ def test_a_stage_failing_on_bad_input_is_not_retried_by_prefect(tmp_path, monkey
     """prepare declares 2 retries (for a hub that does not answer); a missing local file fails at once."""
     from prefect import flow
 
-    import sgpo.data_sources as ds
-    from sgpo.config import DatasetSpec
-    from sgpo.stage import prefect_task
+    import sgpo.data.sources as ds
+    from sgpo.config.pipeline import DatasetSpec
+    from sgpo.core.stage import prefect_task
 
     looked_up = []
     real = ds.local_path
@@ -273,7 +273,7 @@ def test_llm_errors_say_whether_a_retry_can_help():
     import pickle
 
     from sgpo.llm.client import LLMCallError
-    from sgpo.stage import error_is_transient
+    from sgpo.core.stage import error_is_transient
 
     overloaded = LLMCallError("429 x7", endpoint="http://x", key="k", retriable=True)
     assert error_is_transient(overloaded) and error_is_transient(pickle.loads(pickle.dumps(overloaded)))

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 from artifacts.store import ArtifactStore, local_model_ref
-from sgpo.config import StoreConfig, load_config
-from sgpo.stage import StageContext
+from sgpo.config.pipeline import StoreConfig, load_config
+from sgpo.core.stage import StageContext
 from tasks import get_stage
 
 PROMPTS = [{"prompt_id": f"p{i}", "prompt": f"Write one word about topic {i}.", "reference": f"Reference answer {i}."}

@@ -3,7 +3,7 @@ attempt logs into the first attempt's parent run, and a stage run the first atte
 RUNNING (its process was killed) is ended KILLED; another flow run gets its own parent."""
 from __future__ import annotations
 
-from sgpo.tracking import TrackingHandle, _client, stage_run, start_pipeline_run
+from sgpo.core.tracking import TrackingHandle, _client, stage_run, start_pipeline_run
 
 
 def test_a_retry_reuses_the_parent_run_and_kills_the_stale_stage_run(tmp_path):
@@ -14,14 +14,14 @@ def test_a_retry_reuses_the_parent_run_and_kills_the_stale_stage_run(tmp_path):
     with stage_run(first, "sft"):
         pass
     killed = client.create_run(first.experiment_id, run_name="dpo",
-                               tags={"mlflow.parentRunId": first.parent_run_id, "sgpo.stage": "dpo"})  # never ended
+                               tags={"mlflow.parentRunId": first.parent_run_id, "sgpo.core.stage": "dpo"})  # never ended
     client.set_terminated(first.parent_run_id, status="FAILED")
 
     second = start_pipeline_run(uri, "sgpo", "tiny-abc", artifact_root=None, tags={"prefect.flow_run_id": "run-1"})
     assert second.parent_run_id == first.parent_run_id
     assert client.get_run(first.parent_run_id).info.status == "RUNNING"
     assert client.get_run(killed.info.run_id).info.status == "KILLED"
-    sft = [r for r in client.search_runs([first.experiment_id], filter_string="tags.`sgpo.stage` = 'sft'")]
+    sft = [r for r in client.search_runs([first.experiment_id], filter_string="tags.`sgpo.core.stage` = 'sft'")]
     assert [r.info.status for r in sft] == ["FINISHED"]  # a finished stage run stays as it was
 
     other = start_pipeline_run(uri, "sgpo", "tiny-abc", artifact_root=None, tags={"prefect.flow_run_id": "run-2"})

@@ -48,11 +48,11 @@ PAIR_ROWS = [{"prompt": f"Question {i}?", "imp": f"Improved answer {i}.", "polic
 
 
 def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
-    from sgpo.config import StoreConfig
-    from sgpo.eval_config import PairwiseConfig
-    from sgpo.judging import JudgeOutputError
+    from sgpo.config.pipeline import StoreConfig
+    from sgpo.config.evaluation import PairwiseConfig
+    from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
-    from sgpo.stage import StageContext
+    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = tmp_path / "store"
@@ -94,11 +94,11 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
 
 def test_a_garbage_judge_fails_the_pipeline_judge_and_alpaca_eval(tmp_path, tiny_model_dir):
     from artifacts.store import local_model_ref
-    from sgpo.config import StoreConfig, load_config
-    from sgpo.eval_config import AlpacaEvalJudgeConfig
-    from sgpo.judging import JudgeOutputError
+    from sgpo.config.pipeline import StoreConfig, load_config
+    from sgpo.config.evaluation import AlpacaEvalJudgeConfig
+    from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
-    from sgpo.stage import StageContext
+    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = tmp_path / "store"
@@ -123,11 +123,11 @@ def test_a_garbage_judge_fails_the_pipeline_judge_and_alpaca_eval(tmp_path, tiny
 
 
 def test_a_judge_without_verdicts_fails_arena_hard(tmp_path):
-    from sgpo.config import StoreConfig
-    from sgpo.eval_config import ArenaHardJudgeConfig
-    from sgpo.judging import JudgeOutputError
+    from sgpo.config.pipeline import StoreConfig
+    from sgpo.config.evaluation import ArenaHardJudgeConfig
+    from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
-    from sgpo.stage import StageContext
+    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = tmp_path / "store"

@@ -2,9 +2,9 @@
 
 A smaller testbed than the preset (docs/testbed.md, "Fast regression"): a tiny model (hidden 64,
 1 layer) SFT-ed on N_SFT testbed rows (40% carry the verbosity habit), then one round of
-preference optimisation on D_po prompts with the real training glue (sgpo.training.train_dpo,
+preference optimisation on D_po prompts with the real training glue (sgpo.train.trainers.train_dpo,
 DPO + NLL on chosen) and the real pair builder (tasks.pairs.build_pairs): rejected = the policy's
-sample, chosen = the oracle's minimal fix of it toward the reference (sgpo.testbed.minimal_improvement,
+sample, chosen = the oracle's minimal fix of it toward the reference (sgpo.data.testbed.minimal_improvement,
 the refinement SGPO's improver is trained to imitate). `variant` breaks the method on purpose:
 
     "method"   chosen = the minimal fix, rejected = the policy's sample
@@ -29,21 +29,21 @@ N_SFT, N_PO, N_EVAL = 600, 200, 300
 def _rows(split: str, n: int) -> list[dict[str, Any]]:
     import json
 
-    from sgpo.data_sources import BUNDLED_DIR
+    from sgpo.data.sources import BUNDLED_DIR
 
     lines = (BUNDLED_DIR / "testbed" / f"{split}.jsonl").read_text().splitlines()[:n]
     return [json.loads(x) for x in lines]
 
 
 def _sampling(seed: int):
-    from sgpo.config import SamplingConfig
+    from sgpo.config.pipeline import SamplingConfig
 
     return SamplingConfig(max_new_tokens=16, batch_size=100, seed=seed)
 
 
 def _score(model_dir: str, rows: list[dict[str, Any]], seed: int) -> dict[str, Any]:
-    from sgpo.generation import answer_each
-    from sgpo.testbed import score_answers
+    from sgpo.generate import answer_each
+    from sgpo.data.testbed import score_answers
 
     answers = answer_each(model_dir, [r["prompt"] for r in rows], _sampling(seed))
     return score_answers([(r["prompt"], a.text) for r, a in zip(rows, answers)])
@@ -53,10 +53,10 @@ def pi_sft(work: Path, seed: int = 0) -> str:
     """The probe's pi_sft (built and SFT-ed in `work`; reused if there)."""
     import torch
 
-    from sgpo.config import SFTStageConfig, TinyModelConfig
-    from sgpo.tinykit import build_bundled_tiny_model
-    from sgpo.tracking import StageTracker
-    from sgpo.training import train_sft
+    from sgpo.config.pipeline import SFTStageConfig, TinyModelConfig
+    from sgpo.models.tinykit import build_bundled_tiny_model
+    from sgpo.core.tracking import StageTracker
+    from sgpo.train.trainers import train_sft
 
     out = work / f"sft-{seed}"
     if (out / "config.json").exists():
@@ -72,11 +72,11 @@ def pi_sft(work: Path, seed: int = 0) -> str:
 
 
 def preference_step(sft_dir: str, work: Path, variant: str, seed: int = 0) -> str:
-    from sgpo.config import DPOStageConfig, PairsStageConfig
-    from sgpo.generation import answer_each
-    from sgpo.testbed import minimal_improvement
-    from sgpo.tracking import StageTracker
-    from sgpo.training import train_dpo
+    from sgpo.config.pipeline import DPOStageConfig, PairsStageConfig
+    from sgpo.generate import answer_each
+    from sgpo.data.testbed import minimal_improvement
+    from sgpo.core.tracking import StageTracker
+    from sgpo.train.trainers import train_dpo
     from tasks.pairs import build_pairs
 
     po = [{"prompt_id": r["prompt_id"], "prompt": r["prompt"], "reference": r["response"]} for r in _rows("po", N_PO)]

@@ -2,17 +2,17 @@
 
 Both are ChatBackends of the embedded OpenAI-compatible server, so annotation and judging reach
 them through the real openai client over HTTP, with the real prompts, and parse those prompts
-(no side channel: the instruction text alone says what the correct answer is, sgpo.testbed):
+(no side channel: the instruction text alone says what the correct answer is, sgpo.data.testbed):
 
 * **annotator** (`embedded_llm.annotator: oracle`, model name ORACLE_MODEL_NAME):
   - the annotate prompt (annotate_improve_v1: instruction, response A, response B) -> y_imp, a
     minimal edit of B toward the correct answer that is never better than A
-    (`sgpo.testbed.minimal_improvement`);
+    (`sgpo.data.testbed.minimal_improvement`);
   - the plain prompt (external_answer_v1: the instruction itself) -> y_ext, the correct answer.
 * **judge** (`embedded_llm.judge: testbed`, model name VERIFIER_MODEL_NAME): the AlpacaEval judge
   prompt -> one token whose top logprobs give
   p("m") = sigmoid(SHARPNESS * (quality(shown first) - quality(shown second))), with
-  `sgpo.testbed.quality` the documented score; order-independent, equal quality = 0.5.
+  `sgpo.data.testbed.quality` the documented score; order-independent, equal quality = 0.5.
 
 Any other request (or a prompt that does not parse) goes to the fallback backend (the model).
 """
@@ -23,7 +23,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from sgpo.testbed import SCORE_VERSION, gold, minimal_improvement, quality, render
+from sgpo.data.testbed import SCORE_VERSION, gold, minimal_improvement, quality, render
 
 ORACLE_VERSION = "v1"
 SHARPNESS = 10.0

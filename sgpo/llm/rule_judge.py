@@ -2,7 +2,7 @@
 
 The tiny stand-in model cannot judge (it prefers whichever answer it is shown second), so every
 variant would score the same. With `embedded_llm.judge: rule`, the embedded server answers the
-AlpacaEval judge prompt (sgpo.judging) itself, from a deterministic quality score of each output,
+AlpacaEval judge prompt (sgpo.evals.pairwise) itself, from a deterministic quality score of each output,
 and every other request (annotation) with the model as before. The score, version RULE_VERSION:
 
     quality(output) = distinct(output) * fullness(output) + 0.5 * relevance(output, instruction)

@@ -119,7 +119,7 @@ class TransformersChatBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from sgpo.tinykit import load_tokenizer
+        from sgpo.models.tinykit import load_tokenizer
 
         self.model_dir = str(model_dir)
         self.device = device

@@ -1,0 +1,1 @@
+"""Data: dataset sources (hub, files, bundled), the bundled data itself (bundled/), the CPU testbed."""

@@ -1,0 +1,27 @@
+"""Benchmark metrics reproducing official AlpacaEval 2.0 and Arena-Hard v0.1 numbers.
+
+* :mod:`sgpo.evals.alpaca_eval.metrics` - judge logprob rule, raw / discrete / length-controlled win rates;
+* :mod:`sgpo.evals.arena_hard.metrics` - verdict parsing, battles, Bradley-Terry scores, bootstrap CIs;
+* :mod:`sgpo.cli.metrics` - the ``metrics`` sub-command (``add_metrics_parser``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHARED_DATA_ENV = "SGPO_SHARED_DATA"
+
+__all__ = ["SHARED_DATA_ENV", "shared_data_dir"]
+
+
+def shared_data_dir() -> Path:
+    """Offline reference data folder: ``$SGPO_SHARED_DATA`` if set, else ``<repo root>/../shared/data``.
+
+    The folder may not exist (a fresh clone has no ``../shared``); callers must check.
+    """
+    env = os.environ.get(SHARED_DATA_ENV)
+    if env:
+        return Path(env)
+    repo_root = Path(__file__).resolve().parents[2]
+    return repo_root.parent / "shared" / "data"

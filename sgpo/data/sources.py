@@ -1,0 +1,91 @@
+"""Reading datasets: hub ids, hub files, URLs, local files and the bundled tiny data, one loader.
+
+Every stage that reads a dataset (prepare, the benchmark generate stages) goes through
+`load_raw` / `load_records`, i.e. `datasets.load_dataset`, the real loading code, for hub ids
+and local files alike; `source_fingerprint` is what identifies a source in a cache key (a local
+file by its content, a remote one by name and revision).
+"""
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from artifacts.hashing import sha256_bytes
+from sgpo.config.pipeline import DatasetSpec
+
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used as configured; the message names the dataset and column.
+    `retriable`: the source did not answer (network), so trying again may succeed."""
+
+    retriable = False
+
+
+def describe(spec: DatasetSpec) -> str:
+    return f"dataset {spec.path!r} (split {spec.split!r})"
+
+
+def local_path(spec: DatasetSpec) -> Path | None:
+    """The local file behind `spec` (bundled:NAME or a path), None for hub ids and URLs."""
+    if spec.path.startswith("bundled:"):
+        p = BUNDLED_DIR / spec.path.removeprefix("bundled:")
+        if not p.is_file():
+            raise DatasetError(f"bundled dataset {spec.path!r} not found (looked for {p})")
+        return p
+    if "://" in spec.path:
+        return None
+    p = Path(spec.path).expanduser()
+    if p.suffix in FILE_FORMATS:
+        if not p.is_file():
+            raise DatasetError(f"dataset file {spec.path!r} does not exist")
+        return p.resolve()
+    return None
+
+
+def source_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
+    """What identifies a data source in a cache key: a local file by content, a remote one by name + revision."""
+    path = local_path(spec)
+    if path is not None:
+        return {"file_sha256": sha256_bytes(path.read_bytes())}
+    return {"hub": spec.path, "revision": spec.revision}
+
+
+def load_raw(spec: DatasetSpec):
+    """A `datasets.Dataset` for hub ids, one file in a hub repo (hf://...), a URL to a file, or a local file."""
+    from datasets import load_dataset
+
+    path = local_path(spec)
+    if path is not None:
+        if path.stat().st_size == 0:
+            raise DatasetError(f"{describe(spec)} is empty (file {path} has no rows)")
+        try:
+            return load_dataset(FILE_FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
+        except (Exception, StopIteration) as e:  # datasets raises a bare StopIteration on whitespace-only files
+            raise DatasetError(f"could not read {describe(spec)} from {path}: {type(e).__name__}: {e}") from e
+    suffix = PurePosixPath(spec.path.split("?")[0]).suffix
+    try:
+        if spec.path.startswith(("hf://", "http://", "https://")) and suffix in FILE_FORMATS:  # one file
+            return load_dataset(FILE_FORMATS[suffix], data_files={spec.split: spec.path}, split=spec.split,
+                                revision=spec.revision)
+        return load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision)
+    except Exception as e:  # hub unreachable, unknown split, ...: say which dataset
+        err = DatasetError(f"could not load {describe(spec)}: {type(e).__name__}: {e}")
+        err.retriable = isinstance(e, OSError)  # requests' / httpx's connection errors are OSErrors
+        raise err from e
+
+
+def load_records(spec: DatasetSpec) -> list[dict[str, Any]]:
+    """All rows of a source as dicts."""
+    return load_raw(spec).to_list()
+
+
+def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
+    """The prompt conversation of a prepared row: its `messages` (every turn up to the final user
+    message), or the single user turn `prompt` for tables made before multi-turn support."""
+    import json
+
+    raw = row.get("messages")
+    return json.loads(raw) if isinstance(raw, str) and raw else [{"role": "user", "content": row["prompt"]}]

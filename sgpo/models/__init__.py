@@ -1,0 +1,1 @@
+"""Models built locally: the tiny kit (a small causal LM and its tokenizer)."""
