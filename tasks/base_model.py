@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from artifacts.hashing import sha256_bytes
+from artifacts.hashing import code_fingerprint, sha256_bytes
 from artifacts.refs import ArtifactRef
 from artifacts.store import hub_model_ref
 from sgpo.config.pipeline import ModelSpec
@@ -16,14 +16,15 @@ from sgpo.models.tinykit import bundled_corpus
 
 
 def tiny_sources(spec: ModelSpec) -> dict[str, str]:
-    """The tiny kit's corpus and its own source are inputs: a change to how it builds the model or
-    tokenizer must not be served from an old cache entry."""
+    """The tiny kit's corpus and its own code are inputs: a change to how it builds the model or
+    tokenizer must not be served from an old cache entry (its code by syntax tree: formatting,
+    comments and docstrings do not count)."""
     if spec.name_or_path != "tiny":
         return {}
     import sgpo.models.tinykit
 
     sources = {p.name: sha256_bytes(p.read_bytes()) for p in bundled_corpus()}
-    sources["tinykit.py"] = sha256_bytes(Path(sgpo.models.tinykit.__file__).read_bytes())
+    sources["tinykit.py"] = code_fingerprint(Path(sgpo.models.tinykit.__file__).read_text())
     return sources
 
 

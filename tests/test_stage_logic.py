@@ -246,9 +246,14 @@ def test_tiny_base_model_key_follows_the_kit_source(tmp_path, monkeypatch):
     spec = ModelSpec()
     hub = ModelSpec(name_or_path="Qwen/Qwen2.5-7B")
     before, hub_before = base_model.cache_key(spec, {}), base_model.cache_key(hub, {})
+    source = open(sgpo.models.tinykit.__file__).read()
     edited = tmp_path / "tinykit.py"
-    edited.write_text(open(sgpo.models.tinykit.__file__).read() + "\n# a change\n")
     monkeypatch.setattr(sgpo.models.tinykit, "__file__", str(edited))
+    # a comment, a docstring or the layout of the code builds the same model: same key
+    edited.write_text(source.replace('"""The tiny kit:', '"""(edited) The tiny kit:', 1) + "\n# a comment\n\n\n")
+    assert base_model.cache_key(spec, {}) == before
+    # a change to the code does not
+    edited.write_text(source.replace('EOS_TOKEN = "<|im_end|>"', 'EOS_TOKEN = "<|endoftext|>"', 1))
     assert base_model.cache_key(spec, {}) != before
     # a hub model is not built by the kit: its key has no kit source in it, before or after the edit.
     # Expected value written out from the key's definition: sha256 of the canonical JSON of stage,
