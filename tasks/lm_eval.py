@@ -53,7 +53,7 @@ def lm_eval(job: Job, model: ArtifactRef, cfg: LmEvalConfig, model_name: str) ->
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sgpo import lm_harness as lh
+    from sgpo.evals import lm_harness as lh
 
     manager = lh.task_manager(cfg.include_paths)
     lh.check_task_names([t.name for t in cfg.tasks], cfg.include_paths, manager)  # before any model is loaded

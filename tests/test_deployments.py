@@ -544,7 +544,7 @@ def test_loopback_urls():
 
 
 def test_deploy_parser_and_default_configs(monkeypatch):
-    from sgpo import deploy
+    from sgpo.cli import deploy
     from sgpo.config.pipeline import PipelineConfig
 
     parser = argparse.ArgumentParser(prog="sgpo")
@@ -574,7 +574,7 @@ def test_deploy_parser_and_default_configs(monkeypatch):
 def test_deploy_needs_a_server_and_keeps_the_repo_template(monkeypatch):
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from sgpo import deploy
+    from sgpo.cli import deploy
 
     with temporary_settings(updates={PREFECT_API_URL: None}):
         with pytest.raises(deploy.DeployError, match="PREFECT_API_URL"):

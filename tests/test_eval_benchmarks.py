@@ -69,7 +69,7 @@ def test_unregularised_lc_is_no_default():
     import inspect
 
     from sgpo.config.evaluation import AlpacaEvalConfig, load_evaluation_config
-    from sgpo.data.shared import cli
+    from sgpo.cli import metrics as cli
 
     a = AlpacaEvalConfig()
     assert (a.instruction_difficulty, a.gamed_annotations) == ("auto", "auto")
@@ -374,7 +374,7 @@ def test_all_judge_answers_without_rating_fail_the_stage(mt_questions, tiny_mode
 
 def test_unknown_lm_eval_task_fails_before_the_model_loads(tiny_model_dir, tmp_path, monkeypatch):
     from flows.evaluate import evaluate
-    from sgpo import lm_harness
+    from sgpo.evals import lm_harness
 
     monkeypatch.setattr(lm_harness, "load_lm", lambda *a, **k: pytest.fail("model loaded for an unknown task"))
     cfg = _flow_config(tmp_path, "http://127.0.0.1:9", tiny_model_dir, tmp_path,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from flows.pipeline import FORCEABLE, check_force
-from sgpo import cli
+from sgpo.cli import main as cli
 
 
 def _expected(known: tuple[str, ...]) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgpo.data.shared import alpaca_eval as ae
+from sgpo.evals.alpaca_eval import metrics as ae
 from sgpo.data.shared import shared_data_dir
 from sgpo.cli.metrics import main as cli_main
 

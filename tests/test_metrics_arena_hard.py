@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgpo.data.shared import arena_hard as ah
+from sgpo.evals.arena_hard import metrics as ah
 from sgpo.data.shared import shared_data_dir
 from sgpo.cli.metrics import main as cli_main
 

@@ -22,7 +22,7 @@ __all__ = ["SAPOConfig", "SAPOConfigError", "SAPOInterrupted", "SAPOResult", "tr
 
 def __getattr__(name: str) -> Any:
     if name in ("train_sapo", "SAPOResult", "SAPOInterrupted"):
-        from sgpo.train.sapo import train
+        from sgpo.train.sapo import loop as train
 
         return getattr(train, name)
     raise AttributeError(name)
