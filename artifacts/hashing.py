@@ -5,6 +5,7 @@ prompt versions, the content hashes of its inputs)`. No run id goes in, so a new
 same config (UI, schedule or CLI) reuses every finished stage, and a change in one stage's
 config changes its key and, through its output's content hash, the keys downstream.
 """
+
 from __future__ import annotations
 
 import ast
@@ -36,9 +37,13 @@ def code_fingerprint(source: str) -> str:
     tree = ast.parse(source)
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return sha256_text(ast.dump(tree, annotate_fields=False))
 

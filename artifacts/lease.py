@@ -16,6 +16,7 @@ turns out not to be the stale one is put back); on S3 a PUT with `If-Match: <the
 
 Other kinds of store (none supported today) would get no lease: `acquire` then always succeeds.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,8 @@ import socket
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +56,32 @@ def describe(holder: dict[str, Any], now: float | None = None) -> str:
     now = time.time() if now is None else now
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started_at", 0)))
     beat = now - float(holder.get("heartbeat_at", 0))
-    return (f"pid {holder.get('pid')} on {holder.get('host')} (run {holder.get('run_id')}), started {started}, "
-            f"last heartbeat {beat:.0f}s ago")
+    return (
+        f"pid {holder.get('pid')} on {holder.get('host')} (run {holder.get('run_id')}), started {started}, "
+        f"last heartbeat {beat:.0f}s ago"
+    )
 
 
 class Lease:
     """One (stage, key) lease in one store; `try_acquire` returns None when we hold it, else the holder."""
 
-    def __init__(self, store: Any, stage: str, key: str, *, timeout_s: float = 300.0, run_id: str | None = None):
+    def __init__(
+        self,
+        store: Any,
+        stage: str,
+        key: str,
+        *,
+        timeout_s: float = 300.0,
+        run_id: str | None = None,
+    ):
         self.store, self.stage, self.key = store, stage, key
         self.timeout_s, self.run_id = float(timeout_s), run_id
         self.path = f"{store._path(store.artifact_url(stage, key))}/{LEASE_FILE}"
         self.fs = store.fs
         self.local = store.is_local
-        self.remote = not self.local and "s3" in ((store.fs.protocol,) if isinstance(store.fs.protocol, str)
-                                                    else tuple(store.fs.protocol))
+        self.remote = not self.local and "s3" in (
+            (store.fs.protocol,) if isinstance(store.fs.protocol, str) else tuple(store.fs.protocol)
+        )
         self.token = uuid.uuid4().hex
         self.started_at = time.time()
         self._etag: str | None = None
@@ -78,9 +91,19 @@ class Lease:
 
     # ------------------------------------------------------------ the object
     def _body(self) -> bytes:
-        return json.dumps({"stage": self.stage, "key": self.key, "pid": os.getpid(), "host": socket.gethostname(),
-                           "run_id": self.run_id, "token": self.token, "started_at": self.started_at,
-                           "heartbeat_at": time.time(), "timeout_s": self.timeout_s}).encode()
+        return json.dumps(
+            {
+                "stage": self.stage,
+                "key": self.key,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "run_id": self.run_id,
+                "token": self.token,
+                "started_at": self.started_at,
+                "heartbeat_at": time.time(),
+                "timeout_s": self.timeout_s,
+            }
+        ).encode()
 
     def _read(self) -> tuple[dict[str, Any] | None, str | None]:
         """(holder, etag) of the lease now there; (None, None) when there is none."""
@@ -93,8 +116,16 @@ class Lease:
                 return None, None
             try:
                 return json.loads(data), None
-            except ValueError:  # being written right now (create, then write): alive, as of its mtime
-                return {"pid": None, "host": None, "heartbeat_at": mtime, "started_at": mtime, "token": None}, None
+            except (
+                ValueError
+            ):  # being written right now (create, then write): alive, as of its mtime
+                return {
+                    "pid": None,
+                    "host": None,
+                    "heartbeat_at": mtime,
+                    "started_at": mtime,
+                    "token": None,
+                }, None
         try:
             self.fs.invalidate_cache(self.path)
             info = self.fs.info(self.path)
@@ -139,7 +170,9 @@ class Lease:
         if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
             if holder["pid"] != os.getpid() and not _pid_alive(holder["pid"]):
                 return True
-        return time.time() - float(holder.get("heartbeat_at", 0)) > float(holder.get("timeout_s") or self.timeout_s)
+        return time.time() - float(holder.get("heartbeat_at", 0)) > float(
+            holder.get("timeout_s") or self.timeout_s
+        )
 
     def _take_over(self, holder: dict[str, Any], etag: str | None) -> bool:
         """Replace the stale lease `holder` by ours, atomically; True when we now hold it."""
@@ -154,7 +187,9 @@ class Lease:
                     moved = json.loads(f.read())
             except ValueError:
                 moved = {}
-            if moved.get("token") != holder.get("token"):  # not the stale one: a new holder's; put it back
+            if moved.get("token") != holder.get(
+                "token"
+            ):  # not the stale one: a new holder's; put it back
                 try:
                     os.link(aside, self.path)
                 except FileExistsError:
@@ -176,7 +211,9 @@ class Lease:
         if not (self.local or self.remote):
             self.held = True
             return None
-        for _ in range(5):  # the lease can vanish or change between our calls; a few rounds settle it
+        for _ in range(
+            5
+        ):  # the lease can vanish or change between our calls; a few rounds settle it
             if self._create():
                 self._start()
                 return None
@@ -190,11 +227,18 @@ class Lease:
                 self._start()
                 return None
         holder, _ = self._read()
-        return holder or {"pid": None, "host": None, "heartbeat_at": time.time(), "started_at": time.time()}
+        return holder or {
+            "pid": None,
+            "host": None,
+            "heartbeat_at": time.time(),
+            "started_at": time.time(),
+        }
 
     def _start(self) -> None:
         self.held = True
-        self._thread = threading.Thread(target=self._beat, name=f"sgpo-lease-{self.stage}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"sgpo-lease-{self.stage}", daemon=True
+        )
         self._thread.start()
 
     def _beat(self) -> None:
@@ -202,15 +246,19 @@ class Lease:
         while not self._stop.wait(every):
             try:
                 self._heartbeat()
-            except Exception as e:  # a missed heartbeat is not fatal; a stale lease costs a repeat at worst
+            except (
+                Exception
+            ) as e:  # a missed heartbeat is not fatal; a stale lease costs a repeat at worst
                 log.warning("stage %s: lease heartbeat failed: %s", self.stage, e)
 
     def _heartbeat(self) -> None:
         if self.local:
             holder, _ = self._read()
             if holder is None or holder.get("token") != self.token:
-                log.warning("stage %s: lost the lease (taken over as stale); another run may repeat this work",
-                            self.stage)
+                log.warning(
+                    "stage %s: lost the lease (taken over as stale); another run may repeat this work",
+                    self.stage,
+                )
                 self._stop.set()
                 return
             tmp = f"{self.path}.beat-{self.token}"
@@ -221,7 +269,10 @@ class Lease:
         try:
             self.fs.pipe_file(self.path, self._body(), IfMatch=self._etag)
         except (FileExistsError, OSError):
-            log.warning("stage %s: lost the lease (taken over as stale); another run may repeat this work", self.stage)
+            log.warning(
+                "stage %s: lost the lease (taken over as stale); another run may repeat this work",
+                self.stage,
+            )
             self._stop.set()
             return
         self._etag = self._current_etag()
@@ -246,8 +297,14 @@ class Lease:
             log.warning("stage %s: could not release the lease %s: %s", self.stage, self.path, e)
 
 
-def acquire_or_wait(lease: Lease, *, on_busy: str, poll_s: float, finished: Callable[[], Any],
-                    logger: logging.Logger | None = None) -> tuple[Any, bool]:
+def acquire_or_wait(
+    lease: Lease,
+    *,
+    on_busy: str,
+    poll_s: float,
+    finished: Callable[[], Any],
+    logger: logging.Logger | None = None,
+) -> tuple[Any, bool]:
     """(None, waited) once `lease` is held; (artifact, True) when, while we waited, the holder finished
     it (`finished()` returns the artifact or None). `on_busy == "fail"`: StageBusy at once."""
     logger = logger or log
@@ -260,10 +317,14 @@ def acquire_or_wait(lease: Lease, *, on_busy: str, poll_s: float, finished: Call
             raise StageBusy(
                 f"stage {lease.stage}: another run is computing this stage for the same inputs and config "
                 f"(key {lease.key[:16]}): {describe(holder)}; lease {lease.path}. store.on_busy=fail: failing "
-                "at once (store.on_busy=wait waits for it and reuses its artifact)")
+                "at once (store.on_busy=wait waits for it and reuses its artifact)"
+            )
         if time.monotonic() - last_log > 60 or not waited:
-            logger.warning("stage %s: waiting for another run computing it (%s); its artifact will be reused",
-                           lease.stage, describe(holder))
+            logger.warning(
+                "stage %s: waiting for another run computing it (%s); its artifact will be reused",
+                lease.stage,
+                describe(holder),
+            )
             last_log = time.monotonic()
         waited = True
         time.sleep(poll_s)

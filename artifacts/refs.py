@@ -1,4 +1,5 @@
 """The small references that cross task boundaries instead of data."""
+
 from __future__ import annotations
 
 from typing import Any, Literal
@@ -17,10 +18,14 @@ class ArtifactRef(BaseModel):
     kind: Literal["table", "model", "hub_model"]
     stage: str
     cache_key: str
-    content_hash: str = Field(description="sha256 of the data (tables) or of the file hashes (models)")
+    content_hash: str = Field(
+        description="sha256 of the data (tables) or of the file hashes (models)"
+    )
     rows: int | None = None
     schema_version: int = TABLE_SCHEMA_VERSION
-    produced_by: str | None = Field(None, description="Prefect flow-run id (or 'cli') that produced it")
+    produced_by: str | None = Field(
+        None, description="Prefect flow-run id (or 'cli') that produced it"
+    )
     summary: dict[str, Any] = Field(default_factory=dict, description="Small stage statistics")
 
     @property

@@ -12,6 +12,7 @@ has another size as absent (with a warning), so the stage is recomputed; `read_t
 the bytes it reads against the content hash and `model_dir` the files against their sizes, and
 raise `CorruptArtifactError` naming the artifact and what differs.
 """
+
 from __future__ import annotations
 
 import io
@@ -38,14 +39,24 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 TABLE_FILE = "data.parquet"
 MODEL_DIR = "model"
-LINEAGE_PACKAGES = ("sgpo", "torch", "transformers", "trl", "datasets", "accelerate", "prefect", "pyarrow", "vllm")
+LINEAGE_PACKAGES = (
+    "sgpo",
+    "torch",
+    "transformers",
+    "trl",
+    "datasets",
+    "accelerate",
+    "prefect",
+    "pyarrow",
+    "vllm",
+)
 
 
 def normalize_url(url: str) -> str:
     """Plain and relative paths become absolute file:// URLs (cache records must not depend on cwd)."""
     if "://" in url:
         if url.startswith("file://"):
-            return "file://" + str(Path(url[len("file://"):]).expanduser().resolve())
+            return "file://" + str(Path(url[len("file://") :]).expanduser().resolve())
         return url.rstrip("/")
     return "file://" + str(Path(url).expanduser().resolve())
 
@@ -86,12 +97,14 @@ def _data_problems(fs: Any, base: str, manifest: dict[str, Any]) -> list[str]:
         except FileNotFoundError:
             pass
     if manifest.get("file_bytes"):
-        expected.update({f"{MODEL_DIR}/{rel}": size for rel, size in manifest["file_bytes"].items()})
+        expected.update(
+            {f"{MODEL_DIR}/{rel}": size for rel, size in manifest["file_bytes"].items()}
+        )
         try:  # only model/: _work/ beside it may hold thousands of journal objects
             listing = fs.find(f"{base}/{MODEL_DIR}", detail=True)
         except FileNotFoundError:
             listing = {}
-        found.update({p[len(base) + 1:]: info.get("size") for p, info in listing.items()})
+        found.update({p[len(base) + 1 :]: info.get("size") for p, info in listing.items()})
     problems = []
     for rel, size in sorted(expected.items()):
         if rel not in found:
@@ -132,8 +145,11 @@ class ArtifactStore:
         ref = self._rebase(ArtifactRef.model_validate(manifest["ref"]), stage, cache_key)
         if problems := _data_problems(self.fs, self._path(ref.uri), manifest):
             # absent, not an error: the stage runs again and overwrites the damaged data
-            log.warning("artifact %s is damaged (%s); treating it as absent, so it is recomputed",
-                        ref.uri, "; ".join(problems))  # fmt: skip
+            log.warning(
+                "artifact %s is damaged (%s); treating it as absent, so it is recomputed",
+                ref.uri,
+                "; ".join(problems),
+            )
             return None
         return ref
 
@@ -145,8 +161,14 @@ class ArtifactStore:
         old = ref.uri
         if old == here:
             return ref
-        summary = {k: (here + v[len(old):] if isinstance(v, str) and (v == old or v.startswith(old + "/")) else v)
-                   for k, v in ref.summary.items()}
+        summary = {
+            k: (
+                here + v[len(old) :]
+                if isinstance(v, str) and (v == old or v.startswith(old + "/"))
+                else v
+            )
+            for k, v in ref.summary.items()
+        }
         return ref.model_copy(update={"uri": here, "summary": summary})
 
     def holds(self, ref: ArtifactRef) -> bool:
@@ -165,14 +187,18 @@ class ArtifactStore:
             with self.fs.open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            raise CorruptArtifactError(f"artifact {ref.uri}: {TABLE_FILE} is missing (its manifest exists)") from None
+            raise CorruptArtifactError(
+                f"artifact {ref.uri}: {TABLE_FILE} is missing (its manifest exists)"
+            ) from None
         got = sha256_bytes(data)
         if got != ref.content_hash:
             try:
                 recorded = self.read_manifest(ref).get("data_bytes")
             except (OSError, ValueError):
                 recorded = None
-            size = f"{len(data)} bytes" + (f", the manifest records {recorded}" if recorded is not None else "")
+            size = f"{len(data)} bytes" + (
+                f", the manifest records {recorded}" if recorded is not None else ""
+            )
             raise CorruptArtifactError(
                 f"artifact {ref.uri}: {TABLE_FILE} does not match its manifest: sha256 {got[:16]}... "
                 f"instead of {ref.content_hash[:16]}... ({size}); delete the artifact folder to recompute it"
@@ -210,7 +236,9 @@ class ArtifactStore:
             if not p.is_file():
                 problems.append(f"{MODEL_DIR}/{rel} is missing")
             elif rel in sizes and p.stat().st_size != sizes[rel]:
-                problems.append(f"{MODEL_DIR}/{rel} has {p.stat().st_size} bytes, the manifest records {sizes[rel]}")
+                problems.append(
+                    f"{MODEL_DIR}/{rel} has {p.stat().st_size} bytes, the manifest records {sizes[rel]}"
+                )
         if problems:
             raise CorruptArtifactError(
                 f"artifact {ref.uri} does not match its manifest: {'; '.join(problems)}; "
@@ -240,7 +268,9 @@ class ArtifactStore:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "library_versions": library_versions(),
         }
-        self._write_bytes(f"{base}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())
+        self._write_bytes(
+            f"{base}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode()
+        )
         return ref
 
     def publish_table(
@@ -260,11 +290,19 @@ class ArtifactStore:
         base = self._path(uri)
         self._write_bytes(f"{base}/{TABLE_FILE}", data)
         ref = ArtifactRef(
-            uri=uri, kind="table", stage=stage, cache_key=cache_key, content_hash=sha256_bytes(data),
-            rows=table.num_rows, schema_version=TABLE_SCHEMA_VERSION, produced_by=produced_by,
+            uri=uri,
+            kind="table",
+            stage=stage,
+            cache_key=cache_key,
+            content_hash=sha256_bytes(data),
+            rows=table.num_rows,
+            schema_version=TABLE_SCHEMA_VERSION,
+            produced_by=produced_by,
             summary=summary or {},
         )
-        return self._publish(base, ref, {**manifest, "columns": table.column_names, "data_bytes": len(data)})
+        return self._publish(
+            base, ref, {**manifest, "columns": table.column_names, "data_bytes": len(data)}
+        )
 
     def publish_model(
         self,
@@ -281,7 +319,9 @@ class ArtifactStore:
         if not any(p.suffix == ".safetensors" for p in files):
             raise ValueError(f"{local_dir} holds no .safetensors weights; refusing to publish")
         if any(p.suffix in (".bin", ".pt", ".pkl", ".pickle") for p in files):
-            raise ValueError(f"{local_dir} holds pickle-based files; only safetensors checkpoints are stored")
+            raise ValueError(
+                f"{local_dir} holds pickle-based files; only safetensors checkpoints are stored"
+            )
         uri = self.artifact_url(stage, cache_key)
         base = self._path(uri)
         hashes, sizes = {}, {}
@@ -292,8 +332,13 @@ class ArtifactStore:
             sizes[rel] = len(data)
             self._write_bytes(f"{base}/{MODEL_DIR}/{rel}", data)
         ref = ArtifactRef(
-            uri=uri, kind="model", stage=stage, cache_key=cache_key,
-            content_hash=sha256_text(canonical_json(hashes)), produced_by=produced_by, summary=summary or {},
+            uri=uri,
+            kind="model",
+            stage=stage,
+            cache_key=cache_key,
+            content_hash=sha256_text(canonical_json(hashes)),
+            produced_by=produced_by,
+            summary=summary or {},
         )
         # sizes beside (not inside) `files`: the content hash stays the hash of `files` alone
         return self._publish(base, ref, {**manifest, "files": hashes, "file_bytes": sizes})
@@ -332,16 +377,26 @@ def local_model_ref(path: str | Path) -> ArtifactRef:
 
     local = Path(path).expanduser().resolve()
     digest = dir_content_hash(local)
-    return ArtifactRef(uri=f"hf://{local}", kind="hub_model", stage="model", cache_key=digest, content_hash=digest,
-                       summary={"local_dir": str(local)})
+    return ArtifactRef(
+        uri=f"hf://{local}",
+        kind="hub_model",
+        stage="model",
+        cache_key=digest,
+        content_hash=digest,
+        summary={"local_dir": str(local)},
+    )
 
 
 def hub_model_ref(name_or_path: str, revision: str | None) -> ArtifactRef:
     """A base model that stays on the hub (or a local dir): referenced, not copied into the store."""
     ident = canonical_json({"model": name_or_path, "revision": revision})
     return ArtifactRef(
-        uri=f"hf://{name_or_path}", kind="hub_model", stage="base_model", cache_key=sha256_text(ident),
-        content_hash=sha256_text(ident), summary={"revision": revision},
+        uri=f"hf://{name_or_path}",
+        kind="hub_model",
+        stage="base_model",
+        cache_key=sha256_text(ident),
+        content_hash=sha256_text(ident),
+        summary={"revision": revision},
     )
 
 
@@ -355,18 +410,39 @@ def _s3_cause(err: BaseException) -> str:
     """The likely cause of an S3 failure, from the error code botocore/s3fs carry (or the message)."""
     text = f"{type(err).__name__}: {err}"
     for e in (err, err.__cause__, err.__context__):
-        code = getattr(e, "response", {}).get("Error", {}).get("Code") if hasattr(e, "response") else None
+        code = (
+            getattr(e, "response", {}).get("Error", {}).get("Code")
+            if hasattr(e, "response")
+            else None
+        )
         if code:
             text += f" [{code}]"
     low = text.lower()
     if "nosuchbucket" in low or "bucket does not exist" in low:
         return "no such bucket"
-    if any(c in low for c in ("invalidaccesskeyid", "signaturedoesnotmatch", "invalidtoken", "expiredtoken",
-                              "unable to locate credentials", "nocredentials")):  # fmt: skip
+    if any(
+        c in low
+        for c in (
+            "invalidaccesskeyid",
+            "signaturedoesnotmatch",
+            "invalidtoken",
+            "expiredtoken",
+            "unable to locate credentials",
+            "nocredentials",
+        )
+    ):
         return "credentials rejected or missing (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE)"
     if "accessdenied" in low or "forbidden" in low or isinstance(err, PermissionError):
         return "access denied: the credentials are not allowed to write there, or the bucket belongs to another account"
-    if any(c in low for c in ("could not connect", "connect timeout", "endpointconnectionerror", "name or service")):
+    if any(
+        c in low
+        for c in (
+            "could not connect",
+            "connect timeout",
+            "endpointconnectionerror",
+            "name or service",
+        )
+    ):
         return "the S3 endpoint cannot be reached (client_kwargs.endpoint_url, network)"
     return "unexpected error"
 
@@ -406,11 +482,15 @@ def check_store(url: str, storage_options: dict[str, Any] | None = None) -> None
         raise
     except Exception as e:  # the cause is reported, never the storage options
         if scheme == "file":
-            reason = e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+            reason = (
+                e.strerror if isinstance(e, OSError) and e.strerror else f"{type(e).__name__}: {e}"
+            )
             raise StoreError(
                 f"{where} is not writable: {reason} at {getattr(e, 'filename', None) or probe} (a read-only "
                 "folder, or a path through a file)"
             ) from None
         bucket = root.split("/", 1)[0]
-        raise StoreError(f"{where}: cannot write a probe object to bucket '{bucket}': {_s3_cause(e)} "
-                         f"({type(e).__name__}: {str(e)[:200]})") from None  # fmt: skip
+        raise StoreError(
+            f"{where}: cannot write a probe object to bucket '{bucket}': {_s3_cause(e)} "
+            f"({type(e).__name__}: {str(e)[:200]})"
+        ) from None

@@ -14,6 +14,7 @@ prompts; chosen = the SFT answer, rejected = a cut, reversed copy). What is meas
   weights held   bytes of the parameters of the models the trainer holds (policy [+ reference])
 Target (issue 11): cached <= 0.75x the live step time and about half the model memory.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,24 +32,40 @@ sys.path.insert(0, str(REPO))
 def pairs_data(n: int) -> list:
     from sgpo.data.sources import BUNDLED_DIR
 
-    rows = [json.loads(l) for l in (BUNDLED_DIR / "tiny" / "sft.jsonl").read_text().splitlines() if l.strip()]
+    rows = [
+        json.loads(ln)
+        for ln in (BUNDLED_DIR / "tiny" / "sft.jsonl").read_text().splitlines()
+        if ln.strip()
+    ]
     rows = (rows * (n // len(rows) + 1))[:n]
     out = []
     for r in rows:
         answer = next(m["content"] for m in r["messages"] if m["role"] == "assistant")
-        out.append(([{"role": "user", "content": r["prompt"]}], answer, answer[::-1][: max(8, len(answer) // 2)]))
+        out.append(
+            (
+                [{"role": "user", "content": r["prompt"]}],
+                answer,
+                answer[::-1][: max(8, len(answer) // 2)],
+            )
+        )
     return out
 
 
 def child(mode: str, args: argparse.Namespace) -> None:
+    import datasets  # noqa: F401  (imports are not part of any timing)
+
     from sgpo.config.pipeline import DPOStageConfig
     from sgpo.train.throughput import peak_rss_gb
     from sgpo.train.trainers import reference_logps, train_dpo
 
-    import datasets, trl, transformers  # noqa: F401  (imports are not part of any timing)
-
-    cfg = DPOStageConfig(max_steps=args.steps, per_device_batch_size=args.batch, effective_batch_size=args.batch,
-                         max_length=args.max_length, learning_rate=1e-4, warmup_ratio=0.0)
+    cfg = DPOStageConfig(
+        max_steps=args.steps,
+        per_device_batch_size=args.batch,
+        effective_batch_size=args.batch,
+        max_length=args.max_length,
+        learning_rate=1e-4,
+        warmup_ratio=0.0,
+    )
     data = pairs_data(args.pairs)
     ref, t_ref = None, 0.0
     from sgpo.train.trainers import load_model
@@ -60,9 +77,20 @@ def child(mode: str, args: argparse.Namespace) -> None:
         t_ref = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         m = train_dpo(args.model, data, cfg, Path(tmp) / "model", tracker=None, ref_logps=ref)
-    print("RESULT " + json.dumps({"mode": mode, "step_s": m["perf.train_seconds"] / args.steps, "logps_s": t_ref,
-                                  "peak_gpu_gb": m.get("perf.peak_gpu_mem_gb"), "peak_rss_gb": peak_rss_gb(),
-                                  "models": m["perf.models_held"], "weights_gb": m["perf.model_weights_gb"]}))
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "mode": mode,
+                "step_s": m["perf.train_seconds"] / args.steps,
+                "logps_s": t_ref,
+                "peak_gpu_gb": m.get("perf.peak_gpu_mem_gb"),
+                "peak_rss_gb": peak_rss_gb(),
+                "models": m["perf.models_held"],
+                "weights_gb": m["perf.model_weights_gb"],
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -84,20 +112,39 @@ def main() -> None:
             args.model = tiny_model(Path(tmp) / "model")
         res = {}
         for mode in ("live", "cached"):
-            cmd = [sys.executable, __file__, "--child", mode, "--model", args.model, "--pairs", str(args.pairs),
-                   "--steps", str(args.steps), "--batch", str(args.batch), "--max-length", str(args.max_length)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--model",
+                args.model,
+                "--pairs",
+                str(args.pairs),
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--max-length",
+                str(args.max_length),
+            ]
             out = subprocess.run(cmd, capture_output=True, text=True)
-            line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not line:
                 sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
             res[mode] = json.loads(line[-1][7:])
     live, cached = res["live"], res["cached"]
     mem = "peak_gpu_gb" if live["peak_gpu_gb"] is not None else "peak_rss_gb"
     for r in (live, cached):
-        print(f"{r['mode']:>6}: step {r['step_s'] * 1000:.1f} ms, {mem} {r[mem]:.3f}, models held {r['models']:.0f} "
-              f"({r['weights_gb'] * 1024:.1f} MiB of weights)" + (f", one-off log-prob pass {r['logps_s']:.2f}s" if r['logps_s'] else ""))
-    print(f"cached/live: step time {cached['step_s'] / live['step_s']:.2f}x, {mem} {cached[mem] / live[mem]:.2f}x, "
-          f"weights held {cached['weights_gb'] / live['weights_gb']:.2f}x")
+        print(
+            f"{r['mode']:>6}: step {r['step_s'] * 1000:.1f} ms, {mem} {r[mem]:.3f}, models held {r['models']:.0f} "
+            f"({r['weights_gb'] * 1024:.1f} MiB of weights)"
+            + (f", one-off log-prob pass {r['logps_s']:.2f}s" if r["logps_s"] else "")
+        )
+    print(
+        f"cached/live: step time {cached['step_s'] / live['step_s']:.2f}x, {mem} {cached[mem] / live[mem]:.2f}x, "
+        f"weights held {cached['weights_gb'] / live['weights_gb']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ load counts and whether the generate stages' and lm-eval's artifacts are byte-id
 Needs ../shared/data (or SGPO_SHARED_DATA) for the MT-Bench questions and the IFEval file; without it
 MT-Bench uses two built-in questions and lm-eval runs the local task only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,9 @@ class Judge:
             from sgpo.llm.rule_judge import judge_answer
 
             return judge_answer(0.6, top_logprobs=top_logprobs, prompt_tokens=10)
-        return ChatResult(text="Rating: [[5]]", finish_reason="stop", prompt_tokens=10, completion_tokens=4)
+        return ChatResult(
+            text="Rating: [[5]]", finish_reason="stop", prompt_tokens=10, completion_tokens=4
+        )
 
 
 def main() -> int:
@@ -53,16 +56,20 @@ def main() -> int:
     ap.add_argument("--alpaca-rows", type=int, default=8)
     ap.add_argument("--limit", type=int, default=4, help="documents per lm-eval task")
     ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--compare", action=argparse.BooleanOptionalAction, default=True,
-                    help="also run with one load per stage (the shared generator off) and print both")
+    ap.add_argument(
+        "--compare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run with one load per stage (the shared generator off) and print both",
+    )
     args = ap.parse_args()
 
     import transformers
 
     from flows.evaluate import evaluate
     from sgpo.config.evaluation import load_evaluation_config
-    from sgpo.llm.server import build_app, running_server
     from sgpo.data.shared import shared_data_dir
+    from sgpo.llm.server import build_app, running_server
     from sgpo.models.tinykit import build_bundled_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="sgpo-bench-eval-"))
@@ -74,7 +81,12 @@ def main() -> int:
         lines = (data / "mt_bench" / "question.jsonl").read_text().splitlines()[: args.mt_questions]
         refs = str(data / "mt_bench" / "reference_answer_gpt-4.jsonl")
     else:
-        lines = [json.dumps({"question_id": i, "category": "writing", "turns": [f"Write line {i}.", "Shorter."]}) for i in (1, 2)]
+        lines = [
+            json.dumps(
+                {"question_id": i, "category": "writing", "turns": [f"Write line {i}.", "Shorter."]}
+            )
+            for i in (1, 2)
+        ]
         refs = None
     mtq.write_text("\n".join(lines) + "\n")
     tasks_dir = work / "lm_tasks"
@@ -84,11 +96,18 @@ def main() -> int:
     (tasks_dir / "bench_mc.yaml").write_text(
         f"task: bench_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tasks_dir / 'docs.jsonl'}\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\n"
-        "doc_to_target: gold\nmetric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n")
+        "doc_to_target: gold\nmetric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n"
+    )
     lm_tasks = [{"name": "bench_mc", "num_fewshot": 0, "metric": "acc"}]
     if (data / "ifeval" / "input_data.jsonl").is_file():
-        lm_tasks.append({"name": "ifeval", "metric": "prompt_level_strict_acc", "dataset_path": "json",
-                         "data_files": {"train": str(data / "ifeval" / "input_data.jsonl")}})
+        lm_tasks.append(
+            {
+                "name": "ifeval",
+                "metric": "prompt_level_strict_acc",
+                "dataset_path": "json",
+                "data_files": {"train": str(data / "ifeval" / "input_data.jsonl")},
+            }
+        )
 
     real = transformers.AutoModelForCausalLM.from_pretrained.__func__
     sampling = {"max_new_tokens": args.max_new_tokens, "batch_size": 8, "backend": "transformers"}
@@ -104,7 +123,10 @@ def main() -> int:
 
         def counting(cls, path, *a, **k):
             if Path(str(path)).name == "model" or str(path) == str(model_dir):
-                stage = next((f.f_code.co_filename for f in _frames() if "/tasks/" in f.f_code.co_filename), "?")
+                stage = next(
+                    (f.f_code.co_filename for f in _frames() if "/tasks/" in f.f_code.co_filename),
+                    "?",
+                )
                 loads[Path(stage).stem] += 1
             return real(cls, path, *a, **k)
 
@@ -115,18 +137,46 @@ def main() -> int:
         try:
             with running_server(build_app(Judge(), model_name="scripted-judge")) as url:
                 endpoint = {"base_url": url, "model": "scripted-judge", "max_concurrency": 8}
-                cfg = load_evaluation_config("eval-sapo", [f"model={model_dir}", "model.name=tiny",
-                                                           f"store.url={work / mode / 'store'}",
-                                                           f"tracking.mlflow_uri=sqlite:///{work}/mlflow-{mode}.db"])
-                cfg = cfg.model_validate({**cfg.model_dump(), "alpaca_eval": {
-                    **cfg.alpaca_eval.model_dump(), "data": {"path": "bundled:tiny/eval.jsonl", "split": "eval"},
-                    "max_rows": args.alpaca_rows, "sampling": sampling, "endpoint": endpoint, "top_logprobs": 5,
-                    "instruction_difficulty": "none", "gamed_annotations": "none"},
-                    "mt_bench": {**cfg.mt_bench.model_dump(), "questions": str(mtq), "reference_answers": refs,
-                                 "sampling": sampling, "endpoint": endpoint},
-                    "lm_eval": {**cfg.lm_eval.model_dump(), "backend": "hf", "tasks": lm_tasks,
-                                "include_paths": [str(tasks_dir)], "limit": args.limit,
-                                "max_gen_toks": args.max_new_tokens, "batch_size": 8}})
+                cfg = load_evaluation_config(
+                    "eval-sapo",
+                    [
+                        f"model={model_dir}",
+                        "model.name=tiny",
+                        f"store.url={work / mode / 'store'}",
+                        f"tracking.mlflow_uri=sqlite:///{work}/mlflow-{mode}.db",
+                    ],
+                )
+                cfg = cfg.model_validate(
+                    {
+                        **cfg.model_dump(),
+                        "alpaca_eval": {
+                            **cfg.alpaca_eval.model_dump(),
+                            "data": {"path": "bundled:tiny/eval.jsonl", "split": "eval"},
+                            "max_rows": args.alpaca_rows,
+                            "sampling": sampling,
+                            "endpoint": endpoint,
+                            "top_logprobs": 5,
+                            "instruction_difficulty": "none",
+                            "gamed_annotations": "none",
+                        },
+                        "mt_bench": {
+                            **cfg.mt_bench.model_dump(),
+                            "questions": str(mtq),
+                            "reference_answers": refs,
+                            "sampling": sampling,
+                            "endpoint": endpoint,
+                        },
+                        "lm_eval": {
+                            **cfg.lm_eval.model_dump(),
+                            "backend": "hf",
+                            "tasks": lm_tasks,
+                            "include_paths": [str(tasks_dir)],
+                            "limit": args.limit,
+                            "max_gen_toks": args.max_new_tokens,
+                            "batch_size": 8,
+                        },
+                    }
+                )
                 t0 = time.perf_counter()
                 report = evaluate(config=cfg)
                 return report, loads, time.perf_counter() - t0
@@ -157,21 +207,32 @@ def main() -> int:
             s = (report.mt_bench or {}).get("decoding") and table(st.uri)
             tokens = sum(sum(r["completion_tokens"]) for r in s)
             rate = tokens / st.seconds if st.seconds else None
-        print(f"{name:<24}{loads.get(name, 0):>6}{st.seconds:>9.1f}{tokens if tokens is not None else '-':>8}"
-              f"{(f'{rate:.1f}' if rate else '-'):>10}")
+        print(
+            f"{name:<24}{loads.get(name, 0):>6}{st.seconds:>9.1f}{tokens if tokens is not None else '-':>8}"
+            f"{(f'{rate:.1f}' if rate else '-'):>10}"
+        )
     benchmarks = 3
-    print(f"model loads: {sum(loads.values())} for {benchmarks} benchmarks with generation (ratio "
-          f"{sum(loads.values()) / benchmarks:.2f} to one load per benchmark); by stage {dict(loads)}")
+    print(
+        f"model loads: {sum(loads.values())} for {benchmarks} benchmarks with generation (ratio "
+        f"{sum(loads.values()) / benchmarks:.2f} to one load per benchmark); by stage {dict(loads)}"
+    )
     if "per_stage" in runs:
         before, before_loads, before_wall = runs["per_stage"]
         names = ("alpaca_eval_generate", "mt_bench_generate", "lm_eval")
-        hashes = [{s.stage: s.content_hash for s in r.stages if s.stage in names} for r in (before, report)]
+        hashes = [
+            {s.stage: s.content_hash for s in r.stages if s.stage in names}
+            for r in (before, report)
+        ]
         same = hashes[0] == hashes[1]
-        print(f"before (one load per stage): {sum(before_loads.values())} loads {dict(before_loads)}, {before_wall:.1f}s wall; "
-              f"after (shared generator): {sum(loads.values())} loads, {wall:.1f}s wall; "
-              f"generate + lm_eval artifacts byte-identical: {same}")
+        print(
+            f"before (one load per stage): {sum(before_loads.values())} loads {dict(before_loads)}, {before_wall:.1f}s wall; "
+            f"after (shared generator): {sum(loads.values())} loads, {wall:.1f}s wall; "
+            f"generate + lm_eval artifacts byte-identical: {same}"
+        )
     e = report.lm_eval or {}
-    print(f"lm-eval: model load {e.get('model_load_seconds')}s, tasks {e.get('run_seconds')}s, headline {e.get('headline')}")
+    print(
+        f"lm-eval: model load {e.get('model_load_seconds')}s, tasks {e.get('run_seconds')}s, headline {e.get('headline')}"
+    )
     return 0
 
 

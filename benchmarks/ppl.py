@@ -7,6 +7,7 @@ Without --model the tiny kit's model is built in a temporary folder; candidates 
 tiny SFT answers under their prompts (model loading included in both timings). Each setting runs once after a warm-up; the perplexities
 of the two settings are checked to agree (max relative difference printed). Target: >= 3x on CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,16 @@ def main() -> None:
     args = ap.parse_args()
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    rows = [json.loads(line) for line in (BUNDLED_DIR / "tiny" / "sft.jsonl").read_text().splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in (BUNDLED_DIR / "tiny" / "sft.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
     rows = (rows * (args.n // max(len(rows), 1) + 1))[: args.n]
     prompts = [r["prompt"] for r in rows]
-    responses = [next(m["content"] for m in r["messages"] if m["role"] == "assistant") for r in rows]
+    responses = [
+        next(m["content"] for m in r["messages"] if m["role"] == "assistant") for r in rows
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or tiny_model(Path(tmp) / "model")
         kw = dict(max_length=args.max_length)
@@ -59,8 +66,10 @@ def main() -> None:
         t_batched = time.perf_counter() - t0
     rel = max(abs(a - b) / max(abs(a), 1e-12) for a, b in zip(single, batched))
     device = "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"ppl of {args.n} responses on {device}: per-sample {t_single:.2f}s, batched x{args.batch_size} "
-          f"length-sorted {t_batched:.2f}s -> {t_single / t_batched:.1f}x faster; max relative difference {rel:.1e}")
+    print(
+        f"ppl of {args.n} responses on {device}: per-sample {t_single:.2f}s, batched x{args.batch_size} "
+        f"length-sorted {t_batched:.2f}s -> {t_single / t_batched:.1f}x faster; max relative difference {rel:.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ use float32, --enforce-eager and a 1 GiB KV cache; with CUDA, vLLM's defaults. S
 are the paper's (temperature 0.7, top-p 0.9); a random tiny model rarely stops early, so most
 answers run to max-new-tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
-VLLM_CPU = dict(vllm_dtype="float32", vllm_enforce_eager=True, vllm_max_model_len=512,
-                vllm_env={"VLLM_CPU_KVCACHE_SPACE": "1"})  # fmt: skip
+VLLM_CPU = dict(
+    vllm_dtype="float32",
+    vllm_enforce_eager=True,
+    vllm_max_model_len=512,
+    vllm_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+)
 
 # Run inside .venv-vllm: load, warm up, time one generate, print one JSON line.
 VLLM_INPROCESS = r"""
@@ -58,9 +63,25 @@ if __name__ == "__main__":
 
 
 def conversations(n: int) -> list[list[dict[str, str]]]:
-    topics = ["the sea", "a cat", "rain", "mountains", "a city at night", "bread", "friendship", "the moon"]
-    return [[{"role": "user", "content": f"Write a short paragraph about {topics[i % len(topics)]} (#{i})."}]
-            for i in range(n)]  # fmt: skip
+    topics = [
+        "the sea",
+        "a cat",
+        "rain",
+        "mountains",
+        "a city at night",
+        "bread",
+        "friendship",
+        "the moon",
+    ]
+    return [
+        [
+            {
+                "role": "user",
+                "content": f"Write a short paragraph about {topics[i % len(topics)]} (#{i}).",
+            }
+        ]
+        for i in range(n)
+    ]
 
 
 def timed(gen, convs, params) -> tuple[float, int]:
@@ -77,11 +98,19 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--n", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=16, help="transformers: prompts per generate() call")
-    ap.add_argument("--concurrency", type=int, default=16, help="server back-ends: requests in flight")
+    ap.add_argument(
+        "--batch-size", type=int, default=16, help="transformers: prompts per generate() call"
+    )
+    ap.add_argument(
+        "--concurrency", type=int, default=16, help="server back-ends: requests in flight"
+    )
     ap.add_argument("--skip", nargs="*", default=[], help="back-ends to leave out")
-    ap.add_argument("--torch-threads", type=int, default=None,
-                    help="torch intra-op threads for the transformers and openai rows (default: torch's choice)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for the transformers and openai rows (default: torch's choice)",
+    )
     args = ap.parse_args()
     if args.torch_threads:
         import torch
@@ -116,7 +145,10 @@ def main() -> None:
         print(f"  {name}: {tokens} tokens in {wall:.2f} s", file=sys.stderr, flush=True)
 
     if "transformers" not in args.skip:
-        run("transformers", SamplingConfig(backend="transformers", batch_size=args.batch_size, **common))
+        run(
+            "transformers",
+            SamplingConfig(backend="transformers", batch_size=args.batch_size, **common),
+        )
     if "openai" not in args.skip:
         from sgpo.llm.server import TransformersChatBackend, build_app, running_server
 
@@ -124,8 +156,16 @@ def main() -> None:
         app = build_app(TransformersChatBackend(model), model_name="bench")
         with running_server(app) as url:
             load = time.perf_counter() - t0
-            run("openai", SamplingConfig(backend="openai", base_url=url, served_model_name="bench",
-                                         max_concurrency=args.concurrency, **common))  # fmt: skip
+            run(
+                "openai",
+                SamplingConfig(
+                    backend="openai",
+                    base_url=url,
+                    served_model_name="bench",
+                    max_concurrency=args.concurrency,
+                    **common,
+                ),
+            )
             name, startup, wall, tokens = rows[-1]
             rows[-1] = (name, startup + load, wall, tokens)
     # vLLM: importable here (a GPU worker) or from .venv-vllm (CPU, scripts/setup_vllm_cpu.sh)
@@ -134,12 +174,22 @@ def main() -> None:
     import torch
 
     local_vllm = importlib.util.find_spec("vllm") is not None
-    vllm_python = sys.executable if local_vllm else (str(VLLM_PYTHON) if VLLM_PYTHON.exists() else None)
+    vllm_python = (
+        sys.executable if local_vllm else (str(VLLM_PYTHON) if VLLM_PYTHON.exists() else None)
+    )
     engine = {} if torch.cuda.is_available() else VLLM_CPU
     have_vllm = vllm_python is not None
     if have_vllm and "vllm_server" not in args.skip:
-        run("vllm_server", SamplingConfig(backend="vllm_server", vllm_python=vllm_python,
-                                          max_concurrency=args.concurrency, **engine, **common))  # fmt: skip
+        run(
+            "vllm_server",
+            SamplingConfig(
+                backend="vllm_server",
+                vllm_python=vllm_python,
+                max_concurrency=args.concurrency,
+                **engine,
+                **common,
+            ),
+        )
     if local_vllm and "vllm" not in args.skip:
         run("vllm", SamplingConfig(backend="vllm", **engine, **common))
     elif have_vllm and "vllm" not in args.skip:
@@ -149,8 +199,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as d:
             script = Path(d) / "child.py"
             script.write_text(VLLM_INPROCESS)
-            r = subprocess.run([str(VLLM_PYTHON), str(script), model, params.model_dump_json(), json.dumps(convs)],
-                               capture_output=True, text=True, env=env, cwd=d)  # fmt: skip
+            r = subprocess.run(
+                [str(VLLM_PYTHON), str(script), model, params.model_dump_json(), json.dumps(convs)],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=d,
+            )
         line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             print(f"in-process vLLM failed:\n{r.stderr[-3000:]}", file=sys.stderr)
@@ -158,13 +213,19 @@ def main() -> None:
             res = json.loads(line.removeprefix("RESULT "))
             rows.append(("vllm", res["startup"], res["wall"], res["tokens"]))
     if not have_vllm:
-        print(f"(vLLM rows skipped: vllm is not importable and {VLLM_PYTHON} is absent; "
-              "scripts/setup_vllm_cpu.sh creates it)")  # fmt: skip
+        print(
+            f"(vLLM rows skipped: vllm is not importable and {VLLM_PYTHON} is absent; "
+            "scripts/setup_vllm_cpu.sh creates it)"
+        )
 
     base = next((tokens / wall for name, _, wall, tokens in rows if name == "transformers"), None)
-    print(f"sampling throughput: {args.prompts} prompts x n={args.n}, max_new_tokens={args.max_new_tokens}, "
-          f"temperature 0.7, top-p 0.9; model {Path(model).name}")  # fmt: skip
-    print(f"{'back-end':>13} {'start-up s':>10} {'wall s':>7} {'tokens':>7} {'tokens/s':>9} {'/ transformers':>14}")
+    print(
+        f"sampling throughput: {args.prompts} prompts x n={args.n}, max_new_tokens={args.max_new_tokens}, "
+        f"temperature 0.7, top-p 0.9; model {Path(model).name}"
+    )
+    print(
+        f"{'back-end':>13} {'start-up s':>10} {'wall s':>7} {'tokens':>7} {'tokens/s':>9} {'/ transformers':>14}"
+    )
     for name, startup, wall, tokens in rows:
         tps = tokens / wall
         ratio = f"{tps / base:14.2f}" if base else f"{'n/a':>14}"

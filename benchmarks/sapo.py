@@ -8,6 +8,7 @@ prints the mean time per iteration of each part, and the generation share of the
     .venv/bin/python benchmarks/sapo.py [--loss dpo|orpo] [--steps 12] [--batch-size 4]
         [--segment-length 16] [--rejected-per-prompt 1] [--checkpoint-every 4] [--torch-threads 1]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--checkpoint-every", type=int, default=4)
     ap.add_argument("--torch-threads", type=int, default=1)
-    ap.add_argument("--model", default=None, help="an SFT checkpoint dir (default: the tiny kit's model)")
+    ap.add_argument(
+        "--model", default=None, help="an SFT checkpoint dir (default: the tiny kit's model)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -56,30 +59,47 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sapo-bench-") as tmp:
         model = Path(args.model) if args.model else tiny_model(Path(tmp))
         cfg = SAPOConfig(
-            loss=args.loss, max_steps=args.steps, batch_size=args.batch_size, segment_length=args.segment_length,
-            rejected_per_prompt=args.rejected_per_prompt, max_length=args.max_length,
-            max_prompt_length=args.max_length // 2, buffer_capacity=max(64, args.batch_size),
-            checkpoint_every=args.checkpoint_every, logging_steps=1, generation_batch_size=64,
+            loss=args.loss,
+            max_steps=args.steps,
+            batch_size=args.batch_size,
+            segment_length=args.segment_length,
+            rejected_per_prompt=args.rejected_per_prompt,
+            max_length=args.max_length,
+            max_prompt_length=args.max_length // 2,
+            buffer_capacity=max(64, args.batch_size),
+            checkpoint_every=args.checkpoint_every,
+            logging_steps=1,
+            generation_batch_size=64,
         )
         per_step: list[dict[str, float]] = []
         t0 = time.perf_counter()
-        result = train_sapo(str(model), rows, cfg, out_dir=Path(tmp) / "policy", checkpoint_url=str(Path(tmp) / "ckpt"),
-                            on_metrics=lambda step, m: per_step.append(m))
+        result = train_sapo(
+            str(model),
+            rows,
+            cfg,
+            out_dir=Path(tmp) / "policy",
+            checkpoint_url=str(Path(tmp) / "ckpt"),
+            on_metrics=lambda step, m: per_step.append(m),
+        )
         wall = time.perf_counter() - t0
 
     parts = ("generation", "training", "ema", "checkpoint")
-    kept = per_step[args.warmup:] or per_step
+    kept = per_step[args.warmup :] or per_step
     mean = {p: sum(m[f"time/{p}_s"] for m in kept) / len(kept) for p in parts}
     total = sum(mean.values())
-    print(f"SAPO {args.loss}: {result.steps} steps, batch {args.batch_size}, |B| = {args.segment_length}, "
-          f"{args.rejected_per_prompt} rejected/prompt, torch threads {args.torch_threads}; wall {wall:.1f}s "
-          f"(model load, trainer set-up and final save included)")
+    print(
+        f"SAPO {args.loss}: {result.steps} steps, batch {args.batch_size}, |B| = {args.segment_length}, "
+        f"{args.rejected_per_prompt} rejected/prompt, torch threads {args.torch_threads}; wall {wall:.1f}s "
+        f"(model load, trainer set-up and final save included)"
+    )
     print(f"per iteration (mean of {len(kept)} after {args.warmup} warm-up):")
     for p in parts:
         print(f"  {p:<11} {mean[p] * 1000:8.1f} ms  {mean[p] / total:6.1%}")
     print(f"  {'total':<11} {total * 1000:8.1f} ms")
     share = mean["generation"] / total
-    print(f"generation share {share:.1%}: {'under' if share < 0.5 else 'NOT under'} half of the iteration")
+    print(
+        f"generation share {share:.1%}: {'under' if share < 0.5 else 'NOT under'} half of the iteration"
+    )
 
 
 if __name__ == "__main__":

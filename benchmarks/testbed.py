@@ -12,6 +12,7 @@ from the store by content (flows.compare.resolve_plan: nothing re-runs): per met
 seeds of the verifier's exact match / mean score / habit rate of the final policy and its judged win
 rate over pi_sft, each ± the standard error of that mean over seeds (sd / sqrt(seeds)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,29 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-METHODS = ["sft", "sft-continued", "dpo", "spin", "sgpo-diamond", "sgpo-dagger", "sgpo", "sgpo-step2"]
-SEED_KEYS = ["model.tiny.seed", "sft.seed", "improver_sft.seed", "dpo.seed", "dpo_baseline.seed", "spin.seed",
-             "sft_continued.seed", "sample.sampling.seed", "pairs.sampling.seed", "judge.sampling.seed", "annotate.seed"]
+METHODS = [
+    "sft",
+    "sft-continued",
+    "dpo",
+    "spin",
+    "sgpo-diamond",
+    "sgpo-dagger",
+    "sgpo",
+    "sgpo-step2",
+]
+SEED_KEYS = [
+    "model.tiny.seed",
+    "sft.seed",
+    "improver_sft.seed",
+    "dpo.seed",
+    "dpo_baseline.seed",
+    "spin.seed",
+    "sft_continued.seed",
+    "sample.sampling.seed",
+    "pairs.sampling.seed",
+    "judge.sampling.seed",
+    "annotate.seed",
+]
 
 
 def seed_overrides(seed: int) -> list[str]:
@@ -59,7 +80,15 @@ def mean_se(v: list[float]) -> tuple[float | None, float | None]:
 
 
 def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, list[dict]]:
-    cols = ["method", "seeds", "exact match %", "mean score", "habit %", "WR over pi_sft %", "per-seed exact match %"]
+    cols = [
+        "method",
+        "seeds",
+        "exact match %",
+        "mean score",
+        "habit %",
+        "WR over pi_sft %",
+        "per-seed exact match %",
+    ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows = []
     for m, by_seed in results.items():
@@ -70,13 +99,32 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, l
         wr = mean_se([r["win_rate"] for r in got])
 
         def f(x, d=1):
-            return "-" if x[0] is None else f"{x[0]:.{d}f}" + ("" if x[1] is None else f" ± {x[1]:.{d}f}")
+            return (
+                "-"
+                if x[0] is None
+                else f"{x[0]:.{d}f}" + ("" if x[1] is None else f" ± {x[1]:.{d}f}")
+            )
 
-        per = ", ".join(f"{100 * by_seed[s]['final']['exact_match']:.1f}" if by_seed.get(s) else "missing" for s in seeds)
+        per = ", ".join(
+            f"{100 * by_seed[s]['final']['exact_match']:.1f}" if by_seed.get(s) else "missing"
+            for s in seeds
+        )
         lines.append(f"| {m} | {len(got)} | {f(em)} | {f(ms, 3)} | {f(hb)} | {f(wr)} | {per} |")
-        rows.append({"method": m, "seeds": len(got), "exact_match": em, "mean_score": ms, "habit": hb, "win_rate_vs_sft": wr,
-                     "per_seed": {s: by_seed.get(s) and {k: by_seed[s][k] for k in ("final", "sft", "win_rate", "standard_error")}
-                                  for s in seeds}})
+        rows.append(
+            {
+                "method": m,
+                "seeds": len(got),
+                "exact_match": em,
+                "mean_score": ms,
+                "habit": hb,
+                "win_rate_vs_sft": wr,
+                "per_seed": {
+                    s: by_seed.get(s)
+                    and {k: by_seed[s][k] for k in ("final", "sft", "win_rate", "standard_error")}
+                    for s in seeds
+                },
+            }
+        )
     return "\n".join(lines) + "\n", rows
 
 
@@ -86,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=METHODS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--report-only", action="store_true", help="read the store, run nothing")
-    ap.add_argument("-o", "--output", default=".sgpo/testbed", help="folder for testbed.md and testbed.json")
-    ap.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. store.url=...)")
+    ap.add_argument(
+        "-o", "--output", default=".sgpo/testbed", help="folder for testbed.md and testbed.json"
+    )
+    ap.add_argument(
+        "overrides", nargs="*", help="key=value overrides for every run (e.g. store.url=...)"
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -105,20 +157,28 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # a failed run is reported, not hidden; the others go on
                 print(f"[testbed] {m} seed {seed}: FAILED {type(e).__name__}: {e}", flush=True)
                 rep = None
-            print(f"[testbed] {m} seed {seed}: ran in {time.perf_counter() - t0:.0f}s (total "
-                  f"{time.perf_counter() - t_all:.0f}s)", flush=True)
+            print(
+                f"[testbed] {m} seed {seed}: ran in {time.perf_counter() - t0:.0f}s (total "
+                f"{time.perf_counter() - t_all:.0f}s)",
+                flush=True,
+            )
         if rep:
             results[m][seed] = rep
-            print(f"[testbed] {m} seed {seed}: exact match {100 * rep['final']['exact_match']:.1f}% (pi_sft "
-                  f"{100 * rep['sft']['exact_match']:.1f}%), habit {100 * rep['final']['habit_rate']:.1f}%, WR over pi_sft "
-                  f"{rep['win_rate']:.1f} (SE {rep['standard_error']:.1f})", flush=True)
+            print(
+                f"[testbed] {m} seed {seed}: exact match {100 * rep['final']['exact_match']:.1f}% (pi_sft "
+                f"{100 * rep['sft']['exact_match']:.1f}%), habit {100 * rep['final']['habit_rate']:.1f}%, WR over pi_sft "
+                f"{rep['win_rate']:.1f} (SE {rep['standard_error']:.1f})",
+                flush=True,
+            )
     md, rows = table(results, args.seeds)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "testbed.md").write_text(md)
     (out / "testbed.json").write_text(json.dumps(rows, indent=2, default=str))
     print(md, end="")
-    print(f"[testbed] {time.perf_counter() - t_all:.0f}s; written {out / 'testbed.md'} and {out / 'testbed.json'}")
+    print(
+        f"[testbed] {time.perf_counter() - t_all:.0f}s; written {out / 'testbed.md'} and {out / 'testbed.json'}"
+    )
     return 0
 
 

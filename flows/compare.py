@@ -20,6 +20,7 @@ LC the sources of the instruction-difficulty and gamed-baseline files). A cell w
 from its column's majority, or, on the paper's presets, from the paper's setting (`PAPER_SETTINGS`),
 is marked ` *` and its row's status names each differing field (`comparability`).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,20 @@ from prefect import flow
 
 from artifacts.refs import ArtifactRef
 from sgpo.report.comparison import (  # noqa: F401 (re-exported: the table's parts live in the library)
-    CELL_FIELDS, COLUMNS, PAPER_PRESETS, PAPER_RESULTS, PAPER_SETTINGS, Row, add_evaluations, comparability,
-    evaluations_of, markdown, settings_of, table_rows, to_csv)
+    CELL_FIELDS,
+    COLUMNS,
+    PAPER_PRESETS,
+    PAPER_RESULTS,
+    PAPER_SETTINGS,
+    Row,
+    add_evaluations,
+    comparability,
+    evaluations_of,
+    markdown,
+    settings_of,
+    table_rows,
+    to_csv,
+)
 
 
 def resolve_plan(cfg: Any, store: Any) -> tuple[dict[str, ArtifactRef], str | None]:
@@ -48,7 +61,9 @@ def resolve_plan(cfg: Any, store: Any) -> tuple[dict[str, ArtifactRef], str | No
         st = get_stage(step.stage)
         section = st.coerce(recipe_section(cfg, step.section))
         if st.llm and not getattr(section, st.llm).base_url:
-            name = embedded_model_name(section, judge=cfg.embedded_llm.judge, annotator=cfg.embedded_llm.annotator)
+            name = embedded_model_name(
+                section, judge=cfg.embedded_llm.judge, annotator=cfg.embedded_llm.annotator
+            )
             section = with_endpoint(section, st.llm, None, name)
         inputs = {n: refs[label] for n, label in step.inputs.items()}
         if st.name == "base_model" and cfg.model.name_or_path != "tiny":
@@ -68,17 +83,33 @@ def compare_row(method: str, preset: str, cfg: Any, store: Any) -> Row:
 
     refs, missing = resolve_plan(cfg, store)
     if missing is not None:
-        return Row(method=method, preset=preset, status=f"not run ({missing} missing): sgpo run {preset} method={method}")
+        return Row(
+            method=method,
+            preset=preset,
+            status=f"not run ({missing} missing): sgpo run {preset} method={method}",
+        )
     _, final = plan(cfg)
     policy, judge = refs[final], refs["judge"].summary
-    row = Row(method=method, preset=preset, status="done", final_policy=policy.uri,
-              judge_win_rate=judge.get("win_rate"), judge_se=judge.get("standard_error"), judge_n=judge.get("n_labelled"))
+    row = Row(
+        method=method,
+        preset=preset,
+        status="done",
+        final_policy=policy.uri,
+        judge_win_rate=judge.get("win_rate"),
+        judge_se=judge.get("standard_error"),
+        judge_n=judge.get("n_labelled"),
+    )
     return add_evaluations(row, store, policy.content_hash, policy.uri)
 
 
-
-@flow(name="sgpo-compare", description="The Table-3 comparison of recipes from their judged artifacts", result_serializer="json")
-def compare(preset: str = "tiny", methods: list[str] | None = None, overrides: list[str] | None = None) -> list[dict[str, str]]:
+@flow(
+    name="sgpo-compare",
+    description="The Table-3 comparison of recipes from their judged artifacts",
+    result_serializer="json",
+)
+def compare(
+    preset: str = "tiny", methods: list[str] | None = None, overrides: list[str] | None = None
+) -> list[dict[str, str]]:
     """One row per recipe (`methods`, default every recipe) on `preset`; also a Prefect table artifact."""
     from prefect.artifacts import create_table_artifact
 
@@ -89,8 +120,11 @@ def compare(preset: str = "tiny", methods: list[str] | None = None, overrides: l
         cfg = load_config(preset, [*(overrides or []), f"method={method}"])
         rows.append(compare_row(method, preset, cfg, _store(cfg)))
     table = table_rows(rows)
-    create_table_artifact(key="sgpo-compare", table=table,
-                          description=f"SGPO paper Table-3 layout on preset {preset}: ours beside the paper's")
+    create_table_artifact(
+        key="sgpo-compare",
+        table=table,
+        description=f"SGPO paper Table-3 layout on preset {preset}: ours beside the paper's",
+    )
     return table
 
 

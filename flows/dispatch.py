@@ -11,9 +11,11 @@ resolved in its cfg, so the GPU worker must reach it; an endpoint on this machin
 embedded stand-in LLM, which lives in this flow's process) cannot be reached from another host,
 so such a stage runs here instead, and says so.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 from artifacts.refs import ArtifactRef
@@ -40,9 +42,12 @@ def show_cached_task(label: str, ref: ArtifactRef) -> None:
         def cached_stage(uri: str, content_hash: str, produced_by: str | None) -> Any:
             from prefect.artifacts import create_link_artifact
 
-            create_link_artifact(link=uri, link_text=f"{label} (cached) {uri}",
-                                 description=f"Stage {label}: reused from the store (content {content_hash[:12]}, "
-                                             f"made by run {produced_by or 'unknown'})")
+            create_link_artifact(
+                link=uri,
+                link_text=f"{label} (cached) {uri}",
+                description=f"Stage {label}: reused from the store (content {content_hash[:12]}, "
+                f"made by run {produced_by or 'unknown'})",
+            )
             return Completed(name="Cached", message=f"reused {uri}", data=uri)
 
         cached_stage(ref.uri, ref.content_hash, ref.produced_by, return_state=True)
@@ -87,7 +92,11 @@ def _check_deployment(name: str, execution: ExecutionConfig) -> Any:
             if not any(w.status == WorkerStatus.ONLINE for w in workers):
                 stage_logger("dispatch").warning(
                     "no worker is online on work pool %r: %s waits until one starts "
-                    "(`prefect worker start --pool %s`)", dep.work_pool_name, name, dep.work_pool_name)
+                    "(`prefect worker start --pool %s`)",
+                    dep.work_pool_name,
+                    name,
+                    dep.work_pool_name,
+                )
         except Exception:  # the check is advice only
             pass
     return dep
@@ -106,7 +115,8 @@ def check_not_on_the_cuda_pool(execution: ExecutionConfig) -> None:
         raise StageDispatchError(
             f"execution.mode=distributed, but this flow run itself runs on the GPU stages' work pool {pool!r}: "
             "its stages would wait for a slot of the pool it holds. Run it with execution.mode=local there (its "
-            "stages then use this worker's GPUs), or deploy the flow on the cpu pool")
+            "stages then use this worker's GPUs), or deploy the flow on the cpu pool"
+        )
 
 
 def is_loopback(url: str | None) -> bool:
@@ -139,17 +149,26 @@ def dispatch_stage(
         show_cached_task(label, ref)
         return ref, True
     if st.llm and is_loopback(url := getattr(cfg, st.llm).base_url):
-        log.info("%s: its LLM endpoint %s is on this machine's loopback (the embedded stand-in), which a GPU "
-                 "worker on another host cannot reach: running it here. Set %s.%s.base_url to an address the "
-                 "GPU workers reach to run it on pool %r (docs/cluster.md)", label, url, st.section, st.llm,
-                 execution.cuda_work_pool)
+        log.info(
+            "%s: its LLM endpoint %s is on this machine's loopback (the embedded stand-in), which a GPU "
+            "worker on another host cannot reach: running it here. Set %s.%s.base_url to an address the "
+            "GPU workers reach to run it on pool %r (docs/cluster.md)",
+            label,
+            url,
+            st.section,
+            st.llm,
+            execution.cuda_work_pool,
+        )
         return run_task(st, cfg, ctx, inputs, params, label=label)
 
     name = deployment_name(st.name, execution.deployment_prefix)
     dep = _check_deployment(name, execution)
-    parameters = {"inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
-                  "cfg": cfg.model_dump(mode="json"), "ctx": ctx.model_dump(mode="json"),
-                  "params": dict(params) if params else None}
+    parameters = {
+        "inputs": {k: v.model_dump(mode="json") for k, v in inputs.items()},
+        "cfg": cfg.model_dump(mode="json"),
+        "ctx": ctx.model_dump(mode="json"),
+        "params": dict(params) if params else None,
+    }
     log.info("%s: dispatching to deployment %s on work pool %r", label, name, dep.work_pool_name)
     child = run_deployment(
         name=name,

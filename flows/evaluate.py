@@ -18,6 +18,7 @@ Prefect table artifact, the MLflow run (one parent run, a nested run per stage) 
 model (the generate stages, lm_eval) are dispatched to the CUDA pool like the pipeline's GPU
 stages (flows.dispatch); the judges run here.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,16 +33,24 @@ from flows.pipeline import check_force
 from flows.reporting import flow_run_namer
 from flows.runner import StageRunner
 from sgpo.config.evaluation import EvalModelSpec, EvaluationConfig, load_evaluation_config
+from sgpo.core.stage import StageContext
 from sgpo.generate import shared_generators
 from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.report.summary import EvaluationReport, parent_metrics, result_rows
-from sgpo.core.stage import StageContext
 from tasks import EVALUATION_STAGES, get_stage
 
-__all__ = ["EVALUATION_STAGES", "EvaluationReport", "evaluate", "load_evaluation_config", "resolve_model"]
+__all__ = [
+    "EVALUATION_STAGES",
+    "EvaluationReport",
+    "evaluate",
+    "load_evaluation_config",
+    "resolve_model",
+]
 
 
-def resolve_model(spec: EvalModelSpec, run: StageRunner | None = None, storage_options: dict | None = None) -> tuple[ArtifactRef, str]:
+def resolve_model(
+    spec: EvalModelSpec, run: StageRunner | None = None, storage_options: dict | None = None
+) -> tuple[ArtifactRef, str]:
     """(ArtifactRef, display name) of the model to evaluate.
 
     'tiny' runs the `base_model` stage (needs `run`); an artifact URI is read from its manifest; a
@@ -52,8 +61,12 @@ def resolve_model(spec: EvalModelSpec, run: StageRunner | None = None, storage_o
         from sgpo.config.pipeline import ModelSpec
 
         if run is None:
-            raise ValueError("model.path=tiny builds the tiny model with the base_model stage: pass the stage runner")
-        return run("base_model", get_stage("base_model"), ModelSpec(name_or_path="tiny")), spec.name or "sgpo-tiny"
+            raise ValueError(
+                "model.path=tiny builds the tiny model with the base_model stage: pass the stage runner"
+            )
+        return run(
+            "base_model", get_stage("base_model"), ModelSpec(name_or_path="tiny")
+        ), spec.name or "sgpo-tiny"
     if "://" in spec.path and not spec.path.startswith("hf://"):
         ref = read_ref(spec.path, storage_options)
         if ref.kind not in ("model", "hub_model"):
@@ -66,9 +79,15 @@ def resolve_model(spec: EvalModelSpec, run: StageRunner | None = None, storage_o
     return hub_model_ref(hub_id, spec.revision), spec.name or hub_id.rstrip("/").split("/")[-1]
 
 
-@flow(name="sgpo-evaluate", description="AlpacaEval 2.0, Arena-Hard v0.1 and pairwise win rates of one model",
-      result_serializer="json", flow_run_name=flow_run_namer(lambda: load_evaluation_config()))
-def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = None) -> EvaluationReport:
+@flow(
+    name="sgpo-evaluate",
+    description="AlpacaEval 2.0, Arena-Hard v0.1 and pairwise win rates of one model",
+    result_serializer="json",
+    flow_run_name=flow_run_namer(lambda: load_evaluation_config()),
+)
+def evaluate(
+    config: EvaluationConfig | None = None, force: list[str] | None = None
+) -> EvaluationReport:
     """Evaluate `config.model` on the configured benchmarks; `force` lists stages (or `pairwise[NAME]`) to recompute.
 
     Args:
@@ -79,22 +98,33 @@ def evaluate(config: EvaluationConfig | None = None, force: list[str] | None = N
 
     cfg = config or load_evaluation_config()
     force = check_force(force, EVALUATION_STAGES + ("report",))
-    check_store(cfg.store.url, cfg.store.storage_options)  # scheme known, reachable, writable: before any work
+    check_store(
+        cfg.store.url, cfg.store.storage_options
+    )  # scheme known, reachable, writable: before any work
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
     tags = {"prefect.flow_run_id": str(run_id), "sgpo.kind": "evaluation"}
     from flows.reporting import finish_evaluation, run_name
 
     with pipeline_run(cfg.tracking, run_name(cfg), tags=tags) as tracking:
-        ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
+        ctx = StageContext(
+            store=cfg.store,
+            tracking=tracking,
+            run_id=run_id,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         report = _evaluate(cfg, ctx, force)
-        report.report_uri = finish_evaluation(cfg, ctx, report, force)  # report stage, UI summary; never raises
+        report.report_uri = finish_evaluation(
+            cfg, ctx, report, force
+        )  # report stage, UI summary; never raises
         if tracking:
             from mlflow.tracking import MlflowClient
 
             from sgpo.core.tracking import StageTracker
 
-            StageTracker(MlflowClient(tracking_uri=tracking.uri), tracking.parent_run_id).log_metrics(parent_metrics(report))
+            StageTracker(
+                MlflowClient(tracking_uri=tracking.uri), tracking.parent_run_id
+            ).log_metrics(parent_metrics(report))
     report.flow_run_id, report.mlflow_run_id = run_id, tracking.parent_run_id if tracking else None
     return report
 
@@ -109,8 +139,12 @@ def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> Eva
     holder: dict[str, Any] = {}
     # The stand-in judge (for endpoints without base_url) serves the evaluated model, or a configured
     # dir; it starts only if a judge stage really runs.
-    llm = EmbeddedLLM.from_config(cfg.embedded_llm, lambda: ctx.open_store().model_dir(holder["model"]))
-    tables = {p.name: read_ref(p.table, cfg.store.storage_options) for p in cfg.pairwise}  # fail fast
+    llm = EmbeddedLLM.from_config(
+        cfg.embedded_llm, lambda: ctx.open_store().model_dir(holder["model"])
+    )
+    tables = {
+        p.name: read_ref(p.table, cfg.store.storage_options) for p in cfg.pairwise
+    }  # fail fast
     # One loaded model for every benchmark's generation (and lm-eval's HF back-end) in this process,
     # closed when the flow ends; with execution.mode=distributed the GPU stages (generate, lm_eval)
     # are dispatched to the CUDA pool and each loads its own there, as does a stage run alone.
@@ -120,16 +154,26 @@ def _evaluate(cfg: EvaluationConfig, ctx: StageContext, force: list[str]) -> Eva
         holder["model"] = model
         out = EvaluationReport(model=model.uri, model_name=model_name, stages=[])
         # each benchmark: `<bench>_generate` (the model answers) -> `<bench>_judge`, on the benchmark's section
-        for bench, uri_key in (("alpaca_eval", "annotations_uri"), ("arena_hard", "judgments_uri"),
-                               ("mt_bench", "judgments_uri")):
+        for bench, uri_key in (
+            ("alpaca_eval", "annotations_uri"),
+            ("arena_hard", "judgments_uri"),
+            ("mt_bench", "judgments_uri"),
+        ):
             section = getattr(cfg, bench)
             if section.enabled:
-                answers = run(f"{bench}_generate", s(f"{bench}_generate"), section,
-                              params={"model_name": model_name}, model=model)
+                answers = run(
+                    f"{bench}_generate",
+                    s(f"{bench}_generate"),
+                    section,
+                    params={"model_name": model_name},
+                    model=model,
+                )
                 judged = run(f"{bench}_judge", s(f"{bench}_judge"), section, answers=answers)
                 setattr(out, bench, {**judged.summary, uri_key: judged.uri})
         if cfg.lm_eval.enabled:
-            scored = run("lm_eval", s("lm_eval"), cfg.lm_eval, params={"model_name": model_name}, model=model)
+            scored = run(
+                "lm_eval", s("lm_eval"), cfg.lm_eval, params={"model_name": model_name}, model=model
+            )
             out.lm_eval = {**scored.summary, "metrics_uri": scored.uri}
         for p in cfg.pairwise:
             judged = run(f"pairwise[{p.name}]", s("pairwise"), p, table=tables[p.name])
@@ -145,11 +189,16 @@ def _publish_ui_artifacts(report: EvaluationReport) -> None:
 
     create_table_artifact(
         key="sgpo-eval-stages",
-        table=[{"stage": r.stage, "status": r.status, "seconds": r.seconds, "uri": r.uri} for r in report.stages],
+        table=[
+            {"stage": r.stage, "status": r.status, "seconds": r.seconds, "uri": r.uri}
+            for r in report.stages
+        ],
         description=f"Stages of this evaluation of {report.model_name}: ran or cached, duration, artifact",
     )
     create_table_artifact(
         key="sgpo-eval-results",
-        table=[{k: ("" if v is None else v) for k, v in row.items()} for row in result_rows(report)],
+        table=[
+            {k: ("" if v is None else v) for k, v in row.items()} for row in result_rows(report)
+        ],
         description=f"{report.model_name}: AlpacaEval 2.0 WR/LC (SE), Arena-Hard score (95% CI), pairwise win rates",
     )

@@ -15,6 +15,7 @@ annotates. The flow runs the plan: every stage is a cached Prefect task returnin
 the cache, a changed stage re-runs with everything downstream, and a failed run resumes at the
 stage that failed. `force` names stages to recompute.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -28,18 +29,33 @@ from artifacts.store import check_store
 from flows.reporting import flow_run_namer
 from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re-exported)
 from sgpo.config.pipeline import ConfigError, PipelineConfig, load_config
-from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.core.stage import StageContext, section_of
+from sgpo.llm.embedded import EmbeddedLLM
 from tasks import get_stage
 
-STAGES = ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge", "pairwise",
-          "testbed_report")
+STAGES = (
+    "sft",
+    "sample",
+    "annotate",
+    "ppl_filter",
+    "improver_sft",
+    "pairs",
+    "dpo",
+    "sapo",
+    "judge",
+    "pairwise",
+    "testbed_report",
+)
 FORCEABLE = STAGES + ("base_model", "prepare", "report")
 # The data checks (`checks`), each a pairwise[NAME] stage: NAME -> (the column judged as the model, the
 # column it is judged against). Table 1 reads annotate's table; the refinement checks (Fig. 8/10) read
 # each round's pairs (chosen = the refinement y+, rejected = the policy's y); round r > 1 adds `.rR`.
-CHECKS = {"imp_vs_policy": ("imp", "policy"), "imp_vs_reference": ("imp", "reference"),
-          "refined_vs_policy": ("chosen", "rejected"), "refined_vs_reference": ("chosen", "reference")}
+CHECKS = {
+    "imp_vs_policy": ("imp", "policy"),
+    "imp_vs_reference": ("imp", "reference"),
+    "refined_vs_policy": ("chosen", "rejected"),
+    "refined_vs_reference": ("chosen", "reference"),
+}
 
 
 class PipelineReport(BaseModel):
@@ -50,7 +66,9 @@ class PipelineReport(BaseModel):
     testbed: dict[str, Any] | None = None  # the testbed_report stage's summary (report_vs_sft)
     checks: dict[str, dict[str, Any]] = {}  # data check name -> its pairwise summary (`checks`)
     mlflow_run_id: str | None = None
-    report_uri: str | None = None  # the `report` stage's artifact (report.html inside; `sgpo report URI`)
+    report_uri: str | None = (
+        None  # the `report` stage's artifact (report.html inside; `sgpo report URI`)
+    )
 
 
 def check_force(force: list[str] | None, known: tuple[str, ...]) -> list[str]:
@@ -64,9 +82,15 @@ def check_force(force: list[str] | None, known: tuple[str, ...]) -> list[str]:
     return list(force or [])
 
 
-@flow(name="sgpo", description="A recipe's DAG: SGPO and its ablations, the DPO baseline, SPIN; then the judge",
-      result_serializer="json", flow_run_name=flow_run_namer(lambda: load_config("tiny")))
-def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None = None) -> PipelineReport:
+@flow(
+    name="sgpo",
+    description="A recipe's DAG: SGPO and its ablations, the DPO baseline, SPIN; then the judge",
+    result_serializer="json",
+    flow_run_name=flow_run_namer(lambda: load_config("tiny")),
+)
+def sgpo_pipeline(
+    config: PipelineConfig | None = None, force: list[str] | None = None
+) -> PipelineReport:
     """Run `config`'s recipe (`config.method`) end to end; `force` lists stages to recompute.
 
     Args:
@@ -77,15 +101,26 @@ def sgpo_pipeline(config: PipelineConfig | None = None, force: list[str] | None 
 
     cfg = config or load_config("tiny")
     force = check_force(force, FORCEABLE)
-    check_store(cfg.store.url, cfg.store.storage_options)  # scheme known, reachable, writable: before any work
+    check_store(
+        cfg.store.url, cfg.store.storage_options
+    )  # scheme known, reachable, writable: before any work
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
     from flows.reporting import finish_pipeline, run_name
 
-    with pipeline_run(cfg.tracking, run_name(cfg), tags={"prefect.flow_run_id": str(run_id)}) as tracking:
-        ctx = StageContext(store=cfg.store, tracking=tracking, run_id=run_id, trust_remote_code=cfg.model.trust_remote_code)
+    with pipeline_run(
+        cfg.tracking, run_name(cfg), tags={"prefect.flow_run_id": str(run_id)}
+    ) as tracking:
+        ctx = StageContext(
+            store=cfg.store,
+            tracking=tracking,
+            run_id=run_id,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
         report = _pipeline(cfg, ctx, force)
-        report.report_uri = finish_pipeline(cfg, ctx, report, force)  # report stage, UI summary; never raises
+        report.report_uri = finish_pipeline(
+            cfg, ctx, report, force
+        )  # report stage, UI summary; never raises
     report.flow_run_id, report.mlflow_run_id = run_id, tracking.parent_run_id if tracking else None
     return report
 
@@ -113,7 +148,9 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         label = f"prepare[{role}]"
         if all(s.label != label for s in steps):
             if getattr(cfg.data, role) is None:
-                raise ConfigError(f"method {cfg.method} (algorithm {cfg.algorithm}) needs data.{role}")
+                raise ConfigError(
+                    f"method {cfg.method} (algorithm {cfg.algorithm}) needs data.{role}"
+                )
             add(label, "prepare", f"data.{role}")
         return label
 
@@ -121,22 +158,30 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         return "" if n == 1 else f"[{i}]"
 
     base = add("base_model", "base_model", "model")
-    if cfg.algorithm == "sapo" and cfg.sapo_start == "base":  # the base model is already an SFT model
+    if (
+        cfg.algorithm == "sapo" and cfg.sapo_start == "base"
+    ):  # the base model is already an SFT model
         pi_sft = base
     else:
         pi_sft = add("sft", "sft", "sft", base=base, data=data("sft"))
     if cfg.algorithm == "sft":  # pi_sft itself (the testbed's first row)
         policy = pi_sft
-    elif cfg.algorithm == "sft_continued":  # the control: as much more SFT as PO gets, on D_po's references
+    elif (
+        cfg.algorithm == "sft_continued"
+    ):  # the control: as much more SFT as PO gets, on D_po's references
         policy = add("sft_continued", "sft", "sft_continued", base=pi_sft, data=data("po"))
     elif cfg.algorithm == "dpo":  # DPO on the published preference pairs, reference pi_sft
         policy = add("dpo", "dpo", "dpo_baseline", start=pi_sft, pairs=data("prefs"))
-    elif cfg.algorithm == "sapo":  # one long stage: EMA-regenerated segments, replay buffer, DPO/ORPO steps
+    elif (
+        cfg.algorithm == "sapo"
+    ):  # one long stage: EMA-regenerated segments, replay buffer, DPO/ORPO steps
         start = base if cfg.sapo_start == "base" else pi_sft
         policy = add("sapo", "sapo", "sapo", policy=start, data=data("sapo"))
     elif cfg.algorithm == "spin":  # chosen y_sft, rejected pi_t's answer, reference pi_t
         if cfg.pairs.chosen != "sft":
-            raise ConfigError("algorithm spin takes chosen = y_sft: pairs.chosen must be 'sft' (method=spin sets it)")
+            raise ConfigError(
+                "algorithm spin takes chosen = y_sft: pairs.chosen must be 'sft' (method=spin sets it)"
+            )
         policy, k = pi_sft, cfg.spin.iterations
         for t in range(1, k + 1):
             pairs = add(f"pairs{suffix(t, k)}", "pairs", "pairs", policy=policy, data=data("po"))
@@ -147,13 +192,19 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         if cfg.shared_improver or refined:  # the improver is the policy, or it refines: train it
             samples = add("sample", "sample", "sample", policy=pi_sft, data=data("improver"))
             annotations = add("annotate", "annotate", "annotate", samples=samples)
-            filtered = add("ppl_filter", "ppl_filter", "ppl_filter", policy=pi_sft, annotations=annotations)
-            pi_imp = add("improver_sft", "improver_sft", "improver_sft", start=pi_sft, filtered=filtered)
+            filtered = add(
+                "ppl_filter", "ppl_filter", "ppl_filter", policy=pi_sft, annotations=annotations
+            )
+            pi_imp = add(
+                "improver_sft", "improver_sft", "improver_sft", start=pi_sft, filtered=filtered
+            )
         # SGPO: one model is policy and improver. SGPO-dagger: the policy starts from pi_sft.
         policy = pi_imp if cfg.shared_improver else pi_sft
         for r in range(1, cfg.rounds + 1):
             inputs = {"policy": policy, "data": data("po")}
-            if refined:  # shared: the refiner of round r is the policy of round r (pi_SGPO in Step 2)
+            if (
+                refined
+            ):  # shared: the refiner of round r is the policy of round r (pi_SGPO in Step 2)
                 inputs["improver"] = policy if cfg.shared_improver else pi_imp
             pairs = add(f"pairs{suffix(r, cfg.rounds)}", "pairs", "pairs", **inputs)
             policy = add(f"dpo{suffix(r, cfg.rounds)}", "dpo", "dpo", start=policy, pairs=pairs)
@@ -161,20 +212,30 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
     labels = {s.label for s in steps}
     if cfg.checks.improved_data:
         if "annotate" not in labels:
-            raise ConfigError(f"checks.improved_data: method {cfg.method} does not annotate (no improved answers to judge)")
+            raise ConfigError(
+                f"checks.improved_data: method {cfg.method} does not annotate (no improved answers to judge)"
+            )
         for name in ("imp_vs_policy", "imp_vs_reference"):
             add(f"pairwise[{name}]", "pairwise", f"checks[{name}]", table="annotate")
     if cfg.checks.refinement:
         rounds = [s.label for s in steps if s.stage == "pairs"]
         if cfg.algorithm != "sgpo" or cfg.pairs.chosen != "refined" or not rounds:
-            raise ConfigError(f"checks.refinement: method {cfg.method} has no refined pairs (needs algorithm sgpo "
-                              "with pairs.chosen=refined)")
+            raise ConfigError(
+                f"checks.refinement: method {cfg.method} has no refined pairs (needs algorithm sgpo "
+                "with pairs.chosen=refined)"
+            )
         for r, label in enumerate(rounds, 1):
             for name in ("refined_vs_policy", "refined_vs_reference"):
                 name = name if r == 1 else f"{name}.r{r}"
                 add(f"pairwise[{name}]", "pairwise", f"checks[{name}]", table=label)
-    if cfg.report_vs_sft:  # the testbed: verifier scores of pi_sft and the final policy, final vs pi_sft
-        judged_sft = judged if policy == pi_sft else add("judge[sft]", "judge", "judge", policy=pi_sft, data=data("eval"))
+    if (
+        cfg.report_vs_sft
+    ):  # the testbed: verifier scores of pi_sft and the final policy, final vs pi_sft
+        judged_sft = (
+            judged
+            if policy == pi_sft
+            else add("judge[sft]", "judge", "judge", policy=pi_sft, data=data("eval"))
+        )
         add("testbed_report", "testbed_report", "judge", final=judged, sft=judged_sft)
     return steps, policy
 
@@ -194,8 +255,14 @@ def check_section(cfg: PipelineConfig, name: str) -> Any:
     from sgpo.config.evaluation import PairwiseConfig
 
     model_column, baseline_column = CHECKS[name.split(".")[0]]
-    return PairwiseConfig(**cfg.judge.model_dump(exclude={"sampling"}), name=name, instruction_column="prompt",
-                          model_column=model_column, baseline_column=baseline_column, max_rows=cfg.checks.max_rows)
+    return PairwiseConfig(
+        **cfg.judge.model_dump(exclude={"sampling"}),
+        name=name,
+        instruction_column="prompt",
+        model_column=model_column,
+        baseline_column=baseline_column,
+        max_rows=cfg.checks.max_rows,
+    )
 
 
 def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> PipelineReport:
@@ -206,16 +273,27 @@ def _pipeline(cfg: PipelineConfig, ctx: StageContext, force: list[str]) -> Pipel
     refs: dict[str, Any] = {}
     # The stand-in LLM (for endpoints without base_url) serves the base model, or a configured dir;
     # it starts only if annotate or judge really runs.
-    llm = EmbeddedLLM.from_config(cfg.embedded_llm, lambda: ctx.open_store().model_dir(refs["base_model"]))
+    llm = EmbeddedLLM.from_config(
+        cfg.embedded_llm, lambda: ctx.open_store().model_dir(refs["base_model"])
+    )
     with llm:
         run = StageRunner(ctx, force, cfg.execution, llm=llm)
         for step in steps:
-            refs[step.label] = run(step.label, get_stage(step.stage), recipe_section(cfg, step.section),
-                                   **{name: refs[label] for name, label in step.inputs.items()})
+            refs[step.label] = run(
+                step.label,
+                get_stage(step.stage),
+                recipe_section(cfg, step.section),
+                **{name: refs[label] for name, label in step.inputs.items()},
+            )
     _publish_ui_artifacts(run.reports, refs["judge"])
-    return PipelineReport(flow_run_id=None, stages=run.reports, final_policy=refs[final].uri, judge=refs["judge"].summary,
-                          testbed=refs["testbed_report"].summary if "testbed_report" in refs else None,
-                          checks={s.label[9:-1]: refs[s.label].summary for s in steps if s.stage == "pairwise"})
+    return PipelineReport(
+        flow_run_id=None,
+        stages=run.reports,
+        final_policy=refs[final].uri,
+        judge=refs["judge"].summary,
+        testbed=refs["testbed_report"].summary if "testbed_report" in refs else None,
+        checks={s.label[9:-1]: refs[s.label].summary for s in steps if s.stage == "pairwise"},
+    )
 
 
 def _publish_ui_artifacts(reports: list[StageReport], judged: Any) -> None:
@@ -224,7 +302,10 @@ def _publish_ui_artifacts(reports: list[StageReport], judged: Any) -> None:
 
     create_table_artifact(
         key="sgpo-stages",
-        table=[{"stage": r.stage, "status": r.status, "seconds": r.seconds, "uri": r.uri} for r in reports],
+        table=[
+            {"stage": r.stage, "status": r.status, "seconds": r.seconds, "uri": r.uri}
+            for r in reports
+        ],
         description="Stages of this SGPO run: ran or cached, duration, artifact",
     )
     create_table_artifact(

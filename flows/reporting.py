@@ -5,13 +5,14 @@ goes wrong here is logged as a warning and the run's result stands.
     flows/pipeline.py  sgpo_pipeline -> finish_pipeline(cfg, ctx, report, force)
     flows/evaluate.py  evaluate      -> finish_evaluation(cfg, ctx, report, force)
 """
+
 from __future__ import annotations
 
 import json
 from typing import Any
 
-from sgpo.report.summary import StageReport
 from sgpo.core.stage import StageContext, stage_logger
+from sgpo.report.summary import StageReport
 
 
 def config_hash(cfg: Any) -> str:
@@ -44,7 +45,11 @@ def flow_run_namer(default_config: Any) -> Any:
             cfg = (ctx.parameters or {}).get("config") if ctx else None
             return run_name(cfg if cfg is not None else default_config())
         except Exception:  # noqa: BLE001
-            return f"{ctx.flow.name}-{str(ctx.flow_run.id)[:8]}" if ctx and ctx.flow_run else "sgpo-run"
+            return (
+                f"{ctx.flow.name}-{str(ctx.flow_run.id)[:8]}"
+                if ctx and ctx.flow_run
+                else "sgpo-run"
+            )
 
     return name
 
@@ -53,8 +58,13 @@ def method_of(cfg: Any) -> str:
     """The recipe and what it does, in words (`no-ref: SGPO No-Ref`; configuration, not code)."""
     algorithm = getattr(cfg, "algorithm", "sgpo")
     if algorithm != "sgpo":
-        words = {"dpo": "DPO on preference pairs", "spin": "SPIN", "sapo": "SAPO", "sft": "SFT only",
-                 "sft_continued": "continued SFT"}.get(algorithm, algorithm)
+        words = {
+            "dpo": "DPO on preference pairs",
+            "spin": "SPIN",
+            "sapo": "SAPO",
+            "sft": "SFT only",
+            "sft_continued": "continued SFT",
+        }.get(algorithm, algorithm)
         return f"{cfg.method}: {words}" if getattr(cfg, "method", algorithm) != algorithm else words
     parts = ["SGPO" if getattr(cfg, "shared_improver", True) else "SGPO-dagger"]
     try:
@@ -78,10 +88,15 @@ def method_of(cfg: Any) -> str:
 
 def _stage_items(stages: list[StageReport]) -> list[dict[str, Any]]:
     # what keys the report: artifacts and cache hits; not the seconds (they differ on every run)
-    return [{"label": s.stage, "status": s.status, "uri": s.uri, "content_hash": s.content_hash} for s in stages]
+    return [
+        {"label": s.stage, "status": s.status, "uri": s.uri, "content_hash": s.content_hash}
+        for s in stages
+    ]
 
 
-def run_report_stage(ctx: StageContext, stages: list[StageReport], title: str, force: list[str]) -> StageReport | None:
+def run_report_stage(
+    ctx: StageContext, stages: list[StageReport], title: str, force: list[str]
+) -> StageReport | None:
     """The report stage (cached, in-process: it is a cheap CPU stage); None if it failed."""
     from flows.runner import StageRunner
     from tasks import get_stage
@@ -90,11 +105,20 @@ def run_report_stage(ctx: StageContext, stages: list[StageReport], title: str, f
     log = stage_logger("report")
     try:
         runner = StageRunner(ctx, [s for s in force if s == "report"])
-        runner("report", get_stage("report"), ReportConfig(), params={"stages": _stage_items(stages), "title": title})
+        runner(
+            "report",
+            get_stage("report"),
+            ReportConfig(),
+            params={"stages": _stage_items(stages), "title": title},
+        )
         done = runner.reports[-1]
         missing = done.summary.get("missing") or {}
         if missing:
-            log.warning("report: %d figure(s) missing: %s", len(missing), "; ".join(f"{k}: {v}" for k, v in missing.items()))
+            log.warning(
+                "report: %d figure(s) missing: %s",
+                len(missing),
+                "; ".join(f"{k}: {v}" for k, v in missing.items()),
+            )
         return done
     except Exception as e:  # noqa: BLE001 - the report never fails the run
         log.warning("report not made (the run itself is fine): %s: %s", type(e).__name__, e)
@@ -115,8 +139,10 @@ def _fmt(v: Any, nd: int = 1) -> str:
 
 def judged_line(name: str, s: dict[str, Any]) -> str:
     if isinstance(s.get("score"), (int, float)):  # Arena-Hard
-        return (f"{name}: score {_fmt(s['score'])} (95% CI {_fmt(s.get('ci_low'))} to {_fmt(s.get('ci_high'))}), "
-                f"{s.get('n_questions')} questions")
+        return (
+            f"{name}: score {_fmt(s['score'])} (95% CI {_fmt(s.get('ci_low'))} to {_fmt(s.get('ci_high'))}), "
+            f"{s.get('n_questions')} questions"
+        )
     if s.get("win_rate") is None:
         return f"{name}: no win rate ({s.get('n_labelled', 0)} of {s.get('n', 0)} labelled)"
     line = f"{name}: win rate {_fmt(s['win_rate'])}% (SE {_fmt(s.get('standard_error'))}), {s.get('n_labelled')} of {s.get('n')} judged"
@@ -133,15 +159,36 @@ def benchmark_rows(s: dict[str, Any]) -> list[dict[str, Any]]:
     """A judged benchmark's numbers as table rows, rounded to 2 decimals, each with its SE or 95% CI."""
     rows = []
 
-    def add(metric: str, value: Any, se: Any = None, lo: Any = None, hi: Any = None, n: Any = None) -> None:
+    def add(
+        metric: str, value: Any, se: Any = None, lo: Any = None, hi: Any = None, n: Any = None
+    ) -> None:
         if _num(value) is not None:
-            rows.append({"metric": metric, "value": _num(value), "SE": _num(se), "CI 95% low": _num(lo),
-                         "CI 95% high": _num(hi), "n": n})
+            rows.append(
+                {
+                    "metric": metric,
+                    "value": _num(value),
+                    "SE": _num(se),
+                    "CI 95% low": _num(lo),
+                    "CI 95% high": _num(hi),
+                    "n": n,
+                }
+            )
 
     add("win rate (%)", s.get("win_rate"), se=s.get("standard_error"), n=s.get("n_labelled"))
     add("discrete win rate (%)", s.get("discrete_win_rate"), n=s.get("n_labelled"))
-    add("LC win rate (%)", s.get("lc_win_rate"), se=s.get("lc_standard_error"), n=s.get("n_labelled"))
-    add("score", s.get("score"), lo=s.get("ci_low"), hi=s.get("ci_high"), n=s.get("n_questions") or s.get("n_rated"))
+    add(
+        "LC win rate (%)",
+        s.get("lc_win_rate"),
+        se=s.get("lc_standard_error"),
+        n=s.get("n_labelled"),
+    )
+    add(
+        "score",
+        s.get("score"),
+        lo=s.get("ci_low"),
+        hi=s.get("ci_high"),
+        n=s.get("n_questions") or s.get("n_rated"),
+    )
     add("turn 1 score", s.get("score_turn_1"))
     add("turn 2 score", s.get("score_turn_2"))
     return [{k: ("" if v is None else v) for k, v in r.items()} for r in rows]
@@ -164,30 +211,57 @@ def publish_benchmark_tables(judged: dict[str, dict[str, Any]]) -> list[str]:
             rows = benchmark_rows(s or {})
             if not rows:
                 continue
-            versus = f" vs {s.get('baseline') or s.get('baseline_column')}" if (s.get("baseline") or s.get("baseline_column")) else ""
-            create_table_artifact(key=artifact_key(name), table=rows,
-                                  description=f"{name}{versus}: judged numbers, rounded, with SE / 95% CI")
+            versus = (
+                f" vs {s.get('baseline') or s.get('baseline_column')}"
+                if (s.get("baseline") or s.get("baseline_column"))
+                else ""
+            )
+            create_table_artifact(
+                key=artifact_key(name),
+                table=rows,
+                description=f"{name}{versus}: judged numbers, rounded, with SE / 95% CI",
+            )
             keys.append(artifact_key(name))
     except Exception as e:  # noqa: BLE001 - outside a run, or the API is down
         stage_logger("flow").debug("no benchmark table artifacts: %s", e)
     return keys
 
 
-def summary_markdown(*, title: str, method: str, stages: list[StageReport], judged: list[str],
-                     final_policy: str | None, mlflow_url: str | None, report: StageReport | None) -> str:
+def summary_markdown(
+    *,
+    title: str,
+    method: str,
+    stages: list[StageReport],
+    judged: list[str],
+    final_policy: str | None,
+    mlflow_url: str | None,
+    report: StageReport | None,
+) -> str:
     ran = sum(s.status == "ran" for s in stages)
     lines = [f"# {title}", "", f"**Method**: {method}", ""]
     if final_policy:
-        lines += [f"**Final policy** (`sgpo evaluate eval-alpaca-arena model.path=...`): `{final_policy}`", ""]
+        lines += [
+            f"**Final policy** (`sgpo evaluate eval-alpaca-arena model.path=...`): `{final_policy}`",
+            "",
+        ]
     lines += ["**Judged**:", *([f"- {j}" for j in judged] or ["- nothing judged"]), ""]
-    lines += [f"**Stages**: {ran} ran, {len(stages) - ran} cached (table artifact `sgpo-stages`)", ""]
+    lines += [
+        f"**Stages**: {ran} ran, {len(stages) - ran} cached (table artifact `sgpo-stages`)",
+        "",
+    ]
     lines += [f"**MLflow**: {mlflow_url or 'tracking off'}", ""]
     if report is not None:
         html = report.summary.get("html")
-        lines += [f"**Report**: `{html}` (figures, stage table, lineage); a local copy: "
-                  f"`sgpo report {report.uri} -o report.html`"]
+        lines += [
+            f"**Report**: `{html}` (figures, stage table, lineage); a local copy: "
+            f"`sgpo report {report.uri} -o report.html`"
+        ]
         if report.summary.get("missing"):
-            lines += ["", "Figures not made: " + "; ".join(f"{k} ({v})" for k, v in report.summary["missing"].items())]
+            lines += [
+                "",
+                "Figures not made: "
+                + "; ".join(f"{k} ({v})" for k, v in report.summary["missing"].items()),
+            ]
     else:
         lines += ["**Report**: not made (see the run's logs)"]
     return "\n".join(lines)
@@ -210,16 +284,31 @@ def _log_parent(tracking: Any, params: dict[str, Any], metrics: dict[str, float]
 
         t = StageTracker(_client(tracking.uri), tracking.parent_run_id)
         existing = t.client.get_run(tracking.parent_run_id).data.params
-        t.log_params({k: v for k, v in params.items() if k not in existing})  # a retry may not change a param
+        t.log_params(
+            {k: v for k, v in params.items() if k not in existing}
+        )  # a retry may not change a param
         t.log_metrics(metrics)
     except Exception as e:  # noqa: BLE001
         stage_logger("flow").warning("MLflow parent run not updated: %s", e)
 
 
 def _headline_metrics(prefix: str, s: dict[str, Any]) -> dict[str, float]:
-    keys = ("win_rate", "standard_error", "discrete_win_rate", "lc_win_rate", "lc_standard_error", "n_labelled",
-            "score", "ci_low", "ci_high")
-    return {f"{prefix}.{k}": float(s[k]) for k in keys if isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)}
+    keys = (
+        "win_rate",
+        "standard_error",
+        "discrete_win_rate",
+        "lc_win_rate",
+        "lc_standard_error",
+        "n_labelled",
+        "score",
+        "ci_low",
+        "ci_high",
+    )
+    return {
+        f"{prefix}.{k}": float(s[k])
+        for k in keys
+        if isinstance(s.get(k), (int, float)) and not isinstance(s.get(k), bool)
+    }
 
 
 def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) -> str | None:
@@ -227,22 +316,52 @@ def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) 
     try:
         title = f"{cfg.name} ({method_of(cfg)}), config {config_hash(cfg)}"
         done = run_report_stage(ctx, report.stages, title, force)
-        judged = [judged_line("judge (final policy vs the eval set's baseline)", report.judge or {})]
+        judged = [
+            judged_line("judge (final policy vs the eval set's baseline)", report.judge or {})
+        ]
         checks = report.checks
-        judged += [judged_line(f"check {name} ({s.get('model_column')} vs {s.get('baseline_column')})", s)
-                   for name, s in checks.items()]
-        publish_benchmark_tables({"judge": report.judge or {}} | {f"check {n}": s for n, s in checks.items()})
-        _publish_markdown(summary_markdown(title=title, method=method_of(cfg), stages=report.stages, judged=judged,
-                                           final_policy=report.final_policy, mlflow_url=mlflow_run_url(ctx.tracking),
-                                           report=done), f"{cfg.name}: summary of this run")
-        metrics = {**_headline_metrics("judge", report.judge or {}),
-                   **{k: v for n, s in checks.items() for k, v in _headline_metrics(f"check.{n}", s).items()},
-                   "stages.ran": float(sum(s.status == "ran" for s in report.stages)),
-                   "stages.cached": float(sum(s.status == "cached" for s in report.stages))}
-        _log_parent(ctx.tracking, {"method": method_of(cfg), "config_hash": config_hash(cfg), "rounds": cfg.rounds,
-                                   "shared_improver": cfg.shared_improver, "dpo.beta": cfg.dpo.beta,
-                                   "final_policy": report.final_policy,
-                                   "report": (done.summary.get("html") if done else "")}, metrics)
+        judged += [
+            judged_line(f"check {name} ({s.get('model_column')} vs {s.get('baseline_column')})", s)
+            for name, s in checks.items()
+        ]
+        publish_benchmark_tables(
+            {"judge": report.judge or {}} | {f"check {n}": s for n, s in checks.items()}
+        )
+        _publish_markdown(
+            summary_markdown(
+                title=title,
+                method=method_of(cfg),
+                stages=report.stages,
+                judged=judged,
+                final_policy=report.final_policy,
+                mlflow_url=mlflow_run_url(ctx.tracking),
+                report=done,
+            ),
+            f"{cfg.name}: summary of this run",
+        )
+        metrics = {
+            **_headline_metrics("judge", report.judge or {}),
+            **{
+                k: v
+                for n, s in checks.items()
+                for k, v in _headline_metrics(f"check.{n}", s).items()
+            },
+            "stages.ran": float(sum(s.status == "ran" for s in report.stages)),
+            "stages.cached": float(sum(s.status == "cached" for s in report.stages)),
+        }
+        _log_parent(
+            ctx.tracking,
+            {
+                "method": method_of(cfg),
+                "config_hash": config_hash(cfg),
+                "rounds": cfg.rounds,
+                "shared_improver": cfg.shared_improver,
+                "dpo.beta": cfg.dpo.beta,
+                "final_policy": report.final_policy,
+                "report": (done.summary.get("html") if done else ""),
+            },
+            metrics,
+        )
         return done.uri if done else None
     except Exception as e:  # noqa: BLE001
         stage_logger("flow").warning("end-of-run summary not made: %s: %s", type(e).__name__, e)
@@ -260,14 +379,39 @@ def finish_evaluation(cfg: Any, ctx: StageContext, report: Any, force: list[str]
             judged.append(judged_line("Arena-Hard v0.1", report.arena_hard))
         for name, p in report.pairwise.items():
             judged.append(judged_line(f"pairwise {name}", p))
-        publish_benchmark_tables({k: v for k, v in [("alpaca-eval", report.alpaca_eval), ("arena-hard", report.arena_hard),
-                                                    ("mt-bench", report.mt_bench)] if v}
-                                 | {f"pairwise {n}": p for n, p in report.pairwise.items()})
-        _publish_markdown(summary_markdown(title=title, method=f"evaluation of {report.model}", stages=report.stages,
-                                           judged=judged, final_policy=None, mlflow_url=mlflow_run_url(ctx.tracking),
-                                           report=done), f"{cfg.name}: summary of this evaluation")
-        _log_parent(ctx.tracking, {"model": report.model, "config_hash": config_hash(cfg),
-                                   "report": (done.summary.get("html") if done else "")}, {})
+        publish_benchmark_tables(
+            {
+                k: v
+                for k, v in [
+                    ("alpaca-eval", report.alpaca_eval),
+                    ("arena-hard", report.arena_hard),
+                    ("mt-bench", report.mt_bench),
+                ]
+                if v
+            }
+            | {f"pairwise {n}": p for n, p in report.pairwise.items()}
+        )
+        _publish_markdown(
+            summary_markdown(
+                title=title,
+                method=f"evaluation of {report.model}",
+                stages=report.stages,
+                judged=judged,
+                final_policy=None,
+                mlflow_url=mlflow_run_url(ctx.tracking),
+                report=done,
+            ),
+            f"{cfg.name}: summary of this evaluation",
+        )
+        _log_parent(
+            ctx.tracking,
+            {
+                "model": report.model,
+                "config_hash": config_hash(cfg),
+                "report": (done.summary.get("html") if done else ""),
+            },
+            {},
+        )
         return done.uri if done else None
     except Exception as e:  # noqa: BLE001
         stage_logger("flow").warning("end-of-run summary not made: %s: %s", type(e).__name__, e)

@@ -6,6 +6,7 @@ if that stage really runs), runs the stage's task in-process or on the CUDA pool
 (flows.dispatch), turns its error into a `StageFailed` that names the stage, prints and logs one
 line per stage, and records cached stages in MLflow.
 """
+
 from __future__ import annotations
 
 import time
@@ -14,9 +15,9 @@ from typing import Any
 from artifacts.refs import ArtifactRef
 from flows.dispatch import dispatch_stage
 from sgpo.config.pipeline import ExecutionConfig
+from sgpo.core.stage import Stage, StageContext, journal_note, stage_logger
 from sgpo.llm.embedded import EmbeddedLLM, embedded_model_name
 from sgpo.report.summary import StageReport
-from sgpo.core.stage import Stage, StageContext, journal_note, stage_logger
 
 
 class StageFailed(RuntimeError):
@@ -26,7 +27,9 @@ class StageFailed(RuntimeError):
 def with_endpoint(section: Any, field: str, base_url: str | None, model: str) -> Any:
     """`section` with its `field` endpoint pointed at `base_url` / `model`."""
     ep = getattr(section, field)
-    return section.model_copy(update={field: ep.model_copy(update={"base_url": base_url, "model": model})})
+    return section.model_copy(
+        update={field: ep.model_copy(update={"base_url": base_url, "model": model})}
+    )
 
 
 def show_cached(label: str, ref: ArtifactRef) -> None:
@@ -38,9 +41,12 @@ def show_cached(label: str, ref: ArtifactRef) -> None:
 
         if FlowRunContext.get() is None:  # `python -m tasks.NAME`, tests: nothing to attach to
             return
-        create_link_artifact(link=ref.uri, link_text=f"{label} (cached) {ref.uri}",
-                             description=f"Stage {label}: cached, reused from an earlier run "
-                                         f"(content {ref.content_hash[:12]}, made by {ref.produced_by or 'unknown'})")
+        create_link_artifact(
+            link=ref.uri,
+            link_text=f"{label} (cached) {ref.uri}",
+            description=f"Stage {label}: cached, reused from an earlier run "
+            f"(content {ref.content_hash[:12]}, made by {ref.produced_by or 'unknown'})",
+        )
     except Exception as e:  # noqa: BLE001 - the API is down: the stage line in the logs still says it
         stage_logger("flow").debug("no cached-stage artifact for %s: %s", label, e)
 
@@ -48,8 +54,15 @@ def show_cached(label: str, ref: ArtifactRef) -> None:
 class StageRunner:
     """Call as `run(label, stage, cfg, **inputs)`; `label` is the stage name, optionally `name[suffix]`."""
 
-    def __init__(self, ctx: StageContext, force: list[str], execution: ExecutionConfig | None = None, *,
-                 llm: EmbeddedLLM | None = None, width: int = 18):
+    def __init__(
+        self,
+        ctx: StageContext,
+        force: list[str],
+        execution: ExecutionConfig | None = None,
+        *,
+        llm: EmbeddedLLM | None = None,
+        width: int = 18,
+    ):
         self.ctx, self.force = ctx, set(force)
         self.execution = execution or ExecutionConfig()
         self.llm = llm
@@ -60,8 +73,9 @@ class StageRunner:
     def _forced(self, label: str) -> bool:
         return label.split("[")[0] in self.force or label in self.force
 
-    def _point_at_embedded(self, st: Stage, cfg: Any, inputs: dict[str, ArtifactRef], params: dict | None,
-                           forced: bool) -> Any:
+    def _point_at_embedded(
+        self, st: Stage, cfg: Any, inputs: dict[str, ArtifactRef], params: dict | None, forced: bool
+    ) -> Any:
         """An LLM stage without base_url talks to the embedded server, which starts only if the stage
         has no finished artifact (the model name, part of the key, is set either way)."""
         if not st.llm or self.llm is None or getattr(cfg, st.llm).base_url:
@@ -69,12 +83,21 @@ class StageRunner:
         cfg = st.coerce(cfg)
         name = embedded_model_name(cfg, judge=self.llm.judge, annotator=self.llm.annotator)
         cfg = with_endpoint(cfg, st.llm, None, name)
-        if not forced and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None:
+        if (
+            not forced
+            and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None
+        ):
             return cfg  # cached: no server needed; Stage.run returns the artifact before checking base_url
         return with_endpoint(cfg, st.llm, self.llm.base_url(), name)
 
-    def __call__(self, label: str, st: Stage, cfg: Any, params: dict[str, Any] | None = None,
-                 **inputs: ArtifactRef) -> ArtifactRef:
+    def __call__(
+        self,
+        label: str,
+        st: Stage,
+        cfg: Any,
+        params: dict[str, Any] | None = None,
+        **inputs: ArtifactRef,
+    ) -> ArtifactRef:
         forced = self._forced(label)
         ctx = self.ctx.model_copy(update={"refresh": forced})
         t0 = time.perf_counter()
@@ -84,10 +107,18 @@ class StageRunner:
         except Exception as e:
             raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - t0
-        report = StageReport(stage=label, status="cached" if cached else "ran", seconds=round(seconds, 2),
-                             uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary)
+        report = StageReport(
+            stage=label,
+            status="cached" if cached else "ran",
+            seconds=round(seconds, 2),
+            uri=ref.uri,
+            content_hash=ref.content_hash,
+            summary=ref.summary,
+        )
         self.reports.append(report)
-        note = "" if cached else journal_note(ref.summary)  # e.g. " (48 answers from the journal, 0 sent)"
+        note = (
+            "" if cached else journal_note(ref.summary)
+        )  # e.g. " (48 answers from the journal, 0 sent)"
         line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"
         print(line, flush=True)
         self.log.info(line)
@@ -96,6 +127,8 @@ class StageRunner:
         if cached and self.ctx.tracking:
             from sgpo.core.tracking import stage_run
 
-            with stage_run(self.ctx.tracking, label, tags={"sgpo.cached": "true", "sgpo.artifact_uri": ref.uri}):
+            with stage_run(
+                self.ctx.tracking, label, tags={"sgpo.cached": "true", "sgpo.artifact_uri": ref.uri}
+            ):
                 pass
         return ref

@@ -14,10 +14,11 @@ ArtifactRef); the parent reads the artifact back from the shared store by cache 
 Flow names are the stage names and deployments are `<stage>/<prefix>-<stage>` (ExecutionConfig);
 `deployments/prefect.yaml` registers one deployment per flow here (a test checks the two agree).
 """
+
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Any
 
 from prefect import flow
 
@@ -36,12 +37,24 @@ def stage_flow(st: Stage) -> Any:
         ref, _ = run_task(st, cfg, ctx, inputs, params)
         return ref  # the stage's error fails this flow run
 
-    annotations = {"inputs": dict[str, ArtifactRef], "cfg": st.config, "ctx": StageContext,
-                   "params": Optional[dict[str, Any]], "return": ArtifactRef}
+    annotations = {
+        "inputs": dict[str, ArtifactRef],
+        "cfg": st.config,
+        "ctx": StageContext,
+        "params": dict[str, Any] | None,
+        "return": ArtifactRef,
+    }
     run.__annotations__ = annotations
     run.__signature__ = inspect.Signature(
-        [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=annotations[n],
-                           **({"default": None} if n == "params" else {})) for n in ("inputs", "cfg", "ctx", "params")],
+        [
+            inspect.Parameter(
+                n,
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                annotation=annotations[n],
+                **({"default": None} if n == "params" else {}),
+            )
+            for n in ("inputs", "cfg", "ctx", "params")
+        ],
         return_annotation=ArtifactRef,
     )
     run.__name__ = run.__qualname__ = f"{st.name}_stage_flow"

@@ -10,6 +10,7 @@ dpo_cached (DPO with cached reference log-probs), vllm (sampling with vllm.LLM w
 skip it would print), the accelerate configs, the launch command; the training checks run 1 step
 in fp32 on the CPU; vllm only its import. Exit status 1 if a check FAILED (a skip is not a failure).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-NEEDS = {"bf16_sft": ["torch", "transformers", "pydantic", "yaml", "datasets", "trl", "tokenizers"],
-         "lora": ["peft"], "dpo_cached": [], "zero3": ["deepspeed"], "vllm": ["vllm"]}
+NEEDS = {
+    "bf16_sft": ["torch", "transformers", "pydantic", "yaml", "datasets", "trl", "tokenizers"],
+    "lora": ["peft"],
+    "dpo_cached": [],
+    "zero3": ["deepspeed"],
+    "vllm": ["vllm"],
+}
 RESULTS: list[tuple[str, str]] = []
 
 
@@ -44,8 +50,17 @@ def tiny_model(folder: Path, big: bool) -> str:
     from sgpo.models.tinykit import build_bundled_tiny_model
 
     # on a GPU a model big enough for the figures to mean something (~50M parameters); on CPU the tiny one
-    tc = TinyModelConfig(hidden_size=512, num_attention_heads=8, num_hidden_layers=8, intermediate_size=2048,
-                         vocab_size=4096) if big else TinyModelConfig()
+    tc = (
+        TinyModelConfig(
+            hidden_size=512,
+            num_attention_heads=8,
+            num_hidden_layers=8,
+            intermediate_size=2048,
+            vocab_size=4096,
+        )
+        if big
+        else TinyModelConfig()
+    )
     build_bundled_tiny_model(folder, tc)
     return str(folder)
 
@@ -53,10 +68,19 @@ def tiny_model(folder: Path, big: bool) -> str:
 def examples(n: int = 64) -> list:
     from sgpo.data.sources import BUNDLED_DIR
 
-    rows = [json.loads(l) for l in (BUNDLED_DIR / "tiny" / "sft.jsonl").read_text().splitlines() if l.strip()]
+    rows = [
+        json.loads(ln)
+        for ln in (BUNDLED_DIR / "tiny" / "sft.jsonl").read_text().splitlines()
+        if ln.strip()
+    ]
     rows = (rows * (n // len(rows) + 1))[:n]
-    return [([{"role": "user", "content": r["prompt"]}], next(m["content"] for m in r["messages"] if m["role"] == "assistant"))
-            for r in rows]
+    return [
+        (
+            [{"role": "user", "content": r["prompt"]}],
+            next(m["content"] for m in r["messages"] if m["role"] == "assistant"),
+        )
+        for r in rows
+    ]
 
 
 def train(kind: str, model: str, steps: int, gpu: bool) -> dict:
@@ -64,8 +88,15 @@ def train(kind: str, model: str, steps: int, gpu: bool) -> dict:
     from sgpo.config.pipeline import DPOStageConfig, LoRAConfig, SFTStageConfig
     from sgpo.train.trainers import reference_logps, train_dpo, train_sft
 
-    common = dict(max_steps=steps, per_device_batch_size=8, effective_batch_size=8, max_length=512,
-                  learning_rate=1e-4, warmup_ratio=0.0, bf16=gpu)
+    common = dict(
+        max_steps=steps,
+        per_device_batch_size=8,
+        effective_batch_size=8,
+        max_length=512,
+        learning_rate=1e-4,
+        warmup_ratio=0.0,
+        bf16=gpu,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         if kind == "dpo_cached":
             cfg = DPOStageConfig(**common)
@@ -81,10 +112,16 @@ def train(kind: str, model: str, steps: int, gpu: bool) -> dict:
 
 
 def figure(m: dict, steps: int) -> str:
-    mem = f"peak GPU {m['perf.peak_gpu_mem_gb']:.2f} GiB" if "perf.peak_gpu_mem_gb" in m else f"peak RSS {m['perf.peak_rss_gb']:.2f} GiB"
+    mem = (
+        f"peak GPU {m['perf.peak_gpu_mem_gb']:.2f} GiB"
+        if "perf.peak_gpu_mem_gb" in m
+        else f"peak RSS {m['perf.peak_rss_gb']:.2f} GiB"
+    )
     mfu = f", MFU {m['perf.mfu'] * 100:.1f}%" if "perf.mfu" in m else ""
-    return (f"{m['perf.tokens_per_s']:.0f} tokens/s, {m['perf.samples_per_s']:.1f} samples/s, "
-            f"step {m['perf.train_seconds'] / steps * 1000:.0f} ms, {mem}{mfu}")
+    return (
+        f"{m['perf.tokens_per_s']:.0f} tokens/s, {m['perf.samples_per_s']:.1f} samples/s, "
+        f"step {m['perf.train_seconds'] / steps * 1000:.0f} ms, {mem}{mfu}"
+    )
 
 
 def run_check(name: str, fn, *needs: str) -> None:
@@ -117,8 +154,12 @@ def main() -> int:
     gpu = torch.cuda.is_available() and not args.dry_run
     steps = 1 if args.dry_run else args.steps
     dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device"
-    line("env", "OK", f"python {sys.version.split()[0]}, torch {torch.__version__}, {dev}"
-         + (" (dry run: CPU, 1 step, fp32)" if args.dry_run else ""))
+    line(
+        "env",
+        "OK",
+        f"python {sys.version.split()[0]}, torch {torch.__version__}, {dev}"
+        + (" (dry run: CPU, 1 step, fp32)" if args.dry_run else ""),
+    )
     if not gpu and not args.dry_run:
         line("gpu", "FAIL", "no CUDA device: run with --dry-run on a CPU machine")
         return 1
@@ -140,27 +181,68 @@ def main() -> int:
 
         def dpo():
             m = train("dpo_cached", model, steps, gpu)
-            line("dpo_cached", "OK", figure(m, steps) + f", reference log-prob pass {m['logps_s']:.2f}s (once)")
+            line(
+                "dpo_cached",
+                "OK",
+                figure(m, steps) + f", reference log-prob pass {m['logps_s']:.2f}s (once)",
+            )
 
         def zero3():
-            from sgpo.core.launch import free_port, read_accelerate_config, resolve_accelerate_config
+            from sgpo.core.launch import (
+                free_port,
+                read_accelerate_config,
+                resolve_accelerate_config,
+            )
 
             path = resolve_accelerate_config("zero3")
             tree = read_accelerate_config(path)
-            assert tree["distributed_type"] == "DEEPSPEED" and tree["deepspeed_config"]["zero_stage"] == 3
-            cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(path), "--num_processes", "1",
-                   "--num_machines", "1", "--main_process_port", str(free_port()), str(Path(__file__).resolve()),
-                   "--_train", "sft", "--_model", str(model), "--steps", str(steps)]
+            assert (
+                tree["distributed_type"] == "DEEPSPEED"
+                and tree["deepspeed_config"]["zero_stage"] == 3
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "accelerate.commands.launch",
+                "--config_file",
+                str(path),
+                "--num_processes",
+                "1",
+                "--num_machines",
+                "1",
+                "--main_process_port",
+                str(free_port()),
+                str(Path(__file__).resolve()),
+                "--_train",
+                "sft",
+                "--_model",
+                str(model),
+                "--steps",
+                str(steps),
+            ]
             if args.dry_run:
                 if importlib.util.find_spec("deepspeed") is None:
-                    line("zero3", "SKIP", f"deepspeed not installed (would run: {' '.join(cmd[1:5])} ... --_train sft)")
+                    line(
+                        "zero3",
+                        "SKIP",
+                        f"deepspeed not installed (would run: {' '.join(cmd[1:5])} ... --_train sft)",
+                    )
                     return
                 if not torch.cuda.is_available():
-                    line("zero3", "SKIP", f"DeepSpeed ZeRO-3 needs CUDA; config {path.name} and launch command checked")
+                    line(
+                        "zero3",
+                        "SKIP",
+                        f"DeepSpeed ZeRO-3 needs CUDA; config {path.name} and launch command checked",
+                    )
                     return
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO),
-                                 env={**os.environ, "PYTHONPATH": str(REPO)})
-            res = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+            out = subprocess.run(
+                cmd,
+                capture_output=True,
+                text=True,
+                cwd=str(REPO),
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+            )
+            res = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
             if out.returncode or not res:
                 raise RuntimeError(f"launch exited {out.returncode}: {out.stderr.strip()[-600:]}")
             line("zero3", "OK", "1 GPU, ZeRO-3: " + figure(json.loads(res[-1][7:]), steps))
@@ -171,17 +253,29 @@ def main() -> int:
                 return
             from vllm import LLM, SamplingParams
 
-            llm = LLM(model=str(model), dtype="bfloat16", gpu_memory_utilization=0.3, max_model_len=512)
+            llm = LLM(
+                model=str(model), dtype="bfloat16", gpu_memory_utilization=0.3, max_model_len=512
+            )
             prompts = [p[0]["content"] for p, _ in examples(64)]
             t0 = time.perf_counter()
-            outs = llm.generate(prompts, SamplingParams(temperature=0.7, top_p=0.9, max_tokens=128, ignore_eos=True))
+            outs = llm.generate(
+                prompts, SamplingParams(temperature=0.7, top_p=0.9, max_tokens=128, ignore_eos=True)
+            )
             dt = time.perf_counter() - t0
             toks = sum(len(o.outputs[0].token_ids) for o in outs)
-            line("vllm", "OK", f"{toks / dt:.0f} generated tokens/s ({len(prompts)} prompts x 128 tokens, {dt:.2f}s)")
+            line(
+                "vllm",
+                "OK",
+                f"{toks / dt:.0f} generated tokens/s ({len(prompts)} prompts x 128 tokens, {dt:.2f}s)",
+            )
 
         if absent:
             for name in ("bf16_sft", "lora", "dpo_cached", "zero3", "vllm"):
-                line(name, "SKIP", f"{', '.join(absent)} not installed (the training glue needs them)")
+                line(
+                    name,
+                    "SKIP",
+                    f"{', '.join(absent)} not installed (the training glue needs them)",
+                )
         else:
             run_check("bf16_sft", bf16)
             run_check("lora", lora, *NEEDS["lora"])
@@ -192,8 +286,10 @@ def main() -> int:
                 run_check("zero3", zero3, *NEEDS["zero3"])
             run_check("vllm", vllm, *NEEDS["vllm"])
     failed = [n for n, s in RESULTS if s == "FAIL"]
-    print(f"[gpu_check] done: {sum(s == 'OK' for _, s in RESULTS)} ok, {sum(s == 'SKIP' for _, s in RESULTS)} skipped, "
-          f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    print(
+        f"[gpu_check] done: {sum(s == 'OK' for _, s in RESULTS)} ok, {sum(s == 'SKIP' for _, s in RESULTS)} skipped, "
+        f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}"
+    )
     return 1 if failed else 0
 
 

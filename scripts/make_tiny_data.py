@@ -10,6 +10,7 @@ the same loading and column-normalising code as the paper presets:
   po.jsonl        UltraFeedback-cleaned  {"prompt", "messages": [user, assistant]}
   eval.jsonl      AlpacaEval style       {"instruction", "output", "dataset"}
 """
+
 from __future__ import annotations
 
 import json
@@ -46,11 +47,18 @@ def main(corpora: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     writers = {
         "sft": lambda p, r, i: {"prompt": p, "prompt_id": f"sft-{i}", "messages": _chat(p, r)},
-        "improver": lambda p, r, i: {"dataset": "self-instruct", "chosen": _chat(p, r),
-                                     "rejected": _chat(p, "I am not sure.")},
+        "improver": lambda p, r, i: {
+            "dataset": "self-instruct",
+            "chosen": _chat(p, r),
+            "rejected": _chat(p, "I am not sure."),
+        },
         "po": lambda p, r, i: {"prompt": p, "prompt_id": f"po-{i}", "messages": _chat(p, r)},
-        "eval": lambda p, r, i: {"dataset": "self-instruct", "instruction": p, "output": r,
-                                 "generator": "self-instruct-reference"},
+        "eval": lambda p, r, i: {
+            "dataset": "self-instruct",
+            "instruction": p,
+            "output": r,
+            "generator": "self-instruct-reference",
+        },
     }
     for split, items in splits.items():
         with open(out / f"{split}.jsonl", "w") as f:

@@ -7,14 +7,15 @@ Output columns: the sample columns + imp, ext (null when the call was dropped as
 imp_status, ext_status (ok or the reason), edit distances imp-vs-B and imp-vs-A (Levenshtein,
 characters; the paper's Fig. 3/4) and their normalised forms.
 """
+
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
 from sgpo.config.pipeline import AnnotateStageConfig
-from sgpo.llm.client import ChatRequest
 from sgpo.core.progress import stage_progress
-from sgpo.prompts import load_prompt
 from sgpo.core.stage import Job, stage, stage_main
+from sgpo.llm.client import ChatRequest
+from sgpo.prompts import load_prompt
 
 
 def prompt_versions(cfg: AnnotateStageConfig) -> dict[str, str]:
@@ -33,14 +34,22 @@ class UnusableAnswersError(RuntimeError):
 def build_requests(rows: list[dict], cfg: AnnotateStageConfig) -> list[ChatRequest]:
     improve = load_prompt(cfg.prompt)
     direct = load_prompt(cfg.direct_prompt)
-    params = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed)
+    params = dict(
+        temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens, seed=cfg.seed
+    )
     reqs = []
     for i, r in enumerate(rows):
-        text = improve.render(instruction=r["prompt"], response_a=r["reference"], response_b=r["policy"])
-        reqs.append(ChatRequest(key=f"{i}/imp", messages=[{"role": "user", "content": text}], **params))
+        text = improve.render(
+            instruction=r["prompt"], response_a=r["reference"], response_b=r["policy"]
+        )
+        reqs.append(
+            ChatRequest(key=f"{i}/imp", messages=[{"role": "user", "content": text}], **params)
+        )
         if cfg.with_external_answer:
             text = direct.render(instruction=r["prompt"])
-            reqs.append(ChatRequest(key=f"{i}/ext", messages=[{"role": "user", "content": text}], **params))
+            reqs.append(
+                ChatRequest(key=f"{i}/ext", messages=[{"role": "user", "content": text}], **params)
+            )
     return reqs
 
 
@@ -56,8 +65,14 @@ def edit_distances(improved: str, response_b: str, response_a: str) -> dict[str,
 
 
 # Retries re-enter the stage, which resumes from the journal: no finished call is repaid.
-@stage("annotate", section="annotate", llm="endpoint", prompts=prompt_versions, retries=1,
-       description="the external LLM writes y_imp (close to B, no better than A) and y_ext; edit distances")
+@stage(
+    "annotate",
+    section="annotate",
+    llm="endpoint",
+    prompts=prompt_versions,
+    retries=1,
+    description="the external LLM writes y_imp (close to B, no better than A) and y_ext; edit distances",
+)
 def annotate(job: Job, samples: ArtifactRef, cfg: AnnotateStageConfig) -> ArtifactRef:
     import pyarrow as pa
 
@@ -66,43 +81,73 @@ def annotate(job: Job, samples: ArtifactRef, cfg: AnnotateStageConfig) -> Artifa
     rows = job.read_rows(samples)
     requests = build_requests(rows, cfg)
     log = job.log
-    log.info("annotating %d samples (%d calls) with %s", len(rows), len(requests), cfg.endpoint.model)
+    log.info(
+        "annotating %d samples (%d calls) with %s", len(rows), len(requests), cfg.endpoint.model
+    )
     with stage_progress("annotate", len(requests), logger=log) as progress:
         result = call_all(
-            requests, cfg.endpoint, journal_url=job.work_url + "/calls",
-            namespace=f"annotate:{job.stage.code_version}:" + ",".join(sorted(prompt_versions(cfg).values()))
+            requests,
+            cfg.endpoint,
+            journal_url=job.work_url + "/calls",
+            namespace=f"annotate:{job.stage.code_version}:"
+            + ",".join(sorted(prompt_versions(cfg).values()))
             + (f":{cfg.journal_namespace}" if cfg.journal_namespace else ""),
-            storage_options=job.store.storage_options, allow_truncated=cfg.accept_truncated, progress=progress,
+            storage_options=job.store.storage_options,
+            allow_truncated=cfg.accept_truncated,
+            progress=progress,
         )
     log.info("%s", cost_line("annotate", result, cfg.endpoint))
-    if requests and result.n_ok < cfg.min_usable_fraction * len(requests):  # before anything is published
+    if requests and result.n_ok < cfg.min_usable_fraction * len(
+        requests
+    ):  # before anything is published
         raise UnusableAnswersError(
             f"annotate: {result.n_ok} of {len(requests)} answers were usable (invalid: {dict(result.invalid_reasons) or 'none'}); "
             f"fewer than annotate.min_usable_fraction={cfg.min_usable_fraction:g}, so nothing was published. Check "
             "annotate.endpoint (base_url, model) and annotate.max_tokens / accept_truncated. The paid answers stay in the "
             "journal (a rerun pays nothing for them again); to re-ask after fixing the endpoint set "
-            "annotate.journal_namespace=NEW, to accept them lower annotate.min_usable_fraction")
+            "annotate.journal_namespace=NEW, to accept them lower annotate.min_usable_fraction"
+        )
     by_key = {rec.key: rec for rec in result.records}
     table = []
     for i, r in enumerate(rows):
         imp, ext = by_key.get(f"{i}/imp"), by_key.get(f"{i}/ext")
-        row = {**r,
-               "imp": imp.text if imp and imp.status == "ok" else None,
-               "imp_status": "ok" if imp and imp.status == "ok" else (imp.reason if imp else "missing"),
-               "ext": ext.text if ext and ext.status == "ok" else None,
-               "ext_status": ("ok" if ext and ext.status == "ok" else (ext.reason if ext else "missing"))
-               if cfg.with_external_answer else "not_requested"}
-        dist = edit_distances(row["imp"], r["policy"], r["reference"]) if row["imp"] is not None else {
-            "edit_imp_vs_b": None, "edit_imp_vs_a": None, "norm_edit_imp_vs_b": None, "norm_edit_imp_vs_a": None}
+        row = {
+            **r,
+            "imp": imp.text if imp and imp.status == "ok" else None,
+            "imp_status": "ok"
+            if imp and imp.status == "ok"
+            else (imp.reason if imp else "missing"),
+            "ext": ext.text if ext and ext.status == "ok" else None,
+            "ext_status": (
+                "ok" if ext and ext.status == "ok" else (ext.reason if ext else "missing")
+            )
+            if cfg.with_external_answer
+            else "not_requested",
+        }
+        dist = (
+            edit_distances(row["imp"], r["policy"], r["reference"])
+            if row["imp"] is not None
+            else {
+                "edit_imp_vs_b": None,
+                "edit_imp_vs_a": None,
+                "norm_edit_imp_vs_b": None,
+                "norm_edit_imp_vs_a": None,
+            }
+        )
         table.append({**row, **dist})
     imp_d = [t["norm_edit_imp_vs_b"] for t in table if t["norm_edit_imp_vs_b"] is not None]
     ref_d = [t["norm_edit_imp_vs_a"] for t in table if t["norm_edit_imp_vs_a"] is not None]
     summary = {
-        "calls": len(requests), "ok": result.n_ok, "invalid": result.n_invalid,
-        "from_journal": result.n_from_journal, "sent": result.n_sent,
+        "calls": len(requests),
+        "ok": result.n_ok,
+        "invalid": result.n_invalid,
+        "from_journal": result.n_from_journal,
+        "sent": result.n_sent,
         "invalid_reasons": dict(result.invalid_reasons),
-        "prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
-        "cost_usd": result.cost_usd, "http_requests": result.n_http_requests,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "cost_usd": result.cost_usd,
+        "http_requests": result.n_http_requests,
         "mean_norm_edit_imp_vs_b": sum(imp_d) / len(imp_d) if imp_d else None,
         "mean_norm_edit_imp_vs_a": sum(ref_d) / len(ref_d) if ref_d else None,
     }

@@ -3,6 +3,7 @@
 A hub id (or a local directory) is referenced, not copied; `tiny` builds the tiny kit's model
 and tokenizer locally (deterministically, from the bundled data) and stores it like any model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,8 +29,14 @@ def tiny_sources(spec: ModelSpec) -> dict[str, str]:
     return sources
 
 
-@stage("base_model", section="model", code_version="2", tracked=False, fingerprint=tiny_sources,
-       description="the starting checkpoint: a hub id or local dir (referenced), or the tiny kit's model (built)")
+@stage(
+    "base_model",
+    section="model",
+    code_version="2",
+    tracked=False,
+    fingerprint=tiny_sources,
+    description="the starting checkpoint: a hub id or local dir (referenced), or the tiny kit's model (built)",
+)
 def base_model(job: Job, cfg: ModelSpec) -> ArtifactRef:
     # code_version 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
     if cfg.name_or_path != "tiny":

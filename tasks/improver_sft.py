@@ -4,12 +4,13 @@ Inputs are the improver prompt (instruction + policy response, WITHOUT the SFT r
 unless the All-Ref ablation turns `with_reference` on); targets are the filtered y_imp and/or
 y_ext. With shared parameters (SGPO) pi_imp is both the policy and the improver.
 """
+
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
 from sgpo.config.pipeline import ImproverSFTStageConfig
-from sgpo.prompts import load_prompt
 from sgpo.core.stage import Job, stage, stage_main
+from sgpo.prompts import load_prompt
 
 
 def prompt_name(cfg: ImproverSFTStageConfig) -> str:
@@ -20,7 +21,9 @@ def prompt_versions(cfg: ImproverSFTStageConfig) -> dict[str, str]:
     return {"improver": load_prompt(prompt_name(cfg)).version}
 
 
-def improver_examples(rows: list[dict], cfg: ImproverSFTStageConfig) -> list[tuple[list[dict[str, str]], str]]:
+def improver_examples(
+    rows: list[dict], cfg: ImproverSFTStageConfig
+) -> list[tuple[list[dict[str, str]], str]]:
     prompt = load_prompt(prompt_name(cfg))
     out = []
     targets = set(cfg.targets)
@@ -34,9 +37,16 @@ def improver_examples(rows: list[dict], cfg: ImproverSFTStageConfig) -> list[tup
     return out
 
 
-@stage("improver_sft", section="improver_sft", gpu=True, prompts=prompt_versions,
-       description="train pi_sft to improve its own responses on the filtered y_imp / y_ext -> pi_imp")
-def improver_sft(job: Job, start: ArtifactRef, filtered: ArtifactRef, cfg: ImproverSFTStageConfig) -> ArtifactRef:
+@stage(
+    "improver_sft",
+    section="improver_sft",
+    gpu=True,
+    prompts=prompt_versions,
+    description="train pi_sft to improve its own responses on the filtered y_imp / y_ext -> pi_imp",
+)
+def improver_sft(
+    job: Job, start: ArtifactRef, filtered: ArtifactRef, cfg: ImproverSFTStageConfig
+) -> ArtifactRef:
     from sgpo.train.trainers import TrainingDataError, sft_and_publish
 
     examples = improver_examples(job.read_rows(filtered), cfg)

@@ -7,12 +7,13 @@ row's reference (the baseline, output_1). On the AlpacaEval file this is the Alp
 win rate, the same number `sgpo evaluate` reports for the same answers. Output: AlpacaEval-format
 annotations (Parquet) and `report.json` (win rate, SE, discrete win rate, counts, cost).
 """
+
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
 from sgpo.config.pipeline import JudgeStageConfig
-from sgpo.evals.pairwise import PairJudge
 from sgpo.core.stage import Job, stage, stage_main
+from sgpo.evals.pairwise import PairJudge
 
 
 def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
@@ -20,41 +21,90 @@ def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
 
 
 # Retries re-enter the stage, which resumes from the journal: no finished judgment is repaid.
-@stage("judge", section="judge", code_version="2", llm="endpoint", gpu=True, prompts=prompt_versions, retries=1,
-       description="win rate of the policy's answers vs the eval set's baselines (AlpacaEval 2.0 judge)")
+@stage(
+    "judge",
+    section="judge",
+    code_version="2",
+    llm="endpoint",
+    gpu=True,
+    prompts=prompt_versions,
+    retries=1,
+    description="win rate of the policy's answers vs the eval set's baselines (AlpacaEval 2.0 judge)",
+)
 def judge(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfig) -> ArtifactRef:
     # code_version 2: the AlpacaEval-protocol judge of sgpo.evals.pairwise (was its own prompt and order)
     import pyarrow as pa
 
-    from sgpo.generate import answer_each
-    from sgpo.evals.pairwise import annotation_rows, annotation_schema, call_totals, check_judged, judge_pairs
-    from sgpo.llm.client import cost_line
-    from sgpo.evals.alpaca_eval.metrics import leaderboard_report, resolve_lc_inputs
     from sgpo.core.progress import stage_progress
+    from sgpo.evals.alpaca_eval.metrics import leaderboard_report, resolve_lc_inputs
+    from sgpo.evals.pairwise import (
+        annotation_rows,
+        annotation_schema,
+        call_totals,
+        check_judged,
+        judge_pairs,
+    )
+    from sgpo.generate import answer_each
+    from sgpo.llm.client import cost_line
 
     rows = job.read_rows(data)
-    answers = answer_each(job.model_dir(policy), [r["prompt"] for r in rows], cfg.sampling,
-                          trust_remote_code=job.ctx.trust_remote_code)
+    answers = answer_each(
+        job.model_dir(policy),
+        [r["prompt"] for r in rows],
+        cfg.sampling,
+        trust_remote_code=job.ctx.trust_remote_code,
+    )
     judge_ = PairJudge.from_config(cfg)
     with stage_progress("judge", len(rows), logger=job.log) as progress:
-        results, calls = judge_pairs([(r["prompt"], r["reference"], a.text) for r, a in zip(rows, answers)], judge_,
-                                     store=job.store, progress=progress)
-    check_judged("judge", "judge", results, cfg.max_unlabelled_fraction)  # before anything is published
+        results, calls = judge_pairs(
+            [(r["prompt"], r["reference"], a.text) for r, a in zip(rows, answers)],
+            judge_,
+            store=job.store,
+            progress=progress,
+        )
+    check_judged(
+        "judge", "judge", results, cfg.max_unlabelled_fraction
+    )  # before anything is published
     table = annotation_rows(
-        [{"instruction": r["prompt"], "output_1": r["reference"], "generator_1": "reference", "dataset": None,
-          "output_2": a.text, "generator_2": "policy", "index": i} for i, (r, a) in enumerate(zip(rows, answers))],
-        results, judge_)
+        [
+            {
+                "instruction": r["prompt"],
+                "output_1": r["reference"],
+                "generator_1": "reference",
+                "dataset": None,
+                "output_2": a.text,
+                "generator_2": "policy",
+                "index": i,
+            }
+            for i, (r, a) in enumerate(zip(rows, answers))
+        ],
+        results,
+        judge_,
+    )
     if calls is not None:
         job.log.info("%s", cost_line("judge", calls, cfg.endpoint))
     # LC needs the official 805-instruction set with row positions: `sgpo evaluate` reports it.
-    report = {**leaderboard_report(table, resolve_lc_inputs("none", "none")), "prompt_version": judge_.prompt_version,
-              "judge_model": cfg.endpoint.model, **call_totals(calls)}
+    report = {
+        **leaderboard_report(table, resolve_lc_inputs("none", "none")),
+        "prompt_version": judge_.prompt_version,
+        "judge_model": cfg.endpoint.model,
+        **call_totals(calls),
+    }
     report.pop("lc_weights", None)
-    job.log.info("judge: win rate %s over %d labelled of %d", report["win_rate"], report["n_labelled"], report["n"])
+    job.log.info(
+        "judge: win rate %s over %d labelled of %d",
+        report["win_rate"],
+        report["n_labelled"],
+        report["n"],
+    )
     job.log_metrics(report)
     report_uri = job.publish_json("report.json", report)  # before the manifest
-    return job.publish_table(pa.Table.from_pylist(table, schema=annotation_schema()), summary={**report, "report_uri": report_uri},
-                             seeds={"order": cfg.order_seed, "sampling": cfg.sampling.seed}, extra={"report": report_uri})
+    return job.publish_table(
+        pa.Table.from_pylist(table, schema=annotation_schema()),
+        summary={**report, "report_uri": report_uri},
+        seeds={"order": cfg.order_seed, "sampling": cfg.sampling.seed},
+        extra={"report": report_uri},
+    )
 
 
 if __name__ == "__main__":

@@ -7,16 +7,17 @@ writing/roleplay 0.7, stem/humanities 0.1, the rest greedy), max 1024 new tokens
 template. One generator (one model load) answers both turns of every question; questions are
 batched by temperature. `mt_bench_judge` grades the answers.
 """
+
 from __future__ import annotations
 
 import time
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import DatasetSpec
-from sgpo.data.sources import DatasetError, load_records, source_fingerprint
 from sgpo.config.evaluation import MTBenchGenerateConfig
+from sgpo.config.pipeline import DatasetSpec
 from sgpo.core.stage import Job, stage, stage_main
+from sgpo.data.sources import DatasetError, load_records, source_fingerprint
 
 BENCHMARK = "mt_bench"
 
@@ -31,11 +32,22 @@ def load_questions(cfg: MTBenchGenerateConfig) -> list[dict[str, Any]]:
     rows = []
     for i, q in enumerate(records):
         turns = q.get("turns")
-        if not isinstance(turns, list) or len(turns) < 2 or not all(isinstance(t, str) for t in turns[:2]):
-            raise DatasetError(f"MT-Bench questions {cfg.questions!r}: record {i} has no two string turns "
-                               f"(keys: {sorted(q)})")
-        rows.append({"question_id": str(q.get("question_id", i)), "category": str(q.get("category") or "general"),
-                     "turns": [turns[0], turns[1]]})
+        if (
+            not isinstance(turns, list)
+            or len(turns) < 2
+            or not all(isinstance(t, str) for t in turns[:2])
+        ):
+            raise DatasetError(
+                f"MT-Bench questions {cfg.questions!r}: record {i} has no two string turns "
+                f"(keys: {sorted(q)})"
+            )
+        rows.append(
+            {
+                "question_id": str(q.get("question_id", i)),
+                "category": str(q.get("category") or "general"),
+                "turns": [turns[0], turns[1]],
+            }
+        )
         if cfg.max_rows is not None and len(rows) >= cfg.max_rows:
             break
     if not rows:
@@ -51,9 +63,18 @@ def temperature_of(cfg: MTBenchGenerateConfig, category: str) -> float:
     return float(cfg.category_temperature.get(category, cfg.sampling.temperature))
 
 
-@stage("mt_bench_generate", section="mt_bench", recipe="evaluation", code_version="1", gpu=True,
-       fingerprint=data_fingerprint, description="the model's two-turn answers to the MT-Bench questions")
-def mt_bench_generate(job: Job, model: ArtifactRef, cfg: MTBenchGenerateConfig, model_name: str) -> ArtifactRef:
+@stage(
+    "mt_bench_generate",
+    section="mt_bench",
+    recipe="evaluation",
+    code_version="1",
+    gpu=True,
+    fingerprint=data_fingerprint,
+    description="the model's two-turn answers to the MT-Bench questions",
+)
+def mt_bench_generate(
+    job: Job, model: ArtifactRef, cfg: MTBenchGenerateConfig, model_name: str
+) -> ArtifactRef:
     import pyarrow as pa
 
     from sgpo.generate import open_generator
@@ -69,13 +90,26 @@ def mt_bench_generate(job: Job, model: ArtifactRef, cfg: MTBenchGenerateConfig, 
         for i, r in enumerate(rows):
             groups.setdefault(temperature_of(cfg, r["category"]), []).append(i)
         for temperature, idx in sorted(groups.items()):
-            params = base.model_copy(update={"temperature": temperature, "top_p": 1.0 if temperature == 0 else base.top_p})
+            params = base.model_copy(
+                update={
+                    "temperature": temperature,
+                    "top_p": 1.0 if temperature == 0 else base.top_p,
+                }
+            )
             convs = [[{"role": "user", "content": rows[i]["turns"][0]}] for i in idx]
             for i, g in zip(idx, gen.generate(convs, params)):
                 answers[i].append(g[0])
-            convs = [[{"role": "user", "content": rows[i]["turns"][0]},
-                      {"role": "assistant", "content": answers[i][0].text},  # the policy's own first answer
-                      {"role": "user", "content": rows[i]["turns"][1]}] for i in idx]
+            convs = [
+                [
+                    {"role": "user", "content": rows[i]["turns"][0]},
+                    {
+                        "role": "assistant",
+                        "content": answers[i][0].text,
+                    },  # the policy's own first answer
+                    {"role": "user", "content": rows[i]["turns"][1]},
+                ]
+                for i in idx
+            ]
             for i, g in zip(idx, gen.generate(convs, params)):
                 answers[i].append(g[0])
     finally:
@@ -85,17 +119,37 @@ def mt_bench_generate(job: Job, model: ArtifactRef, cfg: MTBenchGenerateConfig, 
     for i, r in enumerate(rows):
         a = answers[i]
         tokens += sum(x.completion_tokens for x in a)
-        table.append({**r, "model_id": model_name, "temperature": temperature_of(cfg, r["category"]),
-                      "answers": [x.text for x in a], "finish_reasons": [x.finish_reason for x in a],
-                      "completion_tokens": [x.completion_tokens for x in a]})
-    summary = {"benchmark": BENCHMARK, "n": len(table), "generation_seconds": round(seconds, 3), "completion_tokens": tokens,
-               "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
-               "truncated": sum(fr == "length" for t in table for fr in t["finish_reasons"]),
-               "decoding": {"category_temperature": dict(cfg.category_temperature), "top_p": base.top_p,
-                            "max_new_tokens": base.max_new_tokens, "seed": base.seed}}
+        table.append(
+            {
+                **r,
+                "model_id": model_name,
+                "temperature": temperature_of(cfg, r["category"]),
+                "answers": [x.text for x in a],
+                "finish_reasons": [x.finish_reason for x in a],
+                "completion_tokens": [x.completion_tokens for x in a],
+            }
+        )
+    summary = {
+        "benchmark": BENCHMARK,
+        "n": len(table),
+        "generation_seconds": round(seconds, 3),
+        "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / seconds, 2) if seconds > 0 else None,
+        "truncated": sum(fr == "length" for t in table for fr in t["finish_reasons"]),
+        "decoding": {
+            "category_temperature": dict(cfg.category_temperature),
+            "top_p": base.top_p,
+            "max_new_tokens": base.max_new_tokens,
+            "seed": base.seed,
+        },
+    }
     job.log_metrics({k: v for k, v in summary.items() if k != "decoding"})
-    return job.publish_table(pa.Table.from_pylist(table), summary=summary, seeds={"sampling": base.seed},
-                             extra={"data_source": source_fingerprint(_spec(cfg.questions))})
+    return job.publish_table(
+        pa.Table.from_pylist(table),
+        summary=summary,
+        seeds={"sampling": base.seed},
+        extra={"data_source": source_fingerprint(_spec(cfg.questions))},
+    )
 
 
 if __name__ == "__main__":

@@ -6,9 +6,10 @@ type (imp, ext): keep ppl in [Q1 - k IQR, Q3 + k IQR], quartiles by linear inter
 (numpy's default). Output: one row per candidate target with `ppl` and `kept`, so the paper's
 Fig. 5 histograms can be drawn from the artifact; the fences and counts are in its summary.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from artifacts.refs import ArtifactRef
 from sgpo.config.pipeline import PplFilterStageConfig
@@ -28,7 +29,12 @@ def tukey_fences(values: Sequence[float], k: float = 1.5) -> dict[str, float]:
 
 
 def response_perplexities(
-    model_dir: str, prompts: list[str], responses: list[str], *, batch_size: int, max_length: int,
+    model_dir: str,
+    prompts: list[str],
+    responses: list[str],
+    *,
+    batch_size: int,
+    max_length: int,
     trust_remote_code: bool = False,
 ) -> list[float]:
     """exp(mean NLL over the response tokens | chat-formatted prompt), one per pair (in their order),
@@ -47,12 +53,17 @@ def response_perplexities(
     # logits = lm_head(decoder(x)) holds for most causal LMs; models that scale or cap their logits
     # (Gemma-2's softcapping, Cohere's logit_scale) take the full forward
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    scaled = any(getattr(model.config, a, None) not in (None, 1.0) for a in ("final_logit_softcapping", "logit_scale"))
+    scaled = any(
+        getattr(model.config, a, None) not in (None, 1.0)
+        for a in ("final_logit_softcapping", "logit_scale")
+    )
     heads_only = decoder is not None and head is not None and not scaled
     seqs: list[list[int]] = []
     n_resps: list[int] = []
     for p, r in zip(prompts, responses):
-        prefix = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+        prefix = tok.apply_chat_template(
+            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+        )
         p_ids = tok(prefix, add_special_tokens=False).input_ids
         r_ids = tok(r + tok.eos_token, add_special_tokens=False).input_ids
         seq = (p_ids + r_ids)[-max_length:]  # keep the response; cut the prompt's head if too long
@@ -66,19 +77,31 @@ def response_perplexities(
         idx = order[start : start + batch_size]
         width = max(len(seqs[i]) for i in idx)
         ids = [seqs[i] + [pad] * (width - len(seqs[i])) for i in idx]
-        labels = [[-100] * (len(seqs[i]) - n_resps[i]) + seqs[i][len(seqs[i]) - n_resps[i]:] + [-100] * (width - len(seqs[i]))
-                  for i in idx]
+        labels = [
+            [-100] * (len(seqs[i]) - n_resps[i])
+            + seqs[i][len(seqs[i]) - n_resps[i] :]
+            + [-100] * (width - len(seqs[i]))
+            for i in idx
+        ]
         input_ids = torch.tensor(ids, device=device)
-        attn = torch.tensor([[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in idx], device=device)
+        attn = torch.tensor(
+            [[1] * len(seqs[i]) + [0] * (width - len(seqs[i])) for i in idx], device=device
+        )
         lab = torch.tensor(labels, device=device)
         target = lab[:, 1:]
         mask = target != -100
         with torch.no_grad():
-            if heads_only:  # the LM head only where a response token is predicted: no prompt/padding logits
-                hidden = decoder(input_ids=input_ids, attention_mask=attn, use_cache=False).last_hidden_state[:, :-1]
+            if (
+                heads_only
+            ):  # the LM head only where a response token is predicted: no prompt/padding logits
+                hidden = decoder(
+                    input_ids=input_ids, attention_mask=attn, use_cache=False
+                ).last_hidden_state[:, :-1]
                 logp = torch.log_softmax(head(hidden[mask]).float(), dim=-1)
             else:
-                logits = model(input_ids=input_ids, attention_mask=attn, use_cache=False).logits.float()
+                logits = model(
+                    input_ids=input_ids, attention_mask=attn, use_cache=False
+                ).logits.float()
                 logp = torch.log_softmax(logits[:, :-1][mask], dim=-1)
             nll = -logp.gather(-1, target[mask].unsqueeze(-1)).squeeze(-1)
             rows = torch.arange(len(idx), device=device).unsqueeze(1).expand_as(mask)[mask]
@@ -89,22 +112,42 @@ def response_perplexities(
     return out
 
 
-@stage("ppl_filter", section="ppl_filter", gpu=True,
-       description="perplexity of y_imp / y_ext under pi_sft; drop Tukey IQR outliers per response type")
-def ppl_filter(job: Job, policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig) -> ArtifactRef:
+@stage(
+    "ppl_filter",
+    section="ppl_filter",
+    gpu=True,
+    description="perplexity of y_imp / y_ext under pi_sft; drop Tukey IQR outliers per response type",
+)
+def ppl_filter(
+    job: Job, policy: ArtifactRef, annotations: ArtifactRef, cfg: PplFilterStageConfig
+) -> ArtifactRef:
     import pyarrow as pa
 
     rows = job.read_rows(annotations)
     candidates = [
-        {"prompt_id": r["prompt_id"], "prompt": r["prompt"], "reference": r["reference"], "policy": r["policy"],
-         "target": r[t], "target_type": t}
-        for r in rows for t in RESPONSE_TYPES if r.get(t)
+        {
+            "prompt_id": r["prompt_id"],
+            "prompt": r["prompt"],
+            "reference": r["reference"],
+            "policy": r["policy"],
+            "target": r[t],
+            "target_type": t,
+        }
+        for r in rows
+        for t in RESPONSE_TYPES
+        if r.get(t)
     ]
     if not candidates:
-        raise ValueError(f"{annotations.uri}: no usable improved or external responses to filter (all calls invalid?)")
+        raise ValueError(
+            f"{annotations.uri}: no usable improved or external responses to filter (all calls invalid?)"
+        )
     ppl = response_perplexities(
-        job.model_dir(policy), [c["prompt"] for c in candidates], [c["target"] for c in candidates],
-        batch_size=cfg.batch_size, max_length=cfg.max_length, trust_remote_code=job.ctx.trust_remote_code,
+        job.model_dir(policy),
+        [c["prompt"] for c in candidates],
+        [c["target"] for c in candidates],
+        batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        trust_remote_code=job.ctx.trust_remote_code,
     )
     summary: dict = {}
     for t in RESPONSE_TYPES:
@@ -118,9 +161,18 @@ def ppl_filter(job: Job, policy: ArtifactRef, annotations: ArtifactRef, cfg: Ppl
             candidates[i]["kept"] = fences["low"] <= ppl[i] <= fences["high"]
             kept += candidates[i]["kept"]
         summary[t] = {**fences, "total": len(idx), "kept": kept, "dropped": len(idx) - kept}
-        job.log.info("ppl filter %s: kept %d of %d (fences %.3g..%.3g)", t, kept, len(idx), fences["low"], fences["high"])
+        job.log.info(
+            "ppl filter %s: kept %d of %d (fences %.3g..%.3g)",
+            t,
+            kept,
+            len(idx),
+            fences["low"],
+            fences["high"],
+        )
     job.log_metrics({f"{t}.{k}": v for t, s in summary.items() for k, v in s.items()})
-    return job.publish_table(pa.Table.from_pylist(candidates), summary=summary, extra={"fences": summary})
+    return job.publish_table(
+        pa.Table.from_pylist(candidates), summary=summary, extra={"fences": summary}
+    )
 
 
 if __name__ == "__main__":

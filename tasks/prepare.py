@@ -11,6 +11,7 @@ preference data). `turns: all` makes one row per assistant turn, so SFT learns e
 a dialogue (the SGPO paper trains on whole UltraChat dialogues); `turns: last` keeps one row per
 chat (the final answer). Rows without a usable prompt and answer are dropped and counted.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,8 @@ from typing import Any
 
 from artifacts.refs import ArtifactRef
 from sgpo.config.pipeline import DatasetSpec
-from sgpo.data.sources import DatasetError, describe, load_raw, source_fingerprint
 from sgpo.core.stage import Job, stage, stage_main
+from sgpo.data.sources import DatasetError, describe, load_raw, source_fingerprint
 
 PROMPT_CANDIDATES = ("prompt", "instruction", "question")
 RESPONSE_CANDIDATES = ("response", "output", "completion", "answer")
@@ -32,8 +33,11 @@ def _messages(chat: Any) -> list[dict[str, str]] | None:
         return None
     out = []
     for msg in chat:
-        if not isinstance(msg, dict) or not isinstance(msg.get("content"), str) or msg.get("role") not in (
-                "system", "user", "assistant"):
+        if (
+            not isinstance(msg, dict)
+            or not isinstance(msg.get("content"), str)
+            or msg.get("role") not in ("system", "user", "assistant")
+        ):
             return None
         out.append({"role": msg["role"], "content": msg["content"]})
     return out
@@ -45,22 +49,39 @@ def chat_examples(chat: Any, turns: str) -> list[tuple[list[dict[str, str]], str
     msgs = _messages(chat)
     if msgs is None:
         return []
-    ends = [j for j, m in enumerate(msgs) if m["role"] == "assistant" and j > 0 and msgs[j - 1]["role"] == "user"]
+    ends = [
+        j
+        for j, m in enumerate(msgs)
+        if m["role"] == "assistant" and j > 0 and msgs[j - 1]["role"] == "user"
+    ]
     if turns == "last":
-        ends = ends[-1:] if ends and ends[-1] == max(j for j, m in enumerate(msgs) if m["role"] == "assistant") else []
+        ends = (
+            ends[-1:]
+            if ends and ends[-1] == max(j for j, m in enumerate(msgs) if m["role"] == "assistant")
+            else []
+        )
     return [(msgs[:j], msgs[j]["content"]) for j in ends]
 
 
 def _row(pid: str, prompt_msgs: list[dict[str, str]], answer: str) -> dict[str, str] | None:
-    prompt = prompt_msgs[-1]["content"] if prompt_msgs and prompt_msgs[-1]["role"] == "user" else None
-    if not (isinstance(prompt, str) and prompt.strip() and isinstance(answer, str) and answer.strip()):
+    prompt = (
+        prompt_msgs[-1]["content"] if prompt_msgs and prompt_msgs[-1]["role"] == "user" else None
+    )
+    if not (
+        isinstance(prompt, str) and prompt.strip() and isinstance(answer, str) and answer.strip()
+    ):
         return None
-    return {"prompt_id": pid, "prompt": prompt.strip(), "messages": json.dumps(prompt_msgs, ensure_ascii=False),
-            "reference": answer.strip()}
+    return {
+        "prompt_id": pid,
+        "prompt": prompt.strip(),
+        "messages": json.dumps(prompt_msgs, ensure_ascii=False),
+        "reference": answer.strip(),
+    }
 
 
-def _preference_rows(rows: list[dict[str, Any]], columns: list[str], spec: DatasetSpec,
-                     need: Any) -> tuple[list[dict[str, str]], int]:
+def _preference_rows(
+    rows: list[dict[str, Any]], columns: list[str], spec: DatasetSpec, need: Any
+) -> tuple[list[dict[str, str]], int]:
     need(spec.chosen_column, "chosen_column")
     need(spec.rejected_column, "rejected_column")
     prompt_col = spec.prompt_column or next((c for c in PROMPT_CANDIDATES if c in columns), None)
@@ -74,8 +95,17 @@ def _preference_rows(rows: list[dict[str, Any]], columns: list[str], spec: Datas
                 dropped += 1
                 continue
             (prompt_msgs, chosen_text), (_, rejected_text) = c[0], r[0]
-        elif isinstance(chosen, str) and isinstance(rejected, str) and prompt_col and isinstance(row.get(prompt_col), str):
-            prompt_msgs, chosen_text, rejected_text = [{"role": "user", "content": row[prompt_col]}], chosen, rejected
+        elif (
+            isinstance(chosen, str)
+            and isinstance(rejected, str)
+            and prompt_col
+            and isinstance(row.get(prompt_col), str)
+        ):
+            prompt_msgs, chosen_text, rejected_text = (
+                [{"role": "user", "content": row[prompt_col]}],
+                chosen,
+                rejected,
+            )
         else:
             dropped += 1
             continue
@@ -87,12 +117,16 @@ def _preference_rows(rows: list[dict[str, Any]], columns: list[str], spec: Datas
     return out, dropped
 
 
-def normalize_rows(rows: list[dict[str, Any]], columns: list[str], spec: DatasetSpec) -> tuple[list[dict[str, str]], int]:
+def normalize_rows(
+    rows: list[dict[str, Any]], columns: list[str], spec: DatasetSpec
+) -> tuple[list[dict[str, str]], int]:
     """(normalised rows, number dropped). Raises DatasetError for a wrong or missing column."""
 
     def need(col: str | None, role: str) -> None:
         if col is not None and col not in columns:
-            raise DatasetError(f"{describe(spec)} has no column {col!r} (set as {role}); columns: {columns}")
+            raise DatasetError(
+                f"{describe(spec)} has no column {col!r} (set as {role}); columns: {columns}"
+            )
 
     need(spec.messages_column, "messages_column")
     need(spec.prompt_column, "prompt_column")
@@ -118,24 +152,42 @@ def normalize_rows(rows: list[dict[str, Any]], columns: list[str], spec: Dataset
         pid = str(row.get("prompt_id") or row.get("id") or i)
         if chat_col:
             examples = chat_examples(row.get(chat_col), spec.turns)
-            if prompt_col and examples:  # an explicit prompt column wins over the chat's final user turn
+            if (
+                prompt_col and examples
+            ):  # an explicit prompt column wins over the chat's final user turn
                 msgs, answer = examples[-1]
-                examples = [(msgs[:-1] + [{"role": "user", "content": row.get(prompt_col)}], answer)] \
-                    if isinstance(row.get(prompt_col), str) else []
+                examples = (
+                    [(msgs[:-1] + [{"role": "user", "content": row.get(prompt_col)}], answer)]
+                    if isinstance(row.get(prompt_col), str)
+                    else []
+                )
         else:
-            examples = [([{"role": "user", "content": row.get(prompt_col)}], row.get(resp_col))] \
-                if isinstance(row.get(prompt_col), str) else []
-        made = [r for k, (msgs, answer) in enumerate(examples)
-                if (r := _row(pid if len(examples) == 1 else f"{pid}/{k}", msgs, answer)) is not None]
+            examples = (
+                [([{"role": "user", "content": row.get(prompt_col)}], row.get(resp_col))]
+                if isinstance(row.get(prompt_col), str)
+                else []
+            )
+        made = [
+            r
+            for k, (msgs, answer) in enumerate(examples)
+            if (r := _row(pid if len(examples) == 1 else f"{pid}/{k}", msgs, answer)) is not None
+        ]
         if not made:
             dropped += 1
         out.extend(made)
     return out, dropped
 
 
-@stage("prepare", section="data.<role>", code_version="2", tracked=False, retries=2, retry_delay_s=10,
-       fingerprint=source_fingerprint,  # a local file by content: editing it re-runs everything downstream
-       description="load a dataset (hub id, local file or bundled) into prompt_id / prompt / reference rows")
+@stage(
+    "prepare",
+    section="data.<role>",
+    code_version="2",
+    tracked=False,
+    retries=2,
+    retry_delay_s=10,
+    fingerprint=source_fingerprint,  # a local file by content: editing it re-runs everything downstream
+    description="load a dataset (hub id, local file or bundled) into prompt_id / prompt / reference rows",
+)
 def prepare(job: Job, cfg: DatasetSpec) -> ArtifactRef:
     import pyarrow as pa
 
@@ -148,8 +200,12 @@ def prepare(job: Job, cfg: DatasetSpec) -> ArtifactRef:
         raise DatasetError(f"{describe(cfg)} is empty")
     rows, dropped = normalize_rows(ds.to_list(), list(ds.column_names), cfg)
     if not rows:
-        raise DatasetError(f"{describe(cfg)}: none of its {len(ds)} rows has both a prompt and a response")
-    job.log.info("prepared %s: %d rows (%d dropped without prompt/response)", cfg.path, len(rows), dropped)
+        raise DatasetError(
+            f"{describe(cfg)}: none of its {len(ds)} rows has both a prompt and a response"
+        )
+    job.log.info(
+        "prepared %s: %d rows (%d dropped without prompt/response)", cfg.path, len(rows), dropped
+    )
     summary = {"rows_read": len(ds), "rows_dropped": dropped}
     return job.publish_table(pa.Table.from_pylist(rows), summary=summary, extra=summary)
 

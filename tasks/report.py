@@ -8,6 +8,7 @@ itself never fails the flow (the flow catches it too). Output: a table (one row 
 id, title, source artifact, PNG or the reason it is missing), `report.html` and `figures/*.png`
 beside it, and the figures in MLflow (the stage's own run, and the run of the stage each is drawn from).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,20 @@ from sgpo.core.stage import Job, stage, stage_main
 class ReportConfig(Section):
     """Settings of the run report (not a recipe section: the flows use the defaults)."""
 
-    edit_bins: int = Field(20, ge=2, le=200, description="Bins of the edit-distance histograms (Fig. 3/4) over [0, 1]")
-    ppl_bins: int = Field(30, ge=2, le=200, description="Bins of the perplexity histograms (Fig. 5)")
+    edit_bins: int = Field(
+        20, ge=2, le=200, description="Bins of the edit-distance histograms (Fig. 3/4) over [0, 1]"
+    )
+    ppl_bins: int = Field(
+        30, ge=2, le=200, description="Bins of the perplexity histograms (Fig. 5)"
+    )
 
 
-@stage("report", section="report", code_version="2",
-       description="the run's figures (papers' Fig. 3/4/5, training curves, judge, stage costs) and an HTML report")
+@stage(
+    "report",
+    section="report",
+    code_version="2",
+    description="the run's figures (papers' Fig. 3/4/5, training curves, judge, stage costs) and an HTML report",
+)
 def report(job: Job, cfg: ReportConfig, stages: Any, title: str) -> ArtifactRef:
     import pyarrow as pa
 
@@ -37,9 +46,15 @@ def report(job: Job, cfg: ReportConfig, stages: Any, title: str) -> ArtifactRef:
     items = json.loads(stages) if isinstance(stages, str) else list(stages)
     so = job.store.storage_options
     entries = entries_from_stages(items, so)
-    meta = {"run": str(job.ctx.run_id or ""), "stages": str(len(entries)),
-            "ran": str(sum(e.status == "ran" for e in entries)), "cached": str(sum(e.status == "cached" for e in entries))}
-    html, figures, _run = build(entries, so, title=title, meta=meta, edit_bins=cfg.edit_bins, ppl_bins=cfg.ppl_bins)
+    meta = {
+        "run": str(job.ctx.run_id or ""),
+        "stages": str(len(entries)),
+        "ran": str(sum(e.status == "ran" for e in entries)),
+        "cached": str(sum(e.status == "cached" for e in entries)),
+    }
+    html, figures, _run = build(
+        entries, so, title=title, meta=meta, edit_bins=cfg.edit_bins, ppl_bins=cfg.ppl_bins
+    )
     for f in figures:
         if f.png:
             job.store.publish_bytes(job.stage.name, job.key, f"figures/{f.id}.png", f.png)
@@ -47,15 +62,41 @@ def report(job: Job, cfg: ReportConfig, stages: Any, title: str) -> ArtifactRef:
     for f in figures:
         if f.missing:
             job.log.warning("report: figure %s not made: %s", f.id, f.missing)
-    n_logged = log_figures(job.ctx.tracking, figures, entries, own_run_id=job.tracker.run_id if job.tracker else None)
-    rows = [{"id": f.id, "title": f.title, "source": f.source, "source_uri": f.source_uri,
-             "status": "ok" if f.png else "missing", "reason": f.missing, "png": f.png} for f in figures]
-    schema = pa.schema([("id", pa.string()), ("title", pa.string()), ("source", pa.string()),
-                        ("source_uri", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-                        ("png", pa.binary())])
-    summary = {"html": html_uri, "figures": sum(1 for f in figures if f.png),
-               "missing": {f.id: f.missing for f in figures if f.missing}, "mlflow_figures_logged": n_logged}
-    return job.publish_table(pa.Table.from_pylist(rows, schema=schema), summary=summary, extra={"html": html_uri})
+    n_logged = log_figures(
+        job.ctx.tracking, figures, entries, own_run_id=job.tracker.run_id if job.tracker else None
+    )
+    rows = [
+        {
+            "id": f.id,
+            "title": f.title,
+            "source": f.source,
+            "source_uri": f.source_uri,
+            "status": "ok" if f.png else "missing",
+            "reason": f.missing,
+            "png": f.png,
+        }
+        for f in figures
+    ]
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("title", pa.string()),
+            ("source", pa.string()),
+            ("source_uri", pa.string()),
+            ("status", pa.string()),
+            ("reason", pa.string()),
+            ("png", pa.binary()),
+        ]
+    )
+    summary = {
+        "html": html_uri,
+        "figures": sum(1 for f in figures if f.png),
+        "missing": {f.id: f.missing for f in figures if f.missing},
+        "mlflow_figures_logged": n_logged,
+    }
+    return job.publish_table(
+        pa.Table.from_pylist(rows, schema=schema), summary=summary, extra={"html": html_uri}
+    )
 
 
 if __name__ == "__main__":

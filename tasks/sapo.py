@@ -13,48 +13,84 @@ store every `checkpoint_every` steps and on SIGTERM; the folder is keyed by the 
 so a killed run, re-run with the same inputs and config, resumes where it stopped.
 Metrics go to the stage's MLflow run at each logging step.
 """
+
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.data.sources import conversation
 from sgpo.config.sapo import SAPOConfig
 from sgpo.core.stage import Job, scratch_dir, stage, stage_main
+from sgpo.data.sources import conversation
 
 
-@stage("sapo", section="sapo", gpu=True,
-       description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable")
+@stage(
+    "sapo",
+    section="sapo",
+    gpu=True,
+    description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable",
+)
 def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> ArtifactRef:
     from sgpo.train.sapo import train_sapo
 
     rows = [(conversation(r), r["reference"]) for r in job.read_rows(data)]
-    job.log.info("SAPO (%s) on %d rows from %s, checkpoints in %s", cfg.loss, len(rows), data.uri,
-                 job.work_url + "/checkpoints")
+    job.log.info(
+        "SAPO (%s) on %d rows from %s, checkpoints in %s",
+        cfg.loss,
+        len(rows),
+        data.uri,
+        job.work_url + "/checkpoints",
+    )
     with scratch_dir("sapo") as tmp:
         result = train_sapo(
-            job.model_dir(policy), rows, cfg, out_dir=tmp / "model", ema_out_dir=tmp / "model" / "ema",
-            checkpoint_url=job.work_url + "/checkpoints", storage_options=job.store.storage_options,
+            job.model_dir(policy),
+            rows,
+            cfg,
+            out_dir=tmp / "model",
+            ema_out_dir=tmp / "model" / "ema",
+            checkpoint_url=job.work_url + "/checkpoints",
+            storage_options=job.store.storage_options,
             on_metrics=lambda step, metrics: _log_step(job, step, metrics),
             trust_remote_code=job.ctx.trust_remote_code,
         )
         if result.resumed_from_step is not None:
             job.log.info("SAPO resumed from the checkpoint of step %d", result.resumed_from_step)
-        summary = {"steps": result.steps, "ema_updates": result.ema_updates, "buffer_size": result.buffer_size,
-                   "buffer_mean_uses": result.buffer_mean_uses, "resumed_from_step": result.resumed_from_step,
-                   **{f"seconds_{k}": round(v, 3) for k, v in result.timings.items()}}
+        summary = {
+            "steps": result.steps,
+            "ema_updates": result.ema_updates,
+            "buffer_size": result.buffer_size,
+            "buffer_mean_uses": result.buffer_mean_uses,
+            "resumed_from_step": result.resumed_from_step,
+            **{f"seconds_{k}": round(v, 3) for k, v in result.timings.items()},
+        }
         job.log_metrics(summary)
         buffer = _final_buffer(job)
         if buffer is not None:  # beside the model, before the manifest
             job.publish_bytes("buffer.parquet", buffer)
-        return job.publish_model(tmp / "model", summary=summary, seeds={"sapo": cfg.seed},
-                                 extra={"loss": cfg.loss, "reference": cfg.reference, "last_metrics": result.last_metrics})
+        return job.publish_model(
+            tmp / "model",
+            summary=summary,
+            seeds={"sapo": cfg.seed},
+            extra={
+                "loss": cfg.loss,
+                "reference": cfg.reference,
+                "last_metrics": result.last_metrics,
+            },
+        )
 
 
 def _log_step(job: Job, step: int, metrics: dict) -> None:
     """A logging step to MLflow and to the manifest's `train_history` (the report's SAPO curves)."""
     job.log_metrics(metrics, step=step)
     if job.tracker is not None:
-        job.tracker.history.append({"step": step, **{k: float(v) for k, v in metrics.items()
-                                                      if isinstance(v, (int, float)) and not isinstance(v, bool)}})
+        job.tracker.history.append(
+            {
+                "step": step,
+                **{
+                    k: float(v)
+                    for k, v in metrics.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                },
+            }
+        )
 
 
 def _final_buffer(job: Job) -> bytes | None:

@@ -1,13 +1,19 @@
 """Stage 1, `sft`: supervised fine-tuning of the base model on D_sft -> the initial policy pi_sft."""
+
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
 from sgpo.config.pipeline import SFTStageConfig
-from sgpo.data.sources import conversation
 from sgpo.core.stage import Job, stage, stage_main
+from sgpo.data.sources import conversation
 
 
-@stage("sft", section="sft", gpu=True, description="supervised fine-tuning of the base model on D_sft -> pi_sft")
+@stage(
+    "sft",
+    section="sft",
+    gpu=True,
+    description="supervised fine-tuning of the base model on D_sft -> pi_sft",
+)
 def sft(job: Job, base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig) -> ArtifactRef:
     from sgpo.train.trainers import sft_and_publish
 

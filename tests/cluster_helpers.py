@@ -3,6 +3,7 @@ loopback, running the doc's commands as written) and tests/test_deployments.py (
 docker/compose.yaml and the Dockerfiles run nothing else, and that the doc walk has a plan for every
 line of the doc). `ANY` stands for a value (host, port, URI) that differs between them.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,22 +14,45 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 ANY = object()
 
 # command templates: (name, argv with ANY placeholders, whether extra trailing arguments are allowed)
 SERVER = ("prefect server", ["prefect", "server", "start", "--host", ANY, "--port", ANY], False)
-WORKER_CPU = ("cpu worker", ["prefect", "worker", "start", "--pool", "cpu", "--type", "process"], False)
-WORKER_CUDA = ("cuda worker", ["prefect", "worker", "start", "--pool", "cuda", "--type", "process"], False)
+WORKER_CPU = (
+    "cpu worker",
+    ["prefect", "worker", "start", "--pool", "cpu", "--type", "process"],
+    False,
+)
+WORKER_CUDA = (
+    "cuda worker",
+    ["prefect", "worker", "start", "--pool", "cuda", "--type", "process"],
+    False,
+)
 # the doc's GPU hosts add --limit 1 (one stage at a time) and --name
 WORKER_CUDA_ANY = ("cuda worker", WORKER_CUDA[1], True)
 DEPLOY = ("sgpo deploy", ["sgpo", "deploy"], True)
-MLFLOW = ("mlflow server", ["mlflow", "server", "--host", ANY, "--port", ANY, "--backend-store-uri", ANY,
-                            "--artifacts-destination", ANY], True)
+MLFLOW = (
+    "mlflow server",
+    [
+        "mlflow",
+        "server",
+        "--host",
+        ANY,
+        "--port",
+        ANY,
+        "--backend-store-uri",
+        ANY,
+        "--artifacts-destination",
+        ANY,
+    ],
+    True,
+)
 TEMPLATES = (SERVER, WORKER_CPU, WORKER_CUDA, DEPLOY, MLFLOW)
 
 
@@ -39,7 +63,9 @@ def matches(argv: list[str], template: tuple[str, list[Any], bool]) -> bool:
     return all(t is ANY or a == t for a, t in zip(argv, tmpl))
 
 
-def fill(template: tuple[str, list[Any], bool], *values: str, extra: tuple[str, ...] = ()) -> list[str]:
+def fill(
+    template: tuple[str, list[Any], bool], *values: str, extra: tuple[str, ...] = ()
+) -> list[str]:
     """The template with its ANY slots filled in order, plus extra trailing arguments."""
     it = iter(values)
     argv = [next(it) if t is ANY else t for t in template[1]]
@@ -61,10 +87,14 @@ class Procs:
         self.logdir = logdir
         self.procs: dict[str, subprocess.Popen] = {}
 
-    def start(self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen:
+    def start(
+        self, name: str, argv: list[str], env: dict[str, str], cwd: Path | None = None
+    ) -> subprocess.Popen:
         log = open(self.logdir / f"{name}.log", "ab")
         argv = [venv_bin(argv[0]), *argv[1:]]
-        p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen(
+            argv, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs[name] = p
         return p
 
@@ -78,7 +108,9 @@ class Procs:
         if p is None:
             return
         try:
-            os.killpg(p.pid, signal.SIGTERM)  # its own group (start_new_session): only what it started
+            os.killpg(
+                p.pid, signal.SIGTERM
+            )  # its own group (start_new_session): only what it started
         except ProcessLookupError:
             pass
         try:
@@ -109,7 +141,10 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         except Exception as e:  # not up yet
             last_exc = e
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}" + (f" (last error: {last_exc})" if last_exc else ""))
+    raise TimeoutError(
+        f"timed out after {timeout:.0f}s waiting for {what}"
+        + (f" (last error: {last_exc})" if last_exc else "")
+    )
 
 
 def http_ok(url: str) -> bool:
@@ -147,23 +182,45 @@ WALK_SECTIONS = (1, 2, 3, 4, 5, 6)
 # The doc's placeholders -> this machine, applied in order to each command line (comments dropped).
 # Every entry must be used by the walk. `{name}` are the walk's values (WalkValues).
 SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
-    ("--host 0.0.0.0 --port 4200", "--host 127.0.0.1 --port {api_port}", "loopback only, a free port"),
-    ("--host 0.0.0.0 --port 5000", "--host 127.0.0.1 --port {mlflow_port}", "loopback only, a free port"),
+    (
+        "--host 0.0.0.0 --port 4200",
+        "--host 127.0.0.1 --port {api_port}",
+        "loopback only, a free port",
+    ),
+    (
+        "--host 0.0.0.0 --port 5000",
+        "--host 127.0.0.1 --port {mlflow_port}",
+        "loopback only, a free port",
+    ),
     ("http://prefect-host:4200", "http://127.0.0.1:{api_port}", "the Prefect server started above"),
-    ("http://mlflow-host:5000", "http://127.0.0.1:{mlflow_port}", "the MLflow server started above"),
+    (
+        "http://mlflow-host:5000",
+        "http://127.0.0.1:{mlflow_port}",
+        "the MLflow server started above",
+    ),
     ("AWS_ENDPOINT_URL=...", "AWS_ENDPOINT_URL={s3}", "the GPU block's 'same as above'"),
     ("http://minio:9000", "{s3}", "moto's S3 server stands in for MinIO"),
     ("AWS_ACCESS_KEY_ID=...", "AWS_ACCESS_KEY_ID=testing", "moto accepts any key"),
     ("AWS_SECRET_ACCESS_KEY=...", "AWS_SECRET_ACCESS_KEY=testing", "moto accepts any key"),
     ("/path/to/sgpo", "{repo}", "this checkout"),
     ("/var/lib/mlflow", "{mlflow_dir}", "a temporary folder"),
-    ('Bucket="sgpo"', 'Bucket="{bucket}"', "a fresh bucket per walk: nothing of another test is in it"),
+    (
+        'Bucket="sgpo"',
+        'Bucket="{bucket}"',
+        "a fresh bucket per walk: nothing of another test is in it",
+    ),
     ("s3://sgpo/", "s3://{bucket}/", "the same fresh bucket"),
-    ("--config qwen2.5-7b", "--config tiny", "a 7B model cannot run on CPU; tiny has the same stages"),
+    (
+        "--config qwen2.5-7b",
+        "--config tiny",
+        "a 7B model cannot run on CPU; tiny has the same stages",
+    ),
 )
 # Left in a command after the substitutions, these mean the doc grew a placeholder the walk does not know.
-PLACEHOLDERS = re.compile(r"prefect-host|mlflow-host|minio|/path/to|\.\.\.|0\.0\.0\.0|qwen2\.5-7b|/var/lib|"
-                          r":4200\b|:5000\b|s3://sgpo/|[<>]|\$")
+PLACEHOLDERS = re.compile(
+    r"prefect-host|mlflow-host|minio|/path/to|\.\.\.|0\.0\.0\.0|qwen2\.5-7b|/var/lib|"
+    r":4200\b|:5000\b|s3://sgpo/|[<>]|\$"
+)
 
 # Command lines (comments dropped, words joined by single spaces) not run here, each with the reason.
 SKIP: dict[str, str] = {
@@ -178,10 +235,10 @@ SKIP: dict[str, str] = {
 OTHER_MACHINES = (1, 1)
 MACHINES: dict[tuple[int, int], str] = {
     (1, 0): "prefect-host",
-    (1, 1): "operator",        # "on every other machine": the shell sections 2-4 and 6 are typed into
+    (1, 1): "operator",  # "on every other machine": the shell sections 2-4 and 6 are typed into
     (2, 0): "operator",
     (2, 1): "operator",
-    (3, 0): "operator",        # the MLflow server runs with section 2's store credentials
+    (3, 0): "operator",  # the MLflow server runs with section 2's store credentials
     (4, 0): "operator",
     (5, 0): "cpu-machine",
     (5, 1): "gpu-machine",
@@ -213,12 +270,12 @@ class Step:
     block: int
     lineno: int
     machine: str
-    line: str                     # the doc's command, as written (comment dropped)
-    kind: str                     # export | background | run | skip
+    line: str  # the doc's command, as written (comment dropped)
+    kind: str  # export | background | run | skip
     argv: list[str] = field(default_factory=list)
     exports: dict[str, str] = field(default_factory=dict)
-    name: str = ""                # the Procs / result name
-    reason: str = ""              # why skipped
+    name: str = ""  # the Procs / result name
+    reason: str = ""  # why skipped
 
 
 def doc_blocks(text: str) -> list[tuple[int, int, list[tuple[int, str]]]]:
@@ -245,7 +302,9 @@ def doc_blocks(text: str) -> list[tuple[int, int, list[tuple[int, str]]]]:
             count += 1
     found = {s for s, _, _ in out}
     if not found >= {1, 2, 3, 4, 5, 6}:
-        raise DocDrift(f"docs/cluster.md: no ```bash block in section(s) {sorted(set(WALK_SECTIONS) - found)}")
+        raise DocDrift(
+            f"docs/cluster.md: no ```bash block in section(s) {sorted(set(WALK_SECTIONS) - found)}"
+        )
     return out
 
 
@@ -260,8 +319,10 @@ def plan_walk(values: dict[str, str], text: str | None = None) -> tuple[list[Ste
     for section, block, lines in doc_blocks(text):
         machine = MACHINES.get((section, block))
         if machine is None:
-            raise DocDrift(f"docs/cluster.md section {section}, bash block {block + 1}: which machine does it "
-                           "run on? add it to MACHINES in tests/cluster_helpers.py")
+            raise DocDrift(
+                f"docs/cluster.md section {section}, bash block {block + 1}: which machine does it "
+                "run on? add it to MACHINES in tests/cluster_helpers.py"
+            )
         for lineno, raw in lines:
             words = shlex.split(raw, comments=True)
             if not words:
@@ -280,25 +341,42 @@ def plan_walk(values: dict[str, str], text: str | None = None) -> tuple[list[Ste
             argv = shlex.split(cmd)
             left = PLACEHOLDERS.search(" ".join(argv))
             if left:
-                raise DocDrift(f"{where}: {left.group(0)!r} left in {raw.strip()!r} after the substitutions "
-                               "(add one to SUBSTITUTIONS in tests/cluster_helpers.py)")
+                raise DocDrift(
+                    f"{where}: {left.group(0)!r} left in {raw.strip()!r} after the substitutions "
+                    "(add one to SUBSTITUTIONS in tests/cluster_helpers.py)"
+                )
             if argv[0] == "export":
                 pairs = [a.partition("=") for a in argv[1:]]
                 if not pairs or any(not k or not eq for k, eq, _ in pairs):
                     raise DocDrift(f"{where}: cannot follow {raw.strip()!r}")
-                steps.append(Step(section, block, lineno, machine, line, "export",
-                                  exports={k: v for k, _, v in pairs}))
+                steps.append(
+                    Step(
+                        section,
+                        block,
+                        lineno,
+                        machine,
+                        line,
+                        "export",
+                        exports={k: v for k, _, v in pairs},
+                    )
+                )
                 continue
             known = next(((kind, name) for t, kind, name in KNOWN if matches(argv, t)), None)
             if known is None:
-                raise DocDrift(f"{where}: the cluster walk does not know {raw.strip()!r}: teach it (KNOWN) or "
-                               "skip it with a reason (SKIP) in tests/cluster_helpers.py")
-            steps.append(Step(section, block, lineno, machine, line, known[0], argv=argv, name=known[1]))
+                raise DocDrift(
+                    f"{where}: the cluster walk does not know {raw.strip()!r}: teach it (KNOWN) or "
+                    "skip it with a reason (SKIP) in tests/cluster_helpers.py"
+                )
+            steps.append(
+                Step(section, block, lineno, machine, line, known[0], argv=argv, name=known[1])
+            )
     unused = [old for old, _, _ in SUBSTITUTIONS if old not in used_subs]
     stale = [s for s in SKIP if s not in used_skips]
     if unused or stale:
-        raise DocDrift(f"no longer in docs/cluster.md: substitutions {unused}, skipped lines {stale} "
-                       "(remove them from tests/cluster_helpers.py)")
+        raise DocDrift(
+            f"no longer in docs/cluster.md: substitutions {unused}, skipped lines {stale} "
+            "(remove them from tests/cluster_helpers.py)"
+        )
     return steps, used_subs
 
 
@@ -315,8 +393,15 @@ class DocWalk:
     """Runs plan_walk's steps: exports into their machine's environment, services in the background
     (each waited for when `ready` names a check), commands in the foreground (exit 0 required)."""
 
-    def __init__(self, procs: Procs, tmp: Path, values: dict[str, str], base_env: dict[str, str],
-                 machine_env: Callable[[str], dict[str, str]], ready: dict[str, Callable[[], Any]]):
+    def __init__(
+        self,
+        procs: Procs,
+        tmp: Path,
+        values: dict[str, str],
+        base_env: dict[str, str],
+        machine_env: Callable[[str], dict[str, str]],
+        ready: dict[str, Callable[[], Any]],
+    ):
         self.procs, self.tmp, self.values = procs, tmp, values
         self.base_env, self.machine_env, self.ready = base_env, machine_env, ready
         self.envs: dict[str, dict[str, str]] = {}
@@ -329,7 +414,9 @@ class DocWalk:
             start = dict(self.base_env)
             if (step.section, step.block) != OTHER_MACHINES and step.machine != MACHINES[(1, 0)]:
                 start.update(self.exports.get(OTHER_MACHINES, {}))
-            start.update(self.machine_env(step.machine))  # the harness's own (homes, log levels, poll period)
+            start.update(
+                self.machine_env(step.machine)
+            )  # the harness's own (homes, log levels, poll period)
             self.envs[step.machine] = start
         return self.envs[step.machine]
 
@@ -338,7 +425,7 @@ class DocWalk:
         d.mkdir(exist_ok=True)
         return d
 
-    def run(self) -> "DocWalk":
+    def run(self) -> DocWalk:
         for step in self.steps:
             env = self.env(step)
             where = f"docs/cluster.md:{step.lineno} ({step.machine}): {step.line}"
@@ -355,8 +442,14 @@ class DocWalk:
                     except TimeoutError as e:
                         raise AssertionError(f"{e}\n{self.procs.log(step.name)[-4000:]}") from None
             else:
-                r = subprocess.run([venv_bin(step.argv[0]), *step.argv[1:]], env=env, cwd=self.cwd(step.machine),
-                                   capture_output=True, text=True, timeout=300)
+                r = subprocess.run(
+                    [venv_bin(step.argv[0]), *step.argv[1:]],
+                    env=env,
+                    cwd=self.cwd(step.machine),
+                    capture_output=True,
+                    text=True,
+                    timeout=300,
+                )
                 assert r.returncode == 0, f"{where}\nexit {r.returncode}\n{r.stdout}\n{r.stderr}"
                 self.results[step.name] = r
         return self

@@ -1,4 +1,5 @@
 """Test-wide isolation: own Prefect home, caches and credentials; no network, no hub."""
+
 from __future__ import annotations
 
 import os
@@ -39,7 +40,9 @@ def shared_data_dir() -> Path:
 def shared_data() -> Path:
     d = shared_data_dir()
     if not d.is_dir():
-        pytest.skip(f"reference data folder {d} is absent (set SGPO_SHARED_DATA to the shared/data folder)")
+        pytest.skip(
+            f"reference data folder {d} is absent (set SGPO_SHARED_DATA to the shared/data folder)"
+        )
     return d
 
 

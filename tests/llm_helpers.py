@@ -24,7 +24,9 @@ class EchoBackend:
         self.calls = 0
         self._lock = threading.Lock()
 
-    def chat(self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop) -> ChatResult:
+    def chat(
+        self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop
+    ) -> ChatResult:
         with self._lock:
             self.calls += 1
         text = fake_text(messages, seed)
@@ -39,7 +41,10 @@ class EchoBackend:
                 {
                     "token": w,
                     "logprob": -0.5,
-                    "top_logprobs": [{"token": w, "logprob": -0.5}, {"token": "x", "logprob": -1.5}][:top_logprobs],
+                    "top_logprobs": [
+                        {"token": w, "logprob": -0.5},
+                        {"token": "x", "logprob": -1.5},
+                    ][:top_logprobs],
                 }
                 for w in words
             ]
@@ -82,7 +87,9 @@ def serve_fake(log_path: str | Path | None = None, faults=None, backend=None) ->
     """A real HTTP server (uvicorn, OpenAI wire format) around a fake backend; yields the base URL."""
     from sgpo.llm.server import build_app, running_server
 
-    app = build_app(backend or EchoBackend(), model_name="fake", faults=faults, request_log=log_path)
+    app = build_app(
+        backend or EchoBackend(), model_name="fake", faults=faults, request_log=log_path
+    )
     with running_server(app) as url:
         yield url
 

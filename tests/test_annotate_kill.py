@@ -2,6 +2,7 @@
 fake model: injected faults give the right ok/invalid counts; kill -9 at random moments, then a
 re-run, gives the same artifact as an uninterrupted run and pays for no answer twice (except
 answers delivered to a process that died before journaling them)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from sgpo.config.pipeline import AnnotateStageConfig, StoreConfig
+from sgpo.core.stage import StageContext
 from sgpo.llm.client import EndpointConfig, LocalJournal
 from sgpo.llm.server import ChatResult, FaultConfig, build_app, read_request_log, running_server
-from sgpo.core.stage import StageContext
 from tasks import get_stage
 
 ANNOTATE = get_stage("annotate")
@@ -36,11 +37,13 @@ class DeterministicBackend:
         self._lock = threading.Lock()
         self.calls = 0
 
-    def chat(self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop) -> ChatResult:
+    def chat(
+        self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop
+    ) -> ChatResult:
         with self._lock:
             self.calls += 1
         digest = hashlib.sha256(json.dumps([messages, seed], sort_keys=True).encode()).hexdigest()
-        words = [f"w{digest[i:i + 4]}" for i in range(0, 40, 4)]  # ten "tokens"
+        words = [f"w{digest[i : i + 4]}" for i in range(0, 40, 4)]  # ten "tokens"
         finish = "stop"
         if len(words) > max_tokens:
             words, finish = words[:max_tokens], "length"
@@ -59,14 +62,24 @@ def publish_samples(store, n: int):
         "sample_index": [0] * n,
         "policy_finish_reason": ["stop"] * n,
     }
-    return store.publish_table("sample", hashlib.sha256(f"samples-{n}".encode()).hexdigest(), pa.table(rows),
-                               manifest={})  # fmt: skip
+    return store.publish_table(
+        "sample", hashlib.sha256(f"samples-{n}".encode()).hexdigest(), pa.table(rows), manifest={}
+    )
 
 
 def stage_config(url: str | None, **endpoint) -> AnnotateStageConfig:
-    ep = dict(base_url=url, model="fake-ext", api_key_env="SGPO_TEST_NO_SUCH_KEY", max_concurrency=4,
-              backoff_base_s=0.01, backoff_max_s=0.05, timeout_s=10, max_invalid_retries=1,
-              price_per_1m_prompt_tokens=2.0, price_per_1m_completion_tokens=6.0)  # fmt: skip
+    ep = dict(
+        base_url=url,
+        model="fake-ext",
+        api_key_env="SGPO_TEST_NO_SUCH_KEY",
+        max_concurrency=4,
+        backoff_base_s=0.01,
+        backoff_max_s=0.05,
+        timeout_s=10,
+        max_invalid_retries=1,
+        price_per_1m_prompt_tokens=2.0,
+        price_per_1m_completion_tokens=6.0,
+    )
     return AnnotateStageConfig(endpoint=EndpointConfig(**{**ep, **endpoint}), max_tokens=64)
 
 
@@ -76,7 +89,9 @@ def journal_path(store, samples, cfg) -> Path:
 
 
 def serve(log: Path | None = None, faults: FaultConfig | None = None):
-    return running_server(build_app(DeterministicBackend(), model_name="fake-ext", faults=faults, request_log=log))
+    return running_server(
+        build_app(DeterministicBackend(), model_name="fake-ext", faults=faults, request_log=log)
+    )
 
 
 # --------------------------------------------------------------------------- faults (fast)
@@ -91,8 +106,17 @@ def test_annotate_stage_survives_injected_faults_with_correct_counts(tmp_path, m
         await real_sleep(min(d, 0.02))
 
     monkeypatch.setattr(client_mod, "_sleep", short_sleep)
-    faults = FaultConfig(seed=3, rate_429=0.1, retry_after_s=0.5, rate_500=0.1, rate_timeout=0.05,
-                         timeout_sleep_s=4.0, rate_empty=0.12, rate_truncated=0.12, max_faults_per_request=2)  # fmt: skip
+    faults = FaultConfig(
+        seed=3,
+        rate_429=0.1,
+        retry_after_s=0.5,
+        rate_500=0.1,
+        rate_timeout=0.05,
+        timeout_sleep_s=4.0,
+        rate_empty=0.12,
+        rate_truncated=0.12,
+        max_faults_per_request=2,
+    )
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
     store = ctx.open_store()
     samples = publish_samples(store, 30)
@@ -110,15 +134,28 @@ def test_annotate_stage_survives_injected_faults_with_correct_counts(tmp_path, m
     for e in entries:
         if e["delivered"]:
             last[e["client_request_id"]] = e
-    reason = {cid: {"empty": "empty", "truncated": "truncated", None: None}[e["fault"]] for cid, e in last.items()}
+    reason = {
+        cid: {"empty": "empty", "truncated": "truncated", None: None}[e["fault"]]
+        for cid, e in last.items()
+    }
     assert len(reason) == 60
     n_invalid = sum(r is not None for r in reason.values())
     s = ref.summary
-    assert (s["calls"], s["ok"], s["invalid"], s["sent"], s["from_journal"]) == (60, 60 - n_invalid, n_invalid, 60, 0)
+    assert (s["calls"], s["ok"], s["invalid"], s["sent"], s["from_journal"]) == (
+        60,
+        60 - n_invalid,
+        n_invalid,
+        60,
+        0,
+    )
     assert 0 < n_invalid < 60
     assert s["invalid_reasons"] == dict(Counter(r for r in reason.values() if r))
-    assert s["http_requests"] == len(entries)  # every attempt (retries, re-asks) reached the server log
-    assert s["cost_usd"] == pytest.approx((s["prompt_tokens"] * 2.0 + s["completion_tokens"] * 6.0) / 1e6)
+    assert s["http_requests"] == len(
+        entries
+    )  # every attempt (retries, re-asks) reached the server log
+    assert s["cost_usd"] == pytest.approx(
+        (s["prompt_tokens"] * 2.0 + s["completion_tokens"] * 6.0) / 1e6
+    )
     assert s["prompt_tokens"] > 0 and s["completion_tokens"] > 0
 
     table = store.read_table(ref).to_pylist()
@@ -130,7 +167,9 @@ def test_annotate_stage_survives_injected_faults_with_correct_counts(tmp_path, m
     # a re-run is answered from the published artifact, and the journal alone would answer
     # everything: the server is gone (its port closed) and nothing needs it
     assert ANNOTATE.run(stage_config(url), ctx, {"samples": samples}) == ref
-    again = ANNOTATE.run(stage_config(url), ctx.model_copy(update={"refresh": True}), {"samples": samples})
+    again = ANNOTATE.run(
+        stage_config(url), ctx.model_copy(update={"refresh": True}), {"samples": samples}
+    )
     assert again.summary["from_journal"] == 60 and again.summary["sent"] == 0
     assert again.content_hash == ref.content_hash
 
@@ -162,12 +201,20 @@ def test_annotate_stage_killed_at_random_moments_resumes_without_loss_or_repayme
     script.write_text(STAGE_SCRIPT.format(repo=str(REPO), tests=str(REPO / "tests")))
     log = tmp_path / "requests.jsonl"
     rng = random.Random(20240607)
-    kill_at = sorted(rng.sample(range(3, 110), 3))  # journal lines at which to kill, in increasing order
+    kill_at = sorted(
+        rng.sample(range(3, 110), 3)
+    )  # journal lines at which to kill, in increasing order
 
     with serve(log, faults) as url:
         cfg = stage_config(url, max_concurrency=conc)
         journal = journal_path(store, samples, cfg)
-        args = [sys.executable, str(script), ctx.model_dump_json(), samples.model_dump_json(), cfg.model_dump_json()]
+        args = [
+            sys.executable,
+            str(script),
+            ctx.model_dump_json(),
+            samples.model_dump_json(),
+            cfg.model_dump_json(),
+        ]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
 
         def lines() -> int:
@@ -184,14 +231,18 @@ def test_annotate_stage_killed_at_random_moments_resumes_without_loss_or_repayme
             while lines() < threshold and proc.poll() is None:
                 assert time.monotonic() < deadline, "the stage made no progress"
                 time.sleep(0.002)
-            assert proc.poll() is None, f"finished before the kill: {proc.stderr.read().decode()[-3000:]}"
+            assert proc.poll() is None, (
+                f"finished before the kill: {proc.stderr.read().decode()[-3000:]}"
+            )
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
             assert proc.returncode == -signal.SIGKILL
             time.sleep(0.3)  # let the server finish (and log) what was in flight at the kill
             runs.append({"log_from": n_log, "journaled": set(LocalJournal(journal).load())})
             assert threshold <= len(runs[-1]["journaled"]) < 2 * n_rows  # killed mid-stage
-            assert store.find(ANNOTATE.name, ANNOTATE.cache_key(cfg, {"samples": samples})) is None  # nothing looks finished
+            assert (
+                store.find(ANNOTATE.name, ANNOTATE.cache_key(cfg, {"samples": samples})) is None
+            )  # nothing looks finished
         n_log = len(read_request_log(log))
         done = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -203,11 +254,16 @@ def test_annotate_stage_killed_at_random_moments_resumes_without_loss_or_repayme
     ref_samples = publish_samples(ref_ctx.open_store(), n_rows)
     assert ref_samples.content_hash == samples.content_hash
     with serve(None, faults) as url:
-        reference = ANNOTATE.run(stage_config(url, max_concurrency=conc), ref_ctx, {"samples": ref_samples})
+        reference = ANNOTATE.run(
+            stage_config(url, max_concurrency=conc), ref_ctx, {"samples": ref_samples}
+        )
 
     # 1. Nothing lost, nothing changed: the same table (byte-identical Parquet) as without kills.
     assert resumed.content_hash == reference.content_hash
-    assert store.read_table(resumed).to_pylist() == ref_ctx.open_store().read_table(reference).to_pylist()
+    assert (
+        store.read_table(resumed).to_pylist()
+        == ref_ctx.open_store().read_table(reference).to_pylist()
+    )
     assert resumed.summary["ok"] == reference.summary["ok"] == 2 * n_rows
     assert resumed.summary["from_journal"] == len(runs[-1]["journaled"]) > 0
     assert resumed.summary["prompt_tokens"] == reference.summary["prompt_tokens"]
@@ -218,7 +274,10 @@ def test_annotate_stage_killed_at_random_moments_resumes_without_loss_or_repayme
     entries = read_request_log(log)
     bounds = [r["log_from"] for r in runs] + [final_from, len(entries)]
     segments = [entries[a:b] for a, b in zip(bounds, bounds[1:])]
-    delivered = [{e["client_request_id"] for e in seg if e["delivered"] and e["fault"] is None} for seg in segments]
+    delivered = [
+        {e["client_request_id"] for e in seg if e["delivered"] and e["fault"] is None}
+        for seg in segments
+    ]
     sent = [{e["client_request_id"] for e in seg} for seg in segments]
     repaid_total = 0
     for i, run in enumerate(runs):
@@ -227,8 +286,10 @@ def test_annotate_stage_killed_at_random_moments_resumes_without_loss_or_repayme
             assert not (repaid & run["journaled"]), "a journaled answer was asked for again"
             assert len(repaid) <= conc
             repaid_total += len(repaid)
-    print(f"kills at journal lines {kill_at}: journaled {[len(r['journaled']) for r in runs]}, "
-          f"answers paid twice (delivered to a killed process before its journal write): {repaid_total}")
+    print(
+        f"kills at journal lines {kill_at}: journaled {[len(r['journaled']) for r in runs]}, "
+        f"answers paid twice (delivered to a killed process before its journal write): {repaid_total}"
+    )
     # 3. Each re-run sent only what was not journaled at the kill before it; the last one all of that.
     all_ids = set(LocalJournal(journal).load())
     assert len(all_ids) == 2 * n_rows

@@ -16,6 +16,7 @@ then the stages after it.
 
 Several minutes on 2 CPU cores; every process is stopped at the end.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
-
 from cluster_helpers import REPO, DocWalk, Procs, doc_retry_command, http_ok, kill_tree, wait_for
 from conftest import free_port
 
@@ -42,8 +41,15 @@ LINE = re.compile(r"\[sgpo\] (\S+)\s+(ran|cached)\s")
 
 # The harness's own environment, not the doc's: what a fresh machine has before the doc's exports.
 # Everything the doc is meant to provide (store credentials and endpoint, API URL, repo dir) is removed.
-_DOC_PROVIDES = ("AWS_", "MLFLOW_", "PREFECT_API_URL", "PREFECT_UI_API_URL", "SGPO_REPO_DIR", "SGPO_STORE_URL",
-                 "SGPO_MLFLOW_URI")
+_DOC_PROVIDES = (
+    "AWS_",
+    "MLFLOW_",
+    "PREFECT_API_URL",
+    "PREFECT_UI_API_URL",
+    "SGPO_REPO_DIR",
+    "SGPO_STORE_URL",
+    "SGPO_MLFLOW_URI",
+)
 
 
 def _harness_env() -> dict[str, str]:
@@ -61,29 +67,48 @@ def cluster(tmp_path_factory, s3_endpoint):
     api_port, mlflow_port = free_port(), free_port()
     api = f"http://127.0.0.1:{api_port}/api"
     bucket = f"sgpo-walk-{uuid.uuid4().hex[:8]}"
-    values = {"api_port": str(api_port), "mlflow_port": str(mlflow_port), "s3": s3_endpoint, "repo": str(REPO),
-              "mlflow_dir": str(tmp / "mlflow"), "bucket": bucket}
+    values = {
+        "api_port": str(api_port),
+        "mlflow_port": str(mlflow_port),
+        "s3": s3_endpoint,
+        "repo": str(REPO),
+        "mlflow_dir": str(tmp / "mlflow"),
+        "bucket": bucket,
+    }
 
     def machine_env(machine: str) -> dict[str, str]:
         """Per machine: its own Prefect home and cache (separate machines share neither), log levels the
         assertions read, and a 2 s work-pool poll instead of 10 s."""
-        env = {"PREFECT_HOME": str(tmp / f"{machine}-home"), "SGPO_CACHE_DIR": str(tmp / f"cache-{machine}"),
-               "PREFECT_LOGGING_LEVEL": "WARNING" if machine == "prefect-host" else "INFO"}
+        env = {
+            "PREFECT_HOME": str(tmp / f"{machine}-home"),
+            "SGPO_CACHE_DIR": str(tmp / f"cache-{machine}"),
+            "PREFECT_LOGGING_LEVEL": "WARNING" if machine == "prefect-host" else "INFO",
+        }
         if machine.endswith("-machine"):
             env["PREFECT_WORKER_QUERY_SECONDS"] = "2"
         return env
 
-    ready = {"server": lambda: http_ok(f"{api}/health"),
-             "mlflow": lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health")}
+    ready = {
+        "server": lambda: http_ok(f"{api}/health"),
+        "mlflow": lambda: http_ok(f"http://127.0.0.1:{mlflow_port}/health"),
+    }
     try:
         walk = DocWalk(procs, tmp, values, _harness_env(), machine_env, ready).run()
         out = walk.results["deployment-run"].stdout
         run_id = re.search(r"UUID: ([0-9a-f-]{36})", out)
         assert run_id, out
-        yield {"api": api, "tmp": tmp, "procs": procs, "s3": s3_endpoint, "bucket": bucket,
-               "store": f"s3://{bucket}/store", "mlflow": f"http://127.0.0.1:{mlflow_port}",
-               "env": walk.envs["operator"], "deploy_out": walk.results["deploy"].stdout,
-               "run_id": uuid.UUID(run_id.group(1))}
+        yield {
+            "api": api,
+            "tmp": tmp,
+            "procs": procs,
+            "s3": s3_endpoint,
+            "bucket": bucket,
+            "store": f"s3://{bucket}/store",
+            "mlflow": f"http://127.0.0.1:{mlflow_port}",
+            "env": walk.envs["operator"],
+            "deploy_out": walk.results["deploy"].stdout,
+            "run_id": uuid.UUID(run_id.group(1)),
+        }
     finally:
         procs.stop_all()
 
@@ -109,13 +134,17 @@ def _client(api: str):
 def _runs_of(client, deployment_id) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 
-    return client.read_flow_runs(flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id])))
+    return client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[deployment_id]))
+    )
 
 
 def parent_task_runs(client, flow_run_id) -> list:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    )
 
 
 def _manifests(s3: str, bucket: str) -> dict[str, list[str]]:
@@ -141,12 +170,17 @@ def test_distributed_pipeline_on_cpu_and_cuda_pools_then_crash_and_retry(cluster
     from prefect.client.schemas.objects import StateType
 
     procs: Procs = cluster["procs"]
-    assert "work pool cpu: created" in cluster["deploy_out"] and "work pool cuda: created" in cluster["deploy_out"]
+    assert (
+        "work pool cpu: created" in cluster["deploy_out"]
+        and "work pool cuda: created" in cluster["deploy_out"]
+    )
     with _client(cluster["api"]) as client:
         pools = {p.name: p for p in client.read_work_pools()}
         assert pools["cpu"].type == pools["cuda"].type == "process"
         assert "TOKENIZERS_PARALLELISM" in json.dumps(pools["cuda"].base_job_template)
-        deployments = {f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()}
+        deployments = {
+            f"{client.read_flow(d.flow_id).name}/{d.name}": d for d in client.read_deployments()
+        }
         stage_deps = {s: deployments[f"{s}/sgpo-stage-{s}"] for s in GPU}
         assert all(d.work_pool_name == "cuda" for d in stage_deps.values())
         pipeline = deployments["sgpo/sgpo-pipeline"]
@@ -155,9 +189,14 @@ def test_distributed_pipeline_on_cpu_and_cuda_pools_then_crash_and_retry(cluster
         assert pipeline.parameters["config"]["execution"]["mode"] == "distributed"
         assert pipeline.parameters["config"]["store"]["url"] == cluster["store"]
         nightly = deployments["sgpo/sgpo-nightly-step2"]
-        assert nightly.parameters["config"]["rounds"] == 2 and nightly.schedules[0].schedule.cron == "0 2 * * *"
+        assert (
+            nightly.parameters["config"]["rounds"] == 2
+            and nightly.schedules[0].schedule.cron == "0 2 * * *"
+        )
         client.pause_deployment(nightly.id)  # no surprise run if this test crosses 02:00 UTC
-        assert f"from {REPO / 'deployments' / 'prefect.yaml'}" in cluster["deploy_out"], cluster["deploy_out"]
+        assert f"from {REPO / 'deployments' / 'prefect.yaml'}" in cluster["deploy_out"], cluster[
+            "deploy_out"
+        ]
 
         # section 6's `prefect deployment run sgpo/sgpo-pipeline`: a flow run with the default parameters
         parent = client.read_flow_run(cluster["run_id"])
@@ -165,20 +204,35 @@ def test_distributed_pipeline_on_cpu_and_cuda_pools_then_crash_and_retry(cluster
 
         # A GPU job dies during dpo (a preempted node): kill the child's process.
         def logs() -> str:
-            return (f"cpu worker log tail:\n{procs.log('worker-cpu')[-6000:]}\n"
-                    f"cuda worker log tail:\n{procs.log('worker-cuda')[-6000:]}")
+            return (
+                f"cpu worker log tail:\n{procs.log('worker-cpu')[-6000:]}\n"
+                f"cuda worker log tail:\n{procs.log('worker-cuda')[-6000:]}"
+            )
 
         def dpo_running():
             state = client.read_flow_run(parent.id).state
             if state and state.is_final():
-                raise AssertionError(f"the pipeline ended before dpo started: {state.type.value}: {state.message}\n{logs()}")
-            runs = [r for r in _runs_of(client, stage_deps["dpo"].id) if r.state and r.state.type == StateType.RUNNING]
+                raise AssertionError(
+                    f"the pipeline ended before dpo started: {state.type.value}: {state.message}\n{logs()}"
+                )
+            runs = [
+                r
+                for r in _runs_of(client, stage_deps["dpo"].id)
+                if r.state and r.state.type == StateType.RUNNING
+            ]
             return runs[0] if runs and runs[0].infrastructure_pid else None
 
         try:
-            victim = wait_for(dpo_running, 900, "the dpo stage's flow run to start on the cuda worker", interval=0.5)
+            victim = wait_for(
+                dpo_running,
+                900,
+                "the dpo stage's flow run to start on the cuda worker",
+                interval=0.5,
+            )
         except TimeoutError:
-            raise AssertionError(f"pipeline state: {client.read_flow_run(parent.id).state}\n{logs()}") from None
+            raise AssertionError(
+                f"pipeline state: {client.read_flow_run(parent.id).state}\n{logs()}"
+            ) from None
         killed = kill_tree(int(str(victim.infrastructure_pid).rsplit(":", 1)[-1]))
         failed = _wait_final(client, parent.id, 300, "the pipeline run to fail")
         assert failed.state.type == StateType.FAILED, failed.state
@@ -194,25 +248,52 @@ def test_distributed_pipeline_on_cpu_and_cuda_pools_then_crash_and_retry(cluster
             (run,) = runs
             assert run.work_pool_name == "cuda"
             submitted = f"submitting flow run '{run.id}'"  # the worker's own log line
-            assert submitted in procs.log("worker-cuda") and submitted not in procs.log("worker-cpu")
+            assert submitted in procs.log("worker-cuda") and submitted not in procs.log(
+                "worker-cpu"
+            )
             assert run.parent_task_run_id is not None  # a subflow of the pipeline run
             assert client.read_task_run(run.parent_task_run_id).flow_run_id == parent.id
             if stage != "dpo":
                 assert run.state.type == StateType.COMPLETED, (stage, run.state)
         submitted = f"submitting flow run '{parent.id}'"
         assert submitted in procs.log("worker-cpu") and submitted not in procs.log("worker-cuda")
-        for stage in ("base_model", "prepare", "annotate"):  # CPU stages: tasks of the pipeline run (cpu worker)
-            assert any(r.name.split("[")[0] == stage for r in parent_task_runs(client, parent.id)), stage
+        for stage in (
+            "base_model",
+            "prepare",
+            "annotate",
+        ):  # CPU stages: tasks of the pipeline run (cpu worker)
+            assert any(
+                r.name.split("[")[0] == stage for r in parent_task_runs(client, parent.id)
+            ), stage
         stored = _manifests(cluster["s3"], cluster["bucket"])
-        assert set(stored) == {"base_model", "prepare", "sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs"}
+        assert set(stored) == {
+            "base_model",
+            "prepare",
+            "sft",
+            "sample",
+            "annotate",
+            "ppl_filter",
+            "improver_sft",
+            "pairs",
+        }
         first_lines = len(procs.log("worker-cpu").splitlines())
 
         # -------- Retry (the UI's Retry button; here section 7's CLI, `prefect flow-run retry <id>`)
         prefect, *args = doc_retry_command()
-        retry = subprocess.run([str(Path(sys.executable).parent / prefect), *args, str(parent.id)],
-                               env=cluster["env"], cwd=cluster["tmp"], capture_output=True, text=True, timeout=120)
+        retry = subprocess.run(
+            [str(Path(sys.executable).parent / prefect), *args, str(parent.id)],
+            env=cluster["env"],
+            cwd=cluster["tmp"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert retry.returncode == 0, retry.stdout + retry.stderr
-        wait_for(lambda: not client.read_flow_run(parent.id).state.is_final(), 60, "the retry to be scheduled")
+        wait_for(
+            lambda: not client.read_flow_run(parent.id).state.is_final(),
+            60,
+            "the retry to be scheduled",
+        )
         done = _wait_final(client, parent.id, 600, "the retried pipeline run")
         assert done.state.type == StateType.COMPLETED, (done.state, procs.log("worker-cpu")[-5000:])
 
@@ -225,19 +306,42 @@ def test_distributed_pipeline_on_cpu_and_cuda_pools_then_crash_and_retry(cluster
         status = dict(LINE.findall("\n".join(procs.log("worker-cpu").splitlines()[first_lines:])))
         # the failed stage and what comes after it in the plan: prepare[eval] (made right before the judge
         # that reads it), the judge, and the run's report
-        assert {s for s, v in status.items() if v == "ran"} == {"dpo", "prepare[eval]", "judge", "report"}, status
-        assert all(status[s] == "cached" for s in ("base_model", "sft", "sample", "annotate", "ppl_filter",
-                                                   "improver_sft", "pairs")), status
+        assert {s for s, v in status.items() if v == "ran"} == {
+            "dpo",
+            "prepare[eval]",
+            "judge",
+            "report",
+        }, status
+        assert all(
+            status[s] == "cached"
+            for s in (
+                "base_model",
+                "sft",
+                "sample",
+                "annotate",
+                "ppl_filter",
+                "improver_sft",
+                "pairs",
+            )
+        ), status
 
         assert any(r.name == "judge" for r in parent_task_runs(client, parent.id))
         # GPU stages never run in-process: a cached one (found in the store, nothing dispatched) shows as a
         # task run in the Cached state, so the retried run's graph still has every stage
         shown = [r for r in parent_task_runs(client, parent.id) if r.name in GPU]
-        assert {r.name for r in shown} == {"sft", "sample", "ppl_filter", "improver_sft", "pairs"}, shown
+        assert {r.name for r in shown} == {
+            "sft",
+            "sample",
+            "ppl_filter",
+            "improver_sft",
+            "pairs",
+        }, shown
         assert all(r.state.name == "Cached" for r in shown), [(r.name, r.state.name) for r in shown]
 
     stored = _manifests(cluster["s3"], cluster["bucket"])
-    assert {"dpo", "judge"} <= set(stored) and all(len(v) == 1 for k, v in stored.items() if k != "prepare")
+    assert {"dpo", "judge"} <= set(stored) and all(
+        len(v) == 1 for k, v in stored.items() if k != "prepare"
+    )
 
     # MLflow server: the pipeline's parent run with nested stage runs (logged from both workers)
     from mlflow.tracking import MlflowClient

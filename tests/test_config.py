@@ -1,4 +1,5 @@
 """Config loading: presets validate, overrides apply, bad input names the key."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,7 +10,9 @@ import pytest
 from sgpo.config.pipeline import CONFIG_DIR, ConfigError, PipelineConfig, cache_payload, load_config
 
 
-@pytest.mark.parametrize("preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("eval-")))
+@pytest.mark.parametrize(
+    "preset", sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if not p.stem.startswith("eval-"))
+)
 def test_every_pipeline_preset_validates_and_starts_with_its_command(preset):
     cfg = load_config(preset)
     assert isinstance(cfg, PipelineConfig)
@@ -26,14 +29,22 @@ def test_paper_presets_carry_paper_hyperparameters():
         assert cfg.improver_sft.epochs == 3
         assert cfg.dpo.learning_rate == 5e-7 and cfg.dpo.epochs == 1
         assert (cfg.sample.sampling.temperature, cfg.sample.sampling.top_p) == (0.7, 0.9)
-        assert cfg.data.sft.path == "HuggingFaceH4/ultrachat_200k" and cfg.data.sft.split == "train_sft"
+        assert (
+            cfg.data.sft.path == "HuggingFaceH4/ultrachat_200k"
+            and cfg.data.sft.split == "train_sft"
+        )
         assert cfg.data.improver.path == "argilla/dpo-mix-7k"
-        assert cfg.data.po.path == "allenai/ultrafeedback_binarized_cleaned" and cfg.data.po.split == "train_sft"
+        assert (
+            cfg.data.po.path == "allenai/ultrafeedback_binarized_cleaned"
+            and cfg.data.po.split == "train_sft"
+        )
         assert not cfg.model.trust_remote_code
 
 
 def test_overrides_are_typed_and_nested():
-    cfg = load_config("tiny", ["dpo.beta=0.25", "rounds=2", "sample.sampling.n=3", "shared_improver=false"])
+    cfg = load_config(
+        "tiny", ["dpo.beta=0.25", "rounds=2", "sample.sampling.n=3", "shared_improver=false"]
+    )
     assert cfg.dpo.beta == 0.25 and cfg.rounds == 2 and cfg.sample.sampling.n == 3
     assert cfg.shared_improver is False
 
@@ -65,8 +76,14 @@ def test_broken_yaml_is_reported(tmp_path):
 
 def test_runtime_fields_stay_out_of_cache_payload():
     a = load_config("tiny")
-    b = load_config("tiny", ["annotate.endpoint.base_url=http://127.0.0.1:1/v1", "annotate.endpoint.max_concurrency=64",
-                             "sample.sampling.batch_size=3"])
+    b = load_config(
+        "tiny",
+        [
+            "annotate.endpoint.base_url=http://127.0.0.1:1/v1",
+            "annotate.endpoint.max_concurrency=64",
+            "sample.sampling.batch_size=3",
+        ],
+    )
     assert cache_payload(a.annotate) == cache_payload(b.annotate)
     assert cache_payload(a.sample) == cache_payload(b.sample)
     c = load_config("tiny", ["annotate.endpoint.model=other-model"])
@@ -74,7 +91,12 @@ def test_runtime_fields_stay_out_of_cache_payload():
 
 
 def test_cli_config_error_exits_2_with_one_paragraph():
-    r = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "run", "sft.lr=1"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "sgpo.cli.main", "run", "sft.lr=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "sft.lr: unknown key" in r.stderr and "Traceback" not in r.stderr
 
@@ -82,26 +104,29 @@ def test_cli_config_error_exits_2_with_one_paragraph():
 # --------------------------------------------------------------------------- ranges (issue 12, finding 1)
 
 
-@pytest.mark.parametrize("override", [
-    "sample.sampling.temperature=5",
-    "pairs.sampling.temperature=5",
-    "judge.sampling.temperature=-0.1",
-    "annotate.temperature=5",
-    "annotate.top_p=0",
-    "annotate.top_p=1.5",
-    "judge.judge_temperature=2.5",
-    "dpo.beta=0",
-    "dpo.beta=1000",
-    "sft.learning_rate=2e5",
-    "dpo.learning_rate=1",
-    "improver_sft.warmup_ratio=1",
-    "sft.weight_decay=-0.1",
-    "sample.sampling.max_new_tokens=0",
-    "sample.sampling.n=0",
-    "annotate.max_tokens=0",
-    "sft.max_length=0",
-    "model.tiny.hidden_size=0",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "sample.sampling.temperature=5",
+        "pairs.sampling.temperature=5",
+        "judge.sampling.temperature=-0.1",
+        "annotate.temperature=5",
+        "annotate.top_p=0",
+        "annotate.top_p=1.5",
+        "judge.judge_temperature=2.5",
+        "dpo.beta=0",
+        "dpo.beta=1000",
+        "sft.learning_rate=2e5",
+        "dpo.learning_rate=1",
+        "improver_sft.warmup_ratio=1",
+        "sft.weight_decay=-0.1",
+        "sample.sampling.max_new_tokens=0",
+        "sample.sampling.n=0",
+        "annotate.max_tokens=0",
+        "sft.max_length=0",
+        "model.tiny.hidden_size=0",
+    ],
+)
 def test_out_of_range_values_fail_at_load_naming_the_key(override):
     key = override.split("=")[0]
     with pytest.raises(ConfigError) as e:
@@ -110,17 +135,33 @@ def test_out_of_range_values_fail_at_load_naming_the_key(override):
 
 
 def test_range_edges_are_accepted():
-    cfg = load_config("tiny", ["sample.sampling.temperature=2", "annotate.temperature=0", "annotate.top_p=1",
-                               "dpo.beta=0.01", "sft.warmup_ratio=0", "sft.learning_rate=0.5"])
-    assert cfg.sample.sampling.temperature == 2 and cfg.annotate.temperature == 0 and cfg.annotate.top_p == 1
+    cfg = load_config(
+        "tiny",
+        [
+            "sample.sampling.temperature=2",
+            "annotate.temperature=0",
+            "annotate.top_p=1",
+            "dpo.beta=0.01",
+            "sft.warmup_ratio=0",
+            "sft.learning_rate=0.5",
+        ],
+    )
+    assert (
+        cfg.sample.sampling.temperature == 2
+        and cfg.annotate.temperature == 0
+        and cfg.annotate.top_p == 1
+    )
 
 
-@pytest.mark.parametrize("override", [
-    "alpaca_eval.sampling.temperature=5",
-    "arena_hard.judge_temperature=3",
-    "alpaca_eval.judge_temperature=-1",
-    "arena_hard.sampling.top_p=0",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "alpaca_eval.sampling.temperature=5",
+        "arena_hard.judge_temperature=3",
+        "alpaca_eval.judge_temperature=-1",
+        "arena_hard.sampling.top_p=0",
+    ],
+)
 def test_evaluation_config_ranges(override):
     from sgpo.config.evaluation import load_evaluation_config
 

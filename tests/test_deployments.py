@@ -1,6 +1,7 @@
 """The team setup, checked without a server: prefect.yaml, work-pool templates, the compose stack
 and Dockerfiles, the pipeline's parameter schema (the UI form), GPU-stage dispatch and `sgpo deploy`.
 The same things running for real: tests/test_cluster.py (slow)."""
+
 from __future__ import annotations
 
 import argparse
@@ -9,17 +10,39 @@ import json
 import re
 from types import SimpleNamespace
 
+import cluster_helpers
 import pytest
 import yaml
-
-import cluster_helpers
-from cluster_helpers import ANY, DEPLOY, MLFLOW, REPO, SERVER, TEMPLATES, WORKER_CPU, WORKER_CUDA, fill, matches
+from cluster_helpers import (
+    ANY,
+    DEPLOY,
+    MLFLOW,
+    REPO,
+    SERVER,
+    TEMPLATES,
+    WORKER_CPU,
+    WORKER_CUDA,
+    fill,
+    matches,
+)
 
 DEPLOYMENTS = REPO / "deployments"
 POOLS = DEPLOYMENTS / "pools"
 DOCKER = REPO / "docker"
-GPU = ("sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo", "sapo", "judge", "alpaca_eval_generate",
-       "arena_hard_generate", "mt_bench_generate", "lm_eval")
+GPU = (
+    "sft",
+    "sample",
+    "ppl_filter",
+    "improver_sft",
+    "pairs",
+    "dpo",
+    "sapo",
+    "judge",
+    "alpaca_eval_generate",
+    "arena_hard_generate",
+    "mt_bench_generate",
+    "lm_eval",
+)
 
 
 # --------------------------------------------------------------------------- prefect.yaml
@@ -59,11 +82,15 @@ def test_every_gpu_stage_has_a_deployment_on_the_cuda_pool(prefect_yaml):
 
 
 def test_pipeline_deployments_are_on_the_cpu_pool_with_the_config_variable(prefect_yaml):
-    pipe = [d for d in prefect_yaml["deployments"] if d["entrypoint"] == "flows.pipeline:sgpo_pipeline"]
+    pipe = [
+        d for d in prefect_yaml["deployments"] if d["entrypoint"] == "flows.pipeline:sgpo_pipeline"
+    ]
     assert {d["name"] for d in pipe} >= {"sgpo-pipeline", "sgpo-nightly-step2"}
     for d in pipe:
         assert d["work_pool"]["name"] == "cpu"
-        assert re.fullmatch(r"\{\{ prefect\.variables\.sgpo_\w+_config \}\}", d["parameters"]["config"])
+        assert re.fullmatch(
+            r"\{\{ prefect\.variables\.sgpo_\w+_config \}\}", d["parameters"]["config"]
+        )
     nightly = next(d for d in pipe if d["name"] == "sgpo-nightly-step2")
     assert nightly["schedules"][0]["cron"] == "0 2 * * *"
 
@@ -87,7 +114,10 @@ def test_entrypoints_are_importable_module_paths(prefect_yaml):
 
 def test_workers_resolve_the_checkout_at_run_time(prefect_yaml):
     (step,) = prefect_yaml["pull"]
-    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == "{{ $SGPO_REPO_DIR }}"
+    assert (
+        step["prefect.deployments.steps.set_working_directory"]["directory"]
+        == "{{ $SGPO_REPO_DIR }}"
+    )
 
 
 # --------------------------------------------------------------------------- work pools
@@ -100,7 +130,11 @@ def _placeholders(obj) -> set[str]:
 
 def _defaults(template: dict) -> dict:
     """Variable defaults, as a worker fills them in (unset ones drop out of the job configuration)."""
-    return {k: v["default"] for k, v in template["variables"]["properties"].items() if v.get("default") is not None}
+    return {
+        k: v["default"]
+        for k, v in template["variables"]["properties"].items()
+        if v.get("default") is not None
+    }
 
 
 @pytest.mark.parametrize("name", ["cpu-process.json", "cuda-process.json", "cuda-kubernetes.json"])
@@ -109,7 +143,9 @@ def test_pool_templates_are_valid_and_closed(name):
     assert set(t) == {"job_configuration", "variables"}
     props = t["variables"]["properties"]
     # every placeholder of the job configuration is a declared variable
-    assert _placeholders(t["job_configuration"]) <= set(props), _placeholders(t["job_configuration"]) - set(props)
+    assert _placeholders(t["job_configuration"]) <= set(props), _placeholders(
+        t["job_configuration"]
+    ) - set(props)
 
 
 @pytest.mark.parametrize("name", ["cpu-process.json", "cuda-process.json"])
@@ -156,7 +192,9 @@ def test_compose_runs_only_commands_the_test_suite_runs(compose):
     assert set(ours) >= {"prefect-server", "mlflow", "deploy", "worker-cpu", "worker-cuda"}
     for name, svc in ours.items():
         cmd = [str(c) for c in svc["command"]]
-        assert any(matches(cmd, t) for t in TEMPLATES), f"{name}: {cmd} is not a command tests/test_cluster.py runs"
+        assert any(matches(cmd, t) for t in TEMPLATES), (
+            f"{name}: {cmd} is not a command tests/test_cluster.py runs"
+        )
     assert matches(ours["worker-cuda"]["command"], WORKER_CUDA)
     assert matches(ours["worker-cpu"]["command"], WORKER_CPU)
     assert ours["worker-cuda"]["build"]["dockerfile"] == "docker/Dockerfile.cuda"
@@ -166,7 +204,9 @@ def test_compose_runs_only_commands_the_test_suite_runs(compose):
     assert {"minio", "postgres"} <= set(services)
     env = ours["worker-cpu"]["environment"]
     assert env["PREFECT_API_URL"] == "http://prefect-server:4200/api"
-    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000" and env["SGPO_STORE_URL"].startswith("s3://")
+    assert env["AWS_ENDPOINT_URL"] == "http://minio:9000" and env["SGPO_STORE_URL"].startswith(
+        "s3://"
+    )
     assert "--artifacts-destination" in ours["mlflow"]["command"]
 
 
@@ -189,22 +229,42 @@ def test_dockerfiles_default_to_the_workers():
 
 
 def test_command_templates():
-    assert fill(SERVER, "127.0.0.1", "4200") == ["prefect", "server", "start", "--host", "127.0.0.1", "--port", "4200"]
+    assert fill(SERVER, "127.0.0.1", "4200") == [
+        "prefect",
+        "server",
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "4200",
+    ]
     assert matches(["sgpo", "deploy", "--store-url", "s3://b/p"], DEPLOY)
     assert not matches(["prefect", "worker", "start", "--pool", "cuda"], WORKER_CUDA)
-    assert matches(fill(MLFLOW, "h", "1", "sqlite:///x", "s3://b/m", extra=("--workers", "1")), MLFLOW)
+    assert matches(
+        fill(MLFLOW, "h", "1", "sqlite:///x", "s3://b/m", extra=("--workers", "1")), MLFLOW
+    )
     assert ANY not in fill(MLFLOW, "h", "1", "u", "d")
 
 
 def test_cluster_doc_walk_has_a_plan_for_every_line():
     """Every command line of docs/cluster.md sections 1-6 is run by tests/test_cluster.py's walk or
     skipped with a reason; the fast half of that slow test (no servers)."""
-    values = {"api_port": "1", "mlflow_port": "2", "s3": "http://127.0.0.1:3", "repo": str(REPO),
-              "mlflow_dir": "/tmp/m", "bucket": "sgpo-walk-x"}
+    values = {
+        "api_port": "1",
+        "mlflow_port": "2",
+        "s3": "http://127.0.0.1:3",
+        "repo": str(REPO),
+        "mlflow_dir": "/tmp/m",
+        "bucket": "sgpo-walk-x",
+    }
     steps, _ = cluster_helpers.plan_walk(values)
     started = {s.name: s.machine for s in steps if s.kind == "background"}
-    assert started == {"server": "prefect-host", "mlflow": "operator", "worker-cpu": "cpu-machine",
-                       "worker-cuda": "gpu-machine"}
+    assert started == {
+        "server": "prefect-host",
+        "mlflow": "operator",
+        "worker-cpu": "cpu-machine",
+        "worker-cuda": "gpu-machine",
+    }
     ran = [s.name for s in steps if s.kind == "run"]
     assert ran == ["bucket", "deploy", "deployment-run"]
     assert all(s.reason for s in steps if s.kind == "skip")
@@ -214,20 +274,37 @@ def test_cluster_doc_walk_has_a_plan_for_every_line():
         if s.kind == "export":
             exported.setdefault(s.machine, set()).update(s.exports)
     for machine in ("cpu-machine", "gpu-machine"):
-        assert {"SGPO_REPO_DIR", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"} <= exported[machine]
+        assert {
+            "SGPO_REPO_DIR",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ENDPOINT_URL",
+        } <= exported[machine]
     assert cluster_helpers.doc_retry_command() == ["prefect", "flow-run", "retry"]
 
 
 def test_cluster_doc_walk_fails_on_an_unknown_line():
     text = cluster_helpers.DOC.read_text()
-    values = {"api_port": "1", "mlflow_port": "2", "s3": "s", "repo": "r", "mlflow_dir": "m", "bucket": "b"}
-    new = text.replace("prefect worker start --pool cpu --type process\n",
-                       "prefect worker start --pool cpu --type process\nsudo systemctl start sgpo\n", 1)
+    values = {
+        "api_port": "1",
+        "mlflow_port": "2",
+        "s3": "s",
+        "repo": "r",
+        "mlflow_dir": "m",
+        "bucket": "b",
+    }
+    new = text.replace(
+        "prefect worker start --pool cpu --type process\n",
+        "prefect worker start --pool cpu --type process\nsudo systemctl start sgpo\n",
+        1,
+    )
     assert new != text
     with pytest.raises(cluster_helpers.DocDrift, match="does not know 'sudo systemctl start sgpo'"):
         cluster_helpers.plan_walk(values, new)
     with pytest.raises(cluster_helpers.DocDrift, match="left in"):
-        cluster_helpers.plan_walk(values, text.replace("http://minio:9000      #", "http://minio:9001      #", 1))
+        cluster_helpers.plan_walk(
+            values, text.replace("http://minio:9000      #", "http://minio:9001      #", 1)
+        )
     with pytest.raises(cluster_helpers.DocDrift, match="skipped lines"):
         cluster_helpers.plan_walk(values, text.replace("mc mb local/sgpo", "# (removed)", 1))
 
@@ -252,8 +329,22 @@ def test_pipeline_parameter_schema_has_every_config_section():
     schema = parameter_schema(sgpo_pipeline).model_dump_for_openapi()
     defs = schema["definitions"]
     props = defs["PipelineConfig"]["properties"]
-    for section in ("sft", "sample", "annotate", "ppl_filter", "improver_sft", "pairs", "dpo", "judge",
-                    "store", "tracking", "execution", "data", "rounds", "shared_improver"):
+    for section in (
+        "sft",
+        "sample",
+        "annotate",
+        "ppl_filter",
+        "improver_sft",
+        "pairs",
+        "dpo",
+        "judge",
+        "store",
+        "tracking",
+        "execution",
+        "data",
+        "rounds",
+        "shared_improver",
+    ):
         assert section in props, section
     assert "beta" in defs["DPOStageConfig"]["properties"]
     assert defs["ExecutionConfig"]["properties"]["mode"]["enum"] == ["local", "distributed"]
@@ -273,20 +364,34 @@ def test_stage_flow_parameters_match_the_stage_task(stage):
     st = get_stage(stage)
     task = prefect_task(st)
     flow_params = list(inspect.signature(STAGE_FLOWS[stage].fn).parameters)
-    assert flow_params == list(inspect.signature(task.fn).parameters) == ["inputs", "cfg", "ctx", "params"]
+    assert (
+        flow_params
+        == list(inspect.signature(task.fn).parameters)
+        == ["inputs", "cfg", "ctx", "params"]
+    )
     schema = parameter_schema(STAGE_FLOWS[stage]).model_dump_for_openapi()
-    assert set(schema["required"]) == {"inputs", "cfg", "ctx"}  # params: optional (most GPU stages take none)
+    assert set(schema["required"]) == {
+        "inputs",
+        "cfg",
+        "ctx",
+    }  # params: optional (most GPU stages take none)
     assert {"ArtifactRef", "StageContext", st.config.__name__} <= set(schema["definitions"])
     assert STAGE_FLOWS[stage].result_serializer == "json" and STAGE_FLOWS[stage].persist_result
     # the task's Prefect cache key is the stage's own key, also for a cfg that arrives as JSON (a deployment's parameters)
-    inputs = {n: ArtifactRef(uri=f"file:///x/{n}", kind="model", stage="s", cache_key="c", content_hash=f"h-{n}")
-              for n in st.inputs}
+    inputs = {
+        n: ArtifactRef(
+            uri=f"file:///x/{n}", kind="model", stage="s", cache_key="c", content_hash=f"h-{n}"
+        )
+        for n in st.inputs
+    }
     cfg = st.config()
     values = {n: f"value-of-{n}" for n in st.params} or None  # e.g. the evaluated model's name
     params = {"inputs": inputs, "cfg": cfg.model_dump(mode="json"), "ctx": None, "params": values}
     assert task.cache_key_fn(None, params) == st.cache_key(cfg, inputs, values)
     if values:  # the parameters reach the key: another value, another key
-        assert st.cache_key(cfg, inputs, values) != st.cache_key(cfg, inputs, {n: "other" for n in st.params})
+        assert st.cache_key(cfg, inputs, values) != st.cache_key(
+            cfg, inputs, {n: "other" for n in st.params}
+        )
 
 
 # --------------------------------------------------------------------------- dispatch (no server)
@@ -308,7 +413,9 @@ def sft_inputs(tmp_path):
     st = get_stage("sft")
     inputs = {"base": base, "data": data}
     cfg = SFTStageConfig()
-    return SimpleNamespace(store=store, st=st, inputs=inputs, cfg=cfg, key=st.cache_key(cfg, inputs), ctx=ctx)
+    return SimpleNamespace(
+        store=store, st=st, inputs=inputs, cfg=cfg, key=st.cache_key(cfg, inputs), ctx=ctx
+    )
 
 
 class _FakeFlowRun(SimpleNamespace):
@@ -330,22 +437,41 @@ def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, t
     from sgpo.config.pipeline import DatasetSpec, ExecutionConfig
     from tasks import get_stage
 
-    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a stage"))
+    monkeypatch.setattr(
+        "prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a stage")
+    )
     monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("looked for a deployment"))
     # the GPU stage sft, local mode: its task finds the artifact another run published under its key
-    done = sft_inputs.store.publish_table("sft", sft_inputs.key, pa.table({"x": [3]}), manifest={},
-                                          produced_by="earlier-run")
-    ref, cached = d.dispatch_stage("sft", sft_inputs.st, sft_inputs.cfg, sft_inputs.inputs, None, sft_inputs.ctx,
-                                   ExecutionConfig())
+    done = sft_inputs.store.publish_table(
+        "sft", sft_inputs.key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run"
+    )
+    ref, cached = d.dispatch_stage(
+        "sft",
+        sft_inputs.st,
+        sft_inputs.cfg,
+        sft_inputs.inputs,
+        None,
+        sft_inputs.ctx,
+        ExecutionConfig(),
+    )
     assert ref == done and cached is True
     # the CPU stage prepare, distributed mode: it runs here (a real run: no artifact yet) and publishes
     rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(3)))
+    rows.write_text(
+        "".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(3))
+    )
     prepare = get_stage("prepare")
     spec = DatasetSpec(path=str(rows))
     assert sft_inputs.store.find("prepare", prepare.cache_key(spec, {})) is None
-    ref, cached = d.dispatch_stage("prepare[po]", prepare, spec, {}, None, sft_inputs.ctx, _distributed())
-    assert ref.stage == "prepare" and ref.rows == 3 and ref.produced_by == "parent-run" and cached is False
+    ref, cached = d.dispatch_stage(
+        "prepare[po]", prepare, spec, {}, None, sft_inputs.ctx, _distributed()
+    )
+    assert (
+        ref.stage == "prepare"
+        and ref.rows == 3
+        and ref.produced_by == "parent-run"
+        and cached is False
+    )
     assert sft_inputs.store.find("prepare", prepare.cache_key(spec, {})) == ref
     assert sft_inputs.store.read_table(ref).column("prompt").to_pylist() == ["q0", "q1", "q2"]
 
@@ -356,10 +482,17 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
     import flows.dispatch as d
 
     s = sft_inputs
-    done = s.store.publish_table("sft", s.key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run")
-    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a cached stage"))
+    done = s.store.publish_table(
+        "sft", s.key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run"
+    )
+    monkeypatch.setattr(
+        "prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a cached stage")
+    )
     monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("no server needed"))
-    assert d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed()) == (done, True)
+    assert d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed()) == (
+        done,
+        True,
+    )
     # force: the store is bypassed and the stage is dispatched
     forced = s.ctx.model_copy(update={"refresh": True})
     monkeypatch.setattr(d, "_check_deployment", lambda *a: SimpleNamespace(work_pool_name="cuda"))
@@ -382,19 +515,28 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
     from sgpo.core.stage import StageContext
 
     s = sft_inputs
-    monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name=ex.cuda_work_pool))
+    monkeypatch.setattr(
+        d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name=ex.cuda_work_pool)
+    )
     sent = {}
 
     def fake_run_deployment(**kw):  # the child flow run on the cuda pool publishes the artifact
         sent.update(kw)
-        s.store.publish_table("sft", s.key, pa.table({"x": [4]}), manifest={}, produced_by="parent-run")
-        return _FakeFlowRun(name="sft-abc", id="42", state=SimpleNamespace(is_completed=lambda: True))
+        s.store.publish_table(
+            "sft", s.key, pa.table({"x": [4]}), manifest={}, produced_by="parent-run"
+        )
+        return _FakeFlowRun(
+            name="sft-abc", id="42", state=SimpleNamespace(is_completed=lambda: True)
+        )
 
     monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
     ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
     assert sent["name"] == "sft/sgpo-stage-sft" and sent["timeout"] is None
     params = json.loads(json.dumps(sent["parameters"]))  # crosses the API as JSON
-    assert set(params) == {"inputs", "cfg", "ctx", "params"} and set(params["inputs"]) == {"base", "data"}
+    assert set(params) == {"inputs", "cfg", "ctx", "params"} and set(params["inputs"]) == {
+        "base",
+        "data",
+    }
     # what the child flow receives gives the same key: it publishes where the parent looks
     inputs = {k: ArtifactRef.model_validate(v) for k, v in params["inputs"].items()}
     assert s.st.cache_key(s.st.coerce(params["cfg"]), inputs, params["params"]) == s.key
@@ -403,26 +545,41 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
 
 
 def test_dispatch_failure_names_the_stage_and_the_child_run(sft_inputs, monkeypatch):
-    import flows.dispatch as d
     from prefect.states import Crashed
 
+    import flows.dispatch as d
+
     s = sft_inputs
-    monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda"))
-    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **kw: _FakeFlowRun(
-        name="dpo-1234", id="abcd", state=Crashed(message="Process exited with status code: -9")))
+    monkeypatch.setattr(
+        d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda")
+    )
+    monkeypatch.setattr(
+        "prefect.deployments.run_deployment",
+        lambda **kw: _FakeFlowRun(
+            name="dpo-1234", id="abcd", state=Crashed(message="Process exited with status code: -9")
+        ),
+    )
     with pytest.raises(d.StageDispatchError) as e:
         d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
     msg = str(e.value)
-    assert "'sft'" in msg and "dpo-1234" in msg and "abcd" in msg and "CRASHED" in msg and "-9" in msg
+    assert (
+        "'sft'" in msg and "dpo-1234" in msg and "abcd" in msg and "CRASHED" in msg and "-9" in msg
+    )
 
 
 def test_dispatch_of_a_completed_child_without_artifact_is_an_error(sft_inputs, monkeypatch):
     import flows.dispatch as d
 
     s = sft_inputs
-    monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda"))
-    monkeypatch.setattr("prefect.deployments.run_deployment", lambda **kw: _FakeFlowRun(
-        name="sft-1", id="9", state=SimpleNamespace(is_completed=lambda: True)))
+    monkeypatch.setattr(
+        d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda")
+    )
+    monkeypatch.setattr(
+        "prefect.deployments.run_deployment",
+        lambda **kw: _FakeFlowRun(
+            name="sft-1", id="9", state=SimpleNamespace(is_completed=lambda: True)
+        ),
+    )
     with pytest.raises(d.StageDispatchError, match="same store"):
         d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
 
@@ -436,7 +593,9 @@ def _fake_cuda_pool(monkeypatch, store, sent: list):
     from artifacts.refs import ArtifactRef
     from tasks import get_stage
 
-    monkeypatch.setattr(d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name=ex.cuda_work_pool))
+    monkeypatch.setattr(
+        d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name=ex.cuda_work_pool)
+    )
 
     def fake_run_deployment(**kw):
         params = json.loads(json.dumps(kw["parameters"]))  # crosses the API as JSON
@@ -444,8 +603,12 @@ def _fake_cuda_pool(monkeypatch, store, sent: list):
         st = get_stage(kw["name"].split("/")[0])
         inputs = {k: ArtifactRef.model_validate(v) for k, v in params["inputs"].items()}
         key = st.cache_key(st.coerce(params["cfg"]), inputs, params["params"])
-        store.publish_table(st.name, key, pa.table({"x": [1]}), manifest={}, produced_by="parent-run")
-        return _FakeFlowRun(name=kw["flow_run_name"], id="7", state=SimpleNamespace(is_completed=lambda: True))
+        store.publish_table(
+            st.name, key, pa.table({"x": [1]}), manifest={}, produced_by="parent-run"
+        )
+        return _FakeFlowRun(
+            name=kw["flow_run_name"], id="7", state=SimpleNamespace(is_completed=lambda: True)
+        )
 
     monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
 
@@ -453,10 +616,10 @@ def _fake_cuda_pool(monkeypatch, store, sent: list):
 def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path, monkeypatch):
     """execution.mode=distributed in the evaluation config: the generate stages and lm_eval go to their
     deployments on the cuda pool (with the model name parameter), the judges run in this process."""
-    from artifacts.refs import ArtifactRef
-    from artifacts.store import ArtifactStore
     import flows.dispatch as d
     import flows.evaluate as ev
+    from artifacts.refs import ArtifactRef
+    from artifacts.store import ArtifactStore
     from sgpo.config.evaluation import EvaluationConfig
     from sgpo.core.stage import StageContext
 
@@ -464,10 +627,17 @@ def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path,
     model.mkdir()
     (model / "config.json").write_text("{}")
     judge = {"endpoint": {"base_url": "http://judge.example/v1", "model": "j"}}
-    cfg = EvaluationConfig.model_validate({
-        "model": {"path": str(model), "name": "m"}, "store": {"url": str(tmp_path / "store")},
-        "execution": {"mode": "distributed"}, "alpaca_eval": judge, "arena_hard": judge,
-        "mt_bench": {"enabled": True, **judge}, "lm_eval": {"enabled": True}})
+    cfg = EvaluationConfig.model_validate(
+        {
+            "model": {"path": str(model), "name": "m"},
+            "store": {"url": str(tmp_path / "store")},
+            "execution": {"mode": "distributed"},
+            "alpaca_eval": judge,
+            "arena_hard": judge,
+            "mt_bench": {"enabled": True, **judge},
+            "lm_eval": {"enabled": True},
+        }
+    )
     store = ArtifactStore(cfg.store.url)
     sent: list = []
     _fake_cuda_pool(monkeypatch, store, sent)
@@ -475,24 +645,39 @@ def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path,
 
     def in_process(st, cfg_, ctx, inputs, params=None, *, label=None):
         here.append(label)
-        return ArtifactRef(uri=f"file:///x/{label}", kind="table", stage=st.name, cache_key="k" * 64,
-                           content_hash="h", produced_by=ctx.run_id, summary={}), False
+        return ArtifactRef(
+            uri=f"file:///x/{label}",
+            kind="table",
+            stage=st.name,
+            cache_key="k" * 64,
+            content_hash="h",
+            produced_by=ctx.run_id,
+            summary={},
+        ), False
 
     monkeypatch.setattr(d, "run_task", in_process)
     monkeypatch.setattr(ev, "_publish_ui_artifacts", lambda report: None)
     ctx = StageContext(store=cfg.store, run_id="parent-run")
     ev._evaluate(cfg, ctx, [])
-    assert [name for name, _ in sent] == [f"{s}/sgpo-stage-{s}" for s in (
-        "alpaca_eval_generate", "arena_hard_generate", "mt_bench_generate", "lm_eval")]
+    assert [name for name, _ in sent] == [
+        f"{s}/sgpo-stage-{s}"
+        for s in ("alpaca_eval_generate", "arena_hard_generate", "mt_bench_generate", "lm_eval")
+    ]
     assert all(params["params"] == {"model_name": "m"} for _, params in sent)
     assert here == ["alpaca_eval_judge", "arena_hard_judge", "mt_bench_judge"]
     # local mode (the default): nothing is dispatched
     sent.clear(), here.clear()
-    ev._evaluate(cfg.model_copy(update={"execution": cfg.execution.model_copy(update={"mode": "local"})}), ctx, [])
+    ev._evaluate(
+        cfg.model_copy(update={"execution": cfg.execution.model_copy(update={"mode": "local"})}),
+        ctx,
+        [],
+    )
     assert sent == [] and len(here) == 7
 
 
-def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_here(tmp_path, monkeypatch, caplog):
+def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_here(
+    tmp_path, monkeypatch, caplog
+):
     """The pipeline's judge is a GPU stage that calls an LLM: the endpoint the orchestrator resolved travels
     in the cfg the GPU worker receives; an endpoint on this machine's loopback (the embedded stand-in, which
     a GPU worker on another host cannot reach) keeps the stage in this process, with a line saying why."""
@@ -507,16 +692,27 @@ def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_
     from tasks import get_stage
 
     store = ArtifactStore(str(tmp_path / "store"))
-    inputs = {"policy": store.publish_table("dpo", "p" * 64, pa.table({"x": [1]}), manifest={}),
-              "data": store.publish_table("prepare", "d" * 64, pa.table({"x": [2]}), manifest={})}
+    inputs = {
+        "policy": store.publish_table("dpo", "p" * 64, pa.table({"x": [1]}), manifest={}),
+        "data": store.publish_table("prepare", "d" * 64, pa.table({"x": [2]}), manifest={}),
+    }
     # refresh: the URL is no part of the key, so the second judge would otherwise be the first one's artifact
-    ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")), run_id="parent-run", refresh=True)
+    ctx = StageContext(
+        store=StoreConfig(url=str(tmp_path / "store")), run_id="parent-run", refresh=True
+    )
     sent: list = []
     _fake_cuda_pool(monkeypatch, store, sent)
     here: list = []
-    monkeypatch.setattr(d, "run_task", lambda st, cfg, *a, **k: (here.append(cfg.endpoint.base_url), (inputs["data"], False))[1])
+    monkeypatch.setattr(
+        d,
+        "run_task",
+        lambda st, cfg, *a, **k: (here.append(cfg.endpoint.base_url), (inputs["data"], False))[1],
+    )
     st = get_stage("judge")
-    for url, local in (("http://127.0.0.1:8123/v1", True), ("http://judge.internal:8000/v1", False)):
+    for url, local in (
+        ("http://127.0.0.1:8123/v1", True),
+        ("http://judge.internal:8000/v1", False),
+    ):
         cfg = JudgeStageConfig.model_validate({"endpoint": {"base_url": url, "model": "stand-in"}})
         caplog.clear(), sent.clear(), here.clear()
         with caplog.at_level(logging.INFO):
@@ -524,19 +720,30 @@ def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_
         assert cached is False
         if local:
             assert sent == [] and here == [url]
-            assert "loopback" in caplog.text and "judge.endpoint.base_url" in caplog.text, caplog.text
+            assert "loopback" in caplog.text and "judge.endpoint.base_url" in caplog.text, (
+                caplog.text
+            )
             continue
-        (name, params), = sent
+        ((name, params),) = sent
         assert here == [] and name == "judge/sgpo-stage-judge" and ref.stage == "judge"
-        assert params["cfg"]["endpoint"]["base_url"] == url and params["cfg"]["endpoint"]["model"] == "stand-in"
+        assert (
+            params["cfg"]["endpoint"]["base_url"] == url
+            and params["cfg"]["endpoint"]["model"] == "stand-in"
+        )
         assert "loopback" not in caplog.text, caplog.text
 
 
 def test_loopback_urls():
     from flows.dispatch import is_loopback
 
-    assert is_loopback("http://127.0.0.1:8000/v1") and is_loopback("http://localhost/v1") and is_loopback("http://[::1]:1/v1")
-    assert not is_loopback("http://10.0.0.5:8000/v1") and not is_loopback("https://api.openai.com/v1")
+    assert (
+        is_loopback("http://127.0.0.1:8000/v1")
+        and is_loopback("http://localhost/v1")
+        and is_loopback("http://[::1]:1/v1")
+    )
+    assert not is_loopback("http://10.0.0.5:8000/v1") and not is_loopback(
+        "https://api.openai.com/v1"
+    )
     assert not is_loopback(None) and not is_loopback("")
 
 
@@ -549,15 +756,36 @@ def test_deploy_parser_and_default_configs(monkeypatch):
 
     parser = argparse.ArgumentParser(prog="sgpo")
     deploy.add_deploy_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["deploy", "--config", "tiny", "--set", "rounds=3", "--store-url", "s3://b/p",
-                              "--cuda-pool-type", "kubernetes"])
-    assert args.func is deploy.cmd_deploy and args.set == ["rounds=3"] and args.cuda_pool_type == "kubernetes"
+    args = parser.parse_args(
+        [
+            "deploy",
+            "--config",
+            "tiny",
+            "--set",
+            "rounds=3",
+            "--store-url",
+            "s3://b/p",
+            "--cuda-pool-type",
+            "kubernetes",
+        ]
+    )
+    assert (
+        args.func is deploy.cmd_deploy
+        and args.set == ["rounds=3"]
+        and args.cuda_pool_type == "kubernetes"
+    )
 
-    configs = deploy.default_configs("tiny", ["dpo.beta=0.2"], "s3://bucket/store", "http://mlflow:5000")
+    configs = deploy.default_configs(
+        "tiny", ["dpo.beta=0.2"], "s3://bucket/store", "http://mlflow:5000"
+    )
     pipe = PipelineConfig.model_validate(configs[deploy.PIPELINE_CONFIG_VARIABLE])
     nightly = PipelineConfig.model_validate(configs[deploy.NIGHTLY_CONFIG_VARIABLE])
     assert pipe.execution.mode == "distributed" and pipe.store.url == "s3://bucket/store"
-    assert pipe.tracking.mlflow_uri == "http://mlflow:5000" and pipe.dpo.beta == 0.2 and pipe.rounds == 1
+    assert (
+        pipe.tracking.mlflow_uri == "http://mlflow:5000"
+        and pipe.dpo.beta == 0.2
+        and pipe.rounds == 1
+    )
     assert nightly.rounds == 2 and nightly.dpo.beta == 0.2
     from sgpo.config.evaluation import EvaluationConfig
 
@@ -566,7 +794,9 @@ def test_deploy_parser_and_default_configs(monkeypatch):
     for value in configs.values():
         assert len(json.dumps(value)) <= deploy.MAX_VARIABLE_CHARS
     for preset in ("qwen2.5-7b", "llama3-8b", "qwen2-1.5b"):
-        deploy.default_configs(preset, eval_preset="eval-alpaca-arena")  # every paper preset fits a Variable
+        deploy.default_configs(
+            preset, eval_preset="eval-alpaca-arena"
+        )  # every paper preset fits a Variable
     with pytest.raises(deploy.DeployError, match="dpo.bta"):
         deploy.default_configs("tiny", ["dpo.bta=0.2"])
 
@@ -584,7 +814,9 @@ def test_deploy_needs_a_server_and_keeps_the_repo_template(monkeypatch):
     cmd = deploy.prefect_deploy_command(DEPLOYMENTS / "prefect.yaml")
     assert cmd[1:5] == ["-m", "prefect", "--no-prompt", "deploy"] and cmd[-1] == "--all"
     specs = {s["name"]: s for s in deploy.pool_specs("kubernetes")}
-    assert specs["cuda"]["type"] == "kubernetes" and "gpu_count" in json.dumps(specs["cuda"]["base_job_template"])
+    assert specs["cuda"]["type"] == "kubernetes" and "gpu_count" in json.dumps(
+        specs["cuda"]["base_job_template"]
+    )
     assert specs["cpu"]["type"] == "process"
 
 
@@ -595,8 +827,15 @@ def test_distributed_mode_without_a_server_says_so(sft_inputs):
 
     with temporary_settings(updates={PREFECT_API_URL: None}):
         with pytest.raises(d.StageDispatchError, match="PREFECT_API_URL is not set"):
-            d.dispatch_stage("sft", sft_inputs.st, sft_inputs.cfg, sft_inputs.inputs, None, sft_inputs.ctx,
-                             _distributed())
+            d.dispatch_stage(
+                "sft",
+                sft_inputs.st,
+                sft_inputs.cfg,
+                sft_inputs.inputs,
+                None,
+                sft_inputs.ctx,
+                _distributed(),
+            )
 
 
 def test_distributed_mode_from_a_flow_run_on_the_cuda_pool_is_refused_before_any_work(monkeypatch):
@@ -609,10 +848,17 @@ def test_distributed_mode_from_a_flow_run_on_the_cuda_pool_is_refused_before_any
     from flows.dispatch import StageDispatchError, check_not_on_the_cuda_pool
     from sgpo.config.pipeline import ExecutionConfig
 
-    on = lambda pool: monkeypatch.setattr(prefect.context.FlowRunContext, "get",  # noqa: E731
-                                          classmethod(lambda cls: SimpleNamespace(flow_run=SimpleNamespace(work_pool_name=pool))))
+    def on(pool):
+        monkeypatch.setattr(
+            prefect.context.FlowRunContext,
+            "get",
+            classmethod(lambda cls: SimpleNamespace(flow_run=SimpleNamespace(work_pool_name=pool))),
+        )
+
     on("cuda")
-    with pytest.raises(StageDispatchError, match="runs on the GPU stages' work pool 'cuda'.*execution.mode=local"):
+    with pytest.raises(
+        StageDispatchError, match="runs on the GPU stages' work pool 'cuda'.*execution.mode=local"
+    ):
         check_not_on_the_cuda_pool(ExecutionConfig(mode="distributed"))
     check_not_on_the_cuda_pool(ExecutionConfig(mode="local"))
     on("cpu")

@@ -5,6 +5,7 @@ stages and lm-eval's HF back-end use the one model loaded first, instead of one 
 every artifact is byte-identical to the one a load per stage makes (same cache keys, same content
 hashes). Outside the flow (`python -m tasks.<stage>`) each call still loads its own.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,7 +27,9 @@ class Judge:
             from sgpo.llm.rule_judge import judge_answer
 
             return judge_answer(0.6, top_logprobs=top_logprobs, prompt_tokens=10)
-        return ChatResult(text="Rating: [[5]]", finish_reason="stop", prompt_tokens=10, completion_tokens=4)
+        return ChatResult(
+            text="Rating: [[5]]", finish_reason="stop", prompt_tokens=10, completion_tokens=4
+        )
 
 
 def _data(folder: Path) -> tuple[Path, Path]:
@@ -38,31 +41,64 @@ def _data(folder: Path) -> tuple[Path, Path]:
     (tasks / "shared_mc.yaml").write_text(
         f"task: shared_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tasks / 'docs.jsonl'}\n"
         "test_split: test\noutput_type: multiple_choice\ndoc_to_text: '{{q}}'\ndoc_to_choice: '{{choices}}'\n"
-        "doc_to_target: gold\nmetric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n")
+        "doc_to_target: gold\nmetric_list:\n  - metric: acc\nmetadata:\n  version: 1.0\n"
+    )
     questions = folder / "mt.jsonl"
-    questions.write_text("".join(json.dumps({"question_id": i, "category": c, "turns": [f"Write line {i}.", "Shorter."]}) + "\n"
-                                 for i, c in ((1, "writing"), (2, "math"))))
+    questions.write_text(
+        "".join(
+            json.dumps({"question_id": i, "category": c, "turns": [f"Write line {i}.", "Shorter."]})
+            + "\n"
+            for i, c in ((1, "writing"), (2, "math"))
+        )
+    )
     return tasks, questions
 
 
 def _config(workdir: Path, url: str, model_dir: Path, tasks: Path, questions: Path):
     from sgpo.config.evaluation import EvaluationConfig
 
-    endpoint = {"base_url": url, "model": "scripted-judge", "max_retries": 1, "backoff_base_s": 0.05, "max_concurrency": 4}
+    endpoint = {
+        "base_url": url,
+        "model": "scripted-judge",
+        "max_retries": 1,
+        "backoff_base_s": 0.05,
+        "max_concurrency": 4,
+    }
     sampling = {"max_new_tokens": 10, "batch_size": 8, "backend": "transformers"}
-    return EvaluationConfig.model_validate({
-        "name": "eval-shared-test", "model": {"path": str(model_dir), "name": "tiny-policy"},
-        "alpaca_eval": {"enabled": True, "data": {"path": "bundled:tiny/eval.jsonl", "split": "eval"}, "max_rows": 4,
-                        "sampling": sampling, "endpoint": endpoint, "top_logprobs": 5,
-                        "instruction_difficulty": "none", "gamed_annotations": "none"},
-        "arena_hard": {"enabled": False},
-        "mt_bench": {"enabled": True, "questions": str(questions), "reference_answers": None, "sampling": sampling,
-                     "endpoint": endpoint},
-        "lm_eval": {"enabled": True, "backend": "hf", "include_paths": [str(tasks)], "limit": 4, "batch_size": 4,
-                    "tasks": [{"name": "shared_mc", "num_fewshot": 0, "metric": "acc"}]},
-        "store": {"url": str(workdir / "store")},
-        "tracking": {"mlflow_uri": f"sqlite:///{workdir}/mlflow.db"},
-    })
+    return EvaluationConfig.model_validate(
+        {
+            "name": "eval-shared-test",
+            "model": {"path": str(model_dir), "name": "tiny-policy"},
+            "alpaca_eval": {
+                "enabled": True,
+                "data": {"path": "bundled:tiny/eval.jsonl", "split": "eval"},
+                "max_rows": 4,
+                "sampling": sampling,
+                "endpoint": endpoint,
+                "top_logprobs": 5,
+                "instruction_difficulty": "none",
+                "gamed_annotations": "none",
+            },
+            "arena_hard": {"enabled": False},
+            "mt_bench": {
+                "enabled": True,
+                "questions": str(questions),
+                "reference_answers": None,
+                "sampling": sampling,
+                "endpoint": endpoint,
+            },
+            "lm_eval": {
+                "enabled": True,
+                "backend": "hf",
+                "include_paths": [str(tasks)],
+                "limit": 4,
+                "batch_size": 4,
+                "tasks": [{"name": "shared_mc", "num_fewshot": 0, "metric": "acc"}],
+            },
+            "store": {"url": str(workdir / "store")},
+            "tracking": {"mlflow_uri": f"sqlite:///{workdir}/mlflow.db"},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +122,10 @@ def two_runs(tiny_model_dir, tmp_path_factory):
             c = counts[mode] = {"from_pretrained": 0, "TransformersGenerator": 0}
 
             def load(cls, path, *a, _c=c, **k):
-                _c["from_pretrained"] += Path(str(path)).resolve() == Path(tiny_model_dir).resolve() or Path(str(path)).name == "model"
+                _c["from_pretrained"] += (
+                    Path(str(path)).resolve() == Path(tiny_model_dir).resolve()
+                    or Path(str(path)).name == "model"
+                )
                 return real_load(cls, path, *a, **k)
 
             def init(self, *a, _c=c, **k):
@@ -108,7 +147,10 @@ def two_runs(tiny_model_dir, tmp_path_factory):
 def test_one_model_load_for_every_benchmark_of_the_checkpoint(two_runs):
     reports, counts = two_runs
     assert [s.status for s in reports["shared"].stages if s.stage in GENERATE] == ["ran"] * 3
-    assert counts["per_stage"] == {"from_pretrained": 3, "TransformersGenerator": 2}  # AE2, MT-Bench, lm-eval
+    assert counts["per_stage"] == {
+        "from_pretrained": 3,
+        "TransformersGenerator": 2,
+    }  # AE2, MT-Bench, lm-eval
     assert counts["shared"] == {"from_pretrained": 1, "TransformersGenerator": 1}
 
 
@@ -124,7 +166,9 @@ def test_shared_generator_leaves_every_artifact_and_cache_key_unchanged(two_runs
     assert keys(reports["shared"]) == keys(reports["per_stage"])  # every stage, judges included
     # byte-identical answers and lm-eval metrics (the judge tables also keep the server's raw responses,
     # whose ids and timestamps differ between any two runs)
-    assert len(hashes(reports["shared"])) == 3 and hashes(reports["shared"]) == hashes(reports["per_stage"])
+    assert len(hashes(reports["shared"])) == 3 and hashes(reports["shared"]) == hashes(
+        reports["per_stage"]
+    )
 
 
 def test_outside_the_flow_each_call_loads_and_closes_its_own(tiny_model_dir, monkeypatch):
@@ -133,7 +177,11 @@ def test_outside_the_flow_each_call_loads_and_closes_its_own(tiny_model_dir, mon
 
     made = []
     real_init = hf.TransformersGenerator.__init__
-    monkeypatch.setattr(hf.TransformersGenerator, "__init__", lambda self, *a, **k: (made.append(1), real_init(self, *a, **k))[1])
+    monkeypatch.setattr(
+        hf.TransformersGenerator,
+        "__init__",
+        lambda self, *a, **k: (made.append(1), real_init(self, *a, **k))[1],
+    )
     params = SamplingConfig(max_new_tokens=4, temperature=0.0, backend="transformers")
     alone = [answer_each(str(tiny_model_dir), ["Hi."], params) for _ in range(2)]
     assert len(made) == 2 and active_shared_generators() is None
@@ -142,7 +190,11 @@ def test_outside_the_flow_each_call_loads_and_closes_its_own(tiny_model_dir, mon
             assert inner is pool
         together = [answer_each(str(tiny_model_dir), ["Hi."], params) for _ in range(2)]
         vllm_like = params.model_copy(update={"backend": "vllm", "seed": 1})
-        assert pool.key(str(tiny_model_dir), vllm_like, False) != pool.key(str(tiny_model_dir), vllm_like.model_copy(update={"seed": 2}), False)
-        assert pool.key(str(tiny_model_dir), params, False) == pool.key(str(tiny_model_dir), params.model_copy(update={"temperature": 0.7}), False)
+        assert pool.key(str(tiny_model_dir), vllm_like, False) != pool.key(
+            str(tiny_model_dir), vllm_like.model_copy(update={"seed": 2}), False
+        )
+        assert pool.key(str(tiny_model_dir), params, False) == pool.key(
+            str(tiny_model_dir), params.model_copy(update={"temperature": 0.7}), False
+        )
     assert len(made) == 3 and pool.loads == 1 and active_shared_generators() is None
     assert together == alone

@@ -1,5 +1,6 @@
 """The deployments' Custom-run form: every field of the pipeline and evaluation flows' parameter
 schema (what Prefect's UI renders) has a description, and none renders as junk."""
+
 from __future__ import annotations
 
 import re
@@ -47,9 +48,15 @@ def test_every_form_field_has_a_description(flow_schema):
 
 
 def test_the_check_catches_missing_and_junk():
-    schema = {"properties": {"config": {"description": "ok text"}, "force": {}},
-              "definitions": {"A": {"description": "named '<stage>/<prefix>-<stage>'",
-                                    "properties": {"x": {"description": "'/-'"}, "y": {"description": "fine"}}}}}
+    schema = {
+        "properties": {"config": {"description": "ok text"}, "force": {}},
+        "definitions": {
+            "A": {
+                "description": "named '<stage>/<prefix>-<stage>'",
+                "properties": {"x": {"description": "'/-'"}, "y": {"description": "fine"}},
+            }
+        },
+    }
     assert problems(schema) == [
         "<flow>.force: no description",
         "A: \"named '<stage>/<prefix>-<stage>'\" has HTML-like text the form drops",

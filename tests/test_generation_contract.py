@@ -16,6 +16,7 @@ template, same token ids, same weights); the sampling stage runs on a vLLM serve
 
 Set up the vLLM venv with scripts/setup_vllm_cpu.sh, then: pytest -m vllm tests/test_generation_contract.py
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,14 +40,25 @@ VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 NO_VENV = f"{VLLM_PYTHON} is absent: create it with scripts/setup_vllm_cpu.sh"
 SPECIAL = ("<|im_start|>", "<|im_end|>", "<|pad|>", "<|endoftext|>")
 # vLLM on a 2-core CPU: float32, no CUDA graphs, small KV cache; the checkpoint is local.
-VLLM_CPU = dict(vllm_dtype="float32", vllm_enforce_eager=True, vllm_max_model_len=512,
-                vllm_env={"VLLM_CPU_KVCACHE_SPACE": "1"})  # fmt: skip
-VLLM_CHILD_ENV = {"HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
+VLLM_CPU = dict(
+    vllm_dtype="float32",
+    vllm_enforce_eager=True,
+    vllm_max_model_len=512,
+    vllm_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+)
+VLLM_CHILD_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
 
 CONVS = [
     [{"role": "user", "content": "Say hi"}],
     [{"role": "user", "content": "Write a short poem about the sea."}],
-    [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "List three colours."}],
+    [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "List three colours."},
+    ],
 ]
 
 
@@ -70,13 +82,15 @@ class Backend:
 
     def prompt_seed(self, params: SamplingConfig, i: int) -> int:
         """The seed that makes prompt i, generated alone, reproduce its samples of a batched call."""
-        return params.seed + (i * params.n if self.per_request_seed else i)  # transformers: batch_size 1, seed + start
+        return params.seed + (
+            i * params.n if self.per_request_seed else i
+        )  # transformers: batch_size 1, seed + start
 
 
 class VenvVLLMGenerator:
     """VLLMGenerator (in-process vllm.LLM) running inside .venv-vllm; requests go over a pipe."""
 
-    CHILD = r'''
+    CHILD = r"""
 import dataclasses, json, os, sys
 
 def main():
@@ -94,7 +108,7 @@ def main():
 
 if __name__ == "__main__":
     main()
-'''
+"""
 
     def __init__(self, model_dir: str | Path, params: SamplingConfig, workdir: Path):
         script = workdir / "vllm_child.py"
@@ -103,9 +117,14 @@ if __name__ == "__main__":
         self._log_file = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [str(VLLM_PYTHON), str(script), str(model_dir), params.model_dump_json()],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log_file, text=True, env=venv_env(),
-            cwd=str(workdir), start_new_session=True,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log_file,
+            text=True,
+            env=venv_env(),
+            cwd=str(workdir),
+            start_new_session=True,
+        )
         self._read()  # {"ready": true}
 
     def _read(self) -> Any:
@@ -117,7 +136,9 @@ if __name__ == "__main__":
         return json.loads(line)
 
     def generate(self, conversations, params: SamplingConfig) -> list[list[Generation]]:
-        self.proc.stdin.write(json.dumps({"conversations": conversations, "params": params.model_dump()}) + "\n")
+        self.proc.stdin.write(
+            json.dumps({"conversations": conversations, "params": params.model_dump()}) + "\n"
+        )
         self.proc.stdin.flush()
         return [[Generation(**g) for g in gs] for gs in self._read()]
 
@@ -146,7 +167,9 @@ def open_backend(name: str, model_dir: Path, workdir: Path):
 
         app = build_app(TransformersChatBackend(model_dir), model_name="tiny-policy")
         with running_server(app) as url:
-            base = SamplingConfig(backend="openai", base_url=url, served_model_name="tiny-policy", max_concurrency=4)
+            base = SamplingConfig(
+                backend="openai", base_url=url, served_model_name="tiny-policy", max_concurrency=4
+            )
             gen = open_generator(str(model_dir), base)
             yield Backend(name, gen, base, per_request_seed=True)
             gen.close()
@@ -158,7 +181,9 @@ def open_backend(name: str, model_dir: Path, workdir: Path):
         start = SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON), **VLLM_CPU)
         with VLLMServer(model_dir, start) as server:
             # an already running server: the generator finds the served model name itself
-            base = SamplingConfig(backend="vllm_server", base_url=server.base_url, max_concurrency=8)
+            base = SamplingConfig(
+                backend="vllm_server", base_url=server.base_url, max_concurrency=8
+            )
             gen = open_generator(str(model_dir), base)
             yield Backend(name, gen, base, per_request_seed=True)
             gen.close()
@@ -246,10 +271,14 @@ def test_n_generations_per_prompt_in_order(backend):
     # prompt i alone, with the seed it had in the batch, gives the same samples: the answers are
     # in prompt order (a mix-up would pair them with another prompt's samples)
     for i, conv in enumerate(CONVS):
-        alone = backend.gen.generate([conv], p.model_copy(update={"seed": backend.prompt_seed(p, i)}))
+        alone = backend.gen.generate(
+            [conv], p.model_copy(update={"seed": backend.prompt_seed(p, i)})
+        )
         assert alone == [out[i]]
     if backend.per_request_seed:  # and sample k is the request seeded seed + i*n + k
-        one = backend.gen.generate([CONVS[1]], p.model_copy(update={"n": 1, "seed": p.seed + 1 * p.n + 2}))
+        one = backend.gen.generate(
+            [CONVS[1]], p.model_copy(update={"n": 1, "seed": p.seed + 1 * p.n + 2})
+        )
         assert one[0][0] == out[1][2]
 
 
@@ -281,8 +310,12 @@ def test_greedy_agrees_with_transformers_through_the_chat_template(backend, refe
     # prompt (chat template + token ids) and stopped at the same end-of-sequence token.
     p = backend.params(n=1, max_new_tokens=16, temperature=0.0, seed=0)
     got = backend.gen.generate(CONVS, p)
-    want = reference.generate(CONVS, SamplingConfig(backend="transformers", batch_size=1, n=1, max_new_tokens=16,
-                                                    temperature=0.0))  # fmt: skip
+    want = reference.generate(
+        CONVS,
+        SamplingConfig(
+            backend="transformers", batch_size=1, n=1, max_new_tokens=16, temperature=0.0
+        ),
+    )
     assert got == want
 
 
@@ -292,14 +325,20 @@ def test_empty_batch(backend):
 
 # --------------------------------------------------------------------------- tokenizer round trip
 
-TRICKY = ("Hello  world!\n\n\tÜber naïve Cafe\u0301 日本語 🙂 <|im_start|>user\n  x  <|im_end|> 123,456 "
-          "don't I'LL  \r\n end<|pad|><|endoftext|>")  # fmt: skip
+TRICKY = (
+    "Hello  world!\n\n\tÜber naïve Cafe\u0301 日本語 🙂 <|im_start|>user\n  x  <|im_end|> 123,456 "
+    "don't I'LL  \r\n end<|pad|><|endoftext|>"
+)
 
 
 def saved_ids(model_dir: Path, text: str) -> list[int]:
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(text, add_special_tokens=False).ids
+    return (
+        Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        .encode(text, add_special_tokens=False)
+        .ids
+    )
 
 
 def test_tiny_checkpoint_reloads_identically_through_autotokenizer(tiny_model_dir):
@@ -317,8 +356,9 @@ def test_tiny_checkpoint_reloads_identically_through_autotokenizer(tiny_model_di
     assert ours(TRICKY, add_special_tokens=False)["input_ids"] == ids
     assert (auto.eos_token_id, auto.pad_token_id) == (ours.eos_token_id, ours.pad_token_id)
     for conv in CONVS:
-        assert auto.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) == \
-            ours.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)  # fmt: skip
+        assert auto.apply_chat_template(
+            conv, add_generation_prompt=True, tokenize=False
+        ) == ours.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
     assert auto.decode(ids) == ours.decode(ids)
     cfg = json.loads((tiny_model_dir / "tokenizer_config.json").read_text())
     assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast"
@@ -344,14 +384,21 @@ def test_vllm_loads_the_tiny_tokenizer_with_the_saved_ids(tiny_model_dir):
         pytest.skip(NO_VENV)
     from sgpo.models.tinykit import load_tokenizer
 
-    r = subprocess.run([str(VLLM_PYTHON), "-c", VENV_TOKENIZER_SCRIPT, str(tiny_model_dir), TRICKY],
-                       capture_output=True, text=True, env=venv_env(), timeout=300)  # fmt: skip
+    r = subprocess.run(
+        [str(VLLM_PYTHON), "-c", VENV_TOKENIZER_SCRIPT, str(tiny_model_dir), TRICKY],
+        capture_output=True,
+        text=True,
+        env=venv_env(),
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     ours = load_tokenizer(tiny_model_dir)
     ids = saved_ids(tiny_model_dir, TRICKY)
     assert got["auto"] == ids and got["vllm"] == ids
-    assert got["prompt"] == ours.apply_chat_template(CONVS[0], add_generation_prompt=True, tokenize=False)
+    assert got["prompt"] == ours.apply_chat_template(
+        CONVS[0], add_generation_prompt=True, tokenize=False
+    )
     assert got["eos"] == ours.eos_token_id
 
 
@@ -387,22 +434,45 @@ def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path,
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
     store = ctx.open_store()
     policy = store.publish_model("sft", "a" * 64, tiny_model_dir, manifest={})
-    prompts = ["Say hi", "Name a fruit.", "What is 2 + 2?", "Describe rain in one line.", "Greet a friend."]
+    prompts = [
+        "Say hi",
+        "Name a fruit.",
+        "What is 2 + 2?",
+        "Describe rain in one line.",
+        "Greet a friend.",
+    ]
     data = store.publish_table(
-        "prepare", "b" * 64,
-        pa.table({"prompt_id": [f"p{i}" for i in range(len(prompts))], "prompt": prompts,
-                  "reference": [f"ref {i}" for i in range(len(prompts))]}),
+        "prepare",
+        "b" * 64,
+        pa.table(
+            {
+                "prompt_id": [f"p{i}" for i in range(len(prompts))],
+                "prompt": prompts,
+                "reference": [f"ref {i}" for i in range(len(prompts))],
+            }
+        ),
         manifest={},
-    )  # fmt: skip
-    sampling = SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON), n=2, max_new_tokens=24, seed=5,
-                              max_concurrency=4, **VLLM_CPU)  # fmt: skip
-    ref = get_stage("sample").run(SampleStageConfig(sampling=sampling), ctx, {"policy": policy, "data": data})
+    )
+    sampling = SamplingConfig(
+        backend="vllm_server",
+        vllm_python=str(VLLM_PYTHON),
+        n=2,
+        max_new_tokens=24,
+        seed=5,
+        max_concurrency=4,
+        **VLLM_CPU,
+    )
+    ref = get_stage("sample").run(
+        SampleStageConfig(sampling=sampling), ctx, {"policy": policy, "data": data}
+    )
     model_dir = store.model_dir(policy)
     assert _vllm_server_processes(model_dir) == []  # the stage stopped its server
 
     table = store.read_table(ref).to_pylist()
     assert len(table) == len(prompts) * 2 and ref.summary["samples"] == len(table)
-    assert [(t["prompt_id"], t["sample_index"]) for t in table] == [(f"p{i}", k) for i in range(5) for k in (0, 1)]
+    assert [(t["prompt_id"], t["sample_index"]) for t in table] == [
+        (f"p{i}", k) for i in range(5) for k in (0, 1)
+    ]
     assert all(t["policy_finish_reason"] in ("stop", "length") for t in table)
     assert all(not any(s in t["policy"] for s in SPECIAL) for t in table)
 
@@ -410,12 +480,16 @@ def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path,
     with tempfile.TemporaryDirectory() as work:
         gen = VenvVLLMGenerator(model_dir, SamplingConfig(backend="vllm", **VLLM_CPU), Path(work))
         try:
-            direct = gen.generate([[{"role": "user", "content": p}] for p in prompts],
-                                  sampling.model_copy(update={"backend": "vllm"}))  # fmt: skip
+            direct = gen.generate(
+                [[{"role": "user", "content": p}] for p in prompts],
+                sampling.model_copy(update={"backend": "vllm"}),
+            )
         finally:
             gen.close()
     assert [t["policy"] for t in table] == [g.text for gens in direct for g in gens]
-    assert [t["policy_finish_reason"] for t in table] == [g.finish_reason for gens in direct for g in gens]
+    assert [t["policy_finish_reason"] for t in table] == [
+        g.finish_reason for gens in direct for g in gens
+    ]
 
 
 @pytest.mark.vllm
@@ -424,7 +498,12 @@ def test_vllm_server_start_failure_is_reported_with_the_log(tmp_path):
         pytest.skip(NO_VENV)
     from sgpo.generate.vllm import VLLMServer
 
-    bad = SamplingConfig(backend="vllm_server", vllm_python=str(VLLM_PYTHON), server_startup_timeout_s=300, **VLLM_CPU)
+    bad = SamplingConfig(
+        backend="vllm_server",
+        vllm_python=str(VLLM_PYTHON),
+        server_startup_timeout_s=300,
+        **VLLM_CPU,
+    )
     server = VLLMServer(tmp_path / "no-such-model", bad)
     with pytest.raises(RuntimeError, match="exited with code") as err:
         server.start()
@@ -436,16 +515,32 @@ def test_vllm_server_start_failure_is_reported_with_the_log(tmp_path):
 def test_vllm_server_command_and_missing_python(tmp_path):
     from sgpo.generate.vllm import VLLMServer, resolve_python
 
-    p = SamplingConfig(backend="vllm_server", vllm_python=sys.executable, vllm_dtype="float32",
-                       vllm_enforce_eager=True, vllm_max_model_len=256, vllm_extra_args=["--max-num-seqs", "8"],
-                       vllm_env={"VLLM_CPU_KVCACHE_SPACE": "1"}, seed=3)  # fmt: skip
+    p = SamplingConfig(
+        backend="vllm_server",
+        vllm_python=sys.executable,
+        vllm_dtype="float32",
+        vllm_enforce_eager=True,
+        vllm_max_model_len=256,
+        vllm_extra_args=["--max-num-seqs", "8"],
+        vllm_env={"VLLM_CPU_KVCACHE_SPACE": "1"},
+        seed=3,
+    )
     server = VLLMServer(tmp_path, p, trust_remote_code=True)
     cmd = server.command(1234)
     assert cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     joined = " ".join(cmd)
-    for part in (f"--model {tmp_path}", "--port 1234", "--host 127.0.0.1", "--dtype float32", "--seed 3",
-                 "--max-model-len 256", "--enforce-eager", "--trust-remote-code", "--generation-config vllm",
-                 "--max-num-seqs 8"):  # fmt: skip
+    for part in (
+        f"--model {tmp_path}",
+        "--port 1234",
+        "--host 127.0.0.1",
+        "--dtype float32",
+        "--seed 3",
+        "--max-model-len 256",
+        "--enforce-eager",
+        "--trust-remote-code",
+        "--generation-config vllm",
+        "--max-num-seqs 8",
+    ):
         assert part in joined
     env = server.environment()
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["HF_HUB_OFFLINE"] == "1"
@@ -470,12 +565,21 @@ def test_vllm_server_command_carries_tensor_and_data_parallel_sizes(tmp_path):
     def flag(cmd: list[str], name: str) -> str | None:
         return cmd[cmd.index(name) + 1] if name in cmd else None
 
-    p = SamplingConfig(backend="vllm_server", vllm_python=sys.executable, vllm_tensor_parallel_size=2,
-                       vllm_data_parallel_size=4)
+    p = SamplingConfig(
+        backend="vllm_server",
+        vllm_python=sys.executable,
+        vllm_tensor_parallel_size=2,
+        vllm_data_parallel_size=4,
+    )
     cmd = VLLMServer(tmp_path, p).command(1234)
     assert (flag(cmd, "--tensor-parallel-size"), flag(cmd, "--data-parallel-size")) == ("2", "4")
-    plain = VLLMServer(tmp_path, SamplingConfig(backend="vllm_server", vllm_python=sys.executable)).command(1234)
-    assert (flag(plain, "--tensor-parallel-size"), flag(plain, "--data-parallel-size")) == ("1", None)
+    plain = VLLMServer(
+        tmp_path, SamplingConfig(backend="vllm_server", vllm_python=sys.executable)
+    ).command(1234)
+    assert (flag(plain, "--tensor-parallel-size"), flag(plain, "--data-parallel-size")) == (
+        "1",
+        None,
+    )
     # like the tensor parallel size, the data parallel size changes how answers are made, not which: no cache key
     assert cache_payload(p) == cache_payload(SamplingConfig())
 
@@ -488,28 +592,39 @@ def test_data_parallel_with_the_in_process_vllm_backend_is_a_config_error():
     with pytest.raises(ValidationError, match="needs backend=vllm_server"):
         SamplingConfig(backend="vllm", vllm_data_parallel_size=2)
     with pytest.raises(ConfigError, match=r"sample\.sampling[\s\S]*needs backend=vllm_server"):
-        load_config("tiny", ["sample.sampling.backend=vllm", "sample.sampling.vllm_data_parallel_size=2"])
-    SamplingConfig(backend="vllm", vllm_tensor_parallel_size=2)  # tensor parallel is fine in-process
+        load_config(
+            "tiny", ["sample.sampling.backend=vllm", "sample.sampling.vllm_data_parallel_size=2"]
+        )
+    SamplingConfig(
+        backend="vllm", vllm_tensor_parallel_size=2
+    )  # tensor parallel is fine in-process
     SamplingConfig(backend="vllm_server", vllm_data_parallel_size=2)
-    SamplingConfig(backend="transformers", vllm_data_parallel_size=2)  # vLLM settings, unused by this back-end
+    SamplingConfig(
+        backend="transformers", vllm_data_parallel_size=2
+    )  # vLLM settings, unused by this back-end
 
 
-@pytest.mark.parametrize("tp, dp, cuda, cpu_vllm, error", [
-    (1, 1, 0, False, None),            # one device: nothing to check
-    (2, 2, 4, False, None),
-    (2, 2, 8, None, None),
-    (2, 2, 3, False, "4 devices, but 3 CUDA device"),
-    (1, 3, 2, None, "3 devices, but 2 CUDA device"),
-    (2, 1, 0, False, "no CUDA device is visible"),
-    (2, 1, 0, True, None),             # vLLM's CPU build: its own ranks on CPU cores
-    (2, 1, 0, None, None),             # unknown build: vLLM reports its own error
-    (4, 2, None, None, None),          # nothing countable here
-])
+@pytest.mark.parametrize(
+    "tp, dp, cuda, cpu_vllm, error",
+    [
+        (1, 1, 0, False, None),  # one device: nothing to check
+        (2, 2, 4, False, None),
+        (2, 2, 8, None, None),
+        (2, 2, 3, False, "4 devices, but 3 CUDA device"),
+        (1, 3, 2, None, "3 devices, but 2 CUDA device"),
+        (2, 1, 0, False, "no CUDA device is visible"),
+        (2, 1, 0, True, None),  # vLLM's CPU build: its own ranks on CPU cores
+        (2, 1, 0, None, None),  # unknown build: vLLM reports its own error
+        (4, 2, None, None, None),  # nothing countable here
+    ],
+)
 def test_parallel_sizes_are_checked_against_the_visible_cuda_devices(tp, dp, cuda, cpu_vllm, error):
     from sgpo.config.pipeline import ConfigError
     from sgpo.generate.vllm import check_parallel_sizes
 
-    p = SamplingConfig(backend="vllm_server", vllm_tensor_parallel_size=tp, vllm_data_parallel_size=dp)
+    p = SamplingConfig(
+        backend="vllm_server", vllm_tensor_parallel_size=tp, vllm_data_parallel_size=dp
+    )
     if error is None:
         check_parallel_sizes(p, cuda_devices=cuda, cpu_vllm=cpu_vllm, cuda_visible="0")
         return
@@ -532,21 +647,37 @@ def test_vllm_server_checks_the_devices_its_interpreter_sees_before_starting(tmp
     seen = v.probe_interpreter(sys.executable, {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert seen["cuda_devices"] == 0  # an empty CUDA_VISIBLE_DEVICES hides every GPU from torch
     if importlib.util.find_spec("vllm") is None:
-        assert seen["cpu_vllm"] is None  # no vLLM in that interpreter: unknown, not "not the CPU build"
+        assert (
+            seen["cpu_vllm"] is None
+        )  # no vLLM in that interpreter: unknown, not "not the CPU build"
     calls = []
-    monkeypatch.setattr(v, "probe_interpreter", lambda python, env: calls.append((python, env)) or
-                        {"cuda_devices": 2, "cpu_vllm": False})
+    monkeypatch.setattr(
+        v,
+        "probe_interpreter",
+        lambda python, env: calls.append((python, env)) or {"cuda_devices": 2, "cpu_vllm": False},
+    )
     monkeypatch.setattr(v.subprocess, "Popen", lambda *a, **k: pytest.fail("started a server"))
-    p = SamplingConfig(backend="vllm_server", vllm_python=sys.executable, vllm_tensor_parallel_size=2,
-                       vllm_data_parallel_size=2, vllm_env={"CUDA_VISIBLE_DEVICES": "6,7"})
-    with pytest.raises(ConfigError, match=r"= 4 devices, but 2 CUDA device.*CUDA_VISIBLE_DEVICES='6,7'"):
+    p = SamplingConfig(
+        backend="vllm_server",
+        vllm_python=sys.executable,
+        vllm_tensor_parallel_size=2,
+        vllm_data_parallel_size=2,
+        vllm_env={"CUDA_VISIBLE_DEVICES": "6,7"},
+    )
+    with pytest.raises(
+        ConfigError, match=r"= 4 devices, but 2 CUDA device.*CUDA_VISIBLE_DEVICES='6,7'"
+    ):
         v.VLLMServer(tmp_path, p).start()
     assert calls and calls[0][0] == sys.executable and calls[0][1]["CUDA_VISIBLE_DEVICES"] == "6,7"
     # one device: no probe at all (the common case starts as fast as before)
     calls.clear()
-    monkeypatch.setattr(v.subprocess, "Popen", lambda *a, **k: (_ for _ in ()).throw(OSError("no server here")))
+    monkeypatch.setattr(
+        v.subprocess, "Popen", lambda *a, **k: (_ for _ in ()).throw(OSError("no server here"))
+    )
     with pytest.raises(OSError, match="no server here"):
-        v.VLLMServer(tmp_path, SamplingConfig(backend="vllm_server", vllm_python=sys.executable)).start()
+        v.VLLMServer(
+            tmp_path, SamplingConfig(backend="vllm_server", vllm_python=sys.executable)
+        ).start()
     assert calls == []
 
 
@@ -562,8 +693,12 @@ def test_in_process_vllm_checks_tensor_parallel_before_the_model_loads(monkeypat
     monkeypatch.setattr(v, "_cuda_device_count", lambda: 1)
     monkeypatch.setattr(v, "_this_vllm_is_cpu", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    with pytest.raises(ConfigError, match=r"vllm_tensor_parallel_size=2 .*2 devices, but 1 CUDA device.*'3'"):
-        v.VLLMGenerator("/nowhere", params=SamplingConfig(backend="vllm", vllm_tensor_parallel_size=2))
+    with pytest.raises(
+        ConfigError, match=r"vllm_tensor_parallel_size=2 .*2 devices, but 1 CUDA device.*'3'"
+    ):
+        v.VLLMGenerator(
+            "/nowhere", params=SamplingConfig(backend="vllm", vllm_tensor_parallel_size=2)
+        )
 
 
 def test_vllm_server_mode_uses_a_running_server(tiny_model_dir):
@@ -573,8 +708,14 @@ def test_vllm_server_mode_uses_a_running_server(tiny_model_dir):
 
     app = build_app(TransformersChatBackend(tiny_model_dir), model_name="already-running")
     with running_server(app) as url:
-        gen = open_generator(str(tiny_model_dir), SamplingConfig(backend="vllm_server", base_url=url))
-        assert isinstance(gen, VLLMServerGenerator) and gen.server is None and gen.model == "already-running"
+        gen = open_generator(
+            str(tiny_model_dir), SamplingConfig(backend="vllm_server", base_url=url)
+        )
+        assert (
+            isinstance(gen, VLLMServerGenerator)
+            and gen.server is None
+            and gen.model == "already-running"
+        )
         out = gen.generate(CONVS[:1], SamplingConfig(n=2, max_new_tokens=4))
         gen.close()
     assert len(out[0]) == 2

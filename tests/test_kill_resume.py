@@ -1,4 +1,5 @@
 """`kill -9` of `sgpo run` during a later stage, then a re-run: only unfinished stages run."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,20 @@ LINE = re.compile(r"^\[sgpo\] (\S+)\s+(ran|cached)\s")
 def _sgpo(tmp: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect"), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "sgpo.cli.main", "run", f"store.url={tmp}/store", f"tracking.mlflow_uri=sqlite:///{tmp}/mlflow.db", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp,
+        [
+            sys.executable,
+            "-m",
+            "sgpo.cli.main",
+            "run",
+            f"store.url={tmp}/store",
+            f"tracking.mlflow_uri=sqlite:///{tmp}/mlflow.db",
+            *args,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=tmp,
         start_new_session=True,  # so the kill also takes Prefect's ephemeral server child down
     )
 
@@ -48,6 +61,14 @@ def test_kill_during_pairs_then_resume(tmp_path):
     assert again.returncode == 0, out
     status = {m.group(1): m.group(2) for m in map(LINE.match, out.splitlines()) if m}
     # at most the killed stage and those after it in the plan (prepare[eval] is made right before the judge)
-    assert {k for k, v in status.items() if v == "ran"} <= {"pairs", "dpo", "prepare[eval]", "judge", "report"}
+    assert {k for k, v in status.items() if v == "ran"} <= {
+        "pairs",
+        "dpo",
+        "prepare[eval]",
+        "judge",
+        "report",
+    }
     assert status["dpo"] == "ran" and status["judge"] == "ran"
-    assert all(status[s] == "cached" for s in ("sft", "sample", "annotate", "ppl_filter", "improver_sft"))
+    assert all(
+        status[s] == "cached" for s in ("sft", "sample", "annotate", "ppl_filter", "improver_sft")
+    )

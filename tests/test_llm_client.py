@@ -71,14 +71,19 @@ def test_request_hash_is_stable_and_discriminating():
     r = make_requests(1)[0]
     h = r.request_hash(model="m", namespace="ns")
     assert h == ChatRequest(**r.model_dump()).request_hash(model="m", namespace="ns")
-    assert len({
-        h,
-        r.request_hash(model="m2", namespace="ns"),
-        r.request_hash(model="m", namespace="ns2"),
-        r.model_copy(update={"key": "other"}).request_hash(model="m", namespace="ns"),
-        r.model_copy(update={"seed": 1}).request_hash(model="m", namespace="ns"),
-        r.model_copy(update={"temperature": 0.0}).request_hash(model="m", namespace="ns"),
-    }) == 6  # fmt: skip
+    assert (
+        len(
+            {
+                h,
+                r.request_hash(model="m2", namespace="ns"),
+                r.request_hash(model="m", namespace="ns2"),
+                r.model_copy(update={"key": "other"}).request_hash(model="m", namespace="ns"),
+                r.model_copy(update={"seed": 1}).request_hash(model="m", namespace="ns"),
+                r.model_copy(update={"temperature": 0.0}).request_hash(model="m", namespace="ns"),
+            }
+        )
+        == 6
+    )
 
 
 def test_call_all_returns_records_in_order(tmp_path, monkeypatch):
@@ -96,7 +101,13 @@ def test_call_all_returns_records_in_order(tmp_path, monkeypatch):
         )
     assert [r.key for r in s.records] == [r.key for r in reqs]
     assert [r.text for r in s.records] == [fake_text(r.messages, r.seed) for r in reqs]
-    assert (s.n_ok, s.n_invalid, s.n_sent, s.n_from_journal, s.n_http_requests) == (12, 0, 12, 0, 12)
+    assert (s.n_ok, s.n_invalid, s.n_sent, s.n_from_journal, s.n_http_requests) == (
+        12,
+        0,
+        12,
+        0,
+        12,
+    )
     rec = s.records[0]
     assert rec.status == "ok" and rec.reason is None and rec.finish_reason == "stop"
     assert rec.model == "fake" and rec.attempts == 1
@@ -115,7 +126,9 @@ def test_call_all_works_inside_a_running_event_loop(tmp_path):
     with serve_fake() as url:
 
         async def inside() -> int:
-            return call_all(make_requests(3), endpoint(url), journal_url=str(tmp_path / "j"), namespace="t").n_ok
+            return call_all(
+                make_requests(3), endpoint(url), journal_url=str(tmp_path / "j"), namespace="t"
+            ).n_ok
 
         assert asyncio.run(inside()) == 3
 
@@ -151,7 +164,10 @@ def test_faults_are_survived_without_paying_twice(tmp_path, monkeypatch):
     # below the 5 s an injected timeout takes.
     with serve_fake(log, faults) as url:
         s = call_all(
-            reqs, endpoint(url, timeout_s=2.0, max_invalid_retries=1), journal_url=str(journal), namespace="faults"
+            reqs,
+            endpoint(url, timeout_s=2.0, max_invalid_retries=1),
+            journal_url=str(journal),
+            namespace="faults",
         )
     entries = read_request_log(log)
     faults_seen = Counter(e["fault"] for e in entries)
@@ -163,7 +179,8 @@ def test_faults_are_survived_without_paying_twice(tmp_path, monkeypatch):
         if e["delivered"]:
             last_delivered[e["client_request_id"]] = e
     expected_reason = {
-        cid: {"empty": "empty", "truncated": "truncated", None: None}[e["fault"]] for cid, e in last_delivered.items()
+        cid: {"empty": "empty", "truncated": "truncated", None: None}[e["fault"]]
+        for cid, e in last_delivered.items()
     }
     assert len(expected_reason) == 40
     assert s.n_ok + s.n_invalid == 40
@@ -227,19 +244,38 @@ def test_validate_rejections_are_reasked_then_kept_invalid(tmp_path):
         )
     bad = s.records[2]
     assert (bad.status, bad.reason, bad.attempts) == ("invalid", "unparseable", 3)
-    assert bad.text == fake_text(reqs[2].messages, reqs[2].seed + 2)  # the last answer is kept for audit
+    assert bad.text == fake_text(
+        reqs[2].messages, reqs[2].seed + 2
+    )  # the last answer is kept for audit
     assert s.invalid_reasons == {"unparseable": 1} and s.n_ok == 3
-    bodies = {e["request_hash"] for e in read_request_log(log) if e["client_request_id"] == bad.request_hash}
+    bodies = {
+        e["request_hash"]
+        for e in read_request_log(log)
+        if e["client_request_id"] == bad.request_hash
+    }
     assert len(bodies) == 3  # each re-ask is a different request (seed, seed+1, seed+2)
 
 
 def test_truncation_is_invalid_unless_allowed(tmp_path):
     reqs = [r.model_copy(update={"max_tokens": 1, "top_logprobs": 2}) for r in make_requests(2)]
     with serve_fake() as url:
-        strict = call_all(reqs, endpoint(url, max_invalid_retries=0), journal_url=str(tmp_path / "a"), namespace="t")
-        judge = call_all(reqs, endpoint(url), journal_url=str(tmp_path / "b"), namespace="t", allow_truncated=True)
+        strict = call_all(
+            reqs,
+            endpoint(url, max_invalid_retries=0),
+            journal_url=str(tmp_path / "a"),
+            namespace="t",
+        )
+        judge = call_all(
+            reqs,
+            endpoint(url),
+            journal_url=str(tmp_path / "b"),
+            namespace="t",
+            allow_truncated=True,
+        )
     assert strict.invalid_reasons == {"truncated": 2}
-    assert judge.n_ok == 2 and all(r.finish_reason == "length" and len(r.top_logprobs) == 1 for r in judge.records)
+    assert judge.n_ok == 2 and all(
+        r.finish_reason == "length" and len(r.top_logprobs) == 1 for r in judge.records
+    )
 
 
 def test_exhausted_retries_raise_a_clear_error_without_the_key(tmp_path, monkeypatch):
@@ -254,7 +290,9 @@ def test_exhausted_retries_raise_a_clear_error_without_the_key(tmp_path, monkeyp
     assert url in msg and "row-" in msg and "3 attempt(s)" in msg and "HTTP 500" in msg
     assert "very-secret" not in msg and "very-secret" not in repr(err.value.__dict__)
     assert err.value.key.startswith("row-") and err.value.endpoint == url
-    assert not journal.exists() or journal.read_text() == ""  # nothing was answered, nothing journaled
+    assert (
+        not journal.exists() or journal.read_text() == ""
+    )  # nothing was answered, nothing journaled
 
 
 def test_unreachable_endpoint_and_missing_key(tmp_path):
@@ -262,10 +300,18 @@ def test_unreachable_endpoint_and_missing_key(tmp_path):
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
     with pytest.raises(LLMCallError, match="APIConnectionError"):
-        call_all(make_requests(1), endpoint(dead, max_retries=1), journal_url=str(tmp_path / "j"), namespace="u")
+        call_all(
+            make_requests(1),
+            endpoint(dead, max_retries=1),
+            journal_url=str(tmp_path / "j"),
+            namespace="u",
+        )
     with pytest.raises(LLMCallError, match="SGPO_TEST_NO_SUCH_KEY is not set"):
         call_all(
-            make_requests(1), endpoint("https://api.example.com/v1"), journal_url=str(tmp_path / "j2"), namespace="u"
+            make_requests(1),
+            endpoint("https://api.example.com/v1"),
+            journal_url=str(tmp_path / "j2"),
+            namespace="u",
         )
 
 
@@ -276,15 +322,26 @@ def test_a_fatal_error_keeps_finished_answers_and_stops_sending(tmp_path):
     reqs[3] = reqs[3].model_copy(update={"messages": [{"role": "user", "content": "poison"}]})
     with serve_fake(log, backend=PoisonBackend()) as url:
         with pytest.raises(LLMCallError, match="'row-3'"):
-            call_all(reqs, endpoint(url, max_concurrency=1, max_retries=1), journal_url=journal, namespace="p")
-    assert set(LocalJournal(journal).load()) == {r.request_hash(model="fake", namespace="p") for r in reqs[:3]}
+            call_all(
+                reqs,
+                endpoint(url, max_concurrency=1, max_retries=1),
+                journal_url=journal,
+                namespace="p",
+            )
+    assert set(LocalJournal(journal).load()) == {
+        r.request_hash(model="fake", namespace="p") for r in reqs[:3]
+    }
     sent = {e["client_request_id"] for e in read_request_log(log)}
-    assert reqs[4].request_hash(model="fake", namespace="p") not in sent  # not started after the failure
+    assert (
+        reqs[4].request_hash(model="fake", namespace="p") not in sent
+    )  # not started after the failure
 
 
 def test_a_non_retryable_status_is_fatal_not_journaled(tmp_path):
     journal = tmp_path / "j.jsonl"
-    bad = ChatRequest(key="k", messages=[{"role": "user", "content": "x"}], temperature=5.0)  # server: 400
+    bad = ChatRequest(
+        key="k", messages=[{"role": "user", "content": "x"}], temperature=5.0
+    )  # server: 400
     with serve_fake() as url:
         with pytest.raises(LLMCallError, match="HTTP 400"):
             call_all([bad], endpoint(url), journal_url=str(journal), namespace="n")
@@ -298,7 +355,9 @@ def test_local_journal_tolerates_a_torn_last_line(tmp_path):
     path = tmp_path / "j.jsonl"
     rec = CallRecord(request_hash="a" * 64, key="k", status="ok", text="t", attempts=1, model="m")
     path.write_text(
-        rec.model_dump_json() + "\n" + rec.model_copy(update={"request_hash": "b" * 64}).model_dump_json()[:30]
+        rec.model_dump_json()
+        + "\n"
+        + rec.model_copy(update={"request_hash": "b" * 64}).model_dump_json()[:30]
     )
     j = LocalJournal(path)
     assert set(j.load()) == {"a" * 64}
@@ -315,13 +374,19 @@ def test_s3_journal(tmp_path, s3_endpoint):  # s3_endpoint: moto's S3 server, fr
     reqs = make_requests(6)
     log = tmp_path / "req.jsonl"
     with serve_fake(log) as base:
-        first = call_all(reqs[:4], endpoint(base), journal_url=url, namespace="s3", storage_options=opts)
-        second = call_all(reqs, endpoint(base), journal_url=url, namespace="s3", storage_options=opts)
+        first = call_all(
+            reqs[:4], endpoint(base), journal_url=url, namespace="s3", storage_options=opts
+        )
+        second = call_all(
+            reqs, endpoint(base), journal_url=url, namespace="s3", storage_options=opts
+        )
     assert (second.n_from_journal, second.n_sent) == (4, 2)
     assert [content(r) for r in second.records[:4]] == [content(r) for r in first.records]
     assert len(read_request_log(log)) == 6
     objects = s3fs.S3FileSystem(skip_instance_cache=True, **opts).ls(url)
-    assert sorted(Path(p).name for p in objects) == sorted(f"{r.request_hash}.json" for r in second.records)
+    assert sorted(Path(p).name for p in objects) == sorted(
+        f"{r.request_hash}.json" for r in second.records
+    )
 
 
 # --------------------------------------------------------------------------- kill -9
@@ -355,13 +420,17 @@ def test_kill_nine_then_resume_loses_and_repays_nothing(tmp_path):
     with serve_fake(log_a, faults) as url:
         ep = endpoint(url, max_concurrency=conc).model_dump()
         proc = subprocess.Popen(
-            [sys.executable, str(script), json.dumps(ep), str(journal)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            [sys.executable, str(script), json.dumps(ep), str(journal)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         deadline = time.monotonic() + 60
         while journal_lines() < kill_after and proc.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.002)
-        assert proc.poll() is None, f"finished before the kill: {proc.stderr.read().decode()[-2000:]}"
+        assert proc.poll() is None, (
+            f"finished before the kill: {proc.stderr.read().decode()[-2000:]}"
+        )
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         time.sleep(0.2)  # let the server finish (and log) what was in flight at the kill
@@ -373,7 +442,10 @@ def test_kill_nine_then_resume_loses_and_repays_nothing(tmp_path):
 
     with serve_fake(log_b, faults) as url:
         resumed = call_all(
-            make_requests(n), endpoint(url, max_concurrency=conc), journal_url=str(journal), namespace="kill"
+            make_requests(n),
+            endpoint(url, max_concurrency=conc),
+            journal_url=str(journal),
+            namespace="kill",
         )
     with serve_fake(log_ref, faults) as url:
         reference = call_all(

@@ -1,4 +1,5 @@
 """Endpoints that are not OpenAI-compatible APIs (a web page at the URL) fail at once, clearly, unpaid."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,22 +43,41 @@ def web_server(status: int, content_type: str, body: bytes):
         srv.server_close()
 
 
-HTML = b"<!doctype html><html><head><title>Welcome to nginx!</title></head><body>hello</body></html>"
+HTML = (
+    b"<!doctype html><html><head><title>Welcome to nginx!</title></head><body>hello</body></html>"
+)
 
 
-@pytest.mark.parametrize("status,ctype,body,got", [
-    (200, "text/html; charset=utf-8", HTML, "got text/html"),
-    (404, "text/html", HTML, "got text/html"),
-    (200, "application/json", b'{"status": "ok"}', "got application/json without a 'choices' list"),
-])
+@pytest.mark.parametrize(
+    "status,ctype,body,got",
+    [
+        (200, "text/html; charset=utf-8", HTML, "got text/html"),
+        (404, "text/html", HTML, "got text/html"),
+        (
+            200,
+            "application/json",
+            b'{"status": "ok"}',
+            "got application/json without a 'choices' list",
+        ),
+    ],
+)
 def test_a_non_openai_answer_is_a_clear_error_not_retried(tmp_path, status, ctype, body, got):
     with web_server(status, ctype, body) as (url, hits):
-        ep = EndpointConfig(base_url=url, model="m", api_key_env="SGPO_TEST_NO_SUCH_KEY", max_retries=3,
-                            max_invalid_retries=2, backoff_base_s=0.01, max_concurrency=1)
+        ep = EndpointConfig(
+            base_url=url,
+            model="m",
+            api_key_env="SGPO_TEST_NO_SUCH_KEY",
+            max_retries=3,
+            max_invalid_retries=2,
+            backoff_base_s=0.01,
+            max_concurrency=1,
+        )
         with pytest.raises(LLMCallError) as e:
             call_all(make_requests(3), ep, journal_url=str(tmp_path / "j.jsonl"), namespace="html")
     msg = str(e.value)
-    assert msg.startswith(f"the endpoint at {url} did not answer as an OpenAI-compatible API ({got}")
+    assert msg.startswith(
+        f"the endpoint at {url} did not answer as an OpenAI-compatible API ({got}"
+    )
     assert f"HTTP {status}" in msg
     assert len(hits) == 1  # neither retried nor re-asked, and the other requests were not sent
     assert not (tmp_path / "j.jsonl").exists() or (tmp_path / "j.jsonl").read_text() == ""

@@ -33,7 +33,9 @@ MESSAGES = [
 @pytest.fixture(scope="module")
 def served(tiny_model_dir, tmp_path_factory):  # tiny_model_dir: the session fixture in conftest.py
     log = tmp_path_factory.mktemp("log") / "requests.jsonl"
-    app = build_app(TransformersChatBackend(tiny_model_dir), model_name="tiny-test", request_log=log)
+    app = build_app(
+        TransformersChatBackend(tiny_model_dir), model_name="tiny-test", request_log=log
+    )
     with running_server(app) as url:
         yield url, log
 
@@ -46,7 +48,9 @@ def client(served):
 
 
 def test_chat_completion_parses(client, served):
-    resp = client.chat.completions.create(model="tiny-test", messages=MESSAGES, max_tokens=12, temperature=0.7, seed=1)
+    resp = client.chat.completions.create(
+        model="tiny-test", messages=MESSAGES, max_tokens=12, temperature=0.7, seed=1
+    )
     assert resp.object == "chat.completion"
     assert resp.id.startswith("chatcmpl-")
     assert resp.model == "tiny-test"
@@ -66,14 +70,21 @@ def test_chat_completion_parses(client, served):
 
 
 def test_max_completion_tokens_and_models(client):
-    resp = client.chat.completions.create(model="tiny-test", messages=MESSAGES, max_completion_tokens=3, temperature=0)
+    resp = client.chat.completions.create(
+        model="tiny-test", messages=MESSAGES, max_completion_tokens=3, temperature=0
+    )
     assert resp.usage.completion_tokens <= 3
     assert [m.id for m in client.models.list().data] == ["tiny-test"]
 
 
 def test_logprobs_are_valid_log_probabilities(client):
     resp = client.chat.completions.create(
-        model="tiny-test", messages=MESSAGES, max_tokens=10, temperature=0, logprobs=True, top_logprobs=5
+        model="tiny-test",
+        messages=MESSAGES,
+        max_tokens=10,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=5,
     )
     choice = resp.choices[0]
     content = choice.logprobs.content
@@ -94,13 +105,21 @@ def test_logprobs_are_valid_log_probabilities(client):
         assert tok.logprob == pytest.approx(tops[0].logprob, abs=1e-5)
     # exact token bytes add up to the text (when no special token was generated: those are not text)
     if not any("<|" in t.token for t in content) and choice.finish_reason == "length":
-        assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", errors="replace") == choice.message.content
+        assert (
+            b"".join(bytes(t.bytes) for t in content).decode("utf-8", errors="replace")
+            == choice.message.content
+        )
 
 
 def test_seeded_sampling_is_reproducible(client):
     def sample(seed: int) -> str:
         r = client.chat.completions.create(
-            model="tiny-test", messages=MESSAGES, max_tokens=16, temperature=1.0, top_p=0.95, seed=seed
+            model="tiny-test",
+            messages=MESSAGES,
+            max_tokens=16,
+            temperature=1.0,
+            top_p=0.95,
+            seed=seed,
         )
         return r.choices[0].message.content
 
@@ -121,7 +140,9 @@ def test_n_greater_than_one_is_rejected(client, served):
 
 def test_stop_sequences_cut_the_text(client):
     def greedy(**kw):
-        r = client.chat.completions.create(model="tiny-test", messages=MESSAGES, max_tokens=12, temperature=0, **kw)
+        r = client.chat.completions.create(
+            model="tiny-test", messages=MESSAGES, max_tokens=12, temperature=0, **kw
+        )
         return r.choices[0]
 
     full = greedy().message.content
@@ -145,10 +166,16 @@ def test_fault_decisions_are_deterministic_and_bounded():
     )
     decisions = [cfg.decide(f"h{i}", a) for i in range(2000) for a in range(3)]
     assert decisions == [cfg.decide(f"h{i}", a) for i in range(2000) for a in range(3)]
-    assert all(d is None for d in decisions[2::3])  # attempt 2 >= max_faults_per_request: always answered
+    assert all(
+        d is None for d in decisions[2::3]
+    )  # attempt 2 >= max_faults_per_request: always answered
     first = decisions[0::3]
-    share = {k: first.count(k) / len(first) for k in ("429", "500", "timeout", "empty", "truncated")}
-    assert share["429"] == pytest.approx(0.2, abs=0.04) and share["timeout"] == pytest.approx(0.1, abs=0.03)
+    share = {
+        k: first.count(k) / len(first) for k in ("429", "500", "timeout", "empty", "truncated")
+    }
+    assert share["429"] == pytest.approx(0.2, abs=0.04) and share["timeout"] == pytest.approx(
+        0.1, abs=0.03
+    )
     assert FaultConfig(seed=4, rate_500=0.5).decide("h1", 0) in (None, "500")
     with pytest.raises(ValueError):
         FaultConfig(rate_429=0.7, rate_500=0.5)
@@ -163,9 +190,13 @@ def test_injected_429_carries_retry_after(tmp_path):
         faults=FaultConfig(rate_429=1.0, retry_after_s=7, max_faults_per_request=1),
     )
     with running_server(app) as url:
-        body = json.dumps({"model": "fake", "messages": [{"role": "user", "content": "x"}]}).encode()
+        body = json.dumps(
+            {"model": "fake", "messages": [{"role": "user", "content": "x"}]}
+        ).encode()
         post = lambda: urllib.request.urlopen(  # noqa: E731
-            urllib.request.Request(f"{url}/chat/completions", data=body, headers={"Content-Type": "application/json"})
+            urllib.request.Request(
+                f"{url}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+            )
         )
         with pytest.raises(urllib.error.HTTPError) as err:
             post()
@@ -205,10 +236,25 @@ def test_cli_entry_point(tiny_model_dir, tmp_path):
     faults = json.dumps({"seed": 1, "latency_s": 0.0})
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sgpo.llm.server", "--model", str(tiny_model_dir), "--port", str(port),
-         "--served-model-name", "cli-tiny", "--fault-config", faults, "--request-log", str(log)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "sgpo.llm.server",
+            "--model",
+            str(tiny_model_dir),
+            "--port",
+            str(port),
+            "--served-model-name",
+            "cli-tiny",
+            "--fault-config",
+            faults,
+            "--request-log",
+            str(log),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while True:
@@ -222,7 +268,9 @@ def test_cli_entry_point(tiny_model_dir, tmp_path):
         import openai
 
         c = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", max_retries=0)
-        r = c.chat.completions.create(model="cli-tiny", messages=MESSAGES, max_tokens=4, temperature=0)
+        r = c.chat.completions.create(
+            model="cli-tiny", messages=MESSAGES, max_tokens=4, temperature=0
+        )
         assert r.model == "cli-tiny" and r.usage.completion_tokens <= 4
         assert read_request_log(log)[-1]["delivered"] is True
     finally:

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgpo.evals.alpaca_eval import metrics as ae
-from sgpo.data.shared import shared_data_dir
 from sgpo.cli.metrics import main as cli_main
+from sgpo.data.shared import shared_data_dir
+from sgpo.evals.alpaca_eval import metrics as ae
 
 DATA = shared_data_dir() / "alpaca_eval"
 LEADERBOARD = DATA / "leaderboard_weighted_alpaca_eval_gpt4_turbo.csv"
@@ -36,7 +36,9 @@ PUBLISHED_LC = {"gpt-3.5-turbo-1106": 19.301, "alpaca-7b": 5.875}
 
 def _require_data() -> None:
     if not DATA.is_dir():
-        pytest.skip(f"offline AlpacaEval reference data not found at {DATA} (set SGPO_SHARED_DATA or provide ../shared/data)")
+        pytest.skip(
+            f"offline AlpacaEval reference data not found at {DATA} (set SGPO_SHARED_DATA or provide ../shared/data)"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +88,12 @@ def test_preference_normalises_over_m_and_M_only():
 
 def test_preference_missing_tokens():
     # a token absent from the top list has probability 0
-    assert ae.preference_from_top_logprobs({"M": -0.01, "The": -5.0}, model_first=False) == pytest.approx(2.0)
-    assert ae.preference_from_top_logprobs({"M": -0.01, "The": -5.0}, model_first=True) == pytest.approx(1.0)
+    assert ae.preference_from_top_logprobs(
+        {"M": -0.01, "The": -5.0}, model_first=False
+    ) == pytest.approx(2.0)
+    assert ae.preference_from_top_logprobs(
+        {"M": -0.01, "The": -5.0}, model_first=True
+    ) == pytest.approx(1.0)
     assert ae.preference_from_top_logprobs({"m": -3.0}, model_first=False) == pytest.approx(1.0)
     assert ae.preference_from_top_logprobs({"The": -0.1, "Both": -2.0}, model_first=False) is None
     assert ae.preference_from_top_logprobs([], model_first=True) is None
@@ -103,13 +109,17 @@ def test_stored_preferences_reproduced_from_raw_logprobs(annotations):
     """Every judge-made preference in the official files = our rule on its raw logprobs + upstream order."""
     for model, df in annotations.items():
         n_checked, orders = 0, set()
-        for instruction, raw, pref in zip(df["instruction"], df["raw_completion"], df["preference"]):
+        for instruction, raw, pref in zip(
+            df["instruction"], df["raw_completion"], df["preference"]
+        ):
             if raw is None:  # identical outputs: upstream sets 1.5 without calling the judge
                 assert pref == 1.5
                 continue
             model_first = ae.official_model_first(instruction)
             orders.add(model_first)
-            ours = ae.preference_from_top_logprobs(ae.top_logprobs_from_completion(raw), model_first=model_first)
+            ours = ae.preference_from_top_logprobs(
+                ae.top_logprobs_from_completion(raw), model_first=model_first
+            )
             assert ours == pytest.approx(pref, abs=1e-6), (model, instruction[:60])
             n_checked += 1
         assert n_checked >= 800 and orders == {True, False}
@@ -126,7 +136,9 @@ def test_win_rate_edge_cases_match_upstream_code():
     assert out["standard_error"] == pytest.approx(15.055453054181623)
     assert (out["n_wins"], out["n_wins_base"], out["n_draws"], out["n_total"]) == (2, 2, 2, 6)
     assert out["discrete_win_rate"] == pytest.approx(400 / 7)
-    out = ae.win_rate_metrics([1.5, 1.5000001, 1.4999999, None], lengths_model=["ab", "abcd", "a", "abc"])
+    out = ae.win_rate_metrics(
+        [1.5, 1.5000001, 1.4999999, None], lengths_model=["ab", "abcd", "a", "abc"]
+    )
     assert (out["n_wins"], out["n_wins_base"], out["n_draws"], out["n_total"]) == (1, 1, 1, 3)
     assert out["discrete_win_rate"] == pytest.approx(50.0)
     assert out["avg_length"] == 2  # int(mean([2, 4, 1, 3]))
@@ -161,22 +173,38 @@ def test_lc_from_published_weights_matches_leaderboard(difficulty, leaderboard):
     average, max about 0.9 with the surrogate); the baseline must be exactly 50.
     """
     weights = ae.load_glm_weights(WEIGHTS)
-    checked = ["gpt-3.5-turbo-1106", "alpaca-7b", "gpt-4-turbo-2024-04-09", "gpt4_1106_preview_verbose",
-               "gpt4_1106_preview_concise"]
+    checked = [
+        "gpt-3.5-turbo-1106",
+        "alpaca-7b",
+        "gpt-4-turbo-2024-04-09",
+        "gpt4_1106_preview_verbose",
+        "gpt4_1106_preview_concise",
+    ]
     for model in checked:
-        lc = ae.predict_lc_win_rate_from_weights(weights, difficulty, model=model, baseline=BASELINE)["lc_win_rate"]
+        lc = ae.predict_lc_win_rate_from_weights(
+            weights, difficulty, model=model, baseline=BASELINE
+        )["lc_win_rate"]
         assert abs(lc - float(leaderboard.loc[model, "length_controlled_winrate"])) < 1.0, model
     for model, published in PUBLISHED_LC.items():
-        lc = ae.predict_lc_win_rate_from_weights(weights, difficulty, model=model, baseline=BASELINE)["lc_win_rate"]
+        lc = ae.predict_lc_win_rate_from_weights(
+            weights, difficulty, model=model, baseline=BASELINE
+        )["lc_win_rate"]
         assert abs(lc - published) < 1.0, model
-    assert ae.predict_lc_win_rate_from_weights(weights, difficulty, model=BASELINE)["lc_win_rate"] == 50.0
+    assert (
+        ae.predict_lc_win_rate_from_weights(weights, difficulty, model=BASELINE)["lc_win_rate"]
+        == 50.0
+    )
 
     common = [m for m in weights.index if m in leaderboard.index]
-    errors = np.array([
-        ae.predict_lc_win_rate_from_weights(weights, difficulty, model=m, baseline=BASELINE)["lc_win_rate"]
-        - float(leaderboard.loc[m, "length_controlled_winrate"])
-        for m in common
-    ])
+    errors = np.array(
+        [
+            ae.predict_lc_win_rate_from_weights(weights, difficulty, model=m, baseline=BASELINE)[
+                "lc_win_rate"
+            ]
+            - float(leaderboard.loc[m, "length_controlled_winrate"])
+            for m in common
+        ]
+    )
     assert len(common) > 150
     assert np.abs(errors).mean() < 0.3 and np.abs(errors).max() < 1.0
 
@@ -184,7 +212,9 @@ def test_lc_from_published_weights_matches_leaderboard(difficulty, leaderboard):
     with_se = [m for m in common if pd.notna(leaderboard.loc[m, "lc_standard_error"])]
     assert len(with_se) >= 20
     for m in with_se:
-        se = ae.predict_lc_win_rate_from_weights(weights, difficulty, model=m, baseline=BASELINE)["lc_standard_error"]
+        se = ae.predict_lc_win_rate_from_weights(weights, difficulty, model=m, baseline=BASELINE)[
+            "lc_standard_error"
+        ]
         assert se == pytest.approx(float(leaderboard.loc[m, "lc_standard_error"]), abs=0.15), m
 
 
@@ -208,8 +238,18 @@ def _synthetic_gamed(difficulty: pd.Series) -> pd.DataFrame:
     for name, sign in (("verbose", -1.0), ("concise", 1.0)):
         sdl = sign * (0.25 + (i % 7) / 4.0)
         pref = 1.0 / (1.0 + np.exp(-(-1.5 * np.tanh(sdl) + 0.8 * difficulty.to_numpy())))
-        rows.append(pd.DataFrame({"model": name, "index": i, "preference": pref, "std_delta_len": sdl,
-                                  "instruction_difficulty": difficulty.to_numpy(), "not_gamed_baseline": False}))
+        rows.append(
+            pd.DataFrame(
+                {
+                    "model": name,
+                    "index": i,
+                    "preference": pref,
+                    "std_delta_len": sdl,
+                    "instruction_difficulty": difficulty.to_numpy(),
+                    "not_gamed_baseline": False,
+                }
+            )
+        )
     return pd.concat(rows, ignore_index=True)
 
 
@@ -223,14 +263,18 @@ def test_lc_refit_matches_upstream_code(model, annotations, difficulty, leaderbo
     assert out["lc_standard_error"] == pytest.approx(se, abs=1e-5)
     # Without upstream's df_gamed.csv (not available offline) the GLM is not regularised towards the
     # gamed baselines, which moves LC by 1.2-2.1 points here; bound stated loosely on purpose.
-    assert abs(out["lc_win_rate"] - float(leaderboard.loc[model, "length_controlled_winrate"])) < 2.5
+    assert (
+        abs(out["lc_win_rate"] - float(leaderboard.loc[model, "length_controlled_winrate"])) < 2.5
+    )
 
     # the GLM/prediction path is self-consistent: predicting from the fitted weights = fitted predictions
     pred = ae.predict_lc_win_rate_from_weights(out["weights"], difficulty)
     assert pred["lc_win_rate"] == pytest.approx(out["lc_win_rate"], abs=1e-9)
     assert np.all((out["glm_preferences"] > 0) & (out["glm_preferences"] < 1))
 
-    reg = ae.length_controlled_win_rate(df, difficulty, gamed_annotations=_synthetic_gamed(difficulty))
+    reg = ae.length_controlled_win_rate(
+        df, difficulty, gamed_annotations=_synthetic_gamed(difficulty)
+    )
     lc, se = UPSTREAM_LC_SYNTHETIC_GAMED[model]
     assert reg["regularized"] is True and reg["n_train"] == 805 * 3
     assert reg["lc_win_rate"] == pytest.approx(lc, abs=1e-5)
@@ -242,7 +286,9 @@ def test_lc_uses_length_term(annotations, difficulty):
     df = annotations["alpaca-7b"].copy()
     base = ae.length_controlled_win_rate(df, difficulty)["lc_win_rate"]
     df["output_2"] = df["output_2"] + " padding" * 50
-    assert ae.length_controlled_win_rate(df, difficulty)["lc_win_rate"] != pytest.approx(base, abs=0.05)
+    assert ae.length_controlled_win_rate(df, difficulty)["lc_win_rate"] != pytest.approx(
+        base, abs=0.05
+    )
 
 
 def test_lc_baseline_against_itself_and_bad_index(annotations, difficulty):
@@ -259,21 +305,47 @@ def test_lc_baseline_against_itself_and_bad_index(annotations, difficulty):
 # --------------------------------------------------------------------------------------------------
 def test_cli_alpaca_eval(capsys, leaderboard):
     path = DATA / "annotations_gpt-3.5-turbo-1106.json"
-    assert cli_main(["metrics", "alpaca-eval", str(path), "--instruction-difficulty", str(SURROGATE),
-                     "--gamed-annotations", "none"]) == 0  # the unregularised GLM, asked for explicitly
+    assert (
+        cli_main(
+            [
+                "metrics",
+                "alpaca-eval",
+                str(path),
+                "--instruction-difficulty",
+                str(SURROGATE),
+                "--gamed-annotations",
+                "none",
+            ]
+        )
+        == 0
+    )  # the unregularised GLM, asked for explicitly
     out = json.loads(capsys.readouterr().out)
     row = leaderboard.loc["gpt-3.5-turbo-1106"]
     assert out["win_rate"] == pytest.approx(float(row["win_rate"]), abs=1e-9)
     assert out["standard_error"] == pytest.approx(float(row["standard_error"]), abs=1e-9)
     assert out["discrete_win_rate"] == pytest.approx(float(row["discrete_win_rate"]), abs=1e-9)
     assert out["n"] == 805 and out["avg_length"] == int(row["avg_length"])
-    assert out["lc_win_rate"] == pytest.approx(UPSTREAM_LC_UNREGULARISED["gpt-3.5-turbo-1106"][0], abs=1e-5)
+    assert out["lc_win_rate"] == pytest.approx(
+        UPSTREAM_LC_UNREGULARISED["gpt-3.5-turbo-1106"][0], abs=1e-5
+    )
     assert out["lc_standard_error"] > 0
     assert out["difficulty_source"] == f"file:{SURROGATE}"
     assert out["lc_regularized"] is False
 
-    assert cli_main(["metrics", "alpaca-eval", str(path), "--instruction-difficulty", "none",
-                     "--gamed-annotations", "none"]) == 0
+    assert (
+        cli_main(
+            [
+                "metrics",
+                "alpaca-eval",
+                str(path),
+                "--instruction-difficulty",
+                "none",
+                "--gamed-annotations",
+                "none",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["lc_win_rate"] is None and out["difficulty_source"] is None
     assert out["win_rate"] == pytest.approx(float(row["win_rate"]), abs=1e-9)

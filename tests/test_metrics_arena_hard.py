@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sgpo.evals.arena_hard import metrics as ah
-from sgpo.data.shared import shared_data_dir
 from sgpo.cli.metrics import main as cli_main
+from sgpo.data.shared import shared_data_dir
+from sgpo.evals.arena_hard import metrics as ah
 
 DATA = shared_data_dir() / "arena_hard"
 SAMPLE = DATA / "judgment_sample_Pythia-12B-DPO-UltraFeedback.jsonl"
@@ -28,7 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _require_data() -> None:
     if not DATA.is_dir():
-        pytest.skip(f"offline Arena-Hard reference data not found at {DATA} (set SGPO_SHARED_DATA or provide ../shared/data)")
+        pytest.skip(
+            f"offline Arena-Hard reference data not found at {DATA} (set SGPO_SHARED_DATA or provide ../shared/data)"
+        )
 
 
 def _rec(model: str, qid: str, game1: str | None, game2: str | None) -> dict:
@@ -63,7 +65,9 @@ def test_parse_label_clean_missing_conflicting():
 # --------------------------------------------------------------------------------------------------
 def test_battles_counts_and_weights():
     records = [
-        _rec("m", "q1", "A>>B", "A>>B"),  # game1: baseline strongly; game2 (swapped): model strongly
+        _rec(
+            "m", "q1", "A>>B", "A>>B"
+        ),  # game1: baseline strongly; game2 (swapped): model strongly
         _rec("m", "q2", "B>A", "B>A"),  # game1: model; game2: baseline
         _rec("m", "q3", "A=B", None),  # tie; missing label skipped
         _rec("m", "q4", "A<B", "garbage"),  # labels outside the table are skipped
@@ -98,18 +102,28 @@ def test_bt_symmetric_results_give_fifty_percent():
 
 def test_bt_two_player_closed_form():
     # 3 baseline wins (game 1) + 1 model win (game 2 of q0); with ties counted half each.
-    records = [_rec("m", "q0", "A>B", "B>A"), _rec("m", "q1", "A>B", None), _rec("m", "q2", "A=B", None)]
+    records = [
+        _rec("m", "q0", "A>B", "B>A"),
+        _rec("m", "q1", "A>B", None),
+        _rec("m", "q2", "A=B", None),
+    ]
     # rows: q0 -> model_a, model_a; q1 -> model_a; q2 -> tie  => p(model) = (0 + 0.5) / 4
-    elo = ah.compute_mle_elo(ah.battles_from_judgments(records, baseline="base"), baseline_model="base")
+    elo = ah.compute_mle_elo(
+        ah.battles_from_judgments(records, baseline="base"), baseline_model="base"
+    )
     assert elo["base"] == pytest.approx(1000.0)
     p = ah.predict_win_rate(elo.to_dict()).loc["m", "base"]
     assert p == pytest.approx(0.5 / 4, abs=1e-6)
-    assert ah.predict_win_rate({"x": 1400.0, "y": 1000.0}).loc["x", "y"] == pytest.approx(1 / (1 + 10 ** -1))
+    assert ah.predict_win_rate({"x": 1400.0, "y": 1000.0}).loc["x", "y"] == pytest.approx(
+        1 / (1 + 10**-1)
+    )
 
 
 def test_bt_separable_data_does_not_crash():
     records = [_rec("m", f"q{i}", "A>>B", "B>>A") for i in range(3)]  # baseline always wins
-    elo = ah.compute_mle_elo(ah.battles_from_judgments(records, baseline="base"), baseline_model="base")
+    elo = ah.compute_mle_elo(
+        ah.battles_from_judgments(records, baseline="base"), baseline_model="base"
+    )
     assert elo["base"] == 1000.0 and elo["m"] < 0
     assert ah.score(records, baseline="base", rounds=3)["m"]["score"] < 1e-6
 
@@ -202,10 +216,26 @@ def test_cli_arena_hard(capsys):
 
 def test_cli_module_entry_point():
     _require_data()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.run(
-        [sys.executable, "-m", "sgpo.cli.metrics", "metrics", "arena-hard", str(SAMPLE), "--rounds", "3"],
-        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "sgpo.cli.metrics",
+            "metrics",
+            "arena-hard",
+            str(SAMPLE),
+            "--rounds",
+            "3",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     payload = json.loads(proc.stdout)  # exactly one JSON object on stdout

@@ -1,4 +1,5 @@
 """A local folder that is not a model fails with 'no model found at PATH', not a tokenizer-library hint."""
+
 from __future__ import annotations
 
 import shutil
@@ -12,7 +13,9 @@ from sgpo.train.trainers import load_model
 def _not_models(tmp_path, tiny_model_dir):
     empty = tmp_path / "empty"
     empty.mkdir()
-    tokenizer_only = tmp_path / "tokenizer-only"  # e.g. a checkpoint copied without config.json and weights
+    tokenizer_only = (
+        tmp_path / "tokenizer-only"
+    )  # e.g. a checkpoint copied without config.json and weights
     tokenizer_only.mkdir()
     for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(tiny_model_dir / name, tokenizer_only / name)
@@ -20,7 +23,12 @@ def _not_models(tmp_path, tiny_model_dir):
     shutil.copytree(tiny_model_dir, no_weights, ignore=shutil.ignore_patterns("*.safetensors"))
     a_file = tmp_path / "model.txt"
     a_file.write_text("not a model")
-    return {"empty": empty, "tokenizer_only": tokenizer_only, "no_weights": no_weights, "file": a_file}
+    return {
+        "empty": empty,
+        "tokenizer_only": tokenizer_only,
+        "no_weights": no_weights,
+        "file": a_file,
+    }
 
 
 @pytest.mark.parametrize("case", ["empty", "tokenizer_only", "no_weights", "file"])
@@ -33,7 +41,10 @@ def test_every_loader_says_no_model_found(tmp_path, tiny_model_dir, case):
         with pytest.raises(ModelNotFoundError) as e:
             load(str(path))
         msg = str(e.value)
-        assert msg.startswith(f"no model found at {path} (expected config.json + weights"), (load, msg)
+        assert msg.startswith(f"no model found at {path} (expected config.json + weights"), (
+            load,
+            msg,
+        )
         assert "sentencepiece" not in msg and "tiktoken" not in msg
 
 

@@ -5,6 +5,7 @@ One module-scoped store: a run that fails at the judge (unreachable endpoint), t
 that only judges, an all-cached run, a config change that re-runs only dpo and judge, and a
 forced stage; each run is a module-scoped fixture chained to the one before it.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,13 +13,26 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from conftest import free_port
+
 from sgpo.config.pipeline import load_config
 
 # in run order: each prepare step right before the first stage that reads it (flows.pipeline.plan)
-ALL_STAGES = ["base_model", "prepare[sft]", "sft", "prepare[improver]", "sample", "annotate", "ppl_filter",
-              "improver_sft", "prepare[po]", "pairs", "dpo", "prepare[eval]", "judge"]
+ALL_STAGES = [
+    "base_model",
+    "prepare[sft]",
+    "sft",
+    "prepare[improver]",
+    "sample",
+    "annotate",
+    "ppl_filter",
+    "improver_sft",
+    "prepare[po]",
+    "pairs",
+    "dpo",
+    "prepare[eval]",
+    "judge",
+]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +41,14 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _cfg(workdir: Path, *overrides: str):
-    return load_config("tiny", [f"store.url={workdir}/store", f"tracking.mlflow_uri=sqlite:///{workdir}/mlflow.db", *overrides])
+    return load_config(
+        "tiny",
+        [
+            f"store.url={workdir}/store",
+            f"tracking.mlflow_uri=sqlite:///{workdir}/mlflow.db",
+            *overrides,
+        ],
+    )
 
 
 def _status(report) -> dict[str, str]:
@@ -42,13 +63,20 @@ def failed_run(workdir) -> SimpleNamespace:
     from flows.pipeline import StageFailed, sgpo_pipeline
 
     closed = free_port()  # nothing listens here: the judge endpoint is unreachable
-    cfg = _cfg(workdir, f"judge.endpoint.base_url=http://127.0.0.1:{closed}/v1", "judge.endpoint.max_retries=1",
-               "judge.endpoint.backoff_base_s=0.05")
+    cfg = _cfg(
+        workdir,
+        f"judge.endpoint.base_url=http://127.0.0.1:{closed}/v1",
+        "judge.endpoint.max_retries=1",
+        "judge.endpoint.backoff_base_s=0.05",
+    )
     with pytest.raises(StageFailed) as e:
         sgpo_pipeline(config=cfg)
-    return SimpleNamespace(error=e.value, port=closed,
-                           judge_manifests=list((workdir / "store" / "judge").rglob("manifest.json")),
-                           dpo_manifests=list((workdir / "store" / "dpo").rglob("manifest.json")))
+    return SimpleNamespace(
+        error=e.value,
+        port=closed,
+        judge_manifests=list((workdir / "store" / "judge").rglob("manifest.json")),
+        dpo_manifests=list((workdir / "store" / "dpo").rglob("manifest.json")),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +131,9 @@ def test_second_run_is_fully_cached_and_traced(cached_run):
     assert set(manifest["parents"]) == {"start", "pairs"}
     assert manifest["config"]["beta"] == 0.1 and manifest["code_version"]
     assert {"torch", "transformers", "trl", "prefect"} <= set(manifest["library_versions"])
-    assert sorted(p.name for p in (dpo_dir / "model").iterdir() if p.suffix in (".safetensors", ".bin")) == ["model.safetensors"]
+    assert sorted(
+        p.name for p in (dpo_dir / "model").iterdir() if p.suffix in (".safetensors", ".bin")
+    ) == ["model.safetensors"]
 
 
 def test_changing_one_stage_reruns_it_and_downstream_only(changed_run):
@@ -129,10 +159,19 @@ def test_mlflow_has_a_parent_run_with_nested_stage_runs(forced_run, workdir):
     assert len(parents) == 5 and all(r.data.tags.get("prefect.flow_run_id") for r in parents)
     assert {r.info.status for r in parents} == {"FINISHED", "FAILED"}
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    sft = [r for r in children if r.data.tags.get("sgpo.core.stage") == "sft" and r.data.tags.get("sgpo.cached") == "false"]
+    sft = [
+        r
+        for r in children
+        if r.data.tags.get("sgpo.core.stage") == "sft" and r.data.tags.get("sgpo.cached") == "false"
+    ]
     assert len(sft) == 1
     assert sft[0].data.params["learning_rate"] == "0.001" and "train_loss" in sft[0].data.metrics
-    annotate = [r for r in children if r.data.tags.get("sgpo.core.stage") == "annotate" and r.data.tags.get("sgpo.cached") == "false"][0]
+    annotate = [
+        r
+        for r in children
+        if r.data.tags.get("sgpo.core.stage") == "annotate"
+        and r.data.tags.get("sgpo.cached") == "false"
+    ][0]
     assert annotate.data.metrics["ok"] > 0 and "endpoint.api_key_env" not in annotate.data.params
 
 
@@ -144,12 +183,21 @@ def test_pipeline_on_s3_through_moto(s3_endpoint, tmp_path, monkeypatch):
 
     monkeypatch.setenv("SGPO_CACHE_DIR", str(tmp_path / "cache"))
     opts = json.dumps({"client_kwargs": {"endpoint_url": s3_endpoint}})
-    cfg = load_config("tiny", ["store.url=s3://sgpo-test/e2e", f"store.storage_options={opts}",
-                               f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db", "data.po.max_rows=8"])
+    cfg = load_config(
+        "tiny",
+        [
+            "store.url=s3://sgpo-test/e2e",
+            f"store.storage_options={opts}",
+            f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
+            "data.po.max_rows=8",
+        ],
+    )
     first = sgpo_pipeline(config=cfg)
     assert set(_status(first).values()) == {"ran"}
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
-    assert fs.exists(f"sgpo-test/e2e/dpo/{first.final_policy.rsplit('/', 1)[1]}/model/model.safetensors")
+    assert fs.exists(
+        f"sgpo-test/e2e/dpo/{first.final_policy.rsplit('/', 1)[1]}/model/model.safetensors"
+    )
     assert fs.ls("sgpo-test/e2e/_prefect")  # Prefect's cache records live in the bucket too
     second = sgpo_pipeline(config=cfg)
     assert set(_status(second).values()) == {"cached"}

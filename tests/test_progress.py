@@ -1,4 +1,5 @@
 """sgpo.core.progress: a progress callback that never fails a stage, with a Prefect artifact inside runs."""
+
 from __future__ import annotations
 
 import io

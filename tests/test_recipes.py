@@ -1,5 +1,6 @@
 """Recipes (configs/methods/*.yaml) and their DAGs, checked without training; faithful data handling
 (multi-turn chats, preference pairs, chat templates); the tiny preset's rule judge."""
+
 from __future__ import annotations
 
 import json
@@ -10,15 +11,35 @@ from flows.pipeline import plan
 from sgpo.config.pipeline import CONFIG_DIR, ConfigError, load_config, method_names
 
 PRESETS = ["tiny", "qwen2.5-7b", "llama3-8b", "qwen2-1.5b"]
-RECIPES = ["sgpo", "sgpo-step2", "sgpo-dagger", "sgpo-double-dagger", "sgpo-diamond", "sgpo-v1", "sgpo-v2", "sgpo-v3",
-           "all-ref", "no-ref", "dpo", "spin", "sapo-dpo", "sapo-orpo", "sft", "sft-continued"]
+RECIPES = [
+    "sgpo",
+    "sgpo-step2",
+    "sgpo-dagger",
+    "sgpo-double-dagger",
+    "sgpo-diamond",
+    "sgpo-v1",
+    "sgpo-v2",
+    "sgpo-v3",
+    "all-ref",
+    "no-ref",
+    "dpo",
+    "spin",
+    "sapo-dpo",
+    "sapo-orpo",
+    "sft",
+    "sft-continued",
+]
 IMPROVER_STAGES = ["sample", "annotate", "ppl_filter", "improver_sft"]
 
 
 def test_every_recipe_is_shipped_headed_by_its_command_and_composes_with_every_preset():
     assert method_names() == sorted(RECIPES)
     for name in RECIPES:
-        assert (CONFIG_DIR / "methods" / f"{name}.yaml").read_text().startswith(f"# sgpo run tiny method={name}")
+        assert (
+            (CONFIG_DIR / "methods" / f"{name}.yaml")
+            .read_text()
+            .startswith(f"# sgpo run tiny method={name}")
+        )
         for preset in PRESETS:
             cfg = load_config(preset, [f"method={name}"])
             assert cfg.method == name
@@ -58,9 +79,13 @@ def test_each_recipe_runs_only_the_stages_it_needs(method, stages, start, refine
     assert [s for s in run if s not in ("base_model", "prepare", "judge")] == stages
     if method.startswith("sapo"):
         assert final == "sapo" and dag["sapo"] == {"policy": "sft", "data": "prepare[sapo]"}
-        assert _dag(method, "sapo_start=base")[0]["sapo"]["policy"] == "base_model"  # e.g. mistral-7b-zephyr-sft
+        assert (
+            _dag(method, "sapo_start=base")[0]["sapo"]["policy"] == "base_model"
+        )  # e.g. mistral-7b-zephyr-sft
         return
-    assert final == "dpo" and dag["dpo"]["start"] == start  # the DPO reference is its starting policy
+    assert (
+        final == "dpo" and dag["dpo"]["start"] == start
+    )  # the DPO reference is its starting policy
     assert dag["judge"]["policy"] == "dpo"
     if method == "dpo":
         assert dag["dpo"]["pairs"] == "prepare[prefs]"  # the published pairs, nothing generated
@@ -81,8 +106,16 @@ def test_ablation_flags_reach_the_sections_the_stages_read():
 def test_step2_refines_with_the_round_policy_in_shared_mode_and_with_the_fixed_improver_in_dagger():
     dag, final, _ = _dag("sgpo-step2")
     assert final == "dpo[2]"
-    assert dag["pairs[1]"] == {"policy": "improver_sft", "improver": "improver_sft", "data": "prepare[po]"}
-    assert dag["pairs[2]"] == {"policy": "dpo[1]", "improver": "dpo[1]", "data": "prepare[po]"}  # pi_SGPO refines
+    assert dag["pairs[1]"] == {
+        "policy": "improver_sft",
+        "improver": "improver_sft",
+        "data": "prepare[po]",
+    }
+    assert dag["pairs[2]"] == {
+        "policy": "dpo[1]",
+        "improver": "dpo[1]",
+        "data": "prepare[po]",
+    }  # pi_SGPO refines
     assert dag["dpo[2]"]["start"] == "dpo[1]"
     dag, _, _ = _dag("sgpo-dagger", "rounds=3")
     assert [dag[f"pairs[{r}]"]["improver"] for r in (1, 2, 3)] == ["improver_sft"] * 3
@@ -103,10 +136,16 @@ def test_spin_iterations_can_change_lr_and_beta_as_the_sapo_papers_baseline_does
 
     cfg = load_config("sapo-llama3-8b", ["method=spin"])
     trained = [recipe_section(cfg, f"spin[{t}]") for t in (1, 2, 3, 4)]
-    assert [(c.learning_rate, c.beta, c.epochs) for c in trained] == [(5e-7, 0.1, 3), (1e-7, 0.1, 3), (1e-7, 0.1, 3),
-                                                                      (1e-7, 5.0, 3)]
+    assert [(c.learning_rate, c.beta, c.epochs) for c in trained] == [
+        (5e-7, 0.1, 3),
+        (1e-7, 0.1, 3),
+        (1e-7, 0.1, 3),
+        (1e-7, 5.0, 3),
+    ]
     with pytest.raises(Exception, match="learning_rate"):
-        load_config("tiny", ["method=spin", "spin.per_iteration=[{learning_rate: 2}]"]).spin.for_iteration(1)
+        load_config(
+            "tiny", ["method=spin", "spin.per_iteration=[{learning_rate: 2}]"]
+        ).spin.for_iteration(1)
 
 
 def test_a_spin_like_sgpo_variant_never_annotates():
@@ -127,8 +166,15 @@ def test_paper_presets_follow_the_paper():
         assert cfg.sft.max_length == cfg.improver_sft.max_length == cfg.dpo.max_length == 2048
         assert cfg.data.sft.turns == "all"  # SFT on whole UltraChat dialogues
         assert (cfg.data.prefs.path, cfg.data.prefs.split, cfg.data.prefs.preference_pairs) == (
-            "allenai/ultrafeedback_binarized_cleaned", "train_prefs", True)
-        assert (cfg.dpo_baseline.epochs, cfg.dpo_baseline.learning_rate, cfg.dpo_baseline.beta) == (1, 5e-7, 0.01)
+            "allenai/ultrafeedback_binarized_cleaned",
+            "train_prefs",
+            True,
+        )
+        assert (cfg.dpo_baseline.epochs, cfg.dpo_baseline.learning_rate, cfg.dpo_baseline.beta) == (
+            1,
+            5e-7,
+            0.01,
+        )
         assert cfg.spin.iterations == 1
     assert load_config("qwen2.5-7b").spin.learning_rate == 3e-7
     assert load_config("llama3-8b").spin.learning_rate == 5e-7
@@ -140,9 +186,14 @@ def test_set_like_fields_give_one_cache_key():
     from tasks import get_stage
 
     st = get_stage("improver_sft")
-    refs = {n: ArtifactRef(uri="u", kind="table", stage="s", cache_key="k", content_hash=n) for n in st.inputs}
-    keys = {st.cache_key(load_config("tiny", [f"improver_sft.targets={t}"]).improver_sft, refs)
-            for t in ("[imp,ext]", "[ext,imp]", "[ext,imp,ext]")}
+    refs = {
+        n: ArtifactRef(uri="u", kind="table", stage="s", cache_key="k", content_hash=n)
+        for n in st.inputs
+    }
+    keys = {
+        st.cache_key(load_config("tiny", [f"improver_sft.targets={t}"]).improver_sft, refs)
+        for t in ("[imp,ext]", "[ext,imp]", "[ext,imp,ext]")
+    }
     assert len(keys) == 1
 
 
@@ -154,7 +205,8 @@ def test_pairs_without_a_refiner_do_not_depend_on_one():
     ref = lambda h: ArtifactRef(uri="u", kind="model", stage="s", cache_key="k", content_hash=h)  # noqa: E731
     cfg = load_config("tiny", ["method=spin"]).pairs
     assert st.cache_key(cfg, {"policy": ref("p"), "data": ref("d")}) != st.cache_key(
-        cfg, {"policy": ref("p"), "data": ref("d"), "improver": ref("i")})
+        cfg, {"policy": ref("p"), "data": ref("d"), "improver": ref("i")}
+    )
     assert "improver" in st.optional_inputs
 
 
@@ -167,9 +219,13 @@ def _normalize(rows, **spec):
     return normalize_rows(rows, columns, DatasetSpec(path="x.jsonl", **spec))
 
 
-DIALOGUE = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-            {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Capital of France?"},
-            {"role": "assistant", "content": "Paris."}]
+DIALOGUE = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+]
 
 
 def test_a_multi_turn_chat_keeps_every_turn_before_its_final_answer():
@@ -177,51 +233,78 @@ def test_a_multi_turn_chat_keeps_every_turn_before_its_final_answer():
     assert dropped == 0 and len(rows) == 1
     r = rows[0]
     assert (r["prompt"], r["reference"]) == ("Capital of France?", "Paris.")
-    assert json.loads(r["messages"]) == DIALOGUE[:4]  # system + first exchange + the final user turn
+    assert (
+        json.loads(r["messages"]) == DIALOGUE[:4]
+    )  # system + first exchange + the final user turn
 
 
 def test_turns_all_makes_one_example_per_assistant_turn():
     rows, _ = _normalize([{"id": "a", "messages": DIALOGUE}], turns="all")
     assert [(r["prompt_id"], r["prompt"], r["reference"]) for r in rows] == [
-        ("a/0", "Hi", "Hello!"), ("a/1", "Capital of France?", "Paris.")]
+        ("a/0", "Hi", "Hello!"),
+        ("a/1", "Capital of France?", "Paris."),
+    ]
     assert json.loads(rows[0]["messages"]) == DIALOGUE[:2]
 
 
 def test_chats_without_a_usable_final_answer_are_dropped_and_counted():
-    bad = [{"messages": [{"role": "user", "content": "only a question"}]},
-           {"messages": [{"role": "assistant", "content": "no question"}]},
-           {"messages": "not a chat"},
-           {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "   "}]}]
+    bad = [
+        {"messages": [{"role": "user", "content": "only a question"}]},
+        {"messages": [{"role": "assistant", "content": "no question"}]},
+        {"messages": "not a chat"},
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "   "}]},
+    ]
     rows, dropped = _normalize(bad + [{"messages": DIALOGUE[1:3]}])
     assert dropped == 4 and [r["reference"] for r in rows] == ["Hello!"]
 
 
 def test_preference_pairs_from_chats_and_from_strings():
-    chat = {"prompt_id": "p1", "chosen": DIALOGUE, "rejected": DIALOGUE[:4] + [{"role": "assistant", "content": "Rome."}]}
-    other_prompt = {"prompt_id": "p2", "chosen": DIALOGUE,
-                    "rejected": [{"role": "user", "content": "Something else"}, {"role": "assistant", "content": "x"}]}
+    chat = {
+        "prompt_id": "p1",
+        "chosen": DIALOGUE,
+        "rejected": DIALOGUE[:4] + [{"role": "assistant", "content": "Rome."}],
+    }
+    other_prompt = {
+        "prompt_id": "p2",
+        "chosen": DIALOGUE,
+        "rejected": [
+            {"role": "user", "content": "Something else"},
+            {"role": "assistant", "content": "x"},
+        ],
+    }
     rows, dropped = _normalize([chat, other_prompt], preference_pairs=True)
     assert dropped == 1  # the two answers follow different conversations: not a pair
     (r,) = rows
-    assert (r["chosen"], r["rejected"], r["reference"], r["prompt"]) == ("Paris.", "Rome.", "Paris.", "Capital of France?")
+    assert (r["chosen"], r["rejected"], r["reference"], r["prompt"]) == (
+        "Paris.",
+        "Rome.",
+        "Paris.",
+        "Capital of France?",
+    )
     assert json.loads(r["messages"]) == DIALOGUE[:4]
-    rows, _ = _normalize([{"prompt": "2+2?", "chosen": "4", "rejected": "5"}], preference_pairs=True)
+    rows, _ = _normalize(
+        [{"prompt": "2+2?", "chosen": "4", "rejected": "5"}], preference_pairs=True
+    )
     assert (rows[0]["prompt"], rows[0]["chosen"], rows[0]["rejected"]) == ("2+2?", "4", "5")
 
 
 def test_the_dpo_baseline_trains_on_the_source_pairs_as_published(tmp_path):
     from sgpo.config.pipeline import StoreConfig
-    from sgpo.data.sources import BUNDLED_DIR
     from sgpo.core.stage import StageContext
+    from sgpo.data.sources import BUNDLED_DIR
     from tasks import get_stage
 
     cfg = load_config("tiny", ["method=dpo", "data.prefs.max_rows=null"])
     ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
     ref = get_stage("prepare").run(cfg.data.prefs, ctx, {})
     table = ctx.open_store().read_table(ref).to_pylist()
-    source = [json.loads(line) for line in (BUNDLED_DIR / "tiny_prefs" / "prefs.jsonl").read_text().splitlines()]
+    source = [
+        json.loads(line)
+        for line in (BUNDLED_DIR / "tiny_prefs" / "prefs.jsonl").read_text().splitlines()
+    ]
     assert [(r["chosen"], r["rejected"]) for r in table] == [
-        (s["chosen"][-1]["content"].strip(), s["rejected"][-1]["content"].strip()) for s in source]
+        (s["chosen"][-1]["content"].strip(), s["rejected"][-1]["content"].strip()) for s in source
+    ]
 
 
 def test_a_base_model_without_chat_template_needs_one_configured(tiny_model_dir):
@@ -230,13 +313,19 @@ def test_a_base_model_without_chat_template_needs_one_configured(tiny_model_dir)
 
     tok = load_tokenizer(tiny_model_dir)
     tok.chat_template = None
-    with pytest.raises(TrainingDataError, match=r"set sft.chat_template, e.g. sft.chat_template=chatml"):
+    with pytest.raises(
+        TrainingDataError, match=r"set sft.chat_template, e.g. sft.chat_template=chatml"
+    ):
         set_chat_template(tok, None)
     set_chat_template(tok, "chatml")
     assert tok.chat_template == NAMED_CHAT_TEMPLATES["chatml"]
-    text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
-                                   tokenize=False)
-    assert text == f"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>{tok.eos_token}\n"
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}], tokenize=False
+    )
+    assert (
+        text
+        == f"<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>{tok.eos_token}\n"
+    )
 
 
 # ------------------------------------------------------------------------------------ tiny judge
@@ -250,36 +339,57 @@ def test_the_rule_judge_scores_by_its_documented_rule():
     assert quality("hello hello", "Say hello") == pytest.approx(0.5 * 2 / 30 + 0.5 * 0.5)
     assert quality("", "Say hello") == 0.0
     a, b = long_answer, "hello hello"
-    assert p_first(a, b, "Say hello") == pytest.approx(1 - p_first(b, a, "Say hello"))  # order cannot matter
+    assert p_first(a, b, "Say hello") == pytest.approx(
+        1 - p_first(b, a, "Say hello")
+    )  # order cannot matter
 
 
-def test_two_different_policies_get_different_win_rates_and_the_shown_order_does_not_flip_them(tmp_path):
+def test_two_different_policies_get_different_win_rates_and_the_shown_order_does_not_flip_them(
+    tmp_path,
+):
     """Through the real judge (sgpo.evals.pairwise) and an embedded-style server answering with the rule."""
     from artifacts.store import ArtifactStore
     from sgpo.config.pipeline import PairJudgeConfig
+    from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
     from sgpo.evals.pairwise import PairJudge, judge_pairs
     from sgpo.llm.rule_judge import RuleJudgeBackend
     from sgpo.llm.server import build_app, running_server
-    from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
 
     prompts = [f"Describe topic number {i} in a few words" for i in range(12)]
     baseline = [f"topic {i} is a subject people describe" for i in range(12)]
-    careful = [f"Topic number {i} can be described in a few clear and distinct words here" for i in range(12)]
+    careful = [
+        f"Topic number {i} can be described in a few clear and distinct words here"
+        for i in range(12)
+    ]
     looping = ["the the the the the" for _ in range(12)]
     store = ArtifactStore(str(tmp_path))
 
     with running_server(build_app(RuleJudgeBackend(fallback=None), model_name="rule")) as url:
+
         def win_rate(answers, order_seed):
-            cfg = PairJudgeConfig.model_validate({"endpoint": {"base_url": url, "model": "rule"}, "top_logprobs": 2,
-                                                  "order_seed": order_seed})
-            results, _ = judge_pairs(list(zip(prompts, baseline, answers)), PairJudge.from_config(cfg), store=store)
-            return win_rate_metrics([r["preference"] for r in results])["win_rate"], [r["is_switched_outputs"] for r in results]
+            cfg = PairJudgeConfig.model_validate(
+                {
+                    "endpoint": {"base_url": url, "model": "rule"},
+                    "top_logprobs": 2,
+                    "order_seed": order_seed,
+                }
+            )
+            results, _ = judge_pairs(
+                list(zip(prompts, baseline, answers)), PairJudge.from_config(cfg), store=store
+            )
+            return win_rate_metrics([r["preference"] for r in results])["win_rate"], [
+                r["is_switched_outputs"] for r in results
+            ]
 
         careful_wr, order0 = win_rate(careful, 0)
         looping_wr, _ = win_rate(looping, 0)
         careful_swapped, order1 = win_rate(careful, 1)
-    assert careful_wr > 90 and looping_wr < 10  # the policies differ, and the rule says which is better
-    assert order0 != order1 and careful_swapped == pytest.approx(careful_wr)  # other display order, same result
+    assert (
+        careful_wr > 90 and looping_wr < 10
+    )  # the policies differ, and the rule says which is better
+    assert order0 != order1 and careful_swapped == pytest.approx(
+        careful_wr
+    )  # other display order, same result
 
 
 # ------------------------------------------------------------------------------------------ data checks
@@ -287,24 +397,43 @@ def test_data_checks_add_pairwise_stages_on_the_annotate_table_and_each_rounds_p
     dag, final, run = _dag("sgpo-step2", "checks.improved_data=true", "checks.refinement=true")
     checks = {label: inputs for label, inputs in dag.items() if label.startswith("pairwise[")}
     assert checks == {
-        "pairwise[imp_vs_policy]": {"table": "annotate"}, "pairwise[imp_vs_reference]": {"table": "annotate"},
-        "pairwise[refined_vs_policy]": {"table": "pairs[1]"}, "pairwise[refined_vs_reference]": {"table": "pairs[1]"},
+        "pairwise[imp_vs_policy]": {"table": "annotate"},
+        "pairwise[imp_vs_reference]": {"table": "annotate"},
+        "pairwise[refined_vs_policy]": {"table": "pairs[1]"},
+        "pairwise[refined_vs_reference]": {"table": "pairs[1]"},
         "pairwise[refined_vs_policy.r2]": {"table": "pairs[2]"},
         "pairwise[refined_vs_reference.r2]": {"table": "pairs[2]"},
     }
-    assert final == "dpo[2]" and run.index("judge") < run.index("pairwise")  # after the judge: it never delays it
-    assert not any(label.startswith("pairwise") for label in _dag("sgpo")[0])  # off by default: paid calls
+    assert final == "dpo[2]" and run.index("judge") < run.index(
+        "pairwise"
+    )  # after the judge: it never delays it
+    assert not any(
+        label.startswith("pairwise") for label in _dag("sgpo")[0]
+    )  # off by default: paid calls
 
 
 def test_a_data_check_is_judged_by_the_pipelines_judge_on_the_checks_columns():
     from flows.pipeline import recipe_section
 
-    cfg = load_config("tiny", ["checks.refinement=true", "checks.max_rows=5", "judge.endpoint.model=gpt-4-1106-preview",
-                               "judge.top_logprobs=7"])
+    cfg = load_config(
+        "tiny",
+        [
+            "checks.refinement=true",
+            "checks.max_rows=5",
+            "judge.endpoint.model=gpt-4-1106-preview",
+            "judge.top_logprobs=7",
+        ],
+    )
     sec = recipe_section(cfg, "checks[refined_vs_reference.r2]")
     assert (sec.name, sec.model_column, sec.baseline_column, sec.instruction_column) == (
-        "refined_vs_reference.r2", "chosen", "reference", "prompt")
-    assert sec.endpoint.model == "gpt-4-1106-preview" and sec.top_logprobs == 7 and sec.max_rows == 5
+        "refined_vs_reference.r2",
+        "chosen",
+        "reference",
+        "prompt",
+    )
+    assert (
+        sec.endpoint.model == "gpt-4-1106-preview" and sec.top_logprobs == 7 and sec.max_rows == 5
+    )
     imp = recipe_section(cfg, "checks[imp_vs_policy]")
     assert (imp.model_column, imp.baseline_column) == ("imp", "policy")
 
@@ -312,7 +441,9 @@ def test_a_data_check_is_judged_by_the_pipelines_judge_on_the_checks_columns():
 def test_data_checks_a_recipe_cannot_make_say_why():
     with pytest.raises(ConfigError, match="checks.improved_data: method dpo does not annotate"):
         plan(load_config("tiny", ["method=dpo", "checks.improved_data=true"]))
-    with pytest.raises(ConfigError, match="checks.refinement: method sgpo-diamond has no refined pairs"):
+    with pytest.raises(
+        ConfigError, match="checks.refinement: method sgpo-diamond has no refined pairs"
+    ):
         plan(load_config("tiny", ["method=sgpo-diamond", "checks.refinement=true"]))
     with pytest.raises(ConfigError, match="checks.refinement: method spin has no refined pairs"):
         plan(load_config("tiny", ["method=spin", "checks.refinement=true"]))

@@ -8,6 +8,7 @@ numbers one row, and the page logged no console error and fetched nothing from a
 Chromium is Debian's package; it is installed here if absent (apt-get) and the test skips, with
 the reason, only where that is impossible.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,11 +19,32 @@ from pathlib import Path
 
 import pytest
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
-EXPECTED_FIGURES = {"fig3_edit_vs_b", "fig4_edit_vs_a", "fig5_perplexity", "train_sft", "train_improver_sft",
-                    "train_dpo", "fig9_perplexity", "judge", "table1_improved_data", "fig8_refinement", "stages"}
-CHECKS = ["pairwise[imp_vs_policy]", "pairwise[imp_vs_reference]", "pairwise[refined_vs_policy]",
-          "pairwise[refined_vs_reference]"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+]
+EXPECTED_FIGURES = {
+    "fig3_edit_vs_b",
+    "fig4_edit_vs_a",
+    "fig5_perplexity",
+    "train_sft",
+    "train_improver_sft",
+    "train_dpo",
+    "fig9_perplexity",
+    "judge",
+    "table1_improved_data",
+    "fig8_refinement",
+    "stages",
+}
+CHECKS = [
+    "pairwise[imp_vs_policy]",
+    "pairwise[imp_vs_reference]",
+    "pairwise[refined_vs_policy]",
+    "pairwise[refined_vs_reference]",
+]
 # base_model, prepare x4, sft, sample, annotate, ppl_filter, improver_sft, pairs, dpo, judge, the 4 checks
 PIPELINE_STAGES = 13 + len(CHECKS)
 CHECK_OVERRIDES = ["checks.improved_data=true", "checks.refinement=true"]
@@ -34,18 +56,24 @@ def _chromium() -> str:
         return found
     if shutil.which("apt-get") and os.geteuid() == 0:
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=600)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, timeout=600
+        )
         found = shutil.which("chromium")
         if found:
             return found
-    pytest.skip("Chromium is not installed and cannot be installed here (needs root and apt-get: "
-                "`apt-get install -y chromium`)")
+    pytest.skip(
+        "Chromium is not installed and cannot be installed here (needs root and apt-get: "
+        "`apt-get install -y chromium`)"
+    )
 
 
 @pytest.fixture(scope="module")
 def browser():
     exe = _chromium()
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="the playwright package is not installed"
+    )
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS)
         yield b
@@ -58,8 +86,14 @@ def tiny_run(tmp_path_factory):
     from sgpo.config.pipeline import load_config
 
     work = tmp_path_factory.mktemp("report-run")
-    cfg = load_config("tiny", [f"store.url={work}/store", f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db",
-                               *CHECK_OVERRIDES])
+    cfg = load_config(
+        "tiny",
+        [
+            f"store.url={work}/store",
+            f"tracking.mlflow_uri=sqlite:///{work}/mlflow.db",
+            *CHECK_OVERRIDES,
+        ],
+    )
     return work, sgpo_pipeline(config=cfg)
 
 
@@ -110,23 +144,43 @@ def test_the_tiny_runs_report_renders_in_chromium(browser, tiny_run):
 def test_sgpo_report_writes_the_same_page_from_the_store(browser, tiny_run, tmp_path):
     work, report = tiny_run
     out = tmp_path / "copy.html"
-    done = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "report", f"{work}/store", "-o", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "sgpo.cli.main", "report", f"{work}/store", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "copied from" in done.stdout and report.report_uri in done.stdout
     page = _inspect(browser, out)
-    assert page["errors"] == [] and all(i["ok"] for i in page["images"]) and len(page["images"]) == len(EXPECTED_FIGURES)
+    assert (
+        page["errors"] == []
+        and all(i["ok"] for i in page["images"])
+        and len(page["images"]) == len(EXPECTED_FIGURES)
+    )
 
     # from the lineage of the final policy instead (no report artifact used): the same figures but
     # the judge (upstream of dpo there is no judge), statuses unknown
     out2 = tmp_path / "lineage.html"
-    done = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "report", report.final_policy, "-o", str(out2)],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "sgpo.cli.main", "report", report.final_policy, "-o", str(out2)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     page = _inspect(browser, out2)
     assert page["errors"] == [] and all(i["ok"] for i in page["images"])
-    assert set(page["figures"]) == EXPECTED_FIGURES - {"judge", "table1_improved_data", "fig8_refinement"}
-    assert len(page["stages"]) == PIPELINE_STAGES - 2 - len(CHECKS)  # without judge, its prepare[eval], the checks
+    assert set(page["figures"]) == EXPECTED_FIGURES - {
+        "judge",
+        "table1_improved_data",
+        "fig8_refinement",
+    }
+    assert len(page["stages"]) == PIPELINE_STAGES - 2 - len(
+        CHECKS
+    )  # without judge, its prepare[eval], the checks
 
 
 def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, tmp_path):
@@ -139,21 +193,49 @@ def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, 
 
     work, report = tiny_run
     shutil.copytree(work / "store", tmp_path / "store")
-    cfg = load_config("tiny", [f"store.url={tmp_path}/store", f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
-                               "method=no-ref", "checks.refinement=true"])
+    cfg = load_config(
+        "tiny",
+        [
+            f"store.url={tmp_path}/store",
+            f"tracking.mlflow_uri=sqlite:///{tmp_path}/mlflow.db",
+            "method=no-ref",
+            "checks.refinement=true",
+        ],
+    )
     no_ref = sgpo_pipeline(config=cfg)
     assert {s.stage: s.status for s in no_ref.stages}["improver_sft"] == "cached"
     out = tmp_path / "two.html"
-    done = subprocess.run([sys.executable, "-m", "sgpo.cli.main", "report", report.report_uri, no_ref.report_uri, "-o", str(out)],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sgpo.cli.main",
+            "report",
+            report.report_uri,
+            no_ref.report_uri,
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     page = _inspect(browser, out)
     assert page["errors"] == [] and page["remote"] == [], page
     assert page["images"] and all(i["ok"] for i in page["images"]), page["images"]
     assert "fig10_refinement_by_run" in page["figures"]
     rows = page["comparison"]
-    assert len(rows) == 2 and "no-ref" in rows[1][0] and "No-Ref" in rows[1][0] and "no-ref" not in rows[0][0]
-    assert rows[0][4].startswith(f"{report.judge['win_rate']:.2f}") and rows[1][4].startswith(f"{no_ref.judge['win_rate']:.2f}")
+    assert (
+        len(rows) == 2
+        and "no-ref" in rows[1][0]
+        and "No-Ref" in rows[1][0]
+        and "no-ref" not in rows[0][0]
+    )
+    assert rows[0][4].startswith(f"{report.judge['win_rate']:.2f}") and rows[1][4].startswith(
+        f"{no_ref.judge['win_rate']:.2f}"
+    )
     one, two = page["sections"]
     assert set(one["figures"]) == EXPECTED_FIGURES and one["stages"] == PIPELINE_STAGES
     assert "fig8_refinement" in two["figures"] and "table1_improved_data" not in two["figures"]

@@ -1,5 +1,6 @@
 """The `sapo` stage: the tiny SAPO-DPO and SAPO-ORPO recipes through the stage, and a kill -9 of the
 stage mid-training that resumes from its checkpoints to the same final state as an uninterrupted run."""
+
 from __future__ import annotations
 
 import os
@@ -34,33 +35,77 @@ def test_the_sapo_stage_publishes_policy_ema_and_buffer(tmp_path, loss):
     cfg, ctx, policy, data = _inputs(tmp_path / "store", f"method=sapo-{loss}")
     ref = get_stage("sapo").run(cfg.sapo, ctx, {"policy": policy, "data": data})
     folder = Path(ref.uri.removeprefix("file://"))
-    assert (folder / "model" / "model.safetensors").is_file() and (folder / "model" / "ema" / "model.safetensors").is_file()
+    assert (folder / "model" / "model.safetensors").is_file() and (
+        folder / "model" / "ema" / "model.safetensors"
+    ).is_file()
     buffer = pq.read_table(folder / "buffer.parquet").to_pylist()
-    assert len(buffer) == ref.summary["buffer_size"] == 16  # 16 rows, one rejected each, capacity 64
-    assert sum(b["uses"] for b in buffer) == 4 * 4  # 4 steps (16 rows / batch 4, 1 epoch), 4 draws each
-    assert ref.summary["steps"] == 4 and {"prompt", "chosen_text", "rejected_text", "cut", "step"} <= set(buffer[0])
+    assert (
+        len(buffer) == ref.summary["buffer_size"] == 16
+    )  # 16 rows, one rejected each, capacity 64
+    assert (
+        sum(b["uses"] for b in buffer) == 4 * 4
+    )  # 4 steps (16 rows / batch 4, 1 epoch), 4 draws each
+    assert ref.summary["steps"] == 4 and {
+        "prompt",
+        "chosen_text",
+        "rejected_text",
+        "cut",
+        "step",
+    } <= set(buffer[0])
     manifest = ctx.open_store().read_manifest(ref)
-    assert manifest["loss"] == loss and manifest["parents"]["data"]["content_hash"] == data.content_hash
+    assert (
+        manifest["loss"] == loss
+        and manifest["parents"]["data"]["content_hash"] == data.content_hash
+    )
     # the report's SAPO figures come from this artifact: per-step curves in the manifest, the buffer beside it
-    assert [h["step"] for h in manifest["train_history"]] == [1, 2, 3, 4] and "loss" in manifest["train_history"][0]
+    assert [h["step"] for h in manifest["train_history"]] == [1, 2, 3, 4] and "loss" in manifest[
+        "train_history"
+    ][0]
     from sgpo.report.figures import RunArtifacts, StageEntry, make_figures
     from sgpo.report.html import side_rows_reader, table_reader
 
-    entry = StageEntry(label="sapo", stage="sapo", uri=ref.uri, content_hash=ref.content_hash, summary=ref.summary,
-                       manifest=manifest)
-    figs = {f.id: f for f in make_figures(RunArtifacts([entry], table_reader(), read_side_rows=side_rows_reader()))}
+    entry = StageEntry(
+        label="sapo",
+        stage="sapo",
+        uri=ref.uri,
+        content_hash=ref.content_hash,
+        summary=ref.summary,
+        manifest=manifest,
+    )
+    figs = {
+        f.id: f
+        for f in make_figures(
+            RunArtifacts([entry], table_reader(), read_side_rows=side_rows_reader())
+        )
+    }
     assert figs["train_sapo"].missing is None and figs["train_sapo"].counts["loss"] == 4
     assert figs["sapo_buffer"].missing is None and figs["sapo_buffer"].counts["n"] == 16
     # a second run is the cached artifact
-    assert get_stage("sapo").run(cfg.sapo, ctx.model_copy(update={"run_id": "other"}), {"policy": policy, "data": data}) == ref
+    assert (
+        get_stage("sapo").run(
+            cfg.sapo, ctx.model_copy(update={"run_id": "other"}), {"policy": policy, "data": data}
+        )
+        == ref
+    )
 
 
 def test_a_killed_sapo_stage_resumes_to_the_state_of_an_uninterrupted_run(tmp_path):
     import pyarrow.parquet as pq
 
     _, _, policy, data = _inputs(tmp_path / "killed", *LONGER)
-    args = [sys.executable, "-m", "tasks.sapo", "tiny", f"store.url={tmp_path / 'killed'}", "tracking.enabled=false",
-            *LONGER, "--policy", policy.uri, "--data", data.uri]
+    args = [
+        sys.executable,
+        "-m",
+        "tasks.sapo",
+        "tiny",
+        f"store.url={tmp_path / 'killed'}",
+        "tracking.enabled=false",
+        *LONGER,
+        "--policy",
+        policy.uri,
+        "--data",
+        data.uri,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect")}
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     checkpoints = tmp_path / "killed" / "sapo"
@@ -69,7 +114,9 @@ def test_a_killed_sapo_stage_resumes_to_the_state_of_an_uninterrupted_run(tmp_pa
         if list(checkpoints.glob("*/_work/checkpoints/step-*/complete.json")):
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before a checkpoint could be killed: " + proc.stderr.read().decode()[-2000:]
+    assert proc.poll() is None, (
+        "the run ended before a checkpoint could be killed: " + proc.stderr.read().decode()[-2000:]
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not list(checkpoints.glob("*/manifest.json"))  # nothing looks finished
@@ -83,7 +130,13 @@ def test_a_killed_sapo_stage_resumes_to_the_state_of_an_uninterrupted_run(tmp_pa
 
     cfg, ctx, policy2, data2 = _inputs(tmp_path / "clean", *LONGER)
     clean = get_stage("sapo").run(cfg.sapo, ctx, {"policy": policy2, "data": data2})
-    assert clean.summary["resumed_from_step"] is None and clean.summary["steps"] == ref.summary["steps"] == 24
+    assert (
+        clean.summary["resumed_from_step"] is None
+        and clean.summary["steps"] == ref.summary["steps"] == 24
+    )
     assert clean.content_hash == ref.content_hash  # policy and EMA weights, byte for byte
-    buffers = [pq.read_table(Path(r.uri.removeprefix("file://")) / "buffer.parquet").to_pylist() for r in (ref, clean)]
+    buffers = [
+        pq.read_table(Path(r.uri.removeprefix("file://")) / "buffer.parquet").to_pylist()
+        for r in (ref, clean)
+    ]
     assert buffers[0] == buffers[1]  # entries and use counts

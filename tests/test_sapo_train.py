@@ -1,4 +1,5 @@
 """Tiny end-to-end SAPO runs (DPO, ORPO, reference strategies, ablations) and kill / resume."""
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = dict(epochs=1, batch_size=4, max_prompt_length=96, max_length=160, segment_length=16, buffer_capacity=12,
-            checkpoint_every=2, logging_steps=1, generation_batch_size=8,
-            dpo={"learning_rate": 1e-4}, orpo={"learning_rate": 1e-4, "warmup_steps": 0})
+TINY = dict(
+    epochs=1,
+    batch_size=4,
+    max_prompt_length=96,
+    max_length=160,
+    segment_length=16,
+    buffer_capacity=12,
+    checkpoint_every=2,
+    logging_steps=1,
+    generation_batch_size=8,
+    dpo={"learning_rate": 1e-4},
+    orpo={"learning_rate": 1e-4, "warmup_steps": 0},
+)
 
 
 def tiny_rows(n: int = 12) -> list:
@@ -34,9 +45,15 @@ def run(tiny_model_dir, tmp_path, name="run", **overrides):
     torch.set_num_threads(1)
     cfg = SAPOConfig(**{**TINY, **overrides})
     logged = []
-    result = train_sapo(str(tiny_model_dir), tiny_rows(), cfg, out_dir=tmp_path / name / "policy",
-                        ema_out_dir=tmp_path / name / "ema", checkpoint_url=str(tmp_path / name / "ckpt"),
-                        on_metrics=lambda step, m: logged.append((step, m)))
+    result = train_sapo(
+        str(tiny_model_dir),
+        tiny_rows(),
+        cfg,
+        out_dir=tmp_path / name / "policy",
+        ema_out_dir=tmp_path / name / "ema",
+        checkpoint_url=str(tmp_path / name / "ckpt"),
+        on_metrics=lambda step, m: logged.append((step, m)),
+    )
     return result, logged, tmp_path / name
 
 
@@ -52,11 +69,24 @@ def test_dpo_end_to_end(tiny_model_dir, tmp_path):
     assert result.buffer_size == 12 and result.buffer_mean_uses == pytest.approx(1.0)
     assert [s for s, _ in logged] == [1, 2, 3]
     m = logged[-1][1]
-    for key in ("loss", "rewards/margins", "rewards/accuracies", "ema_updates", "buffer_size", "buffer_mean_uses",
-                "time/generation_s", "time/training_s", "time/ema_s", "time/checkpoint_s", "learning_rate"):
+    for key in (
+        "loss",
+        "rewards/margins",
+        "rewards/accuracies",
+        "ema_updates",
+        "buffer_size",
+        "buffer_mean_uses",
+        "time/generation_s",
+        "time/training_s",
+        "time/ema_s",
+        "time/checkpoint_s",
+        "learning_rate",
+    ):
         assert key in m, key
     assert m["rewards/margins"] != 0.0  # the policy moved away from its (EMA) reference
-    assert (folder / "policy" / "model.safetensors").exists() and (folder / "ema" / "model.safetensors").exists()
+    assert (folder / "policy" / "model.safetensors").exists() and (
+        folder / "ema" / "model.safetensors"
+    ).exists()
     assert not list((folder / "policy").glob("*.bin"))
     ck = final_checkpoint(folder)
     table = ck.buffer_table.to_pylist()
@@ -67,15 +97,19 @@ def test_dpo_end_to_end(tiny_model_dir, tmp_path):
         assert r["segment_tokens"] == min(16, len(r["chosen_ids"]))
         assert r["segment_adapted"] == (len(r["chosen_ids"]) < 16)
         if not r["ended_at_eos"]:
-            tail = r["chosen_ids"][r["cut"] + r["segment_tokens"]:]
-            assert r["rejected_ids"][len(r["rejected_ids"]) - len(tail):] == tail
+            tail = r["chosen_ids"][r["cut"] + r["segment_tokens"] :]
+            assert r["rejected_ids"][len(r["rejected_ids"]) - len(tail) :] == tail
         else:
             assert r["rejected_ids"][-1] == 2  # the tiny tokenizer's EOS ends A + B'
 
 
 def test_orpo_end_to_end(tiny_model_dir, tmp_path):
-    result, logged, folder = run(tiny_model_dir, tmp_path, loss="orpo", rejected_per_prompt=2, buffer_capacity=16)
-    assert result.steps == 3 and result.buffer_size == 16  # 3 steps x 4 rows x 2 rejected, FIFO at 16
+    result, logged, folder = run(
+        tiny_model_dir, tmp_path, loss="orpo", rejected_per_prompt=2, buffer_capacity=16
+    )
+    assert (
+        result.steps == 3 and result.buffer_size == 16
+    )  # 3 steps x 4 rows x 2 rejected, FIFO at 16
     m = logged[-1][1]
     assert {"loss", "log_odds_ratio", "log_odds_chosen", "nll_loss"} <= set(m)
     assert final_checkpoint(folder).reference is None  # ORPO has no reference model
@@ -89,12 +123,26 @@ def test_reference_strategies(tiny_model_dir, tmp_path):
 
     cfg = SAPOConfig(**TINY)
     models = _load_models(cfg, str(tiny_model_dir), torch.device("cpu"), False)
-    assert models.reference is models.ema and not models.reference_is_copy  # ema: the EMA model itself
-    fixed = _load_models(cfg.model_copy(update={"reference": "fixed"}), str(tiny_model_dir), torch.device("cpu"), False)
+    assert (
+        models.reference is models.ema and not models.reference_is_copy
+    )  # ema: the EMA model itself
+    fixed = _load_models(
+        cfg.model_copy(update={"reference": "fixed"}),
+        str(tiny_model_dir),
+        torch.device("cpu"),
+        False,
+    )
     assert fixed.reference is not fixed.ema and not fixed.reference_is_copy
 
     # policy, K = 2: at step 2 the reference is a copy of the policy (checkpoint written at step 2)
-    run(tiny_model_dir, tmp_path, "policy", reference="policy", reference_update_every=2, max_steps=2)
+    run(
+        tiny_model_dir,
+        tmp_path,
+        "policy",
+        reference="policy",
+        reference_update_every=2,
+        max_steps=2,
+    )
     ck = final_checkpoint(tmp_path / "policy")
     assert ck.step == 2 and ck.state["reference_updates"] == 1
     assert all(torch.equal(ck.reference[k], ck.policy[k]) for k in ck.policy)
@@ -115,7 +163,7 @@ def test_ablations_on_policy_and_whole_answer(tiny_model_dir, tmp_path):
 
 # --------------------------------------------------------------------------- kill / resume
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import json, sys, time, torch
     torch.set_num_threads(1)
     sys.path.insert(0, {repo!r})
@@ -131,16 +179,23 @@ SCRIPT = textwrap.dedent('''
         print("RESUMED_FROM", r.resumed_from_step)
     except SAPOInterrupted as e:
         print("INTERRUPTED", e); sys.exit(3)
-''')
+""")
 
 
 def _start(script: Path, folder: Path, delay: float) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, str(script), str(folder), str(delay)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(script), str(folder), str(delay)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
-def _wait_for_checkpoint(folder: Path, at_least: int, proc: subprocess.Popen, timeout: float = 180) -> int:
+def _wait_for_checkpoint(
+    folder: Path, at_least: int, proc: subprocess.Popen, timeout: float = 180
+) -> int:
     from sgpo.train.sapo.checkpoint import complete_steps
 
     deadline = time.time() + timeout
@@ -162,8 +217,14 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, t
     # 3 epochs of 3 steps = 9 steps, checkpoints every 2 steps, keep 2
     cfg = {**TINY, "epochs": 3, "checkpoint_every": 2}
     script = tmp_path / "sapo_run.py"
-    script.write_text(SCRIPT.format(repo=str(REPO), rows=str(REPO / "sgpo/data/bundled/tiny/sft.jsonl"),
-                                    cfg=json.dumps(cfg), model=str(tiny_model_dir)))
+    script.write_text(
+        SCRIPT.format(
+            repo=str(REPO),
+            rows=str(REPO / "sgpo/data/bundled/tiny/sft.jsonl"),
+            cfg=json.dumps(cfg),
+            model=str(tiny_model_dir),
+        )
+    )
     whole, parts = tmp_path / "whole", tmp_path / "parts"
 
     p = _start(script, whole, 0.0)
@@ -192,10 +253,15 @@ def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, t
         assert sa.keys() == sb.keys()
         assert all(torch.equal(sa[k], sb[k]) for k in sa), name
     assert a.buffer_table.equals(b.buffer_table)
-    assert all(torch.equal(a.optimizer["state"][i][k], b.optimizer["state"][i][k])
-               for i in a.optimizer["state"] for k in a.optimizer["state"][i])
+    assert all(
+        torch.equal(a.optimizer["state"][i][k], b.optimizer["state"][i][k])
+        for i in a.optimizer["state"]
+        for k in a.optimizer["state"][i]
+    )
     assert a.scheduler == b.scheduler
-    assert {k: a.state[k] for k in ("step", "ema_updates")} == {k: b.state[k] for k in ("step", "ema_updates")}
+    assert {k: a.state[k] for k in ("step", "ema_updates")} == {
+        k: b.state[k] for k in ("step", "ema_updates")
+    }
 
 
 def test_micro_batches_give_the_same_dpo_step(tiny_model_dir, tmp_path):

@@ -1,5 +1,6 @@
 """SAPO building blocks on hand-checkable numbers: cuts, splices, buffer, EMA, references,
 validation, and the pickle-free checkpoint pieces."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,8 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer
 from sgpo.config.sapo import SAPOConfig, SAPOConfigError
+from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer
 from sgpo.train.sapo.ema import ema_due, ema_value, reference_refresh_due, reference_source
 from sgpo.train.sapo.segment import Cut, plan_cut, splice_rejected, truncate_pair
 
@@ -29,7 +30,9 @@ def test_cut_positions_cover_exactly_the_allowed_range():
 
 def test_cut_adapts_to_short_answers():
     rng = random.Random(0)
-    assert plan_cut(3, 4, rng) == Cut(0, 3, True)  # shorter than |B|: B is the whole answer, recorded
+    assert plan_cut(3, 4, rng) == Cut(
+        0, 3, True
+    )  # shorter than |B|: B is the whole answer, recorded
     assert plan_cut(4, 4, rng) == Cut(0, 4, False)  # exactly |B|
     assert plan_cut(6, 4, rng, min_tail=3) == Cut(0, 4, False)  # no room for a tail: cut at 0
     assert plan_cut(8, 4, rng, min_tail=3) in (Cut(0, 4, False), Cut(1, 4, False))
@@ -48,7 +51,18 @@ def test_splice_a_b_prime_c():
     rejected, ended = splice_rejected(answer, cut, [31, 32, 33], EOS)
     assert rejected == [11, 12, 31, 32, 33, 16, 17, 18, 19, EOS] and not ended
     # the generator's extra tokens beyond |B| are dropped
-    assert splice_rejected(answer, cut, [31, 32, 33, 34, 35], EOS)[0] == [11, 12, 31, 32, 33, 16, 17, 18, 19, EOS]
+    assert splice_rejected(answer, cut, [31, 32, 33, 34, 35], EOS)[0] == [
+        11,
+        12,
+        31,
+        32,
+        33,
+        16,
+        17,
+        18,
+        19,
+        EOS,
+    ]
 
 
 def test_splice_a_b_prime_when_b_prime_ends_the_answer():
@@ -57,7 +71,9 @@ def test_splice_a_b_prime_when_b_prime_ends_the_answer():
     assert rejected == [11, 12, 31, EOS] and ended  # y- = A + B', C dropped
     # EOS right after |B| tokens is not part of B'
     assert splice_rejected(answer, Cut(2, 3, False), [31, 32, 33, EOS], EOS) == (
-        [11, 12, 31, 32, 33, 16, 17, 18, 19, EOS], False)
+        [11, 12, 31, 32, 33, 16, 17, 18, 19, EOS],
+        False,
+    )
 
 
 def test_truncation_keeps_prompt_end_and_answer_start():
@@ -71,8 +87,19 @@ def test_truncation_keeps_prompt_end_and_answer_start():
 
 
 def entry(i: int, uses: int = 0) -> BufferEntry:
-    return BufferEntry(prompt="[]", prompt_ids=[1], chosen_ids=[i, EOS], rejected_ids=[i + 100, EOS], cut=0,
-                       segment_tokens=1, segment_adapted=False, ended_at_eos=False, step=i, entry_id=i, uses=uses)
+    return BufferEntry(
+        prompt="[]",
+        prompt_ids=[1],
+        chosen_ids=[i, EOS],
+        rejected_ids=[i + 100, EOS],
+        cut=0,
+        segment_tokens=1,
+        segment_adapted=False,
+        ended_at_eos=False,
+        step=i,
+        entry_id=i,
+        uses=uses,
+    )
 
 
 def test_buffer_is_fifo():
@@ -176,7 +203,11 @@ def test_reference_strategies_schedules():
     assert [s for s in steps if reference_refresh_due("ema", s, 4)] == [4, 8]
     assert not any(reference_refresh_due("ema", s, 1) for s in steps)  # the EMA model itself
     assert not any(reference_refresh_due("fixed", s, 1) for s in steps)
-    assert (reference_source("ema"), reference_source("policy"), reference_source("fixed")) == ("ema", "policy", None)
+    assert (reference_source("ema"), reference_source("policy"), reference_source("fixed")) == (
+        "ema",
+        "policy",
+        None,
+    )
 
 
 # --------------------------------------------------------------------------- validation
@@ -184,8 +215,13 @@ def test_reference_strategies_schedules():
 
 def test_config_defaults_are_the_papers():
     cfg = SAPOConfig()
-    assert (cfg.max_prompt_length, cfg.max_length, cfg.epochs, cfg.segment_length, cfg.buffer_capacity) == (
-        1792, 2048, 4, 256, 2000)
+    assert (
+        cfg.max_prompt_length,
+        cfg.max_length,
+        cfg.epochs,
+        cfg.segment_length,
+        cfg.buffer_capacity,
+    ) == (1792, 2048, 4, 256, 2000)
     assert (cfg.ema_alpha, cfg.ema_every, cfg.reference, cfg.loss) == (0.5, 2, "ema", "dpo")
     assert (cfg.dpo.beta, cfg.dpo.learning_rate, cfg.dpo.optimizer) == (0.1, 5e-7, "rmsprop")
     assert (cfg.orpo.lam, cfg.orpo.learning_rate, cfg.orpo.optimizer) == (0.05, 5e-6, "adamw_torch")
@@ -194,9 +230,18 @@ def test_config_defaults_are_the_papers():
 def test_runtime_fields_are_marked():
     from sgpo.config.pipeline import NOT_IN_CACHE_KEY
 
-    runtime = {n for n, f in SAPOConfig.model_fields.items()
-               if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get(NOT_IN_CACHE_KEY)}
-    assert runtime == {"generation_batch_size", "micro_batch_size", "checkpoint_every", "keep_checkpoints", "logging_steps"}
+    runtime = {
+        n
+        for n, f in SAPOConfig.model_fields.items()
+        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get(NOT_IN_CACHE_KEY)
+    }
+    assert runtime == {
+        "generation_batch_size",
+        "micro_batch_size",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "logging_steps",
+    }
     assert all(f.description for f in SAPOConfig.model_fields.values())
 
 
@@ -219,14 +264,19 @@ def test_segment_length_may_exceed_max_length_when_not_segmenting():
 
 
 def test_dataset_errors_name_the_key(tiny_model_dir):
-    from sgpo.train.sapo.loop import tokenize_rows
     from sgpo.models.tinykit import load_tokenizer
+    from sgpo.train.sapo.loop import tokenize_rows
 
     tok = load_tokenizer(tiny_model_dir)
-    cfg = SAPOConfig(max_prompt_length=64, max_length=128, segment_length=16, batch_size=2, buffer_capacity=4)
+    cfg = SAPOConfig(
+        max_prompt_length=64, max_length=128, segment_length=16, batch_size=2, buffer_capacity=4
+    )
     with pytest.raises(SAPOConfigError, match="^rows: the dataset is empty"):
         tokenize_rows([], tok, cfg)
-    rows = [([{"role": "user", "content": "hi"}], "hello"), ([{"role": "user", "content": "hi"}], "")]
+    rows = [
+        ([{"role": "user", "content": "hi"}], "hello"),
+        ([{"role": "user", "content": "hi"}], ""),
+    ]
     with pytest.raises(SAPOConfigError, match=r"^rows\[1\]\.chosen: .*shorter than one token"):
         tokenize_rows(rows, tok, cfg)
     ex = tokenize_rows(rows[:1], tok, cfg)[0]
@@ -238,7 +288,9 @@ def test_train_sapo_validates_before_loading_anything(tmp_path):
 
     missing = str(tmp_path / "no-model-here")  # nothing is loaded before these checks
     kw = dict(out_dir=tmp_path / "out", checkpoint_url=str(tmp_path / "ckpt"))
-    cfg = SAPOConfig(max_prompt_length=64, max_length=128, segment_length=16, batch_size=2, buffer_capacity=4)
+    cfg = SAPOConfig(
+        max_prompt_length=64, max_length=128, segment_length=16, batch_size=2, buffer_capacity=4
+    )
     with pytest.raises(SAPOConfigError, match="^rows: the dataset is empty"):
         train_sapo(missing, [], cfg, **kw)
     # a config built without validation (e.g. model_construct) is still checked
@@ -261,8 +313,11 @@ def test_optimizer_state_round_trips_through_safetensors_and_json(opt_name):
     torch.set_num_threads(1)
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 2)
-    make = (lambda ps: torch.optim.AdamW(ps, lr=0.1, betas=(0.8, 0.9))) if opt_name == "adamw" else (
-        lambda ps: torch.optim.RMSprop(ps, lr=0.1))
+    make = (
+        (lambda ps: torch.optim.AdamW(ps, lr=0.1, betas=(0.8, 0.9)))
+        if opt_name == "adamw"
+        else (lambda ps: torch.optim.RMSprop(ps, lr=0.1))
+    )
     opt = make(model.parameters())
     for _ in range(2):
         model(torch.randn(4, 3)).sum().backward()
@@ -293,7 +348,13 @@ def test_rng_states_round_trip():
 
 
 def test_only_complete_checkpoints_count(tmp_path):
-    from sgpo.train.sapo.checkpoint import MARKER, complete_steps, latest_checkpoint, prune_checkpoints, step_folder
+    from sgpo.train.sapo.checkpoint import (
+        MARKER,
+        complete_steps,
+        latest_checkpoint,
+        prune_checkpoints,
+        step_folder,
+    )
 
     url = str(tmp_path / "ckpt")
     for step, complete in [(2, True), (4, True), (6, True), (8, False)]:
@@ -305,7 +366,11 @@ def test_only_complete_checkpoints_count(tmp_path):
     assert complete_steps(url) == [2, 4, 6]
     assert latest_checkpoint(url).endswith("step-00000006")  # step 8 was half written
     prune_checkpoints(url, keep=2)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-00000004", "step-00000006", "step-00000008"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "step-00000004",
+        "step-00000006",
+        "step-00000008",
+    ]
     assert latest_checkpoint(str(tmp_path / "nothing")) is None
 
 
@@ -313,7 +378,12 @@ def test_checkpoint_round_trip_on_s3(s3_endpoint):
     """The same checkpoint code on real S3 protocol (moto): marker last, latest found, state back."""
     import torch
 
-    from sgpo.train.sapo.checkpoint import complete_steps, latest_checkpoint, load_checkpoint, save_checkpoint
+    from sgpo.train.sapo.checkpoint import (
+        complete_steps,
+        latest_checkpoint,
+        load_checkpoint,
+        save_checkpoint,
+    )
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -328,14 +398,30 @@ def test_checkpoint_round_trip_on_s3(s3_endpoint):
         buf.push(entry(i, uses=i))
     url, so = "s3://sgpo-test/sapo-ckpt", {"endpoint_url": s3_endpoint}
     for step in (2, 4, 6):
-        save_checkpoint(url, step, policy=policy, ema=ema, reference=None, optimizer=opt, scheduler=sched, buffer=buf,
-                        state={"ema_updates": step // 2}, keep=2, storage_options=so)
+        save_checkpoint(
+            url,
+            step,
+            policy=policy,
+            ema=ema,
+            reference=None,
+            optimizer=opt,
+            scheduler=sched,
+            buffer=buf,
+            state={"ema_updates": step // 2},
+            keep=2,
+            storage_options=so,
+        )
     assert complete_steps(url, so) == [4, 6]
     ck = load_checkpoint(latest_checkpoint(url, so), so)
     assert ck.step == 6 and ck.state["ema_updates"] == 3 and ck.reference is None
     assert all(torch.equal(ck.policy[k], v) for k, v in policy.state_dict().items())
-    assert ReplayBuffer.from_table(ck.buffer_table, 4, ck.state["buffer_pushed"]).snapshot() == buf.snapshot()
+    assert (
+        ReplayBuffer.from_table(ck.buffer_table, 4, ck.state["buffer_pushed"]).snapshot()
+        == buf.snapshot()
+    )
     fresh = torch.optim.RMSprop(policy.parameters(), lr=0.1)
     fresh.load_state_dict(ck.optimizer)
-    assert torch.equal(fresh.state_dict()["state"][0]["square_avg"], opt.state_dict()["state"][0]["square_avg"])
+    assert torch.equal(
+        fresh.state_dict()["state"][0]["square_avg"], opt.state_dict()["state"][0]["square_avg"]
+    )
     assert ck.scheduler["last_epoch"] == 1

@@ -2,6 +2,7 @@
 layering rules (no stage imports another, no import circles, config does not import the client).
 
 No model, no Prefect run: these are checks on the declarations themselves."""
+
 from __future__ import annotations
 
 import ast
@@ -13,8 +14,8 @@ import pytest
 from pydantic import BaseModel
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import NOT_IN_CACHE_KEY, load_config
 from sgpo.config.evaluation import EvaluationConfig, PairwiseConfig
+from sgpo.config.pipeline import NOT_IN_CACHE_KEY, load_config
 from tasks import ALL_STAGES, EVALUATION_STAGES, PIPELINE_STAGES, get_stage
 from tasks.report import ReportConfig
 
@@ -52,11 +53,29 @@ def test_every_stage_is_declared_with_its_inputs_and_section():
         st = get_stage(name)
         assert (st.name, st.inputs, st.section) == (name, inputs, section), name
     # the GPU stages are those that run a model (the CUDA pool serves them); the LLM stages are those that call one
-    assert {n for n in ALL_STAGES if get_stage(n).gpu} == {"sft", "sample", "ppl_filter", "improver_sft", "pairs", "dpo",
-                                                           "sapo", "judge", "alpaca_eval_generate", "arena_hard_generate",
-                                                           "mt_bench_generate", "lm_eval"}
-    assert {n for n in ALL_STAGES if get_stage(n).llm} == {"annotate", "judge", "alpaca_eval_judge", "arena_hard_judge",
-                                                             "pairwise", "mt_bench_judge", "testbed_report"}
+    assert {n for n in ALL_STAGES if get_stage(n).gpu} == {
+        "sft",
+        "sample",
+        "ppl_filter",
+        "improver_sft",
+        "pairs",
+        "dpo",
+        "sapo",
+        "judge",
+        "alpaca_eval_generate",
+        "arena_hard_generate",
+        "mt_bench_generate",
+        "lm_eval",
+    }
+    assert {n for n in ALL_STAGES if get_stage(n).llm} == {
+        "annotate",
+        "judge",
+        "alpaca_eval_judge",
+        "arena_hard_judge",
+        "pairwise",
+        "mt_bench_judge",
+        "testbed_report",
+    }
     assert get_stage("alpaca_eval_generate").params == ("model_name",)
 
 
@@ -108,13 +127,17 @@ def _module_graph() -> dict[str, set[str]]:
         for path in (REPO / folder).rglob("*.py"):
             mod = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
             deps = set()
-            for node in ast.parse(path.read_text()).body:  # top level only: function-level imports run later
+            for node in ast.parse(
+                path.read_text()
+            ).body:  # top level only: function-level imports run later
                 names = []
                 if isinstance(node, ast.Import):
                     names = [a.name for a in node.names]
                 elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                     names = [node.module]
-                deps.update(n for n in names if n.split(".")[0] in ("sgpo", "artifacts", "tasks", "flows"))
+                deps.update(
+                    n for n in names if n.split(".")[0] in ("sgpo", "artifacts", "tasks", "flows")
+                )
             graph[mod] = deps
     return graph
 
@@ -125,7 +148,9 @@ def test_no_import_circles():
     def visit(mod: str, stack: list[str]) -> None:
         for dep in graph.get(mod, ()):
             if dep in stack:
-                raise AssertionError("import circle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError(
+                    "import circle: " + " -> ".join(stack[stack.index(dep) :] + [dep])
+                )
             visit(dep, stack + [dep])
 
     for mod in graph:
@@ -134,7 +159,9 @@ def test_no_import_circles():
 
 # ----------------------------------------------------------------------------------- cache keys
 def _ref(name: str, h: str) -> ArtifactRef:
-    return ArtifactRef(uri=f"file:///x/{name}", kind="table", stage=name, cache_key="k", content_hash=h)
+    return ArtifactRef(
+        uri=f"file:///x/{name}", kind="table", stage=name, cache_key="k", content_hash=h
+    )
 
 
 def _sections() -> dict[str, BaseModel]:
@@ -142,19 +169,39 @@ def _sections() -> dict[str, BaseModel]:
     cfg = load_config("tiny")
     ev = EvaluationConfig(pairwise=[PairwiseConfig(name="imp_vs_b", table="file:///x/annotate")])
     return {
-        "prepare": cfg.data.po, "base_model": cfg.model, "sft": cfg.sft, "sample": cfg.sample,
-        "annotate": cfg.annotate, "ppl_filter": cfg.ppl_filter, "improver_sft": cfg.improver_sft,
-        "pairs": cfg.pairs, "dpo": cfg.dpo, "judge": cfg.judge, "sapo": cfg.sapo, "testbed_report": cfg.judge,
-        "alpaca_eval_generate": ev.alpaca_eval, "alpaca_eval_judge": ev.alpaca_eval,
-        "arena_hard_generate": ev.arena_hard, "arena_hard_judge": ev.arena_hard, "pairwise": ev.pairwise[0],
-        "mt_bench_generate": ev.mt_bench, "mt_bench_judge": ev.mt_bench, "lm_eval": ev.lm_eval,
+        "prepare": cfg.data.po,
+        "base_model": cfg.model,
+        "sft": cfg.sft,
+        "sample": cfg.sample,
+        "annotate": cfg.annotate,
+        "ppl_filter": cfg.ppl_filter,
+        "improver_sft": cfg.improver_sft,
+        "pairs": cfg.pairs,
+        "dpo": cfg.dpo,
+        "judge": cfg.judge,
+        "sapo": cfg.sapo,
+        "testbed_report": cfg.judge,
+        "alpaca_eval_generate": ev.alpaca_eval,
+        "alpaca_eval_judge": ev.alpaca_eval,
+        "arena_hard_generate": ev.arena_hard,
+        "arena_hard_judge": ev.arena_hard,
+        "pairwise": ev.pairwise[0],
+        "mt_bench_generate": ev.mt_bench,
+        "mt_bench_judge": ev.mt_bench,
+        "lm_eval": ev.lm_eval,
         "report": ReportConfig(),
     }
 
 
 # Values that must name something that exists (a prompt file, a bundled file) to be valid at all.
-PROMPT_ALTERNATIVES = ["refine_v1", "improver_v1", "judge_pairwise_v1", "annotate_improve_v1", "external_answer_v1",
-                       "alpaca_eval_clf_v1"]
+PROMPT_ALTERNATIVES = [
+    "refine_v1",
+    "improver_v1",
+    "judge_pairwise_v1",
+    "annotate_improve_v1",
+    "external_answer_v1",
+    "alpaca_eval_clf_v1",
+]
 SPECIAL = {
     ("prepare", "path"): "bundled:tiny/improver.jsonl",
 }
@@ -163,7 +210,9 @@ SPECIAL = {
 NOT_FLIPPABLE = {("arena_hard_judge", "judge_settings"), ("mt_bench_judge", "judge_prompts")}
 
 
-def _leaves(model: BaseModel, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any, Any, bool]]:
+def _leaves(
+    model: BaseModel, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Any, Any, bool]]:
     """(path, annotation, value, runtime) of every field, recursing into sub-sections."""
     out = []
     for name, field in type(model).model_fields.items():
@@ -188,7 +237,11 @@ def _candidates(stage: str, path: tuple[str, ...], annotation: Any, value: Any) 
         return [c for c in typing.get_args(annotation) if c != value]
     if origin is list and args and typing.get_origin(args[0]) is Literal:
         choices = list(typing.get_args(args[0]))
-        return [[c for c in choices if c not in value] or choices[:1]] if len(value) > 1 else [[c for c in choices if c not in value]]
+        return (
+            [[c for c in choices if c not in value] or choices[:1]]
+            if len(value) > 1
+            else [[c for c in choices if c not in value]]
+        )
     if isinstance(value, bool):
         return [not value]
     if isinstance(value, int):
@@ -215,7 +268,9 @@ def _with(section: BaseModel, path: tuple[str, ...], value: Any) -> BaseModel:
     return type(section).model_validate(data)
 
 
-def _flipped(stage: str, section: BaseModel, path: tuple[str, ...], annotation: Any, value: Any) -> BaseModel:
+def _flipped(
+    stage: str, section: BaseModel, path: tuple[str, ...], annotation: Any, value: Any
+) -> BaseModel:
     for candidate in [c for c in _candidates(stage, path, annotation, value) if c != value]:
         try:
             return _with(section, path, candidate)
@@ -245,7 +300,9 @@ def test_cache_key_covers_every_config_field_and_no_runtime_field(name):
     assert checked >= 1
     # every input artifact and every plain-value parameter is part of the key too
     for n in st.inputs:
-        assert st.cache_key(section, {**inputs, n: _ref(n, "other")}, params) != base, f"{name}: input {n}"
+        assert st.cache_key(section, {**inputs, n: _ref(n, "other")}, params) != base, (
+            f"{name}: input {n}"
+        )
     for p in st.params:
         assert st.cache_key(section, inputs, {**params, p: "model-b"}) != base, f"{name}: param {p}"
 
@@ -259,11 +316,19 @@ def test_cache_key_is_independent_of_the_input_order_and_fixed_across_processes(
     a, d = _ref("base", "h1"), _ref("data", "h2")
     key = st.cache_key(cfg, {"base": a, "data": d})
     assert key == st.cache_key(cfg, {"data": d, "base": a})
-    code = ("from artifacts.refs import ArtifactRef as R; from sgpo.config.pipeline import load_config; from tasks import get_stage;"
-            "r=lambda n,h: R(uri=f'file:///x/{n}', kind='table', stage=n, cache_key='k', content_hash=h);"
-            "print(get_stage('sft').cache_key(load_config('tiny').sft, {'base': r('base','h1'), 'data': r('data','h2')}))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
-                         env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"}, check=True)
+    code = (
+        "from artifacts.refs import ArtifactRef as R; from sgpo.config.pipeline import load_config; from tasks import get_stage;"
+        "r=lambda n,h: R(uri=f'file:///x/{n}', kind='table', stage=n, cache_key='k', content_hash=h);"
+        "print(get_stage('sft').cache_key(load_config('tiny').sft, {'base': r('base','h1'), 'data': r('data','h2')}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONHASHSEED": "123", "PATH": "/usr/bin:/bin"},
+        check=True,
+    )
     assert out.stdout.strip() == key
 
 
@@ -276,8 +341,15 @@ def test_editing_a_prompt_file_changes_the_key(monkeypatch):
     inputs = {"samples": _ref("samples", "h")}
     before = st.cache_key(cfg, inputs)
     original = prompts.load_prompt(cfg.prompt)
-    monkeypatch.setattr(prompts, "load_prompt", lambda name: prompts.Prompt(name, original.text + " ")
-                        if name == cfg.prompt else original.__class__(name, (prompts.PROMPT_DIR / f"{name}.txt").read_text()))
+    monkeypatch.setattr(
+        prompts,
+        "load_prompt",
+        lambda name: (
+            prompts.Prompt(name, original.text + " ")
+            if name == cfg.prompt
+            else original.__class__(name, (prompts.PROMPT_DIR / f"{name}.txt").read_text())
+        ),
+    )
     monkeypatch.setattr("tasks.annotate.load_prompt", prompts.load_prompt)
     assert st.cache_key(cfg, inputs) != before
 
@@ -291,17 +363,24 @@ def test_a_missing_input_or_an_unknown_parameter_is_a_clear_error(tmp_path):
         st.cache_key(load_config("tiny").sft, {"base": _ref("base", "h")})
     ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['lr'\]"):
-        st.run(load_config("tiny").sft, ctx, {"base": _ref("b", "1"), "data": _ref("d", "2")}, {"lr": 1})
+        st.run(
+            load_config("tiny").sft,
+            ctx,
+            {"base": _ref("b", "1"), "data": _ref("d", "2")},
+            {"lr": 1},
+        )
 
 
 def test_an_llm_stage_without_endpoint_says_which_key_to_set(tmp_path):
     from sgpo.config.pipeline import StoreConfig
-    from sgpo.llm.client import ExternalLLMNotConfigured
     from sgpo.core.stage import StageContext
+    from sgpo.llm.client import ExternalLLMNotConfigured
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
     with pytest.raises(ExternalLLMNotConfigured, match=r"annotate\.endpoint\.base_url is not set"):
-        get_stage("annotate").run(load_config("tiny").annotate, ctx, {"samples": _ref("samples", "h")})
+        get_stage("annotate").run(
+            load_config("tiny").annotate, ctx, {"samples": _ref("samples", "h")}
+        )
 
 
 def test_eval_stages_get_only_their_part_of_the_benchmark_section():
@@ -311,8 +390,14 @@ def test_eval_stages_get_only_their_part_of_the_benchmark_section():
     gen, jud = get_stage("alpaca_eval_generate"), get_stage("alpaca_eval_judge")
     model, answers = {"model": _ref("model", "m")}, {"answers": _ref("answers", "a")}
     judge_change = ev.alpaca_eval.model_copy(update={"order_seed": 7})
-    sampling_change = ev.alpaca_eval.model_copy(update={"sampling": ev.alpaca_eval.sampling.model_copy(update={"seed": 9})})
+    sampling_change = ev.alpaca_eval.model_copy(
+        update={"sampling": ev.alpaca_eval.sampling.model_copy(update={"seed": 9})}
+    )
     p = {"model_name": "m"}
-    assert gen.cache_key(gen.coerce(judge_change), model, p) == gen.cache_key(gen.coerce(ev.alpaca_eval), model, p)
-    assert jud.cache_key(jud.coerce(sampling_change), answers) == jud.cache_key(jud.coerce(ev.alpaca_eval), answers)
+    assert gen.cache_key(gen.coerce(judge_change), model, p) == gen.cache_key(
+        gen.coerce(ev.alpaca_eval), model, p
+    )
+    assert jud.cache_key(jud.coerce(sampling_change), answers) == jud.cache_key(
+        jud.coerce(ev.alpaca_eval), answers
+    )
     assert set(EVALUATION_STAGES) <= set(ALL_STAGES) and set(PIPELINE_STAGES) <= set(ALL_STAGES)

@@ -2,6 +2,7 @@
 
 Real processes (`python -m tasks.annotate`) against a real local OpenAI-compatible server that
 counts requests; S3 leases against moto's real S3 server (conditional PUTs)."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from llm_helpers import EchoBackend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,20 +41,45 @@ def _samples(store_dir: Path):
 
     from artifacts.store import ArtifactStore
 
-    rows = [{"prompt_id": str(i), "prompt": f"Explain topic {i}.", "reference": f"Reference answer {i}.",
-             "policy": f"Policy answer {i}."} for i in range(N_SAMPLES)]
-    return ArtifactStore(str(store_dir)).publish_table("sample", "s" * 64, pa.Table.from_pylist(rows), manifest={})
+    rows = [
+        {
+            "prompt_id": str(i),
+            "prompt": f"Explain topic {i}.",
+            "reference": f"Reference answer {i}.",
+            "policy": f"Policy answer {i}.",
+        }
+        for i in range(N_SAMPLES)
+    ]
+    return ArtifactStore(str(store_dir)).publish_table(
+        "sample", "s" * 64, pa.Table.from_pylist(rows), manifest={}
+    )
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect"),
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+    }
 
 
 def _annotate_cmd(store: Path, url: str, samples_uri: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "tasks.annotate", "tiny", f"store.url={store}", "tracking.enabled=false",
-            f"annotate.endpoint.base_url={url}", "annotate.endpoint.model=fake", "annotate.endpoint.max_concurrency=2",
-            "store.lease_poll_s=0.2", *extra, "--samples", samples_uri]
+    return [
+        sys.executable,
+        "-m",
+        "tasks.annotate",
+        "tiny",
+        f"store.url={store}",
+        "tracking.enabled=false",
+        f"annotate.endpoint.base_url={url}",
+        "annotate.endpoint.model=fake",
+        "annotate.endpoint.max_concurrency=2",
+        "store.lease_poll_s=0.2",
+        *extra,
+        "--samples",
+        samples_uri,
+    ]
 
 
 def _wait_for(cond, timeout: float, what: str) -> None:
@@ -74,14 +99,27 @@ def test_two_processes_on_one_stage_pay_each_call_once(tmp_path):
     with running_server(build_app(backend, model_name="fake")) as url:
         cmd = _annotate_cmd(store, url, samples.uri)
         err_a, err_b = (tmp_path / "a.err").open("w+"), (tmp_path / "b.err").open("w+")
-        a = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_a, text=True, cwd=tmp_path, env=_env(tmp_path))
-        _wait_for(lambda: len(backend.seen) >= 1 or a.poll() is not None, 180, "run A's first request")
+        a = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err_a, text=True, cwd=tmp_path, env=_env(tmp_path)
+        )
+        _wait_for(
+            lambda: len(backend.seen) >= 1 or a.poll() is not None, 180, "run A's first request"
+        )
         assert a.poll() is None, Path(err_a.name).read_text()[-3000:]
-        b = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err_b, text=True, cwd=tmp_path, env=_env(tmp_path))
-        _wait_for(lambda: "waiting for another run" in Path(err_b.name).read_text() or b.poll() is not None, 180,
-                  "run B to wait for run A")
+        b = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=err_b, text=True, cwd=tmp_path, env=_env(tmp_path)
+        )
+        _wait_for(
+            lambda: (
+                "waiting for another run" in Path(err_b.name).read_text() or b.poll() is not None
+            ),
+            180,
+            "run B to wait for run A",
+        )
         assert b.poll() is None, Path(err_b.name).read_text()[-3000:]
-        assert f"pid {a.pid} on {socket.gethostname()}" in Path(err_b.name).read_text()  # who holds it
+        assert (
+            f"pid {a.pid} on {socket.gethostname()}" in Path(err_b.name).read_text()
+        )  # who holds it
         backend.gate.set()
         out_a, _ = a.communicate(timeout=300)
         out_b, _ = b.communicate(timeout=300)
@@ -106,18 +144,27 @@ def test_on_busy_fail_fails_at_once_naming_the_holder(tmp_path):
     samples = _samples(store)
     backend = EchoBackend()
     with running_server(build_app(backend, model_name="fake")) as url:
-        cfg = load_config("tiny", [f"annotate.endpoint.base_url={url}", "annotate.endpoint.model=fake"]).annotate
+        cfg = load_config(
+            "tiny", [f"annotate.endpoint.base_url={url}", "annotate.endpoint.model=fake"]
+        ).annotate
         key = get_stage("annotate").cache_key(cfg, {"samples": samples})
         held = Lease(ArtifactStore(str(store)), "annotate", key, run_id="other-run")
         assert held.try_acquire() is None
         try:
-            t0 = time.monotonic()
-            out = subprocess.run(_annotate_cmd(store, url, samples.uri, "store.on_busy=fail"), capture_output=True,
-                                 text=True, cwd=tmp_path, env=_env(tmp_path), timeout=300)
+            out = subprocess.run(
+                _annotate_cmd(store, url, samples.uri, "store.on_busy=fail"),
+                capture_output=True,
+                text=True,
+                cwd=tmp_path,
+                env=_env(tmp_path),
+                timeout=300,
+            )
         finally:
             held.release()
     assert out.returncode == 1
-    assert "another run is computing this stage" in out.stderr and "run other-run" in out.stderr, out.stderr[-2000:]
+    assert "another run is computing this stage" in out.stderr and "run other-run" in out.stderr, (
+        out.stderr[-2000:]
+    )
     assert f"pid {os.getpid()}" in out.stderr and "store.on_busy=fail" in out.stderr
     assert backend.calls == 0
 
@@ -133,25 +180,45 @@ def test_a_stale_lease_is_taken_over(tmp_path, how):
     from artifacts.lease import LEASE_FILE
     from artifacts.store import ArtifactStore
     from sgpo.config.pipeline import StoreConfig, load_config
-    from sgpo.llm.server import build_app, running_server
     from sgpo.core.stage import StageContext
+    from sgpo.llm.server import build_app, running_server
     from tasks import get_stage
 
     store = tmp_path / "store"
     samples = _samples(store)
     backend = EchoBackend()
     with running_server(build_app(backend, model_name="fake")) as url:
-        cfg = load_config("tiny", [f"annotate.endpoint.base_url={url}", "annotate.endpoint.model=fake"]).annotate
+        cfg = load_config(
+            "tiny", [f"annotate.endpoint.base_url={url}", "annotate.endpoint.model=fake"]
+        ).annotate
         st = get_stage("annotate")
         key = st.cache_key(cfg, {"samples": samples})
-        folder = Path(ArtifactStore(str(store)).artifact_url("annotate", key).removeprefix("file://"))
+        folder = Path(
+            ArtifactStore(str(store)).artifact_url("annotate", key).removeprefix("file://")
+        )
         folder.mkdir(parents=True)
         now = time.time()
-        stale = ({"pid": _dead_pid(), "host": socket.gethostname(), "heartbeat_at": now, "started_at": now}
-                 if how == "dead_pid" else
-                 {"pid": 1, "host": "another-host", "heartbeat_at": now - 120, "started_at": now - 500})
-        (folder / LEASE_FILE).write_text(json.dumps({**stale, "token": "old", "run_id": "dead-run"}))
-        ctx = StageContext(store=StoreConfig(url=str(store), lease_timeout_s=60, lease_poll_s=0.1), run_id="r2")
+        stale = (
+            {
+                "pid": _dead_pid(),
+                "host": socket.gethostname(),
+                "heartbeat_at": now,
+                "started_at": now,
+            }
+            if how == "dead_pid"
+            else {
+                "pid": 1,
+                "host": "another-host",
+                "heartbeat_at": now - 120,
+                "started_at": now - 500,
+            }
+        )
+        (folder / LEASE_FILE).write_text(
+            json.dumps({**stale, "token": "old", "run_id": "dead-run"})
+        )
+        ctx = StageContext(
+            store=StoreConfig(url=str(store), lease_timeout_s=60, lease_poll_s=0.1), run_id="r2"
+        )
         t0 = time.monotonic()
         ref = st.run(cfg, ctx, {"samples": samples})
     assert time.monotonic() - t0 < 60  # not waiting out a timeout
@@ -208,7 +275,10 @@ def test_s3_leases_are_conditional_puts(s3_endpoint):
     path = b.path
     body = json.loads(stores[2].fs.cat_file(path))
     stores[2].fs.pipe_file(path, json.dumps({**body, "heartbeat_at": time.time() - 3600}).encode())
-    c, d = Lease(stores[0], "judge", key, timeout_s=60), Lease(stores[2], "judge", key, timeout_s=60)
+    c, d = (
+        Lease(stores[0], "judge", key, timeout_s=60),
+        Lease(stores[2], "judge", key, timeout_s=60),
+    )
     stale, stale_etag = d._read()  # d sees the stale lease ...
     assert d._stale(stale)
     assert c.try_acquire() is None  # ... but c takes it over first

@@ -1,4 +1,5 @@
 """Unit tests of each stage's own logic, without Prefect."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import pytest
 
 from artifacts.refs import ArtifactRef
 from sgpo.config.pipeline import DatasetSpec, ImproverSFTStageConfig, PairsStageConfig, load_config
+from sgpo.core.stage import StageContext
 from sgpo.data.sources import DatasetError
 from sgpo.prompts import PromptError, load_prompt
-from sgpo.core.stage import StageContext
 from tasks import get_stage, pairs, ppl_filter, prepare
 from tasks.improver_sft import improver_examples
 
@@ -45,10 +46,14 @@ def test_response_perplexity_matches_manual_loss(tiny_model_dir):
 
     from sgpo.models.tinykit import load_tokenizer
 
-    ppl = ppl_filter.response_perplexities(str(tiny_model_dir), ["Say hi"], ["Hello there"], batch_size=2, max_length=256)
+    ppl = ppl_filter.response_perplexities(
+        str(tiny_model_dir), ["Say hi"], ["Hello there"], batch_size=2, max_length=256
+    )
     tok = load_tokenizer(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    prefix = tok.apply_chat_template([{"role": "user", "content": "Say hi"}], tokenize=False, add_generation_prompt=True)
+    prefix = tok.apply_chat_template(
+        [{"role": "user", "content": "Say hi"}], tokenize=False, add_generation_prompt=True
+    )
     p = tok(prefix, add_special_tokens=False).input_ids
     r = tok("Hello there" + tok.eos_token, add_special_tokens=False).input_ids
     ids = torch.tensor([p + r])
@@ -59,9 +64,15 @@ def test_response_perplexity_matches_manual_loss(tiny_model_dir):
 
 
 def test_perplexity_is_padding_invariant(tiny_model_dir):
-    alone = ppl_filter.response_perplexities(str(tiny_model_dir), ["Q"], ["short answer"], batch_size=1, max_length=256)
+    alone = ppl_filter.response_perplexities(
+        str(tiny_model_dir), ["Q"], ["short answer"], batch_size=1, max_length=256
+    )
     batched = ppl_filter.response_perplexities(
-        str(tiny_model_dir), ["Q", "A much longer prompt " * 5], ["short answer", "long " * 20], batch_size=2, max_length=256
+        str(tiny_model_dir),
+        ["Q", "A much longer prompt " * 5],
+        ["short answer", "long " * 20],
+        batch_size=2,
+        max_length=256,
     )
     assert batched[0] == pytest.approx(alone[0], rel=1e-4)
 
@@ -87,12 +98,21 @@ def test_improver_prompt_has_no_reference_and_refine_prompt_has_it():
 
 
 # ----------------------------------------------------------------- pairs
-ROWS = [{"prompt_id": "p0", "prompt": "x0", "reference": "sft0"}, {"prompt_id": "p1", "prompt": "x1", "reference": "sft1"}]
+ROWS = [
+    {"prompt_id": "p0", "prompt": "x0", "reference": "sft0"},
+    {"prompt_id": "p1", "prompt": "x1", "reference": "sft1"},
+]
 
 
 def test_pairs_refined_chosen_policy_rejected():
-    out = pairs.build_pairs(ROWS, [["y0"], ["y1a", "y1b"]], ["y0+", "y1a+", "y1b+"], PairsStageConfig())
-    assert [(p["chosen"], p["rejected"]) for p in out] == [("y0+", "y0"), ("y1a+", "y1a"), ("y1b+", "y1b")]
+    out = pairs.build_pairs(
+        ROWS, [["y0"], ["y1a", "y1b"]], ["y0+", "y1a+", "y1b+"], PairsStageConfig()
+    )
+    assert [(p["chosen"], p["rejected"]) for p in out] == [
+        ("y0+", "y0"),
+        ("y1a+", "y1a"),
+        ("y1b+", "y1b"),
+    ]
     assert [p["sample_index"] for p in out] == [0, 0, 1]
 
 
@@ -102,16 +122,41 @@ def test_pairs_diamond_uses_sft_reference():
 
 
 def test_refine_messages_with_and_without_reference():
-    with_ref = pairs.refine_messages(PairsStageConfig(), "inst", "resp", "REFERENCE-TEXT")[0]["content"]
-    no_ref = pairs.refine_messages(PairsStageConfig(refine_with_reference=False), "inst", "resp", "REFERENCE-TEXT")[0]["content"]
+    with_ref = pairs.refine_messages(PairsStageConfig(), "inst", "resp", "REFERENCE-TEXT")[0][
+        "content"
+    ]
+    no_ref = pairs.refine_messages(
+        PairsStageConfig(refine_with_reference=False), "inst", "resp", "REFERENCE-TEXT"
+    )[0]["content"]
     assert "REFERENCE-TEXT" in with_ref and "REFERENCE-TEXT" not in no_ref and "resp" in no_ref
 
 
 def test_improver_examples_follow_targets_and_filter():
     rows = [
-        {"prompt": "x", "policy": "b", "reference": "a", "target": "imp!", "target_type": "imp", "kept": True},
-        {"prompt": "x", "policy": "b", "reference": "a", "target": "ext!", "target_type": "ext", "kept": True},
-        {"prompt": "x", "policy": "b", "reference": "a", "target": "out!", "target_type": "imp", "kept": False},
+        {
+            "prompt": "x",
+            "policy": "b",
+            "reference": "a",
+            "target": "imp!",
+            "target_type": "imp",
+            "kept": True,
+        },
+        {
+            "prompt": "x",
+            "policy": "b",
+            "reference": "a",
+            "target": "ext!",
+            "target_type": "ext",
+            "kept": True,
+        },
+        {
+            "prompt": "x",
+            "policy": "b",
+            "reference": "a",
+            "target": "out!",
+            "target_type": "imp",
+            "kept": False,
+        },
     ]
     both = improver_examples(rows, ImproverSFTStageConfig())
     assert [t for _, t in both] == ["imp!", "ext!"]
@@ -130,19 +175,37 @@ def _spec(path, **kw):
 def test_normalizes_chat_preference_and_flat_formats(tmp_path):
     chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     rows, dropped = prepare.normalize_rows([{"messages": chat}], ["messages"], _spec("x.jsonl"))
-    assert rows == [{"prompt_id": "0", "prompt": "q", "messages": '[{"role": "user", "content": "q"}]',
-                     "reference": "a"}] and dropped == 0
-    rows, _ = prepare.normalize_rows([{"chosen": chat, "rejected": chat}], ["chosen", "rejected"], _spec("x.jsonl"))
+    assert (
+        rows
+        == [
+            {
+                "prompt_id": "0",
+                "prompt": "q",
+                "messages": '[{"role": "user", "content": "q"}]',
+                "reference": "a",
+            }
+        ]
+        and dropped == 0
+    )
+    rows, _ = prepare.normalize_rows(
+        [{"chosen": chat, "rejected": chat}], ["chosen", "rejected"], _spec("x.jsonl")
+    )
     assert rows[0]["reference"] == "a"
-    rows, _ = prepare.normalize_rows([{"instruction": "q", "output": "a"}], ["instruction", "output"], _spec("x.jsonl"))
+    rows, _ = prepare.normalize_rows(
+        [{"instruction": "q", "output": "a"}], ["instruction", "output"], _spec("x.jsonl")
+    )
     assert rows[0]["prompt"] == "q"
-    rows, dropped = prepare.normalize_rows([{"instruction": "q", "output": ""}], ["instruction", "output"], _spec("x.jsonl"))
+    rows, dropped = prepare.normalize_rows(
+        [{"instruction": "q", "output": ""}], ["instruction", "output"], _spec("x.jsonl")
+    )
     assert rows == [] and dropped == 1
 
 
 def test_wrong_column_is_named(tmp_path):
     with pytest.raises(DatasetError, match="no column 'text'.*columns: \\['q', 'a'\\]"):
-        prepare.normalize_rows([{"q": 1, "a": 2}], ["q", "a"], _spec("x.jsonl", prompt_column="text"))
+        prepare.normalize_rows(
+            [{"q": 1, "a": 2}], ["q", "a"], _spec("x.jsonl", prompt_column="text")
+        )
     with pytest.raises(DatasetError, match="cannot find the prompt and response columns"):
         prepare.normalize_rows([{"q": 1, "a": 2}], ["q", "a"], _spec("x.jsonl"))
 
@@ -192,7 +255,15 @@ def test_cache_keys_are_stable_across_processes():
     outs = set()
     for seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": seed}
-        outs.add(subprocess.run([sys.executable, "-c", KEY_SCRIPT], capture_output=True, text=True, env=env, check=True).stdout)
+        outs.add(
+            subprocess.run(
+                [sys.executable, "-c", KEY_SCRIPT],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            ).stdout
+        )
     assert len(outs) == 1
 
 
@@ -204,10 +275,19 @@ def test_cache_key_changes_with_config_inputs_and_prompt():
     d2 = d.model_copy(update={"content_hash": "h3"})
     base = sft.cache_key(cfg.sft, {"base": a, "data": d})
     assert sft.cache_key(cfg.sft, {"base": a, "data": d2}) != base
-    assert sft.cache_key(cfg.sft.model_copy(update={"learning_rate": 1e-4}), {"base": a, "data": d}) != base
-    assert sft.cache_key(cfg.sft.model_copy(update={"per_device_batch_size": 2}), {"base": a, "data": d}) == base  # runtime only
+    assert (
+        sft.cache_key(cfg.sft.model_copy(update={"learning_rate": 1e-4}), {"base": a, "data": d})
+        != base
+    )
+    assert (
+        sft.cache_key(
+            cfg.sft.model_copy(update={"per_device_batch_size": 2}), {"base": a, "data": d}
+        )
+        == base
+    )  # runtime only
     assert annotate.cache_key(cfg.annotate, {"samples": d}) != annotate.cache_key(
-        cfg.annotate.model_copy(update={"prompt": "refine_v1"}), {"samples": d})
+        cfg.annotate.model_copy(update={"prompt": "refine_v1"}), {"samples": d}
+    )
 
 
 # ----------------------------------------------------------------- tiny kit
@@ -232,7 +312,10 @@ def test_tiny_kit_is_deterministic(tmp_path, tiny_model_dir):
 
     out = build_bundled_tiny_model(tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json"):
-        assert hashlib.sha256((out / name).read_bytes()).digest() == hashlib.sha256((tiny_model_dir / name).read_bytes()).digest()
+        assert (
+            hashlib.sha256((out / name).read_bytes()).digest()
+            == hashlib.sha256((tiny_model_dir / name).read_bytes()).digest()
+        )
 
 
 def test_tiny_base_model_key_follows_the_kit_source(tmp_path, monkeypatch):
@@ -250,7 +333,9 @@ def test_tiny_base_model_key_follows_the_kit_source(tmp_path, monkeypatch):
     edited = tmp_path / "tinykit.py"
     monkeypatch.setattr(sgpo.models.tinykit, "__file__", str(edited))
     # a comment, a docstring or the layout of the code builds the same model: same key
-    edited.write_text(source.replace('"""The tiny kit:', '"""(edited) The tiny kit:', 1) + "\n# a comment\n\n\n")
+    edited.write_text(
+        source.replace('"""The tiny kit:', '"""(edited) The tiny kit:', 1) + "\n# a comment\n\n\n"
+    )
     assert base_model.cache_key(spec, {}) == before
     # a change to the code does not
     edited.write_text(source.replace('EOS_TOKEN = "<|im_end|>"', 'EOS_TOKEN = "<|endoftext|>"', 1))
@@ -258,7 +343,14 @@ def test_tiny_base_model_key_follows_the_kit_source(tmp_path, monkeypatch):
     # a hub model is not built by the kit: its key has no kit source in it, before or after the edit.
     # Expected value written out from the key's definition: sha256 of the canonical JSON of stage,
     # code version, config (no runtime fields), no inputs, no prompts.
-    payload = {"stage": "base_model", "code_version": base_model.code_version, "config": cache_payload(hub),
-               "inputs": {}, "prompts": {}}
-    expected_hub = hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    payload = {
+        "stage": "base_model",
+        "code_version": base_model.code_version,
+        "config": cache_payload(hub),
+        "inputs": {},
+        "prompts": {},
+    }
+    expected_hub = hashlib.sha256(
+        json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
     assert base_model.cache_key(hub, {}) == hub_before == expected_hub

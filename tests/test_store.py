@@ -1,4 +1,5 @@
 """Artifact store: publish/find round trips, manifest-last atomicity, S3 through moto."""
+
 from __future__ import annotations
 
 import json
@@ -6,12 +7,14 @@ import json
 import pyarrow as pa
 import pytest
 
-from artifacts.store import ArtifactStore, MANIFEST
+from artifacts.store import MANIFEST, ArtifactStore
 
 
 def _publish(store: ArtifactStore, key: str = "k" * 64):
     table = pa.table({"prompt": ["a", "b"], "reference": ["x", "y"]})
-    return store.publish_table("demo", key, table, manifest={"stage": "demo", "parents": {}}, summary={"n": 2})
+    return store.publish_table(
+        "demo", key, table, manifest={"stage": "demo", "parents": {}}, summary={"n": 2}
+    )
 
 
 def test_table_round_trip_and_manifest(tmp_path):
@@ -55,7 +58,7 @@ def test_model_publish_refuses_pickles(tmp_path):
     with pytest.raises(ValueError, match="pickle"):
         store.publish_model("m", "c" * 64, d, manifest={})
     (d / "training_args.bin").unlink()
-    ref = store.publish_model("m", "c" * 64, d, manifest={})
+    store.publish_model("m", "c" * 64, d, manifest={})
     assert json.loads((tmp_path / "store" / "m" / ("c" * 16) / MANIFEST).read_text())["files"]
 
 
@@ -98,7 +101,9 @@ def test_manifest_records_sizes_and_hashes_stay_as_before(tmp_path):
     data = _table_file(tmp_path, ref).read_bytes()
     manifest = store.read_manifest(ref)
     assert manifest["data_bytes"] == len(data)
-    assert ref.content_hash == hashlib.sha256(data).hexdigest()  # the content hash is still sha256 of the bytes
+    assert (
+        ref.content_hash == hashlib.sha256(data).hexdigest()
+    )  # the content hash is still sha256 of the bytes
 
     d = tmp_path / "ckpt"
     d.mkdir()
@@ -107,11 +112,17 @@ def test_manifest_records_sizes_and_hashes_stay_as_before(tmp_path):
     mref = store.publish_model("m", "c" * 64, d, manifest={})
     mman = store.read_manifest(mref)
     assert mman["file_bytes"] == {"config.json": 8, "model.safetensors": 40}
-    file_hashes = {"config.json": hashlib.sha256(b'{"a": 1}').hexdigest(),
-                   "model.safetensors": hashlib.sha256(b"\1" * 40).hexdigest()}
+    file_hashes = {
+        "config.json": hashlib.sha256(b'{"a": 1}').hexdigest(),
+        "model.safetensors": hashlib.sha256(b"\1" * 40).hexdigest(),
+    }
     assert mman["files"] == file_hashes
-    assert mref.content_hash == hashlib.sha256(
-        json.dumps(file_hashes, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert (
+        mref.content_hash
+        == hashlib.sha256(
+            json.dumps(file_hashes, sort_keys=True, separators=(",", ":")).encode()
+        ).hexdigest()
+    )
 
 
 def test_a_truncated_table_is_absent_for_find_and_an_error_for_read(tmp_path, caplog):
@@ -123,13 +134,24 @@ def test_a_truncated_table_is_absent_for_find_and_an_error_for_read(tmp_path, ca
         f.truncate(size // 2)
     with caplog.at_level(logging.WARNING, logger="artifacts.store"):
         assert store.find("demo", "k" * 64) is None
-    assert ref.uri in caplog.text and f"has {size // 2} bytes, the manifest records {size}" in caplog.text
+    assert (
+        ref.uri in caplog.text
+        and f"has {size // 2} bytes, the manifest records {size}" in caplog.text
+    )
     with pytest.raises(CorruptArtifactError) as e:
         store.read_table(ref)
     msg = str(e.value)
-    assert ref.uri in msg and "sha256" in msg and f"{size // 2} bytes, the manifest records {size}" in msg
+    assert (
+        ref.uri in msg
+        and "sha256" in msg
+        and f"{size // 2} bytes, the manifest records {size}" in msg
+    )
     # publishing again (what the recomputed stage does) repairs it
-    assert _publish(store) == ref and store.find("demo", "k" * 64) == ref and store.read_table(ref).num_rows == 2
+    assert (
+        _publish(store) == ref
+        and store.find("demo", "k" * 64) == ref
+        and store.read_table(ref).num_rows == 2
+    )
 
 
 def test_same_size_corruption_is_caught_by_the_hash(tmp_path):
@@ -179,7 +201,9 @@ def test_a_damaged_model_is_absent_and_model_dir_refuses_it(tmp_path):
     assert store.find("m", "c" * 64) is None
     with pytest.raises(CorruptArtifactError) as e:
         store.model_dir(ref)
-    assert ref.uri in str(e.value) and "model/model.safetensors has 10 bytes, the manifest records 64" in str(e.value)
+    assert ref.uri in str(
+        e.value
+    ) and "model/model.safetensors has 10 bytes, the manifest records 64" in str(e.value)
     (folder / "config.json").unlink()
     with pytest.raises(CorruptArtifactError, match="model/config.json is missing"):
         store.model_dir(ref)
@@ -197,7 +221,9 @@ def test_s3_truncated_object_is_detected(s3_endpoint, tmp_path):
     s3.put_object(Bucket="sgpo-test", Key=key, Body=body[: len(body) - 7])
     fresh = ArtifactStore("s3://sgpo-test/integrity", opts)
     assert fresh.find("demo", "k" * 64) is None
-    with pytest.raises(CorruptArtifactError, match=f"artifact {ref.uri}: data.parquet does not match"):
+    with pytest.raises(
+        CorruptArtifactError, match=f"artifact {ref.uri}: data.parquet does not match"
+    ):
         fresh.read_table(ref)
 
 
@@ -234,8 +260,13 @@ def test_check_store_s3_good_and_missing_bucket(s3_endpoint):
         check_store("s3://sgpo-no-such-bucket/x", opts)
     assert "s3://sgpo-no-such-bucket/x" in str(e.value) and "no such bucket" in str(e.value)
     with pytest.raises(StoreError, match="s3://sgpo-test/x: .*cannot be reached"):
-        check_store("s3://sgpo-test/x", {"client_kwargs": {"endpoint_url": "http://127.0.0.1:1"},
-                                         "config_kwargs": {"retries": {"max_attempts": 1}}})
+        check_store(
+            "s3://sgpo-test/x",
+            {
+                "client_kwargs": {"endpoint_url": "http://127.0.0.1:1"},
+                "config_kwargs": {"retries": {"max_attempts": 1}},
+            },
+        )
 
 
 def test_check_store_names_rejected_credentials():
@@ -244,6 +275,8 @@ def test_check_store_names_rejected_credentials():
     from artifacts.store import _s3_cause
 
     err = PermissionError("Forbidden")
-    err.__cause__ = ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "The key does not exist"}}, "PutObject")
+    err.__cause__ = ClientError(
+        {"Error": {"Code": "InvalidAccessKeyId", "Message": "The key does not exist"}}, "PutObject"
+    )
     assert _s3_cause(err).startswith("credentials rejected")
     assert _s3_cause(PermissionError("Access Denied")).startswith("access denied")

@@ -3,6 +3,7 @@ is cached there and every artifact reference points into the new store (issue 12
 
 One tiny pipeline run (module fixture); Prefect's cache records travel with the store
 (`<store>/_prefect`), so they are hit, and hold the old absolute URIs."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,16 @@ from sgpo.config.pipeline import load_config
 
 
 def _cfg(store_url: str, workdir: Path, *extra: str):
-    return load_config("tiny", [f"store.url={store_url}", "tracking.enabled=false", "data.po.max_rows=8",
-                                f"tracking.mlflow_uri=sqlite:///{workdir}/mlflow.db", *extra])
+    return load_config(
+        "tiny",
+        [
+            f"store.url={store_url}",
+            "tracking.enabled=false",
+            "data.po.max_rows=8",
+            f"tracking.mlflow_uri=sqlite:///{workdir}/mlflow.db",
+            *extra,
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +69,14 @@ def test_a_store_uploaded_to_s3_is_cached_there(finished, s3_endpoint, monkeypat
     from flows.pipeline import sgpo_pipeline
 
     work, first = finished
-    monkeypatch.setenv("SGPO_CACHE_DIR", str(work / "s3-cache"))  # models are downloaded from the bucket
+    monkeypatch.setenv(
+        "SGPO_CACHE_DIR", str(work / "s3-cache")
+    )  # models are downloaded from the bucket
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint})
     fs.put(str(work / "moved-away") + "/", "sgpo-test/reloc/", recursive=True)
     assert fs.exists("sgpo-test/reloc/_prefect")
     opts = json.dumps({"client_kwargs": {"endpoint_url": s3_endpoint}})
-    report = sgpo_pipeline(config=_cfg("s3://sgpo-test/reloc", work, f"store.storage_options={opts}"))
+    report = sgpo_pipeline(
+        config=_cfg("s3://sgpo-test/reloc", work, f"store.storage_options={opts}")
+    )
     _assert_all_cached_here(report, first, "s3://sgpo-test/reloc")

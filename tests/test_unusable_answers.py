@@ -1,6 +1,7 @@
 """A judge or annotator that answers garbage fails its stage, naming the count, and publishes nothing
 (issue 12, item 5); the paid answers stay journaled, so a rerun pays nothing again. `journal_namespace`
 re-asks for real (item 12). Real local OpenAI-compatible servers that count requests."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-
 from llm_helpers import EchoBackend
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,19 +40,23 @@ def _manifests(store: Path, stage: str) -> list[Path]:
 def _table(store_dir: Path, rows: list[dict], stage: str = "annotate"):
     from artifacts.store import ArtifactStore
 
-    return ArtifactStore(str(store_dir)).publish_table(stage, "t" * 64, pa.Table.from_pylist(rows), manifest={})
+    return ArtifactStore(str(store_dir)).publish_table(
+        stage, "t" * 64, pa.Table.from_pylist(rows), manifest={}
+    )
 
 
-PAIR_ROWS = [{"prompt": f"Question {i}?", "imp": f"Improved answer {i}.", "policy": f"Policy answer {i}."}
-             for i in range(8)] + [{"prompt": "Same?", "imp": "Identical.", "policy": "Identical."}]
+PAIR_ROWS = [
+    {"prompt": f"Question {i}?", "imp": f"Improved answer {i}.", "policy": f"Policy answer {i}."}
+    for i in range(8)
+] + [{"prompt": "Same?", "imp": "Identical.", "policy": "Identical."}]
 
 
 def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
-    from sgpo.config.pipeline import StoreConfig
     from sgpo.config.evaluation import PairwiseConfig
+    from sgpo.config.pipeline import StoreConfig
+    from sgpo.core.stage import StageContext
     from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
-    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = tmp_path / "store"
@@ -61,9 +65,14 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
     ctx = StageContext(store=StoreConfig(url=str(store)), run_id="r1")
     garbage = EchoBackend()  # its one-token answers have no 'm' / 'M' among the top logprobs
     with running_server(build_app(garbage, model_name="judge")) as url:
+
         def cfg(**kw):
-            return PairwiseConfig(name="imp_vs_policy", table=table.uri,
-                                  endpoint={"base_url": url, "model": "judge"}, **kw)
+            return PairwiseConfig(
+                name="imp_vs_policy",
+                table=table.uri,
+                endpoint={"base_url": url, "model": "judge"},
+                **kw,
+            )
 
         with pytest.raises(JudgeOutputError, match=r"0 of 8 judge answers had a label") as e:
             st.run(cfg(), ctx, {"table": table})
@@ -75,100 +84,206 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
         assert garbage.calls == 8
         # accepting them (a runtime setting: same key, same journal) publishes without paying again
         accepted = st.run(cfg(max_unlabelled_fraction=1.0), ctx, {"table": table})
-        assert garbage.calls == 8 and accepted.summary["sent"] == 0 and accepted.summary["n_labelled"] == 1
+        assert (
+            garbage.calls == 8
+            and accepted.summary["sent"] == 0
+            and accepted.summary["n_labelled"] == 1
+        )
         assert accepted.summary["win_rate"] is not None  # only the identical pair: 50
     good = GoodJudge()
     with running_server(build_app(good, model_name="judge")) as url:
         # the endpoint fixed: plain reruns reuse the journaled verdicts (cached), a fresh namespace re-asks
-        again = st.run(PairwiseConfig(name="imp_vs_policy", table=table.uri, max_unlabelled_fraction=1.0,
-                                      endpoint={"base_url": url, "model": "judge"}), ctx, {"table": table})
+        again = st.run(
+            PairwiseConfig(
+                name="imp_vs_policy",
+                table=table.uri,
+                max_unlabelled_fraction=1.0,
+                endpoint={"base_url": url, "model": "judge"},
+            ),
+            ctx,
+            {"table": table},
+        )
         assert again == accepted and good.calls == 0
-        fresh = st.run(PairwiseConfig(name="imp_vs_policy", table=table.uri, journal_namespace="fresh-1",
-                                      endpoint={"base_url": url, "model": "judge"}), ctx, {"table": table})
+        fresh = st.run(
+            PairwiseConfig(
+                name="imp_vs_policy",
+                table=table.uri,
+                journal_namespace="fresh-1",
+                endpoint={"base_url": url, "model": "judge"},
+            ),
+            ctx,
+            {"table": table},
+        )
     assert good.calls == 8 and fresh.summary["sent"] == 8 and fresh.summary["n_labelled"] == 9
     assert fresh.cache_key != accepted.cache_key
     from artifacts.store import ArtifactStore
 
-    assert ArtifactStore(str(store)).read_manifest(fresh)["config"]["journal_namespace"] == "fresh-1"
+    assert (
+        ArtifactStore(str(store)).read_manifest(fresh)["config"]["journal_namespace"] == "fresh-1"
+    )
 
 
 def test_a_garbage_judge_fails_the_pipeline_judge_and_alpaca_eval(tmp_path, tiny_model_dir):
     from artifacts.store import local_model_ref
-    from sgpo.config.pipeline import StoreConfig, load_config
     from sgpo.config.evaluation import AlpacaEvalJudgeConfig
+    from sgpo.config.pipeline import StoreConfig, load_config
+    from sgpo.core.stage import StageContext
     from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
-    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = tmp_path / "store"
     ctx = StageContext(store=StoreConfig(url=str(store)), run_id="r1")
-    data = _table(store, [{"prompt_id": str(i), "prompt": f"Question {i}?", "reference": f"Reference {i}."}
-                          for i in range(5)], stage="prepare")
-    answers = _table(store, [{"instruction": f"Question {i}?", "baseline_output": f"Baseline {i}.",
-                              "baseline_generator": "base", "dataset": "d", "output": f"Output {i}.",
-                              "generator": "m", "index": i} for i in range(6)], stage="alpaca_eval_generate")
+    data = _table(
+        store,
+        [
+            {"prompt_id": str(i), "prompt": f"Question {i}?", "reference": f"Reference {i}."}
+            for i in range(5)
+        ],
+        stage="prepare",
+    )
+    answers = _table(
+        store,
+        [
+            {
+                "instruction": f"Question {i}?",
+                "baseline_output": f"Baseline {i}.",
+                "baseline_generator": "base",
+                "dataset": "d",
+                "output": f"Output {i}.",
+                "generator": "m",
+                "index": i,
+            }
+            for i in range(6)
+        ],
+        stage="alpaca_eval_generate",
+    )
     garbage = EchoBackend()
     with running_server(build_app(garbage, model_name="judge")) as url:
-        cfg = load_config("tiny", ["judge.sampling.max_new_tokens=4", f"judge.endpoint.base_url={url}",
-                                   "judge.endpoint.model=judge"]).judge
+        cfg = load_config(
+            "tiny",
+            [
+                "judge.sampling.max_new_tokens=4",
+                f"judge.endpoint.base_url={url}",
+                "judge.endpoint.model=judge",
+            ],
+        ).judge
         with pytest.raises(JudgeOutputError, match=r"judge: 0 of 5 judge answers had a label"):
-            get_stage("judge").run(cfg, ctx, {"policy": local_model_ref(tiny_model_dir), "data": data})
-        ae = AlpacaEvalJudgeConfig(endpoint={"base_url": url, "model": "judge"}, instruction_difficulty="none",
-                                   gamed_annotations="none")
-        with pytest.raises(JudgeOutputError, match=r"alpaca_eval: 0 of 6 judge answers had a label"):
+            get_stage("judge").run(
+                cfg, ctx, {"policy": local_model_ref(tiny_model_dir), "data": data}
+            )
+        ae = AlpacaEvalJudgeConfig(
+            endpoint={"base_url": url, "model": "judge"},
+            instruction_difficulty="none",
+            gamed_annotations="none",
+        )
+        with pytest.raises(
+            JudgeOutputError, match=r"alpaca_eval: 0 of 6 judge answers had a label"
+        ):
             get_stage("alpaca_eval_judge").run(ae, ctx, {"answers": answers})
     assert garbage.calls == 11
     assert _manifests(store, "judge") == [] and _manifests(store, "alpaca_eval_judge") == []
 
 
 def test_a_judge_without_verdicts_fails_arena_hard(tmp_path):
-    from sgpo.config.pipeline import StoreConfig
     from sgpo.config.evaluation import ArenaHardJudgeConfig
+    from sgpo.config.pipeline import StoreConfig
+    from sgpo.core.stage import StageContext
     from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
-    from sgpo.core.stage import StageContext
     from tasks import get_stage
 
     store = tmp_path / "store"
-    answers = _table(store, [{"question_id": f"q{i}", "model_id": "m", "baseline_model": "gpt-4-0314",
-                              "category": "c", "question": f"Q{i}?", "answer": f"A{i}.", "baseline_answer": f"B{i}."}
-                             for i in range(3)], stage="arena_hard_generate")
+    answers = _table(
+        store,
+        [
+            {
+                "question_id": f"q{i}",
+                "model_id": "m",
+                "baseline_model": "gpt-4-0314",
+                "category": "c",
+                "question": f"Q{i}?",
+                "answer": f"A{i}.",
+                "baseline_answer": f"B{i}.",
+            }
+            for i in range(3)
+        ],
+        stage="arena_hard_generate",
+    )
     garbage = EchoBackend()  # never writes a [[A>B]] verdict
     with running_server(build_app(garbage, model_name="judge")) as url:
-        cfg = ArenaHardJudgeConfig(endpoint={"base_url": url, "model": "judge"}, judge_max_tokens=64)
+        cfg = ArenaHardJudgeConfig(
+            endpoint={"base_url": url, "model": "judge"}, judge_max_tokens=64
+        )
         ctx = StageContext(store=StoreConfig(url=str(store)), run_id="r1")
-        with pytest.raises(JudgeOutputError, match=r"arena_hard: 0 of 6 judge answers had a verdict label"):
+        with pytest.raises(
+            JudgeOutputError, match=r"arena_hard: 0 of 6 judge answers had a verdict label"
+        ):
             get_stage("arena_hard_judge").run(cfg, ctx, {"answers": answers})
     assert garbage.calls == 12  # 3 questions x 2 games x 2 turns (the follow-up asks for the label)
     assert _manifests(store, "arena_hard_judge") == []
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PREFECT_HOME": str(tmp_path / "prefect"),
-            "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+    }
 
 
 def test_annotation_without_usable_answers_fails_and_a_fresh_namespace_re_asks(tmp_path):
-    from sgpo.llm.server import FaultConfig, build_app, running_server, read_request_log
+    from sgpo.llm.server import FaultConfig, build_app, read_request_log, running_server
 
     store = tmp_path / "store"
-    samples = _table(store, [{"prompt_id": str(i), "prompt": f"Explain {i}.", "reference": f"Ref {i}.",
-                              "policy": f"Pol {i}."} for i in range(4)], stage="sample")
+    samples = _table(
+        store,
+        [
+            {
+                "prompt_id": str(i),
+                "prompt": f"Explain {i}.",
+                "reference": f"Ref {i}.",
+                "policy": f"Pol {i}.",
+            }
+            for i in range(4)
+        ],
+        stage="sample",
+    )
 
     def annotate(url: str, *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "tasks.annotate", "tiny", f"store.url={store}", "tracking.enabled=false",
-             f"annotate.endpoint.base_url={url}", "annotate.endpoint.model=fake", "annotate.endpoint.max_retries=0",
-             *extra, "--samples", samples.uri], capture_output=True, text=True, cwd=tmp_path, env=_env(tmp_path),
-            timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "tasks.annotate",
+                "tiny",
+                f"store.url={store}",
+                "tracking.enabled=false",
+                f"annotate.endpoint.base_url={url}",
+                "annotate.endpoint.model=fake",
+                "annotate.endpoint.max_retries=0",
+                *extra,
+                "--samples",
+                samples.uri,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=_env(tmp_path),
+            timeout=300,
+        )
 
     empty = FaultConfig(rate_empty=1.0, max_faults_per_request=100)  # every answer is empty
     log_bad, log_good = tmp_path / "bad.jsonl", tmp_path / "good.jsonl"
-    with running_server(build_app(EchoBackend(), model_name="fake", faults=empty, request_log=log_bad)) as bad:
+    with running_server(
+        build_app(EchoBackend(), model_name="fake", faults=empty, request_log=log_bad)
+    ) as bad:
         out = annotate(bad)
         assert out.returncode == 1
-        assert "annotate: 0 of 8 answers were usable (invalid: {'empty': 8})" in out.stderr, out.stderr[-2000:]
+        assert "annotate: 0 of 8 answers were usable (invalid: {'empty': 8})" in out.stderr, (
+            out.stderr[-2000:]
+        )
         assert "annotate.min_usable_fraction=0.5" in out.stderr
         n_paid = len(read_request_log(log_bad))
         assert n_paid == 8 * 3  # each call asked 1 + max_invalid_retries (2) times
@@ -182,10 +297,14 @@ def test_annotation_without_usable_answers_fails_and_a_fresh_namespace_re_asks(t
         fresh = annotate(good, "annotate.journal_namespace=fresh-1")
         assert fresh.returncode == 0, fresh.stderr[-2000:]
         assert len(read_request_log(log_good)) == 8
-        assert re.search(r"\[sgpo\] annotate ran \(0 answers from the journal, 8 sent\)", fresh.stderr), fresh.stderr
+        assert re.search(
+            r"\[sgpo\] annotate ran \(0 answers from the journal, 8 sent\)", fresh.stderr
+        ), fresh.stderr
         # and --force without a new namespace: runs, but sends nothing (and says so)
         forced = annotate(good, "annotate.journal_namespace=fresh-1", "--force")
         assert forced.returncode == 0 and len(read_request_log(log_good)) == 8
-        assert "[sgpo] annotate ran (8 answers from the journal, 0 sent)" in forced.stderr, forced.stderr[-2000:]
+        assert "[sgpo] annotate ran (8 answers from the journal, 0 sent)" in forced.stderr, (
+            forced.stderr[-2000:]
+        )
     manifests = _manifests(store, "annotate")
     assert len(manifests) == 1 and '"journal_namespace": "fresh-1"' in manifests[0].read_text()

@@ -19,6 +19,7 @@
 
 Everything goes to the server of the current Prefect settings (PREFECT_API_URL or profile).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,11 +60,19 @@ def pool_specs(cuda_pool_type: str = "process") -> list[dict[str, Any]]:
     if cuda_pool_type not in ("process", "kubernetes"):
         raise DeployError(f"--cuda-pool-type must be process or kubernetes, not {cuda_pool_type!r}")
     specs = [
-        {"name": CPU_POOL, "type": "process", "template": pools_dir() / "cpu-process.json",
-         "description": "SGPO pipeline flows: orchestration and CPU stages (prepare, base_model, annotate)"},
-        {"name": CUDA_POOL, "type": cuda_pool_type, "template": pools_dir() / f"cuda-{cuda_pool_type}.json",
-         "description": "SGPO GPU stages: sft, sample, ppl_filter, improver_sft, pairs, dpo, sapo, judge, the "
-                        "evaluation's generate stages and lm_eval (flows/stages.py); the evaluation flow"},
+        {
+            "name": CPU_POOL,
+            "type": "process",
+            "template": pools_dir() / "cpu-process.json",
+            "description": "SGPO pipeline flows: orchestration and CPU stages (prepare, base_model, annotate)",
+        },
+        {
+            "name": CUDA_POOL,
+            "type": cuda_pool_type,
+            "template": pools_dir() / f"cuda-{cuda_pool_type}.json",
+            "description": "SGPO GPU stages: sft, sample, ppl_filter, improver_sft, pairs, dpo, sapo, judge, the "
+            "evaluation's generate stages and lm_eval (flows/stages.py); the evaluation flow",
+        },
     ]
     for s in specs:
         s["base_job_template"] = json.loads(Path(s["template"]).read_text())
@@ -76,7 +85,9 @@ def api_url() -> str | None:
     return PREFECT_API_URL.value()
 
 
-def ensure_pools(cuda_pool_type: str = "process", *, update: bool = False, dry_run: bool = False) -> dict[str, str]:
+def ensure_pools(
+    cuda_pool_type: str = "process", *, update: bool = False, dry_run: bool = False
+) -> dict[str, str]:
     """Create the pools that are missing; returns {pool: created | exists | updated | would create ...}."""
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
@@ -94,10 +105,14 @@ def ensure_pools(cuda_pool_type: str = "process", *, update: bool = False, dry_r
                 if dry_run:
                     out[name] = f"would create ({spec['type']}, {spec['template'].name})"
                     continue
-                client.create_work_pool(WorkPoolCreate(
-                    name=name, type=spec["type"], description=spec["description"],
-                    base_job_template=spec["base_job_template"],
-                ))
+                client.create_work_pool(
+                    WorkPoolCreate(
+                        name=name,
+                        type=spec["type"],
+                        description=spec["description"],
+                        base_job_template=spec["base_job_template"],
+                    )
+                )
                 out[name] = f"created ({spec['type']}, {spec['template'].name})"
             elif pool.type != spec["type"]:
                 raise DeployError(
@@ -108,8 +123,12 @@ def ensure_pools(cuda_pool_type: str = "process", *, update: bool = False, dry_r
                 if dry_run:
                     out[name] = f"would update its base job template from {spec['template'].name}"
                     continue
-                client.update_work_pool(name, WorkPoolUpdate(
-                    base_job_template=spec["base_job_template"], description=spec["description"]))
+                client.update_work_pool(
+                    name,
+                    WorkPoolUpdate(
+                        base_job_template=spec["base_job_template"], description=spec["description"]
+                    ),
+                )
                 out[name] = f"updated ({spec['template'].name})"
             else:
                 out[name] = f"exists ({pool.type}; --update-pools to rewrite its template)"
@@ -117,7 +136,15 @@ def ensure_pools(cuda_pool_type: str = "process", *, update: bool = False, dry_r
 
 
 def prefect_deploy_command(prefect_file: Path, names: list[str] | None = None) -> list[str]:
-    cmd = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(prefect_file)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "--no-prompt",
+        "deploy",
+        "--prefect-file",
+        str(prefect_file),
+    ]
     if names:
         for n in names:
             cmd += ["--name", n]
@@ -139,8 +166,10 @@ def deploy_env() -> dict[str, str]:
 def _fits(name: str, value: dict[str, Any]) -> dict[str, Any]:
     size = len(json.dumps(value))
     if size > MAX_VARIABLE_CHARS:
-        raise DeployError(f"the {name} configuration is {size} characters of JSON; a Prefect Variable holds "
-                          f"at most {MAX_VARIABLE_CHARS}")
+        raise DeployError(
+            f"the {name} configuration is {size} characters of JSON; a Prefect Variable holds "
+            f"at most {MAX_VARIABLE_CHARS}"
+        )
     return value
 
 
@@ -150,10 +179,15 @@ def _team_overrides(store_url: str | None, mlflow_uri: str | None) -> list[str]:
     return [f"store.url={store_url}", f"tracking.mlflow_uri={mlflow_uri}"]
 
 
-def default_configs(preset: str = "tiny", overrides: list[str] | tuple[str, ...] = (),
-                    store_url: str | None = None, mlflow_uri: str | None = None, *,
-                    eval_preset: str | None = "eval-tiny", eval_overrides: list[str] | tuple[str, ...] = (),
-                    ) -> dict[str, dict[str, Any]]:
+def default_configs(
+    preset: str = "tiny",
+    overrides: list[str] | tuple[str, ...] = (),
+    store_url: str | None = None,
+    mlflow_uri: str | None = None,
+    *,
+    eval_preset: str | None = "eval-tiny",
+    eval_overrides: list[str] | tuple[str, ...] = (),
+) -> dict[str, dict[str, Any]]:
     """{variable name: config} for the deployments: the presets, distributed, on the team's store.
 
     Only fields that differ from the defaults are kept (the flow fills in the rest), so the values
@@ -163,7 +197,10 @@ def default_configs(preset: str = "tiny", overrides: list[str] | tuple[str, ...]
 
     team = _team_overrides(store_url, mlflow_uri)
     out: dict[str, dict[str, Any]] = {}
-    for var, extra in ((PIPELINE_CONFIG_VARIABLE, []), (NIGHTLY_CONFIG_VARIABLE, NIGHTLY_OVERRIDES)):
+    for var, extra in (
+        (PIPELINE_CONFIG_VARIABLE, []),
+        (NIGHTLY_CONFIG_VARIABLE, NIGHTLY_OVERRIDES),
+    ):
         try:
             cfg = load_config(preset, ["execution.mode=distributed", *team, *overrides, *extra])
         except ConfigError as e:
@@ -175,10 +212,14 @@ def default_configs(preset: str = "tiny", overrides: list[str] | tuple[str, ...]
         try:
             # keep the preset's experiment: a `tracking.*` override rebuilds the section from its field defaults
             experiment = load_evaluation_config(eval_preset, eval_overrides).tracking.experiment
-            ecfg = load_evaluation_config(eval_preset, [*team, f"tracking.experiment={experiment}", *eval_overrides])
+            ecfg = load_evaluation_config(
+                eval_preset, [*team, f"tracking.experiment={experiment}", *eval_overrides]
+            )
         except ConfigError as e:
             raise DeployError(str(e)) from None
-        out[EVALUATE_CONFIG_VARIABLE] = _fits(eval_preset, ecfg.model_dump(mode="json", exclude_defaults=True))
+        out[EVALUATE_CONFIG_VARIABLE] = _fits(
+            eval_preset, ecfg.model_dump(mode="json", exclude_defaults=True)
+        )
     return out
 
 
@@ -214,15 +255,26 @@ def deploy(
     prefect_file = (prefect_file or repo_dir() / "deployments" / "prefect.yaml").resolve()
     if not prefect_file.exists():
         raise DeployError(f"{prefect_file} not found (set SGPO_REPO_DIR to the sgpo checkout)")
-    configs = default_configs(preset, overrides or [], store_url, mlflow_uri,  # fail fast on a bad config
-                              eval_preset=eval_preset, eval_overrides=eval_overrides or [])
+    configs = default_configs(
+        preset,
+        overrides or [],
+        store_url,
+        mlflow_uri,  # fail fast on a bad config
+        eval_preset=eval_preset,
+        eval_overrides=eval_overrides or [],
+    )
     print(f"[sgpo] deploying to {url} from {prefect_file}", flush=True)
     if not skip_pools:
-        for pool, what in ensure_pools(cuda_pool_type, update=update_pools, dry_run=dry_run).items():
+        for pool, what in ensure_pools(
+            cuda_pool_type, update=update_pools, dry_run=dry_run
+        ).items():
             print(f"[sgpo] work pool {pool}: {what}", flush=True)
     cfg = configs[PIPELINE_CONFIG_VARIABLE]
-    print(f"[sgpo] default config: preset {preset}, store {cfg['store']['url']}, tracking "
-          f"{cfg.get('tracking', {}).get('mlflow_uri')} -> variables {', '.join(configs)}", flush=True)
+    print(
+        f"[sgpo] default config: preset {preset}, store {cfg['store']['url']}, tracking "
+        f"{cfg.get('tracking', {}).get('mlflow_uri')} -> variables {', '.join(configs)}",
+        flush=True,
+    )
     cmd = prefect_deploy_command(prefect_file, names)
     print(f"[sgpo] $ prefect {' '.join(cmd[3:])}", flush=True)
     if dry_run:
@@ -253,36 +305,82 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if rc:
         print(f"sgpo: prefect deploy failed (exit {rc})", file=sys.stderr)
     else:
-        print("[sgpo] deployed; start workers with `prefect worker start --pool cpu --type process` and "
-              "`prefect worker start --pool cuda --type process` (see docs/cluster.md)", flush=True)
+        print(
+            "[sgpo] deployed; start workers with `prefect worker start --pool cpu --type process` and "
+            "`prefect worker start --pool cuda --type process` (see docs/cluster.md)",
+            flush=True,
+        )
     return rc
 
 
 def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `sgpo deploy` on the CLI's subparsers."""
     p = subparsers.add_parser(
-        "deploy", help="register the cpu/cuda work pools and the deployments (deployments/prefect.yaml) on a Prefect server",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "deploy",
+        help="register the cpu/cuda work pools and the deployments (deployments/prefect.yaml) on a Prefect server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--prefect-file", default=None, help="prefect.yaml to deploy (default: deployments/prefect.yaml)")
-    p.add_argument("--config", default="tiny", metavar="PRESET",
-                   help="preset or YAML file of the pipeline deployments' default config (default: tiny)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override in that config, e.g. --set rounds=2 (repeatable)")
-    p.add_argument("--eval-config", default="eval-tiny", metavar="PRESET",
-                   help="evaluation preset (configs/eval-*.yaml) of the sgpo-evaluate deployment (default: eval-tiny)")
-    p.add_argument("--eval-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override in the evaluation config (repeatable)")
-    p.add_argument("--name", action="append", default=[], metavar="DEPLOYMENT",
-                   help="deploy only this one, e.g. sgpo/sgpo-pipeline or 'sft/*' (repeatable; default: all)")
-    p.add_argument("--cuda-pool-type", choices=("process", "kubernetes"), default="process",
-                   help="worker type of the cuda pool when it is created (default: process)")
-    p.add_argument("--update-pools", action="store_true", help="rewrite the base job templates of existing pools")
+    p.add_argument(
+        "--prefect-file",
+        default=None,
+        help="prefect.yaml to deploy (default: deployments/prefect.yaml)",
+    )
+    p.add_argument(
+        "--config",
+        default="tiny",
+        metavar="PRESET",
+        help="preset or YAML file of the pipeline deployments' default config (default: tiny)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override in that config, e.g. --set rounds=2 (repeatable)",
+    )
+    p.add_argument(
+        "--eval-config",
+        default="eval-tiny",
+        metavar="PRESET",
+        help="evaluation preset (configs/eval-*.yaml) of the sgpo-evaluate deployment (default: eval-tiny)",
+    )
+    p.add_argument(
+        "--eval-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override in the evaluation config (repeatable)",
+    )
+    p.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="DEPLOYMENT",
+        help="deploy only this one, e.g. sgpo/sgpo-pipeline or 'sft/*' (repeatable; default: all)",
+    )
+    p.add_argument(
+        "--cuda-pool-type",
+        choices=("process", "kubernetes"),
+        default="process",
+        help="worker type of the cuda pool when it is created (default: process)",
+    )
+    p.add_argument(
+        "--update-pools",
+        action="store_true",
+        help="rewrite the base job templates of existing pools",
+    )
     p.add_argument("--skip-pools", action="store_true", help="only the deployments")
-    p.add_argument("--store-url", default=None,
-                   help=f"artifact store in that config (env SGPO_STORE_URL; default {DEFAULT_STORE_URL})")
-    p.add_argument("--mlflow-uri", default=None,
-                   help=f"MLflow tracking URI in that config (env SGPO_MLFLOW_URI; default {DEFAULT_MLFLOW_URI})")
+    p.add_argument(
+        "--store-url",
+        default=None,
+        help=f"artifact store in that config (env SGPO_STORE_URL; default {DEFAULT_STORE_URL})",
+    )
+    p.add_argument(
+        "--mlflow-uri",
+        default=None,
+        help=f"MLflow tracking URI in that config (env SGPO_MLFLOW_URI; default {DEFAULT_MLFLOW_URI})",
+    )
     p.add_argument("--dry-run", action="store_true", help="print what would be done")
     p.set_defaults(func=cmd_deploy)
     return p

@@ -1,14 +1,15 @@
 """`sgpo`: run the pipeline, inspect configs, recompute benchmark metrics.
 
-    sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
-    sgpo evaluate [EVAL_CONFIG] [key=value ...]   AlpacaEval 2.0 / Arena-Hard / pairwise judging of a model
-    sgpo stage NAME [CONFIG] [key=value ...] --INPUT URI ...   run one stage alone (= python -m tasks.NAME)
-    sgpo compare [PRESET] [key=value] [--method RECIPE ...]   the paper's Table-3 layout from the store
-    sgpo config [CONFIG] [key=value ...]          print the resolved config
-    sgpo deploy                                   register work pools and deployments (docs/cluster.md)
-    sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
-    sgpo metrics arena-hard JUDGMENTS.jsonl ...   Arena-Hard score and 95% CI
+sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
+sgpo evaluate [EVAL_CONFIG] [key=value ...]   AlpacaEval 2.0 / Arena-Hard / pairwise judging of a model
+sgpo stage NAME [CONFIG] [key=value ...] --INPUT URI ...   run one stage alone (= python -m tasks.NAME)
+sgpo compare [PRESET] [key=value] [--method RECIPE ...]   the paper's Table-3 layout from the store
+sgpo config [CONFIG] [key=value ...]          print the resolved config
+sgpo deploy                                   register work pools and deployments (docs/cluster.md)
+sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
+sgpo metrics arena-hard JUDGMENTS.jsonl ...   Arena-Hard score and 95% CI
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,9 @@ def _quiet_prefect_console() -> None:
 
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    loggers = [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]
     for lg in loggers:
         for h in lg.handlers:
             if isinstance(h, PrefectConsoleHandler):
@@ -58,7 +61,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
     _prepare_prefect(args.verbose)
-    print(f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})", flush=True)
+    print(
+        f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})",
+        flush=True,
+    )
     from flows.pipeline import FORCEABLE, check_force, sgpo_pipeline
 
     try:
@@ -71,18 +77,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report is None:
         return rc
     n_cached = sum(s.status == "cached" for s in report.stages)
-    print(f"[sgpo] done in {time.perf_counter() - t0:.1f}s: {len(report.stages) - n_cached} ran, {n_cached} cached", flush=True)
+    print(
+        f"[sgpo] done in {time.perf_counter() - t0:.1f}s: {len(report.stages) - n_cached} ran, {n_cached} cached",
+        flush=True,
+    )
     print(f"[sgpo] final policy: {report.final_policy}")
     if report.report_uri:
-        print(f"[sgpo] report: {report.report_uri}/report.html  (copy: sgpo report {report.report_uri} -o report.html)")
+        print(
+            f"[sgpo] report: {report.report_uri}/report.html  (copy: sgpo report {report.report_uri} -o report.html)"
+        )
     j = report.judge
     if j.get("win_rate") is not None:
-        print(f"[sgpo] judge: win rate {j['win_rate']:.2f} (SE {j.get('standard_error') or 0:.2f}) vs the baseline, "
-              f"{j['n_labelled']} of {j['n']} prompts judged")
+        print(
+            f"[sgpo] judge: win rate {j['win_rate']:.2f} (SE {j.get('standard_error') or 0:.2f}) vs the baseline, "
+            f"{j['n_labelled']} of {j['n']} prompts judged"
+        )
     else:
-        print(f"[sgpo] judge: no win rate: none of {j.get('n', 0)} judge answers had 'm' or 'M' among its top "
-              "logprobs (the judge did not follow the one-token answer format; a capable judge labels almost every row)")
-    for line in (report.testbed or {}).get("lines", []):  # report_vs_sft (the testbed): what the numbers mean
+        print(
+            f"[sgpo] judge: no win rate: none of {j.get('n', 0)} judge answers had 'm' or 'M' among its top "
+            "logprobs (the judge did not follow the one-token answer format; a capable judge labels almost every row)"
+        )
+    for line in (report.testbed or {}).get(
+        "lines", []
+    ):  # report_vs_sft (the testbed): what the numbers mean
         print(line)
     return 0
 
@@ -106,21 +123,26 @@ def _call_flow(flow_fn, **params):
     try:
         return flow_fn(**params), 0
     except KeyboardInterrupt:
-        print("sgpo: interrupted; finished stages and paid LLM calls are kept, and a new run resumes from them",
-              file=sys.stderr)
+        print(
+            "sgpo: interrupted; finished stages and paid LLM calls are kept, and a new run resumes from them",
+            file=sys.stderr,
+        )
         return None, 130
     except Exception as e:
         print(f"sgpo: run failed: {e}", file=sys.stderr)
-        print("sgpo: finished stages are kept; fix the cause and run the same command again to resume "
-              "from the failed stage (-v shows Prefect's logs and the traceback)", file=sys.stderr)
+        print(
+            "sgpo: finished stages are kept; fix the cause and run the same command again to resume "
+            "from the failed stage (-v shows Prefect's logs and the traceback)",
+            file=sys.stderr,
+        )
         if os.environ.get("SGPO_DEBUG"):
             raise
         return None, 1
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sgpo.config.pipeline import ConfigError
     from sgpo.config.evaluation import load_evaluation_config
+    from sgpo.config.pipeline import ConfigError
 
     source, overrides = _split_args(args.items)
     try:
@@ -152,7 +174,9 @@ def cmd_stage(args: argparse.Namespace) -> int:
     from tasks import ALL_STAGES, get_stage
 
     if args.name not in ALL_STAGES:
-        print(f"sgpo: unknown stage {args.name!r}; stages: {', '.join(ALL_STAGES)}", file=sys.stderr)
+        print(
+            f"sgpo: unknown stage {args.name!r}; stages: {', '.join(ALL_STAGES)}", file=sys.stderr
+        )
         return 2
     for k, v in EMBEDDED_PREFECT_DEFAULTS.items():
         os.environ.setdefault(k, v)
@@ -169,7 +193,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     methods = args.method or method_names()
     try:
         for m in methods:
-            load_config(source, [*overrides, f"method={m}"])  # fail fast on a bad preset, key or recipe
+            load_config(
+                source, [*overrides, f"method={m}"]
+            )  # fail fast on a bad preset, key or recipe
     except ConfigError as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
@@ -204,28 +230,75 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sgpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="sgpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the SGPO pipeline (default: the tiny CPU preset)")
-    run.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help="preset name or YAML file, then overrides")
-    run.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute this stage (repeatable)")
-    run.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
+    run.add_argument(
+        "items",
+        nargs="*",
+        metavar="[CONFIG] [key=value]",
+        help="preset name or YAML file, then overrides",
+    )
+    run.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="recompute this stage (repeatable)",
+    )
+    run.add_argument(
+        "-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks"
+    )
     run.set_defaults(func=cmd_run)
-    ev = sub.add_parser("evaluate", help="AlpacaEval 2.0 / Arena-Hard / pairwise evaluation (default: eval-tiny)")
-    ev.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]", help="eval preset or YAML file, then overrides")
-    ev.add_argument("--force", action="append", default=[], metavar="STAGE", help="recompute this stage (repeatable)")
-    ev.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
+    ev = sub.add_parser(
+        "evaluate", help="AlpacaEval 2.0 / Arena-Hard / pairwise evaluation (default: eval-tiny)"
+    )
+    ev.add_argument(
+        "items",
+        nargs="*",
+        metavar="[CONFIG] [key=value]",
+        help="eval preset or YAML file, then overrides",
+    )
+    ev.add_argument(
+        "--force",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="recompute this stage (repeatable)",
+    )
+    ev.add_argument(
+        "-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks"
+    )
     ev.set_defaults(func=cmd_evaluate)
-    cmp_ = sub.add_parser("compare", help="the SGPO paper's Table-3 layout for recipes on one preset, from the store")
-    cmp_.add_argument("items", nargs="*", metavar="[PRESET] [key=value]", help="model preset, then overrides")
-    cmp_.add_argument("--method", action="append", default=[], metavar="RECIPE",
-                      help="a recipe of configs/methods/ (repeatable; default: all)")
-    cmp_.add_argument("-o", "--output", default=".sgpo/compare", help="folder for compare.md and compare.csv")
-    cmp_.add_argument("-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks")
+    cmp_ = sub.add_parser(
+        "compare", help="the SGPO paper's Table-3 layout for recipes on one preset, from the store"
+    )
+    cmp_.add_argument(
+        "items", nargs="*", metavar="[PRESET] [key=value]", help="model preset, then overrides"
+    )
+    cmp_.add_argument(
+        "--method",
+        action="append",
+        default=[],
+        metavar="RECIPE",
+        help="a recipe of configs/methods/ (repeatable; default: all)",
+    )
+    cmp_.add_argument(
+        "-o", "--output", default=".sgpo/compare", help="folder for compare.md and compare.csv"
+    )
+    cmp_.add_argument(
+        "-v", "--verbose", action="store_true", help="show Prefect's own log lines and tracebacks"
+    )
     cmp_.set_defaults(func=cmd_compare)
-    st = sub.add_parser("stage", help="run one stage alone (`sgpo stage NAME -h` lists its inputs)", add_help=False)
+    st = sub.add_parser(
+        "stage", help="run one stage alone (`sgpo stage NAME -h` lists its inputs)", add_help=False
+    )
     st.add_argument("name", metavar="NAME", help="the stage, e.g. sft, dpo, judge")
-    st.add_argument("rest", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...] --INPUT URI ... (see -h)")
+    st.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="[CONFIG] [key=value ...] --INPUT URI ... (see -h)"
+    )
     st.set_defaults(func=cmd_stage)
     cfg = sub.add_parser("config", help="print the resolved configuration")
     cfg.add_argument("items", nargs="*", metavar="[CONFIG] [key=value]")

@@ -28,8 +28,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sgpo.data.shared import shared_data_dir
-
 __all__ = ["add_metrics_parser", "main", "run_alpaca_eval", "run_arena_hard"]
 
 SURROGATE_DIFFICULTY = Path("alpaca_eval") / "instruction_difficulty_surrogate.csv"
@@ -63,9 +61,13 @@ def _json_lines(path: Path, text: str, what: str) -> list[dict[str, Any]]:
         try:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
-            raise MetricsInputError(f"{path} line {n} is not JSON ({e.msg}); expected {what}") from None
+            raise MetricsInputError(
+                f"{path} line {n} is not JSON ({e.msg}); expected {what}"
+            ) from None
         if not isinstance(obj, dict):
-            raise MetricsInputError(f"{path} line {n} is a JSON {type(obj).__name__}, not an object; expected {what}")
+            raise MetricsInputError(
+                f"{path} line {n} is a JSON {type(obj).__name__}, not an object; expected {what}"
+            )
         out.append(obj)
     return out
 
@@ -80,10 +82,14 @@ def _arena_hard_records(arg: str) -> list[dict[str, Any]]:
     if path.is_dir():
         files = sorted(path.glob("*.jsonl"))
         if not files:
-            raise MetricsInputError(f"{path} is a folder with no .jsonl files (expected {ARENA_HARD_WHAT})")
+            raise MetricsInputError(
+                f"{path} is a folder with no .jsonl files (expected {ARENA_HARD_WHAT})"
+            )
     records: list[dict[str, Any]] = []
     for file in files:
-        for n, rec in enumerate(_json_lines(file, _read_text(file, ARENA_HARD_WHAT), ARENA_HARD_WHAT), 1):
+        for n, rec in enumerate(
+            _json_lines(file, _read_text(file, ARENA_HARD_WHAT), ARENA_HARD_WHAT), 1
+        ):
             missing = [k for k in ("model", "games") if k not in rec]
             if "question_id" not in rec and "uid" not in rec:
                 missing.insert(0, "question_id")
@@ -97,7 +103,9 @@ def _arena_hard_records(arg: str) -> list[dict[str, Any]]:
     return records
 
 
-ALPACA_WHAT = "AlpacaEval annotations: a JSON list (or .jsonl) of objects with output_1, output_2, preference"
+ALPACA_WHAT = (
+    "AlpacaEval annotations: a JSON list (or .jsonl) of objects with output_1, output_2, preference"
+)
 
 
 def _alpaca_annotations(arg: str):
@@ -114,18 +122,30 @@ def _alpaca_annotations(arg: str):
         try:
             records = json.loads(text)
         except json.JSONDecodeError as e:
-            raise MetricsInputError(f"{path} is not JSON ({e.msg} at line {e.lineno}); expected {ALPACA_WHAT}") from None
+            raise MetricsInputError(
+                f"{path} is not JSON ({e.msg} at line {e.lineno}); expected {ALPACA_WHAT}"
+            ) from None
         if isinstance(records, dict):
             records = [records]
         if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-            raise MetricsInputError(f"{path} holds a JSON {type(records).__name__}, not a list of objects; expected {ALPACA_WHAT}")
+            raise MetricsInputError(
+                f"{path} holds a JSON {type(records).__name__}, not a list of objects; expected {ALPACA_WHAT}"
+            )
     if not records:
         raise MetricsInputError(f"{path} holds no annotations (expected {ALPACA_WHAT})")
     missing = sorted({"preference", "output_2"} - set().union(*(r.keys() for r in records)))
     if missing:
-        raise MetricsInputError(f"{path}: no annotation has {', '.join(missing)} (expected {ALPACA_WHAT})")
-    if pd.to_numeric(pd.Series([r.get("preference") for r in records]), errors="coerce").isna().all():
-        raise MetricsInputError(f"{path}: no annotation has a numeric preference (1 = output_1, 2 = output_2)")
+        raise MetricsInputError(
+            f"{path}: no annotation has {', '.join(missing)} (expected {ALPACA_WHAT})"
+        )
+    if (
+        pd.to_numeric(pd.Series([r.get("preference") for r in records]), errors="coerce")
+        .isna()
+        .all()
+    ):
+        raise MetricsInputError(
+            f"{path}: no annotation has a numeric preference (1 = output_1, 2 = output_2)"
+        )
     return ae.load_annotations(path)
 
 
@@ -138,7 +158,11 @@ def _one_line_errors(command: str):
                 return func(args)
             except MetricsInputError as e:
                 msg = str(e)
-            except (OSError, ValueError, KeyError) as e:  # a support file (difficulty CSV...) or the scoring
+            except (
+                OSError,
+                ValueError,
+                KeyError,
+            ) as e:  # a support file (difficulty CSV...) or the scoring
                 msg = f"{type(e).__name__}: {e}" if isinstance(e, KeyError) else str(e)
             sys.stderr.write(f"sgpo metrics {command}: error: {' '.join(msg.split())}\n")
             return 2
@@ -177,12 +201,21 @@ def run_alpaca_eval(args: argparse.Namespace) -> int:
 
     df = _alpaca_annotations(args.annotations)
     # The same resolution as the judge stages: 'auto' = the hub files, else the offline reconstructions.
-    lc = ae.resolve_lc_inputs(args.instruction_difficulty, args.gamed_annotations, offline_dir=args.lc_offline_dir)
-    difficulty, difficulty_source, gamed, gamed_source = lc["difficulty"], lc["difficulty_source"], lc["gamed"], lc["gamed_source"]
+    lc = ae.resolve_lc_inputs(
+        args.instruction_difficulty, args.gamed_annotations, offline_dir=args.lc_offline_dir
+    )
+    difficulty, difficulty_source, gamed, gamed_source = (
+        lc["difficulty"],
+        lc["difficulty_source"],
+        lc["gamed"],
+        lc["gamed_source"],
+    )
     metrics = ae.evaluate_annotations(df, difficulty, gamed_annotations=gamed)
 
     def first(col: str):
-        return str(df[col].dropna().iloc[0]) if col in df.columns and df[col].notna().any() else None
+        return (
+            str(df[col].dropna().iloc[0]) if col in df.columns and df[col].notna().any() else None
+        )
 
     payload = {
         "model": first("generator_2"),
@@ -205,7 +238,9 @@ def run_alpaca_eval(args: argparse.Namespace) -> int:
     if payload["lc_win_rate"] is not None and not payload["lc_regularized"]:
         # Upstream regularises the GLM with its gamed-baseline rows (df_gamed.csv, hub only); without
         # them the fit is upstream's unregularised one, which can sit ~1-2 points from the official LC.
-        payload["lc_note"] = ae.UNREGULARISED_NOTE + " (--gamed-annotations hub, and --instruction-difficulty hub)"
+        payload["lc_note"] = (
+            ae.UNREGULARISED_NOTE + " (--gamed-annotations hub, and --instruction-difficulty hub)"
+        )
     _print_json(payload)
     return 0
 
@@ -226,11 +261,13 @@ def run_arena_hard(args: argparse.Namespace) -> int:
         first_game_only=args.first_game_only,
         reparse=args.reparse,
     )
-    _print_json({"baseline": args.baseline, "rounds": args.rounds, "seed": args.seed, "models": result})
+    _print_json(
+        {"baseline": args.baseline, "rounds": args.rounds, "seed": args.seed, "models": result}
+    )
     return 0
 
 
-def add_metrics_parser(subparsers: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+def add_metrics_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register the ``metrics`` sub-command (with ``alpaca-eval`` and ``arena-hard``) on ``subparsers``.
 
     Each leaf parser sets ``func`` (``args.func(args) -> int``) via ``set_defaults``.
@@ -245,8 +282,12 @@ def add_metrics_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
     sub = metrics.add_subparsers(dest="metrics_command", metavar="{alpaca-eval,arena-hard}")
     sub.required = True
 
-    pa = sub.add_parser("alpaca-eval", help="AlpacaEval 2.0 win rate / LC win rate from annotations.json")
-    pa.add_argument("annotations", help="official annotations.json (output_1 = baseline, output_2 = model)")
+    pa = sub.add_parser(
+        "alpaca-eval", help="AlpacaEval 2.0 win rate / LC win rate from annotations.json"
+    )
+    pa.add_argument(
+        "annotations", help="official annotations.json (output_1 = baseline, output_2 = model)"
+    )
     pa.add_argument(
         "--instruction-difficulty",
         default="auto",
@@ -269,14 +310,24 @@ def add_metrics_parser(subparsers: "argparse._SubParsersAction") -> argparse.Arg
     )
     pa.set_defaults(func=run_alpaca_eval)
 
-    pr = sub.add_parser("arena-hard", help="Arena-Hard v0.1 score and 95%% CI from judgment jsonl files")
+    pr = sub.add_parser(
+        "arena-hard", help="Arena-Hard v0.1 score and 95%% CI from judgment jsonl files"
+    )
     pr.add_argument("judgments", nargs="+", help="official judgment .jsonl file(s) or folder(s)")
     pr.add_argument("--baseline", default=DEFAULT_BASELINE)
-    pr.add_argument("--rounds", type=int, default=100, help="bootstrap rounds (default 100, as upstream)")
-    pr.add_argument("--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed (default 42, as upstream)")
-    pr.add_argument("--weight", type=int, default=DEFAULT_WEIGHT, help="rows per strong verdict (default 3)")
+    pr.add_argument(
+        "--rounds", type=int, default=100, help="bootstrap rounds (default 100, as upstream)"
+    )
+    pr.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="bootstrap seed (default 42, as upstream)"
+    )
+    pr.add_argument(
+        "--weight", type=int, default=DEFAULT_WEIGHT, help="rows per strong verdict (default 3)"
+    )
     pr.add_argument("--first-game-only", action="store_true")
-    pr.add_argument("--reparse", action="store_true", help="re-parse verdicts from the judgment text")
+    pr.add_argument(
+        "--reparse", action="store_true", help="re-parse verdicts from the judgment text"
+    )
     pr.set_defaults(func=run_arena_hard)
     return metrics
 

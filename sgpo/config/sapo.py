@@ -10,6 +10,7 @@ Fields made with `runtime_field` (generation batch size, micro-batch size, check
 logging) change how the run goes, not what it produces, and stay out of the stage's cache key.
 Importing this module imports neither torch nor transformers.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -31,19 +32,31 @@ class SAPODPOConfig(Section):
     beta: float = Field(0.1, gt=0, description="DPO beta (paper: 0.1)")
     learning_rate: float = Field(5e-7, gt=0, description="Peak learning rate (paper: 5e-7)")
     optimizer: str = Field("rmsprop", description="A transformers `optim` name (paper: rmsprop)")
-    lr_scheduler_type: str = Field("linear", description="transformers scheduler name (paper: linear)")
-    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Warmup as a fraction of all steps (paper: 0.1)")
-    warmup_steps: int = Field(0, ge=0, description="Warmup steps; when > 0 it replaces warmup_ratio")
+    lr_scheduler_type: str = Field(
+        "linear", description="transformers scheduler name (paper: linear)"
+    )
+    warmup_ratio: float = Field(
+        0.1, ge=0, lt=1, description="Warmup as a fraction of all steps (paper: 0.1)"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="Warmup steps; when > 0 it replaces warmup_ratio"
+    )
     loss_type: str = Field("sigmoid", description="TRL DPO loss type (paper: sigmoid)")
 
 
 class SAPOORPOConfig(Section):
-    lam: float = Field(0.05, gt=0, description="ORPO lambda, weight of the odds-ratio term (paper: 0.05)")
+    lam: float = Field(
+        0.05, gt=0, description="ORPO lambda, weight of the odds-ratio term (paper: 0.05)"
+    )
     learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate (paper: 5e-6)")
     optimizer: str = Field("adamw_torch", description="A transformers `optim` name (paper: AdamW)")
-    lr_scheduler_type: str = Field("inverse_sqrt", description="transformers scheduler name (paper: inverse_sqrt)")
+    lr_scheduler_type: str = Field(
+        "inverse_sqrt", description="transformers scheduler name (paper: inverse_sqrt)"
+    )
     warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warmup as a fraction of all steps")
-    warmup_steps: int = Field(100, ge=0, description="Warmup steps; when > 0 it replaces warmup_ratio (paper: 100)")
+    warmup_steps: int = Field(
+        100, ge=0, description="Warmup steps; when > 0 it replaces warmup_ratio (paper: 100)"
+    )
 
 
 class SAPOConfig(Section):
@@ -51,29 +64,49 @@ class SAPOConfig(Section):
 
     loss: Literal["dpo", "orpo"] = Field("dpo", description="Preference loss of each training step")
     dpo: SAPODPOConfig = Field(default_factory=SAPODPOConfig, description="Used when loss = dpo")
-    orpo: SAPOORPOConfig = Field(default_factory=SAPOORPOConfig, description="Used when loss = orpo")
+    orpo: SAPOORPOConfig = Field(
+        default_factory=SAPOORPOConfig, description="Used when loss = orpo"
+    )
 
     epochs: int = Field(4, ge=1, description="Passes over the (x, y+) rows (paper: 4)")
     max_steps: int = Field(-1, description="Stop after N training steps (-1: all epochs)")
     batch_size: int = Field(
-        8, ge=1, description="Rows (x, y+) taken per iteration, and pairs drawn from the buffer per training step (paper: 8)"
+        8,
+        ge=1,
+        description="Rows (x, y+) taken per iteration, and pairs drawn from the buffer per training step (paper: 8)",
     )
-    max_prompt_length: int = Field(1792, ge=1, description="Prompt tokens kept (the end of longer prompts) (paper: 1792)")
+    max_prompt_length: int = Field(
+        1792, ge=1, description="Prompt tokens kept (the end of longer prompts) (paper: 1792)"
+    )
     max_length: int = Field(2048, ge=2, description="Prompt + answer tokens kept (paper: 2048)")
     weight_decay: float = Field(0.0, ge=0, description="Optimiser weight decay")
-    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping norm (0: none); transformers' default")
+    max_grad_norm: float = Field(
+        1.0, ge=0, description="Gradient clipping norm (0: none); transformers' default"
+    )
     seed: int = Field(42, description="Seeds data order, cut positions, sampling and buffer draws")
 
     # segment regeneration
-    segment: bool = Field(True, description="Regenerate a segment B of y+ (false: the 'no segment' ablation, regenerate all of y+)")
-    segment_length: int = Field(256, ge=1, description="|B| in tokens (paper: 256; ablations 64 / 128)")
-    min_tail_tokens: int = Field(
-        3, ge=0, description="Cut positions leave at least this many tokens after B when the answer is long enough (published code: 3)"
+    segment: bool = Field(
+        True,
+        description="Regenerate a segment B of y+ (false: the 'no segment' ablation, regenerate all of y+)",
     )
-    rejected_per_prompt: int = Field(1, ge=1, description="Rejected answers generated per row (ablations 1 / 4 / 8)")
-    sample_every: int = Field(1, ge=1, description="Regenerate and push to the buffer every N steps (paper: 1)")
+    segment_length: int = Field(
+        256, ge=1, description="|B| in tokens (paper: 256; ablations 64 / 128)"
+    )
+    min_tail_tokens: int = Field(
+        3,
+        ge=0,
+        description="Cut positions leave at least this many tokens after B when the answer is long enough (published code: 3)",
+    )
+    rejected_per_prompt: int = Field(
+        1, ge=1, description="Rejected answers generated per row (ablations 1 / 4 / 8)"
+    )
+    sample_every: int = Field(
+        1, ge=1, description="Regenerate and push to the buffer every N steps (paper: 1)"
+    )
     rejected_by: Literal["ema", "policy"] = Field(
-        "ema", description="Model that regenerates B': the EMA model (SAPO) or the current policy (the on-policy ablation)"
+        "ema",
+        description="Model that regenerates B': the EMA model (SAPO) or the current policy (the on-policy ablation)",
     )
     temperature: float = Field(0.7, ge=0, description="Sampling temperature of B' (0: greedy)")
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling of B'")
@@ -81,7 +114,12 @@ class SAPOConfig(Section):
 
     # replay buffer and EMA
     buffer_capacity: int = Field(2000, ge=1, description="FIFO replay buffer size (paper: 2000)")
-    ema_alpha: float = Field(0.5, ge=0, le=1, description="theta_ema <- alpha * theta_ema + (1 - alpha) * theta (paper: 0.5)")
+    ema_alpha: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="theta_ema <- alpha * theta_ema + (1 - alpha) * theta (paper: 0.5)",
+    )
     ema_every: int = Field(2, ge=1, description="EMA update every N training steps (paper: 2)")
 
     # DPO reference
@@ -98,14 +136,20 @@ class SAPOConfig(Section):
     # runtime only: not in the cache key
     generation_batch_size: int = runtime_field(16, "Rows per batched generate call", ge=1)
     micro_batch_size: int | None = runtime_field(
-        None, "Split each training batch into micro-batches of this size (memory). The same loss for DPO (a mean over pairs, up to float rounding); for ORPO the NLL term becomes a mean of per-micro-batch token means", ge=1
+        None,
+        "Split each training batch into micro-batches of this size (memory). The same loss for DPO (a mean over pairs, up to float rounding); for ORPO the NLL term becomes a mean of per-micro-batch token means",
+        ge=1,
     )
-    checkpoint_every: int = runtime_field(50, "Write a resumable checkpoint every N steps (0: only on SIGTERM and at the end)", ge=0)
-    keep_checkpoints: int = runtime_field(2, "Complete checkpoints kept in the checkpoint folder", ge=1)
+    checkpoint_every: int = runtime_field(
+        50, "Write a resumable checkpoint every N steps (0: only on SIGTERM and at the end)", ge=0
+    )
+    keep_checkpoints: int = runtime_field(
+        2, "Complete checkpoints kept in the checkpoint folder", ge=1
+    )
     logging_steps: int = runtime_field(10, "Send metrics to the callback every N steps", ge=1)
 
     @model_validator(mode="after")
-    def _check(self) -> "SAPOConfig":
+    def _check(self) -> SAPOConfig:
         check_config(self)
         return self
 
@@ -126,7 +170,10 @@ def check_config(cfg: SAPOConfig) -> None:
         )
     if cfg.max_prompt_length >= cfg.max_length:
         raise SAPOConfigError(
-            "max_prompt_length", f"{cfg.max_prompt_length} leaves no room for an answer within max_length {cfg.max_length}"
+            "max_prompt_length",
+            f"{cfg.max_prompt_length} leaves no room for an answer within max_length {cfg.max_length}",
         )
     if cfg.max_steps == 0 or cfg.max_steps < -1:
-        raise SAPOConfigError("max_steps", f"{cfg.max_steps}: use -1 (all epochs) or a positive number")
+        raise SAPOConfigError(
+            "max_steps", f"{cfg.max_steps}: use -1 (all epochs) or a positive number"
+        )

@@ -3,6 +3,7 @@
 Its own module so that section models outside sgpo/config/pipeline.py (e.g. sgpo/config/sapo.py) can build
 on it while sgpo/config/pipeline.py uses them, without an import circle.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 NOT_IN_CACHE_KEY = "not_in_cache_key"
-KEY_WHEN_SET = "in_cache_key_when_set"  # in the key only when not at its default (old keys stay valid)
+KEY_WHEN_SET = (
+    "in_cache_key_when_set"  # in the key only when not at its default (old keys stay valid)
+)
 
 
 def runtime_field(default: Any = None, description: str = "", **kw: Any) -> Any:

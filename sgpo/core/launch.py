@@ -18,6 +18,7 @@ Every bad launch is refused before any process starts (`launch_plan`): an accele
 does not exist, more processes than devices, DeepSpeed without the package, FSDP/DeepSpeed on a
 machine without CUDA.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -28,9 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from artifacts.refs import ArtifactRef
@@ -58,10 +60,26 @@ class LaunchPlan:
     distributed_type: str
     port: int
 
-    def command(self, stage: str, spec: Path, inputs: Mapping[str, "ArtifactRef"], params: Mapping[str, Any]) -> list[str]:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(self.accelerate_config),
-               "--num_processes", str(self.num_processes), "--num_machines", "1",
-               "--main_process_port", str(self.port), "-m", f"tasks.{stage}", "--launch-spec", str(spec)]
+    def command(
+        self, stage: str, spec: Path, inputs: Mapping[str, ArtifactRef], params: Mapping[str, Any]
+    ) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(self.accelerate_config),
+            "--num_processes",
+            str(self.num_processes),
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(self.port),
+            "-m",
+            f"tasks.{stage}",
+            "--launch-spec",
+            str(spec),
+        ]
         for name, ref in inputs.items():
             cmd += [f"--{name}", ref.uri]
         for name, value in params.items():
@@ -80,13 +98,20 @@ def process_rank() -> int:
 
 def resolve_accelerate_config(name: str) -> Path:
     """A file path as given, or a name/file in configs/accelerate (`zero3`, `zero3.yaml`)."""
-    candidates = [Path(name), ACCELERATE_CONFIG_DIR / name, ACCELERATE_CONFIG_DIR / f"{name}.yaml", REPO_DIR / name]
+    candidates = [
+        Path(name),
+        ACCELERATE_CONFIG_DIR / name,
+        ACCELERATE_CONFIG_DIR / f"{name}.yaml",
+        REPO_DIR / name,
+    ]
     for c in candidates:
         if c.is_file():
             return c.resolve()
     known = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIG_DIR.glob("*.yaml")))
-    raise LaunchConfigError(f"accelerate config {name!r} does not exist (looked for {', '.join(map(str, candidates[:2]))}, "
-                            f"...); the ones in {ACCELERATE_CONFIG_DIR}: {known}")
+    raise LaunchConfigError(
+        f"accelerate config {name!r} does not exist (looked for {', '.join(map(str, candidates[:2]))}, "
+        f"...); the ones in {ACCELERATE_CONFIG_DIR}: {known}"
+    )
 
 
 def read_accelerate_config(path: Path) -> dict[str, Any]:
@@ -97,7 +122,9 @@ def read_accelerate_config(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as e:
         raise LaunchConfigError(f"accelerate config {path} cannot be read as YAML: {e}") from None
     if not isinstance(tree, dict):
-        raise LaunchConfigError(f"accelerate config {path} must hold a mapping, not {type(tree).__name__}")
+        raise LaunchConfigError(
+            f"accelerate config {path} must hold a mapping, not {type(tree).__name__}"
+        )
     return tree
 
 
@@ -116,7 +143,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_plan(launch: "LaunchConfig", *, where: str = "launch") -> LaunchPlan | None:
+def launch_plan(launch: LaunchConfig, *, where: str = "launch") -> LaunchPlan | None:
     """None: train in this process. Else the checked plan; every bad input is a LaunchConfigError."""
     if in_launched_rank():
         return None
@@ -135,19 +162,27 @@ def launch_plan(launch: "LaunchConfig", *, where: str = "launch") -> LaunchPlan 
     if dist == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
         raise LaunchConfigError(
             f"{where}.accelerate_config {path.name} uses DeepSpeed (distributed_type: DEEPSPEED) but the deepspeed "
-            "package is not installed here: `pip install deepspeed` on the GPU worker, or use fsdp / ddp")
+            "package is not installed here: `pip install deepspeed` on the GPU worker, or use fsdp / ddp"
+        )
     if dist in ("DEEPSPEED", "FSDP") and not gpus:
         raise LaunchConfigError(
             f"{where}.accelerate_config {path.name} ({dist}) needs CUDA GPUs and this machine has none; "
-            "on CPU use the ddp config (gloo)")
+            "on CPU use the ddp config (gloo)"
+        )
     devices = gpus if gpus else (os.cpu_count() or 1)
     kind = "GPUs" if gpus else "CPU cores (no GPU is visible)"
     if n > devices:
-        raise LaunchConfigError(f"{where}.num_processes = {n} but this machine has {devices} {kind}: at most one process per device")
+        raise LaunchConfigError(
+            f"{where}.num_processes = {n} but this machine has {devices} {kind}: at most one process per device"
+        )
     if n == 1 and dist not in ("DEEPSPEED", "FSDP"):
         return None  # one plain process: nothing to launch
-    return LaunchPlan(accelerate_config=path, num_processes=n, distributed_type=dist,
-                      port=launch.main_process_port or free_port())
+    return LaunchPlan(
+        accelerate_config=path,
+        num_processes=n,
+        distributed_type=dist,
+        port=launch.main_process_port or free_port(),
+    )
 
 
 def _first_rank_error(folder: Path) -> dict[str, Any] | None:
@@ -170,50 +205,99 @@ def write_rank_error(exc: BaseException) -> None:
         return
     rank = process_rank()
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    record = {"rank": rank, "time": time.time(), "type": type(exc).__name__, "message": str(exc), "traceback": text[-TAIL_CHARS:]}
+    record = {
+        "rank": rank,
+        "time": time.time(),
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": text[-TAIL_CHARS:],
+    }
     try:
         (Path(spec).parent / f"rank{rank}.error.json").write_text(json.dumps(record))
     except OSError:
         pass
 
 
-def launch_stage(st: "Stage", plan: LaunchPlan, cfg: Any, ctx: "StageContext", inputs: Mapping[str, "ArtifactRef"],
-                 params: Mapping[str, Any], key: str, *, log: Any = None) -> "ArtifactRef":
+def launch_stage(
+    st: Stage,
+    plan: LaunchPlan,
+    cfg: Any,
+    ctx: StageContext,
+    inputs: Mapping[str, ArtifactRef],
+    params: Mapping[str, Any],
+    key: str,
+    *,
+    log: Any = None,
+) -> ArtifactRef:
     """Run the stage under accelerate launch; the artifact rank 0 published (read back by key)."""
     store = ctx.open_store()
-    for ref in inputs.values():  # fetch remote checkpoints once here, not once per rank at the same time
+    for (
+        ref
+    ) in inputs.values():  # fetch remote checkpoints once here, not once per rank at the same time
         if ref.kind == "model":
             store.model_dir(ref)
     with tempfile.TemporaryDirectory(prefix=f"sgpo-launch-{st.name}-") as tmp:
         folder = Path(tmp)
         spec = folder / "spec.json"
-        spec.write_text(json.dumps({"stage": st.name, "key": key, "cfg": cfg.model_dump(mode="json"),
-                                    "ctx": ctx.model_dump(mode="json"), "params": dict(params)}))
+        spec.write_text(
+            json.dumps(
+                {
+                    "stage": st.name,
+                    "key": key,
+                    "cfg": cfg.model_dump(mode="json"),
+                    "ctx": ctx.model_dump(mode="json"),
+                    "params": dict(params),
+                }
+            )
+        )
         cmd = plan.command(st.name, spec, inputs, params)
-        env = {**os.environ, SPEC_ENV: str(spec), "PYTHONPATH": os.pathsep.join(
-            [str(REPO_DIR)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+        env = {
+            **os.environ,
+            SPEC_ENV: str(spec),
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO_DIR)]
+                + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])
+            ),
+        }
         if not visible_gpus():
             env.setdefault("OMP_NUM_THREADS", "1")
         out_path = folder / "launch.log"
         if log is not None:
-            log.info("%s: accelerate launch, %d processes, %s (%s)", st.name, plan.num_processes,
-                     plan.accelerate_config.name, plan.distributed_type)
+            log.info(
+                "%s: accelerate launch, %d processes, %s (%s)",
+                st.name,
+                plan.num_processes,
+                plan.accelerate_config.name,
+                plan.distributed_type,
+            )
         t0 = time.perf_counter()
         with open(out_path, "wb") as out:
-            rc = subprocess.run(cmd, cwd=str(REPO_DIR), env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+            rc = subprocess.run(
+                cmd, cwd=str(REPO_DIR), env=env, stdout=out, stderr=subprocess.STDOUT
+            ).returncode
         tail = out_path.read_text(errors="replace")[-TAIL_CHARS:]
         if rc != 0:
             err = _first_rank_error(folder)
             if err is not None:
                 raise StageLaunchError(
                     f"stage {st.name}: rank {err['rank']} of {plan.num_processes} failed: {err['type']}: {err['message']}\n"
-                    f"--- rank {err['rank']} traceback (tail) ---\n{err['traceback']}\n--- launch output (tail) ---\n{tail}")
-            raise StageLaunchError(f"stage {st.name}: accelerate launch exited with status {rc} (no rank reported an "
-                                   f"error: killed? out of memory?)\n--- launch output (tail) ---\n{tail}")
+                    f"--- rank {err['rank']} traceback (tail) ---\n{err['traceback']}\n--- launch output (tail) ---\n{tail}"
+                )
+            raise StageLaunchError(
+                f"stage {st.name}: accelerate launch exited with status {rc} (no rank reported an "
+                f"error: killed? out of memory?)\n--- launch output (tail) ---\n{tail}"
+            )
         ref = store.find(st.name, key)
         if ref is None:
-            raise StageLaunchError(f"stage {st.name}: the launched processes exited 0 but rank 0 published no artifact "
-                                   f"for key {key[:16]}\n--- launch output (tail) ---\n{tail}")
+            raise StageLaunchError(
+                f"stage {st.name}: the launched processes exited 0 but rank 0 published no artifact "
+                f"for key {key[:16]}\n--- launch output (tail) ---\n{tail}"
+            )
         if log is not None:
-            log.info("%s: launched training finished in %.1fs -> %s", st.name, time.perf_counter() - t0, ref.uri)
+            log.info(
+                "%s: launched training finished in %.1fs -> %s",
+                st.name,
+                time.perf_counter() - t0,
+                ref.uri,
+            )
         return ref

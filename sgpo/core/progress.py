@@ -13,6 +13,7 @@ artifact part switches itself off (logged at debug level). The callback may be c
 thread (call_all calls it from its event-loop thread); each update is a short blocking call,
 at most one per `min_interval_s`, plus the final one.
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,9 +45,18 @@ def in_prefect_run() -> bool:
 class StageProgress:
     """The callback returned by `stage_progress`; also usable as a context manager (closes the bar)."""
 
-    def __init__(self, stage: str, total: int, *, min_interval_s: float = 2.0, log_interval_s: float = 30.0,
-                 stream: IO[str] | None = None, logger: logging.Logger | None = None,
-                 prefect: bool | None = None, bar: bool | None = None):  # fmt: skip
+    def __init__(
+        self,
+        stage: str,
+        total: int,
+        *,
+        min_interval_s: float = 2.0,
+        log_interval_s: float = 30.0,
+        stream: IO[str] | None = None,
+        logger: logging.Logger | None = None,
+        prefect: bool | None = None,
+        bar: bool | None = None,
+    ):
         self.stage, self.total = stage, max(int(total), 0)
         self.min_interval_s, self.log_interval_s = min_interval_s, log_interval_s
         self.logger = logger
@@ -66,8 +76,15 @@ class StageProgress:
             try:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=self.total, desc=stage, file=stream, unit="call", mininterval=0.5,
-                                 dynamic_ncols=True, leave=True)  # fmt: skip
+                self._bar = tqdm(
+                    total=self.total,
+                    desc=stage,
+                    file=stream,
+                    unit="call",
+                    mininterval=0.5,
+                    dynamic_ncols=True,
+                    leave=True,
+                )
             except Exception:  # pragma: no cover - tqdm missing: no bar
                 self._bar = None
         if prefect is None:
@@ -89,7 +106,10 @@ class StageProgress:
             from prefect.artifacts import create_progress_artifact
 
             self.artifact_id = create_progress_artifact(
-                progress=self._percent(), key=_artifact_key(self.stage), description=self._description(), _sync=True
+                progress=self._percent(),
+                key=_artifact_key(self.stage),
+                description=self._description(),
+                _sync=True,
             )
         except Exception as e:
             _log.debug("no progress artifact for %s: %r", self.stage, e)
@@ -101,7 +121,9 @@ class StageProgress:
         try:
             from prefect.artifacts import update_progress_artifact
 
-            update_progress_artifact(self.artifact_id, self._percent(), description=self._description(), _sync=True)
+            update_progress_artifact(
+                self.artifact_id, self._percent(), description=self._description(), _sync=True
+            )
         except Exception as e:
             _log.debug("progress artifact update failed, not updating it again: %r", e)
             self.artifact_id = None
@@ -125,9 +147,15 @@ class StageProgress:
             if final or now - self._last_push >= self.min_interval_s:
                 self._last_push = now
                 self._push_artifact()
-            if self.logger is not None and self._bar is None and (final or now - self._last_log >= self.log_interval_s):
+            if (
+                self.logger is not None
+                and self._bar is None
+                and (final or now - self._last_log >= self.log_interval_s)
+            ):
                 self._last_log = now
-                self.logger.info("%s: %d/%d done (%.0f%%)", self.stage, self.done, self.total, self._percent())
+                self.logger.info(
+                    "%s: %d/%d done (%.0f%%)", self.stage, self.done, self.total, self._percent()
+                )
             if final:
                 self._finished = True
 

@@ -1,13 +1,15 @@
 """MLflow tracking with explicit run ids (MLflow's active run is thread-local, Prefect tasks
 may run in other threads or processes): one parent run per pipeline run, a nested run per stage.
 """
+
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -24,7 +26,7 @@ class TrackingHandle(BaseModel):
 
 def _normalize_uri(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        path = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+        path = Path(uri[len("sqlite:///") :]).expanduser().resolve()
         path.parent.mkdir(parents=True, exist_ok=True)
         return f"sqlite:///{path}"
     return uri
@@ -37,7 +39,9 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def start_pipeline_run(uri: str, experiment: str, run_name: str, *, artifact_root: str | None, tags: dict[str, str]) -> TrackingHandle:
+def start_pipeline_run(
+    uri: str, experiment: str, run_name: str, *, artifact_root: str | None, tags: dict[str, str]
+) -> TrackingHandle:
     uri = _normalize_uri(uri)
     client = _client(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -63,8 +67,12 @@ def _existing_parent(client: Any, exp_id: str, flow_run_id: str | None) -> Any:
     """The parent run an earlier attempt of this Prefect flow run made (looked up by its tag)."""
     if not flow_run_id or flow_run_id == "None":
         return None
-    found = client.search_runs([exp_id], filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
-                               max_results=10, order_by=["attributes.start_time ASC"])
+    found = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.`prefect.flow_run_id` = '{flow_run_id}'",
+        max_results=10,
+        order_by=["attributes.start_time ASC"],
+    )
     found = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     return found[0] if found else None
 
@@ -72,10 +80,18 @@ def _existing_parent(client: Any, exp_id: str, flow_run_id: str | None) -> Any:
 def end_stale_stage_runs(client: Any, exp_id: str, parent_run_id: str) -> list[str]:
     """Nested runs an earlier attempt left RUNNING (its process was killed, or it failed before
     MLflow heard): KILLED now, since no stage of this flow run is running while a new attempt starts."""
-    stale = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
-                               "and attributes.status = 'RUNNING'", max_results=500)
+    stale = client.search_runs(
+        [exp_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' "
+        "and attributes.status = 'RUNNING'",
+        max_results=500,
+    )
     for r in stale:
-        client.set_tag(r.info.run_id, "sgpo.ended_by", "the next attempt of the flow run (the stage was killed)")
+        client.set_tag(
+            r.info.run_id,
+            "sgpo.ended_by",
+            "the next attempt of the flow run (the stage was killed)",
+        )
         client.set_terminated(r.info.run_id, status="KILLED")
     return [r.info.run_id for r in stale]
 
@@ -97,7 +113,9 @@ def end_pipeline_run(handle: TrackingHandle, status: str = "FINISHED") -> None:
 
 
 @contextmanager
-def pipeline_run(cfg: Any, run_name: str, *, tags: dict[str, str]) -> Iterator[TrackingHandle | None]:
+def pipeline_run(
+    cfg: Any, run_name: str, *, tags: dict[str, str]
+) -> Iterator[TrackingHandle | None]:
     """The parent MLflow run of one flow run (None when `cfg.enabled` is off): FINISHED when the
     block ends, FAILED when it raises. `cfg` is a TrackingConfig."""
     if not cfg.enabled:
@@ -105,7 +123,11 @@ def pipeline_run(cfg: Any, run_name: str, *, tags: dict[str, str]) -> Iterator[T
         return
     uri = cfg.mlflow_uri
     # MLflow's own artifacts live beside a SQLite database, not in ./mlruns of whatever cwd.
-    root = str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlruns") if uri.startswith("sqlite:///") else None
+    root = (
+        str(Path(uri.removeprefix("sqlite:///")).expanduser().resolve().parent / "mlruns")
+        if uri.startswith("sqlite:///")
+        else None
+    )
     handle = start_pipeline_run(uri, cfg.experiment, run_name, artifact_root=root, tags=tags)
     try:
         yield handle
@@ -151,7 +173,11 @@ class StageTracker:
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
-        items = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items() if isinstance(v, (int, float))]
+        items = [
+            Metric(k, float(v), ts, step or 0)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float))
+        ]
         if items:
             self.client.log_batch(self.run_id, metrics=items)
 
@@ -169,17 +195,27 @@ class StageTracker:
         class _MlflowStageCallback(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if logs:
-                    nums = {k: v for k, v in logs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                    nums = {
+                        k: v
+                        for k, v in logs.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)
+                    }
                     tracker.log_metrics(nums, step=state.global_step)
-                    tracker.history.append({"step": state.global_step, **{k: float(v) for k, v in nums.items()}})
+                    tracker.history.append(
+                        {"step": state.global_step, **{k: float(v) for k, v in nums.items()}}
+                    )
                     progress.maybe_log(state.global_step, state.max_steps, nums)
 
             def on_step_end(self, args, state, control, **kwargs):
                 if bar[0] is None:
                     from sgpo.core.progress import stage_progress
 
-                    bar[0] = stage_progress(tracker.stage, state.max_steps or 0, bar=False)  # lines: TrainingProgress
-                bar[0](state.global_step, state.max_steps or 0)  # the `<stage>-progress` artifact in the UI
+                    bar[0] = stage_progress(
+                        tracker.stage, state.max_steps or 0, bar=False
+                    )  # lines: TrainingProgress
+                bar[0](
+                    state.global_step, state.max_steps or 0
+                )  # the `<stage>-progress` artifact in the UI
 
         progress = TrainingProgress()
         bar: list[Any] = [None]
@@ -206,8 +242,13 @@ class TrainingProgress:
         self.last = now
         elapsed = max(now - self.t0, 1e-9)
         parts = [f"step {step}" + (f"/{max_steps}" if max_steps else "")]
-        for key, label in (("loss", "loss"), ("train_loss", "train loss"), ("rewards/margins", "reward margin"),
-                           ("rewards/accuracies", "reward acc"), ("learning_rate", "lr")):
+        for key, label in (
+            ("loss", "loss"),
+            ("train_loss", "train loss"),
+            ("rewards/margins", "reward margin"),
+            ("rewards/accuracies", "reward acc"),
+            ("learning_rate", "lr"),
+        ):
             if isinstance(logs.get(key), (int, float)):
                 parts.append(f"{label} {logs[key]:.4g}")
         parts.append(f"{step / elapsed:.2f} steps/s")
@@ -229,7 +270,9 @@ def _run_logger() -> logging.Logger:
 
 
 @contextmanager
-def stage_run(handle: TrackingHandle | None, stage: str, *, tags: dict[str, str] | None = None) -> Iterator[StageTracker]:
+def stage_run(
+    handle: TrackingHandle | None, stage: str, *, tags: dict[str, str] | None = None
+) -> Iterator[StageTracker]:
     if handle is None:
         yield StageTracker(stage=stage)
         return

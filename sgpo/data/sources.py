@@ -5,6 +5,7 @@ Every stage that reads a dataset (prepare, the benchmark generate stages) goes t
 and local files alike; `source_fingerprint` is what identifies a source in a cache key (a local
 file by its content, a remote one by name and revision).
 """
+
 from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
@@ -62,14 +63,27 @@ def load_raw(spec: DatasetSpec):
         if path.stat().st_size == 0:
             raise DatasetError(f"{describe(spec)} is empty (file {path} has no rows)")
         try:
-            return load_dataset(FILE_FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split)
-        except (Exception, StopIteration) as e:  # datasets raises a bare StopIteration on whitespace-only files
-            raise DatasetError(f"could not read {describe(spec)} from {path}: {type(e).__name__}: {e}") from e
+            return load_dataset(
+                FILE_FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split
+            )
+        except (
+            Exception,
+            StopIteration,
+        ) as e:  # datasets raises a bare StopIteration on whitespace-only files
+            raise DatasetError(
+                f"could not read {describe(spec)} from {path}: {type(e).__name__}: {e}"
+            ) from e
     suffix = PurePosixPath(spec.path.split("?")[0]).suffix
     try:
-        if spec.path.startswith(("hf://", "http://", "https://")) and suffix in FILE_FORMATS:  # one file
-            return load_dataset(FILE_FORMATS[suffix], data_files={spec.split: spec.path}, split=spec.split,
-                                revision=spec.revision)
+        if (
+            spec.path.startswith(("hf://", "http://", "https://")) and suffix in FILE_FORMATS
+        ):  # one file
+            return load_dataset(
+                FILE_FORMATS[suffix],
+                data_files={spec.split: spec.path},
+                split=spec.split,
+                revision=spec.revision,
+            )
         return load_dataset(spec.path, spec.name, split=spec.split, revision=spec.revision)
     except Exception as e:  # hub unreachable, unknown split, ...: say which dataset
         err = DatasetError(f"could not load {describe(spec)}: {type(e).__name__}: {e}")
@@ -88,4 +102,8 @@ def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
     import json
 
     raw = row.get("messages")
-    return json.loads(raw) if isinstance(raw, str) and raw else [{"role": "user", "content": row["prompt"]}]
+    return (
+        json.loads(raw)
+        if isinstance(raw, str) and raw
+        else [{"role": "user", "content": row["prompt"]}]
+    )

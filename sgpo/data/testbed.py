@@ -23,6 +23,7 @@ The planted defect: in D_sft, a fixed share (DEFECT_SHARE) of the targets carry 
 habit HABIT after a correct answer; the improver, po, prefs and eval references are clean. SFT
 imitates the habit at about that rate; removing it needs no new ability, only a preference.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,9 @@ TASKS = {
 }
 SPLITS = {"sft": 3000, "improver": 400, "po": 400, "prefs": 400, "eval": 1000}
 DATA_SEED = 14
-_INSTRUCTION = re.compile(r"^(" + "|".join(re.escape(v.strip()) for v in TASKS.values()) + r")\s*((?:\d+\s*)+)$")
+_INSTRUCTION = re.compile(
+    r"^(" + "|".join(re.escape(v.strip()) for v in TASKS.values()) + r")\s*((?:\d+\s*)+)$"
+)
 
 
 def solve(task: str, items: list[int]) -> list[int]:
@@ -83,7 +86,7 @@ def split_output(output: str) -> tuple[list[int], str]:
         if not re.fullmatch(r"\d+", t):
             break
         items.append(int(t))
-    rest = " ".join(toks[len(items):])
+    rest = " ".join(toks[len(items) :])
     return items, rest
 
 
@@ -126,8 +129,16 @@ def score_answers(pairs: list[tuple[str, str]]) -> dict[str, Any]:
         return m, (var / n) ** 0.5
 
     (qm, qs), (em, es), (hm, hs) = mean_se(q), mean_se(e), mean_se(h)
-    return {"n": n, "mean_quality": qm, "mean_quality_se": qs, "exact_match": em, "exact_match_se": es,
-            "habit_rate": hm, "habit_rate_se": hs, "score_version": SCORE_VERSION}
+    return {
+        "n": n,
+        "mean_quality": qm,
+        "mean_quality_se": qs,
+        "exact_match": em,
+        "exact_match_se": es,
+        "habit_rate": hm,
+        "habit_rate_se": hs,
+        "score_version": SCORE_VERSION,
+    }
 
 
 # --------------------------------------------------------------------------- the oracle's edits
@@ -169,6 +180,7 @@ def minimal_improvement(instruction: str, response_a: str, response_b: str) -> s
         best = step
     return best
 
+
 # --------------------------------------------------------------------------- the data
 
 
@@ -192,7 +204,9 @@ def corrupt(rng: random.Random, answer: list[int]) -> str:
     return render(wrong)
 
 
-def generate(seed: int = DATA_SEED, sizes: dict[str, int] | None = None) -> dict[str, list[dict[str, Any]]]:
+def generate(
+    seed: int = DATA_SEED, sizes: dict[str, int] | None = None
+) -> dict[str, list[dict[str, Any]]]:
     """Every split, deterministically from `seed`; prompts are distinct across splits."""
     rng = random.Random(seed)
     sizes = sizes or SPLITS
@@ -208,7 +222,11 @@ def generate(seed: int = DATA_SEED, sizes: dict[str, int] | None = None) -> dict
                 continue
             seen.add(prompt)
             response = render(answer)
-            row: dict[str, Any] = {"prompt_id": f"{split}-{len(rows)}", "task": task, "prompt": prompt}
+            row: dict[str, Any] = {
+                "prompt_id": f"{split}-{len(rows)}",
+                "task": task,
+                "prompt": prompt,
+            }
             if split == "sft" and rng.random() < DEFECT_SHARE:
                 response += HABIT
             if split == "prefs":
@@ -230,6 +248,8 @@ def write(out_dir: str | Path, seed: int = DATA_SEED) -> dict[str, Path]:
     return paths
 
 
-if __name__ == "__main__":  # python -m sgpo.data.testbed  -> regenerates sgpo/data/bundled/testbed/*.jsonl
+if (
+    __name__ == "__main__"
+):  # python -m sgpo.data.testbed  -> regenerates sgpo/data/bundled/testbed/*.jsonl
     for name, path in write(Path(__file__).parent / "bundled" / "testbed").items():
         print(name, path)

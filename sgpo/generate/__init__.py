@@ -13,12 +13,14 @@ completion_tokens <= max_new_tokens (the end-of-sequence token counted); text wi
 template's special tokens; the same seeded request gives the same text on back-ends that seed
 per request (vllm, vllm_server, openai over a seeded server) or per batch (transformers).
 """
+
 from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sgpo.config.pipeline import SamplingConfig
@@ -32,7 +34,9 @@ class Generation:
 
 
 class Generator(Protocol):
-    def generate(self, conversations: list[list[dict[str, str]]], params: "SamplingConfig") -> list[list[Generation]]: ...
+    def generate(
+        self, conversations: list[list[dict[str, str]]], params: SamplingConfig
+    ) -> list[list[Generation]]: ...
 
     def close(self) -> None: ...
 
@@ -62,10 +66,13 @@ def require_chat_template(model_dir: str) -> None:
         "tokenizer_config.json), and the evaluation prompts are chat turns. Fix: save the chat template of the model "
         "it was trained from into the checkpoint (tok = AutoTokenizer.from_pretrained(DIR); tok.chat_template = "
         "AutoTokenizer.from_pretrained(BASE_MODEL).chat_template; tok.save_pretrained(DIR)), or evaluate a checkpoint "
-        "that has one")
+        "that has one"
+    )
 
 
-def open_generator(model_dir: str, params: "SamplingConfig", *, trust_remote_code: bool = False) -> Generator:
+def open_generator(
+    model_dir: str, params: SamplingConfig, *, trust_remote_code: bool = False
+) -> Generator:
     """The back-end named by `params.backend`, loaded for the checkpoint in `model_dir`; inside
     `shared_generators()` the one already open for the same load settings (its close() a no-op)."""
     pool = _SHARED
@@ -74,8 +81,10 @@ def open_generator(model_dir: str, params: "SamplingConfig", *, trust_remote_cod
     return _open(model_dir, params, trust_remote_code=trust_remote_code)
 
 
-def _open(model_dir: str, params: "SamplingConfig", *, trust_remote_code: bool = False) -> Generator:
-    if params.backend in ("transformers", "vllm") or (params.backend == "vllm_server" and not params.base_url):
+def _open(model_dir: str, params: SamplingConfig, *, trust_remote_code: bool = False) -> Generator:
+    if params.backend in ("transformers", "vllm") or (
+        params.backend == "vllm_server" and not params.base_url
+    ):
         require_chat_template(model_dir)
     if params.backend == "transformers":
         from sgpo.generate.hf import TransformersGenerator
@@ -93,19 +102,32 @@ def _open(model_dir: str, params: "SamplingConfig", *, trust_remote_code: bool =
         from sgpo.generate.openai_server import OpenAIServerGenerator
 
         if not params.base_url:
-            raise ValueError("sampling.backend=openai needs sampling.base_url (the server serving this checkpoint)")
+            raise ValueError(
+                "sampling.backend=openai needs sampling.base_url (the server serving this checkpoint)"
+            )
         return OpenAIServerGenerator(
-            params.base_url, model=params.served_model_name or model_dir, max_concurrency=params.max_concurrency
+            params.base_url,
+            model=params.served_model_name or model_dir,
+            max_concurrency=params.max_concurrency,
         )
     raise ValueError(f"unknown generation backend {params.backend!r}")
 
 
-def answer_each(model_dir: str, instructions: list[str], params: "SamplingConfig", *, trust_remote_code: bool = False) -> list[Generation]:
+def answer_each(
+    model_dir: str,
+    instructions: list[str],
+    params: SamplingConfig,
+    *,
+    trust_remote_code: bool = False,
+) -> list[Generation]:
     """One answer per instruction (a single user turn in the model's chat template), `params.n` ignored."""
     one = params.model_copy(update={"n": 1})
     gen = open_generator(model_dir, one, trust_remote_code=trust_remote_code)
     try:
-        return [g[0] for g in gen.generate([[{"role": "user", "content": x}] for x in instructions], one)]
+        return [
+            g[0]
+            for g in gen.generate([[{"role": "user", "content": x}] for x in instructions], one)
+        ]
     finally:
         gen.close()
 
@@ -120,11 +142,30 @@ def answer_each(model_dir: str, instructions: list[str], params: "SamplingConfig
 # (bfloat16 on CUDA, float32 on CPU), the same for every request in one process.
 SHARED_LOAD_FIELDS: dict[str, tuple[str, ...]] = {
     "transformers": (),
-    "vllm": ("vllm_dtype", "vllm_enforce_eager", "seed", "vllm_tensor_parallel_size", "vllm_max_model_len",
-             "vllm_gpu_memory_utilization"),
-    "vllm_server": ("base_url", "served_model_name", "max_concurrency", "vllm_python", "vllm_dtype",
-                    "vllm_max_model_len", "vllm_enforce_eager", "vllm_gpu_memory_utilization",
-                    "vllm_tensor_parallel_size", "vllm_data_parallel_size", "vllm_extra_args", "vllm_env", "server_startup_timeout_s", "seed"),
+    "vllm": (
+        "vllm_dtype",
+        "vllm_enforce_eager",
+        "seed",
+        "vllm_tensor_parallel_size",
+        "vllm_max_model_len",
+        "vllm_gpu_memory_utilization",
+    ),
+    "vllm_server": (
+        "base_url",
+        "served_model_name",
+        "max_concurrency",
+        "vllm_python",
+        "vllm_dtype",
+        "vllm_max_model_len",
+        "vllm_enforce_eager",
+        "vllm_gpu_memory_utilization",
+        "vllm_tensor_parallel_size",
+        "vllm_data_parallel_size",
+        "vllm_extra_args",
+        "vllm_env",
+        "server_startup_timeout_s",
+        "seed",
+    ),
 }
 
 
@@ -134,7 +175,9 @@ class _Borrowed:
     def __init__(self, inner: Any):
         self.inner = inner
 
-    def generate(self, conversations: list[list[dict[str, str]]], params: "SamplingConfig") -> list[list[Generation]]:
+    def generate(
+        self, conversations: list[list[dict[str, str]]], params: SamplingConfig
+    ) -> list[list[Generation]]:
         return self.inner.generate(conversations, params)
 
     def close(self) -> None:  # the pool closes it when the flow ends
@@ -152,13 +195,20 @@ class SharedGenerators:
         self.loads = 0
 
     @staticmethod
-    def key(model_dir: str, params: "SamplingConfig", trust_remote_code: bool) -> tuple:
+    def key(model_dir: str, params: SamplingConfig, trust_remote_code: bool) -> tuple:
         import json
 
         fields = {f: getattr(params, f) for f in SHARED_LOAD_FIELDS[params.backend]}
-        return (str(model_dir), params.backend, bool(trust_remote_code), json.dumps(fields, sort_keys=True, default=str))
+        return (
+            str(model_dir),
+            params.backend,
+            bool(trust_remote_code),
+            json.dumps(fields, sort_keys=True, default=str),
+        )
 
-    def get(self, model_dir: str, params: "SamplingConfig", *, trust_remote_code: bool = False) -> Generator:
+    def get(
+        self, model_dir: str, params: SamplingConfig, *, trust_remote_code: bool = False
+    ) -> Generator:
         key = self.key(model_dir, params, trust_remote_code)
         with self._lock:
             if key not in self._open:

@@ -1,4 +1,5 @@
 """transformers back-end: batched `generate` with left padding (CPU tests, small runs)."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -10,7 +11,9 @@ if TYPE_CHECKING:
 
 
 class TransformersGenerator:
-    def __init__(self, model_dir: str, *, trust_remote_code: bool = False, device: str | None = None):
+    def __init__(
+        self, model_dir: str, *, trust_remote_code: bool = False, device: str | None = None
+    ):
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -20,19 +23,28 @@ class TransformersGenerator:
         self.tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"  # decoder-only: new tokens follow the prompt directly
         dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_dir, dtype=dtype, trust_remote_code=trust_remote_code
+        )
         self.model.to(self.device).eval()
 
-    def generate(self, conversations: list[list[dict[str, str]]], params: "SamplingConfig") -> list[list[Generation]]:
+    def generate(
+        self, conversations: list[list[dict[str, str]]], params: SamplingConfig
+    ) -> list[list[Generation]]:
         import torch
 
         tok = self.tokenizer
-        prompts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+        prompts = [
+            tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
         out: list[list[Generation]] = [[] for _ in prompts]
         eos = tok.eos_token_id
         for start in range(0, len(prompts), params.batch_size):
             batch = prompts[start : start + params.batch_size]
-            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(
+                self.device
+            )
             # One seed per batch start: the same config gives the same samples whatever ran before.
             torch.manual_seed(params.seed + start)
             sample = params.temperature > 0
@@ -56,7 +68,9 @@ class TransformersGenerator:
                     n_tok = row.index(eos) + 1
                     finish = "stop"
                 text = tok.decode(row[:n_tok], skip_special_tokens=True).strip()
-                out[start + j // params.n].append(Generation(text=text, finish_reason=finish, completion_tokens=n_tok))
+                out[start + j // params.n].append(
+                    Generation(text=text, finish_reason=finish, completion_tokens=n_tok)
+                )
         return out
 
     def close(self) -> None:

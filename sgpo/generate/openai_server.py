@@ -3,6 +3,7 @@
 Unpaid, regenerable calls: bounded concurrency, no journal. Paid calls go through
 sgpo.llm.client instead.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -15,10 +16,19 @@ if TYPE_CHECKING:
 
 
 class OpenAIServerGenerator:
-    def __init__(self, base_url: str, *, model: str, api_key: str = "EMPTY", max_concurrency: int = 32):
-        self.base_url, self.model, self.api_key, self.max_concurrency = base_url, model, api_key, max_concurrency
+    def __init__(
+        self, base_url: str, *, model: str, api_key: str = "EMPTY", max_concurrency: int = 32
+    ):
+        self.base_url, self.model, self.api_key, self.max_concurrency = (
+            base_url,
+            model,
+            api_key,
+            max_concurrency,
+        )
 
-    def generate(self, conversations: list[list[dict[str, str]]], params: "SamplingConfig") -> list[list[Generation]]:
+    def generate(
+        self, conversations: list[list[dict[str, str]]], params: SamplingConfig
+    ) -> list[list[Generation]]:
         return asyncio.run(self._generate(conversations, params))
 
     async def _generate(self, conversations, params):
@@ -30,16 +40,26 @@ class OpenAIServerGenerator:
         async def one(i: int, conv, k: int) -> Generation:
             async with sem:
                 r = await client.chat.completions.create(
-                    model=self.model, messages=conv, temperature=params.temperature, top_p=params.top_p,
-                    max_tokens=params.max_new_tokens, seed=params.seed + i * params.n + k,
+                    model=self.model,
+                    messages=conv,
+                    temperature=params.temperature,
+                    top_p=params.top_p,
+                    max_tokens=params.max_new_tokens,
+                    seed=params.seed + i * params.n + k,
                 )
             c = r.choices[0]
             # stripped like the in-process back-ends' text (one contract: tests/test_generation_contract.py)
             finish = "length" if c.finish_reason == "length" else "stop"
-            return Generation((c.message.content or "").strip(), finish, r.usage.completion_tokens if r.usage else 0)
+            return Generation(
+                (c.message.content or "").strip(),
+                finish,
+                r.usage.completion_tokens if r.usage else 0,
+            )
 
         try:
-            flat = await asyncio.gather(*(one(i, c, k) for i, c in enumerate(conversations) for k in range(params.n)))
+            flat = await asyncio.gather(
+                *(one(i, c, k) for i, c in enumerate(conversations) for k in range(params.n))
+            )
         finally:
             await client.close()
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(conversations))]

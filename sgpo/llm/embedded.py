@@ -4,16 +4,20 @@ Used when an endpoint has no base_url; annotation and judging then talk to it th
 openai client over HTTP, exactly as they would talk to GPT-4 Turbo. `EmbeddedLLM` starts the
 server only when a stage that needs it actually runs (a fully cached run starts nothing).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 EMBEDDED_MODEL_NAME = "sgpo-embedded"
 
 
 @contextlib.contextmanager
-def embedded_llm(model_dir: str, *, max_new_tokens_cap: int, judge: str = "model", annotator: str = "model") -> Iterator[str]:
+def embedded_llm(
+    model_dir: str, *, max_new_tokens_cap: int, judge: str = "model", annotator: str = "model"
+) -> Iterator[str]:
     """Yields the base URL (http://127.0.0.1:PORT/v1) of a server for `model_dir`; with judge='rule'
     the judge prompts are answered by sgpo.llm.rule_judge instead of the model."""
     from sgpo.llm.server import TransformersChatBackend, build_app, running_server
@@ -23,7 +27,9 @@ def embedded_llm(model_dir: str, *, max_new_tokens_cap: int, judge: str = "model
         from sgpo.llm.rule_judge import RuleJudgeBackend
 
         backend = RuleJudgeBackend(backend)
-    if judge == "testbed" or annotator == "oracle":  # the testbed's verifier judge / oracle annotator
+    if (
+        judge == "testbed" or annotator == "oracle"
+    ):  # the testbed's verifier judge / oracle annotator
         from sgpo.llm.oracle import TestbedBackend
 
         backend = TestbedBackend(backend, judge=judge == "testbed", annotator=annotator == "oracle")
@@ -58,9 +64,20 @@ def embedded_model_name(section: Any, *, judge: str = "model", annotator: str = 
 class EmbeddedLLM:
     """A server started on first `base_url()` and stopped by `close()` (use as a context manager)."""
 
-    def __init__(self, model_dir: Callable[[], str], *, max_new_tokens_cap: int, judge: str = "model",
-                 annotator: str = "model"):
-        self._model_dir, self._cap, self.judge, self.annotator = model_dir, max_new_tokens_cap, judge, annotator
+    def __init__(
+        self,
+        model_dir: Callable[[], str],
+        *,
+        max_new_tokens_cap: int,
+        judge: str = "model",
+        annotator: str = "model",
+    ):
+        self._model_dir, self._cap, self.judge, self.annotator = (
+            model_dir,
+            max_new_tokens_cap,
+            judge,
+            annotator,
+        )
         self._stack = contextlib.ExitStack()
         self._url: str | None = None
 
@@ -71,16 +88,26 @@ class EmbeddedLLM:
     def base_url(self) -> str:
         if self._url is None:
             model_dir = self._model_dir()
-            self._url = self._stack.enter_context(embedded_llm(model_dir, max_new_tokens_cap=self._cap, judge=self.judge,
-                                                                annotator=self.annotator))
+            self._url = self._stack.enter_context(
+                embedded_llm(
+                    model_dir,
+                    max_new_tokens_cap=self._cap,
+                    judge=self.judge,
+                    annotator=self.annotator,
+                )
+            )
             print(f"[sgpo] embedded stand-in LLM at {self._url} (model {model_dir})", flush=True)
         return self._url
 
     @classmethod
     def from_config(cls, cfg: Any, base_model_dir: Callable[[], str]) -> EmbeddedLLM:
         """From an EmbeddedLLMConfig: the flow's base (or evaluated) model unless `cfg.model` names a dir."""
-        return cls(base_model_dir if cfg.model == "base" else (lambda: cfg.model), max_new_tokens_cap=cfg.max_new_tokens_cap,
-                   judge=cfg.judge, annotator=cfg.annotator)
+        return cls(
+            base_model_dir if cfg.model == "base" else (lambda: cfg.model),
+            max_new_tokens_cap=cfg.max_new_tokens_cap,
+            judge=cfg.judge,
+            annotator=cfg.annotator,
+        )
 
     def close(self) -> None:
         self._stack.close()

@@ -16,11 +16,12 @@ them through the real openai client over HTTP, with the real prompts, and parse 
 
 Any other request (or a prompt that does not parse) goes to the fallback backend (the model).
 """
+
 from __future__ import annotations
 
 import math
 import re
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from sgpo.data.testbed import SCORE_VERSION, gold, minimal_improvement, quality, render
@@ -31,7 +32,7 @@ ORACLE_MODEL_NAME = f"sgpo-testbed-oracle-{ORACLE_VERSION}-score-{SCORE_VERSION}
 VERIFIER_MODEL_NAME = f"sgpo-testbed-verifier-{ORACLE_VERSION}-score-{SCORE_VERSION}-k{SHARPNESS:g}"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _template_regex(name: str) -> re.Pattern:
     """A prompt file as a regex: each {field} a named group, the rest literal (render() strips the text)."""
     from sgpo.prompts import load_prompt
@@ -39,19 +40,23 @@ def _template_regex(name: str) -> re.Pattern:
     text = load_prompt(name).text.strip()
     out, pos = "", 0
     for m in re.finditer(r"{(\w+)}", text):
-        out += re.escape(text[pos:m.start()]) + f"(?P<{m.group(1)}>.*?)"
+        out += re.escape(text[pos : m.start()]) + f"(?P<{m.group(1)}>.*?)"
         pos = m.end()
     return re.compile("^" + out + re.escape(text[pos:]) + "$", re.S)
 
 
-def parse_annotate_prompt(content: str, prompt: str = "annotate_improve_v1") -> tuple[str, str, str] | None:
+def parse_annotate_prompt(
+    content: str, prompt: str = "annotate_improve_v1"
+) -> tuple[str, str, str] | None:
     """(instruction, response A, response B) from a rendered annotate prompt, or None."""
     m = _template_regex(prompt).match(content.strip())
     return (m["instruction"], m["response_a"], m["response_b"]) if m else None
 
 
 def p_first(first: str, second: str, instruction: str) -> float:
-    return 1.0 / (1.0 + math.exp(-SHARPNESS * (quality(first, instruction) - quality(second, instruction))))
+    return 1.0 / (
+        1.0 + math.exp(-SHARPNESS * (quality(first, instruction) - quality(second, instruction)))
+    )
 
 
 class TestbedBackend:
@@ -67,8 +72,11 @@ class TestbedBackend:
         content = messages[-1].get("content", "") if messages else ""
         if self.judge and top_logprobs and (parsed := parse_judge_prompt(messages)) is not None:
             instruction, first, second = parsed
-            return judge_answer(p_first(first, second, instruction), top_logprobs=top_logprobs,
-                                prompt_tokens=len(content.split()))
+            return judge_answer(
+                p_first(first, second, instruction),
+                top_logprobs=top_logprobs,
+                prompt_tokens=len(content.split()),
+            )
         if self.annotator:
             answer = None
             if (parsed_a := parse_annotate_prompt(content)) is not None:
@@ -76,7 +84,18 @@ class TestbedBackend:
             elif (g := gold(content)) is not None:  # the plain prompt is the instruction itself
                 answer = render(g)
             if answer is not None:
-                return ChatResult(text=answer, finish_reason="stop", prompt_tokens=len(content.split()),
-                                  completion_tokens=len(answer.split()) + 1)
-        return self.fallback.chat(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                  seed=seed, top_logprobs=top_logprobs, stop=stop)
+                return ChatResult(
+                    text=answer,
+                    finish_reason="stop",
+                    prompt_tokens=len(content.split()),
+                    completion_tokens=len(answer.split()) + 1,
+                )
+        return self.fallback.chat(
+            messages,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            top_logprobs=top_logprobs,
+            stop=stop,
+        )

@@ -18,6 +18,7 @@ rate moves when a policy's answers get longer, less repetitive or more on topic.
 nothing a user cares about beyond that; it exists so that tiny runs of different recipes get
 different, reproducible numbers through the real judge and metric code.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,9 @@ def quality(output: str, instruction: str) -> float:
 
 def p_first(first: str, second: str, instruction: str) -> float:
     """p('m'): the probability that the output shown first is the better one."""
-    return 1.0 / (1.0 + math.exp(-8.0 * (quality(first, instruction) - quality(second, instruction))))
+    return 1.0 / (
+        1.0 + math.exp(-8.0 * (quality(first, instruction) - quality(second, instruction)))
+    )
 
 
 def judge_answer(p_first_shown: float, *, top_logprobs: int, prompt_tokens: int) -> Any:
@@ -57,10 +60,17 @@ def judge_answer(p_first_shown: float, *, top_logprobs: int, prompt_tokens: int)
     from sgpo.llm.server import ChatResult
 
     p = min(max(p_first_shown, 1e-6), 1 - 1e-6)
-    tops = sorted([{"token": "m", "logprob": math.log(p)}, {"token": "M", "logprob": math.log(1 - p)}],
-                  key=lambda t: -t["logprob"])[: max(top_logprobs, 1)]
-    return ChatResult(text=tops[0]["token"], finish_reason="length", prompt_tokens=prompt_tokens, completion_tokens=1,
-                      logprobs=[{**tops[0], "top_logprobs": tops}])
+    tops = sorted(
+        [{"token": "m", "logprob": math.log(p)}, {"token": "M", "logprob": math.log(1 - p)}],
+        key=lambda t: -t["logprob"],
+    )[: max(top_logprobs, 1)]
+    return ChatResult(
+        text=tops[0]["token"],
+        finish_reason="length",
+        prompt_tokens=prompt_tokens,
+        completion_tokens=1,
+        logprobs=[{**tops[0], "top_logprobs": tops}],
+    )
 
 
 def parse_judge_prompt(messages: list[dict[str, Any]]) -> tuple[str, str, str] | None:
@@ -82,8 +92,18 @@ class RuleJudgeBackend:
     def chat(self, messages, *, max_tokens, temperature, top_p, seed, top_logprobs, stop):
         parsed = parse_judge_prompt(messages) if top_logprobs else None
         if parsed is None:
-            return self.fallback.chat(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                      seed=seed, top_logprobs=top_logprobs, stop=stop)
+            return self.fallback.chat(
+                messages,
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=seed,
+                top_logprobs=top_logprobs,
+                stop=stop,
+            )
         instruction, first, second = parsed
-        return judge_answer(p_first(first, second, instruction), top_logprobs=top_logprobs,
-                            prompt_tokens=len(words(messages[-1]["content"])))
+        return judge_answer(
+            p_first(first, second, instruction),
+            top_logprobs=top_logprobs,
+            prompt_tokens=len(words(messages[-1]["content"])),
+        )

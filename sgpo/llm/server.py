@@ -88,7 +88,11 @@ class ChatBackend(Protocol):
 def _byte_decoder() -> dict[str, int]:
     # GPT-2's byte-level BPE alphabet: each byte is shown as one printable character. Inverting
     # it recovers a token's exact bytes, which `decode` cannot for a split UTF-8 character.
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -125,17 +129,30 @@ class TransformersChatBackend:
         self.device = device
         self.tokenizer = load_tokenizer(self.model_dir)
         torch_dtype = getattr(torch, dtype) if dtype else None
-        self.model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch_dtype).to(device).eval()
+        self.model = (
+            AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch_dtype)
+            .to(device)
+            .eval()
+        )
         eos: set[int] = set()
-        for ids in (self.tokenizer.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
+        for ids in (
+            self.tokenizer.eos_token_id,
+            getattr(self.model.generation_config, "eos_token_id", None),
+        ):
             if isinstance(ids, int):
                 eos.add(ids)
             elif ids:
                 eos.update(int(i) for i in ids)
         if not eos:
-            raise ValueError(f"{self.model_dir}: tokenizer and generation config name no end-of-sequence token")
+            raise ValueError(
+                f"{self.model_dir}: tokenizer and generation config name no end-of-sequence token"
+            )
         self.eos_ids = sorted(eos)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self.pad_id = (
+            self.tokenizer.pad_token_id
+            if self.tokenizer.pad_token_id is not None
+            else self.eos_ids[0]
+        )
         self._lock = threading.Lock()  # one model, one generate() at a time
 
     def _token_entry(self, token_id: int, logprob: float) -> dict[str, Any]:
@@ -160,7 +177,9 @@ class TransformersChatBackend:
     ) -> ChatResult:
         import torch
 
-        prompt = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=False
+        )
         enc = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(self.device)
         n_prompt = int(enc["input_ids"].shape[1])
         sample = temperature > 0
@@ -203,7 +222,10 @@ class TransformersChatBackend:
                 tops = []
                 if top_logprobs > 0:
                     vals, idx = torch.topk(logp, k=min(top_logprobs, logp.shape[-1]))
-                    tops = [self._token_entry(int(i), float(v)) for v, i in zip(vals.tolist(), idx.tolist())]
+                    tops = [
+                        self._token_entry(int(i), float(v))
+                        for v, i in zip(vals.tolist(), idx.tolist())
+                    ]
                 entry["top_logprobs"] = tops
                 logprobs.append(entry)
 
@@ -216,12 +238,19 @@ class TransformersChatBackend:
                     keep = 0
                     while (
                         keep < len(content_ids)
-                        and len(self.tokenizer.decode(content_ids[: keep + 1], skip_special_tokens=True)) <= cut
+                        and len(
+                            self.tokenizer.decode(content_ids[: keep + 1], skip_special_tokens=True)
+                        )
+                        <= cut
                     ):
                         keep += 1
                     logprobs = logprobs[:keep]
         return ChatResult(
-            text=text, finish_reason=finish, prompt_tokens=n_prompt, completion_tokens=n_generated, logprobs=logprobs
+            text=text,
+            finish_reason=finish,
+            prompt_tokens=n_prompt,
+            completion_tokens=n_generated,
+            logprobs=logprobs,
         )
 
 
@@ -250,13 +279,19 @@ class FaultConfig(BaseModel):
     rate_timeout: float = Field(0.0, ge=0, le=1)
     timeout_sleep_s: float = Field(5.0, ge=0, description="How long a 'timeout' answer takes")
     rate_empty: float = Field(0.0, ge=0, le=1, description="Answer with content ''")
-    rate_truncated: float = Field(0.0, ge=0, le=1, description="Cut the text, finish_reason 'length'")
+    rate_truncated: float = Field(
+        0.0, ge=0, le=1, description="Cut the text, finish_reason 'length'"
+    )
     latency_s: float = Field(0.0, ge=0, description="Added to every request")
     max_faults_per_request: int = Field(3, ge=0)
     # Batch API: items meet the faults above (429/500/timeout fail the item), plus:
-    batch_latency_s: float = Field(0.0, ge=0, description="A batch stays in progress at least this long (slow batch)")
+    batch_latency_s: float = Field(
+        0.0, ge=0, description="A batch stays in progress at least this long (slow batch)"
+    )
     expire_batches: int = Field(0, ge=0, description="The first N batches created expire ...")
-    expire_after_items: int = Field(0, ge=0, description="... after answering this many of their items")
+    expire_after_items: int = Field(
+        0, ge=0, description="... after answering this many of their items"
+    )
 
     @model_validator(mode="after")
     def _rates_sum_to_at_most_one(self) -> FaultConfig:
@@ -265,7 +300,13 @@ class FaultConfig(BaseModel):
         return self
 
     def _total_rate(self) -> float:
-        return self.rate_429 + self.rate_500 + self.rate_timeout + self.rate_empty + self.rate_truncated
+        return (
+            self.rate_429
+            + self.rate_500
+            + self.rate_timeout
+            + self.rate_empty
+            + self.rate_truncated
+        )
 
     def decide(self, request_hash: str, attempt: int) -> FaultKind | None:
         if attempt >= self.max_faults_per_request:
@@ -317,7 +358,13 @@ def read_request_log(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def _error(status: int, message: str, type_: str, code: str | None = None, headers: dict[str, str] | None = None):
+def _error(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+):
     from fastapi.responses import JSONResponse
 
     body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
@@ -329,7 +376,9 @@ def _message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
     raise ValueError("message content must be a string or a list of text parts")
 
 
@@ -387,7 +436,9 @@ def _parse_params(body: Any, *, default_max_tokens: int, max_tokens_cap: int | N
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
+    if stop is not None and (
+        not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)
+    ):
         raise ValueError("stop must be a string or a list of strings")
     return _Params(messages, max_tokens, temperature, top_p, seed, top_logprobs, stop or None)
 
@@ -402,7 +453,10 @@ def _logprobs_payload(logprobs: list[dict[str, Any]]) -> dict[str, Any]:
         }
 
     return {
-        "content": [{**one(e), "top_logprobs": [one(t) for t in e.get("top_logprobs", [])]} for e in logprobs],
+        "content": [
+            {**one(e), "top_logprobs": [one(t) for t in e.get("top_logprobs", [])]}
+            for e in logprobs
+        ],
         "refusal": None,
     }
 
@@ -411,13 +465,27 @@ def _logprobs_payload(logprobs: list[dict[str, Any]]) -> dict[str, Any]:
 class _ServerState:
     attempts: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # Batch API: uploads and outputs, in memory
+    files: dict[str, dict[str, Any]] = field(
+        default_factory=dict
+    )  # Batch API: uploads and outputs, in memory
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # in creation order
-    tasks: set = field(default_factory=set)  # running batches (a reference keeps asyncio from dropping them)
+    tasks: set = field(
+        default_factory=set
+    )  # running batches (a reference keeps asyncio from dropping them)
 
 
-def _error_tuple(status: int, message: str, type_: str, code: str | None = None, headers: dict[str, str] | None = None):
-    return status, {"error": {"message": message, "type": type_, "param": None, "code": code}}, headers
+def _error_tuple(
+    status: int,
+    message: str,
+    type_: str,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+):
+    return (
+        status,
+        {"error": {"message": message, "type": type_, "param": None, "code": code}},
+        headers,
+    )
 
 
 def _multipart_fields(content_type: str, body: bytes) -> dict[str, tuple[bytes, str | None]]:
@@ -425,7 +493,9 @@ def _multipart_fields(content_type: str, body: bytes) -> dict[str, tuple[bytes, 
     from email.parser import BytesParser
     from email.policy import HTTP
 
-    msg = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    msg = BytesParser(policy=HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+    )
     out: dict[str, tuple[bytes, str | None]] = {}
     if not msg.is_multipart():
         return out
@@ -469,7 +539,10 @@ def build_app(
 
     async def models(request: Request) -> JSONResponse:
         return JSONResponse(
-            {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "sgpo"}]}
+            {
+                "object": "list",
+                "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "sgpo"}],
+            }
         )
 
     async def chat_completions(request: Request) -> JSONResponse:
@@ -478,7 +551,13 @@ def build_app(
             body = await request.json()
         except ValueError:
             record(
-                {"request_hash": None, "client_request_id": client_id, "status": 400, "fault": None, "delivered": False}
+                {
+                    "request_hash": None,
+                    "client_request_id": client_id,
+                    "status": 400,
+                    "fault": None,
+                    "delivered": False,
+                }
             )
             return _error(400, "request body is not valid JSON", "invalid_request_error")
         status, payload, headers = await complete(body, client_id)
@@ -496,7 +575,9 @@ def build_app(
         if batch_id is not None:
             base["batch_id"] = batch_id
         try:
-            params = _parse_params(body, default_max_tokens=default_max_tokens, max_tokens_cap=max_tokens_cap)
+            params = _parse_params(
+                body, default_max_tokens=default_max_tokens, max_tokens_cap=max_tokens_cap
+            )
         except (ValueError, TypeError) as e:
             record({**base, "attempt": None, "status": 400, "fault": None, "delivered": False})
             return _error_tuple(400, str(e), "invalid_request_error")
@@ -515,8 +596,13 @@ def build_app(
         if fault == "429":
             record({**base, "status": 429, "fault": fault, "delivered": False})
             retry_after = faults.retry_after_s  # type: ignore[union-attr]
-            headers = {"Retry-After": f"{retry_after:g}", "retry-after-ms": str(int(retry_after * 1000))}
-            return _error_tuple(429, "Rate limit reached (injected)", "requests", "rate_limit_exceeded", headers)
+            headers = {
+                "Retry-After": f"{retry_after:g}",
+                "retry-after-ms": str(int(retry_after * 1000)),
+            }
+            return _error_tuple(
+                429, "Rate limit reached (injected)", "requests", "rate_limit_exceeded", headers
+            )
         if fault == "500":
             record({**base, "status": 500, "fault": fault, "delivered": False})
             return _error_tuple(500, "The server had an error (injected)", "server_error")
@@ -539,7 +625,9 @@ def build_app(
                 stop=params.stop,
             )
         except Exception as e:  # a backend bug must reach the client as a 500, and the log
-            record({**base, "status": 500, "fault": None, "delivered": False, "error": repr(e)[:500]})
+            record(
+                {**base, "status": 500, "fault": None, "delivered": False, "error": repr(e)[:500]}
+            )
             return _error_tuple(500, f"backend error: {type(e).__name__}", "server_error")
 
         text, finish, n_completion, logprobs = (
@@ -568,7 +656,9 @@ def build_app(
                     "index": 0,
                     "message": {"role": "assistant", "content": text, "refusal": None},
                     "finish_reason": finish,
-                    "logprobs": _logprobs_payload(logprobs) if params.top_logprobs is not None else None,
+                    "logprobs": _logprobs_payload(logprobs)
+                    if params.top_logprobs is not None
+                    else None,
                 }
             ],
             "usage": {
@@ -579,26 +669,49 @@ def build_app(
         }
         # Logged before the response leaves: "delivered" = the server committed to sending a
         # completion (it may still be lost if the client dies in between; see client.py).
-        record({**base, "status": 200, "fault": fault, "delivered": True, "finish_reason": finish,
-                "prompt_tokens": result.prompt_tokens, "completion_tokens": n_completion})  # what is billed
+        record(
+            {
+                **base,
+                "status": 200,
+                "fault": fault,
+                "delivered": True,
+                "finish_reason": finish,
+                "prompt_tokens": result.prompt_tokens,
+                "completion_tokens": n_completion,
+            }
+        )  # what is billed
         return 200, payload, None
 
     # ------------------------------------------------------------------ files and batches (Batch API)
 
     def _file_object(fid: str) -> dict[str, Any]:
         f = state.files[fid]
-        return {"id": fid, "object": "file", "bytes": len(f["data"]), "created_at": f["created_at"],
-                "filename": f["filename"], "purpose": f["purpose"], "status": "processed"}  # fmt: skip
+        return {
+            "id": fid,
+            "object": "file",
+            "bytes": len(f["data"]),
+            "created_at": f["created_at"],
+            "filename": f["filename"],
+            "purpose": f["purpose"],
+            "status": "processed",
+        }
 
     def _new_file(data: bytes, filename: str, purpose: str) -> str:
         fid = f"file-{uuid.uuid4().hex[:24]}"
-        state.files[fid] = {"data": data, "filename": filename, "purpose": purpose, "created_at": int(time.time())}
+        state.files[fid] = {
+            "data": data,
+            "filename": filename,
+            "purpose": purpose,
+            "created_at": int(time.time()),
+        }
         return fid
 
     async def upload_file(request: Request) -> JSONResponse:
         fields = _multipart_fields(request.headers.get("content-type", ""), await request.body())
         if "file" not in fields or "purpose" not in fields:
-            return _error(400, "multipart fields 'file' and 'purpose' are required", "invalid_request_error")
+            return _error(
+                400, "multipart fields 'file' and 'purpose' are required", "invalid_request_error"
+            )
         data, filename = fields["file"]
         fid = _new_file(data, filename or "upload.jsonl", fields["purpose"][0].decode())
         return JSONResponse(_file_object(fid))
@@ -623,21 +736,48 @@ def build_app(
         if fid not in state.files:
             return _error(400, f"input_file_id {fid!r} does not exist", "invalid_request_error")
         if body.get("endpoint") != "/v1/chat/completions" or body.get("completion_window") != "24h":
-            return _error(400, "only endpoint /v1/chat/completions and completion_window 24h", "invalid_request_error")
+            return _error(
+                400,
+                "only endpoint /v1/chat/completions and completion_window 24h",
+                "invalid_request_error",
+            )
         bid = f"batch_{uuid.uuid4().hex[:24]}"
         now = int(time.time())
         with state.lock:
             index = len(state.batches)
             state.batches[bid] = {
-                "id": bid, "object": "batch", "endpoint": body["endpoint"], "errors": None, "input_file_id": fid,
-                "completion_window": "24h", "status": "validating", "output_file_id": None, "error_file_id": None,
-                "created_at": now, "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None,
-                "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
-                "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+                "id": bid,
+                "object": "batch",
+                "endpoint": body["endpoint"],
+                "errors": None,
+                "input_file_id": fid,
+                "completion_window": "24h",
+                "status": "validating",
+                "output_file_id": None,
+                "error_file_id": None,
+                "created_at": now,
+                "in_progress_at": None,
+                "expires_at": now + 86400,
+                "finalizing_at": None,
+                "completed_at": None,
+                "failed_at": None,
+                "expired_at": None,
+                "cancelling_at": None,
+                "cancelled_at": None,
+                "request_counts": {"total": 0, "completed": 0, "failed": 0},
                 "metadata": body.get("metadata"),
-            }  # fmt: skip
-        record({"event": "batch_create", "batch_id": bid, "request_hash": None, "client_request_id": None,
-                "status": 200, "fault": None, "delivered": False})  # fmt: skip
+            }
+        record(
+            {
+                "event": "batch_create",
+                "batch_id": bid,
+                "request_hash": None,
+                "client_request_id": None,
+                "status": 200,
+                "fault": None,
+                "delivered": False,
+            }
+        )
         task = asyncio.get_running_loop().create_task(run_batch(bid, index))
         state.tasks.add(task)
         task.add_done_callback(state.tasks.discard)
@@ -651,25 +791,57 @@ def build_app(
 
     async def list_batches(request: Request) -> JSONResponse:
         data = list(reversed(state.batches.values()))  # newest first, as OpenAI lists them
-        return JSONResponse({"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
-                             "last_id": data[-1]["id"] if data else None, "has_more": False})  # fmt: skip
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": data,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+                "has_more": False,
+            }
+        )
 
     async def run_batch(bid: str, index: int) -> None:
         b = state.batches[bid]
         try:
-            lines = [json.loads(x) for x in state.files[b["input_file_id"]]["data"].decode().splitlines() if x.strip()]
+            lines = [
+                json.loads(x)
+                for x in state.files[b["input_file_id"]]["data"].decode().splitlines()
+                if x.strip()
+            ]
             ids = [x.get("custom_id") for x in lines]
-            bad = next((n for n, x in enumerate(lines, 1) if not isinstance(x.get("custom_id"), str)
-                        or x.get("method") != "POST" or x.get("url") != "/v1/chat/completions"
-                        or not isinstance(x.get("body"), dict)), None)  # fmt: skip
+            bad = next(
+                (
+                    n
+                    for n, x in enumerate(lines, 1)
+                    if not isinstance(x.get("custom_id"), str)
+                    or x.get("method") != "POST"
+                    or x.get("url") != "/v1/chat/completions"
+                    or not isinstance(x.get("body"), dict)
+                ),
+                None,
+            )
             if bad is None and len(set(ids)) != len(ids):
                 bad = next(n for n, i in enumerate(ids, 1) if ids.count(i) > 1)
         except (ValueError, AttributeError):
             lines, bad = [], 1
         if bad is not None or not lines:
-            b.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": [
-                {"code": "invalid_request", "message": "each line needs a unique custom_id, method POST, url "
-                 "/v1/chat/completions and a body", "param": None, "line": bad or 1}]})  # fmt: skip
+            b.update(
+                status="failed",
+                failed_at=int(time.time()),
+                errors={
+                    "object": "list",
+                    "data": [
+                        {
+                            "code": "invalid_request",
+                            "message": "each line needs a unique custom_id, method POST, url "
+                            "/v1/chat/completions and a body",
+                            "param": None,
+                            "line": bad or 1,
+                        }
+                    ],
+                },
+            )
             return
         t0 = time.monotonic()
         b.update(status="in_progress", in_progress_at=int(time.time()))
@@ -679,27 +851,52 @@ def build_app(
         for n, item in enumerate(lines):
             line_id = f"batch_req_{uuid.uuid4().hex[:24]}"
             if expire and n >= faults.expire_after_items:  # type: ignore[union-attr]
-                err.append({"id": line_id, "custom_id": item["custom_id"], "response": None, "error": {
-                    "code": "batch_expired", "message": "This request could not be executed before the "
-                    "completion window expired."}})  # fmt: skip
+                err.append(
+                    {
+                        "id": line_id,
+                        "custom_id": item["custom_id"],
+                        "response": None,
+                        "error": {
+                            "code": "batch_expired",
+                            "message": "This request could not be executed before the "
+                            "completion window expired.",
+                        },
+                    }
+                )
                 b["request_counts"]["failed"] += 1
                 continue
             status, payload, _ = await complete(item["body"], item["custom_id"], batch_id=bid)
-            line = {"id": line_id, "custom_id": item["custom_id"], "error": None,
-                    "response": {"status_code": status, "request_id": uuid.uuid4().hex, "body": payload}}  # fmt: skip
+            line = {
+                "id": line_id,
+                "custom_id": item["custom_id"],
+                "error": None,
+                "response": {
+                    "status_code": status,
+                    "request_id": uuid.uuid4().hex,
+                    "body": payload,
+                },
+            }
             (out if status == 200 else err).append(line)
             b["request_counts"]["completed" if status == 200 else "failed"] += 1
-        if faults is not None and faults.batch_latency_s:  # a slow batch: it stays in progress this long
+        if (
+            faults is not None and faults.batch_latency_s
+        ):  # a slow batch: it stays in progress this long
             await asyncio.sleep(max(0.0, faults.batch_latency_s - (time.monotonic() - t0)))
         b.update(status="finalizing", finalizing_at=int(time.time()))
 
         def jsonl(rows: list[dict]) -> bytes:
             return "".join(json.dumps(r) + "\n" for r in rows).encode()
 
-        b["output_file_id"] = _new_file(jsonl(out), f"{bid}_output.jsonl", "batch_output") if out else None
-        b["error_file_id"] = _new_file(jsonl(err), f"{bid}_error.jsonl", "batch_output") if err else None
+        b["output_file_id"] = (
+            _new_file(jsonl(out), f"{bid}_output.jsonl", "batch_output") if out else None
+        )
+        b["error_file_id"] = (
+            _new_file(jsonl(err), f"{bid}_error.jsonl", "batch_output") if err else None
+        )
         now = int(time.time())
-        b.update(status="expired", expired_at=now) if expire else b.update(status="completed", completed_at=now)
+        b.update(status="expired", expired_at=now) if expire else b.update(
+            status="completed", completed_at=now
+        )
 
     app.add_route("/health", health, methods=["GET"])
     app.add_route("/v1/models", models, methods=["GET"])
@@ -757,7 +954,9 @@ def running_server(
     # lifespan off: the app has no startup hooks; graceful timeout: don't hang on a sleeping 'timeout' fault.
     config = uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{actual_port}", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"uvicorn-{actual_port}", daemon=True
+    )
     thread.start()
     try:
         _wait_healthy(f"http://{netloc}/health", thread, startup_timeout_s)
@@ -769,17 +968,29 @@ def running_server(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m sgpo.llm.server", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="Local model dir (saved with save_pretrained)")
+    parser = argparse.ArgumentParser(
+        prog="python -m sgpo.llm.server", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--model", required=True, help="Local model dir (saved with save_pretrained)"
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument(
-        "--served-model-name", default=None, help="Model id reported to clients (default: the dir name)"
+        "--served-model-name",
+        default=None,
+        help="Model id reported to clients (default: the dir name)",
     )
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--fault-config", default=None, help="FaultConfig as a JSON string or a path to a JSON file")
-    parser.add_argument("--request-log", default=None, help="Append one JSON line per request to this file")
-    parser.add_argument("--max-tokens-cap", type=int, default=None, help="Upper bound on any request's max_tokens")
+    parser.add_argument(
+        "--fault-config", default=None, help="FaultConfig as a JSON string or a path to a JSON file"
+    )
+    parser.add_argument(
+        "--request-log", default=None, help="Append one JSON line per request to this file"
+    )
+    parser.add_argument(
+        "--max-tokens-cap", type=int, default=None, help="Upper bound on any request's max_tokens"
+    )
     args = parser.parse_args(argv)
 
     import uvicorn

@@ -4,6 +4,7 @@ Built deterministically (same data + config -> same files) so the tiny preset, t
 benchmarks need no model hub. head_dim = hidden_size / num_attention_heads = 64, which vLLM's
 CPU and GPU attention kernels accept, so the same checkpoint can be served by vLLM.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,9 +56,7 @@ def corpus_texts(paths: Iterable[Path]) -> list[str]:
 # pipeline from vocab + merges with exactly this regex, NFC and a regex-free ByteLevel step.
 # Training our BPE with the same pipeline makes every loader (AutoTokenizer in any release,
 # vLLM, PreTrainedTokenizerFast) produce the same ids.
-QWEN2_PRETOKENIZE_REGEX = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+QWEN2_PRETOKENIZE_REGEX = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
 
 
 def build_tokenizer(texts: list[str], vocab_size: int):
@@ -66,10 +65,12 @@ def build_tokenizer(texts: list[str], vocab_size: int):
 
     tok = Tokenizer(models.BPE())
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])  # fmt: skip
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -90,7 +91,7 @@ def bundled_corpus() -> list[Path]:
     return sorted(BUNDLED_DIR.glob("tiny/*.jsonl"))
 
 
-def build_bundled_tiny_model(out_dir: str | Path, cfg: "TinyModelConfig | None" = None) -> Path:
+def build_bundled_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None) -> Path:
     """The model `model.name_or_path: tiny` builds (the base_model stage): `cfg` (default: the defaults)
     on the bundled corpus. Tests, benchmarks and the GPU check build theirs with this, so they get the same."""
     from sgpo.config.pipeline import TinyModelConfig
@@ -98,7 +99,7 @@ def build_bundled_tiny_model(out_dir: str | Path, cfg: "TinyModelConfig | None" 
     return build_tiny_model(out_dir, cfg or TinyModelConfig(), corpus_texts(bundled_corpus()))
 
 
-def build_tiny_model(out_dir: str | Path, cfg: "TinyModelConfig", texts: list[str]) -> Path:
+def build_tiny_model(out_dir: str | Path, cfg: TinyModelConfig, texts: list[str]) -> Path:
     """Train the tokenizer on `texts`, initialise the model with `cfg.seed`, save both to `out_dir`."""
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -176,7 +177,11 @@ def check_model_dir(name_or_path: str | Path) -> None:
     if missing:
         if p.is_dir():
             names = sorted(c.name for c in p.iterdir())
-            held = f"it holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}" if names else "it is empty"
+            held = (
+                f"it holds {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}"
+                if names
+                else "it is empty"
+            )
         else:
             held = "it is a file"
         raise ModelNotFoundError(
@@ -201,7 +206,9 @@ def load_tokenizer(model_dir: str | Path, *, trust_remote_code: bool = False):
         if tok_class in ("PreTrainedTokenizerFast", "TokenizersBackend"):
             tok = PreTrainedTokenizerFast.from_pretrained(str(model_dir))
             return _ensure_pad(tok)
-    return _ensure_pad(AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code))
+    return _ensure_pad(
+        AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
+    )
 
 
 def _ensure_pad(tok):

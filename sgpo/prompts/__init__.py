@@ -5,11 +5,12 @@ Each prompt is a file `NAME.txt` in this folder with `{field}` placeholders. Its
 changes the cache key of every stage that uses it. New wording should get a new file
 (`..._v2.txt`) so old runs stay reproducible.
 """
+
 from __future__ import annotations
 
 import string
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from artifacts.hashing import sha256_text
@@ -46,7 +47,7 @@ class Prompt:
         return self.text.format(**values).strip()
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_prompt(name: str) -> Prompt:
     path = PROMPT_DIR / f"{name}.txt"
     if not path.is_file():

@@ -9,6 +9,7 @@ instruction-difficulty and gamed-baseline files). A cell whose setting differs f
 majority, or, on the paper's presets, from the paper's setting (`PAPER_SETTINGS`), is marked ` *`
 and its row's status names each differing field (`comparability`).
 """
+
 from __future__ import annotations
 
 import csv
@@ -52,19 +53,42 @@ class Row:
 # seed is not one of them (another seed is another sample of the same setting).
 _DECODING = ("decoding.temperature", "decoding.top_p", "decoding.max_new_tokens")
 CELL_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {  # column -> (benchmark, fields)
-    "AE2 WR (ours)": ("alpaca_eval", ("benchmark_version", "judge_model", "prompt_version", *_DECODING)),
-    "AE2 LC (ours)": ("alpaca_eval", ("benchmark_version", "judge_model", "prompt_version", *_DECODING,
-                                      "lc_regularized", "difficulty_source", "gamed_source")),
-    "Arena-Hard WR (95% CI) (ours)": ("arena_hard", ("benchmark_version", "judge_model", "prompt_version", *_DECODING)),
+    "AE2 WR (ours)": (
+        "alpaca_eval",
+        ("benchmark_version", "judge_model", "prompt_version", *_DECODING),
+    ),
+    "AE2 LC (ours)": (
+        "alpaca_eval",
+        (
+            "benchmark_version",
+            "judge_model",
+            "prompt_version",
+            *_DECODING,
+            "lc_regularized",
+            "difficulty_source",
+            "gamed_source",
+        ),
+    ),
+    "Arena-Hard WR (95% CI) (ours)": (
+        "arena_hard",
+        ("benchmark_version", "judge_model", "prompt_version", *_DECODING),
+    ),
 }
 # The SGPO paper's setting (configs/eval-sgpo.yaml): on a paper preset a cell is compared with these
 # rather than with its column's majority (fields not named here: the majority).
 PAPER_SETTINGS: dict[str, dict[str, Any]] = {
-    "alpaca_eval": {"benchmark_version": "alpaca_eval 2.0 (weighted_alpaca_eval_gpt4_turbo)",
-                    "judge_model": "gpt-4-1106-preview", "decoding.temperature": 0.7, "decoding.top_p": 0.9,
-                    "lc_regularized": True},
-    "arena_hard": {"benchmark_version": "arena-hard-v0.1", "judge_model": "gpt-4-1106-preview",
-                   "decoding.temperature": 0.0},
+    "alpaca_eval": {
+        "benchmark_version": "alpaca_eval 2.0 (weighted_alpaca_eval_gpt4_turbo)",
+        "judge_model": "gpt-4-1106-preview",
+        "decoding.temperature": 0.7,
+        "decoding.top_p": 0.9,
+        "lc_regularized": True,
+    },
+    "arena_hard": {
+        "benchmark_version": "arena-hard-v0.1",
+        "judge_model": "gpt-4-1106-preview",
+        "decoding.temperature": 0.0,
+    },
 }
 
 
@@ -81,7 +105,9 @@ def settings_of(bench: str, summary: dict[str, Any]) -> dict[str, Any]:
     """The comparability fields of a judge report (alpaca_eval_judge / arena_hard_judge summary)."""
     out: dict[str, Any] = {k: summary.get(k) for k in ("benchmark_version", "judge_model")}
     # Arena-Hard's judge prompt and settings are versioned together (`judge_settings`)
-    out["prompt_version"] = summary.get("prompt_version") if bench == "alpaca_eval" else summary.get("judge_settings")
+    out["prompt_version"] = (
+        summary.get("prompt_version") if bench == "alpaca_eval" else summary.get("judge_settings")
+    )
     decoding = summary.get("decoding") or {}
     out.update({k: decoding.get(k.split(".", 1)[1]) for k in _DECODING})
     if bench == "alpaca_eval":
@@ -95,11 +121,21 @@ def comparability(rows: list[Row]) -> dict[tuple[int, str], list[str]]:
     cells without a number or with the column's setting are absent."""
     out: dict[tuple[int, str], list[str]] = {}
     for column, (bench, fields) in CELL_FIELDS.items():
-        present = [(i, r.settings[bench]) for i, r in enumerate(rows) if bench in r.settings and _cell_value(r, column) is not None]
+        present = [
+            (i, r.settings[bench])
+            for i, r in enumerate(rows)
+            if bench in r.settings and _cell_value(r, column) is not None
+        ]
         for f in fields:
-            counts = Counter(json.dumps(st.get(f), sort_keys=True, default=str) for _, st in present)
+            counts = Counter(
+                json.dumps(st.get(f), sort_keys=True, default=str) for _, st in present
+            )
             ranked = counts.most_common()
-            majority = json.loads(ranked[0][0]) if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1]) else None
+            majority = (
+                json.loads(ranked[0][0])
+                if ranked and (len(ranked) == 1 or ranked[0][1] > ranked[1][1])
+                else None
+            )
             tie = len(ranked) > 1 and majority is None
             for i, st in present:
                 paper = PAPER_SETTINGS.get(bench, {})
@@ -116,9 +152,11 @@ def comparability(rows: list[Row]) -> dict[tuple[int, str], list[str]]:
 
 
 def _cell_value(r: Row, column: str) -> float | None:
-    return {"AE2 WR (ours)": r.wr, "AE2 LC (ours)": r.lc, "Arena-Hard WR (95% CI) (ours)": r.arena_hard}[column]
-
-
+    return {
+        "AE2 WR (ours)": r.wr,
+        "AE2 LC (ours)": r.lc,
+        "Arena-Hard WR (95% CI) (ours)": r.arena_hard,
+    }[column]
 
 
 def _manifests(store: Any, stage: str) -> list[dict[str, Any]]:
@@ -136,22 +174,31 @@ def evaluations_of(store: Any, model_hash: str) -> dict[str, dict[str, Any]]:
     """The newest `alpaca_eval_judge` and `arena_hard_judge` reports for a model, by content hash."""
     out: dict[str, dict[str, Any]] = {}
     for bench in ("alpaca_eval", "arena_hard"):
-        generated = {m["ref"]["uri"] for m in _manifests(store, f"{bench}_generate")
-                     if m.get("parents", {}).get("model", {}).get("content_hash") == model_hash}
-        judged = [m for m in _manifests(store, f"{bench}_judge")
-                  if m.get("parents", {}).get("answers", {}).get("uri") in generated]
+        generated = {
+            m["ref"]["uri"]
+            for m in _manifests(store, f"{bench}_generate")
+            if m.get("parents", {}).get("model", {}).get("content_hash") == model_hash
+        }
+        judged = [
+            m
+            for m in _manifests(store, f"{bench}_judge")
+            if m.get("parents", {}).get("answers", {}).get("uri") in generated
+        ]
         if judged:
             out[bench] = max(judged, key=lambda m: m.get("created_at", ""))["ref"]["summary"]
     return out
-
 
 
 def add_evaluations(row: Row, store: Any, model_hash: str, model_uri: str) -> Row:
     """`row` with the newest `sgpo evaluate` results (AE2 LC/WR, Arena-Hard) of the model, and their settings."""
     ev = evaluations_of(store, model_hash)
     if a := ev.get("alpaca_eval"):
-        row.lc, row.lc_se, row.wr, row.wr_se = (a.get("lc_win_rate"), a.get("lc_standard_error"), a.get("win_rate"),
-                                                a.get("standard_error"))
+        row.lc, row.lc_se, row.wr, row.wr_se = (
+            a.get("lc_win_rate"),
+            a.get("lc_standard_error"),
+            a.get("win_rate"),
+            a.get("standard_error"),
+        )
         if a.get("lc_note"):
             row.notes.append(a["lc_note"])
         row.settings["alpaca_eval"] = settings_of("alpaca_eval", a)
@@ -159,7 +206,9 @@ def add_evaluations(row: Row, store: Any, model_hash: str, model_uri: str) -> Ro
         row.arena_hard, row.arena_hard_ci = h.get("score"), h.get("ci")
         row.settings["arena_hard"] = settings_of("arena_hard", h)
     if not ev:
-        row.notes.append(f"no sgpo evaluate run of {model_uri} in the store (AlpacaEval LC/WR, Arena-Hard)")
+        row.notes.append(
+            f"no sgpo evaluate run of {model_uri} in the store (AlpacaEval LC/WR, Arena-Hard)"
+        )
     return row
 
 
@@ -169,8 +218,17 @@ def _num(v: float | None, se: float | None = None) -> str:
     return f"{v:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
 
-COLUMNS = ["method", "AE2 LC (ours)", "AE2 WR (ours)", "Arena-Hard WR (95% CI) (ours)", "pipeline judge WR (ours)",
-           "AE2 LC (paper)", "AE2 WR (paper)", "Arena-Hard (paper)", "status"]
+COLUMNS = [
+    "method",
+    "AE2 LC (ours)",
+    "AE2 WR (ours)",
+    "Arena-Hard WR (95% CI) (ours)",
+    "pipeline judge WR (ours)",
+    "AE2 LC (paper)",
+    "AE2 WR (paper)",
+    "Arena-Hard (paper)",
+    "status",
+]
 
 
 def table_rows(rows: list[Row]) -> list[dict[str, str]]:
@@ -178,22 +236,33 @@ def table_rows(rows: list[Row]) -> list[dict[str, str]]:
     out = []
     for i, r in enumerate(rows):
         paper = PAPER_RESULTS.get(r.preset, {}).get(r.method, {})
-        missing_paper = "n/a (not a paper setting)" if r.preset not in PAPER_PRESETS else "not in this repo"
-        out.append({
-            "method": r.method,
-            "AE2 LC (ours)": _num(r.lc, r.lc_se),
-            "AE2 WR (ours)": _num(r.wr, r.wr_se),
-            "Arena-Hard WR (95% CI) (ours)": f"{r.arena_hard:.2f} {r.arena_hard_ci or ''}".strip() if r.arena_hard is not None else "-",
-            "pipeline judge WR (ours)": _num(r.judge_win_rate, r.judge_se) + (f" (n={r.judge_n})" if r.judge_n else ""),
-            "AE2 LC (paper)": _num(paper["lc"]) if "lc" in paper else missing_paper,
-            "AE2 WR (paper)": _num(paper["wr"]) if "wr" in paper else missing_paper,
-            "Arena-Hard (paper)": _num(paper["arena_hard"]) if "arena_hard" in paper else missing_paper,
-            "status": r.status if not r.notes else f"{r.status}; " + "; ".join(r.notes),
-        })
+        missing_paper = (
+            "n/a (not a paper setting)" if r.preset not in PAPER_PRESETS else "not in this repo"
+        )
+        out.append(
+            {
+                "method": r.method,
+                "AE2 LC (ours)": _num(r.lc, r.lc_se),
+                "AE2 WR (ours)": _num(r.wr, r.wr_se),
+                "Arena-Hard WR (95% CI) (ours)": f"{r.arena_hard:.2f} {r.arena_hard_ci or ''}".strip()
+                if r.arena_hard is not None
+                else "-",
+                "pipeline judge WR (ours)": _num(r.judge_win_rate, r.judge_se)
+                + (f" (n={r.judge_n})" if r.judge_n else ""),
+                "AE2 LC (paper)": _num(paper["lc"]) if "lc" in paper else missing_paper,
+                "AE2 WR (paper)": _num(paper["wr"]) if "wr" in paper else missing_paper,
+                "Arena-Hard (paper)": _num(paper["arena_hard"])
+                if "arena_hard" in paper
+                else missing_paper,
+                "status": r.status if not r.notes else f"{r.status}; " + "; ".join(r.notes),
+            }
+        )
         for column in CELL_FIELDS:
             if why := marks.get((i, column)):
                 out[-1][column] += " *"
-                out[-1]["status"] += f"; * {column.removesuffix(' (ours)')} not comparable: " + ", ".join(why)
+                out[-1]["status"] += (
+                    f"; * {column.removesuffix(' (ours)')} not comparable: " + ", ".join(why)
+                )
     return out
 
 
@@ -201,8 +270,11 @@ def markdown(rows: list[dict[str, str]]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(r[c].replace("|", "/") for c in COLUMNS) + " |" for r in rows]
     if any(r[c].endswith(" *") for r in rows for c in CELL_FIELDS):
-        lines += ["", "\\* not comparable with the rest of its column (or the paper's setting): the status names "
-                      "the differing field"]
+        lines += [
+            "",
+            "\\* not comparable with the rest of its column (or the paper's setting): the status names "
+            "the differing field",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -212,4 +284,3 @@ def to_csv(rows: list[dict[str, str]]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
-

@@ -21,12 +21,14 @@ out (no empty plots), and a figure that cannot be made is returned as missing, w
 The run is read through `RunArtifacts`, so the report stage, `sgpo report` and the tests use
 the same code whatever the store.
 """
+
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 EDIT_BINS = 20
 PPL_BINS = 30
@@ -81,13 +83,17 @@ class Figure:
     source_uri: str | None = None
     png: bytes | None = None
     missing: str | None = None  # the reason it could not be made
-    counts: dict[str, Any] = field(default_factory=dict)  # what the legend says, for tests and tables
+    counts: dict[str, Any] = field(
+        default_factory=dict
+    )  # what the legend says, for tests and tables
 
 
 # --------------------------------------------------------------------------------------------------
 # Data preparation (pure)
 # --------------------------------------------------------------------------------------------------
-def histogram(values: Sequence[float], bins: int, lo: float, hi: float) -> tuple[list[int], list[float]]:
+def histogram(
+    values: Sequence[float], bins: int, lo: float, hi: float
+) -> tuple[list[int], list[float]]:
     """Counts per bin over [lo, hi] (the last bin closed, numpy's convention), and the edges."""
     import numpy as np
 
@@ -95,7 +101,9 @@ def histogram(values: Sequence[float], bins: int, lo: float, hi: float) -> tuple
     return [int(c) for c in counts], [float(e) for e in edges]
 
 
-def edit_distance_data(rows: Iterable[dict[str, Any]], column: str, bins: int = EDIT_BINS) -> dict[str, Any]:
+def edit_distance_data(
+    rows: Iterable[dict[str, Any]], column: str, bins: int = EDIT_BINS
+) -> dict[str, Any]:
     """Histogram of a normalised edit-distance column over [0, 1]; rows whose improved answer is
     missing (None: the call was invalid) are counted, not plotted."""
     rows = list(rows)
@@ -105,8 +113,15 @@ def edit_distance_data(rows: Iterable[dict[str, Any]], column: str, bins: int = 
     if not values:
         raise ValueError(f"no {column} values (every improved answer is missing)")
     counts, edges = histogram(values, bins, 0.0, 1.0)
-    return {"values": values, "n": len(values), "missing": len(rows) - len(values), "counts": counts, "edges": edges,
-            "mean": sum(values) / len(values), "median": _median(values)}
+    return {
+        "values": values,
+        "n": len(values),
+        "missing": len(rows) - len(values),
+        "counts": counts,
+        "edges": edges,
+        "mean": sum(values) / len(values),
+        "median": _median(values),
+    }
 
 
 def _median(values: Sequence[float]) -> float:
@@ -115,8 +130,9 @@ def _median(values: Sequence[float]) -> float:
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
 
 
-def perplexity_data(rows: Iterable[dict[str, Any]], fences: dict[str, dict[str, Any]], bins: int = PPL_BINS
-                    ) -> dict[str, dict[str, Any]]:
+def perplexity_data(
+    rows: Iterable[dict[str, Any]], fences: dict[str, dict[str, Any]], bins: int = PPL_BINS
+) -> dict[str, dict[str, Any]]:
     """Per response type: kept/dropped perplexities (the table's own `kept` flag), their counts
     per bin on a common range that includes the fences, and the fences as the manifest records
     them (never recomputed: the figure shows where the stage cut)."""
@@ -138,9 +154,19 @@ def perplexity_data(rows: Iterable[dict[str, Any]], fences: dict[str, dict[str, 
         lo, hi = lo - pad, hi + pad
         ck, edges = histogram(kept, bins, lo, hi)
         cd, _ = histogram(dropped, bins, lo, hi)
-        out[t] = {"kept": kept, "dropped": dropped, "n_kept": len(kept), "n_dropped": len(dropped), "low": low,
-                  "high": high, "q1": f.get("q1"), "q3": f.get("q3"), "edges": edges, "counts_kept": ck,
-                  "counts_dropped": cd}
+        out[t] = {
+            "kept": kept,
+            "dropped": dropped,
+            "n_kept": len(kept),
+            "n_dropped": len(dropped),
+            "low": low,
+            "high": high,
+            "q1": f.get("q1"),
+            "q3": f.get("q3"),
+            "edges": edges,
+            "counts_kept": ck,
+            "counts_dropped": cd,
+        }
     if not out:
         raise ValueError("the ppl_filter manifest's fences name no response type with low/high")
     return out
@@ -171,14 +197,20 @@ def stage_costs(stages: Sequence[StageEntry]) -> list[dict[str, Any]]:
         sm = s.summary or {}
         sent = sm.get("sent", sm.get("calls_sent"))
         journal = sm.get("from_journal", sm.get("calls_from_journal"))
-        rows.append({
-            "label": s.label, "status": s.status or "?", "seconds": s.seconds,
-            "compute_seconds": s.manifest.get("seconds") if s.manifest else None,
-            "llm_sent": sent if isinstance(sent, int) else None,
-            "llm_from_journal": journal if isinstance(journal, int) else None,
-            "tokens": _sum_ints(sm.get("prompt_tokens"), sm.get("completion_tokens")),
-            "cost_usd": sm.get("cost_usd") if isinstance(sm.get("cost_usd"), (int, float)) else None,
-        })
+        rows.append(
+            {
+                "label": s.label,
+                "status": s.status or "?",
+                "seconds": s.seconds,
+                "compute_seconds": s.manifest.get("seconds") if s.manifest else None,
+                "llm_sent": sent if isinstance(sent, int) else None,
+                "llm_from_journal": journal if isinstance(journal, int) else None,
+                "tokens": _sum_ints(sm.get("prompt_tokens"), sm.get("completion_tokens")),
+                "cost_usd": sm.get("cost_usd")
+                if isinstance(sm.get("cost_usd"), (int, float))
+                else None,
+            }
+        )
     return rows
 
 
@@ -200,20 +232,50 @@ def win_rate_rows(run: RunArtifacts) -> list[dict[str, Any]]:
     rows = []
     for s in run.stages:
         sm = s.summary or {}
-        if s.stage in ("judge", "alpaca_eval_judge", "pairwise") and isinstance(sm.get("win_rate"), (int, float)):
-            name = {"judge": "judge (final policy vs baseline)", "alpaca_eval_judge": "AlpacaEval 2.0 WR"}.get(s.stage, s.label)
-            rows.append({"label": name, "value": float(sm["win_rate"]), "se": _num(sm.get("standard_error")),
-                         "n": sm.get("n_labelled"), "of": sm.get("n"), "stage": s.label,
-                         "model_column": sm.get("model_column"), "baseline_column": sm.get("baseline_column")})
+        if s.stage in ("judge", "alpaca_eval_judge", "pairwise") and isinstance(
+            sm.get("win_rate"), (int, float)
+        ):
+            name = {
+                "judge": "judge (final policy vs baseline)",
+                "alpaca_eval_judge": "AlpacaEval 2.0 WR",
+            }.get(s.stage, s.label)
+            rows.append(
+                {
+                    "label": name,
+                    "value": float(sm["win_rate"]),
+                    "se": _num(sm.get("standard_error")),
+                    "n": sm.get("n_labelled"),
+                    "of": sm.get("n"),
+                    "stage": s.label,
+                    "model_column": sm.get("model_column"),
+                    "baseline_column": sm.get("baseline_column"),
+                }
+            )
             if s.stage == "alpaca_eval_judge" and isinstance(sm.get("lc_win_rate"), (int, float)):
-                rows.append({"label": "AlpacaEval 2.0 LC WR", "value": float(sm["lc_win_rate"]),
-                             "se": _num(sm.get("lc_standard_error")), "n": sm.get("n_labelled"), "of": sm.get("n"),
-                             "stage": s.label})
+                rows.append(
+                    {
+                        "label": "AlpacaEval 2.0 LC WR",
+                        "value": float(sm["lc_win_rate"]),
+                        "se": _num(sm.get("lc_standard_error")),
+                        "n": sm.get("n_labelled"),
+                        "of": sm.get("n"),
+                        "stage": s.label,
+                    }
+                )
         elif s.stage == "arena_hard_judge" and isinstance(sm.get("score"), (int, float)):
             lo, hi = _num(sm.get("ci_low")), _num(sm.get("ci_high"))
             half = (hi - lo) / 2 if lo is not None and hi is not None else None
-            rows.append({"label": "Arena-Hard v0.1 score", "value": float(sm["score"]), "se": half, "ci": (lo, hi),
-                         "n": sm.get("n_questions"), "of": sm.get("n_questions"), "stage": s.label})
+            rows.append(
+                {
+                    "label": "Arena-Hard v0.1 score",
+                    "value": float(sm["score"]),
+                    "se": half,
+                    "ci": (lo, hi),
+                    "n": sm.get("n_questions"),
+                    "of": sm.get("n_questions"),
+                    "stage": s.label,
+                }
+            )
     return rows
 
 
@@ -223,12 +285,21 @@ def refinement_rows(judged: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     without) and what it is compared with ('y' = the policy's answer, 'y_sft' = the SFT reference)."""
     out = []
     for r in judged:
-        if r.get("model_column") != "chosen" or r.get("baseline_column") not in ("rejected", "reference"):
+        if r.get("model_column") != "chosen" or r.get("baseline_column") not in (
+            "rejected",
+            "reference",
+        ):
             continue
         label = r["stage"]
-        name = label[label.index("[") + 1:-1] if "[" in label else label
-        rnd = int(name.rsplit(".r", 1)[1]) if ".r" in name and name.rsplit(".r", 1)[1].isdigit() else 1
-        out.append({**r, "round": rnd, "versus": "y" if r["baseline_column"] == "rejected" else "y_sft"})
+        name = label[label.index("[") + 1 : -1] if "[" in label else label
+        rnd = (
+            int(name.rsplit(".r", 1)[1])
+            if ".r" in name and name.rsplit(".r", 1)[1].isdigit()
+            else 1
+        )
+        out.append(
+            {**r, "round": rnd, "versus": "y" if r["baseline_column"] == "rejected" else "y_sft"}
+        )
     return sorted(out, key=lambda r: (r["round"], r["versus"]))
 
 
@@ -239,7 +310,9 @@ def perplexity_by_type_data(rows: Iterable[dict[str, Any]], bins: int = PPL_BINS
     log-spaced range shared by both types."""
     rows = list(rows)
     if rows and "chosen_tokens" not in rows[0]:
-        raise KeyError("the reference log-prob table has no token counts (made before they were recorded)")
+        raise KeyError(
+            "the reference log-prob table has no token counts (made before they were recorded)"
+        )
     values: dict[str, list[float]] = {"chosen": [], "rejected": []}
     skipped = 0
     for r in rows:
@@ -259,12 +332,21 @@ def perplexity_by_type_data(rows: Iterable[dict[str, Any]], bins: int = PPL_BINS
     import numpy as np
 
     for t, v in values.items():
-        counts = np.histogram(np.asarray(v, dtype=float), bins=np.asarray(edges))[0] if v else [0] * bins
-        out[t] = {"values": v, "n": len(v), "counts": [int(c) for c in counts], "median": _median(v) if v else None}
+        counts = (
+            np.histogram(np.asarray(v, dtype=float), bins=np.asarray(edges))[0] if v else [0] * bins
+        )
+        out[t] = {
+            "values": v,
+            "n": len(v),
+            "counts": [int(c) for c in counts],
+            "median": _median(v) if v else None,
+        }
     return out
 
 
-def sapo_buffer_data(rows: Iterable[dict[str, Any]], last_metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+def sapo_buffer_data(
+    rows: Iterable[dict[str, Any]], last_metrics: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The SAPO replay buffer as the run ended: how many entries were drawn 0, 1, 2, ... times, how
     many entries each producing step left in it, and the run's last EMA / reference / buffer numbers."""
     rows = list(rows)
@@ -275,12 +357,22 @@ def sapo_buffer_data(rows: Iterable[dict[str, Any]], last_metrics: dict[str, Any
     steps = sorted({int(r["step"]) for r in rows if r.get("step") is not None})
     by_step = {st: sum(1 for r in rows if r.get("step") == st) for st in steps}
     lm = last_metrics or {}
-    return {"n": len(rows), "use_counts": use_counts, "mean_uses": sum(uses) / len(uses), "by_step": by_step,
-            "ema_updates": _num(lm.get("ema_updates")), "reference_updates": _num(lm.get("reference_updates"))}
+    return {
+        "n": len(rows),
+        "use_counts": use_counts,
+        "mean_uses": sum(uses) / len(uses),
+        "by_step": by_step,
+        "ema_updates": _num(lm.get("ema_updates")),
+        "reference_updates": _num(lm.get("reference_updates")),
+    }
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+    return (
+        float(v)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        else None
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -306,9 +398,17 @@ def draw_edit_distance(data: dict[str, Any], title: str, versus: str) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     edges = data["edges"]
-    ax.bar(edges[:-1], data["counts"], width=[b - a for a, b in zip(edges, edges[1:])], align="edge",
-           color="#4C72B0", edgecolor="white",
-           label=f"improved vs {versus} (n={data['n']}" + (f", {data['missing']} missing" if data["missing"] else "") + ")")
+    ax.bar(
+        edges[:-1],
+        data["counts"],
+        width=[b - a for a, b in zip(edges, edges[1:])],
+        align="edge",
+        color="#4C72B0",
+        edgecolor="white",
+        label=f"improved vs {versus} (n={data['n']}"
+        + (f", {data['missing']} missing" if data["missing"] else "")
+        + ")",
+    )
     ax.axvline(data["mean"], color="#C44E52", linestyle="--", label=f"mean {data['mean']:.3f}")
     ax.set_xlim(0, 1)
     ax.set_xlabel("normalised Levenshtein distance (0 = identical, 1 = all characters changed)")
@@ -325,11 +425,31 @@ def draw_perplexity(data: dict[str, dict[str, Any]], title: str) -> bytes:
     for ax, (t, d) in zip(axes[0], data.items()):
         edges = d["edges"]
         widths = [b - a for a, b in zip(edges, edges[1:])]
-        ax.bar(edges[:-1], d["counts_kept"], width=widths, align="edge", color="#55A868", edgecolor="white",
-               label=f"kept (n={d['n_kept']})")
-        ax.bar(edges[:-1], d["counts_dropped"], width=widths, align="edge", bottom=d["counts_kept"], color="#C44E52",
-               edgecolor="white", label=f"dropped (n={d['n_dropped']})")
-        ax.axvline(d["low"], color="black", linestyle="--", label=f"fences {d['low']:.4g} .. {d['high']:.4g}")
+        ax.bar(
+            edges[:-1],
+            d["counts_kept"],
+            width=widths,
+            align="edge",
+            color="#55A868",
+            edgecolor="white",
+            label=f"kept (n={d['n_kept']})",
+        )
+        ax.bar(
+            edges[:-1],
+            d["counts_dropped"],
+            width=widths,
+            align="edge",
+            bottom=d["counts_kept"],
+            color="#C44E52",
+            edgecolor="white",
+            label=f"dropped (n={d['n_dropped']})",
+        )
+        ax.axvline(
+            d["low"],
+            color="black",
+            linestyle="--",
+            label=f"fences {d['low']:.4g} .. {d['high']:.4g}",
+        )
         ax.axvline(d["high"], color="black", linestyle="--")
         ax.set_xlabel("perplexity under pi_sft (exp of mean token NLL)")
         ax.set_ylabel("responses (count)")
@@ -341,7 +461,9 @@ def draw_perplexity(data: dict[str, dict[str, Any]], title: str) -> bytes:
 
 def draw_training(curves: dict[str, list[tuple[int, float]]], title: str) -> bytes:
     plt = _plt()
-    panels = [(name, [k for k in keys if k in curves], ylabel) for name, keys, ylabel in TRAINING_SERIES]
+    panels = [
+        (name, [k for k in keys if k in curves], ylabel) for name, keys, ylabel in TRAINING_SERIES
+    ]
     panels = [p for p in panels if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
     for ax, (_name, keys, ylabel) in zip(axes[0], panels):
@@ -373,11 +495,19 @@ def draw_stage_costs(rows: list[dict[str, Any]], hits: dict[str, int], title: st
         if idx:
             n = hits.get(status, len(idx))
             name = {"ran": "ran", "cached": "cached (cache hit)", "?": "status unknown"}[status]
-            ax.barh([ys[i] for i in idx], [secs[i] for i in idx], color=colors.get(status, "#DD8452"),
-                    label=f"{name}: {n} stage{'s' if n != 1 else ''}")
+            ax.barh(
+                [ys[i] for i in idx],
+                [secs[i] for i in idx],
+                color=colors.get(status, "#DD8452"),
+                label=f"{name}: {n} stage{'s' if n != 1 else ''}",
+            )
     ax.set_yticks(ys, labels)
     ax.invert_yaxis()
-    ax.set_xlabel("wall time in this run (s)" if this_run else "compute time when the artifact was made (s, manifest)")
+    ax.set_xlabel(
+        "wall time in this run (s)"
+        if this_run
+        else "compute time when the artifact was made (s, manifest)"
+    )
     ax.legend(fontsize=8)
     if with_llm:
         ax2 = axes[0][1]
@@ -385,29 +515,54 @@ def draw_stage_costs(rows: list[dict[str, Any]], hits: dict[str, int], title: st
         sent = [r["llm_sent"] or 0 for r in with_llm]
         journal = [r["llm_from_journal"] or 0 for r in with_llm]
         ax2.barh(yl, sent, color="#DD8452", label=f"sent (paid): {sum(sent)} calls")
-        ax2.barh(yl, journal, left=sent, color="#8C8C8C", label=f"from the journal (not repaid): {sum(journal)} calls")
+        ax2.barh(
+            yl,
+            journal,
+            left=sent,
+            color="#8C8C8C",
+            label=f"from the journal (not repaid): {sum(journal)} calls",
+        )
         cost = [r["cost_usd"] for r in with_llm if r["cost_usd"] is not None]
         tokens = [r["tokens"] for r in with_llm if r["tokens"] is not None]
         ax2.set_yticks(yl, [r["label"] for r in with_llm])
         ax2.invert_yaxis()
         ax2.set_xlabel("LLM calls (count)")
         extra = (f"cost ${sum(cost):.2f}" if cost else "cost n/a (no price configured)") + (
-            f", {sum(tokens):,} tokens" if tokens else "")
+            f", {sum(tokens):,} tokens" if tokens else ""
+        )
         ax2.set_title(extra, fontsize=9)
         ax2.legend(fontsize=8)
     fig.suptitle(title)
     return _png(fig)
 
 
-def draw_win_rates(rows: list[dict[str, Any]], title: str, *, xlabel: str = "win rate vs the baseline (%)",
-                   legend: str = "win rate (error bar: SE; Arena-Hard: 95% CI)") -> bytes:
+def draw_win_rates(
+    rows: list[dict[str, Any]],
+    title: str,
+    *,
+    xlabel: str = "win rate vs the baseline (%)",
+    legend: str = "win rate (error bar: SE; Arena-Hard: 95% CI)",
+) -> bytes:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.8, 0.6 * len(rows) + 1.8))
     ys = list(range(len(rows)))
-    ax.barh(ys, [r["value"] for r in rows], xerr=[r["se"] or 0 for r in rows], color="#4C72B0", capsize=4,
-            label=legend)
-    ax.set_yticks(ys, [f"{r['label']} (n={r['n']}" + (f" of {r['of']}" if r.get("of") not in (None, r["n"]) else "") + ")"
-                       for r in rows])
+    ax.barh(
+        ys,
+        [r["value"] for r in rows],
+        xerr=[r["se"] or 0 for r in rows],
+        color="#4C72B0",
+        capsize=4,
+        label=legend,
+    )
+    ax.set_yticks(
+        ys,
+        [
+            f"{r['label']} (n={r['n']}"
+            + (f" of {r['of']}" if r.get("of") not in (None, r["n"]) else "")
+            + ")"
+            for r in rows
+        ],
+    )
     ax.invert_yaxis()
     ax.axvline(50, color="black", linestyle=":", label="50% (tie with the baseline)")
     ax.set_xlim(0, 100)
@@ -421,17 +576,29 @@ def draw_sapo_buffer(data: dict[str, Any], title: str) -> bytes:
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11.0, 3.8))
     uses = list(data["use_counts"])
-    ax1.bar(uses, [data["use_counts"][u] for u in uses], color="#4C72B0",
-            label=f"{data['n']} entries, mean {data['mean_uses']:.2f} draws")
+    ax1.bar(
+        uses,
+        [data["use_counts"][u] for u in uses],
+        color="#4C72B0",
+        label=f"{data['n']} entries, mean {data['mean_uses']:.2f} draws",
+    )
     ax1.set_xlabel("times drawn for a training step (count)")
     ax1.set_ylabel("buffer entries (count)")
     ax1.legend(fontsize=8)
     steps = list(data["by_step"])
-    ax2.bar(steps, [data["by_step"][st] for st in steps], color="#55A868",
-            label=f"entries by producing step ({len(steps)} steps)")
+    ax2.bar(
+        steps,
+        [data["by_step"][st] for st in steps],
+        color="#55A868",
+        label=f"entries by producing step ({len(steps)} steps)",
+    )
     ax2.set_xlabel("optimizer step that generated the entry")
     ax2.set_ylabel("buffer entries (count)")
-    extra = [f"{k.replace('_', ' ')} {int(data[k])}" for k in ("ema_updates", "reference_updates") if data[k] is not None]
+    extra = [
+        f"{k.replace('_', ' ')} {int(data[k])}"
+        for k in ("ema_updates", "reference_updates")
+        if data[k] is not None
+    ]
     if extra:
         ax2.set_title(", ".join(extra), fontsize=9)
     ax2.legend(fontsize=8)
@@ -444,16 +611,27 @@ def draw_refinement(rows: list[dict[str, Any]], title: str) -> bytes:
     rounds = sorted({r["round"] for r in rows})
     fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(rounds) + 2.5), 4.0))
     width = 0.38
-    for k, (versus, color, what) in enumerate((("y", "#4C72B0", "y+ vs the policy's y (rejected)"),
-                                                ("y_sft", "#DD8452", "y+ vs the SFT reference y_sft"))):
+    for k, (versus, color, what) in enumerate(
+        (
+            ("y", "#4C72B0", "y+ vs the policy's y (rejected)"),
+            ("y_sft", "#DD8452", "y+ vs the SFT reference y_sft"),
+        )
+    ):
         sel = {r["round"]: r for r in rows if r["versus"] == versus}
         xs = [i + (k - 0.5) * width for i, rd in enumerate(rounds) if rd in sel]
         if not xs:
             continue
         got = [sel[rd] for rd in rounds if rd in sel]
         n = ", ".join(f"n={r['n']}" for r in got)
-        ax.bar(xs, [r["value"] for r in got], width, yerr=[r["se"] or 0 for r in got], capsize=4, color=color,
-               label=f"{what} ({n})")
+        ax.bar(
+            xs,
+            [r["value"] for r in got],
+            width,
+            yerr=[r["se"] or 0 for r in got],
+            capsize=4,
+            color=color,
+            label=f"{what} ({n})",
+        )
     ax.axhline(50, color="black", linestyle=":", label="50% (no better, no worse)")
     ax.set_xticks(range(len(rounds)), [f"round {rd}" for rd in rounds])
     ax.set_ylim(0, 100)
@@ -468,12 +646,23 @@ def draw_perplexity_by_type(data: dict[str, Any], title: str, model: str) -> byt
     fig, ax = plt.subplots(figsize=(6.8, 4.0))
     edges = data["edges"]
     widths = [b - a for a, b in zip(edges, edges[1:])]
-    for t, color, what in (("chosen", "#55A868", "chosen y+"), ("rejected", "#C44E52", "rejected y")):
+    for t, color, what in (
+        ("chosen", "#55A868", "chosen y+"),
+        ("rejected", "#C44E52", "rejected y"),
+    ):
         d = data[t]
         if not d["n"]:
             continue
-        ax.bar(edges[:-1], d["counts"], width=widths, align="edge", color=color, alpha=0.55, edgecolor="white",
-               label=f"{what} (n={d['n']}, median {d['median']:.3g})")
+        ax.bar(
+            edges[:-1],
+            d["counts"],
+            width=widths,
+            align="edge",
+            color=color,
+            alpha=0.55,
+            edgecolor="white",
+            label=f"{what} (n={d['n']}, median {d['median']:.3g})",
+        )
     ax.set_xscale("log")
     ax.set_xlabel(f"perplexity under {model} (exp of mean token NLL, log scale)")
     ax.set_ylabel("answers (count)")
@@ -493,7 +682,9 @@ def _attempt(fig: Figure, make: Callable[[], tuple[bytes, dict[str, Any]]]) -> F
     return fig
 
 
-def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int = PPL_BINS) -> list[Figure]:
+def make_figures(
+    run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int = PPL_BINS
+) -> list[Figure]:
     """Every figure whose stage is in the run, in the papers' order."""
     figs: list[Figure] = []
     ann = run.one("annotate")
@@ -505,14 +696,19 @@ def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int
                 rows_cache["rows"] = run.read_rows(ann)
             return rows_cache["rows"]
 
-        for fid, col, versus, number in (("fig3_edit_vs_b", "norm_edit_imp_vs_b", "response B (policy answer y)", 3),
-                                         ("fig4_edit_vs_a", "norm_edit_imp_vs_a", "response A (reference y_sft)", 4)):
+        for fid, col, versus, number in (
+            ("fig3_edit_vs_b", "norm_edit_imp_vs_b", "response B (policy answer y)", 3),
+            ("fig4_edit_vs_a", "norm_edit_imp_vs_a", "response A (reference y_sft)", 4),
+        ):
             title = f"Fig. {number}: edit distance of the improved answer to {versus}"
 
             def make(col=col, title=title, versus=versus):
                 d = edit_distance_data(ann_rows(), col, edit_bins)
-                return draw_edit_distance(d, title, versus.split(" (")[0]), {"n": d["n"], "missing": d["missing"],
-                                                                             "counts": d["counts"]}
+                return draw_edit_distance(d, title, versus.split(" (")[0]), {
+                    "n": d["n"],
+                    "missing": d["missing"],
+                    "counts": d["counts"],
+                }
 
             figs.append(_attempt(Figure(fid, title, ann.label, ann.uri), make))
 
@@ -522,10 +718,21 @@ def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int
         def make(ppl=ppl, title=title):
             fences = (ppl.manifest or {}).get("fences") or ppl.summary
             d = perplexity_data(run.read_rows(ppl), fences, ppl_bins)
-            return draw_perplexity(d, title), {t: {"kept": v["n_kept"], "dropped": v["n_dropped"], "low": v["low"],
-                                                   "high": v["high"]} for t, v in d.items()}
+            return draw_perplexity(d, title), {
+                t: {
+                    "kept": v["n_kept"],
+                    "dropped": v["n_dropped"],
+                    "low": v["low"],
+                    "high": v["high"],
+                }
+                for t, v in d.items()
+            }
 
-        figs.append(_attempt(Figure(f"fig5_perplexity{_suffix(ppl.label)}", title, ppl.label, ppl.uri), make))
+        figs.append(
+            _attempt(
+                Figure(f"fig5_perplexity{_suffix(ppl.label)}", title, ppl.label, ppl.uri), make
+            )
+        )
 
     for s in run.stages:
         if s.stage not in TRAINING_STAGES:
@@ -535,7 +742,9 @@ def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int
         def make(s=s, title=title):
             history = (s.manifest or {}).get("train_history")
             if not history:
-                raise ValueError("the manifest has no per-step train_history (made before it was recorded)")
+                raise ValueError(
+                    "the manifest has no per-step train_history (made before it was recorded)"
+                )
             curves = training_curves(history)
             if not curves:
                 raise ValueError("train_history holds no loss / reward / lr entries")
@@ -548,50 +757,94 @@ def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int
         if not uri:
             continue  # a live reference (dpo.reference_logps=live): no log-prob table to draw from
         start = ((d.manifest or {}).get("parents") or {}).get("start") or {}
-        model = {"improver_sft": "the improver pi_imp", "sft": "pi_sft",
-                 "dpo": "the previous round's policy"}.get(start.get("stage", ""), "the start model") + \
-            " (the DPO reference)"
+        model = {
+            "improver_sft": "the improver pi_imp",
+            "sft": "pi_sft",
+            "dpo": "the previous round's policy",
+        }.get(start.get("stage", ""), "the start model") + " (the DPO reference)"
         title = f"Fig. 9: perplexity of {d.label}'s chosen / rejected answers under {model.split(' (')[0]}"
 
         def make_ppl(uri=uri, title=title, model=model):
             entry = StageEntry(label="ref_logps", stage="ref_logps", uri=uri)
             data = perplexity_by_type_data(run.read_rows(entry), ppl_bins)
-            return draw_perplexity_by_type(data, title, model), {t: {"n": data[t]["n"], "median": data[t]["median"]}
-                                                                   for t in ("chosen", "rejected")}
+            return draw_perplexity_by_type(data, title, model), {
+                t: {"n": data[t]["n"], "median": data[t]["median"]} for t in ("chosen", "rejected")
+            }
 
-        figs.append(_attempt(Figure(f"fig9_perplexity{_suffix(d.label)}", title, d.label, uri), make_ppl))
+        figs.append(
+            _attempt(Figure(f"fig9_perplexity{_suffix(d.label)}", title, d.label, uri), make_ppl)
+        )
 
     for sp in run.find("sapo"):
-        title = f"SAPO replay buffer of {sp.label}: use counts, producing step, EMA / reference updates"
+        title = (
+            f"SAPO replay buffer of {sp.label}: use counts, producing step, EMA / reference updates"
+        )
 
         def make_buffer(sp=sp, title=title):
             if run.read_side_rows is None:
                 raise ValueError("this reader cannot open files beside an artifact")
-            d = sapo_buffer_data(run.read_side_rows(sp, "buffer.parquet"), (sp.manifest or {}).get("last_metrics"))
-            return draw_sapo_buffer(d, title), {"n": d["n"], "use_counts": d["use_counts"], "mean_uses": d["mean_uses"]}
+            d = sapo_buffer_data(
+                run.read_side_rows(sp, "buffer.parquet"), (sp.manifest or {}).get("last_metrics")
+            )
+            return draw_sapo_buffer(d, title), {
+                "n": d["n"],
+                "use_counts": d["use_counts"],
+                "mean_uses": d["mean_uses"],
+            }
 
-        figs.append(_attempt(Figure(f"sapo_buffer{_suffix(sp.label)}", title, sp.label, sp.uri), make_buffer))
+        figs.append(
+            _attempt(
+                Figure(f"sapo_buffer{_suffix(sp.label)}", title, sp.label, sp.uri), make_buffer
+            )
+        )
 
     judged = win_rate_rows(run)
     refinement = refinement_rows(judged)
     refined_stages = {r["stage"] for r in refinement}
-    pairwise = [r for r in judged if r["stage"].startswith("pairwise") and r["stage"] not in refined_stages]
+    pairwise = [
+        r for r in judged if r["stage"].startswith("pairwise") and r["stage"] not in refined_stages
+    ]
     benchmarks = [r for r in judged if not r["stage"].startswith("pairwise")]
     if benchmarks:
         title = "Judge result: win rate vs the baseline"
-        figs.append(_attempt(Figure("judge", title, benchmarks[0]["stage"]),
-                             lambda: (draw_win_rates(benchmarks, title), {r["label"]: r["value"] for r in benchmarks})))
+        figs.append(
+            _attempt(
+                Figure("judge", title, benchmarks[0]["stage"]),
+                lambda: (
+                    draw_win_rates(benchmarks, title),
+                    {r["label"]: r["value"] for r in benchmarks},
+                ),
+            )
+        )
     if pairwise:
         improved = all(r.get("model_column") == "imp" for r in pairwise)
-        ptitle = ("Table 1: judge checks of the improved data y_imp (vs response B = y, vs response A = y_sft)"
-                  if improved else "Pairwise win rates (model column vs baseline column)")
-        figs.append(_attempt(Figure("table1_improved_data" if improved else "pairwise", ptitle, pairwise[0]["stage"]),
-                             lambda: (draw_win_rates(pairwise, ptitle), {r["label"]: r["value"] for r in pairwise})))
+        ptitle = (
+            "Table 1: judge checks of the improved data y_imp (vs response B = y, vs response A = y_sft)"
+            if improved
+            else "Pairwise win rates (model column vs baseline column)"
+        )
+        figs.append(
+            _attempt(
+                Figure(
+                    "table1_improved_data" if improved else "pairwise", ptitle, pairwise[0]["stage"]
+                ),
+                lambda: (
+                    draw_win_rates(pairwise, ptitle),
+                    {r["label"]: r["value"] for r in pairwise},
+                ),
+            )
+        )
     if refinement:
         rtitle = "Fig. 8: win rate of the self-improver's refinement y+ over the policy's y and over y_sft"
-        figs.append(_attempt(Figure("fig8_refinement", rtitle, refinement[0]["stage"]),
-                             lambda: (draw_refinement(refinement, rtitle),
-                                      {f"round {r['round']} vs {r['versus']}": r["value"] for r in refinement})))
+        figs.append(
+            _attempt(
+                Figure("fig8_refinement", rtitle, refinement[0]["stage"]),
+                lambda: (
+                    draw_refinement(refinement, rtitle),
+                    {f"round {r['round']} vs {r['versus']}": r["value"] for r in refinement},
+                ),
+            )
+        )
 
     if run.stages:
         title = "Stages: time, cache hits, paid LLM calls and cost"
@@ -605,7 +858,7 @@ def make_figures(run: RunArtifacts, *, edit_bins: int = EDIT_BINS, ppl_bins: int
 
 
 def _suffix(label: str) -> str:
-    return "" if "[" not in label else "_" + _slug(label[label.index("["):])
+    return "" if "[" not in label else "_" + _slug(label[label.index("[") :])
 
 
 def _slug(label: str) -> str:

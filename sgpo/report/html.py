@@ -11,14 +11,16 @@ lineage). Images are PNG data URIs and the CSS is inline: the file opens without
 The `report` stage (tasks/report.py) builds the same page at the end of every pipeline and
 evaluation run, from the run's own stage list (so it also knows which stages ran or were cached).
 """
+
 from __future__ import annotations
 
 import argparse
 import base64
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from sgpo.report.figures import Figure, RunArtifacts, StageEntry, make_figures, win_rate_rows
 
@@ -46,7 +48,9 @@ def table_reader(storage_options: dict[str, Any] | None = None):
 
     def read_rows(entry: StageEntry) -> list[dict[str, Any]]:
         store, _ = _store_of(entry.uri, storage_options)
-        ref = ArtifactRef.model_validate(entry.manifest["ref"]) if entry.manifest.get("ref") else None
+        ref = (
+            ArtifactRef.model_validate(entry.manifest["ref"]) if entry.manifest.get("ref") else None
+        )
         if ref is None:
             from artifacts.store import read_ref
 
@@ -70,24 +74,39 @@ def side_rows_reader(storage_options: dict[str, Any] | None = None):
     return read_side_rows
 
 
-def entries_from_stages(stages: Iterable[dict[str, Any]], storage_options: dict[str, Any] | None = None
-                        ) -> list[StageEntry]:
+def entries_from_stages(
+    stages: Iterable[dict[str, Any]], storage_options: dict[str, Any] | None = None
+) -> list[StageEntry]:
     """StageEntry per {label, status, seconds, uri, content_hash[, summary]} (a flow's stage list)."""
     out = []
     for s in stages:
         try:
-            manifest = read_manifest(s["uri"], storage_options) if "://" in s["uri"] or s["uri"].startswith("/") else {}
+            manifest = (
+                read_manifest(s["uri"], storage_options)
+                if "://" in s["uri"] or s["uri"].startswith("/")
+                else {}
+            )
         except (OSError, ValueError):
             manifest = {}
         ref = manifest.get("ref") or {}
-        out.append(StageEntry(label=s["label"], stage=ref.get("stage") or s["label"].split("[")[0], uri=s["uri"],
-                              content_hash=s.get("content_hash") or ref.get("content_hash", ""),
-                              status=s.get("status", ""), seconds=s.get("seconds"),
-                              summary=s.get("summary") or ref.get("summary") or {}, manifest=manifest))
+        out.append(
+            StageEntry(
+                label=s["label"],
+                stage=ref.get("stage") or s["label"].split("[")[0],
+                uri=s["uri"],
+                content_hash=s.get("content_hash") or ref.get("content_hash", ""),
+                status=s.get("status", ""),
+                seconds=s.get("seconds"),
+                summary=s.get("summary") or ref.get("summary") or {},
+                manifest=manifest,
+            )
+        )
     return out
 
 
-def entries_from_lineage(uri: str, storage_options: dict[str, Any] | None = None) -> list[StageEntry]:
+def entries_from_lineage(
+    uri: str, storage_options: dict[str, Any] | None = None
+) -> list[StageEntry]:
     """The artifact and everything upstream of it (manifest parents), parents first."""
     seen: dict[str, StageEntry] = {}
     order: list[StageEntry] = []
@@ -97,11 +116,21 @@ def entries_from_lineage(uri: str, storage_options: dict[str, Any] | None = None
             return
         manifest = read_manifest(u, storage_options)
         ref = manifest.get("ref") or {}
-        entry = StageEntry(label=ref.get("stage", "?"), stage=ref.get("stage", "?"), uri=u,
-                           content_hash=ref.get("content_hash", ""), summary=ref.get("summary") or {}, manifest=manifest)
+        entry = StageEntry(
+            label=ref.get("stage", "?"),
+            stage=ref.get("stage", "?"),
+            uri=u,
+            content_hash=ref.get("content_hash", ""),
+            summary=ref.get("summary") or {},
+            manifest=manifest,
+        )
         seen[u] = entry
         for parent in (manifest.get("parents") or {}).values():
-            if parent.get("uri") and "://" in parent["uri"] and not parent["uri"].startswith("hf://"):
+            if (
+                parent.get("uri")
+                and "://" in parent["uri"]
+                and not parent["uri"].startswith("hf://")
+            ):
                 try:
                     visit(parent["uri"])
                 except (OSError, ValueError):
@@ -118,7 +147,11 @@ def entries_from_lineage(uri: str, storage_options: dict[str, Any] | None = None
     for e in order:  # prepare x4, pairs/dpo per round: a label each
         if counts[e.stage] > 1:
             index[e.stage] = index.get(e.stage, 0) + 1
-            e.label = f"{e.stage}[{index[e.stage]}]" if e.stage != "prepare" else f"prepare[{e.content_hash[:8]}]"
+            e.label = (
+                f"{e.stage}[{index[e.stage]}]"
+                if e.stage != "prepare"
+                else f"prepare[{e.content_hash[:8]}]"
+            )
     return order
 
 
@@ -147,16 +180,26 @@ def lineage_rows(entries: list[StageEntry]) -> list[dict[str, Any]]:
     rows = []
     for e in entries:
         m = e.manifest or {}
-        rows.append({
-            "label": e.label, "status": e.status or "", "seconds": "" if e.seconds is None else f"{e.seconds:.1f}",
-            "compute_seconds": "" if m.get("seconds") is None else f"{float(m['seconds']):.1f}",
-            "uri": e.uri, "content_hash": e.content_hash[:16], "code_version": str(m.get("code_version", "")),
-            "prompts": ", ".join(f"{k}={v}" for k, v in sorted((m.get("prompts") or {}).items())),
-            "parents": ", ".join(f"{k}: {v.get('stage', '?')} {str(v.get('content_hash', ''))[:8]}"
-                                 for k, v in sorted((m.get("parents") or {}).items())),
-            "produced_by": str(e.manifest.get("ref", {}).get("produced_by") or ""),
-            "created_at": str(m.get("created_at", "")),
-        })
+        rows.append(
+            {
+                "label": e.label,
+                "status": e.status or "",
+                "seconds": "" if e.seconds is None else f"{e.seconds:.1f}",
+                "compute_seconds": "" if m.get("seconds") is None else f"{float(m['seconds']):.1f}",
+                "uri": e.uri,
+                "content_hash": e.content_hash[:16],
+                "code_version": str(m.get("code_version", "")),
+                "prompts": ", ".join(
+                    f"{k}={v}" for k, v in sorted((m.get("prompts") or {}).items())
+                ),
+                "parents": ", ".join(
+                    f"{k}: {v.get('stage', '?')} {str(v.get('content_hash', ''))[:8]}"
+                    for k, v in sorted((m.get("parents") or {}).items())
+                ),
+                "produced_by": str(e.manifest.get("ref", {}).get("produced_by") or ""),
+                "created_at": str(m.get("created_at", "")),
+            }
+        )
     return rows
 
 
@@ -167,9 +210,15 @@ def headline_rows(run: RunArtifacts) -> list[dict[str, str]]:
             err = f"95% CI {r['ci'][0]:.1f} to {r['ci'][1]:.1f}"
         else:
             err = f"SE {r['se']:.1f}" if r["se"] is not None else "SE n/a"
-        out.append({"what": r["label"], "value": f"{r['value']:.1f}", "error": err,
-                    "n": f"{r['n']} of {r['of']}" if r.get("of") not in (None, r["n"]) else str(r["n"]),
-                    "stage": r["stage"]})
+        out.append(
+            {
+                "what": r["label"],
+                "value": f"{r['value']:.1f}",
+                "error": err,
+                "n": f"{r['n']} of {r['of']}" if r.get("of") not in (None, r["n"]) else str(r["n"]),
+                "stage": r["stage"],
+            }
+        )
     return out
 
 
@@ -227,28 +276,63 @@ figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #eee
 
 
 def _figs(figures: list[Figure]) -> list[dict[str, Any]]:
-    return [{"id": f.id, "title": f.title, "source": f.source, "source_uri": f.source_uri, "missing": f.missing,
-             "png": f.png, "b64": base64.b64encode(f.png).decode() if f.png else ""} for f in figures]
+    return [
+        {
+            "id": f.id,
+            "title": f.title,
+            "source": f.source,
+            "source_uri": f.source_uri,
+            "missing": f.missing,
+            "png": f.png,
+            "b64": base64.b64encode(f.png).decode() if f.png else "",
+        }
+        for f in figures
+    ]
 
 
-def _run_view(run: RunArtifacts, figures: list[Figure], meta: dict[str, str] | None) -> dict[str, Any]:
+def _run_view(
+    run: RunArtifacts, figures: list[Figure], meta: dict[str, str] | None
+) -> dict[str, Any]:
     figs = _figs(figures)
-    return {"title": run.title or "sgpo run", "meta": meta or {}, "headline": headline_rows(run), "figures": figs,
-            "missing": [f for f in figs if not f["png"]], "stages": lineage_rows(run.stages)}
+    return {
+        "title": run.title or "sgpo run",
+        "meta": meta or {},
+        "headline": headline_rows(run),
+        "figures": figs,
+        "missing": [f for f in figs if not f["png"]],
+        "stages": lineage_rows(run.stages),
+    }
 
 
-def render_html(run: RunArtifacts, figures: list[Figure], meta: dict[str, str] | None = None) -> str:
+def render_html(
+    run: RunArtifacts, figures: list[Figure], meta: dict[str, str] | None = None
+) -> str:
     from jinja2 import Environment
 
-    return Environment(autoescape=True).from_string(TEMPLATE).render(
-        title=run.title or "sgpo run", runs=[_run_view(run, figures, meta)], comparison=None)
+    return (
+        Environment(autoescape=True)
+        .from_string(TEMPLATE)
+        .render(
+            title=run.title or "sgpo run", runs=[_run_view(run, figures, meta)], comparison=None
+        )
+    )
 
 
-def build(entries: list[StageEntry], storage_options: dict[str, Any] | None = None, *, title: str = "",
-          meta: dict[str, str] | None = None, edit_bins: int = 20, ppl_bins: int = 30
-          ) -> tuple[str, list[Figure], RunArtifacts]:
-    run = RunArtifacts(stages=entries, read_rows=table_reader(storage_options), title=title,
-                       read_side_rows=side_rows_reader(storage_options))
+def build(
+    entries: list[StageEntry],
+    storage_options: dict[str, Any] | None = None,
+    *,
+    title: str = "",
+    meta: dict[str, str] | None = None,
+    edit_bins: int = 20,
+    ppl_bins: int = 30,
+) -> tuple[str, list[Figure], RunArtifacts]:
+    run = RunArtifacts(
+        stages=entries,
+        read_rows=table_reader(storage_options),
+        title=title,
+        read_side_rows=side_rows_reader(storage_options),
+    )
     figures = make_figures(run, edit_bins=edit_bins, ppl_bins=ppl_bins)
     return render_html(run, figures, meta), figures, run
 
@@ -269,8 +353,9 @@ def run_of(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[str
     return f"lineage of {url}", entries_from_lineage(url, storage_options)
 
 
-def comparison_rows(runs: list[RunArtifacts], storage_options: dict[str, Any] | None = None
-                    ) -> tuple[list[str], list[dict[str, str]]]:
+def comparison_rows(
+    runs: list[RunArtifacts], storage_options: dict[str, Any] | None = None
+) -> tuple[list[str], list[dict[str, str]]]:
     """The methods comparison (sgpo.report.comparison: `sgpo compare`'s columns, ours only: a run names no preset) of the
     runs, with `sgpo evaluate` results of each run's final policy where the store holds them."""
     from sgpo.report.comparison import COLUMNS, Row, add_evaluations, table_rows
@@ -281,11 +366,26 @@ def comparison_rows(runs: list[RunArtifacts], storage_options: dict[str, Any] | 
         if judge is None:
             rows.append(Row(method=run.title, preset="", status="no judge stage in this run"))
             continue
-        sm, policy = judge.summary or {}, ((judge.manifest or {}).get("parents") or {}).get("policy") or {}
-        row = Row(method=run.title, preset="", status="done", final_policy=policy.get("uri"),
-                  judge_win_rate=sm.get("win_rate"), judge_se=sm.get("standard_error"), judge_n=sm.get("n_labelled"))
+        sm, policy = (
+            judge.summary or {},
+            ((judge.manifest or {}).get("parents") or {}).get("policy") or {},
+        )
+        row = Row(
+            method=run.title,
+            preset="",
+            status="done",
+            final_policy=policy.get("uri"),
+            judge_win_rate=sm.get("win_rate"),
+            judge_se=sm.get("standard_error"),
+            judge_n=sm.get("n_labelled"),
+        )
         if policy.get("content_hash"):
-            add_evaluations(row, _store_of(judge.uri, storage_options)[0], policy["content_hash"], policy.get("uri"))
+            add_evaluations(
+                row,
+                _store_of(judge.uri, storage_options)[0],
+                policy["content_hash"],
+                policy.get("uri"),
+            )
         rows.append(row)
     columns = [c for c in COLUMNS if not c.endswith("(paper)")]
     return columns, [{c: r[c] for c in columns} for r in table_rows(rows)]
@@ -298,17 +398,30 @@ def refinement_by_run(runs: list[RunArtifacts]) -> Figure:
     title = "Fig. 10: refinement win rate of y+ over y by run (SGPO vs All-Ref / No-Ref ...)"
     rows = []
     for run in runs:
-        got = [r for r in refinement_rows(win_rate_rows(run)) if r["round"] == 1 and r["versus"] == "y"]
+        got = [
+            r for r in refinement_rows(win_rate_rows(run)) if r["round"] == 1 and r["versus"] == "y"
+        ]
         if got:
             rows.append({**got[0], "label": run.title})
     fig = Figure("fig10_refinement_by_run", title, "runs")
     if len(rows) < 2:
-        fig.missing = (f"{len(rows)} of {len(runs)} runs have the refinement check (checks.refinement=true); "
-                       "Fig. 10 compares two or more")
+        fig.missing = (
+            f"{len(rows)} of {len(runs)} runs have the refinement check (checks.refinement=true); "
+            "Fig. 10 compares two or more"
+        )
         return fig
-    return _attempt(fig, lambda: (draw_win_rates(rows, title, xlabel="win rate of the refinement y+ over the policy's y (%)",
-                                                 legend="win rate of y+ over y (error bar: SE)"),
-                                  {r["label"]: r["value"] for r in rows}))
+    return _attempt(
+        fig,
+        lambda: (
+            draw_win_rates(
+                rows,
+                title,
+                xlabel="win rate of the refinement y+ over the policy's y (%)",
+                legend="win rate of y+ over y (error bar: SE)",
+            ),
+            {r["label"]: r["value"] for r in rows},
+        ),
+    )
 
 
 def build_several(uris: list[str], storage_options: dict[str, Any] | None = None) -> str:
@@ -318,17 +431,33 @@ def build_several(uris: list[str], storage_options: dict[str, Any] | None = None
     runs, views = [], []
     for uri in uris:
         title, entries = run_of(uri, storage_options)
-        run = RunArtifacts(stages=entries, read_rows=table_reader(storage_options), title=title,
-                           read_side_rows=side_rows_reader(storage_options))
+        run = RunArtifacts(
+            stages=entries,
+            read_rows=table_reader(storage_options),
+            title=title,
+            read_side_rows=side_rows_reader(storage_options),
+        )
         runs.append(run)
-        views.append(_run_view(run, make_figures(run), {"built from": uri, "stages": str(len(entries))}))
+        views.append(
+            _run_view(run, make_figures(run), {"built from": uri, "stages": str(len(entries))})
+        )
     columns, rows = comparison_rows(runs, storage_options)
-    return Environment(autoescape=True).from_string(TEMPLATE).render(
-        title=f"sgpo: {len(runs)} runs compared", runs=views, comparison=rows, comparison_columns=columns,
-        across=_figs([refinement_by_run(runs)]))
+    return (
+        Environment(autoescape=True)
+        .from_string(TEMPLATE)
+        .render(
+            title=f"sgpo: {len(runs)} runs compared",
+            runs=views,
+            comparison=rows,
+            comparison_columns=columns,
+            across=_figs([refinement_by_run(runs)]),
+        )
+    )
 
 
-def log_figures(tracking: Any, figures: list[Figure], entries: list[StageEntry], *, own_run_id: str | None) -> int:
+def log_figures(
+    tracking: Any, figures: list[Figure], entries: list[StageEntry], *, own_run_id: str | None
+) -> int:
     """Each figure to the MLflow run of the stage it is drawn from (a nested run of this parent
     whose `sgpo.artifact_uri` is the figure's artifact) and all of them to `own_run_id`; returns
     how many were logged. Tracking errors are logged, never raised."""
@@ -343,9 +472,16 @@ def log_figures(tracking: Any, figures: list[Figure], entries: list[StageEntry],
     client = _client(tracking.uri)
     n = 0
     try:
-        runs = client.search_runs([tracking.experiment_id],
-                                  filter_string=f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'", max_results=500)
-        by_uri = {r.data.tags.get("sgpo.artifact_uri"): r.info.run_id for r in runs if r.data.tags.get("sgpo.artifact_uri")}
+        runs = client.search_runs(
+            [tracking.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{tracking.parent_run_id}'",
+            max_results=500,
+        )
+        by_uri = {
+            r.data.tags.get("sgpo.artifact_uri"): r.info.run_id
+            for r in runs
+            if r.data.tags.get("sgpo.artifact_uri")
+        }
         with tempfile.TemporaryDirectory(prefix="sgpo-fig-") as tmp:
             for f in figures:
                 if not f.png:
@@ -379,7 +515,9 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[st
         return "report", found
     if found := newest(url, "judge", storage_options):
         return "lineage", found
-    raise FileNotFoundError(f"{uri}: neither a finished artifact nor a store holding a report or judge artifact")
+    raise FileNotFoundError(
+        f"{uri}: neither a finished artifact nor a store holding a report or judge artifact"
+    )
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -396,8 +534,12 @@ def cmd_report(args: argparse.Namespace) -> int:
                 html = store.read_bytes(f"{url}/{REPORT_FILE}").decode()
             else:
                 entries = entries_from_lineage(uri, so)
-                html, figures, _ = build(entries, so, title=f"sgpo report of {uri}",
-                                         meta={"built from": uri, "stages": str(len(entries))})
+                html, figures, _ = build(
+                    entries,
+                    so,
+                    title=f"sgpo report of {uri}",
+                    meta={"built from": uri, "stages": str(len(entries))},
+                )
             what = f"({'copied from ' if kind == 'report' else 'built from the lineage of '}{uri})"
     except (OSError, ValueError, KeyError) as e:
         print(f"sgpo: {e}", file=sys.stderr)
@@ -411,13 +553,30 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `sgpo report` on the CLI's subparsers."""
-    p = subparsers.add_parser("report", help="write a run's self-contained HTML report (figures, stage table, lineage)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("uri", metavar="RUN_OR_STORE_URI", nargs="+",
-                   help="a report artifact, any finished artifact of the run (e.g. its judge), or a store; "
-                        "several: one page with their comparison table, Fig. 10 and each run's report")
-    p.add_argument("-o", "--output", default="report.html", help="where to write the HTML (default: report.html)")
-    p.add_argument("--storage-options", default=None, metavar="JSON",
-                   help='fsspec options of the store, e.g. \'{"endpoint_url": "http://minio:9000"}\'')
+    p = subparsers.add_parser(
+        "report",
+        help="write a run's self-contained HTML report (figures, stage table, lineage)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "uri",
+        metavar="RUN_OR_STORE_URI",
+        nargs="+",
+        help="a report artifact, any finished artifact of the run (e.g. its judge), or a store; "
+        "several: one page with their comparison table, Fig. 10 and each run's report",
+    )
+    p.add_argument(
+        "-o",
+        "--output",
+        default="report.html",
+        help="where to write the HTML (default: report.html)",
+    )
+    p.add_argument(
+        "--storage-options",
+        default=None,
+        metavar="JSON",
+        help='fsspec options of the store, e.g. \'{"endpoint_url": "http://minio:9000"}\'',
+    )
     p.set_defaults(func=cmd_report)
     return p

@@ -7,6 +7,7 @@ A stage with `lora:` set trains adapters on the frozen checkpoint. What it publi
   tokenizer) plus `sgpo_base.json` naming the base checkpoint; `sgpo.train.trainers.load_model` loads the
   base and merges the adapter when it meets such a folder.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -37,16 +38,22 @@ def _module_names(model_dir: str, *, trust_remote_code: bool = False) -> list[st
     return [n for n, _ in model.named_modules() if n]
 
 
-def check_lora_config(model_dir: str, lora: "LoRAConfig", *, trust_remote_code: bool = False) -> None:
+def check_lora_config(model_dir: str, lora: LoRAConfig, *, trust_remote_code: bool = False) -> None:
     if importlib.util.find_spec("peft") is None:
-        raise LoRAConfigError("lora is set but the peft package is not installed: `pip install peft`")
+        raise LoRAConfigError(
+            "lora is set but the peft package is not installed: `pip install peft`"
+        )
     if lora.quantization == "4bit":
         import torch
 
         if not torch.cuda.is_available():
-            raise LoRAConfigError("lora.quantization=4bit (QLoRA) needs a CUDA GPU (bitsandbytes); this machine has none")
+            raise LoRAConfigError(
+                "lora.quantization=4bit (QLoRA) needs a CUDA GPU (bitsandbytes); this machine has none"
+            )
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise LoRAConfigError("lora.quantization=4bit (QLoRA) needs the bitsandbytes package: `pip install bitsandbytes`")
+            raise LoRAConfigError(
+                "lora.quantization=4bit (QLoRA) needs the bitsandbytes package: `pip install bitsandbytes`"
+            )
     targets = [t for t in lora.target_modules if t != "all-linear"]
     if not targets:
         return
@@ -54,33 +61,52 @@ def check_lora_config(model_dir: str, lora: "LoRAConfig", *, trust_remote_code: 
     leaves = {n.rsplit(".", 1)[-1] for n in names}
     missing = [t for t in targets if t not in leaves and t not in names]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n in names if n.rsplit(".", 1)[-1].endswith("proj")}) or sorted(leaves)[:20]
-        raise LoRAConfigError(f"lora.target_modules {missing} are not modules of the model in {model_dir}; "
-                              f"it has e.g. {linear} (or use ['all-linear'])")
+        linear = (
+            sorted({n.rsplit(".", 1)[-1] for n in names if n.rsplit(".", 1)[-1].endswith("proj")})
+            or sorted(leaves)[:20]
+        )
+        raise LoRAConfigError(
+            f"lora.target_modules {missing} are not modules of the model in {model_dir}; "
+            f"it has e.g. {linear} (or use ['all-linear'])"
+        )
 
 
 def bnb_4bit_config() -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
-def peft_config(lora: "LoRAConfig") -> Any:
+def peft_config(lora: LoRAConfig) -> Any:
     from peft import LoraConfig
 
-    targets: Any = "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
-    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
-                      bias="none", task_type="CAUSAL_LM")
+    targets: Any = (
+        "all-linear" if lora.target_modules == ["all-linear"] else list(lora.target_modules)
+    )
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
 
 
-def wrap_lora(model: Any, lora: "LoRAConfig", *, gradient_checkpointing: bool = False) -> Any:
+def wrap_lora(model: Any, lora: LoRAConfig, *, gradient_checkpointing: bool = False) -> Any:
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     base_dir = getattr(model, "name_or_path", None) or model.config._name_or_path
     if lora.quantization == "4bit":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing
+        )
     model = get_peft_model(model, peft_config(lora))
     model.peft_config["default"].base_model_name_or_path = str(base_dir)
     return model
@@ -90,25 +116,31 @@ def _base_dir(model: Any) -> str:
     return str(model.peft_config["default"].base_model_name_or_path)
 
 
-def merge_adapter(base_dir: str, adapter_dir: str | Path, *, trust_remote_code: bool = False) -> Any:
+def merge_adapter(
+    base_dir: str, adapter_dir: str | Path, *, trust_remote_code: bool = False
+) -> Any:
     """The base at full precision (never the 4-bit copy QLoRA trained on) with the adapter merged in."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(
+        base_dir, dtype=dtype, trust_remote_code=trust_remote_code
+    )
     return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
 
 
-def save_lora(trainer: Any, tokenizer: Any, out_dir: str | Path, lora: "LoRAConfig") -> None:
+def save_lora(trainer: Any, tokenizer: Any, out_dir: str | Path, lora: LoRAConfig) -> None:
     from sgpo.train.trainers import save_checkpoint
 
     out = Path(out_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     base_dir = _base_dir(model)
     with tempfile.TemporaryDirectory(prefix="sgpo-adapter-") as tmp:
-        trainer.save_model(tmp)  # the adapter only (gathered under ZeRO-3); written by the main process
+        trainer.save_model(
+            tmp
+        )  # the adapter only (gathered under ZeRO-3); written by the main process
         if trainer.accelerator.is_main_process:
             for p in Path(tmp).glob("*.bin"):
                 p.unlink()
@@ -117,8 +149,12 @@ def save_lora(trainer: Any, tokenizer: Any, out_dir: str | Path, lora: "LoRAConf
                     shutil.rmtree(out)
                 shutil.copytree(tmp, out)
                 tokenizer.save_pretrained(out)
-                shutil.copy(Path(base_dir) / "config.json", out / "config.json")  # the architecture, for loaders
-                (out / BASE_FILE).write_text(json.dumps({"base_model_dir": base_dir, "lora": lora.model_dump(mode="json")}))
+                shutil.copy(
+                    Path(base_dir) / "config.json", out / "config.json"
+                )  # the architecture, for loaders
+                (out / BASE_FILE).write_text(
+                    json.dumps({"base_model_dir": base_dir, "lora": lora.model_dump(mode="json")})
+                )
             else:
                 save_checkpoint(merge_adapter(base_dir, tmp), tokenizer, out)
         trainer.accelerator.wait_for_everyone()
@@ -128,9 +164,12 @@ def load_adapter_model(adapter_dir: str, *, trust_remote_code: bool = False) -> 
     """A `keep_adapter` artifact as a plain model: its base (recorded in sgpo_base.json) + the adapter, merged."""
     info_path = Path(adapter_dir) / BASE_FILE
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    base = info.get("base_model_dir") or json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get(
-        "base_model_name_or_path")
+    base = info.get("base_model_dir") or json.loads(
+        (Path(adapter_dir) / "adapter_config.json").read_text()
+    ).get("base_model_name_or_path")
     if not base or not (Path(base) / "config.json").is_file():
-        raise FileNotFoundError(f"{adapter_dir} is a LoRA adapter whose base checkpoint {base!r} is not on this machine; "
-                                "publish merged checkpoints (lora.keep_adapter=false) for stages on other machines")
+        raise FileNotFoundError(
+            f"{adapter_dir} is a LoRA adapter whose base checkpoint {base!r} is not on this machine; "
+            "publish merged checkpoints (lora.keep_adapter=false) for stages on other machines"
+        )
     return merge_adapter(base, adapter_dir, trust_remote_code=trust_remote_code)

@@ -14,6 +14,7 @@ What is measured:
   whose peak is in PEAK_BF16_FLOPS (the usual 6N estimate: no attention term, no recompute; N is the
   whole model's, counted from its config, so ZeRO-3 / FSDP shards do not shrink it).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,16 @@ import resource
 import sys
 from typing import Any
 
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "H800": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12,
-                   "A10G": 125e12, "L4": 121e12}
+PEAK_BF16_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "A800": 312e12,
+    "L40S": 362e12,
+    "A10G": 125e12,
+    "L4": 121e12,
+}
 
 
 def peak_rss_gb() -> float:
@@ -33,7 +42,7 @@ def peak_rss_gb() -> float:
 class PeakMemory:
     """Peak GPU memory allocated inside the block (GPU), peak RSS of the process (always)."""
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         import torch
 
         self.cuda = torch.cuda.is_available()
@@ -80,21 +89,32 @@ def throughput_metrics(trainer: Any, seconds: float, peak: PeakMemory) -> dict[s
         tokens_epoch += min(t, 2 * max_len if max_len and "chosen_ids" in row else (max_len or t))
     args = trainer.args
     steps = trainer.state.global_step
-    samples = min(steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
-                  int(n * max(args.num_train_epochs, 1)) if args.max_steps <= 0 else 10**12)
+    samples = min(
+        steps * args.per_device_train_batch_size * args.gradient_accumulation_steps * world,
+        int(n * max(args.num_train_epochs, 1)) if args.max_steps <= 0 else 10**12,
+    )
     tokens = tokens_epoch / max(n, 1) * samples
-    out = {"perf.train_seconds": round(seconds, 3), "perf.samples": float(samples), "perf.tokens": float(tokens),
-           "perf.samples_per_s": samples / seconds if seconds > 0 else 0.0,
-           "perf.tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
-           "perf.processes": float(world), "perf.peak_rss_gb": round(peak.rss_gb, 3)}
+    out = {
+        "perf.train_seconds": round(seconds, 3),
+        "perf.samples": float(samples),
+        "perf.tokens": float(tokens),
+        "perf.samples_per_s": samples / seconds if seconds > 0 else 0.0,
+        "perf.tokens_per_s": tokens / seconds if seconds > 0 else 0.0,
+        "perf.processes": float(world),
+        "perf.peak_rss_gb": round(peak.rss_gb, 3),
+    }
     held = [m for m in (trainer.model, getattr(trainer, "ref_model", None)) if m is not None]
     out["perf.models_held"] = float(len(held))  # 2: a live reference model beside the policy
-    out["perf.model_weights_gb"] = round(sum(p.numel() * p.element_size() for m in held for p in m.parameters()) / 2**30, 6)
+    out["perf.model_weights_gb"] = round(
+        sum(p.numel() * p.element_size() for m in held for p in m.parameters()) / 2**30, 6
+    )
     if peak.gpu_gb is not None:
         out["perf.peak_gpu_mem_gb"] = round(peak.gpu_gb, 3)
     flops = gpu_peak_flops()
     if flops and seconds > 0:
-        out["perf.mfu"] = 6 * full_parameter_count(trainer.model) * out["perf.tokens_per_s"] / (world * flops)
+        out["perf.mfu"] = (
+            6 * full_parameter_count(trainer.model) * out["perf.tokens_per_s"] / (world * flops)
+        )
     return out
 
 

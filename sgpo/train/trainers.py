@@ -3,6 +3,7 @@
 Hyper-parameters come from the stage's section of the recipe; hardware (DeepSpeed / FSDP,
 number of processes) from an accelerate config chosen at launch, never from here.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,7 +42,8 @@ def set_chat_template(tokenizer, template: str | None, *, key: str = "sft.chat_t
     elif not getattr(tokenizer, "chat_template", None):
         raise TrainingDataError(
             f"the model's tokenizer has no chat template (a base model?): set {key}, e.g. {key}=chatml "
-            f"(named templates: {', '.join(NAMED_CHAT_TEMPLATES)}) or a Jinja template string")
+            f"(named templates: {', '.join(NAMED_CHAT_TEMPLATES)}) or a Jinja template string"
+        )
 
 
 def _world_size() -> int:
@@ -63,7 +65,7 @@ def main_process_value(value: Any) -> Any:
     return box[0]
 
 
-def common_args(cfg: "TrainConfig", output_dir: str) -> dict[str, Any]:
+def common_args(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
     """TrainingArguments fields shared by SFTConfig and DPOConfig."""
     import torch
 
@@ -104,7 +106,11 @@ def _checkpointing_arg(enabled: bool) -> dict[str, bool]:
     from transformers import TrainingArguments
 
     names = {f.name for f in fields(TrainingArguments)}
-    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+    return {
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing": enabled
+    }
 
 
 def _quiet(trainer) -> None:
@@ -115,13 +121,19 @@ def _quiet(trainer) -> None:
     trainer.remove_callback(ProgressCallback)
 
 
-def _callbacks(tracker: "StageTracker | None") -> list:
+def _callbacks(tracker: StageTracker | None) -> list:
     """The MLflow callback (rank 0 of a launched stage and in-process runs; other ranks have no tracker)."""
     return [tracker.trainer_callback()] if tracker is not None else []
 
 
-def _train_and_save(trainer, tokenizer, out_dir: str | Path, work: Path, cfg: "TrainConfig | None" = None,
-                    tracker: "StageTracker | None" = None) -> dict[str, float]:
+def _train_and_save(
+    trainer,
+    tokenizer,
+    out_dir: str | Path,
+    work: Path,
+    cfg: TrainConfig | None = None,
+    tracker: StageTracker | None = None,
+) -> dict[str, float]:
     import time
 
     from sgpo.train.throughput import PeakMemory, throughput_metrics
@@ -140,7 +152,7 @@ def _train_and_save(trainer, tokenizer, out_dir: str | Path, work: Path, cfg: "T
     return metrics
 
 
-def _save_trained(trainer, tokenizer, out_dir: str | Path, cfg: "TrainConfig | None") -> None:
+def _save_trained(trainer, tokenizer, out_dir: str | Path, cfg: TrainConfig | None) -> None:
     """The trained model as a safetensors checkpoint in `out_dir` (rank 0 writes; sharded models are gathered)."""
     lora = getattr(cfg, "lora", None)
     if lora is not None:
@@ -180,14 +192,19 @@ def load_model(model_dir: str, *, trust_remote_code: bool = False, quantization:
         from sgpo.train.lora import bnb_4bit_config
 
         kw["quantization_config"] = bnb_4bit_config()
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=trust_remote_code, **kw)
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=dtype, trust_remote_code=trust_remote_code, **kw
+    )
 
 
-def _trainable_model(model_dir: str, cfg: "TrainConfig", *, trust_remote_code: bool = False):
+def _trainable_model(model_dir: str, cfg: TrainConfig, *, trust_remote_code: bool = False):
     """The model to train: the checkpoint, wrapped in LoRA adapters when `cfg.lora` is set."""
     lora = getattr(cfg, "lora", None)
-    model = load_model(model_dir, trust_remote_code=trust_remote_code,
-                       quantization=lora.quantization if lora is not None else "none")
+    model = load_model(
+        model_dir,
+        trust_remote_code=trust_remote_code,
+        quantization=lora.quantization if lora is not None else "none",
+    )
     if lora is not None:
         from transformers import set_seed
 
@@ -198,7 +215,7 @@ def _trainable_model(model_dir: str, cfg: "TrainConfig", *, trust_remote_code: b
     return model
 
 
-def check_lora(model_dir: str, cfg: "TrainConfig", *, trust_remote_code: bool = False) -> None:
+def check_lora(model_dir: str, cfg: TrainConfig, *, trust_remote_code: bool = False) -> None:
     """A LoRA setting that cannot work (target modules absent from the model, 4-bit without CUDA or
     bitsandbytes, peft missing) fails here, before any weights are loaded."""
     lora = getattr(cfg, "lora", None)
@@ -223,10 +240,10 @@ def save_checkpoint(model, tokenizer, out_dir: str | Path) -> Path:
 def train_sft(
     model_dir: str,
     examples: list[tuple[list[dict[str, str]], str]],
-    cfg: "TrainConfig",
+    cfg: TrainConfig,
     out_dir: str | Path,
     *,
-    tracker: "StageTracker",
+    tracker: StageTracker,
     trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Supervised fine-tuning on (prompt conversation, completion text); loss on the completion only."""
@@ -245,7 +262,9 @@ def train_sft(
         [{"prompt": p, "completion": [{"role": "assistant", "content": c}]} for p, c in examples]
     )
     work = Path(out_dir).parent / "trainer"
-    args = SFTConfig(**common_args(cfg, str(work)), max_length=cfg.max_length, completion_only_loss=True)
+    args = SFTConfig(
+        **common_args(cfg, str(work)), max_length=cfg.max_length, completion_only_loss=True
+    )
     trainer = SFTTrainer(
         model=_trainable_model(model_dir, cfg, trust_remote_code=trust_remote_code),
         args=args,
@@ -259,10 +278,10 @@ def train_sft(
 def train_dpo(
     model_dir: str,
     pairs: list[tuple[list[dict[str, str]], str, str]],
-    cfg: "DPOStageConfig",
+    cfg: DPOStageConfig,
     out_dir: str | Path,
     *,
-    tracker: "StageTracker | None",
+    tracker: StageTracker | None,
     ref_model_dir: str | None = None,
     trust_remote_code: bool = False,
     ref_logps: list[tuple[float, float]] | None = None,
@@ -283,10 +302,17 @@ def train_dpo(
     ds = _pairs_dataset(pairs, ref_logps)
     work = Path(out_dir).parent / "trainer"
     args = DPOConfig(
-        **common_args(cfg, str(work)), max_length=cfg.max_length, beta=cfg.beta, loss_type=cfg.loss_type.split("+"),  # "sigmoid+sft": DPO + NLL on chosen (RPO)
+        **common_args(cfg, str(work)),
+        max_length=cfg.max_length,
+        beta=cfg.beta,
+        loss_type=cfg.loss_type.split("+"),  # "sigmoid+sft": DPO + NLL on chosen (RPO)
         precompute_ref_log_probs=ref_logps is not None,
     )
-    ref = load_model(ref_model_dir, trust_remote_code=trust_remote_code) if ref_model_dir and ref_logps is None else None
+    ref = (
+        load_model(ref_model_dir, trust_remote_code=trust_remote_code)
+        if ref_model_dir and ref_logps is None
+        else None
+    )
     trainer = _dpo_trainer_class()(
         model=_trainable_model(model_dir, cfg, trust_remote_code=trust_remote_code),
         ref_model=ref,
@@ -301,11 +327,20 @@ def train_dpo(
 REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
 
 
-def _pairs_dataset(pairs: list[tuple[list[dict[str, str]], str, str]], ref_logps: list[tuple[float, float]] | None = None):
+def _pairs_dataset(
+    pairs: list[tuple[list[dict[str, str]], str, str]],
+    ref_logps: list[tuple[float, float]] | None = None,
+):
     from datasets import Dataset
 
-    rows = [{"prompt": p, "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in pairs]
+    rows = [
+        {
+            "prompt": p,
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for p, c, r in pairs
+    ]
     if ref_logps is not None:
         for row, (lc, lr) in zip(rows, ref_logps):
             row[REF_COLUMNS[0]], row[REF_COLUMNS[1]] = float(lc), float(lr)
@@ -320,8 +355,12 @@ def _dpo_trainer_class():
     them again at start-up with the policy. Columns present -> that pass is skipped."""
     from trl import DPOTrainer
 
-    if not hasattr(DPOTrainer, "_precompute_ref_logps"):  # pragma: no cover - a TRL without the hook
-        raise RuntimeError("this TRL's DPOTrainer has no _precompute_ref_logps: use dpo.reference_logps=live")
+    if not hasattr(
+        DPOTrainer, "_precompute_ref_logps"
+    ):  # pragma: no cover - a TRL without the hook
+        raise RuntimeError(
+            "this TRL's DPOTrainer has no _precompute_ref_logps: use dpo.reference_logps=live"
+        )
 
     class CachedRefDPOTrainer(DPOTrainer):
         def _precompute_ref_logps(self, dataset, name, batch_size):
@@ -332,7 +371,9 @@ def _dpo_trainer_class():
     return CachedRefDPOTrainer
 
 
-def reference_logps(model_dir: str, pairs: list, cfg: "DPOStageConfig", **kw: Any) -> list[tuple[float, float]]:
+def reference_logps(
+    model_dir: str, pairs: list, cfg: DPOStageConfig, **kw: Any
+) -> list[tuple[float, float]]:
     """The reference model's summed log-probs of each pair's chosen and rejected answer
     (`reference_logps_and_tokens` without the token counts; same keyword arguments)."""
     return [(a, b) for a, b, _, _ in reference_logps_and_tokens(model_dir, pairs, cfg, **kw)]
@@ -341,7 +382,7 @@ def reference_logps(model_dir: str, pairs: list, cfg: "DPOStageConfig", **kw: An
 def reference_logps_and_tokens(
     model_dir: str,
     pairs: list[tuple[list[dict[str, str]], str, str]],
-    cfg: "DPOStageConfig",
+    cfg: DPOStageConfig,
     *,
     batch_size: int = 8,
     trust_remote_code: bool = False,
@@ -360,21 +401,34 @@ def reference_logps_and_tokens(
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     model = load_model(model_dir, trust_remote_code=trust_remote_code)
     with tempfile.TemporaryDirectory(prefix="sgpo-reflogps-") as work:
-        args = DPOConfig(**{**common_args(cfg, work), "gradient_accumulation_steps": 1}, max_length=cfg.max_length,
-                         beta=cfg.beta, loss_type=cfg.loss_type.split("+"), precompute_ref_log_probs=True)
+        args = DPOConfig(
+            **{**common_args(cfg, work), "gradient_accumulation_steps": 1},
+            max_length=cfg.max_length,
+            beta=cfg.beta,
+            loss_type=cfg.loss_type.split("+"),
+            precompute_ref_log_probs=True,
+        )
         # policy = the reference itself; precompute on and our no-op hook: TRL builds no second copy
-        source = _pairs_dataset(pairs, [(0.0, 0.0)] * len(pairs)).add_column("pair_index", list(range(len(pairs))))
-        trainer = _dpo_trainer_class()(model=model, args=args, train_dataset=source, processing_class=tokenizer)
+        source = _pairs_dataset(pairs, [(0.0, 0.0)] * len(pairs)).add_column(
+            "pair_index", list(range(len(pairs)))
+        )
+        trainer = _dpo_trainer_class()(
+            model=model, args=args, train_dataset=source, processing_class=tokenizer
+        )
         # tokenised and filtered the way training sees it: TRL drops pairs whose prompt fills max_length (their
         # log-probs stay NaN; training drops the same pairs)
         ds = trainer.train_dataset
         index = ds["pair_index"]
         ds = ds.remove_columns(["pair_index"])
-        lengths = [len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in ds]
-        order = sorted(range(len(ds)), key=lambda i: -lengths[i])  # longest first: an OOM shows at once
-        batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        lengths = [
+            len(r["prompt_ids"]) + max(len(r["chosen_ids"]), len(r["rejected_ids"])) for r in ds
+        ]
+        order = sorted(
+            range(len(ds)), key=lambda i: -lengths[i]
+        )  # longest first: an OOM shows at once
+        batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
         state = trainer.accelerator.state
-        mine = batches[state.process_index::state.num_processes]
+        mine = batches[state.process_index :: state.num_processes]
         device = trainer.accelerator.device
         net = model.to(device).eval()
         found: dict[int, tuple[float, float, int, int]] = {}
@@ -385,8 +439,13 @@ def reference_logps_and_tokens(
                 lc, lr = trainer.compute_ref_log_probs(net, batch)
                 # the collator stacks chosen rows then rejected rows; its completion mask is what the sums cover
                 nc, nr = batch["completion_mask"].sum(dim=1).chunk(2, dim=0)
-                for i, a, b, ta, tb in zip(idx, lc.float().cpu().tolist(), lr.float().cpu().tolist(),
-                                           nc.cpu().tolist(), nr.cpu().tolist()):
+                for i, a, b, ta, tb in zip(
+                    idx,
+                    lc.float().cpu().tolist(),
+                    lr.float().cpu().tolist(),
+                    nc.cpu().tolist(),
+                    nr.cpu().tolist(),
+                ):
                     found[index[i]] = (a, b, int(ta), int(tb))
         if state.num_processes > 1:
             from accelerate.utils import gather_object
@@ -399,14 +458,23 @@ def reference_logps_and_tokens(
     return [found.get(i, (nan, nan, 0, 0)) for i in range(len(pairs))]
 
 
-def sft_and_publish(job, start, examples: list[tuple[list[dict[str, str]], str]], cfg: "TrainConfig"):
+def sft_and_publish(job, start, examples: list[tuple[list[dict[str, str]], str]], cfg: TrainConfig):
     """SFT of `start` on `examples`, published as the stage's model (the sft and improver_sft stages):
     summary with the example count and final loss, the seed, and the training metrics in the manifest."""
     from sgpo.core.stage import scratch_dir
 
     with scratch_dir(job.stage.name) as tmp:
-        metrics = train_sft(job.model_dir(start), examples, cfg, tmp / "model", tracker=job.tracker,
-                            trust_remote_code=job.ctx.trust_remote_code)
-        return job.publish_model(tmp / "model", summary={"examples": len(examples), "train_loss": metrics.get("train_loss")},
-                                 seeds={"train": cfg.seed}, extra={"train_metrics": metrics})
-
+        metrics = train_sft(
+            job.model_dir(start),
+            examples,
+            cfg,
+            tmp / "model",
+            tracker=job.tracker,
+            trust_remote_code=job.ctx.trust_remote_code,
+        )
+        return job.publish_model(
+            tmp / "model",
+            summary={"examples": len(examples), "train_loss": metrics.get("train_loss")},
+            seeds={"train": cfg.seed},
+            extra={"train_metrics": metrics},
+        )

@@ -224,7 +224,11 @@ def official_model_first(instruction: str, seed: int = 0) -> bool:
     """
     import random
 
-    return bool(random.Random("is_switched_outputs" + instruction + str(seed)).choices([False, True], k=1)[0])
+    return bool(
+        random.Random("is_switched_outputs" + instruction + str(seed)).choices([False, True], k=1)[
+            0
+        ]
+    )
 
 
 def top_logprobs_from_completion(completion: Any, position: int = 0) -> list[dict[str, Any]]:
@@ -292,7 +296,10 @@ def download_instruction_difficulty(cache_dir: str | Path | None = None) -> pd.S
     from huggingface_hub import hf_hub_download
 
     path = hf_hub_download(
-        repo_id=HUB_REPO_ID, filename="instruction_difficulty.csv", repo_type="dataset", cache_dir=cache_dir
+        repo_id=HUB_REPO_ID,
+        filename="instruction_difficulty.csv",
+        repo_type="dataset",
+        cache_dir=cache_dir,
     )
     return load_instruction_difficulty(path)
 
@@ -301,7 +308,9 @@ def download_gamed_annotations(cache_dir: str | Path | None = None) -> pd.DataFr
     """Download upstream ``df_gamed.csv`` (gamed-baseline rows for the GLM regulariser; needs network)."""
     from huggingface_hub import hf_hub_download
 
-    path = hf_hub_download(repo_id=HUB_REPO_ID, filename="df_gamed.csv", repo_type="dataset", cache_dir=cache_dir)
+    path = hf_hub_download(
+        repo_id=HUB_REPO_ID, filename="df_gamed.csv", repo_type="dataset", cache_dir=cache_dir
+    )
     return pd.read_csv(path).drop(columns=["model"], errors="ignore")
 
 
@@ -383,7 +392,10 @@ def _sklearn_at_least(major: int, minor: int) -> bool:
     import sklearn
 
     parts = sklearn.__version__.split(".")
-    return (int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)) >= (major, minor)
+    return (int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)) >= (
+        major,
+        minor,
+    )
 
 
 def _logloss(y_true, y_pred, sample_weight=None):
@@ -454,7 +466,9 @@ def _fit_logistic_regression_cv(
         scorer = make_scorer(
             _logloss_continuous, response_method="predict_proba", greater_is_better=False
         ).set_score_request(**score_request)
-        model = LogisticRegressionCV(cv=GroupKFold(n_splits=n_splits), scoring=scorer, **model_kwargs)
+        model = LogisticRegressionCV(
+            cv=GroupKFold(n_splits=n_splits), scoring=scorer, **model_kwargs
+        )
         model.set_fit_request(sample_weight=True)
         model.fit(X_dup, y_dup, sample_weight=fit_weight, **fit_kwargs)
     return model
@@ -476,7 +490,9 @@ def length_controlled_win_rate(
     instruction_difficulty: pd.Series | Mapping[int, float] | Sequence[float],
     *,
     gamed_annotations: pd.DataFrame | None = None,
-    regularize_to_baseline_lambda: float | None = LENGTH_CONTROLLED_V1["regularize_to_baseline_lambda"],
+    regularize_to_baseline_lambda: float | None = LENGTH_CONTROLLED_V1[
+        "regularize_to_baseline_lambda"
+    ],
     n_splits: int = LENGTH_CONTROLLED_V1["n_splits"],
     random_state: int = LENGTH_CONTROLLED_V1["random_state"],
     return_predictions: bool = False,
@@ -505,7 +521,9 @@ def length_controlled_win_rate(
         models = df_in["generator_2"].dropna().unique()
         baselines = df_in["generator_1"].dropna().unique()
         if len(models) > 1:
-            raise ValueError(f"annotations must be for a single model (generator_2), got {list(models)}")
+            raise ValueError(
+                f"annotations must be for a single model (generator_2), got {list(models)}"
+            )
         if len(models) == 1 and len(baselines) == 1 and models[0] == baselines[0]:
             preds = np.full(len(df_in), 0.5)
             out = {
@@ -535,7 +553,10 @@ def length_controlled_win_rate(
     delta = pd.Series(len_1 - len_2)
     df = pd.DataFrame(
         {
-            "preference": pd.to_numeric(df_in["preference"], errors="coerce").astype(float).replace({0.0: 1.5}).to_numpy()
+            "preference": pd.to_numeric(df_in["preference"], errors="coerce")
+            .astype(float)
+            .replace({0.0: 1.5})
+            .to_numpy()
             - 1,
             "index": idx,
             "std_delta_len": (delta / delta.std()).to_numpy(),
@@ -550,7 +571,10 @@ def length_controlled_win_rate(
         train = pd.concat([gamed, df], axis=0, ignore_index=True)
         not_gamed = train["not_gamed_baseline"].astype(bool).to_numpy()
         # divided by 2 because there are two gamed baselines (upstream comment)
-        sample_weight = not_gamed.astype(float) + (regularize_to_baseline_lambda * (~not_gamed)).astype(float) / 2
+        sample_weight = (
+            not_gamed.astype(float)
+            + (regularize_to_baseline_lambda * (~not_gamed)).astype(float) / 2
+        )
     else:
         train = df
         sample_weight = None
@@ -568,7 +592,9 @@ def length_controlled_win_rate(
     df_test = df[["instruction_difficulty", "not_gamed_baseline"]].copy()
     df_test["std_delta_len"] = 0.0
     preds = model.predict_proba(_glm_design(df_test))[:, 1]
-    weights = dict(zip(GLM_FEATURES, (float(w) for w in np.ravel(model.coef_)[: len(GLM_FEATURES)])))
+    weights = dict(
+        zip(GLM_FEATURES, (float(w) for w in np.ravel(model.coef_)[: len(GLM_FEATURES)]))
+    )
 
     out = {
         "lc_win_rate": float(np.mean(preds) * 100),
@@ -605,8 +631,12 @@ def predict_lc_win_rate_from_weights(
             w = w - weights.loc[baseline].astype(float)
     else:
         w = pd.Series(dict(weights), dtype=float)
-    diff = np.asarray(list(instruction_difficulty.values) if isinstance(instruction_difficulty, pd.Series)
-                      else list(instruction_difficulty), dtype=float)
+    diff = np.asarray(
+        list(instruction_difficulty.values)
+        if isinstance(instruction_difficulty, pd.Series)
+        else list(instruction_difficulty),
+        dtype=float,
+    )
     p = _logistic(w[FEAT_NOT_GAMED] + w[FEAT_DIFFICULTY] * diff)
     return {
         "lc_win_rate": float(np.mean(p) * 100),
@@ -646,15 +676,19 @@ def evaluate_annotations(
 # LC inputs and the whole report: one code path for `sgpo metrics alpaca-eval` and the judge stages
 # --------------------------------------------------------------------------------------------------
 LC_MIN_ROWS = 5  # the GLM picks its regularisation by 5-fold grouped CV
-UNREGULARISED_NOTE = ("LC from the unregularised GLM (no gamed-baseline rows): not the leaderboard's LC, "
-                      "typically 1-2 points off; give the gamed annotations (hub or a CSV) for the official one")
+UNREGULARISED_NOTE = (
+    "LC from the unregularised GLM (no gamed-baseline rows): not the leaderboard's LC, "
+    "typically 1-2 points off; give the gamed annotations (hub or a CSV) for the official one"
+)
 
 
 class LCInputError(ValueError):
     """An LC input (instruction difficulty, gamed-baseline rows) that cannot be read; names the source."""
 
 
-def resolve_instruction_difficulty(source: str | Path | None, *, fallback: Path | None = None) -> tuple[pd.Series | None, str | None]:
+def resolve_instruction_difficulty(
+    source: str | Path | None, *, fallback: Path | None = None
+) -> tuple[pd.Series | None, str | None]:
     """(difficulty, where it came from): 'hub' downloads the official file, 'none' skips LC, a path is
     read; None uses `fallback` when that file exists (else no LC)."""
     if source is None:
@@ -666,10 +700,15 @@ def resolve_instruction_difficulty(source: str | Path | None, *, fallback: Path 
         return None, None
     if text.lower() == "hub":
         try:
-            return download_instruction_difficulty(), f"hub:{HUB_REPO_ID}/instruction_difficulty.csv"
+            return (
+                download_instruction_difficulty(),
+                f"hub:{HUB_REPO_ID}/instruction_difficulty.csv",
+            )
         except Exception as e:
-            raise LCInputError(f"instruction difficulty 'hub': could not download {HUB_REPO_ID}/instruction_difficulty.csv "
-                               f"({type(e).__name__}: {e}); give a local CSV path, or 'none' to skip the LC win rate") from e
+            raise LCInputError(
+                f"instruction difficulty 'hub': could not download {HUB_REPO_ID}/instruction_difficulty.csv "
+                f"({type(e).__name__}: {e}); give a local CSV path, or 'none' to skip the LC win rate"
+            ) from e
     try:
         return load_instruction_difficulty(text), f"file:{text}"
     except (OSError, ValueError, KeyError) as e:
@@ -685,8 +724,10 @@ def resolve_gamed_annotations(source: str | Path | None) -> tuple[pd.DataFrame |
         try:
             return download_gamed_annotations(), f"hub:{HUB_REPO_ID}/df_gamed.csv"
         except Exception as e:
-            raise LCInputError(f"gamed annotations 'hub': could not download {HUB_REPO_ID}/df_gamed.csv "
-                               f"({type(e).__name__}: {e}); give a local CSV path, or 'none' for the unregularised GLM") from e
+            raise LCInputError(
+                f"gamed annotations 'hub': could not download {HUB_REPO_ID}/df_gamed.csv "
+                f"({type(e).__name__}: {e}); give a local CSV path, or 'none' for the unregularised GLM"
+            ) from e
     try:
         return pd.read_csv(text).drop(columns=["model"], errors="ignore"), f"file:{text}"
     except (OSError, ValueError) as e:
@@ -710,11 +751,14 @@ def default_lc_offline_dir() -> Path:
 def _offline_source(path: Path) -> str:
     import hashlib
 
-    return f"offline-reconstruction:{path}@sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+    return (
+        f"offline-reconstruction:{path}@sha256:{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+    )
 
 
-def _resolve_auto(difficulty: str | Path | None, gamed: str | Path | None,
-                  offline_dir: str | Path | None) -> tuple[str | Path | None, str | Path | None, dict[str, Any]]:
+def _resolve_auto(
+    difficulty: str | Path | None, gamed: str | Path | None, offline_dir: str | Path | None
+) -> tuple[str | Path | None, str | Path | None, dict[str, Any]]:
     """Replace 'auto' by the hub (tried once, for both files) or, when it is unreachable, by the offline files."""
     wants = [x is not None and str(x).lower() == AUTO for x in (difficulty, gamed)]
     info: dict[str, Any] = {"hub_error": None, "offline_dir": None}
@@ -723,12 +767,17 @@ def _resolve_auto(difficulty: str | Path | None, gamed: str | Path | None,
     loaded: dict[str, Any] = {}
     try:
         if wants[0]:
-            loaded["difficulty"] = (download_instruction_difficulty(), f"hub:{HUB_REPO_ID}/instruction_difficulty.csv")
+            loaded["difficulty"] = (
+                download_instruction_difficulty(),
+                f"hub:{HUB_REPO_ID}/instruction_difficulty.csv",
+            )
         if wants[1]:
             loaded["gamed"] = (download_gamed_annotations(), f"hub:{HUB_REPO_ID}/df_gamed.csv")
         info["loaded"] = loaded
         return difficulty, gamed, info
-    except Exception as e:  # unreachable hub (offline, firewalled, rate limited): the offline reconstructions
+    except (
+        Exception
+    ) as e:  # unreachable hub (offline, firewalled, rate limited): the offline reconstructions
         info["hub_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
     folder = Path(offline_dir).expanduser() if offline_dir else default_lc_offline_dir()
     info["offline_dir"] = str(folder)
@@ -738,12 +787,22 @@ def _resolve_auto(difficulty: str | Path | None, gamed: str | Path | None,
             raise LCInputError(
                 f"LC input {key!r} is 'auto' but the hub is unreachable ({info['hub_error']}) and {files[key]} does not "
                 f"exist: set lc_offline_dir (--lc-offline-dir) to the folder holding {OFFLINE_DIFFICULTY_FILE} and "
-                f"{OFFLINE_GAMED_FILE}, give CSV paths, or 'none' to skip the LC win rate")
-    return (files["difficulty"] if wants[0] else difficulty), (files["gamed"] if wants[1] else gamed), info
+                f"{OFFLINE_GAMED_FILE}, give CSV paths, or 'none' to skip the LC win rate"
+            )
+    return (
+        (files["difficulty"] if wants[0] else difficulty),
+        (files["gamed"] if wants[1] else gamed),
+        info,
+    )
 
 
-def resolve_lc_inputs(difficulty: str | Path | None = AUTO, gamed: str | Path | None = AUTO, *,
-                      fallback_difficulty: Path | None = None, offline_dir: str | Path | None = None) -> dict[str, Any]:
+def resolve_lc_inputs(
+    difficulty: str | Path | None = AUTO,
+    gamed: str | Path | None = AUTO,
+    *,
+    fallback_difficulty: Path | None = None,
+    offline_dir: str | Path | None = None,
+) -> dict[str, Any]:
     """Both LC inputs and their sources; with gamed rows but no difficulty, the difficulty is their column.
 
     'auto' (the default of the judge stage and of `sgpo metrics alpaca-eval`): the hub files when the
@@ -754,8 +813,15 @@ def resolve_lc_inputs(difficulty: str | Path | None = AUTO, gamed: str | Path | 
     loaded = info.pop("loaded", {})
     if "difficulty" in loaded:
         diff, diff_source = loaded["difficulty"]
-    elif difficulty is not None and Path(str(difficulty)).name == OFFLINE_DIFFICULTY_FILE and Path(str(difficulty)).is_file():
-        diff, diff_source = load_instruction_difficulty(difficulty), _offline_source(Path(difficulty))
+    elif (
+        difficulty is not None
+        and Path(str(difficulty)).name == OFFLINE_DIFFICULTY_FILE
+        and Path(str(difficulty)).is_file()
+    ):
+        diff, diff_source = (
+            load_instruction_difficulty(difficulty),
+            _offline_source(Path(difficulty)),
+        )
     else:
         diff, diff_source = resolve_instruction_difficulty(difficulty, fallback=fallback_difficulty)
     if "gamed" in loaded:
@@ -764,43 +830,81 @@ def resolve_lc_inputs(difficulty: str | Path | None = AUTO, gamed: str | Path | 
         gamed_df, gamed_source = resolve_gamed_annotations(gamed)
         if gamed_df is not None and Path(str(gamed)).name == OFFLINE_GAMED_FILE:
             gamed_source = _offline_source(Path(gamed))
-    if diff is None and gamed_df is not None and (difficulty is None or str(difficulty).lower() != "none"):
-        diff, diff_source = instruction_difficulty_from_gamed(gamed_df), f"{gamed_source} (instruction_difficulty column)"
-    return {"difficulty": diff, "difficulty_source": diff_source, "gamed": gamed_df, "gamed_source": gamed_source,
-            "hub_error": info["hub_error"]}
+    if (
+        diff is None
+        and gamed_df is not None
+        and (difficulty is None or str(difficulty).lower() != "none")
+    ):
+        diff, diff_source = (
+            instruction_difficulty_from_gamed(gamed_df),
+            f"{gamed_source} (instruction_difficulty column)",
+        )
+    return {
+        "difficulty": diff,
+        "difficulty_source": diff_source,
+        "gamed": gamed_df,
+        "gamed_source": gamed_source,
+        "hub_error": info["hub_error"],
+    }
 
 
-def leaderboard_report(annotations: list[dict[str, Any]] | pd.DataFrame, lc: dict[str, Any], *,
-                       n_source_rows: int | None = None) -> dict[str, Any]:
+def leaderboard_report(
+    annotations: list[dict[str, Any]] | pd.DataFrame,
+    lc: dict[str, Any],
+    *,
+    n_source_rows: int | None = None,
+) -> dict[str, Any]:
     """WR, discrete WR, SEs, counts, average lengths and (when possible) the LC win rate, JSON-ready;
     `lc` is `resolve_lc_inputs(...)`. `lc_note` says why LC is missing or unofficial."""
     df = annotations if isinstance(annotations, pd.DataFrame) else pd.DataFrame(annotations)
-    out: dict[str, Any] = {"n": len(df), "difficulty_source": lc["difficulty_source"], "gamed_source": lc["gamed_source"],
-                           "lc_hub_error": lc.get("hub_error")}
-    empty = {"win_rate": None, "standard_error": None, "discrete_win_rate": None, "n_labelled": 0, "lc_win_rate": None,
-             "lc_standard_error": None, "lc_regularized": None, "lc_weights": None}
+    out: dict[str, Any] = {
+        "n": len(df),
+        "difficulty_source": lc["difficulty_source"],
+        "gamed_source": lc["gamed_source"],
+        "lc_hub_error": lc.get("hub_error"),
+    }
+    empty = {
+        "win_rate": None,
+        "standard_error": None,
+        "discrete_win_rate": None,
+        "n_labelled": 0,
+        "lc_win_rate": None,
+        "lc_standard_error": None,
+        "lc_regularized": None,
+        "lc_weights": None,
+    }
     if df.empty:
         return {**out, **empty, "lc_note": "no annotations"}
     if "index" in df.columns:  # the LC GLM looks the difficulty up by row of the official set
         df = df.set_index("index", drop=False)
         df.index.name = None
-    wr = win_rate_metrics(df["preference"], lengths_model=df.get("output_2"), lengths_baseline=df.get("output_1"))
+    wr = win_rate_metrics(
+        df["preference"], lengths_model=df.get("output_2"), lengths_baseline=df.get("output_1")
+    )
     out.update(wr)
     out["n_labelled"] = out.pop("n_total", 0)
-    out.update({k: None for k in ("lc_win_rate", "lc_standard_error", "lc_regularized", "lc_weights")})
+    out.update(
+        {k: None for k in ("lc_win_rate", "lc_standard_error", "lc_regularized", "lc_weights")}
+    )
     difficulty, note = lc["difficulty"], None
     if difficulty is None:
         note = "LC not computed: no instruction difficulty (set it, or 'hub')"
     elif n_source_rows is not None and n_source_rows != len(difficulty):
-        note = (f"LC not computed: the data has {n_source_rows} instructions but the difficulty table {len(difficulty)}; "
-                "the LC GLM needs the official 805-instruction AlpacaEval set")
+        note = (
+            f"LC not computed: the data has {n_source_rows} instructions but the difficulty table {len(difficulty)}; "
+            "the LC GLM needs the official 805-instruction AlpacaEval set"
+        )
     elif out["n_labelled"] < LC_MIN_ROWS:
         note = f"LC not computed: {out['n_labelled']} labelled rows, the GLM's 5-fold CV needs at least {LC_MIN_ROWS}"
     else:
         try:
             res = length_controlled_win_rate(df, difficulty, gamed_annotations=lc["gamed"])
-            out.update(lc_win_rate=res["lc_win_rate"], lc_standard_error=res["lc_standard_error"],
-                       lc_regularized=res["regularized"], lc_weights=res["weights"])
+            out.update(
+                lc_win_rate=res["lc_win_rate"],
+                lc_standard_error=res["lc_standard_error"],
+                lc_regularized=res["regularized"],
+                lc_weights=res["weights"],
+            )
             note = None if res["regularized"] else UNREGULARISED_NOTE
         except ValueError as e:  # e.g. a degenerate fit on a handful of rows
             note = f"LC not computed: {e}"

@@ -64,14 +64,28 @@ DEFAULT_WEIGHT = 3
 DEFAULT_SEED = 42  # show_result.py: np.random.seed(42)
 
 # game 1: A = baseline, B = model; game 2: A = model, B = baseline
-_GAME1 = {"A=B": ("tie", 1), "A>B": ("model_a", 1), "A>>B": ("model_a", None), "B>A": ("model_b", 1), "B>>A": ("model_b", None)}
-_GAME2 = {"A=B": ("tie", 1), "A>B": ("model_b", 1), "A>>B": ("model_b", None), "B>A": ("model_a", 1), "B>>A": ("model_a", None)}
+_GAME1 = {
+    "A=B": ("tie", 1),
+    "A>B": ("model_a", 1),
+    "A>>B": ("model_a", None),
+    "B>A": ("model_b", 1),
+    "B>>A": ("model_b", None),
+}
+_GAME2 = {
+    "A=B": ("tie", 1),
+    "A>B": ("model_b", 1),
+    "A>>B": ("model_b", None),
+    "B>A": ("model_a", 1),
+    "B>>A": ("model_a", None),
+}
 
 
 # --------------------------------------------------------------------------------------------------
 # Judge labels
 # --------------------------------------------------------------------------------------------------
-def get_score(judgment: str, patterns: Sequence[str | re.Pattern] = DEFAULT_PATTERNS) -> tuple[str | None, bool]:
+def get_score(
+    judgment: str, patterns: Sequence[str | re.Pattern] = DEFAULT_PATTERNS
+) -> tuple[str | None, bool]:
     """Upstream ``get_score(judgment, pattern, pairwise=True)``: ``(label, try_again)``.
 
     ``try_again`` is True only when no pattern matched at all (upstream then prompts the judge to
@@ -89,7 +103,9 @@ def get_score(judgment: str, patterns: Sequence[str | re.Pattern] = DEFAULT_PATT
     return None, True
 
 
-def parse_label(judgment_text: str, patterns: Sequence[str | re.Pattern] = DEFAULT_PATTERNS) -> str | None:
+def parse_label(
+    judgment_text: str, patterns: Sequence[str | re.Pattern] = DEFAULT_PATTERNS
+) -> str | None:
     """The verdict label (e.g. ``"A>>B"``) of a judgment, or ``None`` if missing or conflicting."""
     if judgment_text is None:
         return None
@@ -162,7 +178,10 @@ def battles_from_judgments(
                 continue  # upstream: weight = 0 -> nothing appended
             winner, w = table[label]
             n = weight if w is None else w
-            rows.extend({"question_id": qid, "model_a": baseline, "model_b": rec["model"], "winner": winner} for _ in range(n))
+            rows.extend(
+                {"question_id": qid, "model_a": baseline, "model_b": rec["model"], "winner": winner}
+                for _ in range(n)
+            )
     return pd.DataFrame(rows, columns=["question_id", "model_a", "model_b", "winner"])
 
 
@@ -173,8 +192,14 @@ def _unpenalised_logistic_regression():
     import sklearn
     from sklearn.linear_model import LogisticRegression
 
-    major, minor = (int("".join(c for c in part if c.isdigit()) or 0) for part in sklearn.__version__.split(".")[:2])
-    if (major, minor) >= (1, 8):  # `penalty` deprecated in 1.8; C=inf is the documented equivalent of None
+    major, minor = (
+        int("".join(c for c in part if c.isdigit()) or 0)
+        for part in sklearn.__version__.split(".")[:2]
+    )
+    if (major, minor) >= (
+        1,
+        8,
+    ):  # `penalty` deprecated in 1.8; C=inf is the documented equivalent of None
         return LogisticRegression(fit_intercept=False, C=np.inf, tol=1e-8)
     return LogisticRegression(fit_intercept=False, penalty=None, tol=1e-8)
 
@@ -213,7 +238,9 @@ def compute_mle_elo(
         # limit as a finite rating 12 * SCALE below, i.e. a predicted win rate of BASE**-12 (~0%).
         always_loses = set(battles["model_b"] if Y[0] == 1.0 else battles["model_a"])
         always_loses -= set(battles["model_a"] if Y[0] == 1.0 else battles["model_b"])
-        elo_scores = np.array([INIT_RATING - (12 * SCALE if m in always_loses else 0.0) for m in models.index])
+        elo_scores = np.array(
+            [INIT_RATING - (12 * SCALE if m in always_loses else 0.0) for m in models.index]
+        )
     else:
         lr = _unpenalised_logistic_regression()
         lr.fit(X, Y)
@@ -224,7 +251,10 @@ def compute_mle_elo(
 
 
 def predict_win_rate(
-    elo_ratings: Mapping[str, float], SCALE: float = 400, BASE: float = 10, INIT_RATING: float = 1000
+    elo_ratings: Mapping[str, float],
+    SCALE: float = 400,
+    BASE: float = 10,
+    INIT_RATING: float = 1000,
 ) -> pd.DataFrame:
     """Upstream ``predict_win_rate``: table ``[a, b] = P(a beats b) = 1 / (1 + BASE ** ((elo_b - elo_a) / SCALE))``
     (rows ``model_a``, columns ``model_b``, NaN diagonal)."""
@@ -309,7 +339,11 @@ def score(
     if battles.empty:
         raise ValueError("no usable battles: every judgment label is missing or unrecognised")
     elo = compute_mle_elo(battles, baseline_model=baseline)
-    boot = bootstrap(battles, rounds=rounds, seed=seed, baseline_model=baseline) if rounds > 0 else None
+    boot = (
+        bootstrap(battles, rounds=rounds, seed=seed, baseline_model=baseline)
+        if rounds > 0
+        else None
+    )
 
     point = _win_rate_vs_baseline(elo.to_dict(), baseline)
     if boot is not None:
@@ -328,8 +362,14 @@ def score(
         if model == baseline:
             continue
         if model not in elo.index:
-            out[model] = {"score": None, "ci_low": None, "ci_high": None, "elo": None,
-                          "n": n_questions.get(model, 0), "n_battles": 0}
+            out[model] = {
+                "score": None,
+                "ci_low": None,
+                "ci_high": None,
+                "elo": None,
+                "n": n_questions.get(model, 0),
+                "n_battles": 0,
+            }
             continue
         out[model] = {
             "score": point[model],

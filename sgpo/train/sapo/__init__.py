@@ -8,6 +8,7 @@ replay buffer, use-weighted draws), ema (EMA / reference rules), generate (batch
 regeneration, vLLM hook), checkpoint (resumable, pickle-free checkpoints), train (the loop).
 Only `config` is imported eagerly; torch and transformers load when training starts.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any

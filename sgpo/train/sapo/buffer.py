@@ -11,6 +11,7 @@ Example: use counts [0, 1, 3] give weights [1, 1/2, 1/4], probabilities [4/7, 2/
 Plain Python lists and a `random.Random` (no torch), so the numbers can be checked by hand; the
 buffer serialises to a Parquet table (`to_table` / `from_table`) for checkpoints.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,7 +99,7 @@ class ReplayBuffer:
         return pa.table({name: cols[name] for name in SCHEMA.names}, schema=SCHEMA)
 
     @staticmethod
-    def from_table(table: pa.Table, capacity: int, pushed: int) -> "ReplayBuffer":
+    def from_table(table: pa.Table, capacity: int, pushed: int) -> ReplayBuffer:
         buf = ReplayBuffer(capacity=capacity, pushed=pushed)
         for row in table.to_pylist():
             buf.entries.append(BufferEntry(**row))

@@ -15,6 +15,7 @@ A folder without complete.json (a run killed while writing) is never read and is
 pruned later. torch.save / pickle is not used anywhere: the optimiser state goes through
 safetensors + JSON, so loading a checkpoint cannot run code.
 """
+
 from __future__ import annotations
 
 import io
@@ -76,8 +77,13 @@ def flatten_optimizer_state(state_dict: dict) -> tuple[dict, dict]:
                 tensors[key] = value
             else:
                 scalars[key] = value
-    groups = [{k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()} for g in state_dict["param_groups"]]
-    tuples = sorted({k for g in state_dict["param_groups"] for k, v in g.items() if isinstance(v, tuple)})
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in state_dict["param_groups"]
+    ]
+    tuples = sorted(
+        {k for g in state_dict["param_groups"] for k, v in g.items() if isinstance(v, tuple)}
+    )
     return tensors, {"param_groups": groups, "scalars": scalars, "tuple_keys": tuples}
 
 
@@ -86,7 +92,10 @@ def unflatten_optimizer_state(tensors: dict, meta: dict) -> dict:
     for key, value in list(tensors.items()) + list(meta["scalars"].items()):
         _, pid, name = key.split(".", 2)
         state.setdefault(int(pid), {})[name] = value
-    groups = [{k: (tuple(v) if k in meta["tuple_keys"] else v) for k, v in g.items()} for g in meta["param_groups"]]
+    groups = [
+        {k: (tuple(v) if k in meta["tuple_keys"] else v) for k, v in g.items()}
+        for g in meta["param_groups"]
+    ]
     return {"state": state, "param_groups": groups}
 
 
@@ -120,7 +129,9 @@ def restore_rng(meta: dict, tensors: dict) -> None:
     np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(tensors["torch_cpu"])
     if meta.get("cuda_devices") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([tensors[f"torch_cuda_{i}"] for i in range(meta["cuda_devices"])])
+        torch.cuda.set_rng_state_all(
+            [tensors[f"torch_cuda_{i}"] for i in range(meta["cuda_devices"])]
+        )
 
 
 # --------------------------------------------------------------------------- folders
@@ -140,7 +151,7 @@ def complete_steps(url: str, storage_options: dict | None = None) -> list[int]:
         name = path.rstrip("/").rsplit("/", 1)[-1]
         if name.startswith(PREFIX) and fs.exists(f"{path.rstrip('/')}/{MARKER}"):
             try:
-                steps.append(int(name[len(PREFIX):]))
+                steps.append(int(name[len(PREFIX) :]))
             except ValueError:
                 continue
     return sorted(steps)
@@ -188,7 +199,9 @@ def save_checkpoint(
     rng_meta, rng_tensors = capture_rng()
     files["rng.json"] = json.dumps(rng_meta).encode()
     files["rng.safetensors"] = _tensors_bytes(rng_tensors)
-    files["state.json"] = json.dumps({**state, "step": step, "buffer_pushed": buffer.pushed}, indent=2).encode()
+    files["state.json"] = json.dumps(
+        {**state, "step": step, "buffer_pushed": buffer.pushed}, indent=2
+    ).encode()
     for name, data in files.items():
         fs.pipe_file(f"{path}/{name}", data)
     marker = {"step": step, "files": {name: len(data) for name, data in files.items()}}
@@ -209,7 +222,7 @@ def prune_checkpoints(url: str, keep: int, storage_options: dict | None = None) 
         if not name.startswith(PREFIX):
             continue
         try:
-            step = int(name[len(PREFIX):])
+            step = int(name[len(PREFIX) :])
         except ValueError:
             continue
         if step not in kept and step < steps[-1]:
@@ -224,7 +237,9 @@ def load_checkpoint(folder: str, storage_options: dict | None = None) -> LoadedC
     for name, size in marker["files"].items():
         actual = fs.size(f"{path}/{name}")
         if actual != size:
-            raise RuntimeError(f"checkpoint {folder}: {name} has {actual} bytes, the marker says {size}")
+            raise RuntimeError(
+                f"checkpoint {folder}: {name} has {actual} bytes, the marker says {size}"
+            )
 
     def read(name: str) -> bytes:
         return fs.cat_file(f"{path}/{name}")
@@ -235,10 +250,15 @@ def load_checkpoint(folder: str, storage_options: dict | None = None) -> LoadedC
         step=int(marker["step"]),
         policy=_tensors_load(read("policy.safetensors")),
         ema=_tensors_load(read("ema.safetensors")),
-        reference=_tensors_load(read("reference.safetensors")) if "reference.safetensors" in marker["files"] else None,
+        reference=_tensors_load(read("reference.safetensors"))
+        if "reference.safetensors" in marker["files"]
+        else None,
         optimizer=unflatten_optimizer_state(_tensors_load(read("optimizer.safetensors")), opt_meta),
         scheduler=json.loads(read("scheduler.json")),
         buffer_table=pq.read_table(io.BytesIO(read("buffer.parquet"))),
-        rng={"meta": json.loads(read("rng.json")), "tensors": _tensors_load(read("rng.safetensors"))},
+        rng={
+            "meta": json.loads(read("rng.json")),
+            "tensors": _tensors_load(read("rng.safetensors")),
+        },
         state=json.loads(read("state.json")),
     )

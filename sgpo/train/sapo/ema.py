@@ -13,6 +13,7 @@ Reference strategies (the DPO reference model; ORPO has none):
 - `fixed`  : the SFT model, never updated.
 - `policy` : a copy of the policy, refreshed every K steps.
 """
+
 from __future__ import annotations
 
 
@@ -47,7 +48,9 @@ def ema_update(ema_model, policy, alpha: float) -> None:
     from trl.trainer.callbacks import SyncRefModelCallback
 
     with torch.no_grad():
-        if AcceleratorState._shared_state:  # an accelerator exists: TRL's path (gathers ZeRO-3 shards)
+        if (
+            AcceleratorState._shared_state
+        ):  # an accelerator exists: TRL's path (gathers ZeRO-3 shards)
             SyncRefModelCallback.sync_target_model(policy, ema_model, 1.0 - alpha)
         else:  # plain modules (unit tests): TRL's same update without the accelerate lookup
             SyncRefModelCallback._sync_target_model(policy, ema_model, 1.0 - alpha)

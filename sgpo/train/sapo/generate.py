@@ -13,6 +13,7 @@ loading from the EMA state dict, or a sleep/wake + `load_weights` cycle), and su
 `TokensPrompt(prompt_token_ids=prefix)` with `SamplingParams(n, temperature, top_p, top_k,
 max_tokens=|B|, seed=settings.seed)`. Its output has the same shape, so nothing else changes.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,13 @@ class SamplingSettings:
     batch_size: int
 
 
-def hf_regenerate(model, tokenizer, prefixes: list[list[int]], max_new_tokens: list[int], settings: SamplingSettings) -> list[list[list[int]]]:
+def hf_regenerate(
+    model,
+    tokenizer,
+    prefixes: list[list[int]],
+    max_new_tokens: list[int],
+    settings: SamplingSettings,
+) -> list[list[list[int]]]:
     """Batched `generate` with left padding; one seed per batch (seed + batch start), so the same
     inputs give the same samples whatever ran before."""
     import torch
@@ -46,7 +53,9 @@ def hf_regenerate(model, tokenizer, prefixes: list[list[int]], max_new_tokens: l
             width = max(len(p) for p in chunk)
             # left padding: every prefix ends where generation starts
             ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
+            mask = torch.tensor(
+                [[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device
+            )
             torch.manual_seed(settings.seed + start)
             with torch.no_grad():
                 gen = model.generate(

@@ -20,6 +20,7 @@ from a generator seeded by (cfg.seed, s, purpose), and the data order of epoch e
 (cfg.seed, e); so a run resumed from a checkpoint at step s repeats exactly what the
 uninterrupted run did (CPU, one thread). The global RNG states are checkpointed too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,13 +33,20 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer, prompt_json
 from sgpo.config.sapo import SAPOConfig, SAPOConfigError, check_config
-from sgpo.train.sapo.ema import copy_weights, ema_due, ema_update, reference_refresh_due, reference_source
+from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer, prompt_json
+from sgpo.train.sapo.ema import (
+    copy_weights,
+    ema_due,
+    ema_update,
+    reference_refresh_due,
+    reference_source,
+)
 from sgpo.train.sapo.generate import SamplingSettings, hf_regenerate
 from sgpo.train.sapo.segment import Cut, plan_cut, splice_rejected, truncate_pair
 
@@ -69,7 +77,9 @@ class SAPOResult:
     buffer_size: int
     buffer_mean_uses: float
     resumed_from_step: int | None
-    timings: dict[str, float]  # seconds spent in generation / training / ema / checkpoint by THIS process
+    timings: dict[
+        str, float
+    ]  # seconds spent in generation / training / ema / checkpoint by THIS process
     last_metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -102,7 +112,9 @@ def total_steps(cfg: SAPOConfig, n_rows: int) -> int:
     return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * math.ceil(n_rows / cfg.batch_size)
 
 
-def tokenize_rows(rows: list[tuple[list[dict[str, str]], str]], tokenizer, cfg: SAPOConfig) -> list[Example]:
+def tokenize_rows(
+    rows: list[tuple[list[dict[str, str]], str]], tokenizer, cfg: SAPOConfig
+) -> list[Example]:
     """Tokenise and validate the (prompt conversation, chosen answer) rows; errors name the key."""
     if not rows:
         raise SAPOConfigError("rows", "the dataset is empty: SAPO needs (prompt, chosen) rows")
@@ -113,10 +125,14 @@ def tokenize_rows(rows: list[tuple[list[dict[str, str]], str]], tokenizer, cfg: 
             raise SAPOConfigError(f"rows[{i}].prompt", "the prompt conversation is empty")
         answer = tokenizer(chosen, add_special_tokens=False)["input_ids"]
         if len(answer) < 1:
-            raise SAPOConfigError(f"rows[{i}].chosen", f"the chosen answer {chosen!r} is shorter than one token")
+            raise SAPOConfigError(
+                f"rows[{i}].chosen", f"the chosen answer {chosen!r} is shorter than one token"
+            )
         prompt = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
-        prompt, answer = truncate_pair(prompt, answer + [eos], cfg.max_prompt_length, cfg.max_length)
+        prompt, answer = truncate_pair(
+            prompt, answer + [eos], cfg.max_prompt_length, cfg.max_length
+        )
         out.append(Example(messages, prompt, answer, chosen))
     return out
 
@@ -140,18 +156,41 @@ def make_loss_engine(cfg: SAPOConfig, policy, reference, tokenizer, work_dir: st
     use_cpu = not torch.cuda.is_available()
     section = cfg.dpo if cfg.loss == "dpo" else cfg.orpo
     # optim / learning_rate / weight_decay are read back by make_optimizer through transformers
-    common = dict(output_dir=work_dir, use_cpu=use_cpu, bf16=False, report_to=[], disable_tqdm=True,
-                  max_length=cfg.max_length, seed=cfg.seed, save_strategy="no", dataloader_num_workers=0,
-                  optim=section.optimizer, learning_rate=section.learning_rate, weight_decay=cfg.weight_decay)
+    common = dict(
+        output_dir=work_dir,
+        use_cpu=use_cpu,
+        bf16=False,
+        report_to=[],
+        disable_tqdm=True,
+        max_length=cfg.max_length,
+        seed=cfg.seed,
+        save_strategy="no",
+        dataloader_num_workers=0,
+        optim=section.optimizer,
+        learning_rate=section.learning_rate,
+        weight_decay=cfg.weight_decay,
+    )
     if cfg.loss == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         # The trainer wants a dataset at construction; one dummy pair, never trained on.
-        ds = Dataset.from_list([{"prompt": [{"role": "user", "content": "x"}],
-                                 "chosen": [{"role": "assistant", "content": "a"}],
-                                 "rejected": [{"role": "assistant", "content": "b"}]}])
+        ds = Dataset.from_list(
+            [
+                {
+                    "prompt": [{"role": "user", "content": "x"}],
+                    "chosen": [{"role": "assistant", "content": "a"}],
+                    "rejected": [{"role": "assistant", "content": "b"}],
+                }
+            ]
+        )
         args = DPOConfig(**common, beta=cfg.dpo.beta, loss_type=[cfg.dpo.loss_type])
-        trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=ds, processing_class=tokenizer)
+        trainer = DPOTrainer(
+            model=policy,
+            ref_model=reference,
+            args=args,
+            train_dataset=ds,
+            processing_class=tokenizer,
+        )
     else:
         from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
@@ -173,21 +212,34 @@ def collate(engine: LossEngine, entries: list[BufferEntry], device) -> dict:
     """TRL's preference collator: [chosen..., rejected...] rows, right padded, completion mask."""
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    collator = DataCollatorForPreference(pad_token_id=engine.pad_token_id, max_length=engine.max_length)
-    batch = collator([{"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids} for e in entries])
+    collator = DataCollatorForPreference(
+        pad_token_id=engine.pad_token_id, max_length=engine.max_length
+    )
+    batch = collator(
+        [
+            {"prompt_ids": e.prompt_ids, "chosen_ids": e.chosen_ids, "rejected_ids": e.rejected_ids}
+            for e in entries
+        ]
+    )
     batch = {k: v.to(device) for k, v in batch.items()}
     if engine.kind == "dpo":
         return batch
     # ORPOTrainer's batch format: chosen_/rejected_ input ids, attention masks, labels (-100 off the answer)
     labels = batch["input_ids"].masked_fill(batch["completion_mask"] == 0, -100)
     out = {}
-    for name, tensor in (("input_ids", batch["input_ids"]), ("attention_mask", batch["attention_mask"]), ("labels", labels)):
+    for name, tensor in (
+        ("input_ids", batch["input_ids"]),
+        ("attention_mask", batch["attention_mask"]),
+        ("labels", labels),
+    ):
         chosen, rejected = tensor.chunk(2, dim=0)
         out[f"chosen_{name}"], out[f"rejected_{name}"] = chosen, rejected
     return out
 
 
-def loss_and_metrics(engine: LossEngine, policy, entries: list[BufferEntry], device) -> tuple[Any, dict[str, float]]:
+def loss_and_metrics(
+    engine: LossEngine, policy, entries: list[BufferEntry], device
+) -> tuple[Any, dict[str, float]]:
     batch = collate(engine, entries, device)
     if engine.kind == "dpo":
         trainer = engine.trainer
@@ -208,8 +260,14 @@ def make_optimizer(cfg: SAPOConfig, engine: LossEngine, policy, steps: int):
     opt_cls, opt_kwargs = Trainer.get_optimizer_cls_and_kwargs(engine.trainer.args, policy)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = opt_cls(params, **opt_kwargs, weight_decay=cfg.weight_decay)
-    warmup = section.warmup_steps if section.warmup_steps > 0 else math.ceil(section.warmup_ratio * steps)
-    scheduler = get_scheduler(section.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
+    warmup = (
+        section.warmup_steps
+        if section.warmup_steps > 0
+        else math.ceil(section.warmup_ratio * steps)
+    )
+    scheduler = get_scheduler(
+        section.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=steps
+    )
     return optimizer, scheduler
 
 
@@ -217,8 +275,14 @@ def make_optimizer(cfg: SAPOConfig, engine: LossEngine, policy, steps: int):
 
 
 def regenerate_into_buffer(
-    cfg: SAPOConfig, step: int, examples: list[Example], indices: list[int], generator_model, tokenizer,
-    buffer: ReplayBuffer, regenerate,
+    cfg: SAPOConfig,
+    step: int,
+    examples: list[Example],
+    indices: list[int],
+    generator_model,
+    tokenizer,
+    buffer: ReplayBuffer,
+    regenerate,
 ) -> dict[str, float]:
     """Cut each row's y+, regenerate B' with `generator_model`, push (x, y+, y-, cut, step) entries."""
     rng = step_rng(cfg.seed, step, "cut")
@@ -226,14 +290,25 @@ def regenerate_into_buffer(
     prefixes, budgets = [], []
     for i in indices:
         ex = examples[i]
-        cut = plan_cut(len(ex.answer_ids), cfg.segment_length, rng, min_tail=cfg.min_tail_tokens, segment=cfg.segment)
+        cut = plan_cut(
+            len(ex.answer_ids),
+            cfg.segment_length,
+            rng,
+            min_tail=cfg.min_tail_tokens,
+            segment=cfg.segment,
+        )
         cuts.append(cut)
         prefixes.append(ex.prompt_ids + ex.answer_ids[: cut.position])
         # whole-answer ablation: B' may use the whole answer budget, not only |y+|
         budgets.append(cut.length if cfg.segment else cfg.max_length - len(ex.prompt_ids))
-    settings = SamplingSettings(n=cfg.rejected_per_prompt, temperature=cfg.temperature, top_p=cfg.top_p,
-                                top_k=cfg.top_k, seed=derived_seed(cfg.seed, step, "generate"),
-                                batch_size=cfg.generation_batch_size)
+    settings = SamplingSettings(
+        n=cfg.rejected_per_prompt,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        seed=derived_seed(cfg.seed, step, "generate"),
+        batch_size=cfg.generation_batch_size,
+    )
     generated = regenerate(generator_model, tokenizer, prefixes, budgets, settings)
     eos = tokenizer.eos_token_id
     ended = adapted = 0
@@ -245,17 +320,35 @@ def regenerate_into_buffer(
             rejected, at_eos = splice_rejected(ex.answer_ids, effective, sample, eos)
             ended += at_eos
             adapted += cut.adapted
-            buffer.push(BufferEntry(
-                prompt=prompt_json(ex.messages), prompt_ids=ex.prompt_ids, chosen_ids=ex.answer_ids,
-                rejected_ids=rejected, cut=cut.position, segment_tokens=cut.length,
-                segment_adapted=cut.adapted, ended_at_eos=at_eos, step=step, entry_id=buffer.pushed,
-                chosen_text=ex.chosen_text, rejected_text=tokenizer.decode(rejected, skip_special_tokens=True),
-            ))
+            buffer.push(
+                BufferEntry(
+                    prompt=prompt_json(ex.messages),
+                    prompt_ids=ex.prompt_ids,
+                    chosen_ids=ex.answer_ids,
+                    rejected_ids=rejected,
+                    cut=cut.position,
+                    segment_tokens=cut.length,
+                    segment_adapted=cut.adapted,
+                    ended_at_eos=at_eos,
+                    step=step,
+                    entry_id=buffer.pushed,
+                    chosen_text=ex.chosen_text,
+                    rejected_text=tokenizer.decode(rejected, skip_special_tokens=True),
+                )
+            )
     n = max(1, len(indices) * cfg.rejected_per_prompt)
     return {"generation/ended_at_eos": ended / n, "generation/segment_adapted": adapted / n}
 
 
-def train_step(cfg: SAPOConfig, engine: LossEngine, policy, optimizer, scheduler, entries: list[BufferEntry], device) -> dict[str, float]:
+def train_step(
+    cfg: SAPOConfig,
+    engine: LossEngine,
+    policy,
+    optimizer,
+    scheduler,
+    entries: list[BufferEntry],
+    device,
+) -> dict[str, float]:
     import torch
 
     policy.train()
@@ -264,14 +357,18 @@ def train_step(cfg: SAPOConfig, engine: LossEngine, policy, optimizer, scheduler
     total_loss = 0.0
     for start in range(0, len(entries), micro):
         chunk = entries[start : start + micro]
-        share = len(chunk) / len(entries)  # TRL's losses are means over pairs: weight each micro-batch by its share
+        share = len(chunk) / len(
+            entries
+        )  # TRL's losses are means over pairs: weight each micro-batch by its share
         loss, metrics = loss_and_metrics(engine, policy, chunk, device)
         (loss * share).backward()
         total_loss += float(loss.detach()) * share
         for k, v in metrics.items():
             sums[k] += v * share
     if cfg.max_grad_norm > 0:
-        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm))
+        sums["grad_norm"] = float(
+            torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
+        )
     sums["learning_rate"] = float(scheduler.get_last_lr()[0])
     optimizer.step()
     scheduler.step()
@@ -353,8 +450,8 @@ def train_sapo(
     """
     import torch
 
-    from sgpo.train.sapo import checkpoint as ckpt
     from sgpo.models.tinykit import load_tokenizer
+    from sgpo.train.sapo import checkpoint as ckpt
     from sgpo.train.trainers import save_checkpoint
 
     check_config(cfg)
@@ -371,8 +468,14 @@ def train_sapo(
     engine = make_loss_engine(cfg, models.policy, models.reference, tokenizer, work_dir)
     optimizer, scheduler = make_optimizer(cfg, engine, models.policy, steps)
     buffer = ReplayBuffer(capacity=cfg.buffer_capacity)
-    state = {"step": 0, "ema_updates": 0, "reference_updates": 0, "total_steps": steps,
-             "config": cfg.model_dump(mode="json"), "timings": {t: 0.0 for t in TIMERS}}
+    state = {
+        "step": 0,
+        "ema_updates": 0,
+        "reference_updates": 0,
+        "total_steps": steps,
+        "config": cfg.model_dump(mode="json"),
+        "timings": {t: 0.0 for t in TIMERS},
+    }
 
     resumed_from = None
     latest = ckpt.latest_checkpoint(checkpoint_url, storage_options)
@@ -380,7 +483,8 @@ def train_sapo(
         loaded = ckpt.load_checkpoint(latest, storage_options)
         if output_fields(loaded.state["config"]) != output_fields(cfg.model_dump(mode="json")):
             raise SAPOConfigError(
-                "checkpoint_url", f"{latest} was written by a run with another config; use a new folder per config"
+                "checkpoint_url",
+                f"{latest} was written by a run with another config; use a new folder per config",
             )
         models.policy.load_state_dict(loaded.policy)
         models.ema.load_state_dict(loaded.ema)
@@ -388,7 +492,9 @@ def train_sapo(
             models.reference.load_state_dict(loaded.reference)
         optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
-        buffer = ReplayBuffer.from_table(loaded.buffer_table, cfg.buffer_capacity, loaded.state["buffer_pushed"])
+        buffer = ReplayBuffer.from_table(
+            loaded.buffer_table, cfg.buffer_capacity, loaded.state["buffer_pushed"]
+        )
         ckpt.restore_rng(loaded.rng["meta"], loaded.rng["tensors"])
         state.update({k: loaded.state[k] for k in ("step", "ema_updates", "reference_updates")})
         resumed_from = state["step"]
@@ -399,10 +505,17 @@ def train_sapo(
     def write_checkpoint() -> None:
         t0 = time.perf_counter()
         ckpt.save_checkpoint(
-            checkpoint_url, state["step"], policy=models.policy, ema=models.ema,
+            checkpoint_url,
+            state["step"],
+            policy=models.policy,
+            ema=models.ema,
             reference=models.reference if models.reference_is_copy else None,
-            optimizer=optimizer, scheduler=scheduler, buffer=buffer, state=state,
-            keep=cfg.keep_checkpoints, storage_options=storage_options,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            buffer=buffer,
+            state=state,
+            keep=cfg.keep_checkpoints,
+            storage_options=storage_options,
         )
         timings["checkpoint"] += time.perf_counter() - t0
 
@@ -420,7 +533,9 @@ def train_sapo(
             t0 = time.perf_counter()
             if step % cfg.sample_every == 0:
                 indices = rows_for_step(len(examples), cfg.batch_size, cfg.seed, step)
-                gen_stats = regenerate_into_buffer(cfg, step, examples, indices, generator_model, tokenizer, buffer, regenerate)
+                gen_stats = regenerate_into_buffer(
+                    cfg, step, examples, indices, generator_model, tokenizer, buffer, regenerate
+                )
                 for k, v in gen_stats.items():
                     window[k].append(v)
             t1 = time.perf_counter()
@@ -435,7 +550,9 @@ def train_sapo(
             if ema_due(step, cfg.ema_every):
                 ema_update(models.ema, models.policy, cfg.ema_alpha)
                 state["ema_updates"] += 1
-            if models.reference_is_copy and reference_refresh_due(cfg.reference, step, cfg.reference_update_every):
+            if models.reference_is_copy and reference_refresh_due(
+                cfg.reference, step, cfg.reference_update_every
+            ):
                 source = models.ema if reference_source(cfg.reference) == "ema" else models.policy
                 copy_weights(source, models.reference)
                 state["reference_updates"] += 1
@@ -449,26 +566,34 @@ def train_sapo(
                 saved_at = step
             for t in TIMERS:
                 window_time[t] += timings[t] - marks[t]
-            state["timings"] = {t: state["timings"].get(t, 0.0) + timings[t] - marks[t] for t in TIMERS}
+            state["timings"] = {
+                t: state["timings"].get(t, 0.0) + timings[t] - marks[t] for t in TIMERS
+            }
 
             if step % cfg.logging_steps == 0 or step == steps:
                 last_metrics = {k: sum(v) / len(v) for k, v in window.items()}
-                last_metrics.update({
-                    "ema_updates": float(state["ema_updates"]),
-                    "reference_updates": float(state["reference_updates"]),
-                    "buffer_size": float(len(buffer)),
-                    "buffer_mean_uses": buffer.mean_uses(),
-                    "epoch": step / math.ceil(len(examples) / cfg.batch_size),
-                    **{f"time/{t}_s": window_time[t] for t in TIMERS},
-                })
+                last_metrics.update(
+                    {
+                        "ema_updates": float(state["ema_updates"]),
+                        "reference_updates": float(state["reference_updates"]),
+                        "buffer_size": float(len(buffer)),
+                        "buffer_mean_uses": buffer.mean_uses(),
+                        "epoch": step / math.ceil(len(examples) / cfg.batch_size),
+                        **{f"time/{t}_s": window_time[t] for t in TIMERS},
+                    }
+                )
                 window.clear()
                 window_time = {t: 0.0 for t in TIMERS}
                 if on_metrics:
                     on_metrics(step, last_metrics)
             if flag.set:
-                if saved_at != step:  # SIGTERM came after this step's checkpoint decision (e.g. while logging)
+                if (
+                    saved_at != step
+                ):  # SIGTERM came after this step's checkpoint decision (e.g. while logging)
                     write_checkpoint()
-                raise SAPOInterrupted(f"SIGTERM: checkpoint written at step {step} under {checkpoint_url}")
+                raise SAPOInterrupted(
+                    f"SIGTERM: checkpoint written at step {step} under {checkpoint_url}"
+                )
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -478,8 +603,12 @@ def train_sapo(
     if ema_out_dir is not None:
         save_checkpoint(models.ema, tokenizer, ema_out_dir)
     return SAPOResult(
-        steps=state["step"], ema_updates=state["ema_updates"], buffer_size=len(buffer),
-        buffer_mean_uses=buffer.mean_uses(), resumed_from_step=resumed_from, timings=timings,
+        steps=state["step"],
+        ema_updates=state["ema_updates"],
+        buffer_size=len(buffer),
+        buffer_mean_uses=buffer.mean_uses(),
+        resumed_from_step=resumed_from,
+        timings=timings,
         last_metrics=last_metrics,
     )
 
@@ -488,6 +617,9 @@ def output_fields(dumped: dict) -> dict:
     """The config without its runtime-only fields (those may change between a run and its resume)."""
     from sgpo.config.sections import NOT_IN_CACHE_KEY
 
-    runtime = {name for name, f in SAPOConfig.model_fields.items()
-               if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get(NOT_IN_CACHE_KEY)}
+    runtime = {
+        name
+        for name, f in SAPOConfig.model_fields.items()
+        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get(NOT_IN_CACHE_KEY)
+    }
     return {k: v for k, v in dumped.items() if k not in runtime}

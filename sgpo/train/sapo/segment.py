@@ -10,6 +10,7 @@ The cut rule (same rule as the published SAPO code, written from its description
   the cut is recorded as adapted. With segment=False (the 'no segment' ablation) c = 0 and B is
   the whole answer; the generator may then write up to `whole_answer_budget` tokens.
 """
+
 from __future__ import annotations
 
 import random
@@ -24,7 +25,12 @@ class Cut:
 
 
 def plan_cut(
-    answer_len: int, segment_length: int, rng: random.Random, *, min_tail: int = 3, segment: bool = True
+    answer_len: int,
+    segment_length: int,
+    rng: random.Random,
+    *,
+    min_tail: int = 3,
+    segment: bool = True,
 ) -> Cut:
     """Where to cut an answer of `answer_len` tokens (rule in the module docstring)."""
     if answer_len < 1:
@@ -37,7 +43,9 @@ def plan_cut(
     return Cut(position, length, length < segment_length)
 
 
-def splice_rejected(answer: list[int], cut: Cut, generated: list[int], eos_id: int) -> tuple[list[int], bool]:
+def splice_rejected(
+    answer: list[int], cut: Cut, generated: list[int], eos_id: int
+) -> tuple[list[int], bool]:
     """y- from y+ and the generated tokens; returns (y-, ended): ended when B' reached EOS.
 
     B' is the first `cut.length` generated tokens, up to and including the first EOS. When B'
@@ -50,7 +58,9 @@ def splice_rejected(answer: list[int], cut: Cut, generated: list[int], eos_id: i
     return a + b_prime + answer[cut.position + cut.length :], False
 
 
-def truncate_pair(prompt: list[int], answer: list[int], max_prompt_length: int, max_length: int) -> tuple[list[int], list[int]]:
+def truncate_pair(
+    prompt: list[int], answer: list[int], max_prompt_length: int, max_length: int
+) -> tuple[list[int], list[int]]:
     """Keep the END of a long prompt (max_prompt_length) and the START of the answer, so that
     prompt + answer fits max_length (the published code's keep_end mode)."""
     if len(prompt) + len(answer) > max_length:
