@@ -54,9 +54,10 @@ def pairs_data(n: int) -> list:
 def child(mode: str, args: argparse.Namespace) -> None:
     import datasets  # noqa: F401  (imports are not part of any timing)
 
-    from sgpo.config.pipeline import DPOStageConfig
+    from sgpo.config import DPOStageConfig
+    from sgpo.train.reference import reference_logps
     from sgpo.train.throughput import peak_rss_gb
-    from sgpo.train.trainers import reference_logps, train_dpo
+    from sgpo.train.trainers import train_dpo
 
     cfg = DPOStageConfig(
         max_steps=args.steps,
@@ -68,12 +69,14 @@ def child(mode: str, args: argparse.Namespace) -> None:
     )
     data = pairs_data(args.pairs)
     ref, t_ref = None, 0.0
-    from sgpo.train.trainers import load_model
+    from sgpo.train.checkpoints import load_model
 
     load_model(args.model)  # model classes imported before any timing
     if mode == "cached":
         t0 = time.perf_counter()
-        ref = reference_logps(args.model, data, cfg, batch_size=args.batch * 2)
+        ref = reference_logps(
+            args.model, data, max_length=cfg.max_length, batch_size=args.batch * 2
+        )
         t_ref = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         m = train_dpo(args.model, data, cfg, Path(tmp) / "model", tracker=None, ref_logps=ref)

@@ -67,7 +67,7 @@ def main() -> int:
     import transformers
 
     from flows.evaluate import evaluate
-    from sgpo.config.evaluation import load_evaluation_config
+    from sgpo.config import load_evaluation_config
     from sgpo.data.shared import shared_data_dir
     from sgpo.llm.server import build_app, running_server
     from sgpo.models.tinykit import build_bundled_tiny_model

@@ -43,7 +43,7 @@ VLLM_INPROCESS = r"""
 import json, sys, time
 
 def main():
-    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.config import SamplingConfig
     from sgpo.generate.vllm import VLLMGenerator
     model, params, convs = sys.argv[1], SamplingConfig.model_validate_json(sys.argv[2]), json.loads(sys.argv[3])
     t0 = time.perf_counter()
@@ -120,7 +120,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
 
-    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.config import SamplingConfig
     from sgpo.generate import open_generator
 
     tmp = tempfile.TemporaryDirectory(prefix="sgpo-bench-sampling-")

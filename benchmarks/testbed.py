@@ -55,7 +55,7 @@ def seed_overrides(seed: int) -> list[str]:
 
 
 def configs(preset: str, methods: list[str], seeds: list[int], overrides: list[str]):
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config
 
     for seed in seeds:
         for m in methods:

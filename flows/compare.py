@@ -113,7 +113,7 @@ def compare(
     """One row per recipe (`methods`, default every recipe) on `preset`; also a Prefect table artifact."""
     from prefect.artifacts import create_table_artifact
 
-    from sgpo.config.pipeline import load_config, method_names
+    from sgpo.config import load_config, method_names
 
     rows = []
     for method in methods or method_names():

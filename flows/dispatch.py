@@ -19,9 +19,11 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from artifacts.refs import ArtifactRef
-from flows.stages import GPU_STAGES, deployment_name
-from sgpo.config.pipeline import ExecutionConfig
-from sgpo.core.stage import Stage, StageContext, run_task, stage_logger
+from flows.stages import deployment_name
+from sgpo.config import ExecutionConfig
+from sgpo.core import Stage, StageContext, stage_logger
+from sgpo.core.prefect_tasks import run_task
+from tasks import GPU_STAGES
 
 POLL_INTERVAL_S = 2.0
 

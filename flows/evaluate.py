@@ -32,8 +32,8 @@ from artifacts.store import check_store
 from flows.pipeline import check_force
 from flows.reporting import flow_run_namer
 from flows.runner import StageRunner
-from sgpo.config.evaluation import EvalModelSpec, EvaluationConfig, load_evaluation_config
-from sgpo.core.stage import StageContext
+from sgpo.config import EvalModelSpec, EvaluationConfig, load_evaluation_config
+from sgpo.core import StageContext
 from sgpo.generate import shared_generators
 from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.report.summary import EvaluationReport, parent_metrics, result_rows
@@ -58,7 +58,7 @@ def resolve_model(
     from artifacts.store import hub_model_ref, local_model_ref, read_ref
 
     if spec.path == "tiny":
-        from sgpo.config.pipeline import ModelSpec
+        from sgpo.config import ModelSpec
 
         if run is None:
             raise ValueError(
@@ -97,7 +97,7 @@ def evaluate(
     from sgpo.core.tracking import pipeline_run
 
     cfg = config or load_evaluation_config()
-    force = check_force(force, EVALUATION_STAGES + ("report",))
+    force = check_force(force, EVALUATION_STAGES)
     check_store(
         cfg.store.url, cfg.store.storage_options
     )  # scheme known, reachable, writable: before any work

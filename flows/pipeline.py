@@ -1,6 +1,6 @@
 """The pipeline flow: the DAG of a recipe (SGPO and its ablations, the DPO baseline, SPIN).
 
-    sgpo:  base_model -> sft -> sample -> annotate -> ppl_filter -> improver_sft -> (pairs -> dpo) x rounds -> judge
+    sgpo:  base_model -> sft -> sample -> annotate -> ppl_filter -> improver_sft -> (pairs -> [ref_logps] -> dpo) x rounds -> judge
     dpo:   base_model -> sft -> dpo(prepare[prefs]) -> judge
     spin:  base_model -> sft -> (pairs(chosen y_sft) -> dpo from pi_t) x iterations -> judge
     sapo:  base_model -> [sft] -> sapo(prepare[sapo]) -> judge
@@ -28,25 +28,12 @@ from pydantic import BaseModel
 from artifacts.store import check_store
 from flows.reporting import flow_run_namer
 from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re-exported)
-from sgpo.config.pipeline import ConfigError, PipelineConfig, load_config
-from sgpo.core.stage import StageContext, section_of
+from sgpo.config import ConfigError, PipelineConfig, load_config, section_of
+from sgpo.core import StageContext
 from sgpo.llm.embedded import EmbeddedLLM
-from tasks import get_stage
+from tasks import PIPELINE_STAGES, get_stage
 
-STAGES = (
-    "sft",
-    "sample",
-    "annotate",
-    "ppl_filter",
-    "improver_sft",
-    "pairs",
-    "dpo",
-    "sapo",
-    "judge",
-    "pairwise",
-    "testbed_report",
-)
-FORCEABLE = STAGES + ("base_model", "prepare", "report")
+FORCEABLE = PIPELINE_STAGES  # every stage a recipe of this flow can run (the registry's list)
 # The data checks (`checks`), each a pairwise[NAME] stage: NAME -> (the column judged as the model, the
 # column it is judged against). Table 1 reads annotate's table; the refinement checks (Fig. 8/10) read
 # each round's pairs (chosen = the refinement y+, rejected = the policy's y); round r > 1 adds `.rR`.
@@ -157,6 +144,15 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
     def suffix(i: int, n: int) -> str:
         return "" if n == 1 else f"[{i}]"
 
+    def dpo(suffix: str, section: str, start: str, pairs: str) -> str:
+        """A DPO step; with cached reference log-probs, the ref_logps step before it."""
+        inputs = {"start": start, "pairs": pairs}
+        if recipe_section(cfg, section).reference_logps == "cached":
+            inputs["ref_logps"] = add(
+                f"ref_logps{suffix}", "ref_logps", section, reference=start, pairs=pairs
+            )
+        return add(f"dpo{suffix}", "dpo", section, **inputs)
+
     base = add("base_model", "base_model", "model")
     if (
         cfg.algorithm == "sapo" and cfg.sapo_start == "base"
@@ -171,7 +167,7 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
     ):  # the control: as much more SFT as PO gets, on D_po's references
         policy = add("sft_continued", "sft", "sft_continued", base=pi_sft, data=data("po"))
     elif cfg.algorithm == "dpo":  # DPO on the published preference pairs, reference pi_sft
-        policy = add("dpo", "dpo", "dpo_baseline", start=pi_sft, pairs=data("prefs"))
+        policy = dpo("", "dpo_baseline", pi_sft, data("prefs"))
     elif (
         cfg.algorithm == "sapo"
     ):  # one long stage: EMA-regenerated segments, replay buffer, DPO/ORPO steps
@@ -185,7 +181,7 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         policy, k = pi_sft, cfg.spin.iterations
         for t in range(1, k + 1):
             pairs = add(f"pairs{suffix(t, k)}", "pairs", "pairs", policy=policy, data=data("po"))
-            policy = add(f"dpo{suffix(t, k)}", "dpo", f"spin[{t}]", start=policy, pairs=pairs)
+            policy = dpo(suffix(t, k), f"spin[{t}]", policy, pairs)
     else:
         refined = cfg.pairs.chosen == "refined"
         pi_imp = None
@@ -207,7 +203,7 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
             ):  # shared: the refiner of round r is the policy of round r (pi_SGPO in Step 2)
                 inputs["improver"] = policy if cfg.shared_improver else pi_imp
             pairs = add(f"pairs{suffix(r, cfg.rounds)}", "pairs", "pairs", **inputs)
-            policy = add(f"dpo{suffix(r, cfg.rounds)}", "dpo", "dpo", start=policy, pairs=pairs)
+            policy = dpo(suffix(r, cfg.rounds), "dpo", policy, pairs)
     judged = add("judge", "judge", "judge", policy=policy, data=data("eval"))
     labels = {s.label for s in steps}
     if cfg.checks.improved_data:
@@ -252,7 +248,7 @@ def recipe_section(cfg: PipelineConfig, path: str) -> Any:
 def check_section(cfg: PipelineConfig, name: str) -> Any:
     """The pairwise section of data check `name`: the pipeline judge's endpoint and protocol (one
     judge for the run), the check's two columns, `checks.max_rows`."""
-    from sgpo.config.evaluation import PairwiseConfig
+    from sgpo.config import PairwiseConfig
 
     model_column, baseline_column = CHECKS[name.split(".")[0]]
     return PairwiseConfig(

@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sgpo.core.stage import StageContext, stage_logger
+from sgpo.core import StageContext, stage_logger
 from sgpo.report.summary import StageReport
 
 
 def config_hash(cfg: Any) -> str:
     """8 hex digits of the configuration that changes results (runtime-only fields left out)."""
     from artifacts.hashing import sha256_text
-    from sgpo.config.pipeline import cache_payload
+    from sgpo.config import cache_payload
 
     try:
         payload = cache_payload(cfg)

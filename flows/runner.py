@@ -14,8 +14,9 @@ from typing import Any
 
 from artifacts.refs import ArtifactRef
 from flows.dispatch import dispatch_stage
-from sgpo.config.pipeline import ExecutionConfig
-from sgpo.core.stage import Stage, StageContext, journal_note, stage_logger
+from sgpo.config import ExecutionConfig
+from sgpo.core import Stage, StageContext, stage_logger
+from sgpo.core.job import journal_note
 from sgpo.llm.embedded import EmbeddedLLM, embedded_model_name
 from sgpo.report.summary import StageReport
 

@@ -23,11 +23,9 @@ from typing import Any
 from prefect import flow
 
 from artifacts.refs import ArtifactRef
-from sgpo.core.stage import RESULT_OPTIONS, Stage, StageContext, run_task
-from tasks import ALL_STAGES, get_stage
-
-# The pipeline's and the evaluation flow's (e.g. judge, alpaca_eval_generate): every stage that runs a model.
-GPU_STAGES = tuple(name for name in ALL_STAGES if get_stage(name).gpu)
+from sgpo.core import Stage, StageContext
+from sgpo.core.prefect_tasks import RESULT_OPTIONS, run_task
+from tasks import GPU_STAGES, get_stage
 
 
 def stage_flow(st: Stage) -> Any:

@@ -46,7 +46,7 @@ def missing(names: list[str]) -> list[str]:
 
 
 def tiny_model(folder: Path, big: bool) -> str:
-    from sgpo.config.pipeline import TinyModelConfig
+    from sgpo.config import TinyModelConfig
     from sgpo.models.tinykit import build_bundled_tiny_model
 
     # on a GPU a model big enough for the figures to mean something (~50M parameters); on CPU the tiny one
@@ -85,8 +85,9 @@ def examples(n: int = 64) -> list:
 
 def train(kind: str, model: str, steps: int, gpu: bool) -> dict:
     """One training run; returns the perf metrics (sgpo.train.throughput)."""
-    from sgpo.config.pipeline import DPOStageConfig, LoRAConfig, SFTStageConfig
-    from sgpo.train.trainers import reference_logps, train_dpo, train_sft
+    from sgpo.config import DPOStageConfig, LoRAConfig, SFTStageConfig
+    from sgpo.train.reference import reference_logps
+    from sgpo.train.trainers import train_dpo, train_sft
 
     common = dict(
         max_steps=steps,
@@ -102,7 +103,9 @@ def train(kind: str, model: str, steps: int, gpu: bool) -> dict:
             cfg = DPOStageConfig(**common)
             pairs = [(p, c, c[::-1][: max(8, len(c) // 2)]) for p, c in examples()]
             t0 = time.perf_counter()
-            ref = reference_logps(model, pairs, cfg, batch_size=16)
+            ref = reference_logps(
+                model, pairs, max_length=cfg.max_length, batch_size=16, bf16=cfg.bf16
+            )
             m = train_dpo(model, pairs, cfg, Path(tmp) / "out", tracker=None, ref_logps=ref)
             m["logps_s"] = time.perf_counter() - t0 - m["perf.train_seconds"]
         else:
@@ -188,7 +191,7 @@ def main() -> int:
             )
 
         def zero3():
-            from sgpo.core.launch import (
+            from sgpo.train.launch import (
                 free_port,
                 read_accelerate_config,
                 resolve_accelerate_config,

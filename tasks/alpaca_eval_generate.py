@@ -12,8 +12,8 @@ import random
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import AlpacaEvalGenerateConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import AlpacaEvalGenerateConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import DatasetError, load_records, source_fingerprint
 
 DEFAULT_BASELINE_NAME = "gpt4_1106_preview"

@@ -15,9 +15,10 @@ twice for a judgment already made.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import AlpacaEvalJudgeConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import AlpacaEvalJudgeConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.evals.pairwise import PairJudge
+from sgpo.llm.endpoint import require_endpoint
 
 
 def prompt_versions(cfg: AlpacaEvalJudgeConfig) -> dict[str, str]:
@@ -31,6 +32,7 @@ def prompt_versions(cfg: AlpacaEvalJudgeConfig) -> dict[str, str]:
     recipe="evaluation",
     code_version="2",
     llm="endpoint",
+    preflight=require_endpoint,
     prompts=prompt_versions,
     retries=1,
     description="AlpacaEval 2.0 judging: WR, discrete WR, LC WR and SEs",

@@ -11,10 +11,11 @@ characters; the paper's Fig. 3/4) and their normalised forms.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import AnnotateStageConfig
+from sgpo.config import AnnotateStageConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.core.progress import stage_progress
-from sgpo.core.stage import Job, stage, stage_main
 from sgpo.llm.client import ChatRequest
+from sgpo.llm.endpoint import require_endpoint
 from sgpo.prompts import load_prompt
 
 
@@ -69,6 +70,7 @@ def edit_distances(improved: str, response_b: str, response_a: str) -> dict[str,
     "annotate",
     section="annotate",
     llm="endpoint",
+    preflight=require_endpoint,
     prompts=prompt_versions,
     retries=1,
     description="the external LLM writes y_imp (close to B, no better than A) and y_ext; edit distances",

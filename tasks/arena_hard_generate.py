@@ -12,9 +12,8 @@ from typing import Any
 
 from artifacts.hashing import sha256_text
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import ArenaHardGenerateConfig
-from sgpo.config.pipeline import DatasetSpec
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import ArenaHardGenerateConfig, DatasetSpec
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import DatasetError, load_records, source_fingerprint
 
 PROMPT_CANDIDATES = ("prompt", "instruction", "question")

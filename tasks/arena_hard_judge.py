@@ -28,9 +28,10 @@ from typing import Any
 
 from artifacts.hashing import sha256_text, stage_cache_key
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import ArenaHardJudgeConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import ArenaHardJudgeConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.llm.client import ChatRequest
+from sgpo.llm.endpoint import require_endpoint
 from sgpo.prompts import PROMPT_DIR, PromptError
 
 CODE_VERSION = "2"
@@ -267,6 +268,7 @@ def judgment_schema():
     recipe="evaluation",
     code_version=CODE_VERSION,
     llm="endpoint",
+    preflight=require_endpoint,
     prompts=prompt_versions,
     retries=1,
     description="Arena-Hard v0.1 judging: two games per question, BT score, 95% CI",

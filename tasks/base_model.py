@@ -11,8 +11,8 @@ from pathlib import Path
 from artifacts.hashing import code_fingerprint, sha256_bytes
 from artifacts.refs import ArtifactRef
 from artifacts.store import hub_model_ref
-from sgpo.config.pipeline import ModelSpec
-from sgpo.core.stage import Job, scratch_dir, stage, stage_main
+from sgpo.config import ModelSpec
+from sgpo.core import Job, scratch_dir, stage, stage_main
 from sgpo.models.tinykit import bundled_corpus
 
 
@@ -34,6 +34,7 @@ def tiny_sources(spec: ModelSpec) -> dict[str, str]:
     section="model",
     code_version="2",
     tracked=False,
+    flows=("pipeline", "evaluation"),
     fingerprint=tiny_sources,
     description="the starting checkpoint: a hub id or local dir (referenced), or the tiny kit's model (built)",
 )

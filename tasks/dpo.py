@@ -1,131 +1,61 @@
 """Stage 7, `dpo`: DPO of the policy on the generated pairs; the reference model is the starting
 policy itself (pi_imp in SGPO), as in the paper.
 
-With `dpo.reference_logps: cached` (the default) the reference's log-probs of every chosen and
-rejected answer are computed once, batched and length-sorted without gradients, into a Parquet
-artifact `ref_logps/<key>` keyed by (reference checkpoint, pairs, tokenisation settings); training
-then holds one model. A re-run, or a variant with the same reference and pairs (another beta,
-learning rate, loss), reads them from the store and pays nothing.
+With `dpo.reference_logps: cached` (the default) the reference's log-probs come from the `ref_logps`
+stage that runs before it, so training holds one model; run alone without `--ref_logps`, the stage
+computes them itself (not published: run `sgpo stage ref_logps` first to keep them). With `live`, a
+frozen reference model sits beside the policy.
 """
 
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import DPOStageConfig
-from sgpo.core.stage import Job, scratch_dir, stage, stage_main
-from sgpo.data.sources import conversation
-
-REF_LOGPS_STAGE = "ref_logps"
-REF_LOGPS_VERSION = "2"  # 2: the scored answer tokens of each sum (chosen_tokens, rejected_tokens)
-
-
-def ref_logps_key(reference: ArtifactRef, pairs: ArtifactRef, cfg: DPOStageConfig) -> str:
-    """(reference checkpoint, pairs, tokenisation settings): nothing else changes the log-probs."""
-    from artifacts.hashing import stage_cache_key
-
-    return stage_cache_key(
-        REF_LOGPS_STAGE,
-        code_version=REF_LOGPS_VERSION,
-        config={
-            "max_length": cfg.max_length,
-            "truncation_mode": "keep_start",
-            "skip_identical": True,
-        },
-        inputs={"reference": reference.content_hash, "pairs": pairs.content_hash},
-    )
-
-
-def cached_reference_logps(
-    job: Job, reference: ArtifactRef, pairs: ArtifactRef, data: list, cfg: DPOStageConfig
-) -> tuple[list[tuple[float, float]], ArtifactRef | None, bool]:
-    """(log-probs per pair, their artifact, found in the store). Rank 0 looks up and publishes; under a
-    launch every rank computes a share and all take rank 0's decision."""
-    import pyarrow as pa
-
-    from artifacts.hashing import sha256_text
-    from sgpo.train.trainers import main_process_value, reference_logps_and_tokens
-
-    key = ref_logps_key(reference, pairs, cfg)
-    store = job.store
-    hashes = [sha256_text(repr((p, c, r)))[:16] for p, c, r in data]
-    found = (
-        store.find(REF_LOGPS_STAGE, key) if job.is_main_process and not job.ctx.refresh else None
-    )
-    uri = main_process_value(found.uri if found is not None else None)
-    if uri is not None:
-        from artifacts.store import read_ref
-
-        ref = found or read_ref(uri, job.ctx.store.storage_options)
-        rows = store.read_table(ref).to_pylist()
-        if [r["pair_hash"] for r in rows] == hashes:
-            return [(r["ref_chosen_logps"], r["ref_rejected_logps"]) for r in rows], ref, True
-        raise RuntimeError(
-            f"{uri}: cached reference log-probs do not match the pairs (rows differ)"
-        )
-    scored = reference_logps_and_tokens(
-        job.model_dir(reference),
-        data,
-        cfg,
-        batch_size=cfg.reference_batch_size,
-        trust_remote_code=job.ctx.trust_remote_code,
-    )
-    logps = [(a, b) for a, b, _, _ in scored]
-    if not job.is_main_process:
-        return logps, None, False
-    table = pa.table(
-        {
-            "pair_index": list(range(len(data))),
-            "pair_hash": hashes,
-            "ref_chosen_logps": [a for a, _ in logps],
-            "ref_rejected_logps": [b for _, b in logps],
-            "chosen_tokens": [n for _, _, n, _ in scored],
-            "rejected_tokens": [n for _, _, _, n in scored],
-        }
-    )
-    manifest = {
-        "stage": REF_LOGPS_STAGE,
-        "code_version": REF_LOGPS_VERSION,
-        "config": {"max_length": cfg.max_length, "truncation_mode": "keep_start"},
-        "parents": {
-            "reference": {"uri": reference.uri, "content_hash": reference.content_hash},
-            "pairs": {"uri": pairs.uri, "content_hash": pairs.content_hash},
-        },
-    }
-    ref = store.publish_table(
-        REF_LOGPS_STAGE,
-        key,
-        table,
-        manifest=manifest,
-        summary={"pairs": len(data)},
-        produced_by=job.ctx.run_id,
-    )
-    return logps, ref, False
+from sgpo.config import DPOStageConfig
+from sgpo.core import Job, scratch_dir, stage, stage_main
+from sgpo.train.launch import ACCELERATE
 
 
 @stage(
     "dpo",
     section="dpo",
     gpu=True,
+    launcher=ACCELERATE,
+    derived_inputs=("ref_logps",),
     description="DPO of the policy on the pairs, reference = the starting policy",
 )
-def dpo(job: Job, start: ArtifactRef, pairs: ArtifactRef, cfg: DPOStageConfig) -> ArtifactRef:
+def dpo(
+    job: Job,
+    start: ArtifactRef,
+    pairs: ArtifactRef,
+    ref_logps: ArtifactRef | None,
+    cfg: DPOStageConfig,
+) -> ArtifactRef:
+    from sgpo.train.reference import logps_from_table, preference_pairs, reference_logps
     from sgpo.train.trainers import train_dpo
 
     rows = job.read_rows(pairs)
-    # A pair whose two answers are identical carries no preference signal.
-    data = [
-        (conversation(r), r["chosen"], r["rejected"]) for r in rows if r["chosen"] != r["rejected"]
-    ]
+    data = preference_pairs(rows)
     job.log.info("DPO on %d pairs (%d identical skipped)", len(data), len(rows) - len(data))
     extra = {"reference_model": start.uri}
-    ref_logps = None
-    if cfg.reference_logps == "cached" and data:
-        ref_logps, ref_table, hit = cached_reference_logps(job, start, pairs, data, cfg)
-        if ref_table is not None:
-            extra["reference_logps"] = ref_table.uri
-            job.log.info(
-                "reference log-probs %s: %s", "from the store" if hit else "computed", ref_table.uri
+    logps = None
+    if cfg.reference_logps == "live":
+        if ref_logps is not None:
+            raise ValueError(
+                "dpo.reference_logps=live trains beside a live reference model: the given ref_logps "
+                f"table ({ref_logps.uri}) would be ignored; drop it or set reference_logps=cached"
             )
+    elif ref_logps is not None:
+        logps = logps_from_table(job.read_rows(ref_logps), data)
+        extra["reference_logps"] = ref_logps.uri
+    elif data:
+        logps = reference_logps(
+            job.model_dir(start),
+            data,
+            max_length=cfg.max_length,
+            batch_size=cfg.reference_batch_size,
+            bf16=cfg.bf16,
+            trust_remote_code=job.ctx.trust_remote_code,
+        )
     with scratch_dir("dpo") as tmp:
         metrics = train_dpo(
             job.model_dir(start),
@@ -134,7 +64,7 @@ def dpo(job: Job, start: ArtifactRef, pairs: ArtifactRef, cfg: DPOStageConfig) -
             tmp / "model",
             tracker=job.tracker,
             trust_remote_code=job.ctx.trust_remote_code,
-            ref_logps=ref_logps,
+            ref_logps=logps,
         )
         return job.publish_model(
             tmp / "model",

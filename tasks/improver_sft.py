@@ -8,9 +8,10 @@ y_ext. With shared parameters (SGPO) pi_imp is both the policy and the improver.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import ImproverSFTStageConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import ImproverSFTStageConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.prompts import load_prompt
+from sgpo.train.launch import ACCELERATE
 
 
 def prompt_name(cfg: ImproverSFTStageConfig) -> str:
@@ -41,6 +42,7 @@ def improver_examples(
     "improver_sft",
     section="improver_sft",
     gpu=True,
+    launcher=ACCELERATE,
     prompts=prompt_versions,
     description="train pi_sft to improve its own responses on the filtered y_imp / y_ext -> pi_imp",
 )

@@ -11,9 +11,10 @@ annotations (Parquet) and `report.json` (win rate, SE, discrete win rate, counts
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import JudgeStageConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import JudgeStageConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.evals.pairwise import PairJudge
+from sgpo.llm.endpoint import require_endpoint
 
 
 def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
@@ -26,6 +27,7 @@ def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
     section="judge",
     code_version="2",
     llm="endpoint",
+    preflight=require_endpoint,
     gpu=True,
     prompts=prompt_versions,
     retries=1,

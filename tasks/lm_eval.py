@@ -25,8 +25,8 @@ from pathlib import Path
 
 from artifacts.hashing import sha256_bytes
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import LmEvalConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import LmEvalConfig
+from sgpo.core import Job, stage, stage_main
 
 BENCHMARK = "lm_eval"
 

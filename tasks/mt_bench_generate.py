@@ -14,9 +14,8 @@ import time
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import MTBenchGenerateConfig
-from sgpo.config.pipeline import DatasetSpec
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import DatasetSpec, MTBenchGenerateConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import DatasetError, load_records, source_fingerprint
 
 BENCHMARK = "mt_bench"

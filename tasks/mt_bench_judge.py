@@ -27,11 +27,11 @@ from typing import Any
 
 from artifacts.hashing import sha256_text, stage_cache_key
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import MTBenchJudgeConfig
-from sgpo.config.pipeline import DatasetSpec
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import DatasetSpec, MTBenchJudgeConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import DatasetError, load_records
 from sgpo.llm.client import ChatRequest
+from sgpo.llm.endpoint import require_endpoint
 from sgpo.prompts import PROMPT_DIR, PromptError
 
 CODE_VERSION = "1"
@@ -194,6 +194,7 @@ def judgment_schema():
     recipe="evaluation",
     code_version=CODE_VERSION,
     llm="endpoint",
+    preflight=require_endpoint,
     prompts=prompt_versions,
     retries=1,
     description="MT-Bench single-answer grading: turn 1, turn 2, overall, per category",

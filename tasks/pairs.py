@@ -9,8 +9,8 @@ With shared parameters `policy` and `improver` are the same checkpoint and it is
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import PairsStageConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import PairsStageConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import conversation
 from sgpo.prompts import load_prompt
 

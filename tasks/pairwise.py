@@ -14,10 +14,11 @@ from __future__ import annotations
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import PairwiseConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import PairwiseConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import DatasetError
 from sgpo.evals.pairwise import PairJudge
+from sgpo.llm.endpoint import require_endpoint
 
 
 def prompt_versions(cfg: PairwiseConfig) -> dict[str, str]:
@@ -56,8 +57,10 @@ def select_pairs(
     "pairwise",
     section="pairwise.<name>",
     recipe="evaluation",
+    flows=("pipeline", "evaluation"),
     code_version="2",
     llm="endpoint",
+    preflight=require_endpoint,
     prompts=prompt_versions,
     retries=1,
     description="win rate of one response column over another in a table",

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import PplFilterStageConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import PplFilterStageConfig
+from sgpo.core import Job, stage, stage_main
 
 RESPONSE_TYPES = ("imp", "ext")
 
@@ -44,7 +44,7 @@ def response_perplexities(
     import torch
 
     from sgpo.models.tinykit import load_tokenizer
-    from sgpo.train.trainers import load_model
+    from sgpo.train.checkpoints import load_model
 
     tok = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     model = load_model(model_dir, trust_remote_code=trust_remote_code)

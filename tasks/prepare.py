@@ -18,8 +18,8 @@ import json
 from typing import Any
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import DatasetSpec
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import DatasetSpec
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import DatasetError, describe, load_raw, source_fingerprint
 
 PROMPT_CANDIDATES = ("prompt", "instruction", "question")

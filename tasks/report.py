@@ -17,8 +17,8 @@ from typing import Any
 from pydantic import Field
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import Section
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import Section
+from sgpo.core import Job, stage, stage_main
 
 
 class ReportConfig(Section):
@@ -36,6 +36,7 @@ class ReportConfig(Section):
     "report",
     section="report",
     code_version="2",
+    flows=("pipeline", "evaluation"),
     description="the run's figures (papers' Fig. 3/4/5, training curves, judge, stage costs) and an HTML report",
 )
 def report(job: Job, cfg: ReportConfig, stages: Any, title: str) -> ArtifactRef:

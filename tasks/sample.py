@@ -7,8 +7,8 @@ sample_index, policy_finish_reason.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import SampleStageConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import SampleStageConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import conversation
 
 

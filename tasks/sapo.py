@@ -17,8 +17,8 @@ Metrics go to the stage's MLflow run at each logging step.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.sapo import SAPOConfig
-from sgpo.core.stage import Job, scratch_dir, stage, stage_main
+from sgpo.config import SAPOConfig
+from sgpo.core import Job, scratch_dir, stage, stage_main
 from sgpo.data.sources import conversation
 
 

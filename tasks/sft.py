@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import SFTStageConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import SFTStageConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.data.sources import conversation
+from sgpo.train.launch import ACCELERATE
 
 
 @stage(
     "sft",
     section="sft",
     gpu=True,
+    launcher=ACCELERATE,
     description="supervised fine-tuning of the base model on D_sft -> pi_sft",
 )
 def sft(job: Job, base: ArtifactRef, data: ArtifactRef, cfg: SFTStageConfig) -> ArtifactRef:

@@ -12,9 +12,10 @@ pi_sft with its SE, and `lines` that the CLI prints at the end of `sgpo run`.
 from __future__ import annotations
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import PairJudgeConfig
-from sgpo.core.stage import Job, stage, stage_main
+from sgpo.config import PairJudgeConfig
+from sgpo.core import Job, stage, stage_main
 from sgpo.evals.pairwise import PairJudge
+from sgpo.llm.endpoint import require_endpoint
 
 
 def prompt_versions(cfg: PairJudgeConfig) -> dict[str, str]:
@@ -46,6 +47,7 @@ def report_lines(s: dict) -> list[str]:
     "testbed_report",
     section="judge",
     llm="endpoint",
+    preflight=require_endpoint,
     prompts=prompt_versions,
     retries=1,
     description="testbed: verifier scores of pi_sft and the final policy, the final policy's win rate over pi_sft",

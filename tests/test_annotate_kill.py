@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from sgpo.config.pipeline import AnnotateStageConfig, StoreConfig
-from sgpo.core.stage import StageContext
+from sgpo.config import AnnotateStageConfig, StoreConfig
+from sgpo.core import StageContext, run_stage
 from sgpo.llm.client import EndpointConfig, LocalJournal
 from sgpo.llm.server import ChatResult, FaultConfig, build_app, read_request_log, running_server
 from tasks import get_stage
@@ -124,7 +124,7 @@ def test_annotate_stage_survives_injected_faults_with_correct_counts(tmp_path, m
     # client timeout 1.5 s: far above a normal (instant) answer, far below an injected timeout
     with serve(log, faults) as url:
         cfg = stage_config(url, timeout_s=1.5)
-        ref = ANNOTATE.run(cfg, ctx, {"samples": samples})
+        ref = run_stage(ANNOTATE, cfg, ctx, {"samples": samples})
     entries = read_request_log(log)
     seen = Counter(e["fault"] for e in entries)
     assert {"429", "500", "timeout", "empty", "truncated"} <= set(seen), seen
@@ -166,9 +166,9 @@ def test_annotate_stage_survives_injected_faults_with_correct_counts(tmp_path, m
 
     # a re-run is answered from the published artifact, and the journal alone would answer
     # everything: the server is gone (its port closed) and nothing needs it
-    assert ANNOTATE.run(stage_config(url), ctx, {"samples": samples}) == ref
-    again = ANNOTATE.run(
-        stage_config(url), ctx.model_copy(update={"refresh": True}), {"samples": samples}
+    assert run_stage(ANNOTATE, stage_config(url), ctx, {"samples": samples}) == ref
+    again = run_stage(
+        ANNOTATE, stage_config(url), ctx.model_copy(update={"refresh": True}), {"samples": samples}
     )
     assert again.summary["from_journal"] == 60 and again.summary["sent"] == 0
     assert again.content_hash == ref.content_hash
@@ -180,13 +180,13 @@ STAGE_SCRIPT = """
 import json, sys
 sys.path[:0] = [{repo!r}, {tests!r}]
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import AnnotateStageConfig
-from sgpo.core.stage import StageContext
+from sgpo.config import AnnotateStageConfig
+from sgpo.core import StageContext, run_stage
 from tasks import get_stage
 ctx = StageContext.model_validate_json(sys.argv[1])
 samples = ArtifactRef.model_validate_json(sys.argv[2])
 cfg = AnnotateStageConfig.model_validate_json(sys.argv[3])
-print(get_stage("annotate").run(cfg, ctx, {{"samples": samples}}).model_dump_json())
+print(run_stage(get_stage("annotate"), cfg, ctx, {{"samples": samples}}).model_dump_json())
 """
 
 
@@ -254,8 +254,8 @@ def test_annotate_stage_killed_at_random_moments_resumes_without_loss_or_repayme
     ref_samples = publish_samples(ref_ctx.open_store(), n_rows)
     assert ref_samples.content_hash == samples.content_hash
     with serve(None, faults) as url:
-        reference = ANNOTATE.run(
-            stage_config(url, max_concurrency=conc), ref_ctx, {"samples": ref_samples}
+        reference = run_stage(
+            ANNOTATE, stage_config(url, max_concurrency=conc), ref_ctx, {"samples": ref_samples}
         )
 
     # 1. Nothing lost, nothing changed: the same table (byte-identical Parquet) as without kills.

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from sgpo.config.pipeline import CONFIG_DIR, ConfigError, PipelineConfig, cache_payload, load_config
+from sgpo.config import CONFIG_DIR, ConfigError, PipelineConfig, cache_payload, load_config
 
 
 @pytest.mark.parametrize(
@@ -163,7 +163,7 @@ def test_range_edges_are_accepted():
     ],
 )
 def test_evaluation_config_ranges(override):
-    from sgpo.config.evaluation import load_evaluation_config
+    from sgpo.config import load_evaluation_config
 
     with pytest.raises(ConfigError) as e:
         load_evaluation_config("eval-tiny", [override])
@@ -175,7 +175,7 @@ def test_evaluation_config_ranges(override):
 
 @pytest.mark.parametrize("what", ["directory", "binary", "latin-1"])
 def test_a_config_that_is_not_text_is_a_clear_error(tmp_path, what):
-    from sgpo.config.evaluation import load_evaluation_config
+    from sgpo.config import load_evaluation_config
 
     path = tmp_path / "cfg.yaml"
     if what == "directory":

@@ -35,6 +35,7 @@ GPU = (
     "ppl_filter",
     "improver_sft",
     "pairs",
+    "ref_logps",
     "dpo",
     "sapo",
     "judge",
@@ -68,7 +69,7 @@ def test_prefect_yaml_validates_with_prefects_own_model(prefect_yaml):
 
 def test_every_gpu_stage_has_a_deployment_on_the_cuda_pool(prefect_yaml):
     from flows.stages import GPU_STAGES, STAGE_FLOWS, deployment_name, entrypoint
-    from sgpo.config.pipeline import ExecutionConfig
+    from sgpo.config import ExecutionConfig
 
     assert set(GPU_STAGES) == set(GPU)
     by_entry = {d["entrypoint"]: d for d in prefect_yaml["deployments"]}
@@ -358,7 +359,7 @@ def test_stage_flow_parameters_match_the_stage_task(stage):
 
     from artifacts.refs import ArtifactRef
     from flows.stages import STAGE_FLOWS
-    from sgpo.core.stage import prefect_task
+    from sgpo.core.prefect_tasks import prefect_task
     from tasks import get_stage
 
     st = get_stage(stage)
@@ -402,8 +403,8 @@ def sft_inputs(tmp_path):
     import pyarrow as pa
 
     from artifacts.store import ArtifactStore
-    from sgpo.config.pipeline import SFTStageConfig, StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import SFTStageConfig, StoreConfig
+    from sgpo.core import StageContext
     from tasks import get_stage
 
     store = ArtifactStore(str(tmp_path / "store"))
@@ -423,7 +424,7 @@ class _FakeFlowRun(SimpleNamespace):
 
 
 def _distributed():
-    from sgpo.config.pipeline import ExecutionConfig
+    from sgpo.config import ExecutionConfig
 
     return ExecutionConfig(mode="distributed")
 
@@ -434,7 +435,7 @@ def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, t
     import pyarrow as pa
 
     import flows.dispatch as d
-    from sgpo.config.pipeline import DatasetSpec, ExecutionConfig
+    from sgpo.config import DatasetSpec, ExecutionConfig
     from tasks import get_stage
 
     monkeypatch.setattr(
@@ -512,7 +513,7 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
 
     import flows.dispatch as d
     from artifacts.refs import ArtifactRef
-    from sgpo.core.stage import StageContext
+    from sgpo.core import StageContext
 
     s = sft_inputs
     monkeypatch.setattr(
@@ -620,8 +621,8 @@ def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path,
     import flows.evaluate as ev
     from artifacts.refs import ArtifactRef
     from artifacts.store import ArtifactStore
-    from sgpo.config.evaluation import EvaluationConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import EvaluationConfig
+    from sgpo.core import StageContext
 
     model = tmp_path / "model"
     model.mkdir()
@@ -687,8 +688,8 @@ def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_
 
     import flows.dispatch as d
     from artifacts.store import ArtifactStore
-    from sgpo.config.pipeline import JudgeStageConfig, StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import JudgeStageConfig, StoreConfig
+    from sgpo.core import StageContext
     from tasks import get_stage
 
     store = ArtifactStore(str(tmp_path / "store"))
@@ -752,7 +753,7 @@ def test_loopback_urls():
 
 def test_deploy_parser_and_default_configs(monkeypatch):
     from sgpo.cli import deploy
-    from sgpo.config.pipeline import PipelineConfig
+    from sgpo.config import PipelineConfig
 
     parser = argparse.ArgumentParser(prog="sgpo")
     deploy.add_deploy_parser(parser.add_subparsers(dest="command"))
@@ -787,7 +788,7 @@ def test_deploy_parser_and_default_configs(monkeypatch):
         and pipe.rounds == 1
     )
     assert nightly.rounds == 2 and nightly.dpo.beta == 0.2
-    from sgpo.config.evaluation import EvaluationConfig
+    from sgpo.config import EvaluationConfig
 
     ev = EvaluationConfig.model_validate(configs[deploy.EVALUATE_CONFIG_VARIABLE])
     assert ev.store.url == "s3://bucket/store" and ev.tracking.experiment == "sgpo-eval"
@@ -846,7 +847,7 @@ def test_distributed_mode_from_a_flow_run_on_the_cuda_pool_is_refused_before_any
     import prefect.context
 
     from flows.dispatch import StageDispatchError, check_not_on_the_cuda_pool
-    from sgpo.config.pipeline import ExecutionConfig
+    from sgpo.config import ExecutionConfig
 
     def on(pool):
         monkeypatch.setattr(

@@ -89,7 +89,7 @@ def test_unregularised_lc_is_no_default():
     import inspect
 
     from sgpo.cli import metrics as cli
-    from sgpo.config.evaluation import AlpacaEvalConfig, load_evaluation_config
+    from sgpo.config import AlpacaEvalConfig, load_evaluation_config
 
     a = AlpacaEvalConfig()
     assert (a.instruction_difficulty, a.gamed_annotations) == ("auto", "auto")
@@ -110,7 +110,7 @@ def test_unregularised_lc_is_no_default():
 
 # ------------------------------------------------------------------------------------------ presets
 def test_every_eval_preset_loads_and_starts_with_its_command():
-    from sgpo.config.evaluation import load_evaluation_config
+    from sgpo.config import load_evaluation_config
 
     presets = sorted((REPO / "configs").glob("eval-*.yaml"))
     assert {"eval-sgpo", "eval-sapo"} <= {p.stem for p in presets}
@@ -318,7 +318,7 @@ def _local_task(folder: Path) -> Path:
 
 
 def _flow_config(workdir: Path, url: str, model_dir: Path, tasks_dir: Path, **over):
-    from sgpo.config.evaluation import EvaluationConfig
+    from sgpo.config import EvaluationConfig
 
     endpoint = {
         "base_url": url,

@@ -55,7 +55,7 @@ def _data(folder: Path) -> tuple[Path, Path]:
 
 
 def _config(workdir: Path, url: str, model_dir: Path, tasks: Path, questions: Path):
-    from sgpo.config.evaluation import EvaluationConfig
+    from sgpo.config import EvaluationConfig
 
     endpoint = {
         "base_url": url,
@@ -172,7 +172,7 @@ def test_shared_generator_leaves_every_artifact_and_cache_key_unchanged(two_runs
 
 
 def test_outside_the_flow_each_call_loads_and_closes_its_own(tiny_model_dir, monkeypatch):
-    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.config import SamplingConfig
     from sgpo.generate import active_shared_generators, answer_each, hf, shared_generators
 
     made = []

@@ -232,7 +232,7 @@ def table_uri(workdir) -> str:
 
 
 def _config(workdir: Path, url: str, model_dir: Path, table: str):
-    from sgpo.config.evaluation import EvaluationConfig
+    from sgpo.config import EvaluationConfig
 
     endpoint = {
         "base_url": url,
@@ -321,8 +321,7 @@ def _read_table(uri: str):
 def test_presets_load_and_defaults_are_the_official_settings():
     import yaml
 
-    from sgpo.config.evaluation import AlpacaEvalConfig, ArenaHardConfig, load_evaluation_config
-    from sgpo.config.pipeline import ConfigError
+    from sgpo.config import AlpacaEvalConfig, ArenaHardConfig, ConfigError, load_evaluation_config
     from tasks.arena_hard_judge import load_judge_settings
 
     tiny = load_evaluation_config()  # eval-tiny is the default

@@ -26,8 +26,7 @@ def test_force_typo_same_sentence_from_cli_and_flows(tmp_path, monkeypatch, caps
     from flows.evaluate import evaluate
     from flows.pipeline import sgpo_pipeline
     from flows.reporting import run_name
-    from sgpo.config.evaluation import load_evaluation_config
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config, load_evaluation_config
     from tasks import EVALUATION_STAGES
 
     monkeypatch.chdir(tmp_path)
@@ -53,7 +52,7 @@ def test_force_typo_same_sentence_from_cli_and_flows(tmp_path, monkeypatch, caps
         and len(run.name.split("-")[-1]) == 8
     )
 
-    emsg = _expected(EVALUATION_STAGES + ("report",))
+    emsg = _expected(EVALUATION_STAGES)  # report is among them (the registry)
     assert cli.main(["evaluate", "--force", "dop"]) == 2
     assert capsys.readouterr().err.strip() == f"sgpo: {emsg}"
     ecfg = load_evaluation_config(None, [f"store.url=file://{tmp_path}/store"])
@@ -68,7 +67,7 @@ def test_force_typo_same_sentence_from_cli_and_flows(tmp_path, monkeypatch, caps
 def test_flow_run_name_without_config_parameter_is_the_default_recipe():
     from flows.pipeline import sgpo_pipeline
     from flows.reporting import run_name
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config
 
     state = sgpo_pipeline(
         force=["nope"], return_state=True
@@ -78,7 +77,7 @@ def test_flow_run_name_without_config_parameter_is_the_default_recipe():
 
 def test_flow_run_name_differs_with_the_config():
     from flows.reporting import run_name
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config
 
     a, b = load_config("tiny"), load_config("tiny", ["dpo.beta=0.2"])
     assert run_name(a) != run_name(b) and run_name(a) == run_name(load_config("tiny"))
@@ -141,8 +140,8 @@ def test_benchmark_tables_and_cached_stages_read_back_from_the_api(tmp_path, mon
     from artifacts.refs import ArtifactRef
     from flows.reporting import publish_benchmark_tables
     from flows.runner import StageRunner
-    from sgpo.config.pipeline import SFTStageConfig, StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import SFTStageConfig, StoreConfig
+    from sgpo.core import StageContext
     from tasks import get_stage
 
     uri = f"file://{tmp_path}/store/sft/abc"

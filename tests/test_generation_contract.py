@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from sgpo.config.pipeline import SamplingConfig
+from sgpo.config import SamplingConfig
 from sgpo.generate import Generation, open_generator
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,7 +96,7 @@ import dataclasses, json, os, sys
 def main():
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # whatever vLLM prints goes to the log, the pipe carries only answers
-    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.config import SamplingConfig
     from sgpo.generate.vllm import VLLMGenerator
     gen = VLLMGenerator(sys.argv[1], params=SamplingConfig.model_validate_json(sys.argv[2]))
     out.write(json.dumps({"ready": True}) + "\n")
@@ -427,8 +427,8 @@ def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path,
         pytest.skip(NO_VENV)
     import pyarrow as pa
 
-    from sgpo.config.pipeline import SampleStageConfig, StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import SampleStageConfig, StoreConfig
+    from sgpo.core import StageContext, run_stage
     from tasks import get_stage
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
@@ -462,8 +462,11 @@ def test_sample_stage_starts_a_vllm_server_and_matches_in_process_vllm(tmp_path,
         max_concurrency=4,
         **VLLM_CPU,
     )
-    ref = get_stage("sample").run(
-        SampleStageConfig(sampling=sampling), ctx, {"policy": policy, "data": data}
+    ref = run_stage(
+        get_stage("sample"),
+        SampleStageConfig(sampling=sampling),
+        ctx,
+        {"policy": policy, "data": data},
     )
     model_dir = store.model_dir(policy)
     assert _vllm_server_processes(model_dir) == []  # the stage stopped its server
@@ -553,13 +556,13 @@ def test_vllm_server_command_and_missing_python(tmp_path):
     with pytest.raises(RuntimeError, match="did not answer"):
         served_model(f"http://127.0.0.1:{free_port()}/v1")
     # runtime-only: none of the vLLM / server knobs reach a cache key
-    from sgpo.config.pipeline import cache_payload
+    from sgpo.config import cache_payload
 
     assert cache_payload(p) == cache_payload(SamplingConfig(seed=3))
 
 
 def test_vllm_server_command_carries_tensor_and_data_parallel_sizes(tmp_path):
-    from sgpo.config.pipeline import cache_payload
+    from sgpo.config import cache_payload
     from sgpo.generate.vllm import VLLMServer
 
     def flag(cmd: list[str], name: str) -> str | None:
@@ -587,7 +590,7 @@ def test_vllm_server_command_carries_tensor_and_data_parallel_sizes(tmp_path):
 def test_data_parallel_with_the_in_process_vllm_backend_is_a_config_error():
     from pydantic import ValidationError
 
-    from sgpo.config.pipeline import ConfigError, load_config
+    from sgpo.config import ConfigError, load_config
 
     with pytest.raises(ValidationError, match="needs backend=vllm_server"):
         SamplingConfig(backend="vllm", vllm_data_parallel_size=2)
@@ -619,7 +622,7 @@ def test_data_parallel_with_the_in_process_vllm_backend_is_a_config_error():
     ],
 )
 def test_parallel_sizes_are_checked_against_the_visible_cuda_devices(tp, dp, cuda, cpu_vllm, error):
-    from sgpo.config.pipeline import ConfigError
+    from sgpo.config import ConfigError
     from sgpo.generate.vllm import check_parallel_sizes
 
     p = SamplingConfig(
@@ -642,7 +645,7 @@ def test_vllm_server_checks_the_devices_its_interpreter_sees_before_starting(tmp
     """The probe runs the server's python in the server's environment (vllm_env included); too few devices
     fail before any process is started."""
     import sgpo.generate.vllm as v
-    from sgpo.config.pipeline import ConfigError
+    from sgpo.config import ConfigError
 
     seen = v.probe_interpreter(sys.executable, {**os.environ, "CUDA_VISIBLE_DEVICES": ""})
     assert seen["cuda_devices"] == 0  # an empty CUDA_VISIBLE_DEVICES hides every GPU from torch
@@ -685,7 +688,7 @@ def test_in_process_vllm_checks_tensor_parallel_before_the_model_loads(monkeypat
     import types
 
     import sgpo.generate.vllm as v
-    from sgpo.config.pipeline import ConfigError
+    from sgpo.config import ConfigError
 
     fake = types.ModuleType("vllm")
     fake.LLM = lambda **k: pytest.fail("loaded a model")

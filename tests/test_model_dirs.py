@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from sgpo.models.tinykit import ModelNotFoundError, check_model_dir, load_tokenizer
-from sgpo.train.trainers import load_model
+from sgpo.train.checkpoints import load_model
 
 
 def _not_models(tmp_path, tiny_model_dir):

@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import free_port
 
-from sgpo.config.pipeline import load_config
+from sgpo.config import load_config
 
 # in run order: each prepare step right before the first stage that reads it (flows.pipeline.plan)
 ALL_STAGES = [
@@ -29,6 +29,7 @@ ALL_STAGES = [
     "improver_sft",
     "prepare[po]",
     "pairs",
+    "ref_logps",
     "dpo",
     "prepare[eval]",
     "judge",
@@ -128,7 +129,7 @@ def test_second_run_is_fully_cached_and_traced(cached_run):
     # lineage: the final policy's manifest names its parents and the library versions
     dpo_dir = Path(report.final_policy.removeprefix("file://"))
     manifest = json.loads((dpo_dir / "manifest.json").read_text())
-    assert set(manifest["parents"]) == {"start", "pairs"}
+    assert set(manifest["parents"]) == {"start", "pairs", "ref_logps"}
     assert manifest["config"]["beta"] == 0.1 and manifest["code_version"]
     assert {"torch", "transformers", "trl", "prefect"} <= set(manifest["library_versions"])
     assert sorted(

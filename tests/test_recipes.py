@@ -8,7 +8,7 @@ import json
 import pytest
 
 from flows.pipeline import plan
-from sgpo.config.pipeline import CONFIG_DIR, ConfigError, load_config, method_names
+from sgpo.config import CONFIG_DIR, ConfigError, load_config, method_names
 
 PRESETS = ["tiny", "qwen2.5-7b", "llama3-8b", "qwen2-1.5b"]
 RECIPES = [
@@ -59,16 +59,51 @@ def _dag(method: str, *overrides: str) -> tuple[dict[str, dict[str, str]], str, 
 # (recipe, stages run besides base_model/prepare/judge, policy the DPO starts from = its reference,
 #  the refiner that writes the chosen answers (None: chosen = y_sft), improver training targets)
 DAGS = [
-    ("sgpo", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "improver_sft", "improver_sft"),
-    ("sgpo-dagger", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "sft", "improver_sft"),
-    ("sgpo-double-dagger", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "sft", "improver_sft"),
-    ("sgpo-diamond", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "improver_sft", None),
-    ("sgpo-v1", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "sft", "improver_sft"),
-    ("sgpo-v2", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "improver_sft", "improver_sft"),
-    ("all-ref", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "improver_sft", "improver_sft"),
-    ("no-ref", ["sft"] + IMPROVER_STAGES + ["pairs", "dpo"], "improver_sft", "improver_sft"),
-    ("spin", ["sft", "pairs", "dpo"], "sft", None),
-    ("dpo", ["sft", "dpo"], "sft", None),
+    (
+        "sgpo",
+        ["sft"] + IMPROVER_STAGES + ["pairs", "ref_logps", "dpo"],
+        "improver_sft",
+        "improver_sft",
+    ),
+    (
+        "sgpo-dagger",
+        ["sft"] + IMPROVER_STAGES + ["pairs", "ref_logps", "dpo"],
+        "sft",
+        "improver_sft",
+    ),
+    (
+        "sgpo-double-dagger",
+        ["sft"] + IMPROVER_STAGES + ["pairs", "ref_logps", "dpo"],
+        "sft",
+        "improver_sft",
+    ),
+    (
+        "sgpo-diamond",
+        ["sft"] + IMPROVER_STAGES + ["pairs", "ref_logps", "dpo"],
+        "improver_sft",
+        None,
+    ),
+    ("sgpo-v1", ["sft"] + IMPROVER_STAGES + ["pairs", "ref_logps", "dpo"], "sft", "improver_sft"),
+    (
+        "sgpo-v2",
+        ["sft"] + IMPROVER_STAGES + ["pairs", "ref_logps", "dpo"],
+        "improver_sft",
+        "improver_sft",
+    ),
+    (
+        "all-ref",
+        ["sft"] + IMPROVER_STAGES + ["pairs", "ref_logps", "dpo"],
+        "improver_sft",
+        "improver_sft",
+    ),
+    (
+        "no-ref",
+        ["sft"] + IMPROVER_STAGES + ["pairs", "ref_logps", "dpo"],
+        "improver_sft",
+        "improver_sft",
+    ),
+    ("spin", ["sft", "pairs", "ref_logps", "dpo"], "sft", None),
+    ("dpo", ["sft", "ref_logps", "dpo"], "sft", None),
     ("sapo-dpo", ["sft", "sapo"], "sft", None),
 ]
 
@@ -87,6 +122,14 @@ def test_each_recipe_runs_only_the_stages_it_needs(method, stages, start, refine
         final == "dpo" and dag["dpo"]["start"] == start
     )  # the DPO reference is its starting policy
     assert dag["judge"]["policy"] == "dpo"
+    # the reference log-probs of the DPO step: its start model on its pairs, before it
+    assert dag["ref_logps"] == {"reference": start, "pairs": dag["dpo"]["pairs"]}
+    assert dag["dpo"]["ref_logps"] == "ref_logps"
+    live, _, run_live = _dag(
+        method,
+        f"{'dpo_baseline' if method == 'dpo' else 'spin' if method == 'spin' else 'dpo'}.reference_logps=live",
+    )
+    assert "ref_logps" not in run_live and "ref_logps" not in live["dpo"]
     if method == "dpo":
         assert dag["dpo"]["pairs"] == "prepare[prefs]"  # the published pairs, nothing generated
         return
@@ -127,6 +170,7 @@ def test_spin_iterations_start_each_from_the_last():
     assert final == "dpo[3]" and "annotate" not in run and "sample" not in run
     assert [dag[f"pairs[{t}]"]["policy"] for t in (1, 2, 3)] == ["sft", "dpo[1]", "dpo[2]"]
     assert [dag[f"dpo[{t}]"]["start"] for t in (1, 2, 3)] == ["sft", "dpo[1]", "dpo[2]"]
+    assert [dag[f"ref_logps[{t}]"]["reference"] for t in (1, 2, 3)] == ["sft", "dpo[1]", "dpo[2]"]
     steps, _ = plan(load_config("tiny", ["method=spin"]))
     assert {s.label: s.section for s in steps}["dpo"] == "spin[1]"  # SPIN's own learning rate
 
@@ -212,7 +256,7 @@ def test_pairs_without_a_refiner_do_not_depend_on_one():
 
 # ------------------------------------------------------------------------------------ data
 def _normalize(rows, **spec):
-    from sgpo.config.pipeline import DatasetSpec
+    from sgpo.config import DatasetSpec
     from tasks.prepare import normalize_rows
 
     columns = sorted({k for r in rows for k in r})
@@ -289,14 +333,14 @@ def test_preference_pairs_from_chats_and_from_strings():
 
 
 def test_the_dpo_baseline_trains_on_the_source_pairs_as_published(tmp_path):
-    from sgpo.config.pipeline import StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import StoreConfig
+    from sgpo.core import StageContext, run_stage
     from sgpo.data.sources import BUNDLED_DIR
     from tasks import get_stage
 
     cfg = load_config("tiny", ["method=dpo", "data.prefs.max_rows=null"])
     ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
-    ref = get_stage("prepare").run(cfg.data.prefs, ctx, {})
+    ref = run_stage(get_stage("prepare"), cfg.data.prefs, ctx, {})
     table = ctx.open_store().read_table(ref).to_pylist()
     source = [
         json.loads(line)
@@ -349,7 +393,7 @@ def test_two_different_policies_get_different_win_rates_and_the_shown_order_does
 ):
     """Through the real judge (sgpo.evals.pairwise) and an embedded-style server answering with the rule."""
     from artifacts.store import ArtifactStore
-    from sgpo.config.pipeline import PairJudgeConfig
+    from sgpo.config import PairJudgeConfig
     from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
     from sgpo.evals.pairwise import PairJudge, judge_pairs
     from sgpo.llm.rule_judge import RuleJudgeBackend

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sgpo.config.pipeline import load_config, method_names
+from sgpo.config import load_config, method_names
 
 
 def _run(store, method: str, *extra: str):

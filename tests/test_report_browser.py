@@ -46,7 +46,7 @@ CHECKS = [
     "pairwise[refined_vs_reference]",
 ]
 # base_model, prepare x4, sft, sample, annotate, ppl_filter, improver_sft, pairs, dpo, judge, the 4 checks
-PIPELINE_STAGES = 13 + len(CHECKS)
+PIPELINE_STAGES = 14 + len(CHECKS)  # with ref_logps before dpo
 CHECK_OVERRIDES = ["checks.improved_data=true", "checks.refinement=true"]
 
 
@@ -83,7 +83,7 @@ def browser():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     from flows.pipeline import sgpo_pipeline
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config
 
     work = tmp_path_factory.mktemp("report-run")
     cfg = load_config(
@@ -189,7 +189,7 @@ def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, 
     run's): the comparison table has a row per run, Fig. 10 draws both refinement win rates, and each
     run's own section has its figures and stage table."""
     from flows.pipeline import sgpo_pipeline
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config
 
     work, report = tiny_run
     shutil.copytree(work / "store", tmp_path / "store")

@@ -13,8 +13,8 @@ def test_batched_regeneration_matches_one_by_one(tiny_model_dir):
     import torch
 
     from sgpo.models.tinykit import load_tokenizer
+    from sgpo.train.checkpoints import load_model
     from sgpo.train.sapo.generate import SamplingSettings, hf_regenerate
-    from sgpo.train.trainers import load_model
 
     torch.set_num_threads(1)
     tok, model = load_tokenizer(tiny_model_dir), load_model(str(tiny_model_dir))
@@ -48,7 +48,7 @@ def test_batched_regeneration_matches_one_by_one(tiny_model_dir):
     ],
 )
 def test_presets_validate(preset, method):
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config
 
     cfg = load_config(preset, [f"method={method}"]).sapo
     assert cfg.loss == method.removeprefix("sapo-")

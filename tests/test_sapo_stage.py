@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sgpo.config.pipeline import StoreConfig, load_config
-from sgpo.core.stage import StageContext
+from sgpo.config import StoreConfig, load_config
+from sgpo.core import StageContext, run_stage
 from tasks import get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,8 +23,8 @@ LONGER = ["sapo.epochs=6", "sapo.checkpoint_every=2"]  # 24 steps: a window to k
 def _inputs(store: Path, *overrides: str):
     cfg = load_config("tiny", [f"store.url={store}", "tracking.enabled=false", *overrides])
     ctx = StageContext(store=StoreConfig(url=str(store)), run_id="test")
-    policy = get_stage("base_model").run(cfg.model, ctx, {})
-    data = get_stage("prepare").run(cfg.data.sapo, ctx, {})
+    policy = run_stage(get_stage("base_model"), cfg.model, ctx, {})
+    data = run_stage(get_stage("prepare"), cfg.data.sapo, ctx, {})
     return cfg, ctx, policy, data
 
 
@@ -33,7 +33,7 @@ def test_the_sapo_stage_publishes_policy_ema_and_buffer(tmp_path, loss):
     import pyarrow.parquet as pq
 
     cfg, ctx, policy, data = _inputs(tmp_path / "store", f"method=sapo-{loss}")
-    ref = get_stage("sapo").run(cfg.sapo, ctx, {"policy": policy, "data": data})
+    ref = run_stage(get_stage("sapo"), cfg.sapo, ctx, {"policy": policy, "data": data})
     folder = Path(ref.uri.removeprefix("file://"))
     assert (folder / "model" / "model.safetensors").is_file() and (
         folder / "model" / "ema" / "model.safetensors"
@@ -82,8 +82,11 @@ def test_the_sapo_stage_publishes_policy_ema_and_buffer(tmp_path, loss):
     assert figs["sapo_buffer"].missing is None and figs["sapo_buffer"].counts["n"] == 16
     # a second run is the cached artifact
     assert (
-        get_stage("sapo").run(
-            cfg.sapo, ctx.model_copy(update={"run_id": "other"}), {"policy": policy, "data": data}
+        run_stage(
+            get_stage("sapo"),
+            cfg.sapo,
+            ctx.model_copy(update={"run_id": "other"}),
+            {"policy": policy, "data": data},
         )
         == ref
     )
@@ -129,7 +132,7 @@ def test_a_killed_sapo_stage_resumes_to_the_state_of_an_uninterrupted_run(tmp_pa
     assert ref.summary["resumed_from_step"] >= 2
 
     cfg, ctx, policy2, data2 = _inputs(tmp_path / "clean", *LONGER)
-    clean = get_stage("sapo").run(cfg.sapo, ctx, {"policy": policy2, "data": data2})
+    clean = run_stage(get_stage("sapo"), cfg.sapo, ctx, {"policy": policy2, "data": data2})
     assert (
         clean.summary["resumed_from_step"] is None
         and clean.summary["steps"] == ref.summary["steps"] == 24

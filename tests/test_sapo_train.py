@@ -118,7 +118,7 @@ def test_orpo_end_to_end(tiny_model_dir, tmp_path):
 def test_reference_strategies(tiny_model_dir, tmp_path):
     import torch
 
-    from sgpo.config.sapo import SAPOConfig
+    from sgpo.config import SAPOConfig
     from sgpo.train.sapo.loop import _load_models
 
     cfg = SAPOConfig(**TINY)

@@ -9,7 +9,7 @@ import random
 import pytest
 from pydantic import ValidationError
 
-from sgpo.config.sapo import SAPOConfig, SAPOConfigError
+from sgpo.config import SAPOConfig, SAPOConfigError
 from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer
 from sgpo.train.sapo.ema import ema_due, ema_value, reference_refresh_due, reference_source
 from sgpo.train.sapo.segment import Cut, plan_cut, splice_rejected, truncate_pair
@@ -228,7 +228,7 @@ def test_config_defaults_are_the_papers():
 
 
 def test_runtime_fields_are_marked():
-    from sgpo.config.pipeline import NOT_IN_CACHE_KEY
+    from sgpo.config import NOT_IN_CACHE_KEY
 
     runtime = {
         n

@@ -21,9 +21,10 @@ import pytest
 
 from artifacts.refs import ArtifactRef
 from artifacts.store import ArtifactStore, read_ref
-from sgpo.config.pipeline import ConfigError, LaunchConfig, StoreConfig, load_config
-from sgpo.core.launch import LaunchConfigError, StageLaunchError, launch_plan
-from sgpo.core.stage import StageContext
+from sgpo.config import ConfigError, LaunchConfig, StoreConfig, load_config
+from sgpo.core import StageContext, run_stage
+from sgpo.core.launch import StageLaunchError
+from sgpo.train.launch import LaunchConfigError, launch_plan
 from tasks import get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -136,8 +137,8 @@ def world(tmp_path_factory):
     store_dir = tmp_path_factory.mktemp("scale") / "store"
     ctx = StageContext(store=StoreConfig(url=str(store_dir)), run_id="test")
     cfg = load_config("tiny", ["tracking.enabled=false"])
-    base = get_stage("base_model").run(cfg.model, ctx, {})
-    data = get_stage("prepare").run(cfg.data.sft, ctx, {})
+    base = run_stage(get_stage("base_model"), cfg.model, ctx, {})
+    data = run_stage(get_stage("prepare"), cfg.data.sft, ctx, {})
     store = ArtifactStore(str(store_dir))
     rows = store.read_table(data).to_pylist()[:16]
     pairs = store.publish_table(
@@ -174,7 +175,7 @@ def test_lora_target_modules_absent_from_the_model_fail_before_training(world):
     store_dir, ctx, store, base, data, _ = world
     cfg = load_config("tiny", SFT_OVERRIDES + ["sft.lora={target_modules: [q_proj, attn_qkv]}"])
     with pytest.raises(ValueError, match=r"\['attn_qkv'\] are not modules of the model.*q_proj"):
-        get_stage("sft").run(cfg.sft, ctx, {"base": base, "data": data})
+        run_stage(get_stage("sft"), cfg.sft, ctx, {"base": base, "data": data})
     assert (
         store.find("sft", get_stage("sft").cache_key(cfg.sft, {"base": base, "data": data})) is None
     )
@@ -191,10 +192,10 @@ def test_sft_with_two_processes_equals_one_process(world):
     assert st.cache_key(one_cfg.sft, inputs) == st.cache_key(
         two_cfg.sft, inputs
     )  # hardware is not in the key
-    one = st.run(one_cfg.sft, ctx, inputs)
+    one = run_stage(st, one_cfg.sft, ctx, inputs)
     w1 = _weights(store, one)
     shutil.rmtree(store_dir / "sft")
-    two = st.run(two_cfg.sft, ctx, inputs)
+    two = run_stage(st, two_cfg.sft, ctx, inputs)
     assert two.cache_key == one.cache_key and two.produced_by == "test"
     metrics = store.read_manifest(two)["train_metrics"]
     assert (
@@ -211,25 +212,32 @@ def test_sft_with_two_processes_equals_one_process(world):
 
 
 def test_dpo_two_processes_cached_reference_equals_one_process_live_reference(world):
-    """1 process with a live reference model, 1 process with cached reference log-probs (computed
-    here, then reused), and 2 processes computing the log-probs anew (each rank a share): one result."""
+    """1 process with a live reference model; 1 process with the ref_logps stage's cached log-probs;
+    2 processes for both stages (each rank of ref_logps scores a share); and dpo run alone without
+    the ref_logps artifact (it computes them itself): one result."""
     store_dir, ctx, store, base, _, pairs = world
     st, inputs = get_stage("dpo"), {"start": base, "pairs": pairs}
     runs = {}
     for name, extra in [
         ("live", ["dpo.reference_logps=live"]),
         ("cached", []),
-        ("two", ["dpo.launch.num_processes=2"]),
+        ("alone", []),
+        ("two", ["dpo.launch.num_processes=2"]),  # last: its table is reused below
     ]:
         shutil.rmtree(store_dir / "dpo", ignore_errors=True)
         shutil.rmtree(store_dir / "ref_logps", ignore_errors=True)
         cfg = load_config("tiny", DPO_OVERRIDES + extra)
-        ref = st.run(cfg.dpo, ctx, inputs)
+        given = dict(inputs)
+        if name in ("cached", "two"):
+            scored = {"reference": base, "pairs": pairs}
+            given["ref_logps"] = run_stage(get_stage("ref_logps"), cfg.dpo, ctx, scored)
+        ref = run_stage(st, cfg.dpo, ctx, given)
         runs[name] = (_weights(store, ref), store.read_manifest(ref))
     assert _max_diff(runs["live"][0], runs["cached"][0]) <= TOL
     assert _max_diff(runs["cached"][0], runs["two"][0]) <= TOL
+    assert _max_diff(runs["cached"][0], runs["alone"][0]) <= TOL
     assert _max_diff(runs["live"][0], _weights(store, base)) > 1e-4
-    assert "reference_logps" not in runs["live"][1]
+    assert "reference_logps" not in runs["live"][1] and "reference_logps" not in runs["alone"][1]
     table_uri = runs["two"][1]["reference_logps"]
     assert (
         table_uri.startswith(f"file://{store_dir}/ref_logps/")
@@ -241,8 +249,11 @@ def test_dpo_two_processes_cached_reference_equals_one_process_live_reference(wo
     assert len(rows) == 16 and {"ref_chosen_logps", "ref_rejected_logps", "pair_hash"} <= set(
         rows[0]
     )
+    made_at = store.read_manifest(read_ref(table_uri))["created_at"]
     variant = load_config("tiny", DPO_OVERRIDES + ["dpo.beta=0.2"]).dpo
-    ref = st.run(variant, ctx, inputs)
+    table = run_stage(get_stage("ref_logps"), variant, ctx, {"reference": base, "pairs": pairs})
+    assert table.uri == table_uri and store.read_manifest(table)["created_at"] == made_at  # reused
+    ref = run_stage(st, variant, ctx, {**inputs, "ref_logps": table})
     assert store.read_manifest(ref)["reference_logps"] == table_uri
 
 
@@ -264,7 +275,7 @@ def test_a_failed_rank_fails_the_stage_with_that_ranks_error(world, tmp_path, mo
     with pytest.raises(
         StageLaunchError, match=r"rank 1 of 2 failed: MemoryError: rank one ran out of memory"
     ) as e:
-        get_stage("sft").run(cfg.sft, ctx, {"base": base, "data": data})
+        run_stage(get_stage("sft"), cfg.sft, ctx, {"base": base, "data": data})
     assert "traceback" in str(e.value)
     assert (
         store.find("sft", get_stage("sft").cache_key(cfg.sft, {"base": base, "data": data})) is None
@@ -283,7 +294,7 @@ def test_fsdp_on_cpu_or_the_reason_it_is_skipped(tmp_path):
         "import torch\nfrom accelerate import Accelerator\na = Accelerator()\n"
         "m = a.prepare(torch.nn.Linear(4, 4))\nprint('TYPE', a.state.distributed_type, type(m).__name__)\n"
     )
-    from sgpo.core.launch import free_port
+    from sgpo.train.launch import free_port
 
     config = (
         tmp_path / "fsdp_cpu.yaml"
@@ -327,15 +338,16 @@ def test_fsdp_on_cpu_or_the_reason_it_is_skipped(tmp_path):
 def test_lora_publishes_a_merged_checkpoint_or_the_adapter_and_both_load(world):
     pytest.importorskip("peft")
     store_dir, ctx, store, base, data, _ = world
-    from sgpo.train.trainers import load_model
+    from sgpo.train.checkpoints import load_model
 
     st, inputs = get_stage("sft"), {"base": base, "data": data}
     lr = ["sft.learning_rate=0.01", "sft.lora={r: 4, alpha: 8, target_modules: [q_proj, v_proj]}"]
-    merged = st.run(load_config("tiny", SFT_OVERRIDES + lr).sft, ctx, inputs)
+    merged = run_stage(st, load_config("tiny", SFT_OVERRIDES + lr).sft, ctx, inputs)
     w = _weights(store, merged)
     assert not any("lora" in k for k in w) and w.keys() == _weights(store, base).keys()
     assert _max_diff(w, _weights(store, base)) > 1e-5
-    kept = st.run(
+    kept = run_stage(
+        st,
         load_config("tiny", SFT_OVERRIDES + [lr[0], lr[1][:-1] + ", keep_adapter: true}"]).sft,
         ctx,
         inputs,

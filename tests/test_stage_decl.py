@@ -1,11 +1,10 @@
-"""The stage declarations: what each stage is, that its cache key covers its config, and the
-layering rules (no stage imports another, no import circles, config does not import the client).
+"""The stage declarations: what each stage is, that its cache key covers its config, and the one
+registry every list of stages derives from (the layering rules: tests/unit/test_layering.py).
 
 No model, no Prefect run: these are checks on the declarations themselves."""
 
 from __future__ import annotations
 
-import ast
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -14,8 +13,7 @@ import pytest
 from pydantic import BaseModel
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.evaluation import EvaluationConfig, PairwiseConfig
-from sgpo.config.pipeline import NOT_IN_CACHE_KEY, load_config
+from sgpo.config import NOT_IN_CACHE_KEY, EvaluationConfig, PairwiseConfig, load_config
 from tasks import ALL_STAGES, EVALUATION_STAGES, PIPELINE_STAGES, get_stage
 from tasks.report import ReportConfig
 
@@ -31,7 +29,8 @@ EXPECTED = {
     "ppl_filter": (("policy", "annotations"), "ppl_filter"),
     "improver_sft": (("start", "filtered"), "improver_sft"),
     "pairs": (("policy", "improver", "data"), "pairs"),
-    "dpo": (("start", "pairs"), "dpo"),
+    "ref_logps": (("reference", "pairs"), "dpo"),
+    "dpo": (("start", "pairs", "ref_logps"), "dpo"),
     "sapo": (("policy", "data"), "sapo"),
     "judge": (("policy", "data"), "judge"),
     "testbed_report": (("final", "sft"), "judge"),
@@ -54,6 +53,7 @@ def test_every_stage_is_declared_with_its_inputs_and_section():
         assert (st.name, st.inputs, st.section) == (name, inputs, section), name
     # the GPU stages are those that run a model (the CUDA pool serves them); the LLM stages are those that call one
     assert {n for n in ALL_STAGES if get_stage(n).gpu} == {
+        "ref_logps",
         "sft",
         "sample",
         "ppl_filter",
@@ -79,82 +79,75 @@ def test_every_stage_is_declared_with_its_inputs_and_section():
     assert get_stage("alpaca_eval_generate").params == ("model_name",)
 
 
+def test_the_registry_derives_every_list_of_stages():
+    from flows.pipeline import FORCEABLE
+    from flows.stages import STAGE_FLOWS
+
+    # the pipeline runs what its recipes can plan, the evaluation flow its benchmarks; both share
+    # base_model, pairwise (the data checks) and report
+    assert set(PIPELINE_STAGES) == {
+        "prepare",
+        "base_model",
+        "sft",
+        "sample",
+        "annotate",
+        "ppl_filter",
+        "improver_sft",
+        "pairs",
+        "ref_logps",
+        "dpo",
+        "sapo",
+        "judge",
+        "testbed_report",
+        "pairwise",
+        "report",
+    }
+    assert set(EVALUATION_STAGES) == {
+        "base_model",
+        "alpaca_eval_generate",
+        "alpaca_eval_judge",
+        "arena_hard_generate",
+        "arena_hard_judge",
+        "pairwise",
+        "mt_bench_generate",
+        "mt_bench_judge",
+        "lm_eval",
+        "report",
+    }
+    assert set(PIPELINE_STAGES) | set(EVALUATION_STAGES) == set(ALL_STAGES)
+    assert FORCEABLE == PIPELINE_STAGES
+    assert set(STAGE_FLOWS) == {n for n in ALL_STAGES if get_stage(n).gpu}
+    # hooks: every stage that calls an LLM checks its endpoint first; the training stages launch
+    assert all(get_stage(n).preflight is not None for n in ALL_STAGES if get_stage(n).llm)
+    assert {n for n in ALL_STAGES if get_stage(n).launcher} == {
+        "sft",
+        "improver_sft",
+        "ref_logps",
+        "dpo",
+    }
+    assert all(get_stage(n).module == f"tasks.{n}" for n in ALL_STAGES)
+
+
+def test_the_reference_log_probs_are_keyed_by_what_changes_them_only():
+    """Another beta, learning rate or loss reuses them; another max_length does not."""
+    cfg = load_config("tiny")
+    st = get_stage("ref_logps")
+    inputs = {"reference": _ref("reference", "h1"), "pairs": _ref("pairs", "h2")}
+    base = st.cache_key(st.coerce(cfg.dpo), inputs)
+    for override in ("dpo.beta=0.3", "dpo.learning_rate=1e-6", "dpo.loss_type=ipo", "dpo.seed=3"):
+        assert st.cache_key(st.coerce(load_config("tiny", [override]).dpo), inputs) == base, (
+            override
+        )
+    assert st.cache_key(st.coerce(load_config("tiny", ["dpo.max_length=64"]).dpo), inputs) != base
+    # the SPIN and DPO-baseline sections project the same way
+    assert st.cache_key(st.coerce(cfg.dpo_baseline), inputs) == st.cache_key(
+        st.coerce(cfg.dpo_baseline.model_copy(update={"beta": 0.5})), inputs
+    )
+
+
 def test_unknown_stage_is_a_clear_error():
     with pytest.raises(KeyError, match="unknown stage 'dop'"):
         get_stage("dop")
-
-
-# ----------------------------------------------------------------------------------- layering
-def _imports(path: Path) -> set[str]:
-    """Every module a file imports (top level and inside functions)."""
-    out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            out.add(node.module)
-            out.update(f"{node.module}.{a.name}" for a in node.names)
-    return out
-
-
-def test_no_stage_imports_another_stage():
-    for name in ALL_STAGES:
-        path = REPO / "tasks" / f"{name}.py"
-        sideways = sorted(m for m in _imports(path) if m.startswith("tasks.") or m == "tasks")
-        assert not sideways, f"tasks/{name}.py imports {sideways}: shared code belongs in sgpo/"
-
-
-def test_library_and_artifacts_never_import_stages_or_flows():
-    for folder in ("sgpo", "artifacts"):
-        for path in (REPO / folder).rglob("*.py"):
-            bad = sorted(m for m in _imports(path) if m.split(".")[0] in ("tasks", "flows"))
-            # sgpo.cli.main and sgpo.core.stage's CLI entry are the two library modules that may name stages by
-            # module path (the CLI dispatches; nothing else does)
-            if path.parent.name == "cli" and path.parent.parent.name == "sgpo":
-                continue
-            assert not bad, f"{path.relative_to(REPO)} imports {bad}"
-
-
-def test_config_does_not_import_the_llm_client():
-    for path in (REPO / "sgpo" / "config").glob("*.py"):
-        assert not [m for m in _imports(path) if m.startswith("sgpo.llm")], path
-
-
-def _module_graph() -> dict[str, set[str]]:
-    """Top-level (import-time) imports between the project's own modules."""
-    graph: dict[str, set[str]] = {}
-    for folder in ("sgpo", "artifacts", "tasks", "flows"):
-        for path in (REPO / folder).rglob("*.py"):
-            mod = ".".join(path.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
-            deps = set()
-            for node in ast.parse(
-                path.read_text()
-            ).body:  # top level only: function-level imports run later
-                names = []
-                if isinstance(node, ast.Import):
-                    names = [a.name for a in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                    names = [node.module]
-                deps.update(
-                    n for n in names if n.split(".")[0] in ("sgpo", "artifacts", "tasks", "flows")
-                )
-            graph[mod] = deps
-    return graph
-
-
-def test_no_import_circles():
-    graph = _module_graph()
-
-    def visit(mod: str, stack: list[str]) -> None:
-        for dep in graph.get(mod, ()):
-            if dep in stack:
-                raise AssertionError(
-                    "import circle: " + " -> ".join(stack[stack.index(dep) :] + [dep])
-                )
-            visit(dep, stack + [dep])
-
-    for mod in graph:
-        visit(mod, [mod])
 
 
 # ----------------------------------------------------------------------------------- cache keys
@@ -178,6 +171,7 @@ def _sections() -> dict[str, BaseModel]:
         "improver_sft": cfg.improver_sft,
         "pairs": cfg.pairs,
         "dpo": cfg.dpo,
+        "ref_logps": cfg.dpo,
         "judge": cfg.judge,
         "sapo": cfg.sapo,
         "testbed_report": cfg.judge,
@@ -298,11 +292,14 @@ def test_cache_key_covers_every_config_field_and_no_runtime_field(name):
             assert other != base, f"{name}: changing {dotted} does not change the cache key"
             checked += 1
     assert checked >= 1
-    # every input artifact and every plain-value parameter is part of the key too
+    # every input artifact and every plain-value parameter is part of the key too, except an input
+    # derived from the others (dpo's ref_logps: whether they were computed beforehand)
     for n in st.inputs:
-        assert st.cache_key(section, {**inputs, n: _ref(n, "other")}, params) != base, (
-            f"{name}: input {n}"
-        )
+        other = st.cache_key(section, {**inputs, n: _ref(n, "other")}, params)
+        if n in st.derived_inputs:
+            assert other == base, f"{name}: derived input {n} changed the key"
+        else:
+            assert other != base, f"{name}: input {n}"
     for p in st.params:
         assert st.cache_key(section, inputs, {**params, p: "model-b"}) != base, f"{name}: param {p}"
 
@@ -317,7 +314,7 @@ def test_cache_key_is_independent_of_the_input_order_and_fixed_across_processes(
     key = st.cache_key(cfg, {"base": a, "data": d})
     assert key == st.cache_key(cfg, {"data": d, "base": a})
     code = (
-        "from artifacts.refs import ArtifactRef as R; from sgpo.config.pipeline import load_config; from tasks import get_stage;"
+        "from artifacts.refs import ArtifactRef as R; from sgpo.config import load_config; from tasks import get_stage;"
         "r=lambda n,h: R(uri=f'file:///x/{n}', kind='table', stage=n, cache_key='k', content_hash=h);"
         "print(get_stage('sft').cache_key(load_config('tiny').sft, {'base': r('base','h1'), 'data': r('data','h2')}))"
     )
@@ -355,15 +352,16 @@ def test_editing_a_prompt_file_changes_the_key(monkeypatch):
 
 
 def test_a_missing_input_or_an_unknown_parameter_is_a_clear_error(tmp_path):
-    from sgpo.config.pipeline import StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import StoreConfig
+    from sgpo.core import StageContext, run_stage
 
     st = get_stage("sft")
     with pytest.raises(ValueError, match=r"missing input artifact\(s\) \['data'\]"):
         st.cache_key(load_config("tiny").sft, {"base": _ref("base", "h")})
     ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) \['lr'\]"):
-        st.run(
+        run_stage(
+            st,
             load_config("tiny").sft,
             ctx,
             {"base": _ref("b", "1"), "data": _ref("d", "2")},
@@ -372,14 +370,17 @@ def test_a_missing_input_or_an_unknown_parameter_is_a_clear_error(tmp_path):
 
 
 def test_an_llm_stage_without_endpoint_says_which_key_to_set(tmp_path):
-    from sgpo.config.pipeline import StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import StoreConfig
+    from sgpo.core import StageContext, run_stage
     from sgpo.llm.client import ExternalLLMNotConfigured
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
     with pytest.raises(ExternalLLMNotConfigured, match=r"annotate\.endpoint\.base_url is not set"):
-        get_stage("annotate").run(
-            load_config("tiny").annotate, ctx, {"samples": _ref("samples", "h")}
+        run_stage(
+            get_stage("annotate"),
+            load_config("tiny").annotate,
+            ctx,
+            {"samples": _ref("samples", "h")},
         )
 
 

@@ -136,7 +136,7 @@ def test_two_processes_on_one_stage_pay_each_call_once(tmp_path):
 def test_on_busy_fail_fails_at_once_naming_the_holder(tmp_path):
     from artifacts.lease import Lease
     from artifacts.store import ArtifactStore
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config
     from sgpo.llm.server import build_app, running_server
     from tasks import get_stage
 
@@ -179,8 +179,8 @@ def _dead_pid() -> int:
 def test_a_stale_lease_is_taken_over(tmp_path, how):
     from artifacts.lease import LEASE_FILE
     from artifacts.store import ArtifactStore
-    from sgpo.config.pipeline import StoreConfig, load_config
-    from sgpo.core.stage import StageContext
+    from sgpo.config import StoreConfig, load_config
+    from sgpo.core import StageContext, run_stage
     from sgpo.llm.server import build_app, running_server
     from tasks import get_stage
 
@@ -220,7 +220,7 @@ def test_a_stale_lease_is_taken_over(tmp_path, how):
             store=StoreConfig(url=str(store), lease_timeout_s=60, lease_poll_s=0.1), run_id="r2"
         )
         t0 = time.monotonic()
-        ref = st.run(cfg, ctx, {"samples": samples})
+        ref = run_stage(st, cfg, ctx, {"samples": samples})
     assert time.monotonic() - t0 < 60  # not waiting out a timeout
     assert ref.produced_by == "r2" and backend.calls == 2 * N_SAMPLES
     assert not (folder / LEASE_FILE).exists()

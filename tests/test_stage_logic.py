@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import DatasetSpec, ImproverSFTStageConfig, PairsStageConfig, load_config
-from sgpo.core.stage import StageContext
+from sgpo.config import DatasetSpec, ImproverSFTStageConfig, PairsStageConfig, load_config
+from sgpo.core import StageContext, run_stage
 from sgpo.data.sources import DatasetError
 from sgpo.prompts import PromptError, load_prompt
 from tasks import get_stage, pairs, ppl_filter, prepare
@@ -211,10 +211,13 @@ def test_wrong_column_is_named(tmp_path):
 
 
 def test_empty_and_missing_datasets_fail_clearly(tmp_path):
-    from sgpo.config.pipeline import StoreConfig
+    from sgpo.config import StoreConfig
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
-    run_prepare = get_stage("prepare").run
+
+    def run_prepare(cfg, ctx, inputs):
+        return run_stage(get_stage("prepare"), cfg, ctx, inputs)
+
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(DatasetError):
@@ -229,11 +232,11 @@ def test_empty_and_missing_datasets_fail_clearly(tmp_path):
 
 
 def test_bundled_data_loads_through_load_dataset(tmp_path):
-    from sgpo.config.pipeline import StoreConfig
+    from sgpo.config import StoreConfig
 
     ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")))
     cfg = load_config("tiny")
-    ref = get_stage("prepare").run(cfg.data.improver, ctx, {})
+    ref = run_stage(get_stage("prepare"), cfg.data.improver, ctx, {})
     assert ref.rows == cfg.data.improver.max_rows
     table = ctx.open_store().read_table(ref)
     assert table.column_names == ["prompt_id", "prompt", "messages", "reference"]
@@ -241,7 +244,7 @@ def test_bundled_data_loads_through_load_dataset(tmp_path):
 
 # ----------------------------------------------------------------- cache keys
 KEY_SCRIPT = """
-from sgpo.config.pipeline import load_config
+from sgpo.config import load_config
 from artifacts.refs import ArtifactRef
 from tasks import get_stage
 cfg = load_config("tiny")
@@ -323,7 +326,7 @@ def test_tiny_base_model_key_follows_the_kit_source(tmp_path, monkeypatch):
     import hashlib
 
     import sgpo.models.tinykit
-    from sgpo.config.pipeline import ModelSpec, cache_payload
+    from sgpo.config import ModelSpec, cache_payload
 
     base_model = get_stage("base_model")
     spec = ModelSpec()

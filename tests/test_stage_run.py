@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from artifacts.refs import ArtifactRef
-from sgpo.config.pipeline import StoreConfig, load_config
-from sgpo.core.stage import StageContext
+from sgpo.config import StoreConfig, load_config
+from sgpo.core import StageContext, run_stage
 from tasks import get_stage
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,16 +55,16 @@ def test_a_stage_run_alone_publishes_what_the_flow_would(tmp_path):
     st = get_stage("sft")
     inputs = {"base": base, "data": data}
     assert sft.cache_key == st.cache_key(cfg.sft, inputs)
-    again = st.run(
-        cfg.sft, StageContext(store=StoreConfig(url=str(store)), run_id="flow-run"), inputs
+    again = run_stage(
+        st, cfg.sft, StageContext(store=StoreConfig(url=str(store)), run_id="flow-run"), inputs
     )
     assert again == sft  # found, not recomputed (still produced by the CLI run)
 
     # a second store: the same stage in-process makes a byte-identical checkpoint
     other = StageContext(store=StoreConfig(url=str(tmp_path / "other")), run_id="flow-run")
-    base2 = get_stage("base_model").run(cfg.model, other, {})
-    data2 = get_stage("prepare").run(cfg.data.sft, other, {})
-    fresh = st.run(cfg.sft, other, {"base": base2, "data": data2})
+    base2 = run_stage(get_stage("base_model"), cfg.model, other, {})
+    data2 = run_stage(get_stage("prepare"), cfg.data.sft, other, {})
+    fresh = run_stage(st, cfg.sft, other, {"base": base2, "data": data2})
     assert (base2.content_hash, data2.content_hash) == (base.content_hash, data.content_hash)
     assert fresh.cache_key == sft.cache_key and fresh.content_hash == sft.content_hash
     assert fresh.produced_by == "flow-run"
@@ -131,7 +131,7 @@ def test_pipeline_judge_scores_with_the_alpaca_eval_protocol_and_shares_its_jour
     import pyarrow as pa
 
     from artifacts.store import ArtifactStore, local_model_ref
-    from sgpo.config.evaluation import PairwiseConfig
+    from sgpo.config import PairwiseConfig
     from sgpo.evals.alpaca_eval.metrics import official_model_first
     from sgpo.llm.server import build_app, running_server
 
@@ -158,7 +158,7 @@ def test_pipeline_judge_scores_with_the_alpaca_eval_protocol_and_shares_its_jour
                 "judge.top_logprobs=2",
             ],
         ).judge
-        judged = get_stage("judge").run(cfg, ctx, {"policy": policy, "data": data})
+        judged = run_stage(get_stage("judge"), cfg, ctx, {"policy": policy, "data": data})
         table = store.read_table(judged).to_pylist()
         assert backend.calls == 8
         # Identical judgments of the same pairs in another stage come from the shared journal.
@@ -172,7 +172,7 @@ def test_pipeline_judge_scores_with_the_alpaca_eval_protocol_and_shares_its_jour
             endpoint=cfg.endpoint,
             top_logprobs=2,
         )
-        again = get_stage("pairwise").run(pw, ctx, {"table": judged})
+        again = run_stage(get_stage("pairwise"), pw, ctx, {"table": judged})
     assert backend.calls == 8 and again.summary["sent"] == 0 and again.summary["from_journal"] == 8
 
     # The policy (a random tiny model) never writes BAD or GOOD: it wins exactly the BAD rows.
@@ -320,7 +320,7 @@ def test_the_embedded_llm_starts_only_when_an_llm_stage_really_runs(tmp_path):
 
 # ------------------------------------------------------------------------------- task-level retries
 def test_only_transient_errors_are_worth_a_retry():
-    from sgpo.core.stage import error_is_transient
+    from sgpo.core.prefect_tasks import error_is_transient
     from sgpo.data.sources import DatasetError
     from sgpo.llm.client import ExternalLLMNotConfigured
 
@@ -340,8 +340,8 @@ def test_a_stage_failing_on_bad_input_is_not_retried_by_prefect(tmp_path, monkey
     from prefect import flow
 
     import sgpo.data.sources as ds
-    from sgpo.config.pipeline import DatasetSpec
-    from sgpo.core.stage import prefect_task
+    from sgpo.config import DatasetSpec
+    from sgpo.core.prefect_tasks import prefect_task
 
     looked_up = []
     real = ds.local_path
@@ -364,7 +364,7 @@ def test_a_stage_failing_on_bad_input_is_not_retried_by_prefect(tmp_path, monkey
 def test_llm_errors_say_whether_a_retry_can_help():
     import pickle
 
-    from sgpo.core.stage import error_is_transient
+    from sgpo.core.prefect_tasks import error_is_transient
     from sgpo.llm.client import LLMCallError
 
     overloaded = LLMCallError("429 x7", endpoint="http://x", key="k", retriable=True)

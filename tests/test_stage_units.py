@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 from artifacts.store import ArtifactStore, local_model_ref
-from sgpo.config.pipeline import StoreConfig, load_config
-from sgpo.core.stage import StageContext
+from sgpo.config import StoreConfig, load_config
+from sgpo.core import StageContext, run_stage
 from tasks import get_stage
 
 PROMPTS = [
@@ -47,7 +47,7 @@ def test_sample_stage_gives_n_samples_per_prompt_in_order(env):
     store, ctx, model = env
     data = _table(store, "a", PROMPTS)
     cfg = load_config("tiny", ["sample.sampling.n=2", "sample.sampling.max_new_tokens=6"]).sample
-    ref = get_stage("sample").run(cfg, ctx, {"policy": model, "data": data})
+    ref = run_stage(get_stage("sample"), cfg, ctx, {"policy": model, "data": data})
     rows = store.read_table(ref).to_pylist()
     assert [(r["prompt_id"], r["sample_index"]) for r in rows] == [
         (f"p{i}", k) for i in range(3) for k in range(2)
@@ -77,8 +77,11 @@ def test_ppl_filter_stage_keeps_what_lies_inside_the_fences(env):
     ]
     rows[7]["imp"] = "zq" * 200  # far less likely under the model than the others: an outlier
     ann = _table(store, "b", rows)
-    ref = get_stage("ppl_filter").run(
-        load_config("tiny").ppl_filter, ctx, {"policy": model, "annotations": ann}
+    ref = run_stage(
+        get_stage("ppl_filter"),
+        load_config("tiny").ppl_filter,
+        ctx,
+        {"policy": model, "annotations": ann},
     )
     out = store.read_table(ref).to_pylist()
     assert len(out) == 8 + 7 and {r["target_type"] for r in out} == {
@@ -115,7 +118,7 @@ def test_improver_sft_stage_trains_on_the_kept_targets_of_the_chosen_types(env):
     cfg = load_config(
         "tiny", ["improver_sft.max_steps=1", "improver_sft.targets=[imp]"]
     ).improver_sft
-    ref = get_stage("improver_sft").run(cfg, ctx, {"start": model, "filtered": filtered})
+    ref = run_stage(get_stage("improver_sft"), cfg, ctx, {"start": model, "filtered": filtered})
     assert ref.kind == "model" and ref.summary["examples"] == 3  # imp rows 1, 5, 7 (3 is dropped)
     manifest = store.read_manifest(ref)
     assert any(f.endswith(".safetensors") for f in manifest["files"])
@@ -127,7 +130,9 @@ def test_pairs_stage_chosen_and_rejected(env, chosen):
     store, ctx, model = env
     data = _table(store, "d", PROMPTS)
     cfg = load_config("tiny", [f"pairs.chosen={chosen}", "pairs.sampling.max_new_tokens=6"]).pairs
-    ref = get_stage("pairs").run(cfg, ctx, {"policy": model, "improver": model, "data": data})
+    ref = run_stage(
+        get_stage("pairs"), cfg, ctx, {"policy": model, "improver": model, "data": data}
+    )
     rows = store.read_table(ref).to_pylist()
     assert [r["prompt_id"] for r in rows] == ["p0", "p1", "p2"]
     if chosen == "sft":
@@ -155,7 +160,7 @@ def test_dpo_stage_skips_pairs_without_a_preference(env):
     cfg = load_config(
         "tiny", ["dpo.max_steps=1", "dpo.per_device_batch_size=2", "dpo.effective_batch_size=2"]
     ).dpo
-    ref = get_stage("dpo").run(cfg, ctx, {"start": model, "pairs": table})
+    ref = run_stage(get_stage("dpo"), cfg, ctx, {"start": model, "pairs": table})
     assert ref.kind == "model" and ref.summary["pairs"] == 4  # the identical pair carries no signal
     manifest = store.read_manifest(ref)
     assert manifest["reference_model"] == model.uri and manifest["config"]["beta"] == cfg.beta

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from sgpo.config.pipeline import load_config
+from sgpo.config import load_config
 
 
 def _cfg(store_url: str, workdir: Path, *extra: str):

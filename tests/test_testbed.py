@@ -69,7 +69,7 @@ def test_the_oracle_edit_moves_b_toward_gold_never_past_a():
 def test_oracle_and_verifier_answer_the_real_prompts_over_http(tmp_path):
     """annotate (the stage's own request builder) and the pairwise judge, through the openai client."""
     from artifacts.store import ArtifactStore
-    from sgpo.config.pipeline import AnnotateStageConfig, PairJudgeConfig
+    from sgpo.config import AnnotateStageConfig, PairJudgeConfig
     from sgpo.evals.pairwise import PairJudge, judge_pairs
     from sgpo.llm.client import call_all
     from sgpo.llm.oracle import TestbedBackend
@@ -115,7 +115,7 @@ def test_oracle_and_verifier_answer_the_real_prompts_over_http(tmp_path):
 
 def test_the_preset_runs_sgpo_and_reports_against_pi_sft():
     from flows.pipeline import plan
-    from sgpo.config.pipeline import load_config
+    from sgpo.config import load_config
     from sgpo.llm.embedded import embedded_model_name
     from sgpo.llm.oracle import ORACLE_MODEL_NAME, VERIFIER_MODEL_NAME
 

@@ -52,9 +52,8 @@ PAIR_ROWS = [
 
 
 def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
-    from sgpo.config.evaluation import PairwiseConfig
-    from sgpo.config.pipeline import StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import PairwiseConfig, StoreConfig
+    from sgpo.core import StageContext, run_stage
     from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
     from tasks import get_stage
@@ -75,15 +74,15 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
             )
 
         with pytest.raises(JudgeOutputError, match=r"0 of 8 judge answers had a label") as e:
-            st.run(cfg(), ctx, {"table": table})
+            run_stage(st, cfg(), ctx, {"table": table})
         assert "pairwise[imp_vs_policy].max_unlabelled_fraction=0.5" in str(e.value)
         assert garbage.calls == 8 and _manifests(store, "pairwise") == []
         # the rerun decides the same from the journal: nothing paid again
         with pytest.raises(JudgeOutputError, match=r"0 of 8"):
-            st.run(cfg(), ctx, {"table": table})
+            run_stage(st, cfg(), ctx, {"table": table})
         assert garbage.calls == 8
         # accepting them (a runtime setting: same key, same journal) publishes without paying again
-        accepted = st.run(cfg(max_unlabelled_fraction=1.0), ctx, {"table": table})
+        accepted = run_stage(st, cfg(max_unlabelled_fraction=1.0), ctx, {"table": table})
         assert (
             garbage.calls == 8
             and accepted.summary["sent"] == 0
@@ -93,7 +92,8 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
     good = GoodJudge()
     with running_server(build_app(good, model_name="judge")) as url:
         # the endpoint fixed: plain reruns reuse the journaled verdicts (cached), a fresh namespace re-asks
-        again = st.run(
+        again = run_stage(
+            st,
             PairwiseConfig(
                 name="imp_vs_policy",
                 table=table.uri,
@@ -104,7 +104,8 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
             {"table": table},
         )
         assert again == accepted and good.calls == 0
-        fresh = st.run(
+        fresh = run_stage(
+            st,
             PairwiseConfig(
                 name="imp_vs_policy",
                 table=table.uri,
@@ -125,9 +126,8 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
 
 def test_a_garbage_judge_fails_the_pipeline_judge_and_alpaca_eval(tmp_path, tiny_model_dir):
     from artifacts.store import local_model_ref
-    from sgpo.config.evaluation import AlpacaEvalJudgeConfig
-    from sgpo.config.pipeline import StoreConfig, load_config
-    from sgpo.core.stage import StageContext
+    from sgpo.config import AlpacaEvalJudgeConfig, StoreConfig, load_config
+    from sgpo.core import StageContext, run_stage
     from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
     from tasks import get_stage
@@ -169,8 +169,11 @@ def test_a_garbage_judge_fails_the_pipeline_judge_and_alpaca_eval(tmp_path, tiny
             ],
         ).judge
         with pytest.raises(JudgeOutputError, match=r"judge: 0 of 5 judge answers had a label"):
-            get_stage("judge").run(
-                cfg, ctx, {"policy": local_model_ref(tiny_model_dir), "data": data}
+            run_stage(
+                get_stage("judge"),
+                cfg,
+                ctx,
+                {"policy": local_model_ref(tiny_model_dir), "data": data},
             )
         ae = AlpacaEvalJudgeConfig(
             endpoint={"base_url": url, "model": "judge"},
@@ -180,15 +183,14 @@ def test_a_garbage_judge_fails_the_pipeline_judge_and_alpaca_eval(tmp_path, tiny
         with pytest.raises(
             JudgeOutputError, match=r"alpaca_eval: 0 of 6 judge answers had a label"
         ):
-            get_stage("alpaca_eval_judge").run(ae, ctx, {"answers": answers})
+            run_stage(get_stage("alpaca_eval_judge"), ae, ctx, {"answers": answers})
     assert garbage.calls == 11
     assert _manifests(store, "judge") == [] and _manifests(store, "alpaca_eval_judge") == []
 
 
 def test_a_judge_without_verdicts_fails_arena_hard(tmp_path):
-    from sgpo.config.evaluation import ArenaHardJudgeConfig
-    from sgpo.config.pipeline import StoreConfig
-    from sgpo.core.stage import StageContext
+    from sgpo.config import ArenaHardJudgeConfig, StoreConfig
+    from sgpo.core import StageContext, run_stage
     from sgpo.evals.pairwise import JudgeOutputError
     from sgpo.llm.server import build_app, running_server
     from tasks import get_stage
@@ -219,7 +221,7 @@ def test_a_judge_without_verdicts_fails_arena_hard(tmp_path):
         with pytest.raises(
             JudgeOutputError, match=r"arena_hard: 0 of 6 judge answers had a verdict label"
         ):
-            get_stage("arena_hard_judge").run(cfg, ctx, {"answers": answers})
+            run_stage(get_stage("arena_hard_judge"), cfg, ctx, {"answers": answers})
     assert garbage.calls == 12  # 3 questions x 2 games x 2 turns (the follow-up asks for the label)
     assert _manifests(store, "arena_hard_judge") == []
 

@@ -37,7 +37,7 @@ def _rows(split: str, n: int) -> list[dict[str, Any]]:
 
 
 def _sampling(seed: int):
-    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.config import SamplingConfig
 
     return SamplingConfig(max_new_tokens=16, batch_size=100, seed=seed)
 
@@ -54,7 +54,7 @@ def pi_sft(work: Path, seed: int = 0) -> str:
     """The probe's pi_sft (built and SFT-ed in `work`; reused if there)."""
     import torch
 
-    from sgpo.config.pipeline import SFTStageConfig, TinyModelConfig
+    from sgpo.config import SFTStageConfig, TinyModelConfig
     from sgpo.core.tracking import StageTracker
     from sgpo.models.tinykit import build_bundled_tiny_model
     from sgpo.train.trainers import train_sft
@@ -94,7 +94,7 @@ def pi_sft(work: Path, seed: int = 0) -> str:
 
 
 def preference_step(sft_dir: str, work: Path, variant: str, seed: int = 0) -> str:
-    from sgpo.config.pipeline import DPOStageConfig, PairsStageConfig
+    from sgpo.config import DPOStageConfig, PairsStageConfig
     from sgpo.core.tracking import StageTracker
     from sgpo.data.testbed import minimal_improvement
     from sgpo.generate import answer_each

@@ -193,7 +193,7 @@ def default_configs(
     Only fields that differ from the defaults are kept (the flow fills in the rest), so the values
     stay small and the UI's "Custom run" form shows what the preset sets.
     """
-    from sgpo.config.pipeline import ConfigError, load_config
+    from sgpo.config import ConfigError, load_config
 
     team = _team_overrides(store_url, mlflow_uri)
     out: dict[str, dict[str, Any]] = {}
@@ -207,7 +207,7 @@ def default_configs(
             raise DeployError(str(e)) from None
         out[var] = _fits(preset, cfg.model_dump(mode="json", exclude_defaults=True))
     if eval_preset:
-        from sgpo.config.evaluation import load_evaluation_config
+        from sgpo.config import load_evaluation_config
 
         try:
             # keep the preset's experiment: a `tracking.*` override rebuilds the section from its field defaults

@@ -52,7 +52,7 @@ def _quiet_prefect_console() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sgpo.config.pipeline import ConfigError, load_config
+    from sgpo.config import ConfigError, load_config
 
     source, overrides = _split_args(args.items)
     try:
@@ -141,8 +141,7 @@ def _call_flow(flow_fn, **params):
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from sgpo.config.evaluation import load_evaluation_config
-    from sgpo.config.pipeline import ConfigError
+    from sgpo.config import ConfigError, load_evaluation_config
 
     source, overrides = _split_args(args.items)
     try:
@@ -156,7 +155,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from sgpo.report.summary import summary_lines
 
     try:
-        check_force(args.force, EVALUATION_STAGES + ("report",))
+        check_force(args.force, EVALUATION_STAGES)
     except ValueError as e:
         print(f"sgpo: {e}", file=sys.stderr)  # the sentence the flow raises
         return 2
@@ -170,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_stage(args: argparse.Namespace) -> int:
     """`sgpo stage NAME ...` is `python -m tasks.NAME ...`."""
-    from sgpo.core.stage import stage_main
+    from sgpo.core import stage_main
     from tasks import ALL_STAGES, get_stage
 
     if args.name not in ALL_STAGES:
@@ -187,7 +186,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """`sgpo compare [PRESET] [key=value ...] [--method M ...] [-o DIR]`: the Table-3 layout."""
     from pathlib import Path
 
-    from sgpo.config.pipeline import ConfigError, load_config, method_names
+    from sgpo.config import ConfigError, load_config, method_names
 
     source, overrides = _split_args(args.items)
     methods = args.method or method_names()
@@ -217,7 +216,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_config(args: argparse.Namespace) -> int:
     import yaml
 
-    from sgpo.config.pipeline import ConfigError, load_config
+    from sgpo.config import ConfigError, load_config
 
     source, overrides = _split_args(args.items)
     try:
@@ -308,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_metrics_parser(sub)
     add_deploy_parser(sub)
-    from sgpo.report.html import add_report_parser
+    from sgpo.cli.report import add_report_parser
 
     add_report_parser(sub)
     return p

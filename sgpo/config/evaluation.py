@@ -1,6 +1,6 @@
 """Typed configuration of `sgpo evaluate`: AlpacaEval 2.0, Arena-Hard v0.1 and pairwise win rates.
 
-Same conventions as `sgpo.config.pipeline` (which this module only imports from): every section is a
+Same conventions as `sgpo.config.pipeline`: every section is a
 pydantic model with `extra="forbid"`, fields carry descriptions (the Prefect UI renders them),
 `runtime_field(...)` marks what does not change a stage's output (left out of cache keys), and
 `load_evaluation_config(source, overrides)` reads a preset name or YAML file and applies dotted
@@ -31,23 +31,22 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from sgpo.config.pipeline import (
-    ConfigError,
-    DatasetSpec,
+from sgpo.config.infra import (
     EmbeddedLLMConfig,
     EndpointConfig,
     ExecutionConfig,
-    PairJudgeConfig,
-    SamplingConfig,
-    Section,
     StoreConfig,
     TrackingConfig,
-    _parse_override,
+)
+from sgpo.config.loading import (
     apply_overrides,
     format_validation_error,
+    parse_override,
     read_yaml_tree,
-    runtime_field,
 )
+from sgpo.config.sections import ConfigError, Section, runtime_field
+from sgpo.config.sources import DatasetSpec
+from sgpo.config.stages import PairJudgeConfig, SamplingConfig
 
 __all__ = [
     "ALPACA_EVAL_HUB_FILE",
@@ -475,7 +474,7 @@ class EvaluationConfig(Section):
 
 
 def _is_model_path(override: str) -> bool:
-    parts, value = _parse_override(override)
+    parts, value = parse_override(override)
     return parts == ["model"] and isinstance(value, str)
 
 
@@ -484,7 +483,7 @@ def load_evaluation_config(
 ) -> EvaluationConfig:
     """Load a preset name (`eval-tiny` -> configs/eval-tiny.yaml) or YAML file, apply `key=value` overrides, validate.
 
-    Raises `sgpo.config.pipeline.ConfigError` with the offending dotted key, as `load_config` does.
+    Raises `sgpo.config.ConfigError` with the offending dotted key, as `load_config` does.
     """
     path, tree = read_yaml_tree(
         source, default=DEFAULT_EVAL_PRESET, glob="eval-*.yaml", kind="evaluation config"

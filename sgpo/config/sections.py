@@ -1,12 +1,16 @@
-"""The base of every config section: strict pydantic models, and the mark of runtime-only fields.
+"""The base of every config section: strict pydantic models, the mark of runtime-only fields, and
+what the rest of the project does with a section (its cache payload, a stage's part of it, a
+section by its dotted path in a recipe).
 
-Its own module so that section models outside sgpo/config/pipeline.py (e.g. sgpo/config/sapo.py) can build
-on it while sgpo/config/pipeline.py uses them, without an import circle.
+Fields marked `runtime_field(...)` change how a stage runs (URLs, concurrency, batch sizes,
+timeouts) but not what it produces; they are left out of cache keys, so e.g. a new port for
+the embedded LLM server does not invalidate finished annotation.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,3 +40,50 @@ def optional_field(description: str = "", **kw: Any) -> Any:
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key."""
+
+
+def project(section: BaseModel, model: type[SectionT]) -> SectionT:
+    """The part of `section` that `model` declares (e.g. the generate stage's fields of a benchmark's section)."""
+    return model.model_validate({k: getattr(section, k) for k in model.model_fields})
+
+
+def cache_payload(section: BaseModel) -> dict[str, Any]:
+    """The section as JSON-able data without its runtime-only fields (what a cache key hashes)."""
+    out: dict[str, Any] = {}
+    for name, field in type(section).model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get(NOT_IN_CACHE_KEY):
+            continue
+        value = getattr(section, name)
+        if extra.get(KEY_WHEN_SET) and value == field.default:
+            continue
+        out[name] = (
+            cache_payload(value)
+            if isinstance(value, BaseModel)
+            else json.loads(json.dumps(value, default=str))
+        )
+    return out
+
+
+def section_of(recipe: Any, path: str) -> Any:
+    """`sft`, `data.po`, `pairwise.imp_vs_b` (a list item by its `name`) -> the section object."""
+    node = recipe
+    for part in path.split("."):
+        if isinstance(node, list):
+            match = [x for x in node if getattr(x, "name", None) == part]
+            if not match:
+                names = [getattr(x, "name", None) for x in node]
+                raise KeyError(f"no item named {part!r} in {path}; names: {names}")
+            node = match[0]
+        elif hasattr(node, part):
+            node = getattr(node, part)
+        else:
+            raise KeyError(f"{path}: {type(node).__name__} has no section {part!r}")
+    return node

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from artifacts.hashing import sha256_bytes
-from sgpo.config.pipeline import DatasetSpec
+from sgpo.config import DatasetSpec
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}

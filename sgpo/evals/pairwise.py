@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from artifacts.hashing import sha256_text, stage_cache_key
-from sgpo.config.pipeline import PairJudgeConfig
+from sgpo.config import PairJudgeConfig
 from sgpo.llm.client import CallRecord, CallSummary, ChatRequest, EndpointConfig
 from sgpo.prompts import load_prompt
 

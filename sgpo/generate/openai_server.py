@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from sgpo.generate import Generation
+from sgpo.generate.contract import Generation
 
 if TYPE_CHECKING:
-    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.config import SamplingConfig
 
 
 class OpenAIServerGenerator:

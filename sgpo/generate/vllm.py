@@ -41,11 +41,11 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sgpo.generate import Generation
+from sgpo.generate.contract import Generation
 from sgpo.generate.openai_server import OpenAIServerGenerator
 
 if TYPE_CHECKING:
-    from sgpo.config.pipeline import SamplingConfig
+    from sgpo.config import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def check_parallel_sizes(
     `cuda_devices`: the CUDA devices the interpreter that runs vLLM sees (None: it could not tell);
     `cpu_vllm`: whether that vLLM is the CPU build (None: unknown); `cuda_visible`: its
     CUDA_VISIBLE_DEVICES (None: unset), named in the error."""
-    from sgpo.config.pipeline import ConfigError
+    from sgpo.config import ConfigError
 
     tp, dp = params.vllm_tensor_parallel_size, params.vllm_data_parallel_size
     need = tp * dp

@@ -52,7 +52,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sgpo.config.pipeline import EndpointConfig  # noqa: F401  (re-exported: callers build endpoints from here too)
+from sgpo.config import EndpointConfig  # noqa: F401  (re-exported: callers build endpoints from here too)
 
 log = logging.getLogger(__name__)
 _sleep = asyncio.sleep  # module-level so tests can observe backoff delays without timing anything

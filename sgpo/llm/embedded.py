@@ -43,7 +43,7 @@ def embedded_model_name(section: Any, *, judge: str = "model", annotator: str = 
     """The model name an LLM stage's endpoint gets when the stand-in answers it (part of the stage's
     cache key and journal): a judge stage answered by a rule or the testbed's verifier, or annotation
     answered by the oracle, is a different LLM from the model."""
-    from sgpo.config.pipeline import PairJudgeConfig
+    from sgpo.config import PairJudgeConfig
 
     is_judge = isinstance(section, PairJudgeConfig)
     if is_judge and judge == "rule":

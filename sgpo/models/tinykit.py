@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sgpo.config.pipeline import TinyModelConfig
+    from sgpo.config import TinyModelConfig
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 EOS_TOKEN = "<|im_end|>"
@@ -94,7 +94,7 @@ def bundled_corpus() -> list[Path]:
 def build_bundled_tiny_model(out_dir: str | Path, cfg: TinyModelConfig | None = None) -> Path:
     """The model `model.name_or_path: tiny` builds (the base_model stage): `cfg` (default: the defaults)
     on the bundled corpus. Tests, benchmarks and the GPU check build theirs with this, so they get the same."""
-    from sgpo.config.pipeline import TinyModelConfig
+    from sgpo.config import TinyModelConfig
 
     return build_tiny_model(out_dir, cfg or TinyModelConfig(), corpus_texts(bundled_corpus()))
 

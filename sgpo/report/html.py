@@ -14,10 +14,8 @@ evaluation run, from the run's own stage list (so it also knows which stages ran
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ REPORT_FILE = "report.html"
 # --------------------------------------------------------------------------------------------------
 # Collecting a run's stages
 # --------------------------------------------------------------------------------------------------
-def _store_of(uri: str, storage_options: dict[str, Any] | None):
+def store_of(uri: str, storage_options: dict[str, Any] | None):
     from artifacts.store import ArtifactStore, normalize_url
 
     url = normalize_url(uri).rstrip("/")
@@ -38,7 +36,7 @@ def _store_of(uri: str, storage_options: dict[str, Any] | None):
 
 
 def read_manifest(uri: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    store, url = _store_of(uri, storage_options)
+    store, url = store_of(uri, storage_options)
     return json.loads(store.read_bytes(f"{url}/manifest.json"))
 
 
@@ -47,7 +45,7 @@ def table_reader(storage_options: dict[str, Any] | None = None):
     from artifacts.refs import ArtifactRef
 
     def read_rows(entry: StageEntry) -> list[dict[str, Any]]:
-        store, _ = _store_of(entry.uri, storage_options)
+        store, _ = store_of(entry.uri, storage_options)
         ref = (
             ArtifactRef.model_validate(entry.manifest["ref"]) if entry.manifest.get("ref") else None
         )
@@ -68,7 +66,7 @@ def side_rows_reader(storage_options: dict[str, Any] | None = None):
 
         import pyarrow.parquet as pq
 
-        store, url = _store_of(entry.uri, storage_options)
+        store, url = store_of(entry.uri, storage_options)
         return pq.read_table(io.BytesIO(store.read_bytes(f"{url}/{name}"))).to_pylist()
 
     return read_side_rows
@@ -382,7 +380,7 @@ def comparison_rows(
         if policy.get("content_hash"):
             add_evaluations(
                 row,
-                _store_of(judge.uri, storage_options)[0],
+                store_of(judge.uri, storage_options)[0],
                 policy["content_hash"],
                 policy.get("uri"),
             )
@@ -497,9 +495,6 @@ def log_figures(
     return n
 
 
-# --------------------------------------------------------------------------------------------------
-# The CLI
-# --------------------------------------------------------------------------------------------------
 def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[str, str]:
     """(kind, artifact uri): kind 'report' (copy its HTML) or 'lineage' (build from this artifact)."""
     from artifacts.store import normalize_url
@@ -518,65 +513,3 @@ def resolve(uri: str, storage_options: dict[str, Any] | None = None) -> tuple[st
     raise FileNotFoundError(
         f"{uri}: neither a finished artifact nor a store holding a report or judge artifact"
     )
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    so = json.loads(args.storage_options) if args.storage_options else None
-    uris = list(args.uri)
-    try:
-        if len(uris) > 1:
-            html = build_several(uris, so)
-            what = f"of {len(uris)} runs (comparison table, Fig. 10, each run's figures)"
-        else:
-            kind, uri = resolve(uris[0], so)
-            if kind == "report":
-                store, url = _store_of(uri, so)
-                html = store.read_bytes(f"{url}/{REPORT_FILE}").decode()
-            else:
-                entries = entries_from_lineage(uri, so)
-                html, figures, _ = build(
-                    entries,
-                    so,
-                    title=f"sgpo report of {uri}",
-                    meta={"built from": uri, "stages": str(len(entries))},
-                )
-            what = f"({'copied from ' if kind == 'report' else 'built from the lineage of '}{uri})"
-    except (OSError, ValueError, KeyError) as e:
-        print(f"sgpo: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.output)
-    out.write_text(html, encoding="utf-8")
-    print(f"[sgpo] report {what} -> {out.resolve()}")
-    print(f"[sgpo] open it with: xdg-open {out.resolve()}  (self-contained: no network needed)")
-    return 0
-
-
-def add_report_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `sgpo report` on the CLI's subparsers."""
-    p = subparsers.add_parser(
-        "report",
-        help="write a run's self-contained HTML report (figures, stage table, lineage)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument(
-        "uri",
-        metavar="RUN_OR_STORE_URI",
-        nargs="+",
-        help="a report artifact, any finished artifact of the run (e.g. its judge), or a store; "
-        "several: one page with their comparison table, Fig. 10 and each run's report",
-    )
-    p.add_argument(
-        "-o",
-        "--output",
-        default="report.html",
-        help="where to write the HTML (default: report.html)",
-    )
-    p.add_argument(
-        "--storage-options",
-        default=None,
-        metavar="JSON",
-        help='fsspec options of the store, e.g. \'{"endpoint_url": "http://minio:9000"}\'',
-    )
-    p.set_defaults(func=cmd_report)
-    return p

@@ -4,7 +4,7 @@ A stage with `lora:` set trains adapters on the frozen checkpoint. What it publi
 * default: a merged checkpoint (the adapter folded into the base weights at full precision, then
   saved as an ordinary safetensors checkpoint), so downstream stages see no difference;
 * `lora.keep_adapter: true`: the adapter folder (adapter_config.json, adapter_model.safetensors, the
-  tokenizer) plus `sgpo_base.json` naming the base checkpoint; `sgpo.train.trainers.load_model` loads the
+  tokenizer) plus `sgpo_base.json` naming the base checkpoint; `sgpo.train.checkpoints.load_model` loads the
   base and merges the adapter when it meets such a folder.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from sgpo.config.pipeline import LoRAConfig
+    from sgpo.config import LoRAConfig
 
-BASE_FILE = "sgpo_base.json"
+from sgpo.train.checkpoints import BASE_FILE, merge_adapter, save_checkpoint
 
 
 class LoRAConfigError(ValueError):
@@ -71,18 +71,6 @@ def check_lora_config(model_dir: str, lora: LoRAConfig, *, trust_remote_code: bo
         )
 
 
-def bnb_4bit_config() -> Any:
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-    )
-
-
 def peft_config(lora: LoRAConfig) -> Any:
     from peft import LoraConfig
 
@@ -116,24 +104,7 @@ def _base_dir(model: Any) -> str:
     return str(model.peft_config["default"].base_model_name_or_path)
 
 
-def merge_adapter(
-    base_dir: str, adapter_dir: str | Path, *, trust_remote_code: bool = False
-) -> Any:
-    """The base at full precision (never the 4-bit copy QLoRA trained on) with the adapter merged in."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    base = AutoModelForCausalLM.from_pretrained(
-        base_dir, dtype=dtype, trust_remote_code=trust_remote_code
-    )
-    return PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
-
-
 def save_lora(trainer: Any, tokenizer: Any, out_dir: str | Path, lora: LoRAConfig) -> None:
-    from sgpo.train.trainers import save_checkpoint
-
     out = Path(out_dir)
     model = trainer.accelerator.unwrap_model(trainer.model)
     base_dir = _base_dir(model)
@@ -158,18 +129,3 @@ def save_lora(trainer: Any, tokenizer: Any, out_dir: str | Path, lora: LoRAConfi
             else:
                 save_checkpoint(merge_adapter(base_dir, tmp), tokenizer, out)
         trainer.accelerator.wait_for_everyone()
-
-
-def load_adapter_model(adapter_dir: str, *, trust_remote_code: bool = False) -> Any:
-    """A `keep_adapter` artifact as a plain model: its base (recorded in sgpo_base.json) + the adapter, merged."""
-    info_path = Path(adapter_dir) / BASE_FILE
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    base = info.get("base_model_dir") or json.loads(
-        (Path(adapter_dir) / "adapter_config.json").read_text()
-    ).get("base_model_name_or_path")
-    if not base or not (Path(base) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{adapter_dir} is a LoRA adapter whose base checkpoint {base!r} is not on this machine; "
-            "publish merged checkpoints (lora.keep_adapter=false) for stages on other machines"
-        )
-    return merge_adapter(base, adapter_dir, trust_remote_code=trust_remote_code)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sgpo.config.sapo import SAPOConfig, SAPOConfigError
+from sgpo.config import SAPOConfig, SAPOConfigError
 
 if TYPE_CHECKING:
     from sgpo.train.sapo.loop import SAPOInterrupted, SAPOResult, train_sapo

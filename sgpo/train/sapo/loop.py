@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sgpo.config.sapo import SAPOConfig, SAPOConfigError, check_config
+from sgpo.config import SAPOConfig, SAPOConfigError, check_config
 from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer, prompt_json
 from sgpo.train.sapo.ema import (
     copy_weights,
@@ -388,7 +388,7 @@ class _Models:
 
 
 def _load_models(cfg: SAPOConfig, policy_dir: str, device, trust_remote_code: bool) -> _Models:
-    from sgpo.train.trainers import load_model
+    from sgpo.train.checkpoints import load_model
 
     def load():
         return load_model(policy_dir, trust_remote_code=trust_remote_code).to(device)
@@ -451,8 +451,8 @@ def train_sapo(
     import torch
 
     from sgpo.models.tinykit import load_tokenizer
+    from sgpo.train.checkpoints import save_checkpoint
     from sgpo.train.sapo import checkpoint as ckpt
-    from sgpo.train.trainers import save_checkpoint
 
     check_config(cfg)
     if not rows:  # before anything is loaded
@@ -615,7 +615,7 @@ def train_sapo(
 
 def output_fields(dumped: dict) -> dict:
     """The config without its runtime-only fields (those may change between a run and its resume)."""
-    from sgpo.config.sections import NOT_IN_CACHE_KEY
+    from sgpo.config import NOT_IN_CACHE_KEY
 
     runtime = {
         name
