@@ -27,23 +27,24 @@ one append-only JSONL file, one os.write per record on an O_APPEND fd, fsync'd, 
 tolerated. Elsewhere (s3://...): `journal_url` is a prefix holding one small JSON object per
 record, `{journal_url}/{request_hash}.json`; an object store's put is atomic, and appends are not
 available there.
+
+The modules, one concern each: `records` (requests, records, summary), `journal`, `credentials`
+(the API key, kept out of messages), `retry` (classifying failures, backoff), `completions` (the
+wire format both modes share), `sync`, `batch`, `cost`, `errors`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
-from sgpo.config.pipeline import (
-    EndpointConfig,
-)  # re-exported: callers build endpoints from here too
-from sgpo.llm.client.batch import BatchRecord, _call_all_batch, open_batch_journal
+# EndpointConfig is re-exported: callers build endpoints from here too
+from sgpo.config.pipeline import EndpointConfig
+from sgpo.llm.client.batch import BatchRecord, call_all_batch, open_batch_journal
 from sgpo.llm.client.cost import cost_line
 from sgpo.llm.client.errors import ExternalLLMNotConfigured, LLMCallError
 from sgpo.llm.client.journal import Journal, LocalJournal, ObjectStoreJournal, open_journal
 from sgpo.llm.client.records import CallRecord, CallSummary, ChatRequest
-from sgpo.llm.client.sync import _call_all_async
+from sgpo.llm.client.sync import call_all_sync
 
 __all__ = [
     "BatchRecord",
@@ -89,7 +90,7 @@ def call_all(
     journal = open_journal(journal_url, storage_options)
     if endpoint.mode == "batch":
         # blocking polls, no event loop: fine from any thread, a running loop's included
-        return _call_all_batch(
+        return call_all_batch(
             requests,
             endpoint,
             journal,
@@ -99,19 +100,6 @@ def call_all(
             progress,
             allow_truncated,
         )
-
-    def run() -> CallSummary:
-        return asyncio.run(
-            _call_all_async(
-                requests, endpoint, journal, namespace, validate, progress, allow_truncated
-            )
-        )
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return run()
-    # This thread already runs an event loop (an async Prefect task, a notebook): it cannot be
-    # blocked with asyncio.run, so our loop runs in a thread of its own while this one waits.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgpo-llm-call") as pool:
-        return pool.submit(run).result()
+    return call_all_sync(
+        requests, endpoint, journal, namespace, validate, progress, allow_truncated
+    )

@@ -8,7 +8,7 @@ from typing import Any
 from sgpo.llm.client.records import CallRecord, ChatRequest
 
 
-def _not_a_chat_completion(parsed: Any, content_type: str | None) -> str | None:
+def not_a_chat_completion(parsed: Any, content_type: str | None) -> str | None:
     """Why a 2xx response is not a chat completion (None if it is one).
 
     The openai client returns the body as a plain str when the server does not say JSON (an HTML
@@ -21,7 +21,7 @@ def _not_a_chat_completion(parsed: Any, content_type: str | None) -> str | None:
     return None
 
 
-def _request_body(model: str, req: ChatRequest, seed: int | None) -> dict[str, Any]:
+def request_body(model: str, req: ChatRequest, seed: int | None) -> dict[str, Any]:
     """The chat-completions body of one ask (the same in sync calls and in batch input lines)."""
     body: dict[str, Any] = dict(
         model=model,
@@ -37,7 +37,7 @@ def _request_body(model: str, req: ChatRequest, seed: int | None) -> dict[str, A
     return body
 
 
-def _builtin_reason(completion: Any, allow_truncated: bool) -> str | None:
+def unusable_reason(completion: Any, allow_truncated: bool) -> str | None:
     """Why an answer is unusable whatever the caller wants (None: usable)."""
     choice = completion.choices[0] if completion.choices else None
     if choice is None:
@@ -53,7 +53,7 @@ def _builtin_reason(completion: Any, allow_truncated: bool) -> str | None:
     return None
 
 
-def _answer_record(
+def answer_record(
     req: ChatRequest,
     request_hash: str,
     completion: Any,

@@ -22,7 +22,7 @@ def cost_line(stage: str, result: CallSummary, endpoint: EndpointConfig) -> str:
     )
 
 
-def _summary(
+def summarize(
     hashes: list[str],
     done: dict[str, CallRecord],
     endpoint: EndpointConfig,

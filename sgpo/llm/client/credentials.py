@@ -21,7 +21,8 @@ def _is_loopback(base_url: str) -> bool:
         return False
 
 
-def _api_key(endpoint: EndpointConfig) -> str:
+def resolve_api_key(endpoint: EndpointConfig) -> str:
+    """The key from `endpoint.api_key_env`; a loopback server needs none."""
     key = os.environ.get(endpoint.api_key_env)
     if key:
         return key
@@ -33,7 +34,7 @@ def _api_key(endpoint: EndpointConfig) -> str:
     )
 
 
-def _scrub(text: str, api_key: str) -> str:
+def redact(text: str, api_key: str) -> str:
     # Provider errors sometimes echo (part of) the key, e.g. "Incorrect API key provided: sk-ab***yz".
     if api_key and api_key != "EMPTY":
         text = text.replace(api_key, "***")

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class Journal(Protocol):
+    """Records by key (`request_hash`, or `batch_key` for batch submissions); a later one wins."""
+
     def load(self) -> dict[str, CallRecord]: ...
     def load_all(self) -> dict[str, CallRecord]: ...
     def append(self, record: CallRecord) -> None: ...
@@ -32,7 +34,8 @@ def _parse_record(data: bytes | str, where: str, model: type[BaseModel] = CallRe
         return None
 
 
-def _finished(records: dict[str, Any]) -> dict[str, Any]:
+def without_pending(records: dict[str, Any]) -> dict[str, Any]:
+    """The finished records: "pending" ones are paid re-asks still due, not answers."""
     return {k: r for k, r in records.items() if getattr(r, "status", None) != "pending"}
 
 
@@ -50,7 +53,7 @@ class LocalJournal:
 
     def load(self) -> dict[str, CallRecord]:
         """Finished records by request hash (a later line for the same hash wins)."""
-        return _finished(self.load_all())
+        return without_pending(self.load_all())
 
     def load_all(self) -> dict[str, Any]:
         """Every record, "pending" ones included."""
@@ -104,7 +107,7 @@ class ObjectStoreJournal:
 
     def load(self) -> dict[str, CallRecord]:
         """Finished records by request hash."""
-        return _finished(self.load_all())
+        return without_pending(self.load_all())
 
     def load_all(self) -> dict[str, Any]:
         """Every record, "pending" ones included (one object per hash: the latest write)."""
@@ -133,12 +136,19 @@ class ObjectStoreJournal:
         pass
 
 
-def open_journal(journal_url: str, storage_options: dict | None = None) -> Journal:
+def locate(journal_url: str, storage_options: dict | None = None) -> tuple[Any, str, bool]:
+    """(filesystem, path, whether it is local) of a journal URL."""
     import fsspec
 
     fs, root = fsspec.core.url_to_fs(journal_url, **(storage_options or {}))
     protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
-    if "file" in protocols or "local" in protocols:
+    return fs, root, "file" in protocols or "local" in protocols
+
+
+def open_journal(journal_url: str, storage_options: dict | None = None) -> Journal:
+    """The call journal at `journal_url`: one JSONL file locally, a prefix of objects elsewhere."""
+    fs, root, local = locate(journal_url, storage_options)
+    if local:
         if Path(root).is_dir():
             raise ValueError(
                 f"journal_url {journal_url!r} is a directory; a local journal is one file (e.g. .../calls.jsonl)"

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
-def _canonical(obj: Any) -> str:
+def canonical_json(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -39,7 +39,7 @@ class ChatRequest(BaseModel):
             "seed": self.seed,
             "top_logprobs": self.top_logprobs,
         }
-        return hashlib.sha256(_canonical(payload).encode("utf-8")).hexdigest()
+        return hashlib.sha256(canonical_json(payload).encode("utf-8")).hexdigest()
 
 
 class CallRecord(BaseModel):

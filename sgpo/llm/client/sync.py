@@ -8,25 +8,27 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sgpo.config.pipeline import EndpointConfig
 from sgpo.llm.client.completions import (
-    _answer_record,
-    _builtin_reason,
-    _not_a_chat_completion,
-    _request_body,
+    answer_record,
+    not_a_chat_completion,
+    request_body,
+    unusable_reason,
 )
-from sgpo.llm.client.cost import _summary
-from sgpo.llm.client.credentials import _api_key, _scrub
+from sgpo.llm.client.cost import summarize
+from sgpo.llm.client.credentials import redact, resolve_api_key
 from sgpo.llm.client.errors import LLMCallError
-from sgpo.llm.client.journal import Journal, _finished
+from sgpo.llm.client.journal import Journal, without_pending
 from sgpo.llm.client.records import CallRecord, CallSummary, ChatRequest
 from sgpo.llm.client.retry import (
-    _MAX_RETRY_AFTER_S,
-    _PER_REQUEST_400_CODES,
-    _error_code,
-    _retry_after_s,
+    RETRIABLE_4XX,
+    backoff_s,
+    error_code,
+    is_per_request_rejection,
+    retry_after_s,
 )
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,10 @@ class _Aborted(Exception):
     """Another request failed fatally; this one stops without sending more."""
 
 
-class _Caller:
+class SyncCaller:
+    """Sends one request at a time for `call_all_async`: transport retries with backoff, re-asks of
+    invalid answers; `failed` stops every request of the run once one has failed fatally."""
+
     def __init__(
         self,
         endpoint: EndpointConfig,
@@ -62,7 +67,7 @@ class _Caller:
     def _fail(
         self, req: ChatRequest, attempts: int, last: str, *, retriable: bool = False
     ) -> LLMCallError:
-        last = _scrub(last, self.api_key)
+        last = redact(last, self.api_key)
         return LLMCallError(
             f"LLM request {req.key!r} to {self.endpoint.base_url} (model {self.endpoint.model}) failed after "
             f"{attempts} attempt(s): {last}",
@@ -73,7 +78,7 @@ class _Caller:
         )
 
     def _not_openai(self, status: int, problem: str, body: str) -> LLMCallError:
-        snippet = _scrub(" ".join(body[:120].split()), self.api_key)
+        snippet = redact(" ".join(body[:120].split()), self.api_key)
         msg = (
             f"the endpoint at {self.endpoint.base_url} did not answer as an OpenAI-compatible API (got {problem}, "
             f"HTTP {status}: {snippet!r}); check base_url (OpenAI-compatible servers usually end in /v1)"
@@ -87,7 +92,7 @@ class _Caller:
     ):
         """One answer, retrying transport errors. Returns (completion, raw_json) or a per-request 400 error."""
         ep = self.endpoint
-        kwargs = _request_body(ep.model, req, seed)
+        kwargs = request_body(ep.model, req, seed)
         last = "no attempt made"
         for retry in range(ep.max_retries + 1):
             if self.failed.is_set():
@@ -102,7 +107,7 @@ class _Caller:
                 )
                 completion = raw.parse()
                 if (
-                    problem := _not_a_chat_completion(completion, raw.headers.get("content-type"))
+                    problem := not_a_chat_completion(completion, raw.headers.get("content-type"))
                 ) is not None:
                     # a web page or another API at this URL: re-sending cannot help, and it is no answer
                     raise self._not_openai(raw.status_code, problem, raw.text)
@@ -110,10 +115,10 @@ class _Caller:
             except self.openai.APIStatusError as e:
                 status = e.status_code
                 last = f"HTTP {status}: {e.message}"
-                code = _error_code(e)
-                if status == 400 and code in _PER_REQUEST_400_CODES:
+                code = error_code(e)
+                if is_per_request_rejection(status, code):
                     return e, None
-                if status not in (408, 409, 429) and status < 500:
+                if status < 500 and status not in RETRIABLE_4XX:
                     ctype = e.response.headers.get("content-type") or ""
                     if (
                         "json" not in ctype
@@ -122,28 +127,15 @@ class _Caller:
                             status, ctype.split(";")[0] or "no content type", e.response.text
                         ) from None
                     raise self._fail(req, counter[0], last) from None
-                retry_after = _retry_after_s(e.response.headers) if status == 429 else None
+                retry_after = retry_after_s(e.response.headers) if status == 429 else None
             except (self.openai.APITimeoutError, self.openai.APIConnectionError) as e:
                 last = f"{type(e).__name__}: {e}"
             except self.openai.OpenAIError as e:  # e.g. a response that is not a chat completion
                 raise self._fail(req, counter[0], f"{type(e).__name__}: {e}") from e
             if retry == ep.max_retries:
                 break
-            backoff = min(ep.backoff_max_s, ep.backoff_base_s * 2**retry) * self._jitter.uniform(
-                0.5, 1.0
-            )
-            # The server's Retry-After is a floor (retrying sooner only earns another 429), capped
-            # so that a far-away quota reset fails the run visibly instead of stalling it.
-            delay = (
-                max(backoff, min(retry_after, _MAX_RETRY_AFTER_S))
-                if retry_after is not None
-                else backoff
-            )
-            await _sleep(delay)
+            await _sleep(backoff_s(ep, retry, retry_after, self._jitter))
         raise self._fail(req, counter[0], last, retriable=True)  # 429 / 5xx / timeouts all the way
-
-    def _builtin_reason(self, completion: Any) -> str | None:
-        return _builtin_reason(completion, self.allow_truncated)
 
     async def call(
         self,
@@ -178,17 +170,17 @@ class _Caller:
                     request_hash=request_hash,
                     key=req.key,
                     status="invalid",
-                    reason=f"rejected:{_error_code(completion)}",
+                    reason=f"rejected:{error_code(completion)}",
                     attempts=counter[0],
                     model=self.endpoint.model,
-                    raw_response=_scrub(json.dumps(body), self.api_key)
+                    raw_response=redact(json.dumps(body), self.api_key)
                     if body is not None
                     else None,
                     prompt_tokens=billed_prompt,
                     completion_tokens=billed_completion,
                     answers=k,  # earlier re-asks were paid
                 )
-            record = _answer_record(
+            record = answer_record(
                 req,
                 request_hash,
                 completion,
@@ -199,7 +191,7 @@ class _Caller:
                 default_model=self.endpoint.model,
             )
             billed_prompt, billed_completion = record.prompt_tokens, record.completion_tokens
-            reason = self._builtin_reason(completion)
+            reason = unusable_reason(completion, self.allow_truncated)
             if reason is None and self.validate is not None:
                 reason = self.validate(record)
             if reason is None:
@@ -218,7 +210,7 @@ class _Caller:
         return record
 
 
-async def _call_all_async(
+async def call_all_async(
     requests: Sequence[ChatRequest],
     endpoint: EndpointConfig,
     journal: Journal,
@@ -230,7 +222,7 @@ async def _call_all_async(
     hashes = [r.request_hash(model=endpoint.model, namespace=namespace) for r in requests]
     done: dict[str, CallRecord] = {}
     journaled_all = await asyncio.to_thread(journal.load_all)
-    journaled = _finished(journaled_all)
+    journaled = without_pending(journaled_all)
     pending = {h: r for h, r in journaled_all.items() if r.status == "pending"}
     todo: dict[str, ChatRequest] = {}
     n_from_journal = 0
@@ -246,13 +238,13 @@ async def _call_all_async(
     if progress is not None and n_from_journal:
         progress(finished, total)
 
-    caller: _Caller | None = None
+    caller: SyncCaller | None = None
     if todo:
         if endpoint.base_url is None:
             raise ValueError(
                 "endpoint.base_url is None: start the embedded server (or set a URL) before call_all"
             )
-        caller = _Caller(endpoint, _api_key(endpoint), validate, allow_truncated)
+        caller = SyncCaller(endpoint, resolve_api_key(endpoint), validate, allow_truncated)
     sem = asyncio.Semaphore(endpoint.max_concurrency)
     errors: list[BaseException] = []
 
@@ -293,6 +285,34 @@ async def _call_all_async(
             log.error("%d requests failed; the first: %s", len(errors), first)
         raise first
 
-    return _summary(
+    return summarize(
         hashes, done, endpoint, n_from_journal, len(todo), caller.http_requests if caller else 0
     )
+
+
+def call_all_sync(
+    requests: Sequence[ChatRequest],
+    endpoint: EndpointConfig,
+    journal: Journal,
+    namespace: str,
+    validate: Callable[[CallRecord], str | None] | None,
+    progress: Callable[[int, int], None] | None,
+    allow_truncated: bool,
+) -> CallSummary:
+    """`call_all_async` from synchronous code, whether or not this thread runs an event loop."""
+
+    def run() -> CallSummary:
+        return asyncio.run(
+            call_all_async(
+                requests, endpoint, journal, namespace, validate, progress, allow_truncated
+            )
+        )
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run()
+    # This thread already runs an event loop (an async Prefect task, a notebook): it cannot be
+    # blocked with asyncio.run, so our loop runs in a thread of its own while this one waits.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="sgpo-llm-call") as pool:
+        return pool.submit(run).result()
