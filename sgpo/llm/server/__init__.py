@@ -16,6 +16,12 @@ so tests can prove that no request whose completion was delivered was ever sent 
 
 Run it on its own with
 `python -m sgpo.llm.server --model DIR --port 8000 --served-model-name tiny [--fault-config JSON]`.
+
+The modules, one concern each: `backend` (ChatResult, the ChatBackend protocol),
+`transformers_backend` (a local model), `wire` (OpenAI's request and response shapes), `completions`
+(one completion, shared by the sync endpoint and batch items), `app` (build_app and its routes),
+`faults` and `batch_api` (test fakes, registered only when asked), `request_log`, `runner`
+(running_server), `__main__` (the CLI).
 """
 
 from sgpo.llm.server.app import build_app

@@ -1,12 +1,18 @@
-"""Fault injection for tests: which failures to inject, decided deterministically per request."""
+"""Fault injection, for tests: which failures to inject (`FaultConfig`, decided deterministically per
+request attempt) and how an attempt meets them (`injected_failure` before generation, `spoil`
+after). The app consults them only when it is built with `faults=`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sgpo.llm.server.wire import Reply, error_reply
 
 FaultKind = Literal["429", "500", "timeout", "empty", "truncated"]
 
@@ -79,3 +85,54 @@ class FaultConfig(BaseModel):
             if u < edge:
                 return kind  # type: ignore[return-value]
         return None
+
+
+async def injected_failure(
+    faults: FaultConfig, fault: FaultKind | None, *, in_batch: bool, record: Callable[[int], None]
+) -> Reply | None:
+    """The reply an attempt gets instead of an answer (None: it is answered); `record(status)` logs it.
+
+    In a batch an injected 429/500/timeout fails the item at once: the batch reports it in its
+    error file, and there is no client connection to time out."""
+    if faults.latency_s and not in_batch:
+        await asyncio.sleep(faults.latency_s)
+    if in_batch and fault == "timeout":
+        record(500)
+        return error_reply(500, "The request timed out (injected)", "server_error")
+    if fault == "429":
+        record(429)
+        headers = {
+            "Retry-After": f"{faults.retry_after_s:g}",
+            "retry-after-ms": str(int(faults.retry_after_s * 1000)),
+        }
+        return error_reply(
+            429, "Rate limit reached (injected)", "requests", "rate_limit_exceeded", headers
+        )
+    if fault == "500":
+        record(500)
+        return error_reply(500, "The server had an error (injected)", "server_error")
+    if fault == "timeout":
+        # logged up front: the client usually hangs up first, and a server shutting down
+        # cancels the sleep, yet the log must still show this attempt
+        record(504)
+        await asyncio.sleep(faults.timeout_sleep_s)
+        return error_reply(504, "Upstream timed out (injected)", "server_error")
+    return None
+
+
+def spoil(
+    fault: FaultKind | None,
+    text: str,
+    finish: str,
+    completion_tokens: int,
+    logprobs: list[dict[str, Any]] | None,
+) -> tuple[str, str, int, list[dict[str, Any]] | None]:
+    """An answer as an "empty" or "truncated" fault delivers it: (text, finish, tokens, logprobs)."""
+    if fault == "empty":
+        # what was generated is billed although nothing usable came back (as providers do)
+        return "", finish, completion_tokens, ([] if logprobs is not None else None)
+    if fault == "truncated":
+        if logprobs is not None:
+            logprobs = logprobs[: len(logprobs) // 2]
+        return text[: len(text) // 2], "length", max(1, completion_tokens // 2), logprobs
+    return text, finish, completion_tokens, logprobs

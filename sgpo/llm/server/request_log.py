@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Any
 
 
-class _RequestLog:
+class RequestLog:
     """Append-only JSONL; one os.write per line on an O_APPEND fd, so lines never interleave."""
 
     def __init__(self, path: str | Path):
@@ -19,7 +20,9 @@ class _RequestLog:
         weakref.finalize(self, os.close, self._fd)  # closed with the app that owns it
 
     def write(self, entry: dict[str, Any]) -> None:
-        os.write(self._fd, (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8"))
+        """Append `entry`, stamped with the time (`ts`)."""
+        line = json.dumps({"ts": time.time(), **entry}, sort_keys=True) + "\n"
+        os.write(self._fd, line.encode("utf-8"))
 
 
 def read_request_log(path: str | Path) -> list[dict[str, Any]]:

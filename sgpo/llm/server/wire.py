@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def canonical_request_hash(body: dict[str, Any]) -> str:
@@ -16,17 +18,33 @@ def canonical_request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _error(
+class Reply(NamedTuple):
+    """A response before it becomes HTTP: the sync endpoint sends it, a batch writes it as a line."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] | None = None
+
+
+def error_reply(
     status: int,
     message: str,
     type_: str,
     code: str | None = None,
     headers: dict[str, str] | None = None,
-):
+) -> Reply:
+    """An error in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`."""
+    return Reply(
+        status,
+        {"error": {"message": message, "type": type_, "param": None, "code": code}},
+        headers,
+    )
+
+
+def json_response(reply: Reply):
     from fastapi.responses import JSONResponse
 
-    body = {"error": {"message": message, "type": type_, "param": None, "code": code}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
 
 
 def _message_text(content: Any) -> str:
@@ -41,7 +59,9 @@ def _message_text(content: Any) -> str:
 
 
 @dataclass
-class _Params:
+class ChatParams:
+    """The parts of a chat-completions request that decide the answer."""
+
     messages: list[dict[str, str]]
     max_tokens: int
     temperature: float
@@ -51,7 +71,7 @@ class _Params:
     stop: list[str] | None
 
 
-def _parse_params(body: Any, *, default_max_tokens: int, max_tokens_cap: int | None) -> _Params:
+def parse_params(body: Any, *, default_max_tokens: int, max_tokens_cap: int | None) -> ChatParams:
     """Validate the request body; raises ValueError with an OpenAI-style message."""
     if not isinstance(body, dict):
         raise ValueError("request body must be a JSON object")
@@ -98,10 +118,10 @@ def _parse_params(body: Any, *, default_max_tokens: int, max_tokens_cap: int | N
         not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)
     ):
         raise ValueError("stop must be a string or a list of strings")
-    return _Params(messages, max_tokens, temperature, top_p, seed, top_logprobs, stop or None)
+    return ChatParams(messages, max_tokens, temperature, top_p, seed, top_logprobs, stop or None)
 
 
-def _logprobs_payload(logprobs: list[dict[str, Any]]) -> dict[str, Any]:
+def logprobs_payload(logprobs: list[dict[str, Any]]) -> dict[str, Any]:
     def one(e: dict[str, Any]) -> dict[str, Any]:
         raw = e.get("bytes")
         return {
@@ -119,15 +139,34 @@ def _logprobs_payload(logprobs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _error_tuple(
-    status: int,
-    message: str,
-    type_: str,
-    code: str | None = None,
-    headers: dict[str, str] | None = None,
-):
-    return (
-        status,
-        {"error": {"message": message, "type": type_, "param": None, "code": code}},
-        headers,
-    )
+def completion_body(
+    *,
+    model_name: str,
+    text: str,
+    finish_reason: str,
+    logprobs: list[dict[str, Any]] | None,
+    want_logprobs: bool,
+    prompt_tokens: int,
+    completion_tokens: int,
+) -> dict[str, Any]:
+    """One answer as OpenAI's `chat.completion` object."""
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model_name,
+        "system_fingerprint": None,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "finish_reason": finish_reason,
+                "logprobs": logprobs_payload(logprobs) if want_logprobs else None,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
