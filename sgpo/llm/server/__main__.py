@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
         faults=faults,
         request_log=args.request_log,
         max_tokens_cap=args.max_tokens_cap,
+        max_parallel=1,  # one model, one generation at a time: drop what clients gave up on
     )
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
 

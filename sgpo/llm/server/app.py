@@ -25,12 +25,15 @@ def build_app(
     request_log: str | Path | None = None,
     max_tokens_cap: int | None = None,
     default_max_tokens: int = 512,
+    max_parallel: int | None = None,
     batch_api: bool = True,
 ) -> fastapi.FastAPI:
     """An OpenAI-compatible FastAPI app around `backend`.
 
     `max_tokens_cap` bounds every request's max_tokens (a tiny model rambles until the limit);
-    an answer that hits the cap reports finish_reason "length", truthfully. `faults` injects
+    an answer that hits the cap reports finish_reason "length", truthfully. `max_parallel` bounds
+    the generations at once (1 for a model that generates one request at a time): a request
+    waiting for its turn is dropped, not generated, when its client hangs up. `faults` injects
     failures (sgpo.llm.server.faults); `batch_api` serves the Files/Batch API emulation.
     """
     from fastapi import FastAPI
@@ -43,6 +46,7 @@ def build_app(
         faults=faults,
         max_tokens_cap=max_tokens_cap,
         default_max_tokens=default_max_tokens,
+        max_parallel=max_parallel,
     )
     routes = ChatRoutes(completer)
     app.add_route("/health", routes.health, methods=["GET"])
@@ -51,6 +55,12 @@ def build_app(
     if batch_api:
         BatchAPI(completer, faults).register(app)
     return app
+
+
+async def until_disconnected(request) -> None:
+    """Returns once the client of `request` (whose body has been read) has hung up."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 class ChatRoutes:
@@ -93,4 +103,7 @@ class ChatRoutes:
             return json_response(
                 error_reply(400, "request body is not valid JSON", "invalid_request_error")
             )
-        return json_response(await self.completer.complete(body, client_id))
+        reply = await self.completer.complete(
+            body, client_id, client_gone=lambda: until_disconnected(request)
+        )
+        return json_response(reply)

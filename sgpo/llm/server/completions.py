@@ -1,10 +1,12 @@
 """One chat completion, from a request body to a reply: what the sync endpoint and every batch item
-go through (parsing, the attempt count, injected faults, the model, the request log)."""
+go through (parsing, the attempt count, injected faults, a turn at the model, the request log)."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sgpo.llm.server.backend import ChatBackend
@@ -18,10 +20,16 @@ from sgpo.llm.server.wire import (
     parse_params,
 )
 
+# nginx's "client closed request": the status logged for a request dropped before generation
+CLIENT_GONE = 499
+
 
 class Completer:
     """Answers chat-completion bodies with `backend`.
 
+    `max_parallel` bounds the generations running at once (None: the backend's own business). A
+    request waits for its turn; if its client hangs up (or times out) before that, it is dropped
+    without being generated, so a client's retries never queue behind work nobody waits for.
     `attempts` counts the requests seen per body: the request log's `attempt`, and what faults
     are decided on."""
 
@@ -34,12 +42,14 @@ class Completer:
         faults: FaultConfig | None = None,
         max_tokens_cap: int | None = None,
         default_max_tokens: int = 512,
+        max_parallel: int | None = None,
     ):
         self.backend, self.model_name = backend, model_name
         self.request_log, self.faults = request_log, faults
         self.max_tokens_cap, self.default_max_tokens = max_tokens_cap, default_max_tokens
         self.attempts: Counter = Counter()
         self._attempts_lock = threading.Lock()
+        self._turns = asyncio.Semaphore(max_parallel) if max_parallel is not None else None
 
     def record(self, entry: dict[str, Any]) -> None:
         if self.request_log is not None:
@@ -51,8 +61,10 @@ class Completer:
         client_id: str | None,
         *,
         batch_id: str | None = None,
+        client_gone: Callable[[], Awaitable[None]] | None = None,
     ) -> Reply:
-        """The reply to one request body (`batch_id`: an item of that batch)."""
+        """The reply to one request body. `client_gone()` returns once the client has hung up
+        (sync requests only: a batch item has no client connection)."""
         from starlette.concurrency import run_in_threadpool
 
         req_hash = canonical_request_hash(body) if isinstance(body, dict) else None
@@ -85,6 +97,13 @@ class Completer:
             if failure is not None:
                 return failure
 
+        if not await self._take_turn(client_gone):
+            self.record(
+                {**base, "status": CLIENT_GONE, "fault": fault, "delivered": False, "dropped": True}
+            )
+            return error_reply(
+                CLIENT_GONE, "the client left before its turn: not generated", "client_gone"
+            )
         try:
             result = await run_in_threadpool(
                 self.backend.chat,
@@ -101,6 +120,9 @@ class Completer:
                 {**base, "status": 500, "fault": None, "delivered": False, "error": repr(e)[:500]}
             )
             return error_reply(500, f"backend error: {type(e).__name__}", "server_error")
+        finally:
+            if self._turns is not None:
+                self._turns.release()
 
         text, finish, n_completion, logprobs = spoil(
             fault, result.text, result.finish_reason, result.completion_tokens, result.logprobs
@@ -128,3 +150,30 @@ class Completer:
             }
         )
         return Reply(200, body_out)
+
+    async def _take_turn(self, client_gone: Callable[[], Awaitable[None]] | None) -> bool:
+        """Wait for a turn to generate; False (and no turn held) when the client left first."""
+        if client_gone is None:
+            if self._turns is not None:
+                await self._turns.acquire()
+            return True
+        gone = asyncio.ensure_future(client_gone())
+        turn = asyncio.ensure_future(self._turns.acquire()) if self._turns is not None else None
+        try:
+            if turn is None:
+                await asyncio.sleep(0)  # lets `gone` see a hang-up that has already happened
+            else:
+                await asyncio.wait({turn, gone}, return_when=asyncio.FIRST_COMPLETED)
+            left = gone.done()
+        finally:
+            gone.cancel()
+            if turn is not None and not turn.done():
+                turn.cancel()  # the semaphore passes a turn granted meanwhile on to the next
+        if turn is None:
+            return not left
+        if not turn.done():  # cancelled above: the client left first
+            return False
+        if left:
+            self._turns.release()
+            return False
+        return True
