@@ -406,7 +406,7 @@ def test_official_prompt_rendering():
 
 # ------------------------------------------------------------------------------------------ AlpacaEval
 def test_alpaca_eval_annotations_follow_the_official_protocol(bench, judge, first_run):
-    from sgpo.evals.alpaca_eval.metrics import official_model_first
+    from sgpo.evals.alpaca_eval.preference import official_model_first
 
     _, report, _ = first_run
     rows = _read_table(report.alpaca_eval["annotations_uri"])
