@@ -323,7 +323,7 @@ def test_presets_load_and_defaults_are_the_official_settings():
 
     from sgpo.config.evaluation import AlpacaEvalConfig, ArenaHardConfig, load_evaluation_config
     from sgpo.config.pipeline import ConfigError
-    from tasks.arena_hard_judge import load_judge_settings
+    from sgpo.evals.arena_hard.judge import load_judge_settings
 
     tiny = load_evaluation_config()  # eval-tiny is the default
     assert (
