@@ -232,7 +232,7 @@ def test_mt_bench_prompts_are_the_official_ones_verbatim():
     ],
 )
 def test_mt_bench_rating_parser(text, rating):
-    from tasks.mt_bench_judge import parse_rating
+    from sgpo.evals.mt_bench.judge import parse_rating
 
     assert parse_rating(text) == rating
 
