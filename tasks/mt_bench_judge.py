@@ -24,6 +24,7 @@ from sgpo.evals.mt_bench.judge import (
     require_ratings,
 )
 from sgpo.evals.mt_bench.scores import judgment_schema, mt_bench_scores
+from sgpo.llm.client import call_all
 
 CODE_VERSION = "1"
 
@@ -44,8 +45,6 @@ def prompt_versions(cfg: MTBenchJudgeConfig) -> dict[str, str]:
 )
 def mt_bench_judge(job: Job, answers: ArtifactRef, cfg: MTBenchJudgeConfig) -> ArtifactRef:
     import pyarrow as pa
-
-    from sgpo.llm.client import call_all
 
     prompts, version = load_judge_prompts(cfg.judge_prompts)
     rows = job.read_rows(answers)

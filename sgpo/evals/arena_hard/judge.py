@@ -20,7 +20,7 @@ from typing import Any
 
 from artifacts.hashing import sha256_text
 from sgpo.config.evaluation import ArenaHardJudgeConfig
-from sgpo.llm.client import ChatRequest
+from sgpo.llm.client import ChatRequest, call_all
 from sgpo.prompts import PROMPT_DIR, PromptError
 
 # upstream gen_judgment.py (v0.1), verbatim
@@ -90,7 +90,6 @@ def judge_games(
 ) -> tuple[list[list[dict[str, Any]]], dict[str, Any]]:
     """Both games of every row, with upstream's follow-up turn; returns (games per row, call totals)."""
     from sgpo.evals.arena_hard.metrics import get_score
-    from sgpo.llm.client import call_all
 
     settings, _ = load_judge_settings(cfg.judge_settings)
     pats = patterns(settings)
