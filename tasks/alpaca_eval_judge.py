@@ -2,7 +2,7 @@
 
 The judge is `sgpo.evals.pairwise` (the official `weighted_alpaca_eval_gpt4_turbo` protocol: prompt,
 order, one-token logprob preference, identical outputs 1.5 without a call). Metrics are
-`sgpo.evals.alpaca_eval.metrics.leaderboard_report`, the same code `sgpo metrics alpaca-eval` runs: raw
+`sgpo.evals.alpaca_eval.report.leaderboard_report`, the same code `sgpo metrics alpaca-eval` runs: raw
 and discrete win rates with standard errors, and the LC win rate with the configured instruction
 difficulty and gamed-baseline rows (the report says which sources were used and whether the GLM
 was regularised). The LC inputs are resolved before any judge call is paid for.
@@ -40,7 +40,7 @@ def prompt_versions(cfg: AlpacaEvalJudgeConfig) -> dict[str, str]:
 def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.evals.alpaca_eval.metrics import leaderboard_report, resolve_lc_inputs
+    from sgpo.evals.alpaca_eval import leaderboard_report, resolve_lc_inputs
     from sgpo.evals.pairwise import (
         annotation_rows,
         annotation_schema,

@@ -38,7 +38,7 @@ def judge(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfi
     import pyarrow as pa
 
     from sgpo.core.progress import stage_progress
-    from sgpo.evals.alpaca_eval.metrics import leaderboard_report, resolve_lc_inputs
+    from sgpo.evals.alpaca_eval import leaderboard_report, resolve_lc_inputs
     from sgpo.evals.pairwise import (
         annotation_rows,
         annotation_schema,

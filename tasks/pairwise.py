@@ -68,7 +68,7 @@ def select_pairs(
 def pairwise(job: Job, table: ArtifactRef, cfg: PairwiseConfig) -> ArtifactRef:
     import pyarrow as pa
 
-    from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
+    from sgpo.evals.alpaca_eval import win_rate_metrics
     from sgpo.evals.pairwise import (
         annotation_rows,
         annotation_schema,

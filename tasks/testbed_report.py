@@ -58,7 +58,7 @@ def testbed_report(
     import pyarrow as pa
 
     from sgpo.data.testbed import exact, has_extra, quality, score_answers
-    from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
+    from sgpo.evals.alpaca_eval import win_rate_metrics
     from sgpo.evals.pairwise import call_totals, judge_pairs
 
     by_final = {r["index"]: r for r in job.read_rows(final)}

@@ -98,14 +98,14 @@ def serve(log: Path | None = None, faults: FaultConfig | None = None):
 
 
 def test_annotate_stage_survives_injected_faults_with_correct_counts(tmp_path, monkeypatch):
-    import sgpo.llm.client as client_mod
+    import sgpo.llm.client.sync as sync_mod
 
-    real_sleep = client_mod._sleep
+    real_sleep = sync_mod._sleep
 
     async def short_sleep(d: float) -> None:  # Retry-After and backoff honoured, but kept short
         await real_sleep(min(d, 0.02))
 
-    monkeypatch.setattr(client_mod, "_sleep", short_sleep)
+    monkeypatch.setattr(sync_mod, "_sleep", short_sleep)
     faults = FaultConfig(
         seed=3,
         rate_429=0.1,

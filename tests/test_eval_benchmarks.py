@@ -78,7 +78,7 @@ def test_lc_default_is_regularised_with_the_offline_files(model, capsys):
 
 
 def test_lc_auto_without_hub_or_offline_files_fails_naming_the_fix(tmp_path):
-    from sgpo.evals.alpaca_eval.metrics import LCInputError, resolve_lc_inputs
+    from sgpo.evals.alpaca_eval import LCInputError, resolve_lc_inputs
 
     with pytest.raises(LCInputError, match="lc_offline_dir"):
         resolve_lc_inputs("auto", "auto", offline_dir=tmp_path)
@@ -232,7 +232,7 @@ def test_mt_bench_prompts_are_the_official_ones_verbatim():
     ],
 )
 def test_mt_bench_rating_parser(text, rating):
-    from tasks.mt_bench_judge import parse_rating
+    from sgpo.evals.mt_bench.judge import parse_rating
 
     assert parse_rating(text) == rating
 

@@ -322,7 +322,7 @@ def test_presets_load_and_defaults_are_the_official_settings():
     import yaml
 
     from sgpo.config import AlpacaEvalConfig, ArenaHardConfig, ConfigError, load_evaluation_config
-    from tasks.arena_hard_judge import load_judge_settings
+    from sgpo.evals.arena_hard.judge import load_judge_settings
 
     tiny = load_evaluation_config()  # eval-tiny is the default
     assert (
@@ -405,7 +405,7 @@ def test_official_prompt_rendering():
 
 # ------------------------------------------------------------------------------------------ AlpacaEval
 def test_alpaca_eval_annotations_follow_the_official_protocol(bench, judge, first_run):
-    from sgpo.evals.alpaca_eval.metrics import official_model_first
+    from sgpo.evals.alpaca_eval.preference import official_model_first
 
     _, report, _ = first_run
     rows = _read_table(report.alpaca_eval["annotations_uri"])

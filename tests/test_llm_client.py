@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from llm_helpers import PoisonBackend, content, fake_text, make_requests, serve_fake
 
-import sgpo.llm.client as client_mod
+import sgpo.llm.client.sync as sync_mod
 from sgpo.llm.client import (
     CallRecord,
     ChatRequest,
@@ -144,7 +144,7 @@ def test_faults_are_survived_without_paying_twice(tmp_path, monkeypatch):
         delays.append(d)
         await real_sleep(min(d, 0.01))
 
-    monkeypatch.setattr(client_mod, "_sleep", recording_sleep)
+    monkeypatch.setattr(sync_mod, "_sleep", recording_sleep)
     faults = FaultConfig(
         seed=5,
         rate_429=0.15,

@@ -21,7 +21,7 @@ import pytest
 
 from sgpo.cli.metrics import main as cli_main
 from sgpo.data.shared import shared_data_dir
-from sgpo.evals.alpaca_eval import metrics as ae
+from sgpo.evals import alpaca_eval as ae
 
 DATA = shared_data_dir() / "alpaca_eval"
 LEADERBOARD = DATA / "leaderboard_weighted_alpaca_eval_gpt4_turbo.csv"

@@ -394,7 +394,7 @@ def test_two_different_policies_get_different_win_rates_and_the_shown_order_does
     """Through the real judge (sgpo.evals.pairwise) and an embedded-style server answering with the rule."""
     from artifacts.store import ArtifactStore
     from sgpo.config import PairJudgeConfig
-    from sgpo.evals.alpaca_eval.metrics import win_rate_metrics
+    from sgpo.evals.alpaca_eval import win_rate_metrics
     from sgpo.evals.pairwise import PairJudge, judge_pairs
     from sgpo.llm.rule_judge import RuleJudgeBackend
     from sgpo.llm.server import build_app, running_server

@@ -132,7 +132,7 @@ def test_pipeline_judge_scores_with_the_alpaca_eval_protocol_and_shares_its_jour
 
     from artifacts.store import ArtifactStore, local_model_ref
     from sgpo.config import PairwiseConfig
-    from sgpo.evals.alpaca_eval.metrics import official_model_first
+    from sgpo.evals.alpaca_eval.preference import official_model_first
     from sgpo.llm.server import build_app, running_server
 
     rows = [

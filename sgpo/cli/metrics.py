@@ -112,7 +112,7 @@ def _alpaca_annotations(arg: str):
     """The annotations as `alpaca_eval.load_annotations` reads them, after checking they can be scored."""
     import pandas as pd
 
-    from sgpo.evals.alpaca_eval import metrics as ae
+    from sgpo.evals import alpaca_eval as ae
 
     path = Path(arg)
     text = _read_text(path, ALPACA_WHAT)
@@ -197,7 +197,7 @@ def _print_json(payload: dict[str, Any]) -> None:
 
 @_one_line_errors("alpaca-eval")
 def run_alpaca_eval(args: argparse.Namespace) -> int:
-    from sgpo.evals.alpaca_eval import metrics as ae
+    from sgpo.evals import alpaca_eval as ae
 
     df = _alpaca_annotations(args.annotations)
     # The same resolution as the judge stages: 'auto' = the hub files, else the offline reconstructions.

@@ -1,9 +1,5 @@
-"""Benchmark metrics reproducing official AlpacaEval 2.0 and Arena-Hard v0.1 numbers.
-
-* :mod:`sgpo.evals.alpaca_eval.metrics` - judge logprob rule, raw / discrete / length-controlled win rates;
-* :mod:`sgpo.evals.arena_hard.metrics` - verdict parsing, battles, Bradley-Terry scores, bootstrap CIs;
-* :mod:`sgpo.cli.metrics` - the ``metrics`` sub-command (``add_metrics_parser``).
-"""
+"""The offline reference data folder (official benchmark files and their offline reconstructions)
+that the benchmark packages of sgpo.evals read when the hub is out of reach."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ Protocol (the official `weighted_alpaca_eval_gpt4_turbo` annotator of tatsu-lab/
   and split into system + user messages like `utils.prompt_to_chatml`. A custom prompt file is
   selectable by config (`prompt`); a template without chatml markers is sent as one user turn.
 * Order: upstream's per-instruction random order `random.Random("is_switched_outputs" +
-  instruction + "0")` (`sgpo.evals.alpaca_eval.metrics.official_model_first`).
+  instruction + "0")` (`sgpo.evals.alpaca_eval.preference.official_model_first`).
 * Answer: one token (max_tokens 1, temperature 1, top-5 logprobs); the preference is read from
   the top logprobs of "m" (shown first) and "M" (shown second) and mapped back to the canonical
   order (output_1 = baseline, output_2 = model; 1 = baseline better, 2 = model better).
@@ -133,7 +133,7 @@ class PairJudge:
 
     def request(self, instruction: str, baseline: str, model: str) -> tuple[ChatRequest, bool]:
         """The judge request for one pair, and whether the model's output is shown first."""
-        from sgpo.evals.alpaca_eval.metrics import official_model_first
+        from sgpo.evals.alpaca_eval.preference import official_model_first
 
         model_first = official_model_first(instruction, self.order_seed)
         shown_1, shown_2 = (model, baseline) if model_first else (baseline, model)
@@ -183,7 +183,7 @@ def judge_pairs(
     """Judge `(instruction, baseline, model)` pairs; one dict per pair with `preference` (1 = baseline
     better, 2 = model better, None = no label), `is_switched_outputs` (model shown first),
     `raw_completion`, `judge_status` and `price_per_example`."""
-    from sgpo.evals.alpaca_eval.metrics import preference_from_top_logprobs
+    from sgpo.evals.alpaca_eval.preference import preference_from_top_logprobs
     from sgpo.llm.client import call_all
 
     out: list[dict[str, Any] | None] = [None] * len(pairs)

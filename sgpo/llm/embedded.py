@@ -11,6 +11,8 @@ import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from sgpo.llm.server import ChatBackend, TransformersChatBackend, build_app, running_server
+
 EMBEDDED_MODEL_NAME = "sgpo-embedded"
 
 
@@ -20,8 +22,6 @@ def embedded_llm(
 ) -> Iterator[str]:
     """Yields the base URL (http://127.0.0.1:PORT/v1) of a server for `model_dir`; with judge='rule'
     the judge prompts are answered by sgpo.llm.rule_judge instead of the model."""
-    from sgpo.llm.server import TransformersChatBackend, build_app, running_server
-
     backend: Any = TransformersChatBackend(model_dir)
     if judge == "rule":
         from sgpo.llm.rule_judge import RuleJudgeBackend
@@ -33,10 +33,21 @@ def embedded_llm(
         from sgpo.llm.oracle import TestbedBackend
 
         backend = TestbedBackend(backend, judge=judge == "testbed", annotator=annotator == "oracle")
-    # The cap keeps a tiny stand-in model from rambling to every request's max_tokens.
-    app = build_app(backend, model_name=EMBEDDED_MODEL_NAME, max_tokens_cap=max_new_tokens_cap)
-    with running_server(app) as base_url:
+    with running_server(stand_in_app(backend, max_new_tokens_cap=max_new_tokens_cap)) as base_url:
         yield base_url
+
+
+def stand_in_app(backend: ChatBackend, *, max_new_tokens_cap: int) -> Any:
+    """The app the stand-in serves around `backend`. The cap keeps a tiny stand-in model from
+    rambling to every request's max_tokens. The model answers one request at a time while a client
+    sends `max_concurrency` at once, each with a timeout: one turn at a time, so a request whose
+    client gave up while it waited is dropped, and the client's retry does not queue behind it."""
+    return build_app(
+        backend,
+        model_name=EMBEDDED_MODEL_NAME,
+        max_tokens_cap=max_new_tokens_cap,
+        max_parallel=1,
+    )
 
 
 def embedded_model_name(section: Any, *, judge: str = "model", annotator: str = "model") -> str:
