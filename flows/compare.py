@@ -12,7 +12,7 @@ A recipe is resolved without running anything: `resolve_plan` walks its DAG (flo
 and looks every step up in the store by its cache key. A recipe with a missing step is reported
 as not run (with the first missing stage), not silently left out. The paper's published numbers
 stand beside ours only where the preset is the paper's setting (`PAPER_RESULTS`); they are not
-in this repository (see the README), so that column says so instead of showing numbers.
+in this repository (docs/methods.md), so that column says so instead of showing numbers.
 
 Only comparable cells side by side: every AE2 / Arena-Hard cell comes from a judge report that
 records what it was measured with (benchmark version, judge model, prompt version, decoding, and for

@@ -7,7 +7,12 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import posixpath
 import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import cluster_helpers
@@ -211,22 +216,99 @@ def test_compose_runs_only_commands_the_test_suite_runs(compose):
     assert "--artifacts-destination" in ours["mlflow"]["command"]
 
 
-def _dockerfile_cmd(path) -> tuple[list[str], list[str]]:
-    text = path.read_text()
-    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
-    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
-    return entry, cmd
+@dataclass
+class Image:
+    """What a Dockerfile decides about its containers: the environment (ENV, the last value of each
+    key), the working directory, the paths its COPY instructions create, and the default command."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    paths: set[str] = field(default_factory=set)
+    entrypoint: list[str] = field(default_factory=list)
+    cmd: list[str] = field(default_factory=list)
 
 
-def test_dockerfiles_default_to_the_workers():
-    entry, cmd = _dockerfile_cmd(DOCKER / "Dockerfile.cpu")
-    assert entry == ["tini", "--"] and matches(cmd, WORKER_CPU)
-    entry, cmd = _dockerfile_cmd(DOCKER / "Dockerfile.cuda")
-    assert entry == ["tini", "--"] and matches(cmd, WORKER_CUDA)
-    cuda = (DOCKER / "Dockerfile.cuda").read_text()
-    assert re.search(r"^FROM nvidia/cuda:", cuda, re.M) and "vllm==" in cuda
-    for f in ("Dockerfile.cpu", "Dockerfile.cuda"):
-        assert "SGPO_REPO_DIR=/opt/sgpo" in (DOCKER / f).read_text()
+def parse_dockerfile(path) -> Image:
+    """ENV, WORKDIR, COPY, ENTRYPOINT and CMD of a Dockerfile (comments dropped, continuation lines
+    joined); ENTRYPOINT and CMD must be in exec (JSON) form, the form in which tini gets the signals."""
+    image = Image()
+    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
+    for line in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines():
+        keyword, _, rest = line.strip().partition(" ")
+        keyword = keyword.upper()
+        if keyword == "ENV":
+            image.env.update(word.split("=", 1) for word in shlex.split(rest))
+        elif keyword == "WORKDIR":
+            image.workdir = posixpath.join(image.workdir, rest.strip())
+        elif keyword == "COPY":
+            *sources, dest = [w for w in shlex.split(rest) if not w.startswith("--")]
+            into = posixpath.normpath(posixpath.join(image.workdir, dest))
+            if len(sources) > 1 or dest.endswith("/") or dest == ".":  # into a directory
+                image.paths.update(posixpath.join(into, src.rstrip("*")) for src in sources)
+            else:  # COPY sgpo sgpo: the copy is named by the destination
+                image.paths.add(into)
+        elif keyword in ("ENTRYPOINT", "CMD"):
+            setattr(image, keyword.lower(), json.loads(rest))
+    return image
+
+
+@pytest.fixture(scope="module")
+def images() -> dict[str, Image]:
+    return {name: parse_dockerfile(DOCKER / f"Dockerfile.{name}") for name in ("cpu", "cuda")}
+
+
+def test_dockerfiles_default_to_the_workers(images):
+    """Each image's default command is the worker command tests/test_cluster.py runs, under tini (a
+    process worker runs each flow run as a subprocess; tini reaps them)."""
+    assert images["cpu"].entrypoint == ["tini", "--"] and matches(images["cpu"].cmd, WORKER_CPU)
+    assert images["cuda"].entrypoint == ["tini", "--"] and matches(images["cuda"].cmd, WORKER_CUDA)
+
+
+def test_images_hold_the_checkout_their_workers_are_sent_to(images, prefect_yaml, compose):
+    """A worker starts each flow run in `{{ $SGPO_REPO_DIR }}` (prefect.yaml's pull step) and imports
+    the deployment's entrypoint there; `sgpo deploy` reads deployments/ from it and the presets are
+    read from the checkout. In each image that variable is the working directory, the folders those
+    need (found by importing the entrypoints and asking the code where it reads) are copied into it,
+    and compose and the Kubernetes job (which runs the CUDA image) set the same value."""
+    from sgpo.cli import deploy
+    from sgpo.config.pipeline import CONFIG_DIR
+
+    # What a fresh process loads from this checkout to import the entrypoints, as a flow run does.
+    entrypoints = [d["entrypoint"] for d in prefect_yaml["deployments"]]
+    probe = (
+        "import sys; from pathlib import Path; "
+        "from prefect.utilities.importtools import import_object\n"
+        "for e in sys.argv[2:]: import_object(e)\n"
+        "repo = Path(sys.argv[1])\n"
+        "for m in list(sys.modules.values()):\n"
+        "    f = Path(getattr(m, '__file__', None) or '/').resolve()\n"
+        "    if f.is_relative_to(repo): print(f.relative_to(repo).parts[0])\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, str(REPO), *entrypoints],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    loaded = set(out.split())
+    assert {e.partition(".")[0] for e in entrypoints} <= loaded, f"not imported from {REPO}: {out}"
+    needed = loaded | {
+        CONFIG_DIR.resolve().relative_to(REPO).parts[0],
+        deploy.pools_dir().relative_to(deploy.repo_dir()).parts[0],
+    }
+    for name, image in images.items():
+        repo_dir = image.env["SGPO_REPO_DIR"]
+        # the editable install and the COPY destinations resolve against the working directory
+        assert image.workdir == repo_dir, name
+        missing = {n for n in needed if posixpath.join(repo_dir, n) not in image.paths}
+        assert not missing, f"Dockerfile.{name} does not copy {sorted(missing)} into {repo_dir}"
+    (repo_dir,) = {image.env["SGPO_REPO_DIR"] for image in images.values()}
+    for service in ("worker-cpu", "worker-cuda", "deploy"):
+        assert compose["services"][service]["environment"]["SGPO_REPO_DIR"] == repo_dir, service
+    kubernetes = json.loads((POOLS / "cuda-kubernetes.json").read_text())
+    assert _defaults(kubernetes)["env"]["SGPO_REPO_DIR"] == repo_dir
 
 
 def test_command_templates():
@@ -281,7 +363,19 @@ def test_cluster_doc_walk_has_a_plan_for_every_line():
             "AWS_SECRET_ACCESS_KEY",
             "AWS_ENDPOINT_URL",
         } <= exported[machine]
-    assert cluster_helpers.doc_retry_command() == ["prefect", "flow-run", "retry"]
+
+
+def test_cluster_doc_retry_command_is_a_prefect_command():
+    """Section 7's CLI retry, which tests/test_cluster.py runs on a failed run, is a command of the
+    installed Prefect: its `--help` exits 0 (an unknown command exits 2)."""
+    prefect, *args = cluster_helpers.doc_retry_command()
+    r = subprocess.run(
+        [cluster_helpers.venv_bin(prefect), *args, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_cluster_doc_walk_fails_on_an_unknown_line():
