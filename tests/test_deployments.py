@@ -271,7 +271,7 @@ def test_images_hold_the_checkout_their_workers_are_sent_to(images, prefect_yaml
     need (found by importing the entrypoints and asking the code where it reads) are copied into it,
     and compose and the Kubernetes job (which runs the CUDA image) set the same value."""
     from sgpo.cli import deploy
-    from sgpo.config.pipeline import CONFIG_DIR
+    from sgpo.config import CONFIG_DIR
 
     # What a fresh process loads from this checkout to import the entrypoints, as a flow run does.
     entrypoints = [d["entrypoint"] for d in prefect_yaml["deployments"]]
@@ -279,10 +279,11 @@ def test_images_hold_the_checkout_their_workers_are_sent_to(images, prefect_yaml
         "import sys; from pathlib import Path; "
         "from prefect.utilities.importtools import import_object\n"
         "for e in sys.argv[2:]: import_object(e)\n"
-        "repo = Path(sys.argv[1])\n"
+        "repo, env = Path(sys.argv[1]), Path(sys.prefix).resolve()\n"
         "for m in list(sys.modules.values()):\n"
         "    f = Path(getattr(m, '__file__', None) or '/').resolve()\n"
-        "    if f.is_relative_to(repo): print(f.relative_to(repo).parts[0])\n"
+        "    if f.is_relative_to(repo) and not f.is_relative_to(env):  # a venv inside the checkout\n"
+        "        print(f.relative_to(repo).parts[0])\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe, str(REPO), *entrypoints],
