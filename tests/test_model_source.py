@@ -271,8 +271,10 @@ def test_a_bad_source_fails_with_one_clear_line_before_the_store(case, tmp_path,
 @pytest.mark.parametrize("case", ["missing", "unknown_packaged", "not_a_model_folder"])
 def test_the_stage_cli_and_the_flow_give_the_same_line(case, tmp_path, monkeypatch, capsys):
     """`python -m tasks.base_model` / `sgpo stage base_model`: exit 2 and the one line (no
-    traceback from the key's fingerprint); the pipeline flow checks the source before any stage."""
+    traceback from the key's fingerprint); `sgpo run` says it before starting Prefect; the
+    pipeline flow (a run from the UI) checks the source before any stage."""
     from flows.pipeline import sgpo_pipeline
+    from sgpo.cli.main import main
 
     name, says, _ = _bad_source(case, tmp_path, monkeypatch)
     store = f"store.url={tmp_path / 'store'}"
@@ -280,6 +282,9 @@ def test_the_stage_cli_and_the_flow_give_the_same_line(case, tmp_path, monkeypat
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("sgpo: stage 'base_model': ") and says in err, err
     assert "\n" not in err and "Traceback" not in err
+    assert main(["run", "tiny", store, f"model.name_or_path={name}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sgpo: ") and says in err and "\n" not in err, err
 
     cfg = load_config("tiny", [store, f"model.name_or_path={name}", "tracking.enabled=false"])
     with pytest.raises(ValueError, match="^" + ".*".join(map(_escape, says.split(" ")[:3]))):
