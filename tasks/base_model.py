@@ -61,7 +61,8 @@ def base_model(job: Job, cfg: ModelSpec) -> ArtifactRef:
     # code_version 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
     source = resolve_model_source(cfg.name_or_path, cfg.revision)
     if (ref := referenced_model(source, cfg.revision)) is not None:
-        return ref
+        # made (checked, hashed) by this run: the run's stage line says "ran", a rerun "cached"
+        return ref.model_copy(update={"produced_by": job.ctx.run_id})
     if source.kind == "gguf":
         from sgpo.models.gguf import convert_gguf
 

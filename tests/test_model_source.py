@@ -334,7 +334,7 @@ def test_a_local_model_folder_is_referenced_by_content_and_its_lineage_works_off
     cfg = load_config("tiny", [f"model.name_or_path={folder}", "sft.max_steps=1"])
     base = get_stage("base_model").run(cfg.model, ctx, {})
     assert (base.kind, base.stage, base.uri) == ("local_model", "base_model", f"file://{folder}")
-    assert base.content_hash == dir_content_hash(folder)
+    assert base.content_hash == dir_content_hash(folder) and base.produced_by == "test"
     assert ctx.open_store().model_dir(base) == str(folder)
     stored = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
     assert stored == []  # referenced, not copied (the stage's lease left at most its empty folder)
