@@ -52,18 +52,22 @@ def _quiet_prefect_console() -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from sgpo.config.pipeline import load_config
+    from sgpo.config.pipeline import ConfigError, load_config
     from sgpo.models.source import resolve_model_source
 
     source, overrides = _split_args(args.items)
     try:
         cfg = load_config(source, overrides)  # fail fast, before Prefect starts
-        # a missing / broken GGUF, an uninstalled packaged model, a folder without a model
-        resolve_model_source(cfg.model.name_or_path, cfg.model.revision)
-    except ValueError as e:  # a ConfigError, or a model source that cannot work
+    except ConfigError as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
     _prepare_prefect(args.verbose)
+    try:  # a missing / broken GGUF, an uninstalled packaged model, a folder without a model; after
+        # the environment defaults: checking a GGUF imports transformers, which reads them once
+        resolve_model_source(cfg.model.name_or_path, cfg.model.revision)
+    except ValueError as e:
+        print(f"sgpo: {e}", file=sys.stderr)
+        return 2
     print(
         f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})",
         flush=True,
