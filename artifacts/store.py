@@ -405,7 +405,8 @@ def local_model_dir(ref: ArtifactRef) -> str:
 
 
 def hub_model_ref(name_or_path: str, revision: str | None) -> ArtifactRef:
-    """A base model that stays on the hub (or a local dir): referenced, not copied into the store."""
+    """A base model that stays on the hub: referenced by name and revision, not copied into the
+    store (a local folder is a `local_model_ref`)."""
     ident = canonical_json({"model": name_or_path, "revision": revision})
     return ArtifactRef(
         uri=f"hf://{name_or_path}",

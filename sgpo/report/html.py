@@ -153,9 +153,11 @@ def entries_from_lineage(
         seen[u] = entry
         for parent in (manifest.get("parents") or {}).values():
             p = parent.get("uri") or ""
-            if p and not in_a_store(p, parent.get("stage")):
+            if "://" not in p:
+                continue
+            if not in_a_store(p, parent.get("stage")):
                 outside(parent)  # a hub model or a local model folder: no manifest to read
-            elif "://" in p:
+            else:
                 try:
                     visit(p)
                 except (OSError, ValueError):
