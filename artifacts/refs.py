@@ -14,8 +14,11 @@ class ArtifactRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    uri: str = Field(description="Folder of the artifact in the store (holds manifest.json)")
-    kind: Literal["table", "model", "hub_model"]
+    uri: str = Field(
+        description="Folder of the artifact in the store (holds manifest.json); for a model outside "
+        "the store: hf://ID (hub_model) or file:///PATH, its real location (local_model)"
+    )
+    kind: Literal["table", "model", "hub_model", "local_model"]
     stage: str
     cache_key: str
     content_hash: str = Field(

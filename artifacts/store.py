@@ -209,6 +209,8 @@ class ArtifactStore:
         """A local directory holding the checkpoint (downloaded once for remote stores), or a hub id."""
         if ref.kind == "hub_model":
             return ref.uri.removeprefix("hf://")
+        if ref.kind == "local_model":
+            return local_model_dir(ref)
         if ref.kind != "model":
             raise TypeError(f"{ref.uri} is a {ref.kind}, not a model")
         remote = f"{self._path(ref.uri)}/{MODEL_DIR}"
@@ -371,24 +373,40 @@ def read_ref(uri: str, storage_options: dict[str, Any] | None = None) -> Artifac
         return ArtifactRef.model_validate(json.loads(f.read())["ref"])
 
 
-def local_model_ref(path: str | Path) -> ArtifactRef:
-    """A model in a local checkpoint dir outside the store: referenced by its content hash."""
+def local_model_ref(
+    path: str | Path, *, stage: str = "model", content_hash: str | None = None
+) -> ArtifactRef:
+    """A model in a local checkpoint folder outside the store: referenced where it is (a file://
+    URI, so nothing asks a hub for it) and identified by its content (`content_hash`: the
+    folder's `dir_content_hash`, computed here when not given)."""
     from artifacts.hashing import dir_content_hash
 
     local = Path(path).expanduser().resolve()
-    digest = dir_content_hash(local)
+    digest = content_hash or dir_content_hash(local)
     return ArtifactRef(
-        uri=f"hf://{local}",
-        kind="hub_model",
-        stage="model",
+        uri=f"file://{local}",
+        kind="local_model",
+        stage=stage,
         cache_key=digest,
         content_hash=digest,
         summary={"local_dir": str(local)},
     )
 
 
+def local_model_dir(ref: ArtifactRef) -> str:
+    """The folder of a local_model reference, which must still be there."""
+    local = ref.uri.removeprefix("file://")
+    if not Path(local).is_dir():
+        raise FileNotFoundError(
+            f"the local model folder {local} (content {ref.content_hash[:12]}) is gone: it is "
+            "referenced where it is, not copied into the store"
+        )
+    return local
+
+
 def hub_model_ref(name_or_path: str, revision: str | None) -> ArtifactRef:
-    """A base model that stays on the hub (or a local dir): referenced, not copied into the store."""
+    """A base model that stays on the hub: referenced by name and revision, not copied into the
+    store (a local folder is a `local_model_ref`)."""
     ident = canonical_json({"model": name_or_path, "revision": revision})
     return ArtifactRef(
         uri=f"hf://{name_or_path}",

@@ -66,11 +66,13 @@ def resolve_plan(cfg: Any, store: Any) -> tuple[dict[str, ArtifactRef], str | No
             )
             section = with_endpoint(section, st.llm, None, name)
         inputs = {n: refs[label] for n, label in step.inputs.items()}
-        if st.name == "base_model" and cfg.model.name_or_path != "tiny":
-            from artifacts.store import hub_model_ref
+        if st.name == "base_model":  # a hub id or local folder is referenced, not stored
+            from sgpo.models.source import referenced_model, resolve_model_source
 
-            refs[step.label] = hub_model_ref(cfg.model.name_or_path, cfg.model.revision)
-            continue
+            source = resolve_model_source(cfg.model.name_or_path, cfg.model.revision)
+            if (ref := referenced_model(source, cfg.model.revision)) is not None:
+                refs[step.label] = ref
+                continue
         ref = store.find(st.name, st.cache_key(section, inputs))
         if ref is None:
             return refs, step.label

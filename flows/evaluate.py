@@ -53,20 +53,30 @@ def resolve_model(
 ) -> tuple[ArtifactRef, str]:
     """(ArtifactRef, display name) of the model to evaluate.
 
-    'tiny' runs the `base_model` stage (needs `run`); an artifact URI is read from its manifest; a
-    local dir is referenced by content hash; anything else is a hub id (name + revision)."""
+    'tiny', a GGUF file and `packaged:NAME` run the `base_model` stage (needs `run`: it builds or
+    converts the model once, into the store); an artifact URI is read from its manifest; a local
+    dir is referenced by content hash; anything else is a hub id (name + revision)."""
     from artifacts.store import hub_model_ref, local_model_ref, read_ref
+    from sgpo.models.source import PACKAGED_PREFIX
 
-    if spec.path == "tiny":
+    made_by_base_model = spec.path == "tiny" or spec.path.startswith(PACKAGED_PREFIX)
+    if made_by_base_model or spec.path.lower().endswith(".gguf"):
         from sgpo.config import ModelSpec
+        from sgpo.models.source import resolve_model_source
 
+        source = resolve_model_source(spec.path, spec.revision)  # a bad source: its error, first
         if run is None:
             raise ValueError(
-                "model.path=tiny builds the tiny model with the base_model stage: pass the stage runner"
+                f"model.path={spec.path} is made by the base_model stage: pass the stage runner"
             )
-        return run(
-            "base_model", get_stage("base_model"), ModelSpec(name_or_path="tiny")
-        ), spec.name or "sgpo-tiny"
+        if source.packaged is not None:
+            name = source.packaged.name
+        elif source.kind == "gguf":
+            name = Path(spec.path).stem
+        else:
+            name = "sgpo-tiny"
+        ref = run("base_model", get_stage("base_model"), ModelSpec(name_or_path=spec.path))
+        return ref, spec.name or name
     if "://" in spec.path and not spec.path.startswith("hf://"):
         ref = read_ref(spec.path, storage_options)
         if ref.kind not in ("model", "hub_model"):

@@ -31,6 +31,7 @@ from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re
 from sgpo.config import ConfigError, PipelineConfig, load_config, section_of
 from sgpo.core import StageContext
 from sgpo.llm.embedded import EmbeddedLLM
+from sgpo.models.source import resolve_model_source
 from tasks import PIPELINE_STAGES, get_stage
 
 FORCEABLE = PIPELINE_STAGES  # every stage a recipe of this flow can run (the registry's list)
@@ -91,6 +92,8 @@ def sgpo_pipeline(
     check_store(
         cfg.store.url, cfg.store.storage_options
     )  # scheme known, reachable, writable: before any work
+    # a GGUF / packaged / local model that cannot work: its one-line error, before any stage
+    resolve_model_source(cfg.model.name_or_path, cfg.model.revision)
     run_ctx = get_run_context()
     run_id = str(run_ctx.flow_run.id) if getattr(run_ctx, "flow_run", None) else None
     from flows.reporting import finish_pipeline, run_name

@@ -1,7 +1,13 @@
-"""Stage 0b, `base_model`: the starting checkpoint `pi_0`.
+"""Stage 0b, `base_model`: the starting checkpoint `pi_0`, from `model.name_or_path`
+(sgpo.models.source):
 
-A hub id (or a local directory) is referenced, not copied; `tiny` builds the tiny kit's model
-and tokenizer locally (deterministically, from the bundled data) and stores it like any model.
+* a hub id is referenced by name and revision, a local checkpoint folder where it is (file://,
+  by its content hash): neither is copied;
+* a GGUF file or a packaged model (`packaged:SmolLM2-135M-Instruct`) is converted once into a
+  safetensors checkpoint + tokenizer + chat template and stored (sgpo.models.gguf);
+* `tiny` builds the tiny kit's model and tokenizer (deterministically, from the bundled data).
+
+A source that cannot work fails in the key's fingerprint, before the store is touched.
 """
 
 from __future__ import annotations
@@ -10,9 +16,14 @@ from pathlib import Path
 
 from artifacts.hashing import code_fingerprint, sha256_bytes
 from artifacts.refs import ArtifactRef
-from artifacts.store import hub_model_ref
 from sgpo.config import ModelSpec
 from sgpo.core import Job, scratch_dir, stage, stage_main
+from sgpo.models.source import (
+    describe,
+    referenced_model,
+    resolve_model_source,
+    source_fingerprint,
+)
 from sgpo.models.tinykit import bundled_corpus
 
 
@@ -29,19 +40,38 @@ def tiny_sources(spec: ModelSpec) -> dict[str, str]:
     return sources
 
 
+def model_sources(spec: ModelSpec) -> dict[str, str]:
+    """The key's fingerprint: the tiny kit's sources, a GGUF's bytes and converter code, a local
+    folder's files (nothing for a hub id). Resolving checks the source: a bad one fails here."""
+    if spec.name_or_path == "tiny":
+        return tiny_sources(spec)
+    return source_fingerprint(resolve_model_source(spec.name_or_path, spec.revision))
+
+
 @stage(
     "base_model",
     section="model",
     code_version="2",
     tracked=False,
     flows=("pipeline", "evaluation"),
-    fingerprint=tiny_sources,
-    description="the starting checkpoint: a hub id or local dir (referenced), or the tiny kit's model (built)",
+    fingerprint=model_sources,
+    description="the starting checkpoint: a hub id or local dir (referenced), a GGUF or packaged "
+    "model (converted), or the tiny kit's model (built)",
 )
 def base_model(job: Job, cfg: ModelSpec) -> ArtifactRef:
     # code_version 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
-    if cfg.name_or_path != "tiny":
-        return hub_model_ref(cfg.name_or_path, cfg.revision)
+    source = resolve_model_source(cfg.name_or_path, cfg.revision)
+    if (ref := referenced_model(source, cfg.revision)) is not None:
+        # made (checked, hashed) by this run: the run's stage line says "ran", a rerun "cached"
+        return ref.model_copy(update={"produced_by": job.ctx.run_id})
+    if source.kind == "gguf":
+        from sgpo.models.gguf import convert_gguf
+
+        with scratch_dir("base_model") as tmp:
+            out = convert_gguf(source.path, tmp / "model")
+            job.log.info("converted %s into a safetensors checkpoint", source.path)
+            summary = {**describe(source), **source_fingerprint(source)}
+            return job.publish_model(out, summary=summary)
     from sgpo.models.tinykit import build_bundled_tiny_model
 
     with scratch_dir("base_model") as tmp:

@@ -630,7 +630,7 @@ def test_flow_report_tracking_and_stages(first_run):
         "pairwise[imp_vs_reference]",
     ]
     assert {s.status for s in report.stages} == {"ran"}
-    assert report.model_name == "tiny-policy" and report.model.startswith("hf://")
+    assert report.model_name == "tiny-policy" and report.model.startswith("file://")
     metrics = (
         MlflowClient(tracking_uri=cfg.tracking.mlflow_uri)
         .get_run(report.mlflow_run_id)

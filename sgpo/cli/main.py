@@ -53,6 +53,7 @@ def _quiet_prefect_console() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sgpo.config import ConfigError, load_config
+    from sgpo.models.source import resolve_model_source
 
     source, overrides = _split_args(args.items)
     try:
@@ -61,6 +62,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
     _prepare_prefect(args.verbose)
+    try:  # a missing / broken GGUF, an uninstalled packaged model, a folder without a model; after
+        # the environment defaults: checking a GGUF imports transformers, which reads them once
+        resolve_model_source(cfg.model.name_or_path, cfg.model.revision)
+    except ValueError as e:
+        print(f"sgpo: {e}", file=sys.stderr)
+        return 2
     print(
         f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})",
         flush=True,

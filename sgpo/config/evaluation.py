@@ -100,8 +100,9 @@ class EvalModelSpec(Section):
 
     path: str = Field(
         "tiny",
-        description="'tiny' (the tiny kit's base model, built locally), a local checkpoint dir, an artifact "
-        "URI of a model in the store (e.g. the pipeline's final policy, file://.../dpo/KEY), or a hub id",
+        description="'tiny' (the tiny kit's base model, built locally), a GGUF file or packaged:NAME "
+        "(converted once by the base_model stage), a local checkpoint dir, an artifact URI of a model in "
+        "the store (e.g. the pipeline's final policy, file://.../dpo/KEY), or a hub id",
     )
     revision: str | None = Field(None, description="Hub revision (hub ids only)")
     name: str | None = Field(

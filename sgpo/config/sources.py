@@ -66,7 +66,10 @@ class TinyModelConfig(Section):
 
 class ModelSpec(Section):
     name_or_path: str = Field(
-        "tiny", description="Hub id or local dir of the base model; 'tiny' builds one locally"
+        "tiny",
+        description="The base model: a hub id, a local checkpoint dir, a GGUF file (*.gguf) or a "
+        "packaged model (packaged:SmolLM2-135M-Instruct), both converted once into the store; 'tiny' "
+        "builds one locally",
     )
     revision: str | None = Field(None, description="Hub revision")
     trust_remote_code: bool = Field(

@@ -165,7 +165,13 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     if world_size() > 1:  # a rank of a launch started outside sgpo (e.g. multi-node)
         return _external_rank_main(st, cfg, recipe, inputs, params, args, trust)
     store = ArtifactStore(recipe.store.url, recipe.store.storage_options)
-    cached = not args.force and store.find(st.name, st.cache_key(cfg, inputs, params)) is not None
+    try:  # the key's fingerprint checks the stage's source (a data file, a model): its one line
+        cached = (
+            not args.force and store.find(st.name, st.cache_key(cfg, inputs, params)) is not None
+        )
+    except ValueError as e:
+        print(f"sgpo: stage '{st.name}': {e}", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     try:
         with pipeline_run(

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from artifacts.hashing import HASH_PREFIX_LEN
 from sgpo.report.figures import Figure, RunArtifacts, StageEntry, make_figures, win_rate_rows
 
 REPORT_FILE = "report.html"
@@ -72,6 +73,15 @@ def side_rows_reader(storage_options: dict[str, Any] | None = None):
     return read_side_rows
 
 
+def has_manifest(uri: str, summary: dict[str, Any] | None = None) -> bool:
+    """Whether `uri` can name an artifact with a manifest: not a hub model (hf://ID: nothing to
+    read, and asking the hub fails offline), not a local model folder referenced outside the store
+    (its summary names `local_dir`), not a bare name."""
+    if uri.startswith("hf://") or (summary or {}).get("local_dir"):
+        return False
+    return "://" in uri or uri.startswith("/")
+
+
 def entries_from_stages(
     stages: Iterable[dict[str, Any]], storage_options: dict[str, Any] | None = None
 ) -> list[StageEntry]:
@@ -81,7 +91,7 @@ def entries_from_stages(
         try:
             manifest = (
                 read_manifest(s["uri"], storage_options)
-                if "://" in s["uri"] or s["uri"].startswith("/")
+                if has_manifest(s["uri"], s.get("summary"))
                 else {}
             )
         except (OSError, ValueError):
@@ -100,6 +110,22 @@ def entries_from_stages(
             )
         )
     return out
+
+
+def in_a_store(uri: str, stage: str | None) -> bool:
+    """Whether `uri` is laid out as a store artifact, `{store}/{stage}/{key[:16]}` (where the store
+    is now or was when the manifest was written), rather than a model referenced outside a store:
+    hf://ID, or the real location of a local checkpoint folder."""
+    if uri.startswith("hf://"):
+        return False
+    parts = uri.rstrip("/").split("/")
+    key = parts[-1]
+    return (
+        len(parts) >= 3
+        and parts[-2] == stage
+        and len(key) == HASH_PREFIX_LEN
+        and all(c in "0123456789abcdef" for c in key)
+    )
 
 
 def entries_from_lineage(
@@ -124,15 +150,29 @@ def entries_from_lineage(
         )
         seen[u] = entry
         for parent in (manifest.get("parents") or {}).values():
-            if (
-                parent.get("uri")
-                and "://" in parent["uri"]
-                and not parent["uri"].startswith("hf://")
-            ):
+            p = parent.get("uri") or ""
+            if "://" not in p:
+                continue
+            if not in_a_store(p, parent.get("stage")):
+                outside(parent)  # a hub model or a local model folder: no manifest to read
+            else:
                 try:
-                    visit(parent["uri"])
+                    visit(p)
                 except (OSError, ValueError):
-                    pass  # a parent outside the store (a local model dir): listed by its consumer only
+                    pass  # an artifact gone from the store: listed by its consumer only
+        order.append(entry)
+
+    def outside(parent: dict[str, Any]) -> None:
+        """A model referenced outside the store, as its consumer's manifest records it."""
+        if parent["uri"] in seen:
+            return
+        entry = StageEntry(
+            label=parent.get("stage") or "?",
+            stage=parent.get("stage") or "?",
+            uri=parent["uri"],
+            content_hash=parent.get("content_hash", ""),
+        )
+        seen[parent["uri"]] = entry
         order.append(entry)
 
     from artifacts.store import normalize_url

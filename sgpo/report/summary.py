@@ -26,7 +26,7 @@ class EvaluationReport(BaseModel):
     flow_run_id: str | None = None
     mlflow_run_id: str | None = None
     model: str = Field(
-        description="URI of the evaluated model (hf://ID or a local dir for non-store models)"
+        description="URI of the evaluated model (hf://ID, or file:///DIR for a local folder outside the store)"
     )
     model_name: str
     stages: list[StageReport]
