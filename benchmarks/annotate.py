@@ -28,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 SERVER = r"""
 import sys, threading
-sys.path[:0] = [{repo!r}, {tests!r}]
-from llm_helpers import EchoBackend
+sys.path[:0] = [{repo!r}]
+from tests.helpers.llm import EchoBackend
 from sgpo.llm.server import FaultConfig, build_app, running_server
 app = build_app(EchoBackend(), model_name="fake", faults=FaultConfig(latency_s=float(sys.argv[1])))
 with running_server(app) as url:
@@ -59,16 +59,15 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]
-    from llm_helpers import make_requests
-
+    sys.path[:0] = [str(REPO)]
     from sgpo.llm.client import EndpointConfig, call_all
+    from tests.helpers.llm import make_requests
 
     server = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            SERVER.format(repo=str(REPO), tests=str(REPO / "tests")),
+            SERVER.format(repo=str(REPO)),
             str(args.latency),
         ],
         stdin=subprocess.PIPE,

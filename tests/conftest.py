@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.net import free_port
 
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="sgpo-tests-"))
 # Set before anything imports prefect: its settings are read at import time.
@@ -29,27 +30,17 @@ os.environ.update(
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("OPENAI_API_KEY", None)
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("SGPO_SHARED_DATA", REPO.parent / "shared" / "data"))
-
 
 @pytest.fixture
 def shared_data() -> Path:
+    from sgpo.data.shared import shared_data_dir
+
     d = shared_data_dir()
     if not d.is_dir():
         pytest.skip(
             f"reference data folder {d} is absent (set SGPO_SHARED_DATA to the shared/data folder)"
         )
     return d
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
 """docs/cluster.md, walked from scratch on loopback: the ```bash blocks of its sections 1-6 run as
-written, in order (tests/cluster_helpers.py: plan_walk / DocWalk, with an explicit table of the
+written, in order (tests/helpers/cluster.py: plan_walk / DocWalk, with an explicit table of the
 doc's placeholders -> this machine and a reviewed list of lines skipped here, each with its reason).
 That starts a Prefect server, creates the bucket on S3 (moto's server stands in for MinIO), starts
 an MLflow server, runs `sgpo deploy` (preset tiny instead of qwen2.5-7b), one process worker per
@@ -28,8 +28,17 @@ import uuid
 from pathlib import Path
 
 import pytest
-from cluster_helpers import REPO, DocWalk, Procs, doc_retry_command, http_ok, kill_tree, wait_for
-from conftest import free_port
+
+from tests.helpers.cluster import (
+    REPO,
+    DocWalk,
+    Procs,
+    doc_retry_command,
+    http_ok,
+    kill_tree,
+    wait_for,
+)
+from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.slow
 

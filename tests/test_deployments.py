@@ -15,10 +15,11 @@ import sys
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-import cluster_helpers
 import pytest
 import yaml
-from cluster_helpers import (
+
+import tests.helpers.cluster as cluster_helpers
+from tests.helpers.cluster import (
     ANY,
     DEPLOY,
     MLFLOW,

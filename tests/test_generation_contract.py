@@ -549,9 +549,8 @@ def test_vllm_server_command_and_missing_python(tmp_path):
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "1" and env["HF_HUB_OFFLINE"] == "1"
     with pytest.raises(FileNotFoundError, match="setup_vllm_cpu.sh"):
         resolve_python(str(tmp_path / "nope" / "python"))
-    from conftest import free_port
-
     from sgpo.generate.vllm import served_model
+    from tests.helpers.net import free_port
 
     with pytest.raises(RuntimeError, match="did not answer"):
         served_model(f"http://127.0.0.1:{free_port()}/v1")

@@ -12,13 +12,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from llm_helpers import content, fake_text, make_requests, serve_fake
 
 from sgpo.llm.client import EndpointConfig, LLMCallError, LocalJournal, call_all
 from sgpo.llm.server import FaultConfig, read_request_log
+from tests.helpers.llm import content, fake_text, make_requests, serve_fake
 
 REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 
 def endpoint(url, **kw) -> EndpointConfig:
@@ -178,8 +177,8 @@ def test_partly_failed_batches_are_retried_then_named(tmp_path):
 
 KILL_SCRIPT = """
 import json, sys
-sys.path[:0] = [{repo!r}, {tests!r}]
-from llm_helpers import make_requests
+sys.path[:0] = [{repo!r}]
+from tests.helpers.llm import make_requests
 from sgpo.llm.client import EndpointConfig, call_all
 ep = EndpointConfig(**json.loads(sys.argv[1]))
 s = call_all(make_requests({n}), ep, journal_url=sys.argv[2], namespace="kill")
@@ -190,7 +189,7 @@ print(json.dumps({{"n_ok": s.n_ok}}))
 def test_kill_nine_during_a_batch_then_resume_repays_nothing(tmp_path):
     n = 20
     script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT.format(repo=str(REPO), tests=str(TESTS), n=n))
+    script.write_text(KILL_SCRIPT.format(repo=str(REPO), n=n))
     journal = tmp_path / "journal.jsonl"
     batches = Path(f"{journal}.batches.jsonl")
     log = tmp_path / "req.jsonl"

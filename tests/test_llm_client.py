@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from llm_helpers import PoisonBackend, content, fake_text, make_requests, serve_fake
 
 import sgpo.llm.client.sync as sync_mod
 from sgpo.llm.client import (
@@ -27,9 +26,9 @@ from sgpo.llm.client import (
     call_all,
 )
 from sgpo.llm.server import FaultConfig, read_request_log
+from tests.helpers.llm import PoisonBackend, content, fake_text, make_requests, serve_fake
 
 REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 
 
 def endpoint(url: str | None, **kw) -> EndpointConfig:
@@ -393,8 +392,8 @@ def test_s3_journal(tmp_path, s3_endpoint):  # s3_endpoint: moto's S3 server, fr
 
 KILL_SCRIPT = """
 import json, sys
-sys.path[:0] = [{repo!r}, {tests!r}]
-from llm_helpers import make_requests
+sys.path[:0] = [{repo!r}]
+from tests.helpers.llm import make_requests
 from sgpo.llm.client import EndpointConfig, call_all
 ep = EndpointConfig(**json.loads(sys.argv[1]))
 s = call_all(make_requests({n}), ep, journal_url=sys.argv[2], namespace="kill")
@@ -406,7 +405,7 @@ def test_kill_nine_then_resume_loses_and_repays_nothing(tmp_path):
     n, conc = 60, 4
     faults = FaultConfig(seed=11, rate_429=0.1, retry_after_s=0.01, rate_500=0.1, latency_s=0.05)
     script = tmp_path / "run.py"
-    script.write_text(KILL_SCRIPT.format(repo=str(REPO), tests=str(TESTS), n=n))
+    script.write_text(KILL_SCRIPT.format(repo=str(REPO), n=n))
     journal = tmp_path / "journal.jsonl"
     log_a, log_b, log_ref = tmp_path / "a.jsonl", tmp_path / "b.jsonl", tmp_path / "ref.jsonl"
     kill_after = random.Random(20240601).randint(5, 40)

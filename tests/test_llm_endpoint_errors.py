@@ -7,9 +7,9 @@ import http.server
 import threading
 
 import pytest
-from llm_helpers import make_requests
 
 from sgpo.llm.client import EndpointConfig, LLMCallError, call_all
+from tests.helpers.llm import make_requests
 
 
 @contextlib.contextmanager

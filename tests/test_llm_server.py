@@ -13,7 +13,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from llm_helpers import EchoBackend
 
 from sgpo.llm.server import (
     FaultConfig,
@@ -22,6 +21,7 @@ from sgpo.llm.server import (
     read_request_log,
     running_server,
 )
+from tests.helpers.llm import EchoBackend
 
 REPO = Path(__file__).resolve().parents[1]
 MESSAGES = [

@@ -9,10 +9,10 @@ import json
 import threading
 
 import pytest
-from llm_helpers import EchoBackend, make_requests, serve_fake
 
 from sgpo.llm.client import EndpointConfig, LLMCallError, LocalJournal, call_all
 from sgpo.llm.server import ChatResult, FaultConfig, read_request_log
+from tests.helpers.llm import EchoBackend, make_requests, serve_fake
 
 
 def endpoint(url, **kw) -> EndpointConfig:

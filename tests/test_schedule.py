@@ -18,8 +18,9 @@ import subprocess
 import textwrap
 
 import pytest
-from cluster_helpers import SERVER, Procs, fill, http_ok, venv_bin, wait_for
-from conftest import free_port
+
+from tests.helpers.cluster import SERVER, Procs, fill, http_ok, venv_bin, wait_for
+from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.slow
 

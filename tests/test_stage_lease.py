@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from llm_helpers import EchoBackend
+
+from tests.helpers.llm import EchoBackend
 
 REPO = Path(__file__).resolve().parents[1]
 N_SAMPLES = 6  # 2 calls each (imp, ext)

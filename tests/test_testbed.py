@@ -147,7 +147,7 @@ def test_the_method_effect_regression():
     chosen removes pi_sft's verbosity habit, and the same pairs with chosen and rejected swapped (a
     wiring bug) score clearly below the correct wiring. Measured on seeds 0/1/2: habit 0.30/0.25/0.14 ->
     0.00 with the method; score method - swapped = +0.043/+0.034/+0.041 (SE of the difference ~0.012)."""
-    from testbed_probe import probe
+    from tests.helpers.testbed_probe import probe
 
     r = probe(seed=0, variants=("method", "swapped"))
     sft, good, bad = r["sft"], r["method"], r["swapped"]

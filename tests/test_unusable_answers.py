@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from llm_helpers import EchoBackend
+
+from tests.helpers.llm import EchoBackend
 
 REPO = Path(__file__).resolve().parents[1]
 

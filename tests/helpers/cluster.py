@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ANY = object()
 
 # command templates: (name, argv with ANY placeholders, whether extra trailing arguments are allowed)
@@ -321,7 +321,7 @@ def plan_walk(values: dict[str, str], text: str | None = None) -> tuple[list[Ste
         if machine is None:
             raise DocDrift(
                 f"docs/cluster.md section {section}, bash block {block + 1}: which machine does it "
-                "run on? add it to MACHINES in tests/cluster_helpers.py"
+                "run on? add it to MACHINES in tests/helpers/cluster.py"
             )
         for lineno, raw in lines:
             words = shlex.split(raw, comments=True)
@@ -343,7 +343,7 @@ def plan_walk(values: dict[str, str], text: str | None = None) -> tuple[list[Ste
             if left:
                 raise DocDrift(
                     f"{where}: {left.group(0)!r} left in {raw.strip()!r} after the substitutions "
-                    "(add one to SUBSTITUTIONS in tests/cluster_helpers.py)"
+                    "(add one to SUBSTITUTIONS in tests/helpers/cluster.py)"
                 )
             if argv[0] == "export":
                 pairs = [a.partition("=") for a in argv[1:]]
@@ -365,7 +365,7 @@ def plan_walk(values: dict[str, str], text: str | None = None) -> tuple[list[Ste
             if known is None:
                 raise DocDrift(
                     f"{where}: the cluster walk does not know {raw.strip()!r}: teach it (KNOWN) or "
-                    "skip it with a reason (SKIP) in tests/cluster_helpers.py"
+                    "skip it with a reason (SKIP) in tests/helpers/cluster.py"
                 )
             steps.append(
                 Step(section, block, lineno, machine, line, known[0], argv=argv, name=known[1])
@@ -375,7 +375,7 @@ def plan_walk(values: dict[str, str], text: str | None = None) -> tuple[list[Ste
     if unused or stale:
         raise DocDrift(
             f"no longer in docs/cluster.md: substitutions {unused}, skipped lines {stale} "
-            "(remove them from tests/cluster_helpers.py)"
+            "(remove them from tests/helpers/cluster.py)"
         )
     return steps, used_subs
 

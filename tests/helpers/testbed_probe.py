@@ -12,7 +12,7 @@ the refinement SGPO's improver is trained to imitate). `variant` breaks the meth
     "no_ref"   the fix is made with no reference (response A = B itself: the oracle may not improve)
 
 The outcome is the verifier's mean score and habit rate of sampled answers on N_EVAL eval prompts.
-`python tests/testbed_probe.py [seeds...]` prints the outcome of every variant per seed.
+`python tests/helpers/testbed_probe.py [seeds...]` prints the outcome of every variant per seed.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 N_SFT, N_PO, N_EVAL = 600, 200, 300
 

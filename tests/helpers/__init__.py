@@ -1,0 +1,1 @@
+"""What several test modules share: fake LLM back-ends, the cluster doc walk, GGUF writers, ports."""
