@@ -1,8 +1,16 @@
-"""Test-wide isolation: own Prefect home, caches and credentials; no network, no hub."""
+"""Test-wide isolation (own Prefect home, caches and credentials; no network, no hub), the tiers, and
+the fixtures the integration and end-to-end tiers share.
+
+Tiers are folders: every test module lives in `tests/unit/`, `tests/integration/` or `tests/e2e/`, and
+each test is marked `unit`, `integration` or `e2e` by its folder, so `pytest -m unit` and
+`pytest tests/unit` select the same tests. `slow` and `vllm` stay opt-in: the default `-m` (pyproject.toml)
+leaves them out, and so does an `-m` that names a tier but not them (`-m integration` runs no slow test;
+`-m "integration and slow"` does)."""
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -29,6 +37,34 @@ os.environ.update(
 )
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("OPENAI_API_KEY", None)
+
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e")
+OPT_IN = ("slow", "vllm")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects: it must see the tier markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        path = item.path.resolve()
+        if not path.is_relative_to(TESTS):
+            continue
+        where = path.relative_to(TESTS).parts
+        if len(where) < 2 or where[0] not in TIERS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: a test module lives in tests/unit/, tests/integration/ or "
+                "tests/e2e/ (docs/usage.md, Tests)"
+            )
+        item.add_marker(where[0])
+    expr = config.option.markexpr or ""
+    names = set(re.findall(r"\w+", expr))
+    if names & set(TIERS):
+        skipped = set(OPT_IN) - names
+        drop = [i for i in items if any(i.get_closest_marker(m) for m in skipped)]
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+            dropped = set(map(id, drop))
+            items[:] = [i for i in items if id(i) not in dropped]
 
 
 @pytest.fixture
