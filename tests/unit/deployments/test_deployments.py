@@ -1,24 +1,20 @@
 """The team setup, checked without a server: prefect.yaml, work-pool templates, the compose stack
 and Dockerfiles, the pipeline's parameter schema (the UI form), GPU-stage dispatch and `sgpo deploy`.
-The same things running for real: tests/test_cluster.py (slow)."""
+The same things running for real: tests/e2e/test_cluster.py (slow); what takes a process or a
+Prefect run: tests/integration/deployments/."""
 
 from __future__ import annotations
 
 import argparse
 import inspect
 import json
-import posixpath
 import re
-import shlex
-import subprocess
-import sys
-from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
-import yaml
 
 import tests.helpers.cluster as cluster_helpers
+import tests.helpers.deployments as deployment_helpers
 from tests.helpers.cluster import (
     ANY,
     DEPLOY,
@@ -31,10 +27,17 @@ from tests.helpers.cluster import (
     fill,
     matches,
 )
+from tests.helpers.deployments import (
+    DEPLOYMENTS,
+    POOLS,
+    Image,
+    distributed,
+    read_compose,
+    read_images,
+    read_prefect_yaml,
+    variable_defaults,
+)
 
-DEPLOYMENTS = REPO / "deployments"
-POOLS = DEPLOYMENTS / "pools"
-DOCKER = REPO / "docker"
 GPU = (
     "sft",
     "sample",
@@ -57,7 +60,7 @@ GPU = (
 
 @pytest.fixture(scope="module")
 def prefect_yaml() -> dict:
-    return yaml.safe_load((DEPLOYMENTS / "prefect.yaml").read_text())
+    return read_prefect_yaml()
 
 
 def test_prefect_yaml_validates_with_prefects_own_model(prefect_yaml):
@@ -135,15 +138,6 @@ def _placeholders(obj) -> set[str]:
     return set(re.findall(r"\{\{\s*([\w.]+)\s*\}\}", text))
 
 
-def _defaults(template: dict) -> dict:
-    """Variable defaults, as a worker fills them in (unset ones drop out of the job configuration)."""
-    return {
-        k: v["default"]
-        for k, v in template["variables"]["properties"].items()
-        if v.get("default") is not None
-    }
-
-
 @pytest.mark.parametrize("name", ["cpu-process.json", "cuda-process.json", "cuda-kubernetes.json"])
 def test_pool_templates_are_valid_and_closed(name):
     t = json.loads((POOLS / name).read_text())
@@ -163,7 +157,7 @@ def test_process_templates_render_to_a_process_job(name):
     t = json.loads((POOLS / name).read_text())
     default = ProcessWorker.get_default_base_job_template()
     assert set(t["variables"]["properties"]) >= set(default["variables"]["properties"])
-    values = _defaults(t)
+    values = variable_defaults(t)
     job = ProcessJobConfiguration.model_validate(apply_values(t["job_configuration"], values))
     assert job.env.get("TOKENIZERS_PARALLELISM") == "false"
 
@@ -174,7 +168,7 @@ def test_kubernetes_cuda_template_requests_gpu_count_gpus():
     t = json.loads((POOLS / "cuda-kubernetes.json").read_text())
     gpu = t["variables"]["properties"]["gpu_count"]
     assert gpu["type"] == "integer" and gpu["default"] == 1
-    values = {**_defaults(t), "gpu_count": 8}
+    values = {**variable_defaults(t), "gpu_count": 8}
     manifest = apply_values(t["job_configuration"], values)["job_manifest"]
     pod = manifest["spec"]["template"]["spec"]
     res = pod["containers"][0]["resources"]
@@ -189,7 +183,7 @@ def test_kubernetes_cuda_template_requests_gpu_count_gpus():
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    return read_compose()
 
 
 def test_compose_runs_only_commands_the_test_suite_runs(compose):
@@ -217,45 +211,9 @@ def test_compose_runs_only_commands_the_test_suite_runs(compose):
     assert "--artifacts-destination" in ours["mlflow"]["command"]
 
 
-@dataclass
-class Image:
-    """What a Dockerfile decides about its containers: the environment (ENV, the last value of each
-    key), the working directory, the paths its COPY instructions create, and the default command."""
-
-    env: dict[str, str] = field(default_factory=dict)
-    workdir: str = "/"
-    paths: set[str] = field(default_factory=set)
-    entrypoint: list[str] = field(default_factory=list)
-    cmd: list[str] = field(default_factory=list)
-
-
-def parse_dockerfile(path) -> Image:
-    """ENV, WORKDIR, COPY, ENTRYPOINT and CMD of a Dockerfile (comments dropped, continuation lines
-    joined); ENTRYPOINT and CMD must be in exec (JSON) form, the form in which tini gets the signals."""
-    image = Image()
-    lines = [line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")]
-    for line in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines():
-        keyword, _, rest = line.strip().partition(" ")
-        keyword = keyword.upper()
-        if keyword == "ENV":
-            image.env.update(word.split("=", 1) for word in shlex.split(rest))
-        elif keyword == "WORKDIR":
-            image.workdir = posixpath.join(image.workdir, rest.strip())
-        elif keyword == "COPY":
-            *sources, dest = [w for w in shlex.split(rest) if not w.startswith("--")]
-            into = posixpath.normpath(posixpath.join(image.workdir, dest))
-            if len(sources) > 1 or dest.endswith("/") or dest == ".":  # into a directory
-                image.paths.update(posixpath.join(into, src.rstrip("*")) for src in sources)
-            else:  # COPY sgpo sgpo: the copy is named by the destination
-                image.paths.add(into)
-        elif keyword in ("ENTRYPOINT", "CMD"):
-            setattr(image, keyword.lower(), json.loads(rest))
-    return image
-
-
 @pytest.fixture(scope="module")
 def images() -> dict[str, Image]:
-    return {name: parse_dockerfile(DOCKER / f"Dockerfile.{name}") for name in ("cpu", "cuda")}
+    return read_images()
 
 
 def test_dockerfiles_default_to_the_workers(images):
@@ -263,54 +221,6 @@ def test_dockerfiles_default_to_the_workers(images):
     process worker runs each flow run as a subprocess; tini reaps them)."""
     assert images["cpu"].entrypoint == ["tini", "--"] and matches(images["cpu"].cmd, WORKER_CPU)
     assert images["cuda"].entrypoint == ["tini", "--"] and matches(images["cuda"].cmd, WORKER_CUDA)
-
-
-def test_images_hold_the_checkout_their_workers_are_sent_to(images, prefect_yaml, compose):
-    """A worker starts each flow run in `{{ $SGPO_REPO_DIR }}` (prefect.yaml's pull step) and imports
-    the deployment's entrypoint there; `sgpo deploy` reads deployments/ from it and the presets are
-    read from the checkout. In each image that variable is the working directory, the folders those
-    need (found by importing the entrypoints and asking the code where it reads) are copied into it,
-    and compose and the Kubernetes job (which runs the CUDA image) set the same value."""
-    from sgpo.cli import deploy
-    from sgpo.config import CONFIG_DIR
-
-    # What a fresh process loads from this checkout to import the entrypoints, as a flow run does.
-    entrypoints = [d["entrypoint"] for d in prefect_yaml["deployments"]]
-    probe = (
-        "import sys; from pathlib import Path; "
-        "from prefect.utilities.importtools import import_object\n"
-        "for e in sys.argv[2:]: import_object(e)\n"
-        "repo, env = Path(sys.argv[1]), Path(sys.prefix).resolve()\n"
-        "for m in list(sys.modules.values()):\n"
-        "    f = Path(getattr(m, '__file__', None) or '/').resolve()\n"
-        "    if f.is_relative_to(repo) and not f.is_relative_to(env):  # a venv inside the checkout\n"
-        "        print(f.relative_to(repo).parts[0])\n"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe, str(REPO), *entrypoints],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout
-    loaded = set(out.split())
-    assert {e.partition(".")[0] for e in entrypoints} <= loaded, f"not imported from {REPO}: {out}"
-    needed = loaded | {
-        CONFIG_DIR.resolve().relative_to(REPO).parts[0],
-        deploy.pools_dir().relative_to(deploy.repo_dir()).parts[0],
-    }
-    for name, image in images.items():
-        repo_dir = image.env["SGPO_REPO_DIR"]
-        # the editable install and the COPY destinations resolve against the working directory
-        assert image.workdir == repo_dir, name
-        missing = {n for n in needed if posixpath.join(repo_dir, n) not in image.paths}
-        assert not missing, f"Dockerfile.{name} does not copy {sorted(missing)} into {repo_dir}"
-    (repo_dir,) = {image.env["SGPO_REPO_DIR"] for image in images.values()}
-    for service in ("worker-cpu", "worker-cuda", "deploy"):
-        assert compose["services"][service]["environment"]["SGPO_REPO_DIR"] == repo_dir, service
-    kubernetes = json.loads((POOLS / "cuda-kubernetes.json").read_text())
-    assert _defaults(kubernetes)["env"]["SGPO_REPO_DIR"] == repo_dir
 
 
 def test_command_templates():
@@ -365,19 +275,6 @@ def test_cluster_doc_walk_has_a_plan_for_every_line():
             "AWS_SECRET_ACCESS_KEY",
             "AWS_ENDPOINT_URL",
         } <= exported[machine]
-
-
-def test_cluster_doc_retry_command_is_a_prefect_command():
-    """Section 7's CLI retry, which tests/test_cluster.py runs on a failed run, is a command of the
-    installed Prefect: its `--help` exits 0 (an unknown command exits 2)."""
-    prefect, *args = cluster_helpers.doc_retry_command()
-    r = subprocess.run(
-        [cluster_helpers.venv_bin(prefect), *args, "--help"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_cluster_doc_walk_fails_on_an_unknown_line():
@@ -496,81 +393,11 @@ def test_stage_flow_parameters_match_the_stage_task(stage):
 
 @pytest.fixture
 def sft_inputs(tmp_path):
-    import pyarrow as pa
-
-    from artifacts.store import ArtifactStore
-    from sgpo.config import SFTStageConfig, StoreConfig
-    from sgpo.core import StageContext
-    from tasks import get_stage
-
-    store = ArtifactStore(str(tmp_path / "store"))
-    base = store.publish_table("base_model", "b" * 64, pa.table({"x": [1]}), manifest={})
-    data = store.publish_table("prepare", "d" * 64, pa.table({"x": [2]}), manifest={})
-    ctx = StageContext(store=StoreConfig(url=str(tmp_path / "store")), run_id="parent-run")
-    st = get_stage("sft")
-    inputs = {"base": base, "data": data}
-    cfg = SFTStageConfig()
-    return SimpleNamespace(
-        store=store, st=st, inputs=inputs, cfg=cfg, key=st.cache_key(cfg, inputs), ctx=ctx
-    )
+    return deployment_helpers.sft_inputs(tmp_path)
 
 
 class _FakeFlowRun(SimpleNamespace):
     pass
-
-
-def _distributed():
-    from sgpo.config import ExecutionConfig
-
-    return ExecutionConfig(mode="distributed")
-
-
-def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, tmp_path):
-    """Local mode runs a GPU stage as a task of this process; in distributed mode a CPU stage still
-    does: both for real (Prefect task, store), with no server and nothing dispatched."""
-    import pyarrow as pa
-
-    import flows.dispatch as d
-    from sgpo.config import DatasetSpec, ExecutionConfig
-    from tasks import get_stage
-
-    monkeypatch.setattr(
-        "prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a stage")
-    )
-    monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("looked for a deployment"))
-    # the GPU stage sft, local mode: its task finds the artifact another run published under its key
-    done = sft_inputs.store.publish_table(
-        "sft", sft_inputs.key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run"
-    )
-    ref, cached = d.dispatch_stage(
-        "sft",
-        sft_inputs.st,
-        sft_inputs.cfg,
-        sft_inputs.inputs,
-        None,
-        sft_inputs.ctx,
-        ExecutionConfig(),
-    )
-    assert ref == done and cached is True
-    # the CPU stage prepare, distributed mode: it runs here (a real run: no artifact yet) and publishes
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text(
-        "".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(3))
-    )
-    prepare = get_stage("prepare")
-    spec = DatasetSpec(path=str(rows))
-    assert sft_inputs.store.find("prepare", prepare.cache_key(spec, {})) is None
-    ref, cached = d.dispatch_stage(
-        "prepare[po]", prepare, spec, {}, None, sft_inputs.ctx, _distributed()
-    )
-    assert (
-        ref.stage == "prepare"
-        and ref.rows == 3
-        and ref.produced_by == "parent-run"
-        and cached is False
-    )
-    assert sft_inputs.store.find("prepare", prepare.cache_key(spec, {})) == ref
-    assert sft_inputs.store.read_table(ref).column("prompt").to_pylist() == ["q0", "q1", "q2"]
 
 
 def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypatch):
@@ -586,7 +413,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
         "prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a cached stage")
     )
     monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("no server needed"))
-    assert d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed()) == (
+    assert d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed()) == (
         done,
         True,
     )
@@ -600,7 +427,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
         return _FakeFlowRun(name="sft-x", id="1", state=SimpleNamespace(is_completed=lambda: True))
 
     monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
-    ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, forced, _distributed())
+    ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, forced, distributed())
     assert ref == done and sent["parameters"]["ctx"]["refresh"] is True
 
 
@@ -627,7 +454,7 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
         )
 
     monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
-    ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
+    ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed())
     assert sent["name"] == "sft/sgpo-stage-sft" and sent["timeout"] is None
     params = json.loads(json.dumps(sent["parameters"]))  # crosses the API as JSON
     assert set(params) == {"inputs", "cfg", "ctx", "params"} and set(params["inputs"]) == {
@@ -657,7 +484,7 @@ def test_dispatch_failure_names_the_stage_and_the_child_run(sft_inputs, monkeypa
         ),
     )
     with pytest.raises(d.StageDispatchError) as e:
-        d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
+        d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed())
     msg = str(e.value)
     assert (
         "'sft'" in msg and "dpo-1234" in msg and "abcd" in msg and "CRASHED" in msg and "-9" in msg
@@ -678,7 +505,7 @@ def test_dispatch_of_a_completed_child_without_artifact_is_an_error(sft_inputs, 
         ),
     )
     with pytest.raises(d.StageDispatchError, match="same store"):
-        d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
+        d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed())
 
 
 def _fake_cuda_pool(monkeypatch, store, sent: list):
@@ -813,7 +640,7 @@ def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_
         cfg = JudgeStageConfig.model_validate({"endpoint": {"base_url": url, "model": "stand-in"}})
         caplog.clear(), sent.clear(), here.clear()
         with caplog.at_level(logging.INFO):
-            ref, cached = d.dispatch_stage("judge", st, cfg, inputs, None, ctx, _distributed())
+            ref, cached = d.dispatch_stage("judge", st, cfg, inputs, None, ctx, distributed())
         assert cached is False
         if local:
             assert sent == [] and here == [url]
@@ -931,7 +758,7 @@ def test_distributed_mode_without_a_server_says_so(sft_inputs):
                 sft_inputs.inputs,
                 None,
                 sft_inputs.ctx,
-                _distributed(),
+                distributed(),
             )
 
 
