@@ -103,3 +103,28 @@ def tiny_model_dir() -> Path:
     if not (out / "config.json").exists():
         build_bundled_tiny_model(out)
     return out
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """No network: every connection attempt is recorded and refused, and the hub client is not in
+    offline mode (offline mode would answer before the network: this is a laptop without one, where
+    the hub's client raises httpx's ConnectError, which the report did not catch). Returns the
+    attempts."""
+    import socket
+
+    import huggingface_hub.constants
+
+    attempts: list = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known (test: no network)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    # TRL's trainers ping the hub's telemetry from a thread (not a model lookup; it fails silently)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_TELEMETRY", True)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return attempts

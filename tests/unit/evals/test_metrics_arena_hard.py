@@ -7,10 +7,6 @@ it are skipped with a reason when it is absent.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -23,7 +19,6 @@ from sgpo.evals.arena_hard import metrics as ah
 DATA = shared_data_dir() / "arena_hard"
 SAMPLE = DATA / "judgment_sample_Pythia-12B-DPO-UltraFeedback.jsonl"
 SAMPLE_MODEL = "Pythia-12B-DPO-UltraFeedback"
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 def _require_data() -> None:
@@ -212,31 +207,3 @@ def test_cli_arena_hard(capsys):
     m = out["models"][SAMPLE_MODEL]
     assert m["score"] == pytest.approx(100 / 116, abs=1e-6)
     assert m["n"] == 12 and m["ci_low"] <= m["score"] <= m["ci_high"]
-
-
-def test_cli_module_entry_point():
-    _require_data()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sgpo.cli.metrics",
-            "metrics",
-            "arena-hard",
-            str(SAMPLE),
-            "--rounds",
-            "3",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    payload = json.loads(proc.stdout)  # exactly one JSON object on stdout
-    assert payload["models"][SAMPLE_MODEL]["n_battles"] == 58
