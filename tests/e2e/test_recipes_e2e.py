@@ -35,17 +35,6 @@ def test_two_recipes_on_one_model_share_every_common_stage(tmp_path):
     assert dpo.final_policy != spin.final_policy
 
 
-def test_compare_reports_a_recipe_that_has_not_run(tmp_path):
-    from artifacts.store import ArtifactStore
-    from flows.compare import compare_row, markdown, table_rows
-
-    cfg = load_config("tiny", ["method=sgpo-dagger", f"store.url={tmp_path}"])
-    row = compare_row("sgpo-dagger", "tiny", cfg, ArtifactStore(str(tmp_path)))
-    assert row.status == "not run (base_model missing): sgpo run tiny method=sgpo-dagger"
-    text = markdown(table_rows([row]))
-    assert "| sgpo-dagger | - | - | - | - | n/a (not a paper setting)" in text
-
-
 @pytest.mark.slow
 def test_every_recipe_runs_end_to_end_and_fills_its_comparison_row(tmp_path):
     from artifacts.store import ArtifactStore

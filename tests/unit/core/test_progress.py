@@ -1,4 +1,5 @@
-"""sgpo.core.progress: a progress callback that never fails a stage, with a Prefect artifact inside runs."""
+"""sgpo.core.progress: a progress callback that never fails a stage, with a Prefect artifact inside runs
+(a real flow run: tests/integration/core/test_progress.py)."""
 
 from __future__ import annotations
 
@@ -54,26 +55,3 @@ def test_prefect_api_errors_switch_the_artifact_off(monkeypatch):
     p(4, 4)  # no exception
     assert p.artifact_id is None
     assert _artifact_key("Annotate_stage 2") == "annotate-stage-2-progress"
-
-
-def test_inside_a_flow_run_a_progress_artifact_reaches_100():
-    from prefect import flow, task
-    from prefect.artifacts import Artifact
-
-    @task
-    def work() -> str:
-        p = stage_progress("contract-stage", 5, stream=io.StringIO(), min_interval_s=0)
-        for done in range(1, 6):
-            p(done, 5)
-        return str(p.artifact_id)
-
-    @flow
-    def pipeline() -> str:
-        return work()
-
-    artifact_id = pipeline()
-    latest = Artifact.get("contract-stage-progress", _sync=True)
-    assert latest is not None and str(latest.id) == artifact_id
-    assert float(latest.data) == 100.0 and latest.type == "progress"
-    assert latest.description == "contract-stage: 5/5 done"
-    assert latest.task_run_id is not None  # linked to the task run that made it

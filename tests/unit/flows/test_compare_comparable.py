@@ -1,11 +1,13 @@
 """`sgpo compare` shows only comparable cells side by side (issue 15, item 4): hand-made judge reports.
 
 A cell whose evaluation report was measured with another setting than its column's majority (or, on
-a paper preset, than the paper's) is marked ` *`, and the status names the differing field."""
+a paper preset, than the paper's) is marked ` *`, and the status names the differing field. A recipe
+that has not run gets a row saying so, with the command that runs it."""
 
 from __future__ import annotations
 
 from flows.compare import PAPER_SETTINGS, Row, comparability, markdown, settings_of, table_rows
+from sgpo.config import load_config
 
 AE_VERSION = PAPER_SETTINGS["alpaca_eval"]["benchmark_version"]
 
@@ -140,3 +142,14 @@ def test_no_majority_marks_every_cell_and_paper_presets_use_the_papers_setting()
     assert (
         comparability([row("dpo", ae_report(), ah_report(), preset="qwen2.5-7b")]) == {}
     )  # the paper's setting
+
+
+def test_compare_reports_a_recipe_that_has_not_run(tmp_path):
+    from artifacts.store import ArtifactStore
+    from flows.compare import compare_row, markdown, table_rows
+
+    cfg = load_config("tiny", ["method=sgpo-dagger", f"store.url={tmp_path}"])
+    row = compare_row("sgpo-dagger", "tiny", cfg, ArtifactStore(str(tmp_path)))
+    assert row.status == "not run (base_model missing): sgpo run tiny method=sgpo-dagger"
+    text = markdown(table_rows([row]))
+    assert "| sgpo-dagger | - | - | - | - | n/a (not a paper setting)" in text
