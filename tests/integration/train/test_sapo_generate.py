@@ -1,10 +1,9 @@
-"""Batched segment regeneration (left padding) and the SAPO presets."""
+"""Batched segment regeneration (left padding) on the tiny model; the SAPO presets are checked in
+tests/unit/train/test_sapo_units.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -36,26 +35,3 @@ def test_batched_regeneration_matches_one_by_one(tiny_model_dir):
     again = hf_regenerate(model, tok, prefixes, budgets, SamplingSettings(4, 0.7, 0.95, 50, 1, 2))
     assert sampled == again  # seeded, and eval mode while sampling
     assert model.training  # the caller's mode is restored
-
-
-@pytest.mark.parametrize(
-    "preset, method",
-    [
-        ("tiny", "sapo-dpo"),
-        ("sapo-llama3-8b", "sapo-dpo"),
-        ("sapo-llama3-8b", "sapo-orpo"),
-        ("sapo-mistral-7b", "sapo-orpo"),
-    ],
-)
-def test_presets_validate(preset, method):
-    from sgpo.config import load_config
-
-    cfg = load_config(preset, [f"method={method}"]).sapo
-    assert cfg.loss == method.removeprefix("sapo-")
-    if preset != "tiny":
-        assert (cfg.segment_length, cfg.buffer_capacity, cfg.max_length, cfg.max_prompt_length) == (
-            256,
-            2000,
-            2048,
-            1792,
-        )
