@@ -317,9 +317,6 @@ def _read_table(uri: str):
     return pq.read_table(Path(uri.removeprefix("file://")) / "data.parquet").to_pylist()
 
 
-# ------------------------------------------------------------------------------------------ config
-
-
 # ------------------------------------------------------------------------------------------ AlpacaEval
 def test_alpaca_eval_annotations_follow_the_official_protocol(bench, judge, first_run):
     from sgpo.evals.alpaca_eval.preference import official_model_first

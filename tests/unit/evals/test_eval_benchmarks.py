@@ -174,6 +174,3 @@ def test_mt_bench_rating_parser(text, rating):
     from sgpo.evals.mt_bench.judge import parse_rating
 
     assert parse_rating(text) == rating
-
-
-# ------------------------------------------------------------------------------------------ stages in the flow
