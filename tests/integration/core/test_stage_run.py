@@ -1,5 +1,6 @@
 """Stages run alone and inside flows the same way; the pipeline judge; training settings reach TRL;
-the embedded stand-in LLM starts only for a stage that really runs."""
+a stage failing on bad input is not retried by Prefect. Decided without a run (batch sizes, the
+embedded stand-in LLM, which errors a retry can help): tests/unit/core/test_stage_run.py."""
 
 from __future__ import annotations
 
@@ -232,107 +233,7 @@ def test_dpo_settings_reach_trl(monkeypatch, tmp_path, tiny_model_dir):
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
-@pytest.mark.parametrize(
-    "world, micro, effective, accumulation",
-    [(1, 4, 16, 4), (2, 4, 16, 2), (4, 2, 16, 2), (8, 1, 128, 16)],
-)
-def test_gradient_accumulation_keeps_the_effective_batch(
-    monkeypatch, world, micro, effective, accumulation
-):
-    from sgpo.train.trainers import common_args
-
-    monkeypatch.setenv("WORLD_SIZE", str(world))
-    cfg = load_config(
-        "tiny", [f"sft.per_device_batch_size={micro}", f"sft.effective_batch_size={effective}"]
-    ).sft
-    args = common_args(cfg, "/tmp/unused")
-    assert args["gradient_accumulation_steps"] == accumulation
-    assert (
-        args["per_device_train_batch_size"] * world * args["gradient_accumulation_steps"]
-        == effective
-    )
-
-
-def test_an_effective_batch_that_does_not_divide_is_refused(monkeypatch):
-    from sgpo.train.trainers import common_args
-
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    cfg = load_config("tiny", ["sft.per_device_batch_size=4", "sft.effective_batch_size=16"]).sft
-    with pytest.raises(ValueError, match="not a multiple of per_device_batch_size 4 x 3 devices"):
-        common_args(cfg, "/tmp/unused")
-
-
-# ------------------------------------------------------------------------------- embedded LLM
-class CountingLLM:
-    judge = annotator = "model"  # answered by the model, as the default EmbeddedLLM
-
-    def __init__(self) -> None:
-        self.starts = 0
-
-    def base_url(self) -> str:
-        self.starts += 1
-        return "http://127.0.0.1:9/v1"
-
-
-def test_the_embedded_llm_starts_only_when_an_llm_stage_really_runs(tmp_path):
-    import pyarrow as pa
-
-    from artifacts.store import ArtifactStore
-    from flows.runner import StageRunner
-    from sgpo.llm.embedded import EMBEDDED_MODEL_NAME
-
-    ctx = StageContext(store=StoreConfig(url=str(tmp_path)))
-    llm = CountingLLM()
-    runner = StageRunner(ctx, [], llm=llm)
-    st = get_stage("annotate")
-    cfg = load_config("tiny").annotate  # no base_url: the embedded server stands in
-    inputs = {
-        "samples": ArtifactRef(
-            uri="u", kind="table", stage="sample", cache_key="k", content_hash="h"
-        )
-    }
-
-    pointed = runner._point_at_embedded(st, cfg, inputs, None, forced=False)
-    assert llm.starts == 1 and pointed.endpoint.base_url == "http://127.0.0.1:9/v1"
-    assert pointed.endpoint.model == EMBEDDED_MODEL_NAME
-
-    key = st.cache_key(pointed, inputs)
-    ArtifactStore(str(tmp_path)).publish_table(
-        "annotate", key, pa.Table.from_pylist([{"a": 1}]), manifest={}
-    )
-    cached = runner._point_at_embedded(st, cfg, inputs, None, forced=False)
-    assert llm.starts == 1 and cached.endpoint.base_url is None  # finished: nothing started
-    runner._point_at_embedded(st, cfg, inputs, None, forced=True)
-    assert llm.starts == 2  # --force annotate re-runs it, so it needs the server
-
-    configured = cfg.model_copy(
-        update={"endpoint": cfg.endpoint.model_copy(update={"base_url": "http://x/v1"})}
-    )
-    assert runner._point_at_embedded(st, configured, inputs, None, forced=False) is configured
-    assert (
-        runner._point_at_embedded(
-            get_stage("sft"), load_config("tiny").sft, {}, None, forced=False
-        ).epochs
-        == 2
-    )
-    assert llm.starts == 2
-
-
 # ------------------------------------------------------------------------------- task-level retries
-def test_only_transient_errors_are_worth_a_retry():
-    from sgpo.core.prefect_tasks import error_is_transient
-    from sgpo.data.sources import DatasetError
-    from sgpo.llm.client import ExternalLLMNotConfigured
-
-    assert error_is_transient(TimeoutError("read timed out")) and error_is_transient(
-        ConnectionResetError()
-    )
-    hub_down = DatasetError("could not load ...")
-    hub_down.retriable = True
-    assert error_is_transient(hub_down)
-    assert not error_is_transient(DatasetError("no column 'prompt'"))
-    assert not error_is_transient(ExternalLLMNotConfigured("no base_url"))
-    assert not error_is_transient(ValueError("effective_batch_size ... not a multiple"))
 
 
 def test_a_stage_failing_on_bad_input_is_not_retried_by_prefect(tmp_path, monkeypatch):
@@ -359,16 +260,3 @@ def test_a_stage_failing_on_bad_input_is_not_retried_by_prefect(tmp_path, monkey
     # one attempt looks the file up twice (Prefect's cache-key function, then the stage's own lookup);
     # each of the 2 declared retries would add two more
     assert get_stage("prepare").retries == 2 and len(looked_up) == 2
-
-
-def test_llm_errors_say_whether_a_retry_can_help():
-    import pickle
-
-    from sgpo.core.prefect_tasks import error_is_transient
-    from sgpo.llm.client import LLMCallError
-
-    overloaded = LLMCallError("429 x7", endpoint="http://x", key="k", retriable=True)
-    assert error_is_transient(overloaded) and error_is_transient(
-        pickle.loads(pickle.dumps(overloaded))
-    )
-    assert not error_is_transient(LLMCallError("HTTP 401: invalid api key", endpoint="http://x"))
