@@ -1,11 +1,10 @@
-"""The testbed (docs/testbed.md): tasks and score, the oracle annotator and verifier judge over the
-real server and clients, the preset's DAG, and a fast regression of the method's effect."""
+"""The testbed (docs/testbed.md): tasks and score, the data, the oracle's edit, the preset's DAG. The
+oracle and verifier over the real server and the fast regression of the method's effect:
+tests/integration/data/test_testbed.py; the full comparison (slow): tests/e2e/test_testbed.py."""
 
 from __future__ import annotations
 
 import random
-
-import pytest
 
 from sgpo.data.testbed import (
     HABIT,
@@ -66,53 +65,6 @@ def test_the_oracle_edit_moves_b_toward_gold_never_past_a():
     assert minimal_improvement(x, "1 1 3 9", "4 3 4 1" + HABIT) == "1 1 3 1"
 
 
-def test_oracle_and_verifier_answer_the_real_prompts_over_http(tmp_path):
-    """annotate (the stage's own request builder) and the pairwise judge, through the openai client."""
-    from artifacts.store import ArtifactStore
-    from sgpo.config import AnnotateStageConfig, PairJudgeConfig
-    from sgpo.evals.pairwise import PairJudge, judge_pairs
-    from sgpo.llm.client import call_all
-    from sgpo.llm.oracle import TestbedBackend
-    from sgpo.llm.server import build_app, running_server
-    from tasks.annotate import build_requests
-
-    class NoModel:
-        def chat(self, *a, **k):
-            raise AssertionError("the oracle should have answered")
-
-    x = "Reverse the list: 1 2 3 4"
-    rows = [{"prompt": x, "reference": "4 3 2 1", "policy": "4 3 9 1" + HABIT}]
-    with running_server(
-        build_app(TestbedBackend(NoModel(), judge=True, annotator=True), model_name="tb")
-    ) as url:
-        cfg = AnnotateStageConfig.model_validate(
-            {"endpoint": {"base_url": url, "model": "tb", "api_key_env": "NONE"}}
-        )
-        res = call_all(
-            build_requests(rows, cfg),
-            cfg.endpoint,
-            journal_url=str(tmp_path / "calls"),
-            namespace="t",
-        )
-        texts = {r.key: r.text for r in res.records}
-        assert texts == {"0/imp": "4 3 2 1", "0/ext": "4 3 2 1"}
-        jcfg = PairJudgeConfig.model_validate(
-            {"endpoint": {"base_url": url, "model": "tb", "api_key_env": "NONE"}}
-        )
-        pairs = [
-            (x, "4 3 2 1", "4 3 2 1" + HABIT),
-            (x, "4 3 2 9", "4 3 2 1"),
-            (x, "1 2 3 4", "4 3 2 1"),
-        ]
-        results, _ = judge_pairs(
-            pairs, PairJudge.from_config(jcfg), store=ArtifactStore(str(tmp_path / "store"))
-        )
-    prefs = [r["preference"] for r in results]
-    assert (
-        prefs[0] < 1.05 and prefs[1] > 1.85 and prefs[2] > 1.99
-    )  # 1 = the baseline (first) better
-
-
 def test_the_preset_runs_sgpo_and_reports_against_pi_sft():
     from flows.pipeline import plan
     from sgpo.config import load_config
@@ -139,46 +91,3 @@ def test_the_preset_runs_sgpo_and_reports_against_pi_sft():
     cont = {s.label: s.inputs for s in plan(load_config("testbed", ["method=sft-continued"]))[0]}
     assert cont["sft_continued"] == {"base": "sft", "data": "prepare[po]"}
     assert score_answers([("Count the items in the list: 1 2", "2")])["exact_match"] == 1.0
-
-
-def test_the_method_effect_regression():
-    """Fast regression of the method's effect (tests/testbed_probe.py; margins and noise in docs/testbed.md,
-    "Fast regression"): one round of DPO+NLL with the oracle's minimal fixes of the policy's samples as
-    chosen removes pi_sft's verbosity habit, and the same pairs with chosen and rejected swapped (a
-    wiring bug) score clearly below the correct wiring. Measured on seeds 0/1/2: habit 0.30/0.25/0.14 ->
-    0.00 with the method; score method - swapped = +0.043/+0.034/+0.041 (SE of the difference ~0.012)."""
-    from tests.helpers.testbed_probe import probe
-
-    r = probe(seed=0, variants=("method", "swapped"))
-    sft, good, bad = r["sft"], r["method"], r["swapped"]
-    assert good["habit_rate"] < sft["habit_rate"] - 0.10, r
-    assert good["mean_quality"] > bad["mean_quality"] + 0.015, r
-
-
-@pytest.mark.slow
-def test_the_full_testbed_comparison(tmp_path):
-    """benchmarks/testbed.py over every testbed recipe and 3 seeds (about 11 minutes on 2 cores):
-    every row fills, and every method removes most of pi_sft's habit (docs/testbed.md, H1)."""
-    import json
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "benchmarks"))
-    import testbed as bench
-
-    assert (
-        bench.main(
-            [
-                "-o",
-                str(tmp_path / "out"),
-                f"store.url={tmp_path / 'store'}",
-                "tracking.enabled=false",
-            ]
-        )
-        == 0
-    )
-    rows = {r["method"]: r for r in json.loads((tmp_path / "out" / "testbed.json").read_text())}
-    assert set(rows) == set(bench.METHODS) and all(r["seeds"] == 3 for r in rows.values())
-    assert all(
-        rows[m]["habit"][0] < rows["sft"]["habit"][0] / 2 for m in bench.METHODS if m != "sft"
-    )
