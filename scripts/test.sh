@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
-# tests/test_report_browser.py renders the run report in headless Chromium (Debian's package);
+# tests/e2e/test_report_browser.py renders the run report in headless Chromium (Debian's package);
 # installed here if absent and possible, else that test skips with the reason.
 if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || echo "[test] chromium not installed (apt-get failed)" >&2

@@ -7,7 +7,7 @@
   vllm_server   vLLM's OpenAI server, started for the checkpoint (or at base_url) (sgpo.generate.vllm)
   openai        any OpenAI-compatible server, e.g. `vllm serve`      (sgpo.generate.openai_server)
 All apply the model's own chat template and honour temperature, top_p, max_new_tokens, n, seed.
-The contract (tests/test_generation_contract.py runs it against every available back-end):
+The contract (tests/integration/generate/test_generation_contract.py runs it against every available back-end):
 n generations per conversation, in order; finish_reason "stop" or "length";
 completion_tokens <= max_new_tokens (the end-of-sequence token counted); text without the
 template's special tokens; the same seeded request gives the same text on back-ends that seed

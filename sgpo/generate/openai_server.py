@@ -48,7 +48,7 @@ class OpenAIServerGenerator:
                     seed=params.seed + i * params.n + k,
                 )
             c = r.choices[0]
-            # stripped like the in-process back-ends' text (one contract: tests/test_generation_contract.py)
+            # stripped like the in-process back-ends' text (one contract: tests/integration/generate/test_generation_contract.py)
             finish = "length" if c.finish_reason == "length" else "stop"
             return Generation(
                 (c.message.content or "").strip(),

@@ -1,5 +1,5 @@
-"""The commands of the team stack, shared by tests/test_cluster.py (which walks docs/cluster.md on
-loopback, running the doc's commands as written) and tests/test_deployments.py (which checks that
+"""The commands of the team stack, shared by tests/e2e/test_cluster.py (which walks docs/cluster.md on
+loopback, running the doc's commands as written) and tests/unit/deployments/test_deployments.py (which checks that
 docker/compose.yaml and the Dockerfiles run nothing else, and that the doc walk has a plan for every
 line of the doc). `ANY` stands for a value (host, port, URI) that differs between them.
 """
@@ -171,8 +171,8 @@ def kill_tree(pid: int) -> list[int]:
 
 # --------------------------------------------------------------------------- docs/cluster.md, walked verbatim
 #
-# tests/test_cluster.py runs the ```bash blocks of sections 1-6 of docs/cluster.md as written, in order,
-# after the substitutions below; tests/test_deployments.py plans the same walk without running it (fast).
+# tests/e2e/test_cluster.py runs the ```bash blocks of sections 1-6 of docs/cluster.md as written, in order,
+# after the substitutions below; tests/unit/deployments/test_deployments.py plans the same walk without running it (fast).
 # A command line the walker does not know and that is not in SKIP fails both, so a command added to
 # the doc must be added here (and is then run by the slow test).
 

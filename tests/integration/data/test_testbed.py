@@ -56,7 +56,7 @@ def test_oracle_and_verifier_answer_the_real_prompts_over_http(tmp_path):
 
 
 def test_the_method_effect_regression():
-    """Fast regression of the method's effect (tests/testbed_probe.py; margins and noise in docs/testbed.md,
+    """Fast regression of the method's effect (tests/helpers/testbed_probe.py; margins and noise in docs/testbed.md,
     "Fast regression"): one round of DPO+NLL with the oracle's minimal fixes of the policy's samples as
     chosen removes pi_sft's verbosity habit, and the same pairs with chosen and rejected swapped (a
     wiring bug) score clearly below the correct wiring. Measured on seeds 0/1/2: habit 0.30/0.25/0.14 ->

@@ -95,7 +95,7 @@ def test_images_hold_the_checkout_their_workers_are_sent_to(images, prefect_yaml
 
 
 def test_cluster_doc_retry_command_is_a_prefect_command():
-    """Section 7's CLI retry, which tests/test_cluster.py runs on a failed run, is a command of the
+    """Section 7's CLI retry, which tests/e2e/test_cluster.py runs on a failed run, is a command of the
     installed Prefect: its `--help` exits 0 (an unknown command exits 2)."""
     prefect, *args = cluster_helpers.doc_retry_command()
     r = subprocess.run(

@@ -14,7 +14,7 @@ answer stopped or is very short; the chat template's special tokens never leak i
 give equal samples; greedy decoding agrees with transformers on the same checkpoint (same
 template, same token ids, same weights); the sampling stage runs on a vLLM server it starts.
 
-Set up the vLLM venv with scripts/setup_vllm_cpu.sh, then: pytest -m vllm tests/test_generation_contract.py
+Set up the vLLM venv with scripts/setup_vllm_cpu.sh, then: pytest -m vllm tests/integration/generate/test_generation_contract.py
 """
 
 from __future__ import annotations

@@ -187,14 +187,14 @@ def compose() -> dict:
 
 
 def test_compose_runs_only_commands_the_test_suite_runs(compose):
-    """Every service built from our images runs one of the commands tests/test_cluster.py runs."""
+    """Every service built from our images runs one of the commands tests/e2e/test_cluster.py runs."""
     services = compose["services"]
     ours = {n: s for n, s in services.items() if str(s.get("image", "")).startswith("sgpo-")}
     assert set(ours) >= {"prefect-server", "mlflow", "deploy", "worker-cpu", "worker-cuda"}
     for name, svc in ours.items():
         cmd = [str(c) for c in svc["command"]]
         assert any(matches(cmd, t) for t in TEMPLATES), (
-            f"{name}: {cmd} is not a command tests/test_cluster.py runs"
+            f"{name}: {cmd} is not a command tests/e2e/test_cluster.py runs"
         )
     assert matches(ours["worker-cuda"]["command"], WORKER_CUDA)
     assert matches(ours["worker-cpu"]["command"], WORKER_CPU)
@@ -217,7 +217,7 @@ def images() -> dict[str, Image]:
 
 
 def test_dockerfiles_default_to_the_workers(images):
-    """Each image's default command is the worker command tests/test_cluster.py runs, under tini (a
+    """Each image's default command is the worker command tests/e2e/test_cluster.py runs, under tini (a
     process worker runs each flow run as a subprocess; tini reaps them)."""
     assert images["cpu"].entrypoint == ["tini", "--"] and matches(images["cpu"].cmd, WORKER_CPU)
     assert images["cuda"].entrypoint == ["tini", "--"] and matches(images["cuda"].cmd, WORKER_CUDA)
@@ -242,7 +242,7 @@ def test_command_templates():
 
 
 def test_cluster_doc_walk_has_a_plan_for_every_line():
-    """Every command line of docs/cluster.md sections 1-6 is run by tests/test_cluster.py's walk or
+    """Every command line of docs/cluster.md sections 1-6 is run by tests/e2e/test_cluster.py's walk or
     skipped with a reason; the fast half of that slow test (no servers)."""
     values = {
         "api_port": "1",
