@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart 2: set up and run the default test suite (what CI runs). Extra arguments go to
-# pytest, e.g. scripts/test.sh -m slow (the slow tests), scripts/test.sh -k config.
+# pytest, e.g. scripts/test.sh tests/unit (the unit tier, the edit loop), scripts/test.sh -m slow
+# (the slow tests), scripts/test.sh -k config.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh test
