@@ -320,8 +320,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`argv` parsed with flags anywhere among a command's positional items: `sgpo run tiny -v
+    dpo.beta=0.2` and `sgpo run tiny --force annotate k=v` keep every override (argparse's plain
+    parsing stops the positional list at the first flag and calls the rest unrecognized)."""
+    sub = _subcommands(parser)
+    if sub is not None and argv and argv[0] in sub.choices:
+        args = parse_cli(sub.choices[argv[0]], argv[1:])
+        if sub.dest != argparse.SUPPRESS:
+            setattr(args, sub.dest, argv[0])
+        for k, v in parser._defaults.items():
+            args.__dict__.setdefault(k, v)
+        return args
+    positionals = [a for a in parser._actions if not a.option_strings]
+    if sub is not None or any(a.nargs == argparse.REMAINDER for a in positionals):
+        return parser.parse_args(argv)  # `sgpo stage NAME ...` hands the rest to the stage's parser
+    return parser.parse_intermixed_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_cli(build_parser(), sys.argv[1:] if argv is None else list(argv))
     return args.func(args)
 
 
