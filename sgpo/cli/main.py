@@ -35,6 +35,18 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
+def _store_problem(store) -> str | None:
+    """Why the run's store cannot be used (unknown scheme, unwritable folder, bucket), checked
+    before Prefect starts (a minute or more under load); the flow checks it again for UI runs."""
+    from artifacts.store import StoreError, check_store
+
+    try:
+        check_store(store.url, store.storage_options)
+    except StoreError as e:
+        return str(e)
+    return None
+
+
 def _quiet_prefect_console() -> None:
     """The CLI prints one line per stage and a one-paragraph error; Prefect's console output
     (tracebacks included) is for -v. Its API handlers stay, so the UI keeps every log line."""
@@ -60,6 +72,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_config(source, overrides)  # fail fast, before Prefect starts
     except ConfigError as e:
         print(f"sgpo: {e}", file=sys.stderr)
+        return 2
+    if problem := _store_problem(cfg.store):
+        print(f"sgpo: {problem}", file=sys.stderr)
         return 2
     _prepare_prefect(args.verbose)
     try:  # a missing / broken GGUF, an uninstalled packaged model, a folder without a model; after
@@ -155,6 +170,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cfg = load_evaluation_config(source, overrides)
     except ConfigError as e:
         print(f"sgpo: {e}", file=sys.stderr)
+        return 2
+    if problem := _store_problem(cfg.store):
+        print(f"sgpo: {problem}", file=sys.stderr)
         return 2
     _prepare_prefect(args.verbose)
     from flows.evaluate import EVALUATION_STAGES, evaluate
