@@ -15,6 +15,7 @@ raise `CorruptArtifactError` naming the artifact and what differs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -241,11 +242,16 @@ class ArtifactStore:
             # write-then-rename: a reader never sees half a file
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:  # a full disk, Ctrl-C: no half-written file left in the store
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             with self.fs.open(path, "wb") as f:
                 f.write(data)
