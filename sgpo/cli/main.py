@@ -54,6 +54,8 @@ def _quiet_prefect_console() -> None:
 
     from prefect.logging.handlers import PrefectConsoleHandler
 
+    from sgpo.core.logs import warnings_to_console
+
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
     ]
@@ -61,6 +63,9 @@ def _quiet_prefect_console() -> None:
         for h in lg.handlers:
             if isinstance(h, PrefectConsoleHandler):
                 h.setLevel(logging.CRITICAL + 1)
+    # sgpo's own warnings stay: a stale lease taken over or a damaged artifact recomputed is the
+    # only sign of repaid or redone work
+    warnings_to_console()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
