@@ -18,7 +18,7 @@ from sgpo.config import ExecutionConfig
 from sgpo.core import Stage, StageContext, stage_logger
 from sgpo.core.job import journal_note
 from sgpo.llm.embedded import EmbeddedLLM, embedded_model_name
-from sgpo.report.summary import StageReport
+from sgpo.report.summary import StageReport, dropped_note
 
 
 class StageFailed(RuntimeError):
@@ -120,6 +120,7 @@ class StageRunner:
         note = (
             "" if cached else journal_note(ref.summary)
         )  # e.g. " (48 answers from the journal, 0 sent)"
+        note += dropped_note(ref.summary)  # e.g. " (1 of 16 rows dropped: ...)", cached or not
         line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"
         print(line, flush=True)
         self.log.info(line)

@@ -114,10 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"[sgpo] report: {report.report_uri}/report.html  (copy: sgpo report {report.report_uri} -o report.html)"
         )
     j = report.judge
+    from flows.reporting import eval_rows_note
+
     if j.get("win_rate") is not None:
         print(
             f"[sgpo] judge: win rate {j['win_rate']:.2f} (SE {j.get('standard_error') or 0:.2f}) vs the baseline, "
-            f"{j['n_labelled']} of {j['n']} prompts judged"
+            f"{j['n_labelled']} of {j['n']} prompts judged{eval_rows_note(report.stages)}"
         )
     else:
         print(
