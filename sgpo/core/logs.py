@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO
 
 OWN_LOGGERS = ("artifacts", "sgpo", "flows", "tasks")
 STAGE_MARK = "sgpo_stage"  # set on the records of a stage's run logger (stage_logger)
@@ -51,17 +50,24 @@ def warnings_to_run_logs() -> None:
             logger.addHandler(handler)
 
 
-class _ConsoleWarnings(logging.StreamHandler):
-    """The marker class of the handler `warnings_to_console` adds (so it is added once)."""
+class _ConsoleWarnings(logging.Handler):
+    """One line per record on the stderr of the moment (not the one at set-up: a test harness,
+    or anything else, may have replaced it since)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging never fails the caller
+            self.handleError(record)
 
 
-def warnings_to_console(stream: IO[str] | None = None) -> None:
+def warnings_to_console() -> None:
     """sgpo's own warnings on the console, `[sgpo] WARNING: ...`, for a console that shows
-    nothing else of the logging (Prefect's console handler silenced)."""
+    nothing else of the logging (Prefect's console handler silenced). Added once per process."""
     root = logging.getLogger()
     if any(isinstance(h, _ConsoleWarnings) for h in root.handlers):
         return
-    handler = _ConsoleWarnings(sys.stderr if stream is None else stream)
+    handler = _ConsoleWarnings()
     handler.setFormatter(logging.Formatter("[sgpo] %(levelname)s: %(message)s"))
     handler.addFilter(is_own_warning)
     root.addHandler(handler)
