@@ -84,11 +84,12 @@ class StageRunner:
         cfg = st.coerce(cfg)
         name = embedded_model_name(cfg, judge=self.llm.judge, annotator=self.llm.annotator)
         cfg = with_endpoint(cfg, st.llm, None, name)
+        # cached: no server needed (run_stage returns the artifact before its preflight)
         if (
             not forced
             and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None
         ):
-            return cfg  # cached: no server needed; run_stage returns the artifact before its preflight
+            return cfg
         return with_endpoint(cfg, st.llm, self.llm.base_url(), name)
 
     def __call__(
