@@ -149,7 +149,8 @@ class PipelineConfig(Section):
         if "hardware" in self.model_fields_set:
             for name in type(self).model_fields:
                 section = getattr(self, name)
-                if isinstance(section, TrainConfig) and "launch" not in section.model_fields_set:
+                launched = isinstance(section, (TrainConfig, SAPOConfig))
+                if launched and "launch" not in section.model_fields_set:
                     section.launch = self.hardware.model_copy()
         return self
 
