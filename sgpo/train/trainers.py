@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sgpo.config import DPOStageConfig, TrainConfig
+from sgpo.config import DPOStageConfig, ORPOStageConfig, TrainConfig
 from sgpo.core.job import scratch_dir
 from sgpo.core.ranks import world_size
 from sgpo.core.tracking import StageTracker
@@ -25,8 +25,10 @@ class TrainingDataError(ValueError):
     pass
 
 
-# Named chat templates for base models that ship none (e.g. Meta-Llama-3-8B): ChatML turns, each
-# assistant turn closed by the tokenizer's own EOS so that generation stops where training ended.
+# Named chat templates for base models that ship none (e.g. Meta-Llama-3-8B). chatml: ChatML turns,
+# each assistant turn closed by the tokenizer's own EOS so that generation stops where training
+# ended. zephyr: the `<|user|>` / `<|assistant|>` turns each closed by EOS, the format of the SAPO
+# paper's ORPO-Mistral runs (its Appendix B calls it the Vicuna template).
 NAMED_CHAT_TEMPLATES = {
     "chatml": (
         "{% for message in messages %}"
@@ -34,6 +36,12 @@ NAMED_CHAT_TEMPLATES = {
         "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "zephyr": (
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
     ),
 }
 
@@ -70,6 +78,7 @@ def common_args(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.effective_batch_size // micro,
         lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        **({"optim": cfg.optimizer} if cfg.optimizer else {}),
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -261,6 +270,45 @@ def train_dpo(
         ref_model=ref,
         args=args,
         train_dataset=ds,
+        processing_class=tokenizer,
+        callbacks=_callbacks(tracker),
+    )
+    return _train_and_save(trainer, tokenizer, out_dir, work, cfg, tracker)
+
+
+def train_orpo(
+    model_dir: str,
+    pairs: list[tuple[list[dict[str, str]], str, str]],
+    cfg: ORPOStageConfig,
+    out_dir: str | Path,
+    *,
+    tracker: StageTracker | None,
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """ORPO on (prompt conversation, chosen, rejected): NLL of the chosen answer + lambda x the
+    odds-ratio term (TRL's ORPOTrainer); no reference model."""
+    import warnings
+
+    from sgpo.models.tinykit import load_tokenizer
+
+    with warnings.catch_warnings():  # ORPO lives in trl.experimental: known, and said once here
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    if not pairs:
+        raise TrainingDataError("no preference pairs")
+    check_lora(model_dir, cfg, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    set_chat_template(tokenizer, None, key="model.chat_template")
+    work = Path(out_dir).parent / "trainer"
+    common = common_args(cfg, str(work))
+    if cfg.warmup_steps:
+        common["warmup_steps"] = cfg.warmup_steps
+    args = ORPOConfig(**common, max_length=cfg.max_length, beta=cfg.lam)
+    trainer = ORPOTrainer(
+        model=_trainable_model(model_dir, cfg, trust_remote_code=trust_remote_code),
+        args=args,
+        train_dataset=pairs_dataset(pairs),
         processing_class=tokenizer,
         callbacks=_callbacks(tracker),
     )
