@@ -221,7 +221,8 @@ def test_paper_presets_follow_the_paper():
     for preset in ("qwen2.5-7b", "llama3-8b", "qwen2-1.5b"):
         cfg = load_config(preset)
         assert cfg.sft.max_length == cfg.improver_sft.max_length == cfg.dpo.max_length == 2048
-        assert cfg.data.sft.turns == "all"  # SFT on whole UltraChat dialogues
+        # SFT on whole UltraChat dialogues: one example per dialogue, every answer a target
+        assert (cfg.data.sft.turns, cfg.sft.assistant_turns) == ("last", "all")
         assert (cfg.data.prefs.path, cfg.data.prefs.split, cfg.data.prefs.preference_pairs) == (
             "allenai/ultrafeedback_binarized_cleaned",
             "train_prefs",

@@ -157,6 +157,17 @@ class PipelineConfig(Section):
     )
 
     @model_validator(mode="after")
+    def _one_sft_unit(self) -> PipelineConfig:
+        if self.sft.assistant_turns == "all" and self.data.sft.turns == "all":
+            raise ValueError(
+                "sft.assistant_turns=all trains every answer of an example's conversation, and "
+                "data.sft.turns=all makes one example per answer: each earlier answer would be learned "
+                "again in every later example; use data.sft.turns=last with sft.assistant_turns=all (one "
+                "example per dialogue) or sft.assistant_turns=final with data.sft.turns=all (one per answer)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _hardware_to_training_stages(self) -> PipelineConfig:
         if "hardware" in self.model_fields_set:
             for name in type(self).model_fields:

@@ -78,6 +78,13 @@ class TrainConfig(Section):
 
 
 class SFTStageConfig(TrainConfig):
+    assistant_turns: Literal["final", "all"] = key_field_when_set(
+        "final",
+        "Which answers of an example's conversation are SFT targets: final (the example's answer; one "
+        "epoch = one pass over the prepared rows) or all (every assistant turn of the conversation "
+        "too: with the data's `turns: last`, an epoch is one pass over the dialogues and each answer "
+        "is learned once, the SFT unit of a dialogue corpus such as UltraChat; docs/fidelity.md)",
+    )
     chat_template: str | None = optional_field(
         "Chat template for a base model without one (e.g. Meta-Llama-3-8B): 'chatml' or a Jinja string. "
         "Set on the SFT tokenizer and saved with pi_sft, so training, sampling, pairs and judging all use it",

@@ -58,6 +58,34 @@ def set_chat_template(tokenizer, template: str | None, *, key: str = "sft.chat_t
         )
 
 
+def dialogue_example(
+    tokenizer, messages: list[dict[str, str]], answer: str
+) -> dict[str, list[int]]:
+    """One SFT example of a whole conversation: `input_ids` of `messages` + the final `answer` as
+    the chat template renders them, and a `completion_mask` that is 1 on every assistant answer
+    (with what the template closes it with, as TRL's prompt-completion examples have) and 0 on the
+    rest. The answers' spans come from rendering each prefix of the conversation, so a template
+    that does not render a conversation's beginning as a prefix of the whole is refused."""
+    full = [*messages, {"role": "assistant", "content": answer}]
+    text = tokenizer.apply_chat_template(full, tokenize=False)
+    spans = []
+    for j, m in enumerate(full):
+        if m["role"] != "assistant":
+            continue
+        start = tokenizer.apply_chat_template(full[:j], tokenize=False, add_generation_prompt=True)
+        end = tokenizer.apply_chat_template(full[: j + 1], tokenize=False)
+        if not (text.startswith(start) and text.startswith(end)):
+            raise TrainingDataError(
+                "the chat template does not render the start of a conversation as the start of the "
+                "whole conversation, so its answers cannot be located: use sft.assistant_turns=final "
+                "with data.sft.turns=all"
+            )
+        spans.append((len(start), len(end)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(a <= s < b for a, b in spans)) for s, _ in enc["offset_mapping"]]
+    return {"input_ids": list(enc["input_ids"]), "completion_mask": mask}
+
+
 def common_args(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
     """TrainingArguments fields shared by SFTConfig and DPOConfig."""
     import torch
@@ -210,9 +238,15 @@ def train_sft(
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     # saved with the checkpoint: every later stage (sampling, pairs, judging) uses the same template
     set_chat_template(tokenizer, getattr(cfg, "chat_template", None))
-    ds = Dataset.from_list(
-        [{"prompt": p, "completion": [{"role": "assistant", "content": c}]} for p, c in examples]
-    )
+    if getattr(cfg, "assistant_turns", "final") == "all":  # every answer of the conversation
+        ds = Dataset.from_list([dialogue_example(tokenizer, p, c) for p, c in examples])
+    else:
+        ds = Dataset.from_list(
+            [
+                {"prompt": p, "completion": [{"role": "assistant", "content": c}]}
+                for p, c in examples
+            ]
+        )
     work = Path(out_dir).parent / "trainer"
     args = SFTConfig(
         **common_args(cfg, str(work)), max_length=cfg.max_length, completion_only_loss=True
