@@ -507,6 +507,7 @@ def train_sapo(
     from sgpo.models.tinykit import load_tokenizer
     from sgpo.train.checkpoints import save_checkpoint
     from sgpo.train.sapo import checkpoint as ckpt
+    from sgpo.train.trainers import set_chat_template
 
     check_config(cfg)
     if not rows:  # before anything is loaded
@@ -520,6 +521,7 @@ def train_sapo(
         )
     mine = _my_buffers(cfg.buffers, procs)
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust_remote_code)
+    set_chat_template(tokenizer, None, key="model.chat_template")  # a raw base without one: say so
     tokenized = _tokenize(rows, tokenizer, cfg)
     examples = [ex for ex in tokenized if ex is not None]
     dropped = len(tokenized) - len(examples)
