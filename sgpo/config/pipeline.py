@@ -55,7 +55,7 @@ class PipelineConfig(Section):
         "sgpo",
         description="The recipe (configs/methods/NAME.yaml, merged over the preset): sgpo, sgpo-step2, "
         "sgpo-dagger, sgpo-double-dagger, sgpo-diamond, sgpo-v1..v3, all-ref, no-ref, dpo, spin, orpo, "
-        "spin-orpo, sapo-dpo, sapo-orpo and the SAPO ablations (`sgpo config --methods`)",
+        "spin-orpo, sapo-dpo, sapo-orpo and the SAPO ablations (configs/methods/)",
     )
     algorithm: Literal[
         "sgpo", "dpo", "spin", "orpo", "spin_orpo", "sapo", "sft", "sft_continued"
