@@ -3,7 +3,7 @@
 sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
 sgpo evaluate [EVAL_CONFIG] [key=value ...]   AlpacaEval 2.0 / Arena-Hard / pairwise judging of a model
 sgpo stage NAME [CONFIG] [key=value ...] --INPUT URI ...   run one stage alone (= python -m tasks.NAME)
-sgpo compare [PRESET] [key=value] [--method RECIPE ...]   the paper's Table-3 layout from the store
+sgpo compare [PRESET] [key=value] [--method RECIPE ...]   recipes side by side, beside the papers' numbers
 sgpo config [CONFIG] [key=value ...]          print the resolved config
 sgpo deploy                                   register work pools and deployments (docs/cluster.md)
 sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
@@ -215,7 +215,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """`sgpo compare [PRESET] [key=value ...] [--method M ...] [-o DIR]`: the Table-3 layout."""
+    """`sgpo compare [PRESET] [key=value ...] [--method M ...] [-o DIR]`: recipes beside the papers' numbers."""
     from pathlib import Path
 
     from sgpo.config import ConfigError, load_config, method_names
@@ -304,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=cmd_evaluate)
     cmp_ = sub.add_parser(
-        "compare", help="the SGPO paper's Table-3 layout for recipes on one preset, from the store"
+        "compare",
+        help="the recipes of one preset from the store, each cell beside the paper's number",
     )
     cmp_.add_argument(
         "items", nargs="*", metavar="[PRESET] [key=value]", help="model preset, then overrides"

@@ -133,3 +133,16 @@ def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
         if isinstance(raw, str) and raw
         else [{"role": "user", "content": row["prompt"]}]
     )
+
+
+def earlier_turns(row: dict[str, Any]) -> list[dict[str, str]]:
+    """What comes before a prepared row's final user message: its system prompt and the dialogue so
+    far ([] for a single-turn row without a system prompt)."""
+    return conversation(row)[:-1]
+
+
+def after_turns(turns: list[dict[str, str]], content: str) -> list[dict[str, str]]:
+    """`turns`, then `content` as the final user message: a request about an answer (improve it,
+    refine it, answer directly) asked inside the conversation the answer was written for, so the
+    system prompt and the earlier turns reach whoever answers it."""
+    return [*turns, {"role": "user", "content": content}]
