@@ -19,6 +19,7 @@ Other kinds of store (none supported today) would get no lease: `acquire` then a
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -236,8 +237,13 @@ class Lease:
 
     def _start(self) -> None:
         self.held = True
+        # in the caller's context: a warning it logs ("lost the lease") belongs to the caller's
+        # run (Prefect finds the run in context variables, which a new thread does not inherit)
         self._thread = threading.Thread(
-            target=self._beat, name=f"sgpo-lease-{self.stage}", daemon=True
+            target=contextvars.copy_context().run,
+            args=(self._beat,),
+            name=f"sgpo-lease-{self.stage}",
+            daemon=True,
         )
         self._thread.start()
 

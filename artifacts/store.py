@@ -15,6 +15,7 @@ raise `CorruptArtifactError` naming the artifact and what differs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -157,19 +158,7 @@ class ArtifactStore:
         """The ref as found HERE: a store copied or moved elsewhere (another folder, a bucket) keeps
         manifests naming the old location; the artifact is where we found it, and so are its side
         files (summary values under the old folder, e.g. `report_uri`)."""
-        here = self.artifact_url(stage, cache_key)
-        old = ref.uri
-        if old == here:
-            return ref
-        summary = {
-            k: (
-                here + v[len(old) :]
-                if isinstance(v, str) and (v == old or v.startswith(old + "/"))
-                else v
-            )
-            for k, v in ref.summary.items()
-        }
-        return ref.model_copy(update={"uri": here, "summary": summary})
+        return located_at(ref, self.artifact_url(stage, cache_key))
 
     def holds(self, ref: ArtifactRef) -> bool:
         """Whether `ref` points into this store (a ref from a copied store's old location does not)."""
@@ -253,11 +242,16 @@ class ArtifactStore:
             # write-then-rename: a reader never sees half a file
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:  # a full disk, Ctrl-C: no half-written file left in the store
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
         else:
             with self.fs.open(path, "wb") as f:
                 f.write(data)
@@ -362,15 +356,35 @@ class ArtifactStore:
             return f.read()
 
 
+def located_at(ref: ArtifactRef, here: str) -> ArtifactRef:
+    """`ref` as found at `here`: its URI, and summary values under its old folder (side files such
+    as `report_uri`), moved there. The manifest names where the artifact was made."""
+    old = ref.uri
+    if old == here:
+        return ref
+    summary = {
+        k: (
+            here + v[len(old) :]
+            if isinstance(v, str) and (v == old or v.startswith(old + "/"))
+            else v
+        )
+        for k, v in ref.summary.items()
+    }
+    return ref.model_copy(update={"uri": here, "summary": summary})
+
+
 def read_ref(uri: str, storage_options: dict[str, Any] | None = None) -> ArtifactRef:
-    """The ArtifactRef of a finished artifact from its folder URI (read from its manifest)."""
+    """The ArtifactRef of the finished artifact in folder `uri`, located where `uri` says: a copied
+    or moved store's manifest still names the original folder, and an input is what the user
+    pointed at, not wherever it was made."""
     url = normalize_url(uri)
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     path = f"{root.rstrip('/')}/{MANIFEST}"
     if not fs.exists(path):
         raise FileNotFoundError(f"{uri} is not a finished artifact (no {MANIFEST} in it)")
     with fs.open(path, "rb") as f:
-        return ArtifactRef.model_validate(json.loads(f.read())["ref"])
+        ref = ArtifactRef.model_validate(json.loads(f.read())["ref"])
+    return located_at(ref, url) if ref.kind in ("table", "model") else ref
 
 
 def local_model_ref(

@@ -62,6 +62,7 @@ def main() -> None:
             loss=args.loss,
             max_steps=args.steps,
             batch_size=args.batch_size,
+            buffers=1,  # one buffer: a step trains on `batch` pairs, as printed
             segment_length=args.segment_length,
             rejected_per_prompt=args.rejected_per_prompt,
             max_length=args.max_length,

@@ -1,4 +1,4 @@
-"""`sgpo compare`: the SGPO paper's Table-3 layout from the runs' own judged artifacts.
+"""`sgpo compare`: the recipes of one preset side by side, ours beside the paper's numbers, from the store.
 
 Each column group comes from artifacts in the store, found by content, never re-run here:
 
@@ -8,11 +8,15 @@ Each column group comes from artifacts in the store, found by content, never re-
   `arena_hard_judge` artifacts of `sgpo evaluate` runs whose model is that final policy (found
   through the manifests' lineage: judge <- generate <- model content hash).
 
+On the SAPO presets the layout is the SAPO paper's (Open LLM Leaderboard tasks and IFEval from
+`lm_eval`, MT-Bench turns from `mt_bench_judge`, AlpacaEval 2.0 LC / WR / length).
+
 A recipe is resolved without running anything: `resolve_plan` walks its DAG (flows.pipeline.plan)
 and looks every step up in the store by its cache key. A recipe with a missing step is reported
-as not run (with the first missing stage), not silently left out. The paper's published numbers
-stand beside ours only where the preset is the paper's setting (`PAPER_RESULTS`); they are not
-in this repository (docs/methods.md), so that column says so instead of showing numbers.
+as not run (with the first missing stage), not silently left out. Beside every benchmark cell of
+ours stands the paper's number for that preset and recipe, with the table it comes from
+(`sgpo.report.paper_numbers`, from the shipped copy sgpo/data/papers/paper_results.json): "not
+reported" where the paper has none, "n/a (not a paper setting)" on a preset that is no paper's.
 
 Only comparable cells side by side: every AE2 / Arena-Hard cell comes from a judge report that
 records what it was measured with (benchmark version, judge model, prompt version, decoding, and for
@@ -32,8 +36,8 @@ from sgpo.report.comparison import (  # noqa: F401 (re-exported: the table's par
     CELL_FIELDS,
     COLUMNS,
     PAPER_PRESETS,
-    PAPER_RESULTS,
     PAPER_SETTINGS,
+    SAPO_COLUMNS,
     Row,
     add_evaluations,
     comparability,
@@ -125,7 +129,7 @@ def compare(
     create_table_artifact(
         key="sgpo-compare",
         table=table,
-        description=f"SGPO paper Table-3 layout on preset {preset}: ours beside the paper's",
+        description=f"Recipes on preset {preset}: ours beside the paper's numbers (with their tables)",
     )
     return table
 

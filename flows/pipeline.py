@@ -1,10 +1,14 @@
 """The pipeline flow: the DAG of a recipe (SGPO and its ablations, the DPO baseline, SPIN).
 
     sgpo:  base_model -> sft -> sample -> annotate -> ppl_filter -> improver_sft -> (pairs -> [ref_logps] -> dpo) x rounds -> judge
-    dpo:   base_model -> sft -> dpo(prepare[prefs]) -> judge
-    spin:  base_model -> sft -> (pairs(chosen y_sft) -> dpo from pi_t) x iterations -> judge
+    dpo:   base_model -> [sft] -> dpo(prepare[prefs]) -> judge
+    orpo:  base_model -> [sft] -> orpo(prepare[prefs]) -> judge
+    spin:  base_model -> [sft] -> (pairs(chosen y_sft) -> dpo from pi_t) x iterations -> judge
+    spin_orpo: base_model -> [sft] -> (pairs(chosen y_sft) -> orpo from pi_t) x iterations -> judge
     sapo:  base_model -> [sft] -> sapo(prepare[sapo]) -> judge
-    checks (opt-in): pairwise[imp_vs_*](annotate), pairwise[refined_vs_*](pairs of each round), after the judge
+    ([sft]: not with `start: base`, where pi_sft is the base model itself)
+    checks (opt-in): pairwise[imp_vs_*](annotate), refine[initial] + pairwise[refined_vs_*](pairs of
+    each round), after the judge
     prepare[sft|improver|po|prefs|sapo|eval] feed the stages that read data
 
 `plan(cfg)` builds the DAG from the recipe as data (steps, their config sections, which step
@@ -36,12 +40,14 @@ from tasks import PIPELINE_STAGES, get_stage
 
 FORCEABLE = PIPELINE_STAGES  # every stage a recipe of this flow can run (the registry's list)
 # The data checks (`checks`), each a pairwise[NAME] stage: NAME -> (the column judged as the model, the
-# column it is judged against). Table 1 reads annotate's table; the refinement checks (Fig. 8/10) read
-# each round's pairs (chosen = the refinement y+, rejected = the policy's y); round r > 1 adds `.rR`.
+# column it is judged against). Table 1 reads annotate's table. The refinement checks (Fig. 8/10,
+# Sec. 4.4.2) compare the self-improver's refinement y+ (each round's pairs: `chosen`) with the
+# initial policy's refinement of the same answer y (the refine stage: `refinement`) and with y_sft;
+# round r > 1 adds `.rR`.
 CHECKS = {
     "imp_vs_policy": ("imp", "policy"),
     "imp_vs_reference": ("imp", "reference"),
-    "refined_vs_policy": ("chosen", "rejected"),
+    "refined_vs_initial": ("chosen", "refinement"),
     "refined_vs_reference": ("chosen", "reference"),
 }
 
@@ -157,9 +163,7 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         return add(f"dpo{suffix}", "dpo", section, **inputs)
 
     base = add("base_model", "base_model", "model")
-    if (
-        cfg.algorithm == "sapo" and cfg.sapo_start == "base"
-    ):  # the base model is already an SFT model
+    if cfg.start == "base":  # an SFT-ed base, or the raw base the ORPO-based methods start from
         pi_sft = base
     else:
         pi_sft = add("sft", "sft", "sft", base=base, data=data("sft"))
@@ -171,20 +175,28 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         policy = add("sft_continued", "sft", "sft_continued", base=pi_sft, data=data("po"))
     elif cfg.algorithm == "dpo":  # DPO on the published preference pairs, reference pi_sft
         policy = dpo("", "dpo_baseline", pi_sft, data("prefs"))
+    elif cfg.algorithm == "orpo":  # ORPO on the published preference pairs, no reference
+        policy = add("orpo", "orpo", "orpo", start=pi_sft, pairs=data("prefs"))
     elif (
         cfg.algorithm == "sapo"
     ):  # one long stage: EMA-regenerated segments, replay buffer, DPO/ORPO steps
-        start = base if cfg.sapo_start == "base" else pi_sft
-        policy = add("sapo", "sapo", "sapo", policy=start, data=data("sapo"))
-    elif cfg.algorithm == "spin":  # chosen y_sft, rejected pi_t's answer, reference pi_t
+        policy = add("sapo", "sapo", "sapo", policy=pi_sft, data=data("sapo"))
+    elif cfg.algorithm in ("spin", "spin_orpo"):  # chosen y_sft, rejected pi_t's answer
         if cfg.pairs.chosen != "sft":
             raise ConfigError(
-                "algorithm spin takes chosen = y_sft: pairs.chosen must be 'sft' (method=spin sets it)"
+                f"algorithm {cfg.algorithm} takes chosen = y_sft: pairs.chosen must be 'sft' "
+                f"(method={cfg.algorithm.replace('_', '-')} sets it)"
             )
-        policy, k = pi_sft, cfg.spin.iterations
+        section = cfg.algorithm  # spin: DPO steps, reference pi_t; spin_orpo: ORPO steps
+        policy, k = pi_sft, getattr(cfg, section).iterations
         for t in range(1, k + 1):
             pairs = add(f"pairs{suffix(t, k)}", "pairs", "pairs", policy=policy, data=data("po"))
-            policy = dpo(suffix(t, k), f"spin[{t}]", policy, pairs)
+            if section == "spin":
+                policy = dpo(suffix(t, k), f"spin[{t}]", policy, pairs)
+            else:
+                policy = add(
+                    f"orpo{suffix(t, k)}", "orpo", f"spin_orpo[{t}]", start=policy, pairs=pairs
+                )
     else:
         refined = cfg.pairs.chosen == "refined"
         pi_imp = None
@@ -224,9 +236,21 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
                 "with pairs.chosen=refined)"
             )
         for r, label in enumerate(rounds, 1):
-            for name in ("refined_vs_policy", "refined_vs_reference"):
-                name = name if r == 1 else f"{name}.r{r}"
-                add(f"pairwise[{name}]", "pairwise", f"checks[{name}]", table=label)
+            tag = "" if r == 1 else f".r{r}"
+            # the initial policy (pi_sft) refines the same answers y with the same prompt
+            initial = add(f"refine[initial{tag}]", "refine", "pairs", refiner=pi_sft, pairs=label)
+            add(
+                f"pairwise[refined_vs_initial{tag}]",
+                "pairwise",
+                f"checks[refined_vs_initial{tag}]",
+                table=initial,
+            )
+            add(
+                f"pairwise[refined_vs_reference{tag}]",
+                "pairwise",
+                f"checks[refined_vs_reference{tag}]",
+                table=label,
+            )
     if (
         cfg.report_vs_sft
     ):  # the testbed: verifier scores of pi_sft and the final policy, final vs pi_sft
@@ -240,9 +264,11 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
 
 
 def recipe_section(cfg: PipelineConfig, path: str) -> Any:
-    """A step's config section: a dotted path, or `spin[t]` (the spin section as iteration t trains)."""
-    if path.startswith("spin[") and path.endswith("]"):
-        return cfg.spin.for_iteration(int(path[5:-1]))
+    """A step's config section: a dotted path, or `spin[t]` / `spin_orpo[t]` (the section as
+    iteration t trains)."""
+    for name in ("spin", "spin_orpo"):
+        if path.startswith(f"{name}[") and path.endswith("]"):
+            return getattr(cfg, name).for_iteration(int(path[len(name) + 1 : -1]))
     if path.startswith("checks[") and path.endswith("]"):
         return check_section(cfg, path[7:-1])
     return section_of(cfg, path)

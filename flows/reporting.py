@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from sgpo.core import StageContext, stage_logger
-from sgpo.report.summary import StageReport
+from sgpo.report.summary import StageReport, dropped_note
 
 
 def config_hash(cfg: Any) -> str:
@@ -131,6 +131,12 @@ def mlflow_run_url(tracking: Any) -> str | None:
     if tracking.uri.startswith(("http://", "https://")):
         return f"{tracking.uri.rstrip('/')}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
     return f"{tracking.uri} (run {tracking.parent_run_id}; `mlflow ui --backend-store-uri {tracking.uri}`)"
+
+
+def eval_rows_note(stages: list[Any]) -> str:
+    """The eval data's dropped rows (prepare[eval]), for the judge's line: a smaller eval set."""
+    summary = next((s.summary for s in stages if s.stage == "prepare[eval]"), None)
+    return dropped_note(summary, "rows of the eval data")
 
 
 def _fmt(v: Any, nd: int = 1) -> str:
@@ -318,6 +324,7 @@ def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) 
         done = run_report_stage(ctx, report.stages, title, force)
         judged = [
             judged_line("judge (final policy vs the eval set's baseline)", report.judge or {})
+            + eval_rows_note(report.stages)
         ]
         checks = report.checks
         judged += [

@@ -18,7 +18,7 @@ from sgpo.config import ExecutionConfig
 from sgpo.core import Stage, StageContext, stage_logger
 from sgpo.core.job import journal_note
 from sgpo.llm.embedded import EmbeddedLLM, embedded_model_name
-from sgpo.report.summary import StageReport
+from sgpo.report.summary import StageReport, dropped_note
 
 
 class StageFailed(RuntimeError):
@@ -84,13 +84,12 @@ class StageRunner:
         cfg = st.coerce(cfg)
         name = embedded_model_name(cfg, judge=self.llm.judge, annotator=self.llm.annotator)
         cfg = with_endpoint(cfg, st.llm, None, name)
+        # cached: no server needed (run_stage returns the artifact before its preflight)
         if (
             not forced
             and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None
         ):
-            return (
-                cfg  # cached: no server needed; run_stage returns the artifact before its preflight
-            )
+            return cfg
         return with_endpoint(cfg, st.llm, self.llm.base_url(), name)
 
     def __call__(
@@ -122,6 +121,7 @@ class StageRunner:
         note = (
             "" if cached else journal_note(ref.summary)
         )  # e.g. " (48 answers from the journal, 0 sent)"
+        note += dropped_note(ref.summary)  # e.g. " (1 of 16 rows dropped: ...)", cached or not
         line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"
         print(line, flush=True)
         self.log.info(line)

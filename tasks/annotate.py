@@ -1,6 +1,10 @@
 """Stage 3, `annotate`: the external LLM writes y_imp (an improvement of the policy response
 B that stays close to B and is at most as good as the SFT response A) and its own answer y_ext.
 
+A multi-turn or system-prompted row: both requests are asked as the final user turn of the row's
+own conversation (its system prompt and earlier turns first), the one the policy answered, so the
+external LLM improves (and writes) an answer to that conversation, not to its last message alone.
+
 Every call goes through the durable client: results are journaled in the store as they
 arrive and a re-run (after a crash, kill or failed API) sends only the missing requests.
 Output columns: the sample columns + imp, ext (null when the call was dropped as invalid),
@@ -14,6 +18,7 @@ from artifacts.refs import ArtifactRef
 from sgpo.config import AnnotateStageConfig
 from sgpo.core import Job, stage, stage_main
 from sgpo.core.progress import stage_progress
+from sgpo.data.sources import after_turns, earlier_turns
 from sgpo.llm.client import ChatRequest
 from sgpo.llm.endpoint import require_endpoint
 from sgpo.prompts import load_prompt
@@ -40,17 +45,14 @@ def build_requests(rows: list[dict], cfg: AnnotateStageConfig) -> list[ChatReque
     )
     reqs = []
     for i, r in enumerate(rows):
+        turns = earlier_turns(r)
         text = improve.render(
             instruction=r["prompt"], response_a=r["reference"], response_b=r["policy"]
         )
-        reqs.append(
-            ChatRequest(key=f"{i}/imp", messages=[{"role": "user", "content": text}], **params)
-        )
+        reqs.append(ChatRequest(key=f"{i}/imp", messages=after_turns(turns, text), **params))
         if cfg.with_external_answer:
             text = direct.render(instruction=r["prompt"])
-            reqs.append(
-                ChatRequest(key=f"{i}/ext", messages=[{"role": "user", "content": text}], **params)
-            )
+            reqs.append(ChatRequest(key=f"{i}/ext", messages=after_turns(turns, text), **params))
     return reqs
 
 
@@ -72,6 +74,7 @@ def edit_distances(improved: str, response_b: str, response_a: str) -> dict[str,
     llm="endpoint",
     preflight=require_endpoint,
     prompts=prompt_versions,
+    code_version="2",  # 2: requests asked inside the row's conversation (system prompt, earlier turns)
     retries=1,
     description="the external LLM writes y_imp (close to B, no better than A) and y_ext; edit distances",
 )

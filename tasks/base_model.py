@@ -7,6 +7,10 @@
   safetensors checkpoint + tokenizer + chat template and stored (sgpo.models.gguf);
 * `tiny` builds the tiny kit's model and tokenizer (deterministically, from the bundled data).
 
+With `model.chat_template` the model is stored whatever its source, its tokenizer carrying that
+template (a raw base that training starts from directly needs one), so every stage after it
+(training, sampling, judging) formats chats the same way.
+
 A source that cannot work fails in the key's fingerprint, before the store is touched.
 """
 
@@ -61,6 +65,8 @@ def model_sources(spec: ModelSpec) -> dict[str, str]:
 def base_model(job: Job, cfg: ModelSpec) -> ArtifactRef:
     # code_version 2: tiny tokenizer trained with Qwen2's pre-tokenizer (reloads identically everywhere)
     source = resolve_model_source(cfg.name_or_path, cfg.revision)
+    if cfg.chat_template:
+        return _with_chat_template(job, cfg, source)
     if (ref := referenced_model(source, cfg.revision)) is not None:
         # made (checked, hashed) by this run: the run's stage line says "ran", a rerun "cached"
         return ref.model_copy(update={"produced_by": job.ctx.run_id})
@@ -77,6 +83,36 @@ def base_model(job: Job, cfg: ModelSpec) -> ArtifactRef:
     with scratch_dir("base_model") as tmp:
         out = build_bundled_tiny_model(tmp / "model", cfg.tiny)
         return job.publish_model(out, summary={"tiny": True}, seeds={"init": cfg.tiny.seed})
+
+
+def _with_chat_template(job: Job, cfg: ModelSpec, source) -> ArtifactRef:
+    """The source's checkpoint copied into the store, its tokenizer given `cfg.chat_template`."""
+    import shutil
+
+    from sgpo.models.tinykit import load_tokenizer
+    from sgpo.train.trainers import set_chat_template
+
+    with scratch_dir("base_model") as tmp:
+        out = tmp / "model"
+        if source.kind == "local":
+            shutil.copytree(source.path, out)
+        elif source.kind == "hub":
+            from huggingface_hub import snapshot_download
+
+            snapshot_download(cfg.name_or_path, revision=cfg.revision, local_dir=out)
+        elif source.kind == "gguf":
+            from sgpo.models.gguf import convert_gguf
+
+            out = convert_gguf(source.path, out)
+        else:
+            from sgpo.models.tinykit import build_bundled_tiny_model
+
+            out = build_bundled_tiny_model(out, cfg.tiny)
+        tokenizer = load_tokenizer(str(out), trust_remote_code=cfg.trust_remote_code)
+        set_chat_template(tokenizer, cfg.chat_template, key="model.chat_template")
+        tokenizer.save_pretrained(out)
+        summary = {**describe(source), "chat_template": cfg.chat_template}
+        return job.publish_model(out, summary=summary)
 
 
 if __name__ == "__main__":

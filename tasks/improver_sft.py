@@ -2,7 +2,9 @@
 
 Inputs are the improver prompt (instruction + policy response, WITHOUT the SFT reference,
 unless the All-Ref ablation turns `with_reference` on); targets are the filtered y_imp and/or
-y_ext. With shared parameters (SGPO) pi_imp is both the policy and the improver.
+y_ext. With shared parameters (SGPO) pi_imp is both the policy and the improver. A multi-turn or
+system-prompted row: the improver prompt is the final user turn of the row's own conversation (as
+the `pairs` stage asks it later), so the improver learns to refine an answer in its context.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from artifacts.refs import ArtifactRef
 from sgpo.config import ImproverSFTStageConfig
 from sgpo.core import Job, stage, stage_main
+from sgpo.data.sources import after_turns, earlier_turns
 from sgpo.prompts import load_prompt
 from sgpo.train.launch import ACCELERATE
 
@@ -34,7 +37,7 @@ def improver_examples(
         fields = {"instruction": r["prompt"], "response": r["policy"]}
         if cfg.with_reference:
             fields["reference"] = r["reference"]
-        out.append(([{"role": "user", "content": prompt.render(**fields)}], r["target"]))
+        out.append((after_turns(earlier_turns(r), prompt.render(**fields)), r["target"]))
     return out
 
 
@@ -44,6 +47,7 @@ def improver_examples(
     gpu=True,
     launcher=ACCELERATE,
     prompts=prompt_versions,
+    # no code_version bump for the conversation: a table that carries `messages` is another input
     description="train pi_sft to improve its own responses on the filtered y_imp / y_ext -> pi_imp",
 )
 def improver_sft(

@@ -4,6 +4,10 @@ y = policy(x) with the plain policy prompt; y+ = improver(refine_prompt(x, y, y_
 SFT reference (or without it, for the No-Ref ablation). Chosen y+, rejected y. With
 `chosen: sft` the chosen answer is y_sft itself (SGPO-diamond; SPIN when the policy is pi_sft).
 With shared parameters `policy` and `improver` are the same checkpoint and it is loaded once.
+
+A multi-turn or system-prompted row: y answers the whole conversation, and the refining prompt is
+asked as the final user turn of that same conversation (its system prompt and earlier turns
+before it), so the refiner sees what y was written for. The output keeps the row's `messages`.
 """
 
 from __future__ import annotations
@@ -11,22 +15,11 @@ from __future__ import annotations
 from artifacts.refs import ArtifactRef
 from sgpo.config import PairsStageConfig
 from sgpo.core import Job, stage, stage_main
-from sgpo.data.sources import conversation
+from sgpo.data.sources import conversation, earlier_turns
 from sgpo.prompts import load_prompt
+from sgpo.prompts.refine import refine_messages, refine_prompt_name
 
-
-def refine_prompt_name(cfg: PairsStageConfig) -> str:
-    return cfg.prompt if cfg.refine_with_reference else cfg.no_reference_prompt
-
-
-def refine_messages(
-    cfg: PairsStageConfig, instruction: str, response: str, reference: str
-) -> list[dict[str, str]]:
-    prompt = load_prompt(refine_prompt_name(cfg))
-    fields = {"instruction": instruction, "response": response}
-    if cfg.refine_with_reference:
-        fields["reference"] = reference
-    return [{"role": "user", "content": prompt.render(**fields)}]
+__all__ = ["build_pairs", "pairs", "prompt_versions", "refine_messages", "refine_prompt_name"]
 
 
 def build_pairs(
@@ -45,6 +38,7 @@ def build_pairs(
                 {
                     "prompt_id": r["prompt_id"],
                     "prompt": r["prompt"],
+                    "messages": r.get("messages"),
                     "reference": r["reference"],
                     "sample_index": j,
                     "chosen": chosen,
@@ -63,6 +57,7 @@ def prompt_versions(cfg: PairsStageConfig) -> dict[str, str]:
 @stage(
     "pairs",
     section="pairs",
+    code_version="2",  # 2: the refining prompt inside the row's conversation; `messages` kept
     gpu=True,
     prompts=prompt_versions,
     description="on-policy pairs: y = policy(x) rejected, y+ = improver(refine(x, y, y_sft)) chosen",
@@ -101,7 +96,7 @@ def pairs(
                     trust_remote_code=job.ctx.trust_remote_code,
                 )
             convs = [
-                refine_messages(cfg, r["prompt"], y, r["reference"])
+                refine_messages(cfg, r["prompt"], y, r["reference"], earlier_turns(r))
                 for r, s in zip(rows, policy_texts)
                 for y in s
             ]

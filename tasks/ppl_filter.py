@@ -1,7 +1,8 @@
 """Stage 4, `ppl_filter`: perplexity of each y_imp and y_ext under pi_sft; drop Tukey outliers.
 
 Perplexity is conditional on the instruction: exp(mean token NLL of the response's tokens)
-after the chat-formatted prompt, as pi_sft would generate it. Fences are computed per response
+after the chat-formatted prompt, as pi_sft would generate it: the row's whole conversation (system
+prompt, earlier turns, final user message), the context the policy answered in. Fences are computed per response
 type (imp, ext): keep ppl in [Q1 - k IQR, Q3 + k IQR], quartiles by linear interpolation
 (numpy's default). Output: one row per candidate target with `ppl` and `kept`, so the paper's
 Fig. 5 histograms can be drawn from the artifact; the fences and counts are in its summary.
@@ -14,6 +15,7 @@ from collections.abc import Sequence
 from artifacts.refs import ArtifactRef
 from sgpo.config import PplFilterStageConfig
 from sgpo.core import Job, stage, stage_main
+from sgpo.data.sources import conversation
 
 RESPONSE_TYPES = ("imp", "ext")
 
@@ -30,7 +32,7 @@ def tukey_fences(values: Sequence[float], k: float = 1.5) -> dict[str, float]:
 
 def response_perplexities(
     model_dir: str,
-    prompts: list[str],
+    prompts: list[str | list[dict[str, str]]],
     responses: list[str],
     *,
     batch_size: int,
@@ -38,7 +40,8 @@ def response_perplexities(
     trust_remote_code: bool = False,
 ) -> list[float]:
     """exp(mean NLL over the response tokens | chat-formatted prompt), one per pair (in their order),
-    computed in length-sorted batches of `batch_size` without gradients."""
+    computed in length-sorted batches of `batch_size` without gradients. A prompt is a user message
+    or a whole conversation (a list of {role, content} ending with the user turn)."""
     import math
 
     import torch
@@ -61,9 +64,8 @@ def response_perplexities(
     seqs: list[list[int]] = []
     n_resps: list[int] = []
     for p, r in zip(prompts, responses):
-        prefix = tok.apply_chat_template(
-            [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
-        )
+        chat = [{"role": "user", "content": p}] if isinstance(p, str) else p
+        prefix = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
         p_ids = tok(prefix, add_special_tokens=False).input_ids
         r_ids = tok(r + tok.eos_token, add_special_tokens=False).input_ids
         seq = (p_ids + r_ids)[-max_length:]  # keep the response; cut the prompt's head if too long
@@ -115,6 +117,7 @@ def response_perplexities(
 @stage(
     "ppl_filter",
     section="ppl_filter",
+    code_version="2",  # 2: perplexity given the row's whole conversation; `messages` kept
     gpu=True,
     description="perplexity of y_imp / y_ext under pi_sft; drop Tukey IQR outliers per response type",
 )
@@ -128,6 +131,7 @@ def ppl_filter(
         {
             "prompt_id": r["prompt_id"],
             "prompt": r["prompt"],
+            "messages": r.get("messages"),
             "reference": r["reference"],
             "policy": r["policy"],
             "target": r[t],
@@ -143,7 +147,7 @@ def ppl_filter(
         )
     ppl = response_perplexities(
         job.model_dir(policy),
-        [c["prompt"] for c in candidates],
+        [conversation(c) for c in candidates],
         [c["target"] for c in candidates],
         batch_size=cfg.batch_size,
         max_length=cfg.max_length,

@@ -15,6 +15,7 @@ chat (the final answer). Rows without a usable prompt and answer are dropped and
 from __future__ import annotations
 
 import json
+from collections import Counter
 from typing import Any
 
 from artifacts.refs import ArtifactRef
@@ -117,6 +118,66 @@ def _preference_rows(
     return out, dropped
 
 
+def _columns_read(
+    columns: list[str], spec: DatasetSpec
+) -> tuple[str | None, str | None, str | None]:
+    """(chat column, prompt column, response column) a plain (not preference) dataset is read from."""
+    chat_col = spec.messages_column
+    prompt_col, resp_col = spec.prompt_column, spec.response_column
+    if not (chat_col or (prompt_col and resp_col)):
+        if not resp_col:
+            chat_col = chat_col or next((c for c in CHAT_CANDIDATES if c in columns), None)
+        if chat_col is None:
+            prompt_col = prompt_col or next((c for c in PROMPT_CANDIDATES if c in columns), None)
+            resp_col = resp_col or next((c for c in RESPONSE_CANDIDATES if c in columns), None)
+            if prompt_col is None or resp_col is None:
+                raise DatasetError(
+                    f"{describe(spec)}: cannot find the prompt and response columns in {columns}; "
+                    f"expected a chat column {CHAT_CANDIDATES}, or a prompt column {PROMPT_CANDIDATES} with a "
+                    f"response column {RESPONSE_CANDIDATES}; set data.<name>.prompt_column / response_column / messages_column"
+                )
+    return chat_col, prompt_col, resp_col
+
+
+def _kind_of(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return "text" if value.strip() else "empty text"
+    return type(value).__name__
+
+
+def unusable_columns(rows: list[dict[str, Any]], columns: list[str], spec: DatasetSpec) -> str:
+    """Why no row could be used, naming each column read that holds no usable value and what it
+    holds instead ("column 'prompt' holds int (20 of 20 rows), where text is needed"); '' when every
+    column read has usable values (then the rows pair them badly)."""
+    if spec.preference_pairs:
+        prompt = spec.prompt_column or next((c for c in PROMPT_CANDIDATES if c in columns), None)
+        read = {spec.chosen_column: "text or chat", spec.rejected_column: "text or chat"}
+        read.update({prompt: "text"} if prompt else {})
+    else:
+        chat_col, prompt_col, resp_col = _columns_read(columns, spec)
+        read = {
+            c: kind
+            for c, kind in ((chat_col, "chat"), (prompt_col, "text"), (resp_col, "text"))
+            if c
+        }
+    problems = []
+    for col, wanted in read.items():
+        values = [row.get(col) for row in rows]
+        usable = [
+            v
+            for v in values
+            if (isinstance(v, str) and v.strip() and "text" in wanted)
+            or ("chat" in wanted and _messages(v) is not None)
+        ]
+        if values and not usable:
+            kinds = Counter(_kind_of(v) for v in values).most_common()
+            held = ", ".join(f"{k} ({n} of {len(values)} rows)" for k, n in kinds)
+            problems.append(f"column {col!r} holds {held}, where {wanted} is needed")
+    return "; ".join(problems)
+
+
 def normalize_rows(
     rows: list[dict[str, Any]], columns: list[str], spec: DatasetSpec
 ) -> tuple[list[dict[str, str]], int]:
@@ -133,20 +194,7 @@ def normalize_rows(
     need(spec.response_column, "response_column")
     if spec.preference_pairs:
         return _preference_rows(rows, columns, spec, need)
-    chat_col = spec.messages_column
-    prompt_col, resp_col = spec.prompt_column, spec.response_column
-    if not (chat_col or (prompt_col and resp_col)):
-        if not resp_col:
-            chat_col = chat_col or next((c for c in CHAT_CANDIDATES if c in columns), None)
-        if chat_col is None:
-            prompt_col = prompt_col or next((c for c in PROMPT_CANDIDATES if c in columns), None)
-            resp_col = resp_col or next((c for c in RESPONSE_CANDIDATES if c in columns), None)
-            if prompt_col is None or resp_col is None:
-                raise DatasetError(
-                    f"{describe(spec)}: cannot find the prompt and response columns in {columns}; "
-                    f"expected a chat column {CHAT_CANDIDATES}, or a prompt column {PROMPT_CANDIDATES} with a "
-                    f"response column {RESPONSE_CANDIDATES}; set data.<name>.prompt_column / response_column / messages_column"
-                )
+    chat_col, prompt_col, resp_col = _columns_read(columns, spec)
     out, dropped = [], 0
     for i, row in enumerate(rows):
         pid = str(row.get("prompt_id") or row.get("id") or i)
@@ -198,10 +246,20 @@ def prepare(job: Job, cfg: DatasetSpec) -> ArtifactRef:
         ds = ds.select(range(min(cfg.max_rows, len(ds))))
     if len(ds) == 0:
         raise DatasetError(f"{describe(cfg)} is empty")
-    rows, dropped = normalize_rows(ds.to_list(), list(ds.column_names), cfg)
+    raw = ds.to_list()
+    rows, dropped = normalize_rows(raw, list(ds.column_names), cfg)
     if not rows:
+        why = unusable_columns(raw, list(ds.column_names), cfg)
         raise DatasetError(
             f"{describe(cfg)}: none of its {len(ds)} rows has both a prompt and a response"
+            + (f": {why}" if why else "")
+        )
+    if dropped:  # a warning: shown on the run's console and in its logs (a smaller eval set)
+        job.log.warning(
+            "prepare: %s: %d of %d rows dropped (no prompt, or an empty response / reference)",
+            describe(cfg),
+            dropped,
+            len(ds),
         )
     job.log.info(
         "prepared %s: %d rows (%d dropped without prompt/response)", cfg.path, len(rows), dropped

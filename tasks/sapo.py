@@ -5,12 +5,19 @@ regenerates a segment of y+ to make y-, the pair goes to a FIFO replay buffer, a
 step trains on a use-weighted draw from the buffer (details in sgpo/train/sapo). Inputs: the policy to
 start from and a prepared table whose `messages` are the prompt conversation and `reference` the
 chosen answer. Output: the final policy (safetensors), with `ema/` (the EMA model's weights) and
-`buffer.parquet` (x, y+, y-, cut position, use count, producing step) beside it.
+`buffer.parquet` (every replay buffer: buffer index, x, y+, y-, cut position, use count, producing
+step) beside it.
+
+Several processes: `sapo.launch` (or the recipe's `hardware`) launches the stage through accelerate
+(DDP); each process holds `sapo.buffers / processes` replay buffers, so the run, its key and its
+artifact are the same on any number of processes that divides `sapo.buffers`
+(sgpo/train/sapo/launch.py); rank 0 publishes.
 
 Resume: checkpoints (policy, EMA, optimiser, scheduler, buffer with use counts, RNG states;
 safetensors + Parquet + JSON, nothing pickled) go to the stage's `_work/checkpoints` folder in the
 store every `checkpoint_every` steps and on SIGTERM; the folder is keyed by the stage's cache key,
-so a killed run, re-run with the same inputs and config, resumes where it stopped.
+so a killed run, re-run with the same inputs and config, resumes where it stopped (with any
+number of processes: each process reads the buffers it holds).
 Metrics go to the stage's MLflow run at each logging step.
 """
 
@@ -20,12 +27,14 @@ from artifacts.refs import ArtifactRef
 from sgpo.config import SAPOConfig
 from sgpo.core import Job, scratch_dir, stage, stage_main
 from sgpo.data.sources import conversation
+from sgpo.train.sapo.launch import SAPO_ACCELERATE
 
 
 @stage(
     "sapo",
     section="sapo",
     gpu=True,
+    launcher=SAPO_ACCELERATE,
     description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable",
 )
 def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> ArtifactRef:
@@ -51,10 +60,13 @@ def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> A
             on_metrics=lambda step, metrics: _log_step(job, step, metrics),
             trust_remote_code=job.ctx.trust_remote_code,
         )
+        if not job.is_main_process:
+            return None  # type: ignore[return-value]  # rank 0 publishes
         if result.resumed_from_step is not None:
             job.log.info("SAPO resumed from the checkpoint of step %d", result.resumed_from_step)
         summary = {
             "steps": result.steps,
+            "rows_dropped_long_prompt": result.prompts_dropped,
             "ema_updates": result.ema_updates,
             "buffer_size": result.buffer_size,
             "buffer_mean_uses": result.buffer_mean_uses,
@@ -94,16 +106,19 @@ def _log_step(job: Job, step: int, metrics: dict) -> None:
 
 
 def _final_buffer(job: Job) -> bytes | None:
-    """The newest checkpoint's buffer.parquet (the buffer as the run ended)."""
-    import fsspec
+    """The newest checkpoint's replay buffers as one Parquet file (the buffers as the run ended)."""
+    import io
 
-    from sgpo.train.sapo.checkpoint import latest_checkpoint
+    import pyarrow.parquet as pq
+
+    from sgpo.train.sapo.checkpoint import latest_checkpoint, read_buffers
 
     folder = latest_checkpoint(job.work_url + "/checkpoints", job.store.storage_options)
     if folder is None:
         return None
-    with fsspec.open(f"{folder}/buffer.parquet", "rb", **job.store.storage_options) as f:
-        return f.read()
+    out = io.BytesIO()
+    pq.write_table(read_buffers(folder, job.store.storage_options), out, compression="zstd")
+    return out.getvalue()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 sgpo run [CONFIG] [key=value ...] [--force STAGE ...]
 sgpo evaluate [EVAL_CONFIG] [key=value ...]   AlpacaEval 2.0 / Arena-Hard / pairwise judging of a model
 sgpo stage NAME [CONFIG] [key=value ...] --INPUT URI ...   run one stage alone (= python -m tasks.NAME)
-sgpo compare [PRESET] [key=value] [--method RECIPE ...]   the paper's Table-3 layout from the store
+sgpo compare [PRESET] [key=value] [--method RECIPE ...]   recipes side by side, beside the papers' numbers
 sgpo config [CONFIG] [key=value ...]          print the resolved config
 sgpo deploy                                   register work pools and deployments (docs/cluster.md)
 sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
@@ -35,12 +35,26 @@ def _split_args(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
+def _store_problem(store) -> str | None:
+    """Why the run's store cannot be used (unknown scheme, unwritable folder, bucket), checked
+    before Prefect starts (a minute or more under load); the flow checks it again for UI runs."""
+    from artifacts.store import StoreError, check_store
+
+    try:
+        check_store(store.url, store.storage_options)
+    except StoreError as e:
+        return str(e)
+    return None
+
+
 def _quiet_prefect_console() -> None:
     """The CLI prints one line per stage and a one-paragraph error; Prefect's console output
     (tracebacks included) is for -v. Its API handlers stay, so the UI keeps every log line."""
     import logging
 
     from prefect.logging.handlers import PrefectConsoleHandler
+
+    from sgpo.core.logs import warnings_to_console
 
     loggers = [logging.getLogger()] + [
         lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
@@ -49,6 +63,9 @@ def _quiet_prefect_console() -> None:
         for h in lg.handlers:
             if isinstance(h, PrefectConsoleHandler):
                 h.setLevel(logging.CRITICAL + 1)
+    # sgpo's own warnings stay: a stale lease taken over or a damaged artifact recomputed is the
+    # only sign of repaid or redone work
+    warnings_to_console()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -60,6 +77,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         cfg = load_config(source, overrides)  # fail fast, before Prefect starts
     except ConfigError as e:
         print(f"sgpo: {e}", file=sys.stderr)
+        return 2
+    if problem := _store_problem(cfg.store):
+        print(f"sgpo: {problem}", file=sys.stderr)
         return 2
     _prepare_prefect(args.verbose)
     try:  # a missing / broken GGUF, an uninstalled packaged model, a folder without a model; after
@@ -94,10 +114,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"[sgpo] report: {report.report_uri}/report.html  (copy: sgpo report {report.report_uri} -o report.html)"
         )
     j = report.judge
+    from flows.reporting import eval_rows_note
+
     if j.get("win_rate") is not None:
         print(
             f"[sgpo] judge: win rate {j['win_rate']:.2f} (SE {j.get('standard_error') or 0:.2f}) vs the baseline, "
-            f"{j['n_labelled']} of {j['n']} prompts judged"
+            f"{j['n_labelled']} of {j['n']} prompts judged{eval_rows_note(report.stages)}"
         )
     else:
         print(
@@ -156,6 +178,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
+    if problem := _store_problem(cfg.store):
+        print(f"sgpo: {problem}", file=sys.stderr)
+        return 2
     _prepare_prefect(args.verbose)
     from flows.evaluate import EVALUATION_STAGES, evaluate
     from flows.pipeline import check_force
@@ -190,7 +215,7 @@ def cmd_stage(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """`sgpo compare [PRESET] [key=value ...] [--method M ...] [-o DIR]`: the Table-3 layout."""
+    """`sgpo compare [PRESET] [key=value ...] [--method M ...] [-o DIR]`: recipes beside the papers' numbers."""
     from pathlib import Path
 
     from sgpo.config import ConfigError, load_config, method_names
@@ -279,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=cmd_evaluate)
     cmp_ = sub.add_parser(
-        "compare", help="the SGPO paper's Table-3 layout for recipes on one preset, from the store"
+        "compare",
+        help="the recipes of one preset from the store, each cell beside the paper's number",
     )
     cmp_.add_argument(
         "items", nargs="*", metavar="[PRESET] [key=value]", help="model preset, then overrides"
@@ -320,8 +346,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction | None:
+    return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+
+
+def parse_cli(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`argv` parsed with flags anywhere among a command's positional items: `sgpo run tiny -v
+    dpo.beta=0.2` and `sgpo run tiny --force annotate k=v` keep every override (argparse's plain
+    parsing stops the positional list at the first flag and calls the rest unrecognized)."""
+    sub = _subcommands(parser)
+    if sub is not None and argv and argv[0] in sub.choices:
+        args = parse_cli(sub.choices[argv[0]], argv[1:])
+        if sub.dest != argparse.SUPPRESS:
+            setattr(args, sub.dest, argv[0])
+        for k, v in parser._defaults.items():
+            args.__dict__.setdefault(k, v)
+        return args
+    positionals = [a for a in parser._actions if not a.option_strings]
+    if sub is not None or any(a.nargs == argparse.REMAINDER for a in positionals):
+        return parser.parse_args(argv)  # `sgpo stage NAME ...` hands the rest to the stage's parser
+    return parser.parse_intermixed_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_cli(build_parser(), sys.argv[1:] if argv is None else list(argv))
     return args.func(args)
 
 

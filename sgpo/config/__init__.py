@@ -61,6 +61,7 @@ from sgpo.config.stages import (
     ImproverSFTStageConfig,
     JudgeStageConfig,
     LoRAConfig,
+    ORPOStageConfig,
     PairJudgeConfig,
     PairsStageConfig,
     PplFilterStageConfig,
@@ -69,6 +70,7 @@ from sgpo.config.stages import (
     SamplingConfig,
     SFTStageConfig,
     SpinConfig,
+    SpinORPOConfig,
     TrainConfig,
 )
 
@@ -111,6 +113,7 @@ __all__ = [
     "MTBenchJudgeConfig",
     "ModelSpec",
     "NOT_IN_CACHE_KEY",
+    "ORPOStageConfig",
     "PairJudgeConfig",
     "PairsStageConfig",
     "PairwiseConfig",
@@ -125,6 +128,7 @@ __all__ = [
     "SamplingConfig",
     "Section",
     "SpinConfig",
+    "SpinORPOConfig",
     "StoreConfig",
     "TinyModelConfig",
     "TrackingConfig",

@@ -36,11 +36,13 @@ from sgpo.config.stages import (
     DPOStageConfig,
     ImproverSFTStageConfig,
     JudgeStageConfig,
+    ORPOStageConfig,
     PairsStageConfig,
     PplFilterStageConfig,
     SampleStageConfig,
     SFTStageConfig,
     SpinConfig,
+    SpinORPOConfig,
     TrainConfig,
 )
 
@@ -52,18 +54,22 @@ class PipelineConfig(Section):
     method: str = Field(
         "sgpo",
         description="The recipe (configs/methods/NAME.yaml, merged over the preset): sgpo, sgpo-step2, "
-        "sgpo-dagger, sgpo-double-dagger, sgpo-diamond, sgpo-v1..v3, all-ref, no-ref, dpo, spin",
+        "sgpo-dagger, sgpo-double-dagger, sgpo-diamond, sgpo-v1..v3, all-ref, no-ref, dpo, spin, orpo, "
+        "spin-orpo, sapo-dpo, sapo-orpo and the SAPO ablations (configs/methods/)",
     )
-    algorithm: Literal["sgpo", "dpo", "spin", "sapo", "sft", "sft_continued"] = Field(
+    algorithm: Literal[
+        "sgpo", "dpo", "spin", "orpo", "spin_orpo", "sapo", "sft", "sft_continued"
+    ] = Field(
         "sgpo",
         description="Which DAG runs: sgpo (and its ablations), dpo (on data.prefs), spin (spin.iterations), "
-        "sapo (the sapo stage on data.sapo), sft (pi_sft itself), sft_continued (more SFT of pi_sft on D_po's "
-        "references: the continued-SFT control)",
+        "orpo (on data.prefs), spin_orpo (SPIN with ORPO steps), sapo (the sapo stage on data.sapo), sft "
+        "(pi_sft itself), sft_continued (more SFT of pi_sft on D_po's references: the continued-SFT control)",
     )
-    sapo_start: Literal["sft", "base"] = Field(
+    start: Literal["sft", "base"] = Field(
         "sft",
-        description="algorithm=sapo: start from the sft stage's policy, or from the base model when it is "
-        "already an SFT model (e.g. wandb/mistral-7b-zephyr-sft)",
+        description="What pi_sft is: the sft stage's model, or the base model itself, with no sft stage: "
+        "a base that is already an SFT model (wandb/mistral-7b-zephyr-sft), or the raw base that the "
+        "SAPO paper's ORPO-based methods start from",
     )
     seed: int = Field(
         42, description="Run-level seed, kept for the record; each stage has its own seed setting"
@@ -107,6 +113,12 @@ class PipelineConfig(Section):
         default_factory=DPOBaselineConfig, description="algorithm=dpo"
     )
     spin: SpinConfig = Field(default_factory=SpinConfig, description="algorithm=spin")
+    orpo: ORPOStageConfig = Field(
+        default_factory=ORPOStageConfig, description="algorithm=orpo: ORPO on data.prefs"
+    )
+    spin_orpo: SpinORPOConfig = Field(
+        default_factory=SpinORPOConfig, description="algorithm=spin_orpo: SPIN with ORPO steps"
+    )
     sft_continued: SFTStageConfig = Field(
         default_factory=SFTStageConfig,
         description="algorithm=sft_continued: SFT of pi_sft on D_po's references",
@@ -145,11 +157,23 @@ class PipelineConfig(Section):
     )
 
     @model_validator(mode="after")
+    def _one_sft_unit(self) -> PipelineConfig:
+        if self.sft.assistant_turns == "all" and self.data.sft.turns == "all":
+            raise ValueError(
+                "sft.assistant_turns=all trains every answer of an example's conversation, and "
+                "data.sft.turns=all makes one example per answer: each earlier answer would be learned "
+                "again in every later example; use data.sft.turns=last with sft.assistant_turns=all (one "
+                "example per dialogue) or sft.assistant_turns=final with data.sft.turns=all (one per answer)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _hardware_to_training_stages(self) -> PipelineConfig:
         if "hardware" in self.model_fields_set:
             for name in type(self).model_fields:
                 section = getattr(self, name)
-                if isinstance(section, TrainConfig) and "launch" not in section.model_fields_set:
+                launched = isinstance(section, (TrainConfig, SAPOConfig))
+                if launched and "launch" not in section.model_fields_set:
                     section.launch = self.hardware.model_copy()
         return self
 

@@ -1,10 +1,22 @@
-"""SAPO's configuration: one pydantic section with the paper's defaults.
+"""SAPO's configuration: one pydantic section whose defaults are the published runs' settings.
 
-Paper settings (Yin et al., "Self-Augmented Preference Optimization", and the published run scripts):
-max prompt 1792 / max total 2048 tokens, 4 epochs, segment |B| = 256 tokens, replay buffer 2000,
-EMA alpha 0.5 updated every 2 steps, DPO beta 0.1 lr 5e-7 RMSprop (linear schedule, 10% warmup),
-ORPO lambda 0.05 lr 5e-6 AdamW (inverse-sqrt schedule, 100 warmup steps), batch 8, sampling
-temperature 0.7 / top-p 0.95 / top-k 50.
+The SAPO paper (Sec. 5.1) and its published code (github.com/yinyueqin/SAPO: configs/config*.yaml,
+scripts/sapo_*.sh, sapo/alignment/trainer.py) agree on: max prompt 1792 / max total 2048 tokens,
+4 epochs, segment |B| = 256 tokens, replay buffer 2000, EMA alpha 0.5, DPO beta 0.1 lr 5e-7
+RMSprop (linear schedule, 10% warmup), ORPO lambda 0.05 lr 5e-6 (inverse-sqrt schedule, 100
+warmup steps), sampling temperature 0.7 / top-p 0.95 / top-k 50. Where they differ the default is
+the code's (docs/fidelity.md):
+- batch: the runs are 8 processes x 8 rows, each process with its own buffer, so one optimiser
+  step trains on 64 pairs; here `buffers` x `batch_size` = 8 x 8, whatever the number of processes
+  (a process holds buffers / processes of them), so every step count below means the same thing
+  on 1 or 8 processes;
+- EMA: the paper says every two steps; the code updates it before every step
+  (gradient_accumulation_steps 1 in its configs), so `ema_every` = 1;
+- reference: ema-ref is "updated periodically" in the paper; the code copies the EMA into the
+  reference every 108 steps of 64 pairs, so `reference_update_every` = 108 (policy-ref alike);
+- prompts of 1792 tokens or more are dropped (the code's filter), not truncated;
+- ORPO's optimiser is AdamW here (`adamw_torch`); the code's configs name bitsandbytes'
+  8-bit AdamW (`adamw_bnb_8bit`), which needs CUDA: set `sapo.orpo.optimizer=adamw_bnb_8bit` for it.
 
 Fields made with `runtime_field` (generation batch size, micro-batch size, checkpoint interval,
 logging) change how the run goes, not what it produces, and stay out of the stage's cache key.
@@ -17,6 +29,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from sgpo.config.infra import LaunchConfig
 from sgpo.config.sections import Section, runtime_field
 
 
@@ -49,7 +62,10 @@ class SAPOORPOConfig(Section):
         0.05, gt=0, description="ORPO lambda, weight of the odds-ratio term (paper: 0.05)"
     )
     learning_rate: float = Field(5e-6, gt=0, description="Peak learning rate (paper: 5e-6)")
-    optimizer: str = Field("adamw_torch", description="A transformers `optim` name (paper: AdamW)")
+    optimizer: str = Field(
+        "adamw_torch",
+        description="A transformers `optim` name (paper: AdamW; published configs: adamw_bnb_8bit)",
+    )
     lr_scheduler_type: str = Field(
         "inverse_sqrt", description="transformers scheduler name (paper: inverse_sqrt)"
     )
@@ -73,10 +89,23 @@ class SAPOConfig(Section):
     batch_size: int = Field(
         8,
         ge=1,
-        description="Rows (x, y+) taken per iteration, and pairs drawn from the buffer per training step (paper: 8)",
+        description="Rows (x, y+) each replay buffer takes per step, and pairs drawn from each buffer per "
+        "step (published: 8 per process)",
+    )
+    buffers: int = Field(
+        8,
+        ge=1,
+        description="Replay buffers: a step trains on batch_size x buffers pairs, batch_size drawn from "
+        "each (published: one buffer per process, 8 processes); any number of processes that divides "
+        "it gives the same run",
     )
     max_prompt_length: int = Field(
-        1792, ge=1, description="Prompt tokens kept (the end of longer prompts) (paper: 1792)"
+        1792, ge=1, description="Longest prompt in tokens (paper: 1792); see long_prompts"
+    )
+    long_prompts: Literal["drop", "truncate"] = Field(
+        "drop",
+        description="Rows whose prompt has max_prompt_length tokens or more: drop them (the published "
+        "code's filter) or keep the end of the prompt",
     )
     max_length: int = Field(2048, ge=2, description="Prompt + answer tokens kept (paper: 2048)")
     weight_decay: float = Field(0.0, ge=0, description="Optimiser weight decay")
@@ -113,14 +142,20 @@ class SAPOConfig(Section):
     top_k: int = Field(50, ge=0, description="Top-k sampling of B' (0: off)")
 
     # replay buffer and EMA
-    buffer_capacity: int = Field(2000, ge=1, description="FIFO replay buffer size (paper: 2000)")
+    buffer_capacity: int = Field(
+        2000, ge=1, description="Size of each FIFO replay buffer (paper: 2000)"
+    )
     ema_alpha: float = Field(
         0.5,
         ge=0,
         le=1,
         description="theta_ema <- alpha * theta_ema + (1 - alpha) * theta (paper: 0.5)",
     )
-    ema_every: int = Field(2, ge=1, description="EMA update every N training steps (paper: 2)")
+    ema_every: int = Field(
+        1,
+        ge=1,
+        description="EMA update every N training steps (published code: 1; the paper's text says 2)",
+    )
 
     # DPO reference
     reference: Literal["ema", "fixed", "policy"] = Field(
@@ -128,9 +163,10 @@ class SAPOConfig(Section):
         description="DPO reference: the EMA weights (default), the SFT model (fixed), or a copy of the policy",
     )
     reference_update_every: int = Field(
-        1,
+        108,
         ge=1,
-        description="reference=policy: copy the policy every K steps; reference=ema: K > 1 keeps a copy of the EMA refreshed every K steps (the published code used 108), 1 uses the EMA model itself",
+        description="reference=policy / ema: copy the policy / the EMA model into the reference every K "
+        "steps (published code: 108 steps of 64 pairs); reference=ema with K = 1 uses the EMA model itself",
     )
 
     # runtime only: not in the cache key
@@ -147,6 +183,11 @@ class SAPOConfig(Section):
         2, "Complete checkpoints kept in the checkpoint folder", ge=1
     )
     logging_steps: int = runtime_field(10, "Send metrics to the callback every N steps", ge=1)
+    launch: LaunchConfig = runtime_field(
+        default_factory=LaunchConfig,
+        description="How the stage is launched (default: the recipe's `hardware`): DDP processes, "
+        "each holding buffers / processes replay buffers",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> SAPOConfig:
@@ -156,6 +197,11 @@ class SAPOConfig(Section):
     @property
     def learning_rate(self) -> float:
         return self.dpo.learning_rate if self.loss == "dpo" else self.orpo.learning_rate
+
+    @property
+    def pairs_per_step(self) -> int:
+        """Pairs one optimiser step trains on (the published runs' 64)."""
+        return self.batch_size * self.buffers
 
 
 def check_config(cfg: SAPOConfig) -> None:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sgpo.config.sections import Section
+from sgpo.config.sections import Section, optional_field
 
 
 class DatasetSpec(Section):
@@ -74,6 +74,11 @@ class ModelSpec(Section):
     revision: str | None = Field(None, description="Hub revision")
     trust_remote_code: bool = Field(
         False, description="Run model code from the hub (off unless you trust it)"
+    )
+    chat_template: str | None = optional_field(
+        "Chat template given to the base model's tokenizer (a named one: chatml, zephyr; or a Jinja "
+        "string): a raw base that training starts from directly (`start: base`, the SAPO paper's "
+        "ORPO-based methods) needs one. When set, base_model stores a copy of the model with it"
     )
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig,

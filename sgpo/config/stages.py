@@ -53,6 +53,10 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(
         0.1, ge=0, lt=1, description="Fraction of the steps spent warming the learning rate up"
     )
+    optimizer: str | None = optional_field(
+        "A transformers `optim` name (e.g. rmsprop, the SAPO paper's DPO optimiser); none: "
+        "transformers' default AdamW"
+    )
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay")
     max_steps: int = Field(-1, ge=-1, description="Stop after N optimiser steps (-1: full epochs)")
     seed: int = Field(42, description="Training seed (data order, dropout)")
@@ -74,6 +78,13 @@ class TrainConfig(Section):
 
 
 class SFTStageConfig(TrainConfig):
+    assistant_turns: Literal["final", "all"] = key_field_when_set(
+        "final",
+        "Which answers of an example's conversation are SFT targets: final (the example's answer; one "
+        "epoch = one pass over the prepared rows) or all (every assistant turn of the conversation "
+        "too: with the data's `turns: last`, an epoch is one pass over the dialogues and each answer "
+        "is learned once, the SFT unit of a dialogue corpus such as UltraChat; docs/fidelity.md)",
+    )
     chat_template: str | None = optional_field(
         "Chat template for a base model without one (e.g. Meta-Llama-3-8B): 'chatml' or a Jinja string. "
         "Set on the SFT tokenizer and saved with pi_sft, so training, sampling, pairs and judging all use it",
@@ -302,11 +313,70 @@ class SpinConfig(DPOStageConfig):
     )
     per_iteration: list[dict[str, Any]] = Field(
         default_factory=list,
-        description="Overrides of this section for iteration t (item t-1), e.g. the SAPO paper's SPIN baseline: "
-        "[{}, {learning_rate: 1.0e-7}, {learning_rate: 1.0e-7}, {learning_rate: 1.0e-7, beta: 5.0}]",
+        description="Overrides of this section for iteration t (item t-1), e.g. the SAPO paper's SPIN baseline "
+        "(Sec. 5.1: lr 5e-7, 5e-7, 1e-7, 1e-7; beta 5.0 in the last): "
+        "[{}, {}, {learning_rate: 1.0e-7}, {learning_rate: 1.0e-7, beta: 5.0}]",
     )
 
     def for_iteration(self, t: int) -> SpinConfig:
+        """This section as iteration t trains with (its override applied and validated)."""
+        if t > len(self.per_iteration) or not self.per_iteration[t - 1]:
+            return self
+        return type(self).model_validate(
+            {**self.model_dump(), **self.per_iteration[t - 1], "per_iteration": []}
+        )
+
+
+class ORPOStageConfig(TrainConfig):
+    """ORPO (odds-ratio preference optimisation, TRL's ORPOTrainer): SFT loss on the chosen answer plus
+    lambda times the odds-ratio term; no reference model. The SAPO paper's ORPO baseline: lambda
+    0.05, lr 5e-6, AdamW, 3 epochs (Mistral) / 4 (Llama-3), from the raw base model."""
+
+    lam: float = Field(
+        0.05, gt=0, le=10, description="lambda: weight of the odds-ratio term (TRL's `beta`)"
+    )
+    learning_rate: float = Field(5e-6, gt=0, lt=1, description="Peak learning rate, in (0, 1)")
+    lr_scheduler_type: str = Field(
+        "inverse_sqrt",
+        description="transformers' lr scheduler (ORPO's Capybara recipe: inverse_sqrt)",
+    )
+    warmup_ratio: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Warmup as a fraction of the steps (0 when warmup_steps is set)",
+    )
+    warmup_steps: int = Field(
+        100, ge=0, description="Warmup steps (ORPO's Capybara recipe: 100); 0: use warmup_ratio"
+    )
+    max_length: int = Field(
+        2048, ge=16, description="Longest prompt + answer in tokens; longer ones are truncated"
+    )
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> ORPOStageConfig:
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(
+                f"warmup_steps {self.warmup_steps} and warmup_ratio {self.warmup_ratio} are both set: "
+                "one would be ignored (set the other to 0)"
+            )
+        return self
+
+
+class SpinORPOConfig(ORPOStageConfig):
+    """SPIN with ORPO steps (the SAPO paper's SPIN-ORPO baseline): chosen y_sft, rejected a sample of
+    pi_t, an ORPO step from pi_t, for `iterations` rounds."""
+
+    iterations: int = Field(
+        1, ge=1, description="SPIN iterations t = 1..K (each: pairs from pi_t, ORPO from pi_t)"
+    )
+    per_iteration: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Overrides of this section for iteration t (item t-1), e.g. "
+        "[{}, {}, {learning_rate: 1.0e-7}, {learning_rate: 1.0e-7, lam: 5.0}]",
+    )
+
+    def for_iteration(self, t: int) -> SpinORPOConfig:
         """This section as iteration t trains with (its override applied and validated)."""
         if t > len(self.per_iteration) or not self.per_iteration[t - 1]:
             return self
@@ -366,8 +436,8 @@ class DataChecksConfig(Section):
     )
     refinement: bool = Field(
         False,
-        description="Fig. 8/10: each round's refinement y+ (chosen) vs the policy's y "
-        "(rejected) and vs y_sft; needs pairs.chosen=refined",
+        description="Fig. 8/10: each round's refinement y+ (chosen) vs the initial policy's "
+        "refinement of the same answer (a refine stage) and vs y_sft; needs pairs.chosen=refined",
     )
     max_rows: int | None = Field(
         None, ge=1, description="Judge the first N usable rows of each table (default: all)"

@@ -13,6 +13,7 @@ as hooks of a stage's declaration (`preflight=`, `launcher=`).
     cli.py           python -m tasks.<stage> = sgpo stage <name>
     tracking.py      MLflow with explicit run ids
     progress.py      progress of long stages
+    logs.py          where sgpo's warnings go (console and Prefect run logs, without -v)
 """
 
 from sgpo.core.cli import stage_main

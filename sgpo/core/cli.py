@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artifacts.store import ArtifactStore, read_ref
+from artifacts.store import ArtifactStore, StoreError, check_store, read_ref
 from sgpo.config import ConfigError, load_recipe, section_of
 from sgpo.core.context import StageContext
 from sgpo.core.job import journal_note
@@ -153,6 +153,11 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
         recipe = load_recipe(st.recipe, source, overrides)
         cfg = st.coerce(section_of(recipe, args.section))
     except (ConfigError, KeyError) as e:
+        print(f"sgpo: {e}", file=sys.stderr)
+        return 2
+    try:  # scheme known, reachable, writable: one line, not a traceback from fsspec
+        check_store(recipe.store.url, recipe.store.storage_options)
+    except StoreError as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
     try:

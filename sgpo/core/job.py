@@ -16,6 +16,7 @@ from typing import Any
 from artifacts.refs import ArtifactRef
 from artifacts.store import ArtifactStore
 from sgpo.core.context import StageContext
+from sgpo.core.logs import STAGE_MARK
 from sgpo.core.stage import Stage
 from sgpo.core.tracking import StageTracker, stage_run
 
@@ -25,7 +26,8 @@ def stage_logger(stage: str) -> logging.Logger:
     try:
         from prefect import get_run_logger
 
-        return get_run_logger()  # type: ignore[return-value]
+        # marked: its warnings are sgpo's, shown on the quiet console (sgpo.core.logs)
+        return get_run_logger(**{STAGE_MARK: stage})  # type: ignore[return-value]
     except Exception:
         return logging.getLogger(f"sgpo.{stage}")
 

@@ -15,6 +15,7 @@ fails writes its error to `rank<R>.error.json` beside the spec; the parent raise
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -70,8 +71,11 @@ def write_rank_error(exc: BaseException) -> None:
 
 def _import_root(module: str) -> str:
     """The folder the stage's module was imported from: first on the ranks' path, so they run the
-    code this process runs (an installed package, a checkout, PYTHONPATH alike)."""
-    path = Path(sys.modules[module].__file__ or "").resolve()  # <root>/tasks/sft.py for tasks.sft
+    code this process runs (an installed package, a checkout, PYTHONPATH alike). A stage run as
+    `python -m tasks.sft` is `__main__`, not `tasks.sft`, in sys.modules: then its spec says where."""
+    loaded = sys.modules.get(module)
+    file = getattr(loaded, "__file__", None) or importlib.util.find_spec(module).origin
+    path = Path(file or "").resolve()  # <root>/tasks/sft.py for tasks.sft
     return str(path.parents[len(module.split(".")) - 1])
 
 

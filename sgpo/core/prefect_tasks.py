@@ -12,6 +12,7 @@ from artifacts.refs import ArtifactRef
 from artifacts.store import normalize_url
 from sgpo.config import StoreConfig
 from sgpo.core.context import StageContext
+from sgpo.core.logs import warnings_to_run_logs
 from sgpo.core.run import run_stage
 from sgpo.core.stage import Stage
 
@@ -61,6 +62,8 @@ def prefect_task(st: Stage) -> Any:
     if st.name in _TASKS:
         return _TASKS[st.name]
     from prefect import task
+
+    warnings_to_run_logs()  # a lease taken over, a damaged artifact: in the run's logs too
 
     def run(
         inputs: dict[str, ArtifactRef | None],

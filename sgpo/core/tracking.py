@@ -39,17 +39,40 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+@contextmanager
+def _setup_lock(uri: str) -> Iterator[None]:
+    """One process at a time sets up a SQLite tracking database: MLflow creates a new database's
+    tables and runs its migrations on first use with no lock of its own, so two first runs started
+    at once in one folder failed with SQLAlchemy errors ("duplicate column name", "table ...
+    already exists"). A lock file beside the database; other tracking servers need none."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    db = Path(uri[len("sqlite:///") :])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def start_pipeline_run(
     uri: str, experiment: str, run_name: str, *, artifact_root: str | None, tags: dict[str, str]
 ) -> TrackingHandle:
     uri = _normalize_uri(uri)
-    client = _client(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        # Keep MLflow's own artifacts beside the database, not in ./mlruns of whatever cwd.
-        exp_id = client.create_experiment(experiment, artifact_location=artifact_root)
-    else:
-        exp_id = exp.experiment_id
+    # the client opens (and on first use creates) the database; the experiment is created once
+    with _setup_lock(uri):
+        client = _client(uri)
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            # Keep MLflow's own artifacts beside the database, not in ./mlruns of whatever cwd.
+            exp_id = client.create_experiment(experiment, artifact_location=artifact_root)
+        else:
+            exp_id = exp.experiment_id
     flow_run_id = tags.get("prefect.flow_run_id")
     tags = {**tags, **_prefect_url_tag(flow_run_id)}
     run = _existing_parent(client, exp_id, flow_run_id)

@@ -54,22 +54,48 @@ def source_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
     return {"hub": spec.path, "revision": spec.revision}
 
 
+def _zero_row_parquet(path: Path) -> bool:
+    if path.suffix != ".parquet":
+        return False
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows == 0
+    except Exception:  # not Parquet after all: the loader says what is wrong
+        return False
+
+
+def _blank(path: Path) -> bool:
+    """Whether a text file holds nothing but whitespace (read in chunks: it may be large)."""
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            if chunk.strip():
+                return False
+    return True
+
+
 def load_raw(spec: DatasetSpec):
     """A `datasets.Dataset` for hub ids, one file in a hub repo (hf://...), a URL to a file, or a local file."""
     from datasets import load_dataset
 
     path = local_path(spec)
     if path is not None:
-        if path.stat().st_size == 0:
+        # datasets reports an empty file as something else: a bare StopIteration or 'Instruction
+        # "train" corresponds to no data!' (whitespace only, `[]`, a CSV header alone), a
+        # DatasetGenerationError and a logged error line (a Parquet file of 0 rows)
+        if path.stat().st_size == 0 or _zero_row_parquet(path):
             raise DatasetError(f"{describe(spec)} is empty (file {path} has no rows)")
         try:
             return load_dataset(
                 FILE_FORMATS[path.suffix], data_files={spec.split: str(path)}, split=spec.split
             )
-        except (
-            Exception,
-            StopIteration,
-        ) as e:  # datasets raises a bare StopIteration on whitespace-only files
+        except (Exception, StopIteration) as e:
+            if _blank(path):
+                raise DatasetError(
+                    f"{describe(spec)} is empty (file {path} holds only whitespace)"
+                ) from None
+            if "corresponds to no data" in str(e):  # `[]`, a CSV header alone: no rows
+                raise DatasetError(f"{describe(spec)} is empty (file {path} has no rows)") from None
             raise DatasetError(
                 f"could not read {describe(spec)} from {path}: {type(e).__name__}: {e}"
             ) from e
@@ -107,3 +133,16 @@ def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
         if isinstance(raw, str) and raw
         else [{"role": "user", "content": row["prompt"]}]
     )
+
+
+def earlier_turns(row: dict[str, Any]) -> list[dict[str, str]]:
+    """What comes before a prepared row's final user message: its system prompt and the dialogue so
+    far ([] for a single-turn row without a system prompt)."""
+    return conversation(row)[:-1]
+
+
+def after_turns(turns: list[dict[str, str]], content: str) -> list[dict[str, str]]:
+    """`turns`, then `content` as the final user message: a request about an answer (improve it,
+    refine it, answer directly) asked inside the conversation the answer was written for, so the
+    system prompt and the earlier turns reach whoever answers it."""
+    return [*turns, {"role": "user", "content": content}]

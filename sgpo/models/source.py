@@ -17,6 +17,7 @@ exist), before a store is touched or anything heavy is loaded.
 from __future__ import annotations
 
 import importlib.util
+import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -177,6 +178,65 @@ def check_local_model_dir(folder: Path) -> None:
         check_model_dir(folder)
     except ModelNotFoundError as e:  # one error type for every bad source (all ValueErrors)
         raise ModelSourceError(str(e)) from None
+    # the files are there; are they a model? (cheap: the config, the weights' headers, names)
+    if problems := checkpoint_problems(folder):
+        raise ModelSourceError(
+            f"{folder} is not a usable checkpoint: {'; '.join(problems)}; give a folder written "
+            "by save_pretrained (the model's and its tokenizer's)"
+        )
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What makes `path` unreadable as safetensors (not one, truncated), from its header alone."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n <= 0 or n > min(size - 8, SAFETENSORS_MAX_HEADER):
+            return f"{path.name} is not a safetensors file (no valid header)"
+        try:
+            header = json.loads(f.read(n))
+            end = max(
+                (int(t["data_offsets"][1]) for k, t in header.items() if k != "__metadata__"),
+                default=0,
+            )
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            return f"{path.name} is not a safetensors file (its header is not a tensor table)"
+    if 8 + n + end > size:
+        return f"{path.name} is truncated ({size} bytes; its tensor table needs {8 + n + end})"
+    return None
+
+
+def checkpoint_problems(folder: Path) -> list[str]:
+    """What keeps a folder that has config.json and weights from loading as a model and tokenizer
+    ([] = none found): a config without a model_type, weights that are not safetensors or are cut
+    short, shards an index names but the folder lacks, no tokenizer files."""
+    problems = []
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        problems.append(f"config.json is not JSON ({type(e).__name__})")
+    else:
+        if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+            problems.append("config.json has no model_type (it is not a transformers config)")
+    for weights in sorted(folder.glob("*.safetensors")):
+        if problem := safetensors_problem(weights):
+            problems.append(problem)
+    for index in sorted(folder.glob("*.safetensors.index.json")):
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+            problems.append(f"{index.name} is not a safetensors index (no weight_map)")
+            continue
+        if missing := sorted(s for s in shards if not (folder / s).is_file()):
+            problems.append(f"{index.name} names shards the folder lacks: {', '.join(missing[:4])}")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        problems.append(f"no tokenizer files ({', '.join(TOKENIZER_FILES)})")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------------

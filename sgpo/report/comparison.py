@@ -1,5 +1,10 @@
-"""The methods comparison table (the SGPO paper's Table-3 layout) from judged artifacts: its rows,
-which cells are comparable, and the `sgpo evaluate` results of a model found by content hash.
+"""The methods comparison table from judged artifacts: its rows, which cells are comparable, the
+`sgpo evaluate` results of a model found by content hash, and the papers' numbers beside ours.
+
+Two layouts: the SGPO paper's (AlpacaEval 2.0 LC / WR, Arena-Hard) and, on the SAPO presets, the
+SAPO paper's (Open LLM Leaderboard tasks and average, IFEval, MT-Bench turns, AlpacaEval 2.0 LC /
+WR / length). Every benchmark column has a "(paper)" twin: the published number with the table it
+comes from, from the shipped copy of the papers' numbers (sgpo.report.paper_numbers).
 
 Used by `sgpo compare` (flows/compare.py: one row per recipe, resolved against the store) and by
 `sgpo report RUN RUN ...` (sgpo/report/html.py: one row per run). Only comparable cells side by side:
@@ -20,11 +25,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-# The paper's Table 3 (preset name -> method -> {"lc": .., "wr": .., "arena_hard": ..}). Empty: the
-# paper's table was not available offline when this was written; fill it from the paper to show
-# the published numbers beside ours.
-PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {}
-PAPER_PRESETS = ("qwen2.5-7b", "llama3-8b", "qwen2-1.5b")
+from sgpo.report.paper_numbers import SAPO_PRESETS, SOURCE, paper_cells
+
+PAPER_PRESETS = ("qwen2.5-7b", "llama3-8b", "qwen2-1.5b")  # the SGPO paper's models
+# lm-eval tasks of the SAPO paper's Open LLM Leaderboard columns (configs/eval-sapo.yaml)
+OPEN_LLM_TASKS = {
+    "ARC": "arc_challenge",
+    "TruthfulQA": "truthfulqa_mc2",
+    "Winogrande": "winogrande",
+    "GSM8K": "gsm8k",
+    "HellaSwag": "hellaswag",
+    "MMLU": "mmlu",
+}
 
 
 @dataclass
@@ -47,6 +59,11 @@ class Row:
     notes: list[str] = field(default_factory=list)
     # what each benchmark's cell was measured with ("alpaca_eval" / "arena_hard" -> field -> value)
     settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the SAPO layout's other benchmarks: lm-eval headline scores in % (task -> value), MT-Bench
+    # (turn_1 / turn_2 / score, 1-10), AlpacaEval 2.0's average answer length (characters)
+    lm_eval: dict[str, float] = field(default_factory=dict)
+    mt_bench: dict[str, float] = field(default_factory=dict)
+    ae_length: float | None = None
 
 
 # The fields each cell is compared on (`decoding.*` and `*_source` as `settings_of` flattens them); the
@@ -171,9 +188,17 @@ def _manifests(store: Any, stage: str) -> list[dict[str, Any]]:
 
 
 def evaluations_of(store: Any, model_hash: str) -> dict[str, dict[str, Any]]:
-    """The newest `alpaca_eval_judge` and `arena_hard_judge` reports for a model, by content hash."""
+    """The newest `alpaca_eval_judge`, `arena_hard_judge` and `mt_bench_judge` reports and `lm_eval`
+    summary for a model, by content hash."""
     out: dict[str, dict[str, Any]] = {}
-    for bench in ("alpaca_eval", "arena_hard"):
+    lm = [
+        m
+        for m in _manifests(store, "lm_eval")
+        if m.get("parents", {}).get("model", {}).get("content_hash") == model_hash
+    ]
+    if lm:
+        out["lm_eval"] = max(lm, key=lambda m: m.get("created_at", ""))["ref"]["summary"]
+    for bench in ("alpaca_eval", "arena_hard", "mt_bench"):
         generated = {
             m["ref"]["uri"]
             for m in _manifests(store, f"{bench}_generate")
@@ -202,12 +227,23 @@ def add_evaluations(row: Row, store: Any, model_hash: str, model_uri: str) -> Ro
         if a.get("lc_note"):
             row.notes.append(a["lc_note"])
         row.settings["alpaca_eval"] = settings_of("alpaca_eval", a)
+        row.ae_length = a.get("avg_length")
     if h := ev.get("arena_hard"):
         row.arena_hard, row.arena_hard_ci = h.get("score"), h.get("ci")
         row.settings["arena_hard"] = settings_of("arena_hard", h)
+    if m := ev.get("mt_bench"):
+        row.mt_bench = {
+            k: m[k] for k in ("score_turn_1", "score_turn_2", "score") if m.get(k) is not None
+        }
+    if lm := ev.get("lm_eval"):
+        # lm-eval's scores are fractions; the papers print percentages
+        row.lm_eval = {
+            task: 100 * v for task, v in (lm.get("headline") or {}).items() if v is not None
+        }
     if not ev:
         row.notes.append(
-            f"no sgpo evaluate run of {model_uri} in the store (AlpacaEval LC/WR, Arena-Hard)"
+            f"no sgpo evaluate run of {model_uri} in the store (AlpacaEval, Arena-Hard, MT-Bench, "
+            "lm-eval)"
         )
     return row
 
@@ -218,7 +254,7 @@ def _num(v: float | None, se: float | None = None) -> str:
     return f"{v:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
 
-COLUMNS = [
+COLUMNS = [  # the SGPO paper's layout (Tables 3-7)
     "method",
     "AE2 LC (ours)",
     "AE2 WR (ours)",
@@ -229,35 +265,85 @@ COLUMNS = [
     "Arena-Hard (paper)",
     "status",
 ]
+_SAPO_BENCHMARKS = [
+    *OPEN_LLM_TASKS,
+    "Open LLM avg",
+    "IFEval",
+    "MT-Bench T1",
+    "MT-Bench T2",
+    "MT-Bench avg",
+    "AE2 LC",
+    "AE2 WR",
+    "AE2 length",
+]
+SAPO_COLUMNS = [  # the SAPO paper's layout (Tables 1-5): each benchmark, ours then the paper's
+    "method",
+    *(f"{b} ({who})" for b in _SAPO_BENCHMARKS for who in ("ours", "paper")),
+    "pipeline judge WR (ours)",
+    "status",
+]
 
 
-def table_rows(rows: list[Row]) -> list[dict[str, str]]:
+def _sapo_ours(r: Row) -> dict[str, str]:
+    """The SAPO layout's own cells of a row."""
+    tasks = {label: r.lm_eval.get(task) for label, task in OPEN_LLM_TASKS.items()}
+    # the leaderboard's average: the mean of its six tasks, only when all six were run
+    avg = sum(tasks.values()) / len(tasks) if all(v is not None for v in tasks.values()) else None
+    mt = r.mt_bench
+    return {
+        **{f"{label} (ours)": _num(v) for label, v in tasks.items()},
+        "Open LLM avg (ours)": _num(avg),
+        "IFEval (ours)": _num(r.lm_eval.get("ifeval")),
+        "MT-Bench T1 (ours)": _num(mt.get("score_turn_1")),
+        "MT-Bench T2 (ours)": _num(mt.get("score_turn_2")),
+        "MT-Bench avg (ours)": _num(mt.get("score")),
+        "AE2 LC (ours)": _num(r.lc, r.lc_se),
+        "AE2 WR (ours)": _num(r.wr, r.wr_se),
+        "AE2 length (ours)": f"{r.ae_length:.0f}" if r.ae_length is not None else "-",
+    }
+
+
+def table_rows(rows: list[Row], layout: str | None = None) -> list[dict[str, str]]:
+    """The rows as table cells; `layout` "sgpo" or "sapo" (default: "sapo" when every row is on a
+    SAPO preset)."""
+    layout = layout or ("sapo" if rows and all(r.preset in SAPO_PRESETS for r in rows) else "sgpo")
     marks = comparability(rows)
     out = []
     for i, r in enumerate(rows):
-        paper = PAPER_RESULTS.get(r.preset, {}).get(r.method, {})
-        missing_paper = (
-            "n/a (not a paper setting)" if r.preset not in PAPER_PRESETS else "not in this repo"
-        )
-        out.append(
-            {
-                "method": r.method,
-                "AE2 LC (ours)": _num(r.lc, r.lc_se),
-                "AE2 WR (ours)": _num(r.wr, r.wr_se),
-                "Arena-Hard WR (95% CI) (ours)": f"{r.arena_hard:.2f} {r.arena_hard_ci or ''}".strip()
-                if r.arena_hard is not None
-                else "-",
-                "pipeline judge WR (ours)": _num(r.judge_win_rate, r.judge_se)
-                + (f" (n={r.judge_n})" if r.judge_n else ""),
-                "AE2 LC (paper)": _num(paper["lc"]) if "lc" in paper else missing_paper,
-                "AE2 WR (paper)": _num(paper["wr"]) if "wr" in paper else missing_paper,
-                "Arena-Hard (paper)": _num(paper["arena_hard"])
-                if "arena_hard" in paper
-                else missing_paper,
-                "status": r.status if not r.notes else f"{r.status}; " + "; ".join(r.notes),
-            }
-        )
+        paper = {f"{k} (paper)": v for k, v in paper_cells(r.preset, r.method).items()}
+        judge = _num(r.judge_win_rate, r.judge_se) + (f" (n={r.judge_n})" if r.judge_n else "")
+        status = r.status if not r.notes else f"{r.status}; " + "; ".join(r.notes)
+        if layout == "sapo":
+            cells = {**_sapo_ours(r), **paper}
+            out.append(
+                {
+                    c: {
+                        "method": r.method,
+                        "pipeline judge WR (ours)": judge,
+                        "status": status,
+                    }.get(c, cells.get(c, "-"))
+                    for c in SAPO_COLUMNS
+                }
+            )
+        else:
+            out.append(
+                {
+                    "method": r.method,
+                    "AE2 LC (ours)": _num(r.lc, r.lc_se),
+                    "AE2 WR (ours)": _num(r.wr, r.wr_se),
+                    "Arena-Hard WR (95% CI) (ours)": f"{r.arena_hard:.2f} {r.arena_hard_ci or ''}".strip()
+                    if r.arena_hard is not None
+                    else "-",
+                    "pipeline judge WR (ours)": judge,
+                    "AE2 LC (paper)": paper.get("AE2 LC (paper)", "-"),
+                    "AE2 WR (paper)": paper.get("AE2 WR (paper)", "-"),
+                    "Arena-Hard (paper)": paper.get("Arena-Hard (paper)", "-"),
+                    "status": status,
+                }
+            )
         for column in CELL_FIELDS:
+            if column not in out[-1]:
+                continue
             if why := marks.get((i, column)):
                 out[-1][column] += " *"
                 out[-1]["status"] += (
@@ -266,21 +352,28 @@ def table_rows(rows: list[Row]) -> list[dict[str, str]]:
     return out
 
 
+def _columns(rows: list[dict[str, str]]) -> list[str]:
+    return list(rows[0]) if rows else COLUMNS
+
+
 def markdown(rows: list[dict[str, str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(r[c].replace("|", "/") for c in COLUMNS) + " |" for r in rows]
-    if any(r[c].endswith(" *") for r in rows for c in CELL_FIELDS):
+    columns = _columns(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r[c].replace("|", "/") for c in columns) + " |" for r in rows]
+    if any(r.get(c, "").endswith(" *") for r in rows for c in CELL_FIELDS):
         lines += [
             "",
             "\\* not comparable with the rest of its column (or the paper's setting): the status names "
             "the differing field",
         ]
+    if any(c.endswith("(paper)") for c in columns):
+        lines += ["", f"(paper): {SOURCE}; [T3] = the table a number comes from"]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[dict[str, str]]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS)
+    w = csv.DictWriter(buf, fieldnames=_columns(rows))
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

@@ -4,7 +4,7 @@
     Fig. 4   normalised edit distance, improved answer vs response A (the reference)  annotate
     Fig. 5   perplexity under pi_sft per response type, Tukey fences, kept/dropped    ppl_filter (+ manifest `fences`)
     Table 1  pairwise judge checks of the improved data (win rate, SE)               pairwise[imp_vs_*] (checks / evaluation)
-    Fig. 8   the self-improver's refinement y+ vs the policy's y and vs y_sft, by round  pairwise[refined_vs_*] (checks)
+    Fig. 8   the self-improver's refinement y+ vs pi_sft's refinement and vs y_sft      pairwise[refined_vs_*] (checks)
     Fig. 9   perplexity of the pairs' chosen / rejected answers under the DPO reference   dpo's reference_logps artifact
              (pi_imp in SGPO: the improver)
     Fig. 10  refinement win rate by recipe (SGPO, All-Ref, No-Ref, ...), several runs  `sgpo report RUN RUN ...`
@@ -282,13 +282,13 @@ def win_rate_rows(run: RunArtifacts) -> list[dict[str, Any]]:
 def refinement_rows(judged: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Fig. 8: the refinement checks among a run's judged rows (pairwise stages whose model column is
     a pairs table's `chosen`, the refinement y+), each with its round (`.rN` in the check's name; 1
-    without) and what it is compared with ('y' = the policy's answer, 'y_sft' = the SFT reference)."""
+    without) and what it is compared with ('initial' = the initial policy's refinement of the same
+    answer, the paper's comparison; 'y_sft' = the SFT reference; 'y' = the unrefined answer, in runs
+    made before the initial policy's refinements were)."""
+    versus = {"refinement": "initial", "reference": "y_sft", "rejected": "y"}
     out = []
     for r in judged:
-        if r.get("model_column") != "chosen" or r.get("baseline_column") not in (
-            "rejected",
-            "reference",
-        ):
+        if r.get("model_column") != "chosen" or r.get("baseline_column") not in versus:
             continue
         label = r["stage"]
         name = label[label.index("[") + 1 : -1] if "[" in label else label
@@ -297,9 +297,7 @@ def refinement_rows(judged: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             if ".r" in name and name.rsplit(".r", 1)[1].isdigit()
             else 1
         )
-        out.append(
-            {**r, "round": rnd, "versus": "y" if r["baseline_column"] == "rejected" else "y_sft"}
-        )
+        out.append({**r, "round": rnd, "versus": versus[r["baseline_column"]]})
     return sorted(out, key=lambda r: (r["round"], r["versus"]))
 
 
@@ -611,11 +609,15 @@ def draw_refinement(rows: list[dict[str, Any]], title: str) -> bytes:
     rounds = sorted({r["round"] for r in rows})
     fig, ax = plt.subplots(figsize=(max(5.0, 2.2 * len(rounds) + 2.5), 4.0))
     width = 0.38
+    # the paper's two comparisons; a run made before the initial policy refined (versus 'y') keeps
+    # its first bar
+    first = (
+        ("initial", "#4C72B0", "y+ vs the initial policy's refinement")
+        if any(r["versus"] == "initial" for r in rows)
+        else ("y", "#4C72B0", "y+ vs the policy's y (rejected)")
+    )
     for k, (versus, color, what) in enumerate(
-        (
-            ("y", "#4C72B0", "y+ vs the policy's y (rejected)"),
-            ("y_sft", "#DD8452", "y+ vs the SFT reference y_sft"),
-        )
+        (first, ("y_sft", "#DD8452", "y+ vs the SFT reference y_sft"))
     ):
         sel = {r["round"]: r for r in rows if r["versus"] == versus}
         xs = [i + (k - 0.5) * width for i, rd in enumerate(rounds) if rd in sel]
@@ -835,7 +837,10 @@ def make_figures(
             )
         )
     if refinement:
-        rtitle = "Fig. 8: win rate of the self-improver's refinement y+ over the policy's y and over y_sft"
+        rtitle = (
+            "Fig. 8: win rate of the self-improver's refinement y+ over the initial policy's "
+            "refinement and over y_sft"
+        )
         figs.append(
             _attempt(
                 Figure("fig8_refinement", rtitle, refinement[0]["stage"]),

@@ -22,6 +22,16 @@ class StageReport(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict)
 
 
+def dropped_note(summary: dict[str, Any] | None, rows: str = "rows") -> str:
+    """' (1 of 16 rows dropped: ...)' for a prepared table that lost rows of its data, else ''.
+
+    A smaller eval set changes what "15 of 15 judged" means: the count goes wherever one is printed."""
+    n, of = (summary or {}).get("rows_dropped"), (summary or {}).get("rows_read")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0 or not isinstance(of, int):
+        return ""
+    return f" ({n} of {of} {rows} dropped: no prompt, or an empty response / reference)"
+
+
 class EvaluationReport(BaseModel):
     flow_run_id: str | None = None
     mlflow_run_id: str | None = None

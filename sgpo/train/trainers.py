@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from sgpo.config import DPOStageConfig, TrainConfig
+from sgpo.config import DPOStageConfig, ORPOStageConfig, TrainConfig
 from sgpo.core.job import scratch_dir
 from sgpo.core.ranks import world_size
 from sgpo.core.tracking import StageTracker
@@ -25,8 +25,10 @@ class TrainingDataError(ValueError):
     pass
 
 
-# Named chat templates for base models that ship none (e.g. Meta-Llama-3-8B): ChatML turns, each
-# assistant turn closed by the tokenizer's own EOS so that generation stops where training ended.
+# Named chat templates for base models that ship none (e.g. Meta-Llama-3-8B). chatml: ChatML turns,
+# each assistant turn closed by the tokenizer's own EOS so that generation stops where training
+# ended. zephyr: the `<|user|>` / `<|assistant|>` turns each closed by EOS, the format of the SAPO
+# paper's ORPO-Mistral runs (its Appendix B calls it the Vicuna template).
 NAMED_CHAT_TEMPLATES = {
     "chatml": (
         "{% for message in messages %}"
@@ -34,6 +36,12 @@ NAMED_CHAT_TEMPLATES = {
         "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\n' }}"
         "{% endfor %}"
         "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+    ),
+    "zephyr": (
+        "{% for message in messages %}"
+        "{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
     ),
 }
 
@@ -48,6 +56,34 @@ def set_chat_template(tokenizer, template: str | None, *, key: str = "sft.chat_t
             f"the model's tokenizer has no chat template (a base model?): set {key}, e.g. {key}=chatml "
             f"(named templates: {', '.join(NAMED_CHAT_TEMPLATES)}) or a Jinja template string"
         )
+
+
+def dialogue_example(
+    tokenizer, messages: list[dict[str, str]], answer: str
+) -> dict[str, list[int]]:
+    """One SFT example of a whole conversation: `input_ids` of `messages` + the final `answer` as
+    the chat template renders them, and a `completion_mask` that is 1 on every assistant answer
+    (with what the template closes it with, as TRL's prompt-completion examples have) and 0 on the
+    rest. The answers' spans come from rendering each prefix of the conversation, so a template
+    that does not render a conversation's beginning as a prefix of the whole is refused."""
+    full = [*messages, {"role": "assistant", "content": answer}]
+    text = tokenizer.apply_chat_template(full, tokenize=False)
+    spans = []
+    for j, m in enumerate(full):
+        if m["role"] != "assistant":
+            continue
+        start = tokenizer.apply_chat_template(full[:j], tokenize=False, add_generation_prompt=True)
+        end = tokenizer.apply_chat_template(full[: j + 1], tokenize=False)
+        if not (text.startswith(start) and text.startswith(end)):
+            raise TrainingDataError(
+                "the chat template does not render the start of a conversation as the start of the "
+                "whole conversation, so its answers cannot be located: use sft.assistant_turns=final "
+                "with data.sft.turns=all"
+            )
+        spans.append((len(start), len(end)))
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(a <= s < b for a, b in spans)) for s, _ in enc["offset_mapping"]]
+    return {"input_ids": list(enc["input_ids"]), "completion_mask": mask}
 
 
 def common_args(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
@@ -70,6 +106,7 @@ def common_args(cfg: TrainConfig, output_dir: str) -> dict[str, Any]:
         gradient_accumulation_steps=cfg.effective_batch_size // micro,
         lr_scheduler_type=cfg.lr_scheduler_type,
         warmup_steps=cfg.warmup_ratio,  # transformers 5: a float in [0, 1) is a ratio of total steps
+        **({"optim": cfg.optimizer} if cfg.optimizer else {}),
         weight_decay=cfg.weight_decay,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -201,9 +238,15 @@ def train_sft(
     tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
     # saved with the checkpoint: every later stage (sampling, pairs, judging) uses the same template
     set_chat_template(tokenizer, getattr(cfg, "chat_template", None))
-    ds = Dataset.from_list(
-        [{"prompt": p, "completion": [{"role": "assistant", "content": c}]} for p, c in examples]
-    )
+    if getattr(cfg, "assistant_turns", "final") == "all":  # every answer of the conversation
+        ds = Dataset.from_list([dialogue_example(tokenizer, p, c) for p, c in examples])
+    else:
+        ds = Dataset.from_list(
+            [
+                {"prompt": p, "completion": [{"role": "assistant", "content": c}]}
+                for p, c in examples
+            ]
+        )
     work = Path(out_dir).parent / "trainer"
     args = SFTConfig(
         **common_args(cfg, str(work)), max_length=cfg.max_length, completion_only_loss=True
@@ -261,6 +304,45 @@ def train_dpo(
         ref_model=ref,
         args=args,
         train_dataset=ds,
+        processing_class=tokenizer,
+        callbacks=_callbacks(tracker),
+    )
+    return _train_and_save(trainer, tokenizer, out_dir, work, cfg, tracker)
+
+
+def train_orpo(
+    model_dir: str,
+    pairs: list[tuple[list[dict[str, str]], str, str]],
+    cfg: ORPOStageConfig,
+    out_dir: str | Path,
+    *,
+    tracker: StageTracker | None,
+    trust_remote_code: bool = False,
+) -> dict[str, float]:
+    """ORPO on (prompt conversation, chosen, rejected): NLL of the chosen answer + lambda x the
+    odds-ratio term (TRL's ORPOTrainer); no reference model."""
+    import warnings
+
+    from sgpo.models.tinykit import load_tokenizer
+
+    with warnings.catch_warnings():  # ORPO lives in trl.experimental: known, and said once here
+        warnings.filterwarnings("ignore", message=".*trl.experimental.*")
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+    if not pairs:
+        raise TrainingDataError("no preference pairs")
+    check_lora(model_dir, cfg, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=trust_remote_code)
+    set_chat_template(tokenizer, None, key="model.chat_template")
+    work = Path(out_dir).parent / "trainer"
+    common = common_args(cfg, str(work))
+    if cfg.warmup_steps:
+        common["warmup_steps"] = cfg.warmup_steps
+    args = ORPOConfig(**common, max_length=cfg.max_length, beta=cfg.lam)
+    trainer = ORPOTrainer(
+        model=_trainable_model(model_dir, cfg, trust_remote_code=trust_remote_code),
+        args=args,
+        train_dataset=pairs_dataset(pairs),
         processing_class=tokenizer,
         callbacks=_callbacks(tracker),
     )

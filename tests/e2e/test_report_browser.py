@@ -42,11 +42,12 @@ EXPECTED_FIGURES = {
 CHECKS = [
     "pairwise[imp_vs_policy]",
     "pairwise[imp_vs_reference]",
-    "pairwise[refined_vs_policy]",
+    "pairwise[refined_vs_initial]",
     "pairwise[refined_vs_reference]",
 ]
 # base_model, prepare x4, sft, sample, annotate, ppl_filter, improver_sft, pairs, dpo, judge, the 4 checks
-PIPELINE_STAGES = 14 + len(CHECKS)  # with ref_logps before dpo
+# and the refine step they need (pi_sft's refinements)
+PIPELINE_STAGES = 15 + len(CHECKS)  # with ref_logps before dpo
 CHECK_OVERRIDES = ["checks.improved_data=true", "checks.refinement=true"]
 
 

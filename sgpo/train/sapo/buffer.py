@@ -9,7 +9,8 @@ entry drawn twice in one batch gains 2). Pushing onto a full buffer drops the ol
 Example: use counts [0, 1, 3] give weights [1, 1/2, 1/4], probabilities [4/7, 2/7, 1/7].
 
 Plain Python lists and a `random.Random` (no torch), so the numbers can be checked by hand; the
-buffer serialises to a Parquet table (`to_table` / `from_table`) for checkpoints.
+buffer serialises to a Parquet table (`to_table` / `from_table`, its push count in the schema
+metadata) for checkpoints.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class BufferEntry:
     uses: int = 0
 
 
+PUSHED = "sapo.buffer.pushed"  # schema metadata key: entries ever pushed
 SCHEMA = pa.schema(
     [
         ("entry_id", pa.int64()),
@@ -96,10 +98,14 @@ class ReplayBuffer:
 
     def to_table(self) -> pa.Table:
         cols = {f.name: [getattr(e, f.name) for e in self.entries] for f in fields(BufferEntry)}
-        return pa.table({name: cols[name] for name in SCHEMA.names}, schema=SCHEMA)
+        schema = SCHEMA.with_metadata({PUSHED: str(self.pushed)})
+        return pa.table({name: cols[name] for name in SCHEMA.names}, schema=schema)
 
     @staticmethod
-    def from_table(table: pa.Table, capacity: int, pushed: int) -> ReplayBuffer:
+    def from_table(table: pa.Table, capacity: int, pushed: int | None = None) -> ReplayBuffer:
+        """The buffer `to_table` wrote; `pushed` defaults to the count in the table's metadata."""
+        if pushed is None:
+            pushed = int((table.schema.metadata or {}).get(PUSHED.encode(), b"0"))
         buf = ReplayBuffer(capacity=capacity, pushed=pushed)
         for row in table.to_pylist():
             buf.entries.append(BufferEntry(**row))

@@ -6,13 +6,16 @@ Layout: `{url}/step-{step:08d}/`
     optimizer.safetensors + optimizer.json   the optimiser's state_dict flattened: tensors by "state.<param>.<name>",
                                              param_groups and non-tensor state as JSON
     scheduler.json                           the LR scheduler's state_dict (plain numbers)
-    buffer.parquet                           the replay buffer with use counts (see buffer.SCHEMA)
+    buffer-{k:03d}.parquet                   replay buffer k with use counts (see buffer.SCHEMA), written by
+                                             the process that holds it; its push count in the schema metadata
     rng.json + rng.safetensors               python `random`, numpy, torch CPU (and CUDA) generator states
     state.json                               step, counters, timings, run identity
-    complete.json                            written LAST: step and the size of every file above
+    complete.json                            written LAST: step, the number of buffers and the size of every file above
 
-A folder without complete.json (a run killed while writing) is never read and is overwritten or
-pruned later. torch.save / pickle is not used anywhere: the optimiser state goes through
+Several processes write one checkpoint together: the main process clears the folder, every process
+writes its own buffers, and after a barrier the main process writes the models, optimiser and the
+marker. A folder without complete.json (a run killed while writing) is never read and is overwritten or
+pruned later. A run resumes with any number of processes: each reads the buffers it holds. torch.save / pickle is not used anywhere: the optimiser state goes through
 safetensors + JSON, so loading a checkpoint cannot run code.
 """
 
@@ -39,9 +42,24 @@ class LoadedCheckpoint:
     reference: dict | None
     optimizer: dict
     scheduler: dict
-    buffer_table: Any  # pyarrow.Table
+    buffer_tables: dict[int, Any]  # buffer index -> pyarrow.Table (the buffers asked for)
     rng: dict
     state: dict
+
+    @property
+    def buffer_table(self) -> Any:
+        """The loaded buffers as one table, in buffer order."""
+        import pyarrow as pa
+
+        return pa.concat_tables([self.buffer_tables[k] for k in sorted(self.buffer_tables)])
+
+
+def buffer_file(k: int) -> str:
+    return f"buffer-{k:03d}.parquet"
+
+
+def _noop() -> None:
+    return None
 
 
 def _fs(url: str, storage_options: dict | None):
@@ -171,19 +189,35 @@ def save_checkpoint(
     reference,
     optimizer,
     scheduler,
-    buffer,
+    buffers: dict[int, Any],
+    n_buffers: int,
     state: dict,
     keep: int = 2,
     storage_options: dict | None = None,
+    main: bool = True,
+    barrier=_noop,
 ) -> str:
-    """Write one checkpoint folder, marker last; then prune to the newest `keep` complete ones."""
+    """Write one checkpoint folder, marker last; then prune to the newest `keep` complete ones.
+
+    Every process calls it with the buffers it holds (`buffers`: index -> ReplayBuffer); only the
+    main process (`main`) writes the rest; `barrier` synchronises the processes."""
     import pyarrow.parquet as pq
 
     folder = step_folder(url, step)
     fs, path = _fs(folder, storage_options)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)  # a half-written folder of an earlier, killed attempt
-    fs.makedirs(path, exist_ok=True)
+    if main:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)  # a half-written folder of an earlier, killed attempt
+        fs.makedirs(path, exist_ok=True)
+    barrier()
+    for k, buffer in buffers.items():
+        table_buf = io.BytesIO()
+        pq.write_table(buffer.to_table(), table_buf, compression="zstd")
+        fs.pipe_file(f"{path}/{buffer_file(k)}", table_buf.getvalue())
+    barrier()
+    if not main:
+        barrier()
+        return folder
     files: dict[str, bytes] = {}
     files["policy.safetensors"] = _tensors_bytes(policy.state_dict())
     files["ema.safetensors"] = _tensors_bytes(ema.state_dict())
@@ -193,20 +227,19 @@ def save_checkpoint(
     files["optimizer.safetensors"] = _tensors_bytes(opt_tensors)
     files["optimizer.json"] = json.dumps(opt_meta).encode()
     files["scheduler.json"] = json.dumps(scheduler.state_dict()).encode()
-    table_buf = io.BytesIO()
-    pq.write_table(buffer.to_table(), table_buf, compression="zstd")
-    files["buffer.parquet"] = table_buf.getvalue()
     rng_meta, rng_tensors = capture_rng()
     files["rng.json"] = json.dumps(rng_meta).encode()
     files["rng.safetensors"] = _tensors_bytes(rng_tensors)
-    files["state.json"] = json.dumps(
-        {**state, "step": step, "buffer_pushed": buffer.pushed}, indent=2
-    ).encode()
+    files["state.json"] = json.dumps({**state, "step": step}, indent=2).encode()
     for name, data in files.items():
         fs.pipe_file(f"{path}/{name}", data)
-    marker = {"step": step, "files": {name: len(data) for name, data in files.items()}}
+    sizes = {name: len(data) for name, data in files.items()}
+    for k in range(n_buffers):  # every process's buffers, written before the barrier
+        sizes[buffer_file(k)] = fs.size(f"{path}/{buffer_file(k)}")
+    marker = {"step": step, "buffers": n_buffers, "files": sizes}
     fs.pipe_file(f"{path}/{MARKER}", json.dumps(marker, indent=2).encode())
     prune_checkpoints(url, keep, storage_options)
+    barrier()
     return folder
 
 
@@ -229,11 +262,20 @@ def prune_checkpoints(url: str, keep: int, storage_options: dict | None = None) 
             fs.rm(path, recursive=True)
 
 
-def load_checkpoint(folder: str, storage_options: dict | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    folder: str, storage_options: dict | None = None, buffer_ids: Any = None
+) -> LoadedCheckpoint:
+    """A complete checkpoint; `buffer_ids`: the buffers to read (None: all of them)."""
     import pyarrow.parquet as pq
 
     fs, path = _fs(folder, storage_options)
     marker = json.loads(fs.cat_file(f"{path}/{MARKER}"))
+    n_buffers = int(marker.get("buffers", 0))
+    wanted = range(n_buffers) if buffer_ids is None else list(buffer_ids)
+    if missing := [k for k in wanted if not 0 <= k < n_buffers]:
+        raise RuntimeError(
+            f"checkpoint {folder} holds {n_buffers} replay buffers; buffers {missing} are not among them"
+        )
     for name, size in marker["files"].items():
         actual = fs.size(f"{path}/{name}")
         if actual != size:
@@ -255,10 +297,28 @@ def load_checkpoint(folder: str, storage_options: dict | None = None) -> LoadedC
         else None,
         optimizer=unflatten_optimizer_state(_tensors_load(read("optimizer.safetensors")), opt_meta),
         scheduler=json.loads(read("scheduler.json")),
-        buffer_table=pq.read_table(io.BytesIO(read("buffer.parquet"))),
+        buffer_tables={k: pq.read_table(io.BytesIO(read(buffer_file(k)))) for k in wanted},
         rng={
             "meta": json.loads(read("rng.json")),
             "tensors": _tensors_load(read("rng.safetensors")),
         },
         state=json.loads(read("state.json")),
     )
+
+
+def read_buffers(folder: str, storage_options: dict | None = None):
+    """Every replay buffer of a complete checkpoint as one table with a `buffer` column (its index)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, path = _fs(folder, storage_options)
+    n_buffers = int(json.loads(fs.cat_file(f"{path}/{MARKER}")).get("buffers", 0))
+    tables = []
+    for k in range(n_buffers):
+        t = pq.read_table(io.BytesIO(fs.cat_file(f"{path}/{buffer_file(k)}")))
+        tables.append(
+            t.replace_schema_metadata(None).add_column(
+                0, "buffer", pa.array([k] * len(t), pa.int64())
+            )
+        )
+    return pa.concat_tables(tables)

@@ -15,10 +15,20 @@ What comes from libraries and what is written here, and why:
   (ema.py), this loop, and checkpoints that hold policy + EMA + buffer + optimiser + RNG without
   pickle (checkpoint.py; the trainers' own checkpoints pickle the optimiser and know no buffer).
 
-Determinism: every random choice of step s (cut positions, sampling seed, buffer draws) comes
-from a generator seeded by (cfg.seed, s, purpose), and the data order of epoch e from
-(cfg.seed, e); so a run resumed from a checkpoint at step s repeats exactly what the
-uninterrupted run did (CPU, one thread). The global RNG states are checkpointed too.
+Batch semantics (the published runs'): a step takes `batch_size x buffers` consecutive rows of the
+epoch's order (the last batch of an epoch filled from its start, as accelerate's even batches do);
+buffer k gets rows [k*batch_size, (k+1)*batch_size) of them, regenerates their segments, pushes the
+pairs and gives `batch_size` draws; the step's loss is the mean over buffers of each buffer's mean
+loss. Launched on P processes (sgpo.train.sapo.launch), process r holds buffers
+[r*buffers/P, (r+1)*buffers/P) and the gradients are averaged over processes (collective.py): the
+same arithmetic as one process holding them all, which is why every step-counted setting (EMA,
+reference refresh, schedule) means the same at any P.
+
+Determinism: every random choice of step s for buffer k (cut positions, sampling seed, buffer
+draws) comes from a generator seeded by (cfg.seed, s, purpose, k), and the data order of epoch e
+from (cfg.seed, e); so a run resumed from a checkpoint at step s repeats exactly what the
+uninterrupted run did (CPU, one thread), with any number of processes. The global RNG states are
+checkpointed too.
 """
 
 from __future__ import annotations
@@ -40,6 +50,14 @@ from typing import Any
 
 from sgpo.config import SAPOConfig, SAPOConfigError, check_config
 from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer, prompt_json
+from sgpo.train.sapo.collective import (
+    Processes,
+    any_process,
+    average_gradients,
+    barrier,
+    mean_over_processes,
+    start_processes,
+)
 from sgpo.train.sapo.ema import (
     copy_weights,
     ema_due,
@@ -74,13 +92,14 @@ class Example:
 class SAPOResult:
     steps: int
     ema_updates: int
-    buffer_size: int
+    buffer_size: int  # entries in all buffers, over all processes
     buffer_mean_uses: float
     resumed_from_step: int | None
     timings: dict[
         str, float
     ]  # seconds spent in generation / training / ema / checkpoint by THIS process
     last_metrics: dict[str, float] = field(default_factory=dict)
+    prompts_dropped: int = 0  # rows dropped for a prompt of max_prompt_length tokens or more
 
 
 # --------------------------------------------------------------------------- seeds and data
@@ -102,24 +121,49 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
 
 
 def rows_for_step(n: int, batch_size: int, seed: int, step: int) -> list[int]:
-    """Row indices of the data mini-batch of `step` (epochs of ceil(n / batch_size) steps)."""
+    """Row indices of the data mini-batch of `step` (epochs of ceil(n / batch_size) steps): always
+    `batch_size` of them, a short last batch filled from the start of the epoch's order (what
+    accelerate's even batches did in the published runs)."""
     per_epoch = math.ceil(n / batch_size)
     epoch, index = divmod(step, per_epoch)
-    return epoch_order(n, seed, epoch)[index * batch_size : (index + 1) * batch_size]
+    order = epoch_order(n, seed, epoch)
+    rows = order[index * batch_size : (index + 1) * batch_size]
+    while len(rows) < batch_size:
+        rows += order[: batch_size - len(rows)]
+    return rows
+
+
+def buffer_rows(step_rows: list[int], k: int, batch_size: int) -> list[int]:
+    """The rows of a step that buffer k takes."""
+    return step_rows[k * batch_size : (k + 1) * batch_size]
 
 
 def total_steps(cfg: SAPOConfig, n_rows: int) -> int:
-    return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * math.ceil(n_rows / cfg.batch_size)
+    return (
+        cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * math.ceil(n_rows / cfg.pairs_per_step)
+    )
 
 
 def tokenize_rows(
     rows: list[tuple[list[dict[str, str]], str]], tokenizer, cfg: SAPOConfig
 ) -> list[Example]:
-    """Tokenise and validate the (prompt conversation, chosen answer) rows; errors name the key."""
+    """Tokenise and validate the (prompt conversation, chosen answer) rows; errors name the key.
+    With `long_prompts: drop`, rows whose prompt has max_prompt_length tokens or more are left out
+    (see `kept_rows`)."""
+    return [ex for ex in _tokenize(rows, tokenizer, cfg) if ex is not None]
+
+
+def kept_rows(examples: list[Example | None]) -> int:
+    return sum(ex is not None for ex in examples)
+
+
+def _tokenize(
+    rows: list[tuple[list[dict[str, str]], str]], tokenizer, cfg: SAPOConfig
+) -> list[Example | None]:
     if not rows:
         raise SAPOConfigError("rows", "the dataset is empty: SAPO needs (prompt, chosen) rows")
     eos = tokenizer.eos_token_id
-    out = []
+    out: list[Example | None] = []
     for i, (messages, chosen) in enumerate(rows):
         if not messages:
             raise SAPOConfigError(f"rows[{i}].prompt", "the prompt conversation is empty")
@@ -130,6 +174,9 @@ def tokenize_rows(
             )
         prompt = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+        if cfg.long_prompts == "drop" and len(prompt) >= cfg.max_prompt_length:
+            out.append(None)
+            continue
         prompt, answer = truncate_pair(
             prompt, answer + [eos], cfg.max_prompt_length, cfg.max_length
         )
@@ -283,9 +330,11 @@ def regenerate_into_buffer(
     tokenizer,
     buffer: ReplayBuffer,
     regenerate,
+    k: int = 0,
 ) -> dict[str, float]:
-    """Cut each row's y+, regenerate B' with `generator_model`, push (x, y+, y-, cut, step) entries."""
-    rng = step_rng(cfg.seed, step, "cut")
+    """Cut each row's y+, regenerate B' with `generator_model`, push (x, y+, y-, cut, step) entries
+    onto buffer `k` (its index seeds the cuts and the sampling)."""
+    rng = step_rng(cfg.seed, step, f"cut:{k}")
     cuts: list[Cut] = []
     prefixes, budgets = [], []
     for i in indices:
@@ -306,7 +355,7 @@ def regenerate_into_buffer(
         temperature=cfg.temperature,
         top_p=cfg.top_p,
         top_k=cfg.top_k,
-        seed=derived_seed(cfg.seed, step, "generate"),
+        seed=derived_seed(cfg.seed, step, "generate", k),
         batch_size=cfg.generation_batch_size,
     )
     generated = regenerate(generator_model, tokenizer, prefixes, budgets, settings)
@@ -346,25 +395,31 @@ def train_step(
     policy,
     optimizer,
     scheduler,
-    entries: list[BufferEntry],
+    draws: list[list[BufferEntry]],
     device,
 ) -> dict[str, float]:
+    """One optimiser step on the draws of this process's buffers (one list per buffer): the loss is
+    the mean over all buffers of each buffer's mean pair loss; gradients are averaged over processes."""
     import torch
 
     policy.train()
-    micro = cfg.micro_batch_size or len(entries)
     sums: dict[str, float] = defaultdict(float)
     total_loss = 0.0
-    for start in range(0, len(entries), micro):
-        chunk = entries[start : start + micro]
-        share = len(chunk) / len(
-            entries
-        )  # TRL's losses are means over pairs: weight each micro-batch by its share
-        loss, metrics = loss_and_metrics(engine, policy, chunk, device)
-        (loss * share).backward()
-        total_loss += float(loss.detach()) * share
-        for k, v in metrics.items():
-            sums[k] += v * share
+    for entries in draws:
+        micro = cfg.micro_batch_size or len(entries)
+        for start in range(0, len(entries), micro):
+            chunk = entries[start : start + micro]
+            # TRL's losses are means over pairs: a micro-batch weighs its share of its buffer's
+            # draws, a buffer 1 / buffers (this process's part; the processes' mean does the rest)
+            share = len(chunk) / len(entries) / len(draws)
+            loss, metrics = loss_and_metrics(engine, policy, chunk, device)
+            (loss * share).backward()
+            total_loss += float(loss.detach()) * share
+            for k, v in metrics.items():
+                sums[k] += v * share
+    average_gradients(policy.parameters())
+    sums = defaultdict(float, mean_over_processes({**sums, "loss": total_loss}, device))
+    total_loss = sums.pop("loss")
     if cfg.max_grad_norm > 0:
         sums["grad_norm"] = float(
             torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
@@ -448,26 +503,50 @@ def train_sapo(
     every `cfg.logging_steps` steps. `regenerate` replaces the transformers sampler (see
     generate.py for the vLLM hook).
     """
-    import torch
 
     from sgpo.models.tinykit import load_tokenizer
     from sgpo.train.checkpoints import save_checkpoint
     from sgpo.train.sapo import checkpoint as ckpt
+    from sgpo.train.trainers import set_chat_template
 
     check_config(cfg)
     if not rows:  # before anything is loaded
         raise SAPOConfigError("rows", "the dataset is empty: SAPO needs (prompt, chosen) rows")
+    procs = start_processes()
+    if cfg.buffers % procs.world:
+        raise SAPOConfigError(
+            "buffers",
+            f"{cfg.buffers} is not a multiple of the {procs.world} processes of this launch: each "
+            "process holds buffers / processes replay buffers",
+        )
+    mine = _my_buffers(cfg.buffers, procs)
     tokenizer = load_tokenizer(policy_dir, trust_remote_code=trust_remote_code)
-    examples = tokenize_rows(rows, tokenizer, cfg)
+    set_chat_template(tokenizer, None, key="model.chat_template")  # a raw base without one: say so
+    tokenized = _tokenize(rows, tokenizer, cfg)
+    examples = [ex for ex in tokenized if ex is not None]
+    dropped = len(tokenized) - len(examples)
+    if not examples:
+        raise SAPOConfigError(
+            "max_prompt_length",
+            f"every one of the {len(rows)} prompts has {cfg.max_prompt_length} tokens or more "
+            "(long_prompts: drop)",
+        )
+    if dropped:
+        log.info(
+            "SAPO: %d of %d rows dropped (prompt of %d tokens or more)",
+            dropped,
+            len(rows),
+            cfg.max_prompt_length,
+        )
     steps = total_steps(cfg, len(examples))
     regenerate = regenerate or hf_regenerate
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = procs.device
 
     models = _load_models(cfg, policy_dir, device, trust_remote_code)
     work_dir = tempfile.mkdtemp(prefix="sapo-trainer-")
     engine = make_loss_engine(cfg, models.policy, models.reference, tokenizer, work_dir)
     optimizer, scheduler = make_optimizer(cfg, engine, models.policy, steps)
-    buffer = ReplayBuffer(capacity=cfg.buffer_capacity)
+    buffers = {k: ReplayBuffer(capacity=cfg.buffer_capacity) for k in mine}
     state = {
         "step": 0,
         "ema_updates": 0,
@@ -480,7 +559,7 @@ def train_sapo(
     resumed_from = None
     latest = ckpt.latest_checkpoint(checkpoint_url, storage_options)
     if latest:
-        loaded = ckpt.load_checkpoint(latest, storage_options)
+        loaded = ckpt.load_checkpoint(latest, storage_options, buffer_ids=mine)
         if output_fields(loaded.state["config"]) != output_fields(cfg.model_dump(mode="json")):
             raise SAPOConfigError(
                 "checkpoint_url",
@@ -492,9 +571,10 @@ def train_sapo(
             models.reference.load_state_dict(loaded.reference)
         optimizer.load_state_dict(loaded.optimizer)
         scheduler.load_state_dict(loaded.scheduler)
-        buffer = ReplayBuffer.from_table(
-            loaded.buffer_table, cfg.buffer_capacity, loaded.state["buffer_pushed"]
-        )
+        buffers = {
+            k: ReplayBuffer.from_table(table, cfg.buffer_capacity)
+            for k, table in loaded.buffer_tables.items()
+        }
         ckpt.restore_rng(loaded.rng["meta"], loaded.rng["tensors"])
         state.update({k: loaded.state[k] for k in ("step", "ema_updates", "reference_updates")})
         resumed_from = state["step"]
@@ -512,10 +592,13 @@ def train_sapo(
             reference=models.reference if models.reference_is_copy else None,
             optimizer=optimizer,
             scheduler=scheduler,
-            buffer=buffer,
+            buffers=buffers,
+            n_buffers=cfg.buffers,
             state=state,
             keep=cfg.keep_checkpoints,
             storage_options=storage_options,
+            main=procs.is_main,
+            barrier=barrier,
         )
         timings["checkpoint"] += time.perf_counter() - t0
 
@@ -532,17 +615,32 @@ def train_sapo(
             marks = dict(timings)
             t0 = time.perf_counter()
             if step % cfg.sample_every == 0:
-                indices = rows_for_step(len(examples), cfg.batch_size, cfg.seed, step)
-                gen_stats = regenerate_into_buffer(
-                    cfg, step, examples, indices, generator_model, tokenizer, buffer, regenerate
-                )
-                for k, v in gen_stats.items():
-                    window[k].append(v)
+                step_rows = rows_for_step(len(examples), cfg.pairs_per_step, cfg.seed, step)
+                stats: dict[str, float] = defaultdict(float)
+                for k, buffer in buffers.items():
+                    part = regenerate_into_buffer(
+                        cfg,
+                        step,
+                        examples,
+                        buffer_rows(step_rows, k, cfg.batch_size),
+                        generator_model,
+                        tokenizer,
+                        buffer,
+                        regenerate,
+                        k,
+                    )
+                    for name, v in part.items():
+                        stats[name] += v / len(buffers)
+                for name, v in mean_over_processes(dict(stats), device).items():
+                    window[name].append(v)
             t1 = time.perf_counter()
             timings["generation"] += t1 - t0
 
-            drawn = buffer.sample(cfg.batch_size, step_rng(cfg.seed, step, "buffer"))
-            metrics = train_step(cfg, engine, models.policy, optimizer, scheduler, drawn, device)
+            draws = [
+                buffer.sample(cfg.batch_size, step_rng(cfg.seed, step, f"buffer:{k}"))
+                for k, buffer in buffers.items()
+            ]
+            metrics = train_step(cfg, engine, models.policy, optimizer, scheduler, draws, device)
             state["step"] = step = step + 1
             t2 = time.perf_counter()
             timings["training"] += t2 - t1
@@ -560,6 +658,7 @@ def train_sapo(
 
             for k, v in metrics.items():
                 window[k].append(v)
+            flag.set = any_process(flag.set, device)  # every process stops at the same step
             periodic = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
             if periodic or flag.set or step == steps:
                 write_checkpoint()
@@ -572,24 +671,23 @@ def train_sapo(
 
             if step % cfg.logging_steps == 0 or step == steps:
                 last_metrics = {k: sum(v) / len(v) for k, v in window.items()}
+                sizes = mean_over_processes(_buffer_stats(buffers), device)
                 last_metrics.update(
                     {
                         "ema_updates": float(state["ema_updates"]),
                         "reference_updates": float(state["reference_updates"]),
-                        "buffer_size": float(len(buffer)),
-                        "buffer_mean_uses": buffer.mean_uses(),
-                        "epoch": step / math.ceil(len(examples) / cfg.batch_size),
+                        "buffer_size": sizes["entries"] * procs.world,
+                        "buffer_mean_uses": sizes["uses"] / max(sizes["entries"], 1e-12),
+                        "epoch": step / math.ceil(len(examples) / cfg.pairs_per_step),
                         **{f"time/{t}_s": window_time[t] for t in TIMERS},
                     }
                 )
                 window.clear()
                 window_time = {t: 0.0 for t in TIMERS}
-                if on_metrics:
+                if on_metrics and procs.is_main:
                     on_metrics(step, last_metrics)
             if flag.set:
-                if (
-                    saved_at != step
-                ):  # SIGTERM came after this step's checkpoint decision (e.g. while logging)
+                if saved_at != step:  # SIGTERM came after this step's checkpoint decision
                     write_checkpoint()
                 raise SAPOInterrupted(
                     f"SIGTERM: checkpoint written at step {step} under {checkpoint_url}"
@@ -599,18 +697,35 @@ def train_sapo(
             signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(work_dir, ignore_errors=True)
 
-    save_checkpoint(models.policy, tokenizer, out_dir)
-    if ema_out_dir is not None:
-        save_checkpoint(models.ema, tokenizer, ema_out_dir)
+    if procs.is_main:
+        save_checkpoint(models.policy, tokenizer, out_dir)
+        if ema_out_dir is not None:
+            save_checkpoint(models.ema, tokenizer, ema_out_dir)
+    sizes = mean_over_processes(_buffer_stats(buffers), device)
     return SAPOResult(
         steps=state["step"],
         ema_updates=state["ema_updates"],
-        buffer_size=len(buffer),
-        buffer_mean_uses=buffer.mean_uses(),
+        buffer_size=round(sizes["entries"] * procs.world),
+        buffer_mean_uses=sizes["uses"] / max(sizes["entries"], 1e-12),
         resumed_from_step=resumed_from,
         timings=timings,
         last_metrics=last_metrics,
+        prompts_dropped=dropped,
     )
+
+
+def _my_buffers(n_buffers: int, procs: Processes) -> list[int]:
+    """The buffers this process holds: a contiguous block of n_buffers / processes."""
+    per = n_buffers // procs.world
+    return list(range(procs.rank * per, (procs.rank + 1) * per))
+
+
+def _buffer_stats(buffers: dict[int, ReplayBuffer]) -> dict[str, float]:
+    """Entries and summed use counts of this process's buffers."""
+    return {
+        "entries": float(sum(len(b) for b in buffers.values())),
+        "uses": float(sum(e.uses for b in buffers.values() for e in b.entries)),
+    }
 
 
 def output_fields(dumped: dict) -> dict:

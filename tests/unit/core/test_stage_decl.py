@@ -29,6 +29,8 @@ EXPECTED = {
     "ref_logps": (("reference", "pairs"), "dpo"),
     "dpo": (("start", "pairs", "ref_logps"), "dpo"),
     "sapo": (("policy", "data"), "sapo"),
+    "orpo": (("start", "pairs"), "orpo"),
+    "refine": (("refiner", "pairs"), "pairs"),
     "judge": (("policy", "data"), "judge"),
     "testbed_report": (("final", "sft"), "judge"),
     "alpaca_eval_generate": (("model",), "alpaca_eval"),
@@ -58,6 +60,8 @@ def test_every_stage_is_declared_with_its_inputs_and_section():
         "pairs",
         "dpo",
         "sapo",
+        "orpo",
+        "refine",
         "judge",
         "alpaca_eval_generate",
         "arena_hard_generate",
@@ -94,6 +98,8 @@ def test_the_registry_derives_every_list_of_stages():
         "ref_logps",
         "dpo",
         "sapo",
+        "orpo",
+        "refine",
         "judge",
         "testbed_report",
         "pairwise",
@@ -121,6 +127,8 @@ def test_the_registry_derives_every_list_of_stages():
         "improver_sft",
         "ref_logps",
         "dpo",
+        "orpo",
+        "sapo",
     }
     assert all(get_stage(n).module == f"tasks.{n}" for n in ALL_STAGES)
 
@@ -171,6 +179,8 @@ def _sections() -> dict[str, BaseModel]:
         "ref_logps": cfg.dpo,
         "judge": cfg.judge,
         "sapo": cfg.sapo,
+        "orpo": cfg.orpo,
+        "refine": cfg.pairs,
         "testbed_report": cfg.judge,
         "alpaca_eval_generate": ev.alpaca_eval,
         "alpaca_eval_judge": ev.alpaca_eval,
@@ -195,6 +205,7 @@ PROMPT_ALTERNATIVES = [
 ]
 SPECIAL = {
     ("prepare", "path"): "bundled:tiny/improver.jsonl",
+    ("sapo", "long_prompts"): "truncate",  # a Literal, not a prompt file
 }
 # Fields whose only other valid value would need a new file in the package: covered through the
 # prompt/settings version in the key instead (flipping the file's text changes the key, tested below).

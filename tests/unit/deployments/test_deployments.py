@@ -47,6 +47,8 @@ GPU = (
     "ref_logps",
     "dpo",
     "sapo",
+    "orpo",
+    "refine",
     "judge",
     "alpaca_eval_generate",
     "arena_hard_generate",

@@ -29,6 +29,17 @@ RECIPES = [
     "sapo-orpo",
     "sft",
     "sft-continued",
+    # the SAPO paper's baselines and ablations (issue 21)
+    "orpo",
+    "spin-orpo",
+    "sapo-dpo-fix-ref",
+    "sapo-dpo-policy-ref",
+    "sapo-orpo-on-policy",
+    "sapo-orpo-no-segment",
+    "sapo-orpo-rejected-4",
+    "sapo-orpo-rejected-8",
+    "sapo-orpo-segment-64",
+    "sapo-orpo-segment-128",
 ]
 IMPROVER_STAGES = ["sample", "annotate", "ppl_filter", "improver_sft"]
 
@@ -116,7 +127,7 @@ def test_each_recipe_runs_only_the_stages_it_needs(method, stages, start, refine
     if method.startswith("sapo"):
         assert final == "sapo" and dag["sapo"] == {"policy": "sft", "data": "prepare[sapo]"}
         assert (
-            _dag(method, "sapo_start=base")[0]["sapo"]["policy"] == "base_model"
+            _dag(method, "start=base")[0]["sapo"]["policy"] == "base_model"
         )  # e.g. mistral-7b-zephyr-sft
         return
     assert (
@@ -179,13 +190,15 @@ def test_spin_iterations_start_each_from_the_last():
 def test_spin_iterations_can_change_lr_and_beta_as_the_sapo_papers_baseline_does():
     from flows.pipeline import recipe_section
 
+    # SAPO paper Sec. 5.1: lr 5e-7 for the first two iterations, 1e-7 for the remaining two, beta
+    # 5.0 in the final one, three epochs each, configured as its DPO (RMSprop)
     cfg = load_config("sapo-llama3-8b", ["method=spin"])
     trained = [recipe_section(cfg, f"spin[{t}]") for t in (1, 2, 3, 4)]
-    assert [(c.learning_rate, c.beta, c.epochs) for c in trained] == [
-        (5e-7, 0.1, 3),
-        (1e-7, 0.1, 3),
-        (1e-7, 0.1, 3),
-        (1e-7, 5.0, 3),
+    assert [(c.learning_rate, c.beta, c.epochs, c.optimizer) for c in trained] == [
+        (5e-7, 0.1, 3, "rmsprop"),
+        (5e-7, 0.1, 3, "rmsprop"),
+        (1e-7, 0.1, 3, "rmsprop"),
+        (1e-7, 5.0, 3, "rmsprop"),
     ]
     with pytest.raises(Exception, match="learning_rate"):
         load_config(
@@ -209,7 +222,8 @@ def test_paper_presets_follow_the_paper():
     for preset in ("qwen2.5-7b", "llama3-8b", "qwen2-1.5b"):
         cfg = load_config(preset)
         assert cfg.sft.max_length == cfg.improver_sft.max_length == cfg.dpo.max_length == 2048
-        assert cfg.data.sft.turns == "all"  # SFT on whole UltraChat dialogues
+        # SFT on whole UltraChat dialogues: one example per dialogue, every answer a target
+        assert (cfg.data.sft.turns, cfg.sft.assistant_turns) == ("last", "all")
         assert (cfg.data.prefs.path, cfg.data.prefs.split, cfg.data.prefs.preference_pairs) == (
             "allenai/ultrafeedback_binarized_cleaned",
             "train_prefs",
@@ -372,14 +386,18 @@ def test_the_rule_judge_scores_by_its_documented_rule():
 def test_data_checks_add_pairwise_stages_on_the_annotate_table_and_each_rounds_pairs():
     dag, final, run = _dag("sgpo-step2", "checks.improved_data=true", "checks.refinement=true")
     checks = {label: inputs for label, inputs in dag.items() if label.startswith("pairwise[")}
+    # Fig. 8/10 (Sec. 4.4.2): the self-improver's refinements vs the INITIAL policy's refinements of
+    # the same answers (a refine step by pi_sft on each round's pairs) and vs y_sft
     assert checks == {
         "pairwise[imp_vs_policy]": {"table": "annotate"},
         "pairwise[imp_vs_reference]": {"table": "annotate"},
-        "pairwise[refined_vs_policy]": {"table": "pairs[1]"},
+        "pairwise[refined_vs_initial]": {"table": "refine[initial]"},
         "pairwise[refined_vs_reference]": {"table": "pairs[1]"},
-        "pairwise[refined_vs_policy.r2]": {"table": "pairs[2]"},
+        "pairwise[refined_vs_initial.r2]": {"table": "refine[initial.r2]"},
         "pairwise[refined_vs_reference.r2]": {"table": "pairs[2]"},
     }
+    assert dag["refine[initial]"] == {"refiner": "sft", "pairs": "pairs[1]"}
+    assert dag["refine[initial.r2]"] == {"refiner": "sft", "pairs": "pairs[2]"}
     assert final == "dpo[2]" and run.index("judge") < run.index(
         "pairwise"
     )  # after the judge: it never delays it

@@ -439,7 +439,7 @@ def test_fig10_needs_two_runs_with_the_refinement_check():
 
     def run(title, wr):
         return RunArtifacts(
-            stages=[_check("refined_vs_policy", "chosen", "rejected", wr)],
+            stages=[_check("refined_vs_initial", "chosen", "refinement", wr)],
             read_rows=lambda e: [],
             title=title,
         )
