@@ -4,9 +4,9 @@ model, listens on no socket, starts no Python process and calls no Prefect flow 
 failure naming the tier the test belongs to (docs/usage.md, Tests). A library's own helper process
 (`uname`, `file`, `fc-list`) is not the test's and is let through.
 
-The model check patches transformers only where it is already imported when the test starts (the
-unit tier does not import it for every test): a test that imports it itself and builds a model is
-caught once another test has imported it, so in a whole-tier run."""
+The model check patches transformers' model class only where it is already imported when the test
+starts (importing it here would cost every unit run torch's import): a test that imports it itself
+and builds a model is caught once another test has imported it, so in a whole-tier run."""
 
 from __future__ import annotations
 
@@ -64,9 +64,8 @@ def _unit_tier_starts_nothing(monkeypatch):
         monkeypatch.setattr(Flow, "__call__", _refuse("runs a Prefect flow"))
         monkeypatch.setattr(Task, "__call__", _refuse("runs a Prefect task"))
         monkeypatch.setattr(Task, "submit", _refuse("runs a Prefect task"))
-    if "transformers" in sys.modules:
-        import transformers
-
+    modeling = sys.modules.get("transformers.modeling_utils")  # checked, never imported, here
+    if modeling is not None:
         monkeypatch.setattr(
-            transformers.PreTrainedModel, "__init__", _refuse("builds or loads a model")
+            modeling.PreTrainedModel, "__init__", _refuse("builds or loads a model")
         )
