@@ -74,10 +74,31 @@ def ensure_punkt_tab(root: Path | None = None) -> Path:
 # --------------------------------------------------------------------------- tasks
 
 
+_MANAGERS: dict[tuple, Any] = {}
+
+
+def _index_key(include_paths: list[str] | None) -> tuple:
+    """What lm-eval's task index is built from: the include paths and every file in them (path,
+    size, mtime), so an edited or added task file builds a new index."""
+    files = []
+    for root in include_paths or []:
+        base = Path(root)
+        entries = base.rglob("*") if base.is_dir() else [base]
+        files += sorted(
+            (str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in entries if f.is_file()
+        )
+    return tuple(include_paths or ()), tuple(files)
+
+
 def task_manager(include_paths: list[str] | None = None):
+    """lm-eval's TaskManager, one per process and task files: building its index of the built-in
+    tasks takes seconds, and every lm_eval stage run and check needs one."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=list(include_paths) if include_paths else None)
+    key = _index_key(include_paths)
+    if key not in _MANAGERS:
+        _MANAGERS[key] = TaskManager(include_path=list(include_paths) if include_paths else None)
+    return _MANAGERS[key]
 
 
 def check_task_names(
