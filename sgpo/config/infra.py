@@ -4,11 +4,23 @@ they change how a run goes, not what it makes."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sgpo.config.sections import Section, runtime_field
+
+# CPU threads of every process a run starts (sgpo.core.threads): 'auto' or a whole number >= 1
+Threads = Literal["auto"] | Annotated[int, Field(ge=1)]
+
+
+def threads_field() -> Any:
+    return runtime_field(
+        "auto",
+        "CPU threads (torch / OpenMP) of every process the run starts: 'auto' = OMP_NUM_THREADS if set, else the "
+        "cores this process may use; N = N threads. Launched CPU ranks share them; with more than one, waiting "
+        "threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of spinning on a shared core",
+    )
 
 
 class EndpointConfig(BaseModel):

@@ -25,6 +25,7 @@ from sgpo.core.launch import write_rank_error
 from sgpo.core.ranks import is_main_process, rank, world_size
 from sgpo.core.run import run_rank, run_stage
 from sgpo.core.stage import Stage
+from sgpo.core.threads import configure_threads
 from sgpo.core.tracking import pipeline_run
 
 
@@ -146,6 +147,9 @@ def _external_rank_main(
 def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     args = stage_parser(st).parse_intermixed_args(argv)
     if args.launch_spec:
+        configure_threads(
+            "auto"
+        )  # the launch gave this rank its share (sgpo.core.threads.thread_env)
         return _launched_rank_main(st, args)
     items = args.items
     source, overrides = (items[0], items[1:]) if items and "=" not in items[0] else (None, items)
@@ -155,6 +159,7 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     except (ConfigError, KeyError) as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
+    configure_threads(recipe.threads)
     try:
         inputs = _inputs(st, args, recipe.store.storage_options)
     except (FileNotFoundError, ValueError) as e:
