@@ -89,7 +89,8 @@ class StageRunner:
             and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None
         ):
             return cfg  # cached: no server needed; Stage.run returns the artifact before checking base_url
-        return with_endpoint(cfg, st.llm, self.llm.base_url(), name)
+        # the server starts now; the client is fitted to it (one request at a time, patient)
+        return cfg.model_copy(update={st.llm: self.llm.endpoint(getattr(cfg, st.llm), name)})
 
     def __call__(
         self,

@@ -132,6 +132,13 @@ class EmbeddedLLMConfig(Section):
     max_new_tokens_cap: int = runtime_field(
         256, "Cap on generated tokens (tiny models ramble)", ge=1
     )
+    timeout_s: float = runtime_field(
+        600.0,
+        "Per-attempt timeout of a request to the stand-in, at least (a stage's shorter endpoint.timeout_s is "
+        "raised to it): the stand-in generates one answer at a time and the client sends one at a time, so "
+        "this bounds one generation on a CPU",
+        gt=0,
+    )
     judge: Literal["model", "rule", "testbed"] = runtime_field(
         "model",
         "Judge prompts answered by the model, or by sgpo.llm.rule_judge's documented quality rule (the tiny "
