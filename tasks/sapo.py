@@ -26,6 +26,7 @@ from sgpo.data.sources import conversation
     "sapo",
     section="sapo",
     gpu=True,
+    code_version="2",  # 2: y+ and y- end with the chat template's end of turn (segment.py)
     description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable",
 )
 def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> ArtifactRef:
