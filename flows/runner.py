@@ -16,7 +16,7 @@ from artifacts.refs import ArtifactRef
 from flows.dispatch import dispatch_stage
 from sgpo.config import ExecutionConfig
 from sgpo.core import Stage, StageContext, stage_logger
-from sgpo.core.job import journal_note
+from sgpo.core.job import stage_note
 from sgpo.llm.embedded import EmbeddedLLM, embedded_model_name
 from sgpo.report.summary import StageReport
 
@@ -119,7 +119,7 @@ class StageRunner:
         )
         self.reports.append(report)
         note = (
-            "" if cached else journal_note(ref.summary)
+            "" if cached else stage_note(ref.summary)
         )  # e.g. " (48 answers from the journal, 0 sent)"
         line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"
         print(line, flush=True)

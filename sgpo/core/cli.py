@@ -20,7 +20,7 @@ from typing import Any
 from artifacts.store import ArtifactStore, read_ref
 from sgpo.config import ConfigError, load_recipe, section_of
 from sgpo.core.context import StageContext
-from sgpo.core.job import journal_note
+from sgpo.core.job import stage_note
 from sgpo.core.launch import write_rank_error
 from sgpo.core.ranks import is_main_process, rank, world_size
 from sgpo.core.run import run_rank, run_stage
@@ -193,7 +193,7 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"sgpo: stage '{st.name}' failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    status = "cached" if cached else "ran" + journal_note(ref.summary)
+    status = "cached" if cached else "ran" + stage_note(ref.summary)
     print(f"[sgpo] {st.name} {status} {time.perf_counter() - t0:.1f}s  {ref.uri}", file=sys.stderr)
     print(json.dumps(ref.model_dump(mode="json")))
     return 0

@@ -107,3 +107,29 @@ def conversation(row: dict[str, Any]) -> list[dict[str, str]]:
         if isinstance(raw, str) and raw
         else [{"role": "user", "content": row["prompt"]}]
     )
+
+
+def is_empty_answer(text: Any) -> bool:
+    """No answer: None, empty or whitespace only. A model generates these when it is broken (e.g. a
+    learning rate too high for a pretrained model) or when it ends at once; they teach nothing as an
+    answer to improve, a chosen or a rejected one."""
+    return not isinstance(text, str) or not text.strip()
+
+
+class EmptyAnswersError(RuntimeError):
+    """Too many generated answers were empty to publish: the model is broken; retrying the stage
+    would generate the same answers."""
+
+    retriable = False
+
+
+def check_empty_answers(stage: str, empty: int, total: int, max_fraction: float, key: str) -> None:
+    """EmptyAnswersError when more than `max_fraction` of `total` generated answers were empty (or all)."""
+    if total and (empty == total or empty > max_fraction * total):
+        raise EmptyAnswersError(
+            f"{stage}: {empty} of {total} generated answers were empty or whitespace (more than "
+            f"{key}={max_fraction:g}), so nothing was published. The model answers nothing: check the "
+            "learning rate of the stage that trained it (a pretrained model wants about 1e-5 to 5e-5 for "
+            "SFT, the tiny preset's 1e-3 wrecks it) and its max_length; to publish anyway raise "
+            f"{key}"
+        )
