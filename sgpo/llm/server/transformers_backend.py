@@ -60,6 +60,7 @@ class TransformersChatBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from sgpo.generate.hf import end_of_sequence_ids
         from sgpo.models.tinykit import load_tokenizer
 
         self.model_dir = str(model_dir)
@@ -71,20 +72,10 @@ class TransformersChatBackend:
             .to(device)
             .eval()
         )
-        eos: set[int] = set()
-        for ids in (
-            self.tokenizer.eos_token_id,
-            getattr(self.model.generation_config, "eos_token_id", None),
-        ):
-            if isinstance(ids, int):
-                eos.add(ids)
-            elif ids:
-                eos.update(int(i) for i in ids)
-        if not eos:
-            raise ValueError(
-                f"{self.model_dir}: tokenizer and generation config name no end-of-sequence token"
-            )
-        self.eos_ids = sorted(eos)
+        try:
+            self.eos_ids = end_of_sequence_ids(self.tokenizer, self.model.generation_config)
+        except ValueError as e:
+            raise ValueError(f"{self.model_dir}: {e}") from None
         self.pad_id = (
             self.tokenizer.pad_token_id
             if self.tokenizer.pad_token_id is not None
