@@ -13,6 +13,7 @@ from typing import Any
 
 from artifacts.hashing import sha256_bytes
 from sgpo.config import DatasetSpec
+from sgpo.data.shared import SHARED_DATA_ENV, shared_data_dir
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -29,8 +30,36 @@ def describe(spec: DatasetSpec) -> str:
     return f"dataset {spec.path!r} (split {spec.split!r})"
 
 
+SHARED_PREFIX = "shared:"
+
+
+def shared_file(path: str) -> Path:
+    """`shared:NAME`: a file of the offline reference data folder (official benchmark files, kept
+    beside the project, not in it: sgpo.data.shared); a DatasetError naming the folder when absent."""
+    folder = shared_data_dir()
+    p = folder / path.removeprefix(SHARED_PREFIX)
+    if not p.is_file():
+        why = "has no such file" if folder.is_dir() else "does not exist"
+        raise DatasetError(
+            f"{path!r}: the reference data folder {folder} {why} (it is ${SHARED_DATA_ENV}, else "
+            "../shared/data beside the repository; set the variable to where the benchmark files are)"
+        )
+    return p
+
+
+def resolve_data_path(path: str) -> Path:
+    """A local data file as configured: `shared:NAME`, `bundled:NAME`, or a path."""
+    if path.startswith(SHARED_PREFIX):
+        return shared_file(path)
+    if path.startswith("bundled:"):
+        return BUNDLED_DIR / path.removeprefix("bundled:")
+    return Path(path).expanduser().resolve()
+
+
 def local_path(spec: DatasetSpec) -> Path | None:
-    """The local file behind `spec` (bundled:NAME or a path), None for hub ids and URLs."""
+    """The local file behind `spec` (bundled:NAME, shared:NAME or a path), None for hub ids and URLs."""
+    if spec.path.startswith(SHARED_PREFIX):
+        return shared_file(spec.path)
     if spec.path.startswith("bundled:"):
         p = BUNDLED_DIR / spec.path.removeprefix("bundled:")
         if not p.is_file():
