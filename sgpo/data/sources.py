@@ -159,6 +159,5 @@ def check_empty_answers(stage: str, empty: int, total: int, max_fraction: float,
             f"{stage}: {empty} of {total} generated answers were empty or whitespace (more than "
             f"{key}={max_fraction:g}), so nothing was published. The model answers nothing: check the "
             "learning rate of the stage that trained it (a pretrained model wants about 1e-5 to 5e-5 for "
-            "SFT, the tiny preset's 1e-3 wrecks it) and its max_length; to publish anyway raise "
-            f"{key}"
+            f"SFT; 1e-3 wrecks one in a step); to publish what is left set {key}=1"
         )
