@@ -34,6 +34,7 @@ from flows.reporting import flow_run_namer
 from flows.runner import StageRunner
 from sgpo.config import EvalModelSpec, EvaluationConfig, load_evaluation_config
 from sgpo.core import StageContext
+from sgpo.core.threads import configure_threads
 from sgpo.generate import shared_generators
 from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.report.summary import EvaluationReport, parent_metrics, result_rows
@@ -107,6 +108,7 @@ def evaluate(
     from sgpo.core.tracking import pipeline_run
 
     cfg = config or load_evaluation_config()
+    configure_threads(cfg.threads)  # a run from the UI or a deployment did not pass through the CLI
     force = check_force(force, EVALUATION_STAGES)
     check_store(
         cfg.store.url, cfg.store.storage_options

@@ -34,6 +34,7 @@ from flows.reporting import flow_run_namer
 from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re-exported)
 from sgpo.config import ConfigError, PipelineConfig, load_config, section_of
 from sgpo.core import StageContext
+from sgpo.core.threads import configure_threads
 from sgpo.llm.embedded import EmbeddedLLM
 from sgpo.models.source import resolve_model_source
 from tasks import PIPELINE_STAGES, get_stage
@@ -94,6 +95,7 @@ def sgpo_pipeline(
     from sgpo.core.tracking import pipeline_run
 
     cfg = config or load_config("tiny")
+    configure_threads(cfg.threads)  # a run from the UI or a deployment did not pass through the CLI
     force = check_force(force, FORCEABLE)
     check_store(
         cfg.store.url, cfg.store.storage_options

@@ -16,7 +16,7 @@ from artifacts.refs import ArtifactRef
 from flows.dispatch import dispatch_stage
 from sgpo.config import ExecutionConfig
 from sgpo.core import Stage, StageContext, stage_logger
-from sgpo.core.job import journal_note
+from sgpo.core.job import stage_note
 from sgpo.llm.embedded import EmbeddedLLM, embedded_model_name
 from sgpo.report.summary import StageReport, dropped_note
 
@@ -90,7 +90,8 @@ class StageRunner:
             and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None
         ):
             return cfg
-        return with_endpoint(cfg, st.llm, self.llm.base_url(), name)
+        # the server starts now; the client is fitted to it (one request at a time, patient)
+        return cfg.model_copy(update={st.llm: self.llm.endpoint(getattr(cfg, st.llm), name)})
 
     def __call__(
         self,
@@ -119,7 +120,7 @@ class StageRunner:
         )
         self.reports.append(report)
         note = (
-            "" if cached else journal_note(ref.summary)
+            "" if cached else stage_note(ref.summary)
         )  # e.g. " (48 answers from the journal, 0 sent)"
         note += dropped_note(ref.summary)  # e.g. " (1 of 16 rows dropped: ...)", cached or not
         line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"

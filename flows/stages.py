@@ -25,6 +25,7 @@ from prefect import flow
 from artifacts.refs import ArtifactRef
 from sgpo.core import Stage, StageContext
 from sgpo.core.prefect_tasks import RESULT_OPTIONS, run_task
+from sgpo.core.threads import configure_threads
 from tasks import GPU_STAGES, get_stage
 
 
@@ -32,6 +33,7 @@ def stage_flow(st: Stage) -> Any:
     """The CUDA-pool flow of one stage."""
 
     def run(inputs, cfg, ctx, params=None):  # the signature below is what Prefect sees
+        configure_threads("auto")  # the worker's own cores (or its OMP_NUM_THREADS)
         ref, _ = run_task(st, cfg, ctx, inputs, params)
         return ref  # the stage's error fails this flow run
 

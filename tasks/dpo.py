@@ -35,7 +35,9 @@ def dpo(
 
     rows = job.read_rows(pairs)
     data = preference_pairs(rows)
-    job.log.info("DPO on %d pairs (%d identical skipped)", len(data), len(rows) - len(data))
+    job.log.info(
+        "DPO on %d pairs (%d skipped: identical or empty answers)", len(data), len(rows) - len(data)
+    )
     extra = {"reference_model": start.uri}
     logps = None
     if cfg.reference_logps == "live":

@@ -27,6 +27,7 @@ from artifacts.hashing import sha256_bytes
 from artifacts.refs import ArtifactRef
 from sgpo.config import LmEvalConfig
 from sgpo.core import Job, stage, stage_main
+from sgpo.data.sources import resolve_data_path
 
 BENCHMARK = "lm_eval"
 
@@ -36,7 +37,9 @@ def files_fingerprint(cfg: LmEvalConfig) -> dict[str, str]:
     out = {}
     for t in cfg.tasks:
         for split, f in sorted((t.data_files or {}).items()):
-            p = Path(f).expanduser()
+            p = resolve_data_path(
+                f
+            )  # shared:NAME, bundled:NAME or a path; a missing shared file fails here
             if p.is_file():
                 out[f"{t.name}.{split}"] = sha256_bytes(p.read_bytes())
     for folder in cfg.include_paths:

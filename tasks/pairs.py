@@ -8,6 +8,11 @@ With shared parameters `policy` and `improver` are the same checkpoint and it is
 A multi-turn or system-prompted row: y answers the whole conversation, and the refining prompt is
 asked as the final user turn of that same conversation (its system prompt and earlier turns
 before it), so the refiner sees what y was written for. The output keeps the row's `messages`.
+
+A pair whose chosen or rejected answer is empty (or whitespace) is dropped and counted (summary
+`empty_dropped`, `empty_chosen`, `empty_rejected`, the stage line): "something beats nothing" is
+not the preference DPO is meant to learn here, and an empty chosen answer would train the policy
+to stop at once. More than `pairs.max_empty_fraction` of them fails the stage (a broken model).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from __future__ import annotations
 from artifacts.refs import ArtifactRef
 from sgpo.config import PairsStageConfig
 from sgpo.core import Job, stage, stage_main
-from sgpo.data.sources import conversation, earlier_turns
+from sgpo.core.job import EMPTY_DROPPED
+from sgpo.data.sources import check_empty_answers, conversation, earlier_turns, is_empty_answer
 from sgpo.prompts import load_prompt
 from sgpo.prompts.refine import refine_messages, refine_prompt_name
 
@@ -57,7 +63,7 @@ def prompt_versions(cfg: PairsStageConfig) -> dict[str, str]:
 @stage(
     "pairs",
     section="pairs",
-    code_version="2",  # 2: the refining prompt inside the row's conversation; `messages` kept
+    code_version="3",  # 2: the refining prompt inside the row's conversation; 3: empty answers dropped
     gpu=True,
     prompts=prompt_versions,
     description="on-policy pairs: y = policy(x) rejected, y+ = improver(refine(x, y, y_sft)) chosen",
@@ -104,10 +110,28 @@ def pairs(
             refined = [s[0].text for s in gen.generate(convs, one)]
     finally:
         gen.close()
-    table = build_pairs(rows, policy_texts, refined, cfg)
+    built = build_pairs(rows, policy_texts, refined, cfg)
+    table = [
+        t for t in built if not is_empty_answer(t["chosen"]) and not is_empty_answer(t["rejected"])
+    ]
+    empty = len(built) - len(table)
+    check_empty_answers(
+        "pairs", empty, len(built), cfg.max_empty_fraction, "pairs.max_empty_fraction"
+    )
     n_same = sum(t["chosen"] == t["rejected"] for t in table)
-    job.log.info("built %d pairs (%d with chosen == rejected)", len(table), n_same)
-    summary = {"pairs": len(table), "chosen_equals_rejected": n_same}
+    job.log.info(
+        "built %d pairs (%d with chosen == rejected; %d dropped: empty chosen or rejected)",
+        len(table),
+        n_same,
+        empty,
+    )
+    summary = {
+        "pairs": len(table),
+        "chosen_equals_rejected": n_same,
+        EMPTY_DROPPED: empty,
+        "empty_chosen": sum(is_empty_answer(t["chosen"]) for t in built),
+        "empty_rejected": sum(is_empty_answer(t["rejected"]) for t in built),
+    }
     job.log_metrics(summary)
     return job.publish_table(
         pa.Table.from_pylist(table), summary=summary, seeds={"sampling": cfg.sampling.seed}

@@ -2,6 +2,11 @@
 
 Output columns: prompt_id, prompt, reference (y_sft, response-A), policy (y, response-B),
 sample_index, policy_finish_reason.
+
+An empty (or whitespace) answer is dropped and counted (summary `empty_dropped`, the stage line):
+there is no response B to improve, so the row would teach the improver nothing about refining, and
+the external LLM would be paid to write an answer from scratch. More than `sample.max_empty_fraction`
+of them fails the stage: the policy is broken, and nothing downstream can repair it.
 """
 
 from __future__ import annotations
@@ -9,12 +14,14 @@ from __future__ import annotations
 from artifacts.refs import ArtifactRef
 from sgpo.config import SampleStageConfig
 from sgpo.core import Job, stage, stage_main
-from sgpo.data.sources import conversation
+from sgpo.core.job import EMPTY_DROPPED
+from sgpo.data.sources import check_empty_answers, conversation, is_empty_answer
 
 
 @stage(
     "sample",
     section="sample",
+    code_version="2",  # 2: empty answers dropped
     gpu=True,
     description="sample y ~ pi_sft(x) on D_imp (temperature 0.7, top-p 0.9)",
 )
@@ -34,16 +41,26 @@ def sample(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SampleStageCon
         outs = gen.generate([conversation(r) for r in rows], cfg.sampling)
     finally:
         gen.close()
-    table = []
+    table, empty = [], 0
     for r, samples in zip(rows, outs):
         for k, g in enumerate(samples):
+            if is_empty_answer(g.text):
+                empty += 1
+                continue
             table.append(
                 {**r, "policy": g.text, "sample_index": k, "policy_finish_reason": g.finish_reason}
             )
+    generated = [g for s in outs for g in s]
+    check_empty_answers(
+        "sample", empty, len(generated), cfg.max_empty_fraction, "sample.max_empty_fraction"
+    )
+    if empty:
+        job.log.warning("dropped %d empty answers of %d", empty, len(generated))
     summary = {
         "samples": len(table),
+        EMPTY_DROPPED: empty,
         "truncated": sum(t["policy_finish_reason"] == "length" for t in table),
-        "mean_tokens": sum(g.completion_tokens for s in outs for g in s) / max(len(table), 1),
+        "mean_tokens": sum(g.completion_tokens for g in generated) / max(len(generated), 1),
     }
     job.log_metrics(summary)
     return job.publish_table(

@@ -35,6 +35,7 @@ from sgpo.train.sapo.launch import SAPO_ACCELERATE
     section="sapo",
     gpu=True,
     launcher=SAPO_ACCELERATE,
+    code_version="2",  # 2: y+ and y- end with the chat template's end of turn (segment.py)
     description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable",
 )
 def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> ArtifactRef:

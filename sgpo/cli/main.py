@@ -81,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problem := _store_problem(cfg.store):
         print(f"sgpo: {problem}", file=sys.stderr)
         return 2
+    _threads(cfg.threads)
     _prepare_prefect(args.verbose)
     try:  # a missing / broken GGUF, an uninstalled packaged model, a folder without a model; after
         # the environment defaults: checking a GGUF imports transformers, which reads them once
@@ -133,6 +134,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _threads(setting) -> None:
+    """CPU threads for this process and those it starts, set before anything imports torch (its
+    OpenMP pool reads the environment once, when it loads)."""
+    from sgpo.core.threads import configure_threads
+
+    configure_threads(setting)
+
+
 def _prepare_prefect(verbose: bool) -> None:
     import warnings
 
@@ -181,6 +190,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if problem := _store_problem(cfg.store):
         print(f"sgpo: {problem}", file=sys.stderr)
         return 2
+    _threads(cfg.threads)
     _prepare_prefect(args.verbose)
     from flows.evaluate import EVALUATION_STAGES, evaluate
     from flows.pipeline import check_force

@@ -36,7 +36,9 @@ from sgpo.config.infra import (
     EndpointConfig,
     ExecutionConfig,
     StoreConfig,
+    Threads,
     TrackingConfig,
+    threads_field,
 )
 from sgpo.config.loading import (
     apply_overrides,
@@ -422,6 +424,7 @@ class EvaluationConfig(Section):
     """One evaluation run: which model, which benchmarks, where artifacts and metrics go."""
 
     name: str = Field("sgpo-eval", description="Run name (MLflow run name)")
+    threads: Threads = threads_field()
     model: EvalModelSpec = Field(default_factory=EvalModelSpec, description="The model to evaluate")
     alpaca_eval: AlpacaEvalConfig = Field(
         default_factory=AlpacaEvalConfig,

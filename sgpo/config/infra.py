@@ -4,11 +4,23 @@ they change how a run goes, not what it makes."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sgpo.config.sections import Section, runtime_field
+
+# CPU threads of every process a run starts (sgpo.core.threads): 'auto' or a whole number >= 1
+Threads = Literal["auto"] | Annotated[int, Field(ge=1)]
+
+
+def threads_field() -> Any:
+    return runtime_field(
+        "auto",
+        "CPU threads (torch / OpenMP) of every process the run starts: 'auto' = OMP_NUM_THREADS if set, else the "
+        "cores this process may use; N = N threads. Launched CPU ranks share them; with more than one, waiting "
+        "threads sleep (OMP_WAIT_POLICY=PASSIVE) instead of spinning on a shared core",
+    )
 
 
 class EndpointConfig(BaseModel):
@@ -119,6 +131,13 @@ class EmbeddedLLMConfig(Section):
     model: str = runtime_field("base", "'base' = the pipeline's base model, or a local model dir")
     max_new_tokens_cap: int = runtime_field(
         256, "Cap on generated tokens (tiny models ramble)", ge=1
+    )
+    timeout_s: float = runtime_field(
+        600.0,
+        "Per-attempt timeout of a request to the stand-in, at least (a stage's shorter endpoint.timeout_s is "
+        "raised to it): the stand-in generates one answer at a time and the client sends one at a time, so "
+        "this bounds one generation on a CPU",
+        gt=0,
     )
     judge: Literal["model", "rule", "testbed"] = runtime_field(
         "model",

@@ -16,7 +16,9 @@ from sgpo.config.infra import (
     ExecutionConfig,
     LaunchConfig,
     StoreConfig,
+    Threads,
     TrackingConfig,
+    threads_field,
 )
 from sgpo.config.loading import (
     apply_overrides,
@@ -74,6 +76,7 @@ class PipelineConfig(Section):
     seed: int = Field(
         42, description="Run-level seed, kept for the record; each stage has its own seed setting"
     )
+    threads: Threads = threads_field()
     model: ModelSpec = Field(default_factory=ModelSpec, description="The base model")
     data: DataConfig = Field(
         description="The datasets each stage reads (D_sft, D_imp, D_po, eval, ...)"

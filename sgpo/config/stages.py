@@ -173,11 +173,22 @@ class SamplingConfig(Section):
         return self
 
 
+def max_empty_fraction_field() -> Any:
+    return runtime_field(
+        0.5,
+        "Fail (publishing nothing) when more than this share of the generated answers is empty or "
+        "whitespace (they are dropped and counted either way); 1 publishes whatever is left",
+        ge=0,
+        le=1,
+    )
+
+
 class SampleStageConfig(Section):
     sampling: SamplingConfig = Field(
         default_factory=SamplingConfig,
         description="How the improver's training answers are sampled from pi_sft",
     )
+    max_empty_fraction: float = max_empty_fraction_field()
 
 
 class AnnotateStageConfig(Section):
@@ -260,6 +271,7 @@ class PairsStageConfig(Section):
     no_reference_prompt: str = Field(
         "improver_v1", description="Refining prompt without the reference"
     )
+    max_empty_fraction: float = max_empty_fraction_field()
 
 
 class DPOStageConfig(TrainConfig):

@@ -20,11 +20,12 @@ from typing import Any
 from artifacts.store import ArtifactStore, StoreError, check_store, read_ref
 from sgpo.config import ConfigError, load_recipe, section_of
 from sgpo.core.context import StageContext
-from sgpo.core.job import journal_note
+from sgpo.core.job import stage_note
 from sgpo.core.launch import write_rank_error
 from sgpo.core.ranks import is_main_process, rank, world_size
 from sgpo.core.run import run_rank, run_stage
 from sgpo.core.stage import Stage
+from sgpo.core.threads import configure_threads
 from sgpo.core.tracking import pipeline_run
 
 
@@ -146,6 +147,9 @@ def _external_rank_main(
 def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     args = stage_parser(st).parse_intermixed_args(argv)
     if args.launch_spec:
+        configure_threads(
+            "auto"
+        )  # the launch gave this rank its share (sgpo.core.threads.thread_env)
         return _launched_rank_main(st, args)
     items = args.items
     source, overrides = (items[0], items[1:]) if items and "=" not in items[0] else (None, items)
@@ -160,6 +164,7 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     except StoreError as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
+    configure_threads(recipe.threads)
     try:
         inputs = _inputs(st, args, recipe.store.storage_options)
     except (FileNotFoundError, ValueError) as e:
@@ -193,7 +198,7 @@ def stage_main(st: Stage, argv: list[str] | None = None) -> int:
     except Exception as e:
         print(f"sgpo: stage '{st.name}' failed: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    status = "cached" if cached else "ran" + journal_note(ref.summary)
+    status = "cached" if cached else "ran" + stage_note(ref.summary)
     print(f"[sgpo] {st.name} {status} {time.perf_counter() - t0:.1f}s  {ref.uri}", file=sys.stderr)
     print(json.dumps(ref.model_dump(mode="json")))
     return 0

@@ -46,6 +46,21 @@ def journal_note(summary: Mapping[str, Any] | None) -> str:
     return f" ({summary['from_journal']} answers from the journal, {summary['sent']} sent)"
 
 
+# A stage that drops unusable generated answers (empty or whitespace) says how many in its summary
+# under this key; its stage line says it too.
+EMPTY_DROPPED = "empty_dropped"
+
+
+def stage_note(summary: Mapping[str, Any] | None) -> str:
+    """What a stage line adds after a stage ran: its journal use (`journal_note`) and the empty
+    answers it dropped, e.g. ' (48 answers from the journal, 0 sent)', ' (3 empty answers dropped)'."""
+    note = journal_note(summary)
+    dropped = (summary or {}).get(EMPTY_DROPPED)
+    if isinstance(dropped, int) and dropped:
+        note += f" ({dropped} empty answer{'s' if dropped != 1 else ''} dropped)"
+    return note
+
+
 @contextlib.contextmanager
 def scratch_dir(prefix: str) -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix=f"sgpo-{prefix}-"))

@@ -8,6 +8,7 @@ in this process or on the processes its launcher plans (`run_rank` is one of the
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,7 +24,13 @@ from sgpo.core.stage import Stage
 def _call(
     st: Stage, job: Job, inputs: Mapping[str, ArtifactRef | None], params: Mapping[str, Any]
 ) -> ArtifactRef:
-    return st.fn(job, **{n: inputs.get(n) for n in st.inputs}, cfg=job.cfg, **params)
+    try:
+        return st.fn(job, **{n: inputs.get(n) for n in st.inputs}, cfg=job.cfg, **params)
+    finally:
+        # What the stage loaded is freed before the next stage loads its own: a trainer holds its
+        # model and optimiser in reference cycles that only the cycle collector frees, whenever it
+        # next runs (a 135M model + Adam states is about 2 GB; measured: docs/usage.md).
+        gc.collect()
 
 
 def run_stage(

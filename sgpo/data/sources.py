@@ -13,6 +13,7 @@ from typing import Any
 
 from artifacts.hashing import sha256_bytes
 from sgpo.config import DatasetSpec
+from sgpo.data.shared import SHARED_DATA_ENV, shared_data_dir
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
@@ -29,8 +30,36 @@ def describe(spec: DatasetSpec) -> str:
     return f"dataset {spec.path!r} (split {spec.split!r})"
 
 
+SHARED_PREFIX = "shared:"
+
+
+def shared_file(path: str) -> Path:
+    """`shared:NAME`: a file of the offline reference data folder (official benchmark files, kept
+    beside the project, not in it: sgpo.data.shared); a DatasetError naming the folder when absent."""
+    folder = shared_data_dir()
+    p = folder / path.removeprefix(SHARED_PREFIX)
+    if not p.is_file():
+        why = "has no such file" if folder.is_dir() else "does not exist"
+        raise DatasetError(
+            f"{path!r}: the reference data folder {folder} {why} (it is ${SHARED_DATA_ENV}, else "
+            "../shared/data beside the repository; set the variable to where the benchmark files are)"
+        )
+    return p
+
+
+def resolve_data_path(path: str) -> Path:
+    """A local data file as configured: `shared:NAME`, `bundled:NAME`, or a path."""
+    if path.startswith(SHARED_PREFIX):
+        return shared_file(path)
+    if path.startswith("bundled:"):
+        return BUNDLED_DIR / path.removeprefix("bundled:")
+    return Path(path).expanduser().resolve()
+
+
 def local_path(spec: DatasetSpec) -> Path | None:
-    """The local file behind `spec` (bundled:NAME or a path), None for hub ids and URLs."""
+    """The local file behind `spec` (bundled:NAME, shared:NAME or a path), None for hub ids and URLs."""
+    if spec.path.startswith(SHARED_PREFIX):
+        return shared_file(spec.path)
     if spec.path.startswith("bundled:"):
         p = BUNDLED_DIR / spec.path.removeprefix("bundled:")
         if not p.is_file():
@@ -146,3 +175,28 @@ def after_turns(turns: list[dict[str, str]], content: str) -> list[dict[str, str
     refine it, answer directly) asked inside the conversation the answer was written for, so the
     system prompt and the earlier turns reach whoever answers it."""
     return [*turns, {"role": "user", "content": content}]
+
+
+def is_empty_answer(text: Any) -> bool:
+    """No answer: None, empty or whitespace only. A model generates these when it is broken (e.g. a
+    learning rate too high for a pretrained model) or when it ends at once; they teach nothing as an
+    answer to improve, a chosen or a rejected one."""
+    return not isinstance(text, str) or not text.strip()
+
+
+class EmptyAnswersError(RuntimeError):
+    """Too many generated answers were empty to publish: the model is broken; retrying the stage
+    would generate the same answers."""
+
+    retriable = False
+
+
+def check_empty_answers(stage: str, empty: int, total: int, max_fraction: float, key: str) -> None:
+    """EmptyAnswersError when more than `max_fraction` of `total` generated answers were empty (or all)."""
+    if total and (empty == total or empty > max_fraction * total):
+        raise EmptyAnswersError(
+            f"{stage}: {empty} of {total} generated answers were empty or whitespace (more than "
+            f"{key}={max_fraction:g}), so nothing was published. The model answers nothing: check the "
+            "learning rate of the stage that trained it (a pretrained model wants about 1e-5 to 5e-5 for "
+            f"SFT; 1e-3 wrecks one in a step); to publish what is left set {key}=1"
+        )

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from sgpo.data.sources import resolve_data_path
+
 NLTK_DATA_ENV = "SGPO_NLTK_DATA"
 
 
@@ -228,9 +230,7 @@ def task_overrides(spec: Any) -> dict[str, Any]:
         out["dataset_name"] = None
     if spec.data_files:
         out["dataset_kwargs"] = {
-            "data_files": {
-                k: str(Path(v).expanduser().resolve()) for k, v in spec.data_files.items()
-            }
+            "data_files": {k: str(resolve_data_path(v)) for k, v in spec.data_files.items()}
         }
     return out
 

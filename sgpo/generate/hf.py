@@ -10,6 +10,23 @@ if TYPE_CHECKING:
     from sgpo.config import SamplingConfig
 
 
+def end_of_sequence_ids(tokenizer, generation_config) -> list[int]:
+    """Where an answer ends: the tokenizer's EOS and every EOS the checkpoint's generation config names
+    (an instruct model may end a turn with a token the tokenizer does not call EOS, e.g. Qwen2.5's
+    generation_config [<|im_end|>, <|endoftext|>]; SmolLM2: <|im_end|> in both)."""
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif value:
+            ids.update(int(i) for i in value)
+    if not ids:
+        raise ValueError(
+            "neither the tokenizer nor the generation config names an end-of-sequence token"
+        )
+    return sorted(ids)
+
+
 class TransformersGenerator:
     def __init__(
         self, model_dir: str, *, trust_remote_code: bool = False, device: str | None = None
@@ -27,6 +44,7 @@ class TransformersGenerator:
             model_dir, dtype=dtype, trust_remote_code=trust_remote_code
         )
         self.model.to(self.device).eval()
+        self.eos_ids = end_of_sequence_ids(self.tokenizer, self.model.generation_config)
 
     def generate(
         self, conversations: list[list[dict[str, str]]], params: SamplingConfig
@@ -39,7 +57,7 @@ class TransformersGenerator:
             for c in conversations
         ]
         out: list[list[Generation]] = [[] for _ in prompts]
-        eos = tok.eos_token_id
+        eos = self.eos_ids
         for start in range(0, len(prompts), params.batch_size):
             batch = prompts[start : start + params.batch_size]
             enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(
@@ -64,8 +82,9 @@ class TransformersGenerator:
             for j, row in enumerate(new.tolist()):
                 n_tok = len(row)
                 finish = "length"
-                if eos in row:
-                    n_tok = row.index(eos) + 1
+                end = next((i for i, t in enumerate(row) if t in eos), None)
+                if end is not None:  # the answer ends at its first end-of-sequence token
+                    n_tok = end + 1
                     finish = "stop"
                 text = tok.decode(row[:n_tok], skip_special_tokens=True).strip()
                 out[start + j // params.n].append(

@@ -41,6 +41,7 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sgpo.core.threads import run_threads, thread_env
 from sgpo.generate.contract import Generation
 from sgpo.generate.openai_server import OpenAIServerGenerator
 
@@ -407,6 +408,7 @@ class VLLMServer:
         if Path(self.model_dir).is_dir():  # a local checkpoint: never reach for the hub
             env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        env.update(thread_env(run_threads()))  # CPU threads of the run (sgpo.core.threads)
         # The pipeline's venv must not leak into another interpreter's imports.
         if self.python != sys.executable:
             env.pop("PYTHONPATH", None)

@@ -14,6 +14,10 @@ from typing import Any
 from sgpo.llm.server import ChatBackend, TransformersChatBackend, build_app, running_server
 
 EMBEDDED_MODEL_NAME = "sgpo-embedded"
+# Generations the stand-in runs at once. One: a model on a CPU generates one answer at a time
+# (measured on SmolLM2, 2 cores: batching 4-8 concurrent annotate requests into one `generate` saved
+# under 20%, and would cost the per-request seeding that makes an equal request give an equal answer).
+MAX_PARALLEL = 1
 
 
 @contextlib.contextmanager
@@ -22,7 +26,8 @@ def embedded_llm(
 ) -> Iterator[str]:
     """Yields the base URL (http://127.0.0.1:PORT/v1) of a server for `model_dir`; with judge='rule'
     the judge prompts are answered by sgpo.llm.rule_judge instead of the model."""
-    backend: Any = TransformersChatBackend(model_dir)
+    model = TransformersChatBackend(model_dir)
+    backend: Any = model
     if judge == "rule":
         from sgpo.llm.rule_judge import RuleJudgeBackend
 
@@ -33,8 +38,19 @@ def embedded_llm(
         from sgpo.llm.oracle import TestbedBackend
 
         backend = TestbedBackend(backend, judge=judge == "testbed", annotator=annotator == "oracle")
-    with running_server(stand_in_app(backend, max_new_tokens_cap=max_new_tokens_cap)) as base_url:
-        yield base_url
+    try:
+        with running_server(
+            stand_in_app(backend, max_new_tokens_cap=max_new_tokens_cap)
+        ) as base_url:
+            try:
+                yield base_url
+            finally:
+                # before the server stops: a generation under way (its client gave up, e.g. the stage
+                # failed) ends at its next token, so the server stops cleanly and no thread is left
+                # inside torch when the process exits (that aborts it: SIGABRT instead of the CLI's error)
+                model.close()
+    finally:
+        model.close()
 
 
 def stand_in_app(backend: ChatBackend, *, max_new_tokens_cap: int) -> Any:
@@ -46,7 +62,7 @@ def stand_in_app(backend: ChatBackend, *, max_new_tokens_cap: int) -> Any:
         backend,
         model_name=EMBEDDED_MODEL_NAME,
         max_tokens_cap=max_new_tokens_cap,
-        max_parallel=1,
+        max_parallel=MAX_PARALLEL,
     )
 
 
@@ -82,6 +98,7 @@ class EmbeddedLLM:
         max_new_tokens_cap: int,
         judge: str = "model",
         annotator: str = "model",
+        timeout_s: float = 600.0,
     ):
         self._model_dir, self._cap, self.judge, self.annotator = (
             model_dir,
@@ -89,6 +106,7 @@ class EmbeddedLLM:
             judge,
             annotator,
         )
+        self.timeout_s = timeout_s
         self._stack = contextlib.ExitStack()
         self._url: str | None = None
 
@@ -110,6 +128,21 @@ class EmbeddedLLM:
             print(f"[sgpo] embedded stand-in LLM at {self._url} (model {model_dir})", flush=True)
         return self._url
 
+    def endpoint(self, ep: Any, model: str) -> Any:
+        """`ep` (an EndpointConfig) pointed at this server (started now if it is not running), with
+        the client fitted to a server that answers one request at a time: at most MAX_PARALLEL
+        requests in flight (more would only queue at the server, where the client's timeout runs
+        out on the queue, not on the work) and a per-attempt timeout of at least `timeout_s` (one
+        generation). Runtime settings only: the stage's cache key does not change."""
+        return ep.model_copy(
+            update={
+                "base_url": self.base_url(),
+                "model": model,
+                "max_concurrency": min(ep.max_concurrency, MAX_PARALLEL),
+                "timeout_s": max(ep.timeout_s, self.timeout_s),
+            }
+        )
+
     @classmethod
     def from_config(cls, cfg: Any, base_model_dir: Callable[[], str]) -> EmbeddedLLM:
         """From an EmbeddedLLMConfig: the flow's base (or evaluated) model unless `cfg.model` names a dir."""
@@ -118,6 +151,7 @@ class EmbeddedLLM:
             max_new_tokens_cap=cfg.max_new_tokens_cap,
             judge=cfg.judge,
             annotator=cfg.annotator,
+            timeout_s=cfg.timeout_s,
         )
 
     def close(self) -> None:

@@ -14,7 +14,6 @@ devices, DeepSpeed without the package, FSDP/DeepSpeed on a machine without CUDA
 from __future__ import annotations
 
 import importlib.util
-import os
 import socket
 import sys
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from sgpo.config import CONFIG_DIR, LaunchConfig
 from sgpo.core.ranks import Launcher, LaunchPlan, in_launched_rank, world_size
+from sgpo.core.threads import run_threads, thread_env, visible_cpus
 
 ACCELERATE_CONFIG_DIR = CONFIG_DIR / "accelerate"
 
@@ -104,7 +104,7 @@ def launch_plan(launch: LaunchConfig, *, where: str = "launch") -> LaunchPlan | 
             f"{where}.accelerate_config {path.name} ({dist}) needs CUDA GPUs and this machine has none; "
             "on CPU use the ddp config (gloo)"
         )
-    devices = gpus if gpus else (os.cpu_count() or 1)
+    devices = gpus if gpus else visible_cpus()
     kind = "GPUs" if gpus else "CPU cores (no GPU is visible)"
     if n > devices:
         raise LaunchConfigError(
@@ -126,8 +126,8 @@ def launch_plan(launch: LaunchConfig, *, where: str = "launch") -> LaunchPlan | 
         "--main_process_port",
         str(port),
     ]
-    # CPU ranks: one thread each, or the ranks' OpenMP threads fight over the cores
-    env = {} if gpus else {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # CPU ranks share the run's threads (sgpo.core.threads), or their OpenMP threads fight over the cores
+    env = {} if gpus else thread_env(run_threads(), n)
     return LaunchPlan(
         command=command,
         num_processes=n,

@@ -12,7 +12,7 @@ import tempfile
 from typing import Any
 
 from artifacts.hashing import sha256_text
-from sgpo.data.sources import conversation
+from sgpo.data.sources import conversation, is_empty_answer
 from sgpo.models.tinykit import load_tokenizer
 from sgpo.train.checkpoints import load_model
 from sgpo.train.trainers import (
@@ -27,9 +27,14 @@ Pair = tuple[list[dict[str, str]], str, str]  # (prompt conversation, chosen, re
 
 def preference_pairs(rows: list[dict[str, Any]]) -> list[Pair]:
     """The pairs a DPO stage trains on: a pair whose two answers are identical carries no preference
-    signal and is left out."""
+    signal and is left out, and so is one whose chosen or rejected answer is empty (the pairs stage
+    drops them already; a table from elsewhere may hold them)."""
     return [
-        (conversation(r), r["chosen"], r["rejected"]) for r in rows if r["chosen"] != r["rejected"]
+        (conversation(r), r["chosen"], r["rejected"])
+        for r in rows
+        if r["chosen"] != r["rejected"]
+        and not is_empty_answer(r["chosen"])
+        and not is_empty_answer(r["rejected"])
     ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from sgpo.core.threads import configure_threads, parse_threads
 from sgpo.llm import server
 from sgpo.llm.server.app import build_app
 from sgpo.llm.server.faults import FaultConfig
@@ -35,7 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--max-tokens-cap", type=int, default=None, help="Upper bound on any request's max_tokens"
     )
+    parser.add_argument(
+        "--threads",
+        default="auto",
+        type=parse_threads,
+        help="CPU threads: 'auto' (OMP_NUM_THREADS if set, else the visible cores) or N",
+    )
     args = parser.parse_args(argv)
+    configure_threads(args.threads)  # before the model (and torch's thread pool) loads
 
     import uvicorn
 

@@ -27,6 +27,10 @@ class ChatResult:
     logprobs: list[dict[str, Any]] | None = None
 
 
+class BackendClosed(RuntimeError):
+    """The backend was closed (the server is shutting down): the request is not answered."""
+
+
 class ChatBackend(Protocol):
     """Anything that turns chat messages into one answer. Called from worker threads."""
 

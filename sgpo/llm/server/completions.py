@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sgpo.llm.server.backend import ChatBackend
+from sgpo.llm.server.backend import BackendClosed, ChatBackend
 from sgpo.llm.server.faults import FaultConfig, injected_failure, spoil
 from sgpo.llm.server.request_log import RequestLog
 from sgpo.llm.server.wire import (
@@ -115,6 +115,11 @@ class Completer:
                 top_logprobs=params.top_logprobs,
                 stop=params.stop,
             )
+        except BackendClosed as e:  # the server is shutting down
+            self.record(
+                {**base, "status": 503, "fault": None, "delivered": False, "error": str(e)[:500]}
+            )
+            return error_reply(503, "the server is shutting down", "server_error")
         except Exception as e:  # a backend bug must reach the client as a 500, and the log
             self.record(
                 {**base, "status": 500, "fault": None, "delivered": False, "error": repr(e)[:500]}

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from pathlib import Path
 from typing import Any
 
-from sgpo.llm.server.backend import ChatResult, FinishReason
+from sgpo.llm.server.backend import BackendClosed, ChatResult, FinishReason
+
+# Every open backend, closed at interpreter exit: a generation still running in a server's worker
+# thread when the interpreter finalises aborts the process (libtorch's static destructors run under
+# it: "terminate called without an active exception", SIGABRT, exit status 134).
+_OPEN: weakref.WeakSet[TransformersChatBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for backend in list(_OPEN):
+        backend.close()
 
 
 def _byte_decoder() -> dict[str, int]:
@@ -47,6 +60,7 @@ class TransformersChatBackend:
         import torch
         from transformers import AutoModelForCausalLM
 
+        from sgpo.generate.hf import end_of_sequence_ids
         from sgpo.models.tinykit import load_tokenizer
 
         self.model_dir = str(model_dir)
@@ -58,26 +72,44 @@ class TransformersChatBackend:
             .to(device)
             .eval()
         )
-        eos: set[int] = set()
-        for ids in (
-            self.tokenizer.eos_token_id,
-            getattr(self.model.generation_config, "eos_token_id", None),
-        ):
-            if isinstance(ids, int):
-                eos.add(ids)
-            elif ids:
-                eos.update(int(i) for i in ids)
-        if not eos:
-            raise ValueError(
-                f"{self.model_dir}: tokenizer and generation config name no end-of-sequence token"
-            )
-        self.eos_ids = sorted(eos)
+        try:
+            self.eos_ids = end_of_sequence_ids(self.tokenizer, self.model.generation_config)
+        except ValueError as e:
+            raise ValueError(f"{self.model_dir}: {e}") from None
         self.pad_id = (
             self.tokenizer.pad_token_id
             if self.tokenizer.pad_token_id is not None
             else self.eos_ids[0]
         )
         self._lock = threading.Lock()  # one model, one generate() at a time
+        self._closed = threading.Event()
+        _OPEN.add(self)
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Stop: a generation under way ends at its next token (and its request gets no answer), later
+        requests are refused, and this returns once no thread is inside the model. Call it before the
+        server stops and before the interpreter exits (done at exit for every open backend)."""
+        self._closed.set()
+        if self._lock.acquire(timeout=timeout_s):
+            self._lock.release()
+
+    def _stopping_criteria(self) -> Any:
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        closed = self._closed
+
+        class UntilClosed(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                import torch
+
+                return torch.full(
+                    (input_ids.shape[0],),
+                    closed.is_set(),
+                    dtype=torch.bool,
+                    device=input_ids.device,
+                )
+
+        return StoppingCriteriaList([UntilClosed()])
 
     def _token_entry(self, token_id: int, logprob: float) -> dict[str, Any]:
         text = self.tokenizer.decode([token_id])
@@ -121,9 +153,13 @@ class TransformersChatBackend:
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         with self._lock, torch.inference_mode():
+            if self._closed.is_set():
+                raise BackendClosed(f"{self.model_dir}: the backend is closed")
             if seed is not None:
                 torch.manual_seed(seed)
-            out = self.model.generate(**enc, **kwargs)
+            out = self.model.generate(**enc, **kwargs, stopping_criteria=self._stopping_criteria())
+            if self._closed.is_set():  # cut short by close(): not an answer
+                raise BackendClosed(f"{self.model_dir}: closed while generating")
         new_ids = out.sequences[0, n_prompt:].tolist()
         # generate pads nothing for a single sequence, but strip defensively; stop at the first eos.
         ended = False

@@ -3,7 +3,8 @@
 A regenerator is any callable
     regenerate(model, tokenizer, prefixes, max_new_tokens, settings) -> list[list[list[int]]]
 taking token-id prefixes (prompt + A) and each prefix's |B|, and returning, per prefix,
-`settings.n` lists of new token ids (at most its |B|; EOS kept when reached). `train_sapo` takes
+`settings.n` lists of new token ids (at most its |B|; generation stops at a token of
+`settings.stop` (EOS, the end-of-turn token), which is kept). `train_sapo` takes
 one as `regenerate=` and defaults to `hf_regenerate` (transformers `generate`, left padding),
 which is what CPU runs and tests use.
 
@@ -27,6 +28,7 @@ class SamplingSettings:
     top_k: int
     seed: int
     batch_size: int
+    stop: tuple[int, ...] = ()  # token ids that end B' (default: the tokenizer's EOS)
 
 
 def hf_regenerate(
@@ -41,7 +43,7 @@ def hf_regenerate(
     import torch
 
     device = next(model.parameters()).device
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stop, pad = list(settings.stop or (tokenizer.eos_token_id,)), tokenizer.pad_token_id
     sample = settings.temperature > 0
     out: list[list[list[int]]] = []
     was_training = model.training
@@ -67,7 +69,7 @@ def hf_regenerate(
                     top_k=settings.top_k if sample else None,
                     max_new_tokens=max(budget),
                     num_return_sequences=settings.n,
-                    eos_token_id=eos,
+                    eos_token_id=stop,
                     pad_token_id=pad,
                 )
             new = gen[:, width:].tolist()
@@ -75,8 +77,9 @@ def hf_regenerate(
                 rows = []
                 for row in new[i * settings.n : (i + 1) * settings.n]:
                     row = row[:limit]
-                    if eos in row:
-                        row = row[: row.index(eos) + 1]
+                    at = next((i for i, t in enumerate(row) if t in stop), None)
+                    if at is not None:
+                        row = row[: at + 1]
                     rows.append(row)
                 out.append(rows)
     finally:

@@ -80,12 +80,18 @@ class SAPOInterrupted(RuntimeError):
 
 @dataclass
 class Example:
-    """One (x, y+) row, tokenised once: prompt ids (chat template, generation prompt) and answer ids + EOS."""
+    """One (x, y+) row, tokenised once: prompt ids (chat template, generation prompt), the answer's
+    content ids and the template's end of an assistant turn (y+ = content + end, segment.py)."""
 
     messages: list[dict[str, str]]
     prompt_ids: list[int]
-    answer_ids: list[int]
+    content_ids: list[int]
+    end_ids: list[int]
     chosen_text: str
+
+    @property
+    def answer_ids(self) -> list[int]:
+        return self.content_ids + self.end_ids
 
 
 @dataclass
@@ -144,12 +150,45 @@ def total_steps(cfg: SAPOConfig, n_rows: int) -> int:
     )
 
 
+def turn_end(tokenizer) -> list[int]:
+    """The tokens the chat template writes after an assistant answer's content (SmolLM2 and ChatML:
+    `<|im_end|>` + newline; a template that adds the tokenizer's EOS: that too), i.e. how TRL's DPO
+    sees a chosen answer end. A template whose answer turn cannot be found this way: [EOS]."""
+    probe = "Probe answer."
+    user = [{"role": "user", "content": "Probe question?"}]
+
+    def ids(x: Any) -> list[int]:
+        return list(x["input_ids"] if hasattr(x, "keys") else x)
+
+    prompt = ids(tokenizer.apply_chat_template(user, tokenize=True, add_generation_prompt=True))
+    full = ids(
+        tokenizer.apply_chat_template(
+            user + [{"role": "assistant", "content": probe}], tokenize=True
+        )
+    )
+    content = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    n = len(prompt)
+    if (
+        full[:n] == prompt
+        and full[n : n + len(content)] == content
+        and len(full) > n + len(content)
+    ):
+        return full[n + len(content) :]
+    return [tokenizer.eos_token_id]
+
+
+def stop_tokens(tokenizer, end: list[int]) -> set[int]:
+    """Where a regenerated segment B' stops: the tokenizer's EOS and the first token of the turn's end."""
+    return {tokenizer.eos_token_id, end[0]}
+
+
 def tokenize_rows(
     rows: list[tuple[list[dict[str, str]], str]], tokenizer, cfg: SAPOConfig
 ) -> list[Example]:
     """Tokenise and validate the (prompt conversation, chosen answer) rows; errors name the key.
     With `long_prompts: drop`, rows whose prompt has max_prompt_length tokens or more are left out
-    (see `kept_rows`)."""
+    (see `kept_rows`). A pair too long for max_length keeps the end of its prompt and the start of
+    its answer's content, and still ends with the turn's end (as y- will)."""
     return [ex for ex in _tokenize(rows, tokenizer, cfg) if ex is not None]
 
 
@@ -162,13 +201,13 @@ def _tokenize(
 ) -> list[Example | None]:
     if not rows:
         raise SAPOConfigError("rows", "the dataset is empty: SAPO needs (prompt, chosen) rows")
-    eos = tokenizer.eos_token_id
+    end = turn_end(tokenizer)
     out: list[Example | None] = []
     for i, (messages, chosen) in enumerate(rows):
         if not messages:
             raise SAPOConfigError(f"rows[{i}].prompt", "the prompt conversation is empty")
-        answer = tokenizer(chosen, add_special_tokens=False)["input_ids"]
-        if len(answer) < 1:
+        content = tokenizer(chosen, add_special_tokens=False)["input_ids"]
+        if len(content) < 1:
             raise SAPOConfigError(
                 f"rows[{i}].chosen", f"the chosen answer {chosen!r} is shorter than one token"
             )
@@ -177,10 +216,10 @@ def _tokenize(
         if cfg.long_prompts == "drop" and len(prompt) >= cfg.max_prompt_length:
             out.append(None)
             continue
-        prompt, answer = truncate_pair(
-            prompt, answer + [eos], cfg.max_prompt_length, cfg.max_length
+        prompt, content = truncate_pair(
+            prompt, content, cfg.max_prompt_length, cfg.max_length - len(end)
         )
-        out.append(Example(messages, prompt, answer, chosen))
+        out.append(Example(messages, prompt, content, end, chosen))
     return out
 
 
@@ -340,16 +379,18 @@ def regenerate_into_buffer(
     for i in indices:
         ex = examples[i]
         cut = plan_cut(
-            len(ex.answer_ids),
+            len(ex.content_ids),
             cfg.segment_length,
             rng,
             min_tail=cfg.min_tail_tokens,
             segment=cfg.segment,
         )
         cuts.append(cut)
-        prefixes.append(ex.prompt_ids + ex.answer_ids[: cut.position])
+        prefixes.append(ex.prompt_ids + ex.content_ids[: cut.position])
         # whole-answer ablation: B' may use the whole answer budget, not only |y+|
-        budgets.append(cut.length if cfg.segment else cfg.max_length - len(ex.prompt_ids))
+        budgets.append(
+            cut.length if cfg.segment else cfg.max_length - len(ex.prompt_ids) - len(ex.end_ids)
+        )
     settings = SamplingSettings(
         n=cfg.rejected_per_prompt,
         temperature=cfg.temperature,
@@ -357,16 +398,18 @@ def regenerate_into_buffer(
         top_k=cfg.top_k,
         seed=derived_seed(cfg.seed, step, "generate", k),
         batch_size=cfg.generation_batch_size,
+        stop=tuple(sorted(stop_tokens(tokenizer, examples[indices[0]].end_ids))),
     )
     generated = regenerate(generator_model, tokenizer, prefixes, budgets, settings)
-    eos = tokenizer.eos_token_id
     ended = adapted = 0
     for i, cut, budget, samples in zip(indices, cuts, budgets, generated, strict=True):
         ex = examples[i]
         for sample in samples:
             # whole-answer mode: C is empty, B' may be longer than y+
             effective = cut if cfg.segment else Cut(0, budget, False)
-            rejected, at_eos = splice_rejected(ex.answer_ids, effective, sample, eos)
+            rejected, at_eos = splice_rejected(
+                ex.content_ids, effective, sample, stop=set(settings.stop), end=ex.end_ids
+            )
             ended += at_eos
             adapted += cut.adapted
             buffer.push(

@@ -2,13 +2,20 @@
 
 Everything here works on token ids and a `random.Random`, so the rules are checkable by hand.
 
+y+ and y- end the same way: with the chat template's end of an assistant turn (`end`: e.g.
+SmolLM2's `<|im_end|>` + newline, the tokens the template writes after an answer's content, as
+TRL's DPO sees a chosen answer), so the only difference between them is the segment and DPO / ORPO
+cannot learn the turn's formatting instead of its quality. The cut is planned on the answer's
+CONTENT (y+ without `end`) and `end` always closes both: after C, or right after B' when the
+generator stops (a token of `stop`, e.g. EOS or the end-of-turn token) within |B| tokens.
+
 The cut rule (same rule as the published SAPO code, written from its description):
-  L = len(answer) (the answer's tokens including its final EOS), n = |B| = min(segment_length, L);
+  L = len(content), n = |B| = min(segment_length, L);
   the cut c is drawn uniformly from {0, ..., L - min_tail - n} when that upper end is > 0, else c = 0.
-  So B = answer[c : c + n], A = answer[:c], C = answer[c + n:], and a long answer keeps at least
-  `min_tail` tokens in C. An answer shorter than segment_length gets n = L (B is all of it) and
+  So B = content[c : c + n], A = content[:c], C = content[c + n:], and a long answer keeps at least
+  `min_tail` content tokens in C. An answer shorter than segment_length gets n = L (B is all of it) and
   the cut is recorded as adapted. With segment=False (the 'no segment' ablation) c = 0 and B is
-  the whole answer; the generator may then write up to `whole_answer_budget` tokens.
+  the whole content; the generator may then write up to `whole_answer_budget` tokens.
 """
 
 from __future__ import annotations
@@ -44,18 +51,19 @@ def plan_cut(
 
 
 def splice_rejected(
-    answer: list[int], cut: Cut, generated: list[int], eos_id: int
+    content: list[int], cut: Cut, generated: list[int], *, stop: set[int], end: list[int]
 ) -> tuple[list[int], bool]:
-    """y- from y+ and the generated tokens; returns (y-, ended): ended when B' reached EOS.
+    """y- from y+'s content and the generated tokens; returns (y-, ended): ended when B' stopped.
 
-    B' is the first `cut.length` generated tokens, up to and including the first EOS. When B'
-    holds an EOS the answer ends there (y- = A + B'); otherwise y- = A + B' + C.
+    B' is the first `cut.length` generated tokens, up to the first token of `stop` (not kept). When
+    B' stopped, y- = A + B' + end; otherwise y- = A + B' + C + end. y+ = content + end.
     """
     b_prime = list(generated[: cut.length])
-    a = answer[: cut.position]
-    if eos_id in b_prime:
-        return a + b_prime[: b_prime.index(eos_id) + 1], True
-    return a + b_prime + answer[cut.position + cut.length :], False
+    a = content[: cut.position]
+    at = next((i for i, t in enumerate(b_prime) if t in stop), None)
+    if at is not None:
+        return a + b_prime[:at] + end, True
+    return a + b_prime + content[cut.position + cut.length :] + end, False
 
 
 def truncate_pair(

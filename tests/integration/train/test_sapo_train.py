@@ -95,15 +95,19 @@ def test_dpo_end_to_end(tiny_model_dir, tmp_path):
     table = ck.buffer_table.to_pylist()
     assert len(table) == 12 and {r["step"] for r in table} == {0, 1, 2}
     assert sum(r["uses"] for r in table) == 12  # 3 steps x 4 draws
-    for r in table:  # y- = A + B' + C or A + B'
+    from sgpo.models.tinykit import load_tokenizer
+
+    # the tiny template's end of an assistant turn: <|im_end|> + newline
+    end = load_tokenizer(tiny_model_dir)("<|im_end|>\n", add_special_tokens=False)["input_ids"]
+    for r in table:  # y- = A + B' + C + end or A + B' + end; y+ = content + end
+        content = r["chosen_ids"][: -len(end)]
+        assert r["chosen_ids"][-len(end) :] == r["rejected_ids"][-len(end) :] == end
         assert r["rejected_ids"][: r["cut"]] == r["chosen_ids"][: r["cut"]]
-        assert r["segment_tokens"] == min(16, len(r["chosen_ids"]))
-        assert r["segment_adapted"] == (len(r["chosen_ids"]) < 16)
+        assert r["segment_tokens"] == min(16, len(content))
+        assert r["segment_adapted"] == (len(content) < 16)
         if not r["ended_at_eos"]:
             tail = r["chosen_ids"][r["cut"] + r["segment_tokens"] :]
             assert r["rejected_ids"][len(r["rejected_ids"]) - len(tail) :] == tail
-        else:
-            assert r["rejected_ids"][-1] == 2  # the tiny tokenizer's EOS ends A + B'
 
 
 def test_orpo_end_to_end(tiny_model_dir, tmp_path):
@@ -161,7 +165,8 @@ def test_ablations_on_policy_and_whole_answer(tiny_model_dir, tmp_path):
     assert result.steps == 1
     result, _, folder = run(tiny_model_dir, tmp_path, "whole", segment=False, max_steps=1)
     for r in final_checkpoint(folder).buffer_table.to_pylist():
-        assert r["cut"] == 0 and r["segment_tokens"] == len(r["chosen_ids"])  # B is all of y+
+        # B is all of y+'s content (y+ = content + <|im_end|> + newline)
+        assert r["cut"] == 0 and r["segment_tokens"] == len(r["chosen_ids"]) - 2
 
 
 # --------------------------------------------------------------------------- kill / resume

@@ -23,6 +23,9 @@ class CountingLLM:
         self.starts += 1
         return "http://127.0.0.1:9/v1"
 
+    def endpoint(self, ep, model: str):  # EmbeddedLLM.endpoint: the server starts when asked
+        return ep.model_copy(update={"base_url": self.base_url(), "model": model})
+
 
 @pytest.mark.parametrize(
     "world, micro, effective, accumulation",

@@ -46,13 +46,17 @@ def test_no_segment_ablation_regenerates_the_whole_answer():
     assert plan_cut(10, 4, random.Random(0), segment=False) == Cut(0, 10, False)
 
 
+END = [EOS, 198]  # the template's end of an assistant turn, e.g. <|im_end|> + newline
+STOP = {EOS}
+
+
 def test_splice_a_b_prime_c():
-    answer = [11, 12, 13, 14, 15, 16, 17, 18, 19, EOS]
-    cut = Cut(2, 3, False)  # A = [11, 12], B = [13, 14, 15], C = [16 ... EOS]
-    rejected, ended = splice_rejected(answer, cut, [31, 32, 33], EOS)
-    assert rejected == [11, 12, 31, 32, 33, 16, 17, 18, 19, EOS] and not ended
+    content = [11, 12, 13, 14, 15, 16, 17, 18, 19]  # y+ = content + END
+    cut = Cut(2, 3, False)  # A = [11, 12], B = [13, 14, 15], C = [16 ... 19] + END
+    rejected, ended = splice_rejected(content, cut, [31, 32, 33], stop=STOP, end=END)
+    assert rejected == [11, 12, 31, 32, 33, 16, 17, 18, 19, *END] and not ended
     # the generator's extra tokens beyond |B| are dropped
-    assert splice_rejected(answer, cut, [31, 32, 33, 34, 35], EOS)[0] == [
+    assert splice_rejected(content, cut, [31, 32, 33, 34, 35], stop=STOP, end=END)[0] == [
         11,
         12,
         31,
@@ -62,17 +66,17 @@ def test_splice_a_b_prime_c():
         17,
         18,
         19,
-        EOS,
+        *END,
     ]
 
 
 def test_splice_a_b_prime_when_b_prime_ends_the_answer():
-    answer = [11, 12, 13, 14, 15, 16, 17, 18, 19, EOS]
-    rejected, ended = splice_rejected(answer, Cut(2, 3, False), [31, EOS, 99], EOS)
-    assert rejected == [11, 12, 31, EOS] and ended  # y- = A + B', C dropped
+    content = [11, 12, 13, 14, 15, 16, 17, 18, 19]
+    rejected, ended = splice_rejected(content, Cut(2, 3, False), [31, EOS, 99], stop=STOP, end=END)
+    assert rejected == [11, 12, 31, *END] and ended  # y- = A + B' + END, C dropped
     # EOS right after |B| tokens is not part of B'
-    assert splice_rejected(answer, Cut(2, 3, False), [31, 32, 33, EOS], EOS) == (
-        [11, 12, 31, 32, 33, 16, 17, 18, 19, EOS],
+    assert splice_rejected(content, Cut(2, 3, False), [31, 32, 33, EOS], stop=STOP, end=END) == (
+        [11, 12, 31, 32, 33, 16, 17, 18, 19, *END],
         False,
     )
 
