@@ -34,6 +34,12 @@ os.environ.update(
     AWS_ACCESS_KEY_ID="testing",
     AWS_SECRET_ACCESS_KEY="testing",
     AWS_DEFAULT_REGION="us-east-1",
+    # One CPU thread in the test process and everything it starts: a test that compares an in-process
+    # run with a subprocess's byte for byte needs the same thread count in both (float sums depend
+    # on it; pytest-randomly's order made the in-process count vary), and CI's 2 shared cores run
+    # faster without spinning OpenMP threads (sgpo.core.threads; tests of `threads` set their own).
+    OMP_NUM_THREADS="1",
+    MKL_NUM_THREADS="1",
 )
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("OPENAI_API_KEY", None)

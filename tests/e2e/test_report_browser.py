@@ -179,9 +179,9 @@ def test_sgpo_report_writes_the_same_page_from_the_store(browser, tiny_run, tmp_
         "table1_improved_data",
         "fig8_refinement",
     }
-    assert len(page["stages"]) == PIPELINE_STAGES - 2 - len(
-        CHECKS
-    )  # without judge, its prepare[eval], the checks
+    # upstream of dpo: no prepare[eval], judge, checks or report
+    assert len(page["stages"]) == PIPELINE_STAGES - 3 - len(CHECKS)
+    assert page["stages"][-2:] == ["ref_logps", "dpo"]
 
 
 def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, tmp_path):
