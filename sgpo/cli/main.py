@@ -6,6 +6,8 @@ sgpo stage NAME [CONFIG] [key=value ...] --INPUT URI ...   run one stage alone (
 sgpo compare [PRESET] [key=value] [--method RECIPE ...]   the paper's Table-3 layout from the store
 sgpo config [CONFIG] [key=value ...]          print the resolved config
 sgpo deploy                                   register work pools and deployments (docs/cluster.md)
+sgpo verify STORE                             check every artifact against its manifest (sha256)
+sgpo show ARTIFACT_URI                        an artifact's settings as the stage used them, and its lineage
 sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
 sgpo metrics arena-hard JUDGMENTS.jsonl ...   Arena-Hard score and 95% CI
 """
@@ -317,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sgpo.cli.report import add_report_parser
 
     add_report_parser(sub)
+    from sgpo.cli.store import add_store_parsers
+
+    add_store_parsers(sub)
     return p
 
 
