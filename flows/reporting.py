@@ -43,7 +43,14 @@ def flow_run_namer(default_config: Any) -> Any:
         ctx = FlowRunContext.get()
         try:
             cfg = (ctx.parameters or {}).get("config") if ctx else None
-            return run_name(cfg if cfg is not None else default_config())
+            cfg = cfg if cfg is not None else default_config()
+            if hasattr(
+                cfg, "source"
+            ):  # a pipeline config: named as it will run (form edits applied)
+                from sgpo.config.pipeline import settle_config
+
+                cfg = settle_config(cfg)
+            return run_name(cfg)
         except Exception:  # noqa: BLE001
             return (
                 f"{ctx.flow.name}-{str(ctx.flow_run.id)[:8]}"

@@ -70,17 +70,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
+    from flows.pipeline import FORCEABLE, check_force, check_settings_are_read, sgpo_pipeline
+
+    try:
+        check_force(args.force, FORCEABLE)
+        check_settings_are_read(cfg)  # an override the recipe would ignore: before any work
+    except ValueError as e:
+        print(f"sgpo: {e}", file=sys.stderr)  # the sentence the flow raises
+        return 2
     print(
         f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})",
         flush=True,
     )
-    from flows.pipeline import FORCEABLE, check_force, sgpo_pipeline
-
-    try:
-        check_force(args.force, FORCEABLE)
-    except ValueError as e:
-        print(f"sgpo: {e}", file=sys.stderr)  # the sentence the flow raises
-        return 2
     t0 = time.perf_counter()
     report, rc = _call_flow(sgpo_pipeline, config=cfg, force=args.force)
     if report is None:

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from sgpo.config.sections import Section, runtime_field
+from sgpo.config.sections import Checked, Section, runtime_field
 
 
-class EndpointConfig(BaseModel):
+class EndpointConfig(Checked):
     """An OpenAI-compatible endpoint and how hard to try it. The API key itself is never stored."""
-
-    model_config = ConfigDict(extra="forbid")
 
     base_url: str | None = runtime_field(
         None, "OpenAI-compatible base URL; None = the pipeline starts the embedded server"
