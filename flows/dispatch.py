@@ -151,6 +151,7 @@ def dispatch_stage(
     if not ctx.refresh:
         ref, damage = store.lookup(st.name, key)
         if ref is not None:
+            ref = st.reused(ref, cfg)
             log.info("%s: finished artifact in the store (%s); nothing dispatched", label, ref.uri)
             show_cached_task(label, ref)
             return StageOutcome(ref, True)

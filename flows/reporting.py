@@ -150,9 +150,11 @@ def judged_line(name: str, s: dict[str, Any]) -> str:
             f"{name}: score {_fmt(s['score'])} (95% CI {_fmt(s.get('ci_low'))} to {_fmt(s.get('ci_high'))}), "
             f"{s.get('n_questions')} questions"
         )
+    from sgpo.evals.pairwise import label_note
+
     if s.get("win_rate") is None:
-        return f"{name}: no win rate ({s.get('n_labelled', 0)} of {s.get('n', 0)} labelled)"
-    line = f"{name}: win rate {_fmt(s['win_rate'])}% (SE {_fmt(s.get('standard_error'))}), {s.get('n_labelled')} of {s.get('n')} judged"
+        return f"{name}: no win rate ({s.get('n_labelled', 0)} of {s.get('n', 0)} labelled){label_note(s)}"
+    line = f"{name}: win rate {_fmt(s['win_rate'])}% (SE {_fmt(s.get('standard_error'))}), {s.get('n_labelled')} of {s.get('n')} judged{label_note(s)}"
     if isinstance(s.get("lc_win_rate"), (int, float)):
         line += f"; LC {_fmt(s['lc_win_rate'])}% (SE {_fmt(s.get('lc_standard_error'))})"
     return line

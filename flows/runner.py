@@ -124,6 +124,8 @@ class StageRunner:
         )  # e.g. " (48 answers from the journal, 0 sent)"
         if why:  # e.g. recomputed because its stored artifact was damaged
             note += f" ({why})"
+        if isinstance(dropped := (ref.summary or {}).get("rows_dropped"), int) and dropped:
+            note += f" ({dropped} of {ref.summary.get('rows_read')} rows dropped: no prompt or response)"
         line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"
         print(line, flush=True)
         self.log.info(line)

@@ -96,22 +96,42 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             f"[sgpo] report: {report.report_uri}/report.html  (copy: sgpo report {report.report_uri} -o report.html)"
         )
+    from sgpo.evals.pairwise import label_note
+
     j = report.judge
+    # what the judge could not read, and the eval rows prepare dropped: counted on the final line
+    notes = label_note(j) + dropped_note(report, "prepare[eval]", "eval")
     if j.get("win_rate") is not None:
         print(
             f"[sgpo] judge: win rate {j['win_rate']:.2f} (SE {j.get('standard_error') or 0:.2f}) vs the baseline, "
-            f"{j['n_labelled']} of {j['n']} prompts judged"
+            f"{j['n_labelled']} of {j['n']} prompts judged{notes}"
+        )
+    elif (j.get("unlabelled_reasons") or {}).get("no_logprobs"):
+        print(
+            f"[sgpo] judge: no win rate: the judge endpoint returned no logprobs for "
+            f"{j['unlabelled_reasons']['no_logprobs']} of {j.get('n', 0)} answers, and no 'm'/'M' "
+            f"text label{notes}"
         )
     else:
         print(
             f"[sgpo] judge: no win rate: none of {j.get('n', 0)} judge answers had 'm' or 'M' among its top "
-            "logprobs (the judge did not follow the one-token answer format; a capable judge labels almost every row)"
+            f"logprobs (the judge did not follow the one-token answer format; a capable judge labels almost "
+            f"every row){notes}"
         )
     for line in (report.testbed or {}).get(
         "lines", []
     ):  # report_vs_sft (the testbed): what the numbers mean
         print(line)
     return 0
+
+
+def dropped_note(report, label: str, what: str) -> str:
+    """' (1 of 16 eval rows dropped at prepare: no prompt or reference)', or ''."""
+    s = next((st.summary for st in report.stages if st.stage == label), None) or {}
+    dropped, read = s.get("rows_dropped"), s.get("rows_read")
+    if not isinstance(dropped, int) or not dropped:
+        return ""
+    return f" ({dropped} of {read} {what} rows dropped at prepare: no prompt or reference)"
 
 
 def _prepare_prefect(verbose: bool) -> None:

@@ -229,9 +229,9 @@ class ArenaHardJudgeConfig(Section):
     )
     seed: int = Field(42, description="Bootstrap seed (official show_result.py: 42)")
     max_unlabelled_fraction: float = runtime_field(
-        0.5,
-        "Fail (publishing nothing) when more than this share of the games has no [[..]] verdict; 1 disables "
-        "the check",
+        0.1,
+        "Fail (publishing nothing, and reusing no stored result) when more than this share of the games "
+        "has no [[..]] verdict; 1 disables the check",
         ge=0,
         le=1,
     )

@@ -192,7 +192,8 @@ class AnnotateStageConfig(Section):
     seed: int = Field(0, description="Seed sent to the external LLM (where it honours one)")
     min_usable_fraction: float = runtime_field(
         0.5,
-        "Fail (publishing nothing) when fewer than this share of the calls gave a usable answer; 0 disables the check",
+        "Fail (publishing nothing, and reusing no stored result) when fewer than this share of the calls "
+        "gave a usable answer; 0 disables the check",
         ge=0,
         le=1,
     )
@@ -334,9 +335,9 @@ class PairJudgeConfig(Section):
         description="Seed of upstream's per-instruction output order (AlpacaEval's rule; default 0)",
     )
     max_unlabelled_fraction: float = runtime_field(
-        0.5,
-        "Fail (publishing nothing) when more than this share of the judge's answers has no 'm'/'M' label; "
-        "1 disables the check",
+        0.1,
+        "Fail (publishing nothing, and reusing no stored result) when more than this share of the "
+        "judge's answers has no 'm'/'M' label; 1 disables the check",
         ge=0,
         le=1,
     )

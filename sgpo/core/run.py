@@ -69,7 +69,7 @@ def resolve_stage(
     if not ctx.refresh:
         ref, damage = store.lookup(st.name, key)
         if ref is not None:
-            return StageOutcome(ref, True)
+            return StageOutcome(st.reused(ref, cfg), True)
         if damage:
             note = f"recomputed: its stored artifact was damaged ({'; '.join(damage)})"
             log.warning("stage %s: %s", st.name, note)
@@ -88,10 +88,11 @@ def resolve_stage(
             logger=log,
         )
         if made is not None:  # made by the run we waited for (forced or not: it is fresh)
+            made = st.reused(made, cfg)
             return StageOutcome(made, True, note or "made by another run this one waited for")
         try:
             if (waited or not refresh) and (ref := store.find(st.name, key)) is not None:
-                return StageOutcome(ref, True, note)  # finished by another run meanwhile
+                return StageOutcome(st.reused(ref, cfg), True, note)  # finished meanwhile
             return StageOutcome(
                 _make(st, cfg, ctx, store, inputs, params, key, lease, log), False, note
             )
