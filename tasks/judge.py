@@ -31,7 +31,8 @@ def check_reused(ref: ArtifactRef, cfg: JudgeStageConfig) -> None:
 @stage(
     "judge",
     section="judge",
-    code_version="2",
+    # 3: the policy's answers seeded per sample (not per batch); the back-end is in the key
+    code_version="3",
     llm="endpoint",
     preflight=require_endpoint,
     check_reuse=check_reused,

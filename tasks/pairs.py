@@ -63,6 +63,8 @@ def prompt_versions(cfg: PairsStageConfig) -> dict[str, str]:
 @stage(
     "pairs",
     section="pairs",
+    # 2: the transformers back-end seeds each sample (not each batch); the back-end is in the key
+    code_version="2",
     gpu=True,
     prompts=prompt_versions,
     description="on-policy pairs: y = policy(x) rejected, y+ = improver(refine(x, y, y_sft)) chosen",

@@ -15,6 +15,8 @@ from sgpo.data.sources import conversation
 @stage(
     "sample",
     section="sample",
+    # 2: the transformers back-end seeds each sample (not each batch); the back-end is in the key
+    code_version="2",
     gpu=True,
     description="sample y ~ pi_sft(x) on D_imp (temperature 0.7, top-p 0.9)",
 )

@@ -25,6 +25,8 @@ from sgpo.data.sources import conversation
 @stage(
     "sapo",
     section="sapo",
+    # 2: generation_batch_size and micro_batch_size are in the key (they change what is trained)
+    code_version="2",
     gpu=True,
     description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable",
 )

@@ -367,8 +367,10 @@ class LmEvalConfig(Section):
     include_paths: list[str] = Field(
         default_factory=list, description="Folders with more lm-eval task YAMLs"
     )
-    backend: str = runtime_field("hf", "lm-eval model back-end: hf (transformers) or vllm")
-    batch_size: int = runtime_field(8, "lm-eval batch size", ge=1)
+    # in the key (lm_eval code version 2): another back-end computes other numbers, and a batch pads
+    # its requests to another length (not proven to change no score, so not left out)
+    backend: str = Field("hf", description="lm-eval model back-end: hf (transformers) or vllm")
+    batch_size: int = Field(8, ge=1, description="lm-eval batch size")
     max_length: int | None = Field(
         None, ge=16, description="Context length given to lm-eval (null: the model's)"
     )
