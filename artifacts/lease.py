@@ -14,11 +14,19 @@ when its holder is a process on this host that no longer exists (`kill -9`). A t
 atomic: locally the stale file is renamed away (only one rename succeeds, and a renamed lease that
 turns out not to be the stale one is put back); on S3 a PUT with `If-Match: <the stale ETag>`.
 
+A holder that stalls past the timeout (a laptop asleep, a stopped container, a long GC pause, a
+preempted node) loses its lease to whoever finds it stale. So that two runs never pay for the same
+call, the holder confirms the lease before each paid request (`confirm`, through `held_lease()`
+while the stage runs): a heartbeat confirmed within half the timeout is proof enough (nobody takes
+over a lease before the timeout); an older one is checked against the lease object, and a lost
+lease raises `LeaseLost`: the run stops sending, and waits for the new holder's artifact instead.
+
 Other kinds of store (none supported today) would get no lease: `acquire` then always succeeds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -27,7 +35,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,31 @@ class StageBusy(RuntimeError):
     """Another run holds the lease of this stage's work and `store.on_busy` is `fail`."""
 
     retriable = False
+
+
+class LeaseLost(RuntimeError):
+    """This run's lease was taken over while it worked (it stalled past the timeout): it stops
+    before sending another paid request; `run_stage` then waits for the new holder's artifact."""
+
+    retriable = False
+
+
+_HELD: contextvars.ContextVar[Lease | None] = contextvars.ContextVar("sgpo_lease", default=None)
+
+
+@contextlib.contextmanager
+def holding(lease: Lease) -> Iterator[Lease]:
+    """While the stage's work runs: `held_lease()` is its lease (the paid-call client confirms it)."""
+    token = _HELD.set(lease)
+    try:
+        yield lease
+    finally:
+        _HELD.reset(token)
+
+
+def held_lease() -> Lease | None:
+    """The lease of the stage running in this context, if any (read it before starting threads)."""
+    return _HELD.get()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -89,6 +122,8 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.held = False
+        self.lost = False
+        self._confirmed_at = 0.0  # wall-clock time of the last write or read that proved it ours
 
     # ------------------------------------------------------------ the object
     def _body(self) -> bytes:
@@ -235,10 +270,40 @@ class Lease:
             "started_at": time.time(),
         }
 
+    def confirm(self) -> None:
+        """Raise LeaseLost unless this run still holds the lease (before each paid request)."""
+        if not self.held or not (self.local or self.remote):
+            return
+        if self.lost:
+            raise self._lost_error(None)
+        stalled = time.time() - self._confirmed_at
+        if stalled < self.timeout_s / 2:
+            return  # beaten recently: nobody takes a lease over before the timeout
+        holder, _ = self._read()
+        if holder is None or holder.get("token") != self.token:
+            self.lost = True
+            self._stop.set()
+            raise self._lost_error(holder, stalled)
+        self._heartbeat()  # still ours after a stall: tell the others at once
+
+    def _lost_error(self, holder: dict[str, Any] | None, stalled: float | None = None) -> LeaseLost:
+        now = f"now held by {describe(holder)}" if holder else "released since"
+        why = (
+            f"no heartbeat for {stalled:.0f}s (more than store.lease_timeout_s={self.timeout_s:g}: "
+            "a stopped or suspended process?)"
+            if stalled is not None
+            else "its heartbeat found it taken"
+        )
+        return LeaseLost(
+            f"stage {self.stage}: this run lost its lease on the work ({why}); another run took it "
+            f"over ({now}). Stopped before sending another paid request"
+        )
+
     def _start(self) -> None:
         self.held = True
         # in the caller's context: a warning it logs ("lost the lease") belongs to the caller's
         # run (Prefect finds the run in context variables, which a new thread does not inherit)
+        self._confirmed_at = time.time()
         self._thread = threading.Thread(
             target=contextvars.copy_context().run,
             args=(self._beat,),
@@ -261,27 +326,29 @@ class Lease:
         if self.local:
             holder, _ = self._read()
             if holder is None or holder.get("token") != self.token:
-                log.warning(
-                    "stage %s: lost the lease (taken over as stale); another run may repeat this work",
-                    self.stage,
-                )
-                self._stop.set()
+                self._mark_lost()
                 return
             tmp = f"{self.path}.beat-{self.token}"
             with open(tmp, "wb") as f:
                 f.write(self._body())
             os.replace(tmp, self.path)
+            self._confirmed_at = time.time()
             return
         try:
             self.fs.pipe_file(self.path, self._body(), IfMatch=self._etag)
         except (FileExistsError, OSError):
-            log.warning(
-                "stage %s: lost the lease (taken over as stale); another run may repeat this work",
-                self.stage,
-            )
-            self._stop.set()
+            self._mark_lost()
             return
         self._etag = self._current_etag()
+        self._confirmed_at = time.time()
+
+    def _mark_lost(self) -> None:
+        log.warning(
+            "stage %s: lost the lease (taken over as stale); this run sends no more paid requests",
+            self.stage,
+        )
+        self.lost = True
+        self._stop.set()
 
     def release(self) -> None:
         self._stop.set()

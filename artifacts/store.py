@@ -6,11 +6,13 @@ artifact: a stage killed mid-write leaves files without a manifest, which nothin
 and the next attempt overwrites. Works the same on a local folder and on S3 (where a single
 PUT is atomic, so the manifest appears whole or not at all).
 
-Integrity: the manifest records the data's size (`data_bytes` for tables, `file_bytes` per
-file for models) beside the content hash. `find` treats an artifact whose data is missing or
-has another size as absent (with a warning), so the stage is recomputed; `read_table` checks
-the bytes it reads against the content hash and `model_dir` the files against their sizes, and
-raise `CorruptArtifactError` naming the artifact and what differs.
+Integrity (artifacts.integrity): the manifest records the data's size (`data_bytes` for tables,
+`file_bytes` per file for models) and sha256 (the table's content hash, `files` per model file).
+`lookup` / `find` treat an artifact whose data is missing, has another size or (local stores) other
+content as absent, and say why, so the stage is recomputed; a local artifact's files are hashed
+once per machine and remembered by their identity on disk. `read_table` checks the bytes it reads
+against the content hash and `model_dir` a checkpoint's files against their hashes before a stage
+consumes them, and raise `CorruptArtifactError` naming the artifact and what differs.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from artifacts.hashing import HASH_PREFIX_LEN, canonical_json, sha256_bytes, sha256_text
+from artifacts.integrity import local_cache_dir, local_file_problems
 from artifacts.refs import TABLE_SCHEMA_VERSION, ArtifactRef
 
 log = logging.getLogger(__name__)
@@ -70,10 +73,6 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
-
-
-def local_cache_dir() -> Path:
-    return Path(os.environ.get("SGPO_CACHE_DIR", Path.home() / ".cache" / "sgpo"))
 
 
 class StoreError(RuntimeError):
@@ -135,24 +134,58 @@ class ArtifactStore:
 
     # ---------------------------------------------------------------- reading
     def find(self, stage: str, cache_key: str) -> ArtifactRef | None:
-        """The finished artifact for this key, if a manifest says so."""
-        path = f"{self._path(self.artifact_url(stage, cache_key))}/{MANIFEST}"
-        if not self.fs.exists(path):
-            return None
-        with self.fs.open(path, "rb") as f:
-            manifest = json.loads(f.read())
+        """The finished, checked artifact for this key (see `lookup`), or None."""
+        return self.lookup(stage, cache_key)[0]
+
+    def lookup(self, stage: str, cache_key: str) -> tuple[ArtifactRef | None, list[str]]:
+        """(the finished artifact for this key, []) once its manifest is found and its data checked:
+        every file there with its recorded size, and on a local store its recorded content. A damaged
+        artifact is absent, not an error (the stage runs again and overwrites it): (None, what is
+        wrong with it). No manifest: (None, [])."""
+        url = self.artifact_url(stage, cache_key)
+        path = f"{self._path(url)}/{MANIFEST}"
+        try:
+            with self.fs.open(path, "rb") as f:
+                manifest = json.loads(f.read())
+        except FileNotFoundError:
+            return None, []
+        except ValueError:
+            problems = [f"{MANIFEST} is not valid JSON"]
+            log.warning("artifact %s is damaged (%s); recomputing it", url, problems[0])
+            return None, problems
         if manifest.get("cache_key") != cache_key:  # prefix collision: treat as absent
-            return None
+            return None, []
         ref = self._rebase(ArtifactRef.model_validate(manifest["ref"]), stage, cache_key)
-        if problems := _data_problems(self.fs, self._path(ref.uri), manifest):
-            # absent, not an error: the stage runs again and overwrites the damaged data
+        problems = _data_problems(self.fs, self._path(ref.uri), manifest)
+        if not problems and self.is_local:
+            problems = self._content_problems(ref, manifest)
+        if problems:
             log.warning(
                 "artifact %s is damaged (%s); treating it as absent, so it is recomputed",
                 ref.uri,
                 "; ".join(problems),
             )
-            return None
-        return ref
+            return None, problems
+        return ref, []
+
+    def _content_problems(
+        self, ref: ArtifactRef, manifest: dict[str, Any], *, trust_marks: bool = True
+    ) -> list[str]:
+        """A local artifact's files against the sha256 its manifest records."""
+        base = Path(self._path(ref.uri))
+        if ref.kind == "table":
+            return local_file_problems(
+                base, {TABLE_FILE: ref.content_hash}, trust_marks=trust_marks
+            )
+        if ref.kind == "model":
+            problems = local_file_problems(
+                base / MODEL_DIR,
+                manifest.get("files") or {},
+                manifest.get("file_bytes"),
+                trust_marks=trust_marks,
+            )
+            return [f"{MODEL_DIR}/{p}" for p in problems]
+        return []
 
     def _rebase(self, ref: ArtifactRef, stage: str, cache_key: str) -> ArtifactRef:
         """The ref as found HERE: a store copied or moved elsewhere (another folder, a bucket) keeps
@@ -207,29 +240,31 @@ class ArtifactStore:
             self._check_model_files(ref, Path(remote))
             return remote
         target = local_cache_dir() / "models" / ref.content_hash
-        if not (target / ".complete").exists():
-            tmp = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None))
-            self.fs.get(remote + "/", str(tmp), recursive=True)
-            shutil.rmtree(target, ignore_errors=True)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp.rename(target)
-            self._check_model_files(ref, target)
-            (target / ".complete").touch()
+        if (target / ".complete").exists():
+            try:  # the local copy, checked at each use (a few stat calls once it was hashed)
+                self._check_model_files(ref, target)
+                return str(target)
+            except CorruptArtifactError as e:
+                log.warning("local copy of %s is damaged (%s); downloading it again", ref.uri, e)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent if target.parent.exists() else None))
+        self.fs.get(remote + "/", str(tmp), recursive=True)
+        shutil.rmtree(target, ignore_errors=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(target)
+        self._check_model_files(ref, target)  # what the store holds, as downloaded
+        (target / ".complete").touch()
         return str(target)
 
     def _check_model_files(self, ref: ArtifactRef, folder: Path) -> None:
-        """Every file the manifest lists is in `folder`, with its recorded size (when recorded)."""
+        """Every file the manifest lists is in `folder` with its recorded size and sha256 (hashed
+        once per machine: artifacts.integrity), before a stage consumes the checkpoint."""
         manifest = self.read_manifest(ref)
-        sizes = manifest.get("file_bytes") or {}
-        problems = []
-        for rel in sorted(set(manifest.get("files") or {}) | set(sizes)):
-            p = folder / rel
-            if not p.is_file():
-                problems.append(f"{MODEL_DIR}/{rel} is missing")
-            elif rel in sizes and p.stat().st_size != sizes[rel]:
-                problems.append(
-                    f"{MODEL_DIR}/{rel} has {p.stat().st_size} bytes, the manifest records {sizes[rel]}"
-                )
+        problems = [
+            f"{MODEL_DIR}/{p}"
+            for p in local_file_problems(
+                folder, manifest.get("files") or {}, manifest.get("file_bytes")
+            )
+        ]
         if problems:
             raise CorruptArtifactError(
                 f"artifact {ref.uri} does not match its manifest: {'; '.join(problems)}; "

@@ -23,6 +23,7 @@ from flows.stages import deployment_name
 from sgpo.config import ExecutionConfig
 from sgpo.core import Stage, StageContext, stage_logger
 from sgpo.core.prefect_tasks import run_task
+from sgpo.core.run import StageOutcome
 from tasks import GPU_STAGES
 
 POLL_INTERVAL_S = 2.0
@@ -135,8 +136,8 @@ def dispatch_stage(
     params: Mapping[str, Any] | None,
     ctx: StageContext,
     execution: ExecutionConfig,
-) -> tuple[ArtifactRef, bool]:
-    """Run one stage where the configuration says; returns (artifact, cached)."""
+) -> StageOutcome:
+    """Run one stage where the configuration says: (artifact, cached, note)."""
     if execution.mode != "distributed" or st.name not in GPU_STAGES:
         return run_task(st, cfg, ctx, inputs, params, label=label)
 
@@ -146,10 +147,16 @@ def dispatch_stage(
     cfg = st.coerce(cfg)
     key = st.cache_key(cfg, inputs, params)
     store = ctx.open_store()
-    if (ref := ctx.reuse(store, st.name, key)) is not None:
-        log.info("%s: finished artifact in the store (%s); nothing dispatched", label, ref.uri)
-        show_cached_task(label, ref)
-        return ref, True
+    note = ""
+    if not ctx.refresh:
+        ref, damage = store.lookup(st.name, key)
+        if ref is not None:
+            ref = st.reused(ref, cfg)
+            log.info("%s: finished artifact in the store (%s); nothing dispatched", label, ref.uri)
+            show_cached_task(label, ref)
+            return StageOutcome(ref, True)
+        if damage:
+            note = f"recomputed: its stored artifact was damaged ({'; '.join(damage)})"
     if st.llm and is_loopback(url := getattr(cfg, st.llm).base_url):
         log.info(
             "%s: its LLM endpoint %s is on this machine's loopback (the embedded stand-in), which a GPU "
@@ -197,4 +204,4 @@ def dispatch_stage(
             "use the same store (store.url, storage_options, credentials)?"
         )
     log.info("%s: child flow run %s completed -> %s", label, child.name, ref.uri)
-    return ref, ref.produced_by != ctx.run_id
+    return StageOutcome(ref, ref.produced_by != ctx.run_id, note)

@@ -33,6 +33,7 @@ from artifacts.store import check_store
 from flows.reporting import flow_run_namer
 from flows.runner import StageFailed, StageReport, StageRunner  # noqa: F401 (re-exported)
 from sgpo.config import ConfigError, PipelineConfig, load_config, section_of
+from sgpo.config.pipeline import keys_set_by_the_user, settle_config
 from sgpo.core import StageContext
 from sgpo.core.threads import configure_threads
 from sgpo.llm.embedded import EmbeddedLLM
@@ -94,7 +95,10 @@ def sgpo_pipeline(
     """
     from sgpo.core.tracking import pipeline_run
 
-    cfg = config or load_config("tiny")
+    # the form's (or --params') edits applied over the config's source, as overrides: an edited
+    # `method` runs its recipe; a setting no step of the recipe reads fails here, before any work
+    cfg = settle_config(config or load_config("tiny"))
+    check_settings_are_read(cfg)
     configure_threads(cfg.threads)  # a run from the UI or a deployment did not pass through the CLI
     force = check_force(force, FORCEABLE)
     check_store(
@@ -263,6 +267,95 @@ def plan(cfg: PipelineConfig) -> tuple[list[Step], str]:
         )
         add("testbed_report", "testbed_report", "judge", final=judged, sft=judged_sft)
     return steps, policy
+
+
+# Settings the flow reads whatever the recipe; every other section is read by the plan's steps
+# (`Step.section`) or by the algorithms named here.
+FLOW_SETTINGS = (
+    "name",
+    "method",
+    "algorithm",
+    "seed",
+    "model",
+    "start",
+    "report_vs_sft",
+    "checks",
+    "judge",
+    "store",
+    "tracking",
+    "embedded_llm",
+    "execution",
+    "hardware",
+    "source",
+)
+ALGORITHM_SETTINGS = {"shared_improver": "sgpo", "rounds": "sgpo"}
+# where each preference-optimisation DAG reads its DPO settings (one of these per recipe)
+PO_SECTIONS = ("dpo", "dpo_baseline", "spin", "orpo", "spin_orpo", "sapo")
+
+
+def settings_read(cfg: PipelineConfig, steps: list[Step]) -> set[str]:
+    """The top-level settings (and `data.ROLE`, `sapo.dpo|orpo`) that running `steps` reads."""
+    read = set(FLOW_SETTINGS)
+    for step in steps:
+        read.add(step.section.split("[")[0])  # spin[2] -> spin, checks[NAME] -> checks
+    read |= {k for k, algorithm in ALGORITHM_SETTINGS.items() if cfg.algorithm == algorithm}
+    if "sapo" in read:
+        read.add(f"sapo.{cfg.sapo.loss}")
+    return read
+
+
+def _why_unread(key: str, cfg: PipelineConfig, steps: list[Step], read: set[str]) -> str:
+    parts = key.split(".")
+    top, rest = parts[0], ".".join(parts[1:])
+    recipe = f"method {cfg.method} (algorithm {cfg.algorithm})"
+    if top == "sapo" and parts[1:2] and parts[1] in ("dpo", "orpo"):
+        return f"sapo.loss is {cfg.sapo.loss}: the sapo stage reads sapo.{cfg.sapo.loss}, not sapo.{parts[1]}"
+    if top in PO_SECTIONS:
+        used = [s for s in PO_SECTIONS if s in read]
+        if not used:
+            return f"{recipe} trains no preference-optimisation step"
+        where = used[0]
+        target = section_of(cfg, where)
+        if where == "sapo" and parts[1:2] and parts[1] in type(cfg.sapo.dpo).model_fields:
+            target, where = getattr(cfg.sapo, cfg.sapo.loss), f"sapo.{cfg.sapo.loss}"
+        hint = f": set {where}.{rest}" if rest and parts[1] in type(target).model_fields else ""
+        return f"{recipe} reads its preference-optimisation settings from {where}, not {top}{hint}"
+    if top in ALGORITHM_SETTINGS:
+        return f"only algorithm {ALGORITHM_SETTINGS[top]} reads {top}; {recipe} does not"
+    if top == "data" and parts[1:2]:
+        roles = sorted(r.split(".", 1)[1] for r in read if r.startswith("data."))
+        return f"{recipe} reads no data.{parts[1]} (it reads data.{', data.'.join(roles)})"
+    return (
+        f"{recipe} runs no step that reads {top} (its steps: {', '.join(s.label for s in steps)})"
+    )
+
+
+def unread_settings(cfg: PipelineConfig) -> list[str]:
+    """One line per key the user set (overrides, the form, `--params`, a recipe-bound YAML file)
+    that no step of the recipe reads, saying which section the recipe reads instead."""
+    steps, _ = plan(cfg)
+    read = settings_read(cfg, steps)
+    out = []
+    for key in dict.fromkeys(keys_set_by_the_user(cfg)):
+        parts = key.split(".")
+        if parts[0] == "data" and len(parts) > 1:
+            known = f"data.{parts[1]}" in read
+        elif parts[0] == "sapo" and len(parts) > 1 and parts[1] in ("dpo", "orpo"):
+            known = f"sapo.{parts[1]}" in read
+        else:
+            known = parts[0] in read
+        if not known:
+            out.append(f"{key}: {_why_unread(key, cfg, steps, read)}")
+    return out
+
+
+def check_settings_are_read(cfg: PipelineConfig) -> None:
+    """A ConfigError naming every setting the user set that the recipe would ignore."""
+    if problems := unread_settings(cfg):
+        raise ConfigError(
+            "settings that this recipe never reads (they would be ignored):\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def recipe_section(cfg: PipelineConfig, path: str) -> Any:

@@ -43,7 +43,14 @@ def flow_run_namer(default_config: Any) -> Any:
         ctx = FlowRunContext.get()
         try:
             cfg = (ctx.parameters or {}).get("config") if ctx else None
-            return run_name(cfg if cfg is not None else default_config())
+            cfg = cfg if cfg is not None else default_config()
+            if hasattr(
+                cfg, "source"
+            ):  # a pipeline config: named as it will run (form edits applied)
+                from sgpo.config.pipeline import settle_config
+
+                cfg = settle_config(cfg)
+            return run_name(cfg)
         except Exception:  # noqa: BLE001
             return (
                 f"{ctx.flow.name}-{str(ctx.flow_run.id)[:8]}"
@@ -149,9 +156,11 @@ def judged_line(name: str, s: dict[str, Any]) -> str:
             f"{name}: score {_fmt(s['score'])} (95% CI {_fmt(s.get('ci_low'))} to {_fmt(s.get('ci_high'))}), "
             f"{s.get('n_questions')} questions"
         )
+    from sgpo.evals.pairwise import label_note
+
     if s.get("win_rate") is None:
-        return f"{name}: no win rate ({s.get('n_labelled', 0)} of {s.get('n', 0)} labelled)"
-    line = f"{name}: win rate {_fmt(s['win_rate'])}% (SE {_fmt(s.get('standard_error'))}), {s.get('n_labelled')} of {s.get('n')} judged"
+        return f"{name}: no win rate ({s.get('n_labelled', 0)} of {s.get('n', 0)} labelled){label_note(s)}"
+    line = f"{name}: win rate {_fmt(s['win_rate'])}% (SE {_fmt(s.get('standard_error'))}), {s.get('n_labelled')} of {s.get('n')} judged{label_note(s)}"
     if isinstance(s.get("lc_win_rate"), (int, float)):
         line += f"; LC {_fmt(s['lc_win_rate'])}% (SE {_fmt(s.get('lc_standard_error'))})"
     return line

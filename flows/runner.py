@@ -34,8 +34,8 @@ def with_endpoint(section: Any, field: str, base_url: str | None, model: str) ->
 
 
 def show_cached(label: str, ref: ArtifactRef) -> None:
-    """A cached stage runs no task and no subflow, so the UI's graph never shows it: a link
-    artifact on the flow run names it, with its artifact URI. Never fails the stage."""
+    """A cached stage's task run ends in the Cached state; a link artifact on the flow run also names
+    it, with its artifact URI, for the Artifacts tab. Never fails the stage."""
     try:
         from prefect.artifacts import create_link_artifact
         from prefect.context import FlowRunContext
@@ -106,7 +106,7 @@ class StageRunner:
         t0 = time.perf_counter()
         try:
             cfg = self._point_at_embedded(st, cfg, inputs, params, forced)
-            ref, cached = dispatch_stage(label, st, cfg, inputs, params, ctx, self.execution)
+            ref, cached, why = dispatch_stage(label, st, cfg, inputs, params, ctx, self.execution)
         except Exception as e:
             raise StageFailed(f"stage '{label}' failed: {type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - t0
@@ -122,6 +122,8 @@ class StageRunner:
         note = (
             "" if cached else stage_note(ref.summary)
         )  # e.g. " (48 answers from the journal, 0 sent)"
+        if why:  # e.g. recomputed because its stored artifact was damaged
+            note += f" ({why})"
         note += dropped_note(ref.summary)  # e.g. " (1 of 16 rows dropped: ...)", cached or not
         line = f"[sgpo] {label:<{self.width}} {report.status:<6} {seconds:7.1f}s  {ref.uri}{note}"
         print(line, flush=True)

@@ -4,7 +4,7 @@
     sgpo-evaluate            --run_deployment--> alpaca_eval_generate/sgpo-stage-alpaca_eval_generate -> ...
 
 One flow per GPU stage (a stage declared with `gpu=True`), derived from its declaration: the
-flow runs the stage's Prefect task, i.e. the same function, cache key and result storage as the
+flow runs the stage's Prefect task, i.e. the same function, cache key and store lookup as the
 in-process pipeline, so local and distributed runs share finished stages. Its parameters are
 `inputs` (the input ArtifactRefs by name), `cfg` (the stage's config section, typed, so the UI
 renders it as a form), `ctx` and `params`. The flows' own results are persisted as JSON (a small
@@ -34,8 +34,7 @@ def stage_flow(st: Stage) -> Any:
 
     def run(inputs, cfg, ctx, params=None):  # the signature below is what Prefect sees
         configure_threads("auto")  # the worker's own cores (or its OMP_NUM_THREADS)
-        ref, _ = run_task(st, cfg, ctx, inputs, params)
-        return ref  # the stage's error fails this flow run
+        return run_task(st, cfg, ctx, inputs, params).ref  # the stage's error fails this flow run
 
     annotations = {
         "inputs": dict[str, ArtifactRef],

@@ -72,7 +72,8 @@ def data_fingerprint(cfg: AlpacaEvalGenerateConfig) -> dict[str, str]:
     "alpaca_eval_generate",
     section="alpaca_eval",
     recipe="evaluation",
-    code_version="2",
+    # 3: the transformers back-end seeds each sample (not each batch); the back-end is in the key
+    code_version="3",
     gpu=True,
     fingerprint=data_fingerprint,
     description="the model's answers to the AlpacaEval 2.0 instructions",

@@ -25,6 +25,12 @@ def prompt_versions(cfg: AlpacaEvalJudgeConfig) -> dict[str, str]:
     return {"judge": PairJudge.from_config(cfg).prompt_version}
 
 
+def check_reused(ref: ArtifactRef, cfg: AlpacaEvalJudgeConfig) -> None:
+    from sgpo.evals.pairwise import check_reused
+
+    check_reused("alpaca_eval", "alpaca_eval", ref.summary, cfg.max_unlabelled_fraction)
+
+
 # Retries re-enter the stage, which resumes from the journal: no finished judgment is repaid.
 @stage(
     "alpaca_eval_judge",
@@ -33,6 +39,7 @@ def prompt_versions(cfg: AlpacaEvalJudgeConfig) -> dict[str, str]:
     code_version="2",
     llm="endpoint",
     preflight=require_endpoint,
+    check_reuse=check_reused,
     prompts=prompt_versions,
     retries=1,
     description="AlpacaEval 2.0 judging: WR, discrete WR, LC WR and SEs",
@@ -47,6 +54,8 @@ def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig
         call_totals,
         check_judged,
         judge_pairs,
+        label_note,
+        label_report,
     )
 
     lc = resolve_lc_inputs(
@@ -99,14 +108,16 @@ def alpaca_eval_judge(job: Job, answers: ArtifactRef, cfg: AlpacaEvalJudgeConfig
         **metrics,
         "prompt_version": judge.prompt_version,
         **call_totals(calls),
+        **label_report(results),
     }
     job.log.info(
-        "alpaca_eval: WR %s, LC %s over %d labelled of %d (%s)",
+        "alpaca_eval: WR %s, LC %s over %d labelled of %d (%s)%s",
         report["win_rate"],
         report["lc_win_rate"],
         report["n_labelled"],
         report["n"],
         report["lc_note"] or "LC ok",
+        label_note(report),
     )
     job.log_metrics(report)
     report_uri = job.publish_json("report.json", report)  # before the manifest

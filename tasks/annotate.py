@@ -67,12 +67,29 @@ def edit_distances(improved: str, response_b: str, response_a: str) -> dict[str,
     }
 
 
+def check_reused(ref: ArtifactRef, cfg: AnnotateStageConfig) -> None:
+    """A stored annotation is reused only if it has the usable share this config asks for."""
+    calls, ok = ref.summary.get("calls"), ref.summary.get("ok")
+    if (
+        isinstance(calls, int)
+        and isinstance(ok, int)
+        and calls
+        and ok < cfg.min_usable_fraction * calls
+    ):
+        raise UnusableAnswersError(
+            f"annotate: the stored artifact {ref.uri} has {ok} of {calls} usable answers, fewer than "
+            f"annotate.min_usable_fraction={cfg.min_usable_fraction:g}, so it is not reused; lower "
+            "min_usable_fraction to accept it, or set annotate.journal_namespace=NEW to re-ask"
+        )
+
+
 # Retries re-enter the stage, which resumes from the journal: no finished call is repaid.
 @stage(
     "annotate",
     section="annotate",
     llm="endpoint",
     preflight=require_endpoint,
+    check_reuse=check_reused,
     prompts=prompt_versions,
     code_version="2",  # 2: requests asked inside the row's conversation (system prompt, earlier turns)
     retries=1,

@@ -107,7 +107,7 @@ def data_fingerprint(cfg: ArenaHardGenerateConfig) -> dict[str, str]:
     "arena_hard_generate",
     section="arena_hard",
     recipe="evaluation",
-    code_version="2",
+    code_version="3",  # 3: the generation back-end is in the key
     gpu=True,
     fingerprint=data_fingerprint,
     description="the model's greedy answers to the Arena-Hard v0.1 questions",

@@ -25,6 +25,23 @@ def prompt_versions(cfg: ArenaHardJudgeConfig) -> dict[str, str]:
     return {"judge": load_judge_settings(cfg.judge_settings)[1]}
 
 
+def check_reused(ref: ArtifactRef, cfg: ArenaHardJudgeConfig) -> None:
+    """A stored judgment is reused only under the unlabelled share this config accepts."""
+    from sgpo.evals.pairwise import check_labelled
+
+    n, without = ref.summary.get("n_games"), ref.summary.get("n_games_without_label")
+    if isinstance(n, int) and isinstance(without, int):
+        check_labelled(
+            "arena_hard",
+            "arena_hard",
+            n - without,
+            n,
+            cfg.max_unlabelled_fraction,
+            label="a verdict label ([[A>B]] and the like)",
+            prompt_field="judge_settings",
+        )
+
+
 # Retries re-enter the stage, which resumes from the journal: no finished judgment is repaid.
 @stage(
     "arena_hard_judge",
@@ -33,6 +50,7 @@ def prompt_versions(cfg: ArenaHardJudgeConfig) -> dict[str, str]:
     code_version=CODE_VERSION,
     llm="endpoint",
     preflight=require_endpoint,
+    check_reuse=check_reused,
     prompts=prompt_versions,
     retries=1,
     description="Arena-Hard v0.1 judging: two games per question, BT score, 95% CI",
@@ -94,6 +112,7 @@ def arena_hard_judge(job: Job, answers: ArtifactRef, cfg: ArenaHardJudgeConfig) 
         "judge_model": cfg.endpoint.model,
         "n_questions": len(records),
         **metrics,
+        "n_games": n_games,
         "n_games_without_label": sum(g["score"] is None for gs in games for g in gs),
         "n_follow_up_turns": sum(max(g["turns"] - 1, 0) for gs in games for g in gs),
         "bootstrap_rounds": cfg.bootstrap_rounds,

@@ -57,6 +57,7 @@ def dpo(
             batch_size=cfg.reference_batch_size,
             bf16=cfg.bf16,
             trust_remote_code=job.ctx.trust_remote_code,
+            trl_args=cfg.trl,
         )
     with scratch_dir("dpo") as tmp:
         metrics = train_dpo(

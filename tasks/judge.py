@@ -21,13 +21,21 @@ def prompt_versions(cfg: JudgeStageConfig) -> dict[str, str]:
     return {"judge": PairJudge.from_config(cfg).prompt_version}
 
 
+def check_reused(ref: ArtifactRef, cfg: JudgeStageConfig) -> None:
+    from sgpo.evals.pairwise import check_reused
+
+    check_reused("judge", "judge", ref.summary, cfg.max_unlabelled_fraction)
+
+
 # Retries re-enter the stage, which resumes from the journal: no finished judgment is repaid.
 @stage(
     "judge",
     section="judge",
-    code_version="2",
+    # 3: the policy's answers seeded per sample (not per batch); the back-end is in the key
+    code_version="3",
     llm="endpoint",
     preflight=require_endpoint,
+    check_reuse=check_reused,
     gpu=True,
     prompts=prompt_versions,
     retries=1,
@@ -45,6 +53,8 @@ def judge(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfi
         call_totals,
         check_judged,
         judge_pairs,
+        label_note,
+        label_report,
     )
     from sgpo.generate import answer_each
     from sgpo.llm.client import cost_line
@@ -91,13 +101,15 @@ def judge(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: JudgeStageConfi
         "prompt_version": judge_.prompt_version,
         "judge_model": cfg.endpoint.model,
         **call_totals(calls),
+        **label_report(results),
     }
     report.pop("lc_weights", None)
     job.log.info(
-        "judge: win rate %s over %d labelled of %d",
+        "judge: win rate %s over %d labelled of %d%s",
         report["win_rate"],
         report["n_labelled"],
         report["n"],
+        label_note(report),
     )
     job.log_metrics(report)
     report_uri = job.publish_json("report.json", report)  # before the manifest

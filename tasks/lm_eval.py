@@ -53,7 +53,7 @@ def files_fingerprint(cfg: LmEvalConfig) -> dict[str, str]:
     "lm_eval",
     section="lm_eval",
     recipe="evaluation",
-    code_version="1",
+    code_version="2",  # 2: backend and batch_size are in the key
     gpu=True,
     fingerprint=files_fingerprint,
     description="lm-evaluation-harness tasks (Open LLM Leaderboard, IFEval) on the model",

@@ -33,7 +33,8 @@ def data_fingerprint(cfg: MTBenchGenerateConfig) -> dict[str, str]:
     "mt_bench_generate",
     section="mt_bench",
     recipe="evaluation",
-    code_version="1",
+    # 2: the transformers back-end seeds each sample (not each batch); the back-end is in the key
+    code_version="2",
     gpu=True,
     fingerprint=data_fingerprint,
     description="the model's two-turn answers to the MT-Bench questions",

@@ -63,7 +63,9 @@ def prompt_versions(cfg: PairsStageConfig) -> dict[str, str]:
 @stage(
     "pairs",
     section="pairs",
-    code_version="3",  # 2: the refining prompt inside the row's conversation; 3: empty answers dropped
+    # 2: the refining prompt inside the row's conversation; 3: empty answers dropped, and the
+    # transformers back-end seeds each sample (not each batch; the back-end is in the key)
+    code_version="3",
     gpu=True,
     prompts=prompt_versions,
     description="on-policy pairs: y = policy(x) rejected, y+ = improver(refine(x, y, y_sft)) chosen",

@@ -52,6 +52,14 @@ def select_pairs(
     return out, skipped
 
 
+def check_reused(ref: ArtifactRef, cfg: PairwiseConfig) -> None:
+    from sgpo.evals.pairwise import check_reused
+
+    check_reused(
+        f"pairwise {cfg.name!r}", f"pairwise[{cfg.name}]", ref.summary, cfg.max_unlabelled_fraction
+    )
+
+
 # Retries re-enter the stage, which resumes from the journal: no finished judgment is repaid.
 @stage(
     "pairwise",
@@ -61,6 +69,7 @@ def select_pairs(
     code_version="2",
     llm="endpoint",
     preflight=require_endpoint,
+    check_reuse=check_reused,
     prompts=prompt_versions,
     retries=1,
     description="win rate of one response column over another in a table",
@@ -75,6 +84,7 @@ def pairwise(job: Job, table: ArtifactRef, cfg: PairwiseConfig) -> ArtifactRef:
         call_totals,
         check_judged,
         judge_pairs,
+        label_report,
     )
 
     pairs, skipped = select_pairs(job.read_rows(table), cfg)
@@ -127,6 +137,7 @@ def pairwise(job: Job, table: ArtifactRef, cfg: PairwiseConfig) -> ArtifactRef:
         "avg_length_baseline": wr.get("avg_length_baseline"),
         "prompt_version": judge.prompt_version,
         **call_totals(calls),
+        **label_report(results),
     }
     report = {
         k: (None if isinstance(v, float) and v != v else v) for k, v in report.items()

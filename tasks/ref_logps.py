@@ -38,6 +38,7 @@ def ref_logps(
         batch_size=cfg.reference_batch_size,
         bf16=cfg.bf16,
         trust_remote_code=job.ctx.trust_remote_code,
+        trl_args=cfg.trl,
     )
     return job.publish_table(logps_table(data, scored), summary={"pairs": len(data)})
 

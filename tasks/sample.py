@@ -21,7 +21,9 @@ from sgpo.data.sources import check_empty_answers, conversation, is_empty_answer
 @stage(
     "sample",
     section="sample",
-    code_version="2",  # 2: empty answers dropped
+    # 2, 3: empty answers dropped; the transformers back-end seeds each sample (not each batch; the
+    # back-end is in the key)
+    code_version="3",
     gpu=True,
     description="sample y ~ pi_sft(x) on D_imp (temperature 0.7, top-p 0.9)",
 )

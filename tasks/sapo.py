@@ -33,9 +33,11 @@ from sgpo.train.sapo.launch import SAPO_ACCELERATE
 @stage(
     "sapo",
     section="sapo",
+    # 2: y+ and y- end with the chat template's end of turn (segment.py); generation_batch_size and
+    # micro_batch_size are in the key (they change what is trained)
+    code_version="2",
     gpu=True,
     launcher=SAPO_ACCELERATE,
-    code_version="2",  # 2: y+ and y- end with the chat template's end of turn (segment.py)
     description="SAPO: EMA-regenerated segments as rejected answers, a replay buffer, DPO/ORPO steps; resumable",
 )
 def sapo(job: Job, policy: ArtifactRef, data: ArtifactRef, cfg: SAPOConfig) -> ArtifactRef:

@@ -6,6 +6,8 @@ sgpo stage NAME [CONFIG] [key=value ...] --INPUT URI ...   run one stage alone (
 sgpo compare [PRESET] [key=value] [--method RECIPE ...]   recipes side by side, beside the papers' numbers
 sgpo config [CONFIG] [key=value ...]          print the resolved config
 sgpo deploy                                   register work pools and deployments (docs/cluster.md)
+sgpo verify STORE                             check every artifact against its manifest (sha256)
+sgpo show ARTIFACT_URI                        an artifact's settings as the stage used them, and its lineage
 sgpo metrics alpaca-eval ANNOTATIONS.json     AlpacaEval 2.0 WR / LC from official-format files
 sgpo metrics arena-hard JUDGMENTS.jsonl ...   Arena-Hard score and 95% CI
 """
@@ -89,17 +91,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"sgpo: {e}", file=sys.stderr)
         return 2
+    from flows.pipeline import FORCEABLE, check_force, check_settings_are_read, sgpo_pipeline
+
+    try:
+        check_force(args.force, FORCEABLE)
+        check_settings_are_read(cfg)  # an override the recipe would ignore: before any work
+    except ValueError as e:
+        print(f"sgpo: {e}", file=sys.stderr)  # the sentence the flow raises
+        return 2
     print(
         f"[sgpo] running {cfg.name} (store {cfg.store.url}, tracking {cfg.tracking.mlflow_uri})",
         flush=True,
     )
-    from flows.pipeline import FORCEABLE, check_force, sgpo_pipeline
-
-    try:
-        check_force(args.force, FORCEABLE)
-    except ValueError as e:
-        print(f"sgpo: {e}", file=sys.stderr)  # the sentence the flow raises
-        return 2
     t0 = time.perf_counter()
     report, rc = _call_flow(sgpo_pipeline, config=cfg, force=args.force)
     if report is None:
@@ -114,18 +117,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(
             f"[sgpo] report: {report.report_uri}/report.html  (copy: sgpo report {report.report_uri} -o report.html)"
         )
+    from sgpo.evals.pairwise import label_note
+
     j = report.judge
     from flows.reporting import eval_rows_note
 
+    # what the judge could not read, and the eval rows prepare dropped: counted on the final line
+    notes = label_note(j) + eval_rows_note(report.stages)
     if j.get("win_rate") is not None:
         print(
             f"[sgpo] judge: win rate {j['win_rate']:.2f} (SE {j.get('standard_error') or 0:.2f}) vs the baseline, "
-            f"{j['n_labelled']} of {j['n']} prompts judged{eval_rows_note(report.stages)}"
+            f"{j['n_labelled']} of {j['n']} prompts judged{notes}"
+        )
+    elif (j.get("unlabelled_reasons") or {}).get("no_logprobs"):
+        print(
+            f"[sgpo] judge: no win rate: the judge endpoint returned no logprobs for "
+            f"{j['unlabelled_reasons']['no_logprobs']} of {j.get('n', 0)} answers, and no 'm'/'M' "
+            f"text label{notes}"
         )
     else:
         print(
             f"[sgpo] judge: no win rate: none of {j.get('n', 0)} judge answers had 'm' or 'M' among its top "
-            "logprobs (the judge did not follow the one-token answer format; a capable judge labels almost every row)"
+            f"logprobs (the judge did not follow the one-token answer format; a capable judge labels almost "
+            f"every row){notes}"
         )
     for line in (report.testbed or {}).get(
         "lines", []
@@ -353,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sgpo.cli.report import add_report_parser
 
     add_report_parser(sub)
+    from sgpo.cli.store import add_store_parsers
+
+    add_store_parsers(sub)
     return p
 
 

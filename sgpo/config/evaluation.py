@@ -231,9 +231,9 @@ class ArenaHardJudgeConfig(Section):
     )
     seed: int = Field(42, description="Bootstrap seed (official show_result.py: 42)")
     max_unlabelled_fraction: float = runtime_field(
-        0.5,
-        "Fail (publishing nothing) when more than this share of the games has no [[..]] verdict; 1 disables "
-        "the check",
+        0.1,
+        "Fail (publishing nothing, and reusing no stored result) when more than this share of the games "
+        "has no [[..]] verdict; 1 disables the check",
         ge=0,
         le=1,
     )
@@ -369,8 +369,10 @@ class LmEvalConfig(Section):
     include_paths: list[str] = Field(
         default_factory=list, description="Folders with more lm-eval task YAMLs"
     )
-    backend: str = runtime_field("hf", "lm-eval model back-end: hf (transformers) or vllm")
-    batch_size: int = runtime_field(8, "lm-eval batch size", ge=1)
+    # in the key (lm_eval code version 2): another back-end computes other numbers, and a batch pads
+    # its requests to another length (not proven to change no score, so not left out)
+    backend: str = Field("hf", description="lm-eval model back-end: hf (transformers) or vllm")
+    batch_size: int = Field(8, ge=1, description="lm-eval batch size")
     max_length: int | None = Field(
         None, ge=16, description="Context length given to lm-eval (null: the model's)"
     )

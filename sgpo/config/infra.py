@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from sgpo.config.sections import Section, runtime_field
+from sgpo.config.sections import Checked, Section, runtime_field
 
 # CPU threads of every process a run starts (sgpo.core.threads): 'auto' or a whole number >= 1
 Threads = Literal["auto"] | Annotated[int, Field(ge=1)]
@@ -23,10 +23,8 @@ def threads_field() -> Any:
     )
 
 
-class EndpointConfig(BaseModel):
+class EndpointConfig(Checked):
     """An OpenAI-compatible endpoint and how hard to try it. The API key itself is never stored."""
-
-    model_config = ConfigDict(extra="forbid")
 
     base_url: str | None = runtime_field(
         None, "OpenAI-compatible base URL; None = the pipeline starts the embedded server"

@@ -147,3 +147,33 @@ def apply_overrides(tree: dict, overrides: list[str] | tuple[str, ...]) -> dict:
         parts, value = parse_override(item)
         _set_dotted(tree, parts, value)
     return tree
+
+
+def format_override(key: str, value: Any) -> str:
+    """`key=value` that `parse_override` reads back as `value` (YAML flow style, one line)."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=2**31, sort_keys=False).strip()
+    if text.endswith("\n..."):  # a lone scalar ends its document
+        text = text[:-4].rstrip()
+    elif text.endswith("..."):
+        text = text[:-3].rstrip()
+    return f"{key}={text}"
+
+
+def leaf_keys(tree: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of a nested mapping's leaves (a list or an empty mapping is a leaf)."""
+    if not isinstance(tree, dict) or not tree:
+        return [prefix] if prefix else []
+    return [k for name, v in tree.items() for k in leaf_keys(v, f"{prefix}.{name}".lstrip("."))]
+
+
+def changed_keys(new: Any, old: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(dotted key, new value) of every leaf where `new` differs from `old` (JSON-like trees)."""
+    if isinstance(new, dict) and isinstance(old, dict):
+        out = []
+        for k in new:
+            if k in old:
+                out += changed_keys(new[k], old[k], f"{prefix}{k}.")
+            else:
+                out.append((f"{prefix}{k}", new[k]))
+        return out
+    return [] if new == old else [(prefix.rstrip("."), new)]

@@ -18,8 +18,9 @@ the code's (docs/fidelity.md):
 - ORPO's optimiser is AdamW here (`adamw_torch`); the code's configs name bitsandbytes'
   8-bit AdamW (`adamw_bnb_8bit`), which needs CUDA: set `sapo.orpo.optimizer=adamw_bnb_8bit` for it.
 
-Fields made with `runtime_field` (generation batch size, micro-batch size, checkpoint interval,
-logging) change how the run goes, not what it produces, and stay out of the stage's cache key.
+Fields made with `runtime_field` (checkpoint interval, logging) change how the run goes, not what
+it produces, and stay out of the stage's cache key; the generation batch size and the micro-batch
+size change what it produces and are in it.
 Importing this module imports neither torch nor transformers.
 """
 
@@ -170,11 +171,17 @@ class SAPOConfig(Section):
     )
 
     # runtime only: not in the cache key
-    generation_batch_size: int = runtime_field(16, "Rows per batched generate call", ge=1)
-    micro_batch_size: int | None = runtime_field(
+    # in the key (sapo code version 2): SAPO's generation seeds each batch (seed + batch start), and
+    # micro-batches change ORPO's loss
+    generation_batch_size: int = Field(
+        16, ge=1, description="Rows per batched generate call (each batch seeded: in the key)"
+    )
+    micro_batch_size: int | None = Field(
         None,
-        "Split each training batch into micro-batches of this size (memory). The same loss for DPO (a mean over pairs, up to float rounding); for ORPO the NLL term becomes a mean of per-micro-batch token means",
         ge=1,
+        description="Split each training batch into micro-batches of this size (memory). The same loss "
+        "for DPO (a mean over pairs, up to float rounding); for ORPO the NLL term becomes a mean of "
+        "per-micro-batch token means (in the key)",
     )
     checkpoint_every: int = runtime_field(
         50, "Write a resumable checkpoint every N steps (0: only on SIGTERM and at the end)", ge=0

@@ -4,15 +4,19 @@ section by its dotted path in a recipe).
 
 Fields marked `runtime_field(...)` change how a stage runs (URLs, concurrency, batch sizes,
 timeouts) but not what it produces; they are left out of cache keys, so e.g. a new port for
-the embedded LLM server does not invalidate finished annotation.
+the embedded LLM server does not invalidate finished annotation. Each one is proven so by
+tests/integration/test_runtime_fields.py (two runs, equal content; training numerics within a
+stated tolerance), which fails for a new runtime field until it has its proof.
 """
 
 from __future__ import annotations
 
 import json
+import types
+import typing
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 NOT_IN_CACHE_KEY = "not_in_cache_key"
 KEY_WHEN_SET = (
@@ -38,7 +42,33 @@ def optional_field(description: str = "", **kw: Any) -> Any:
     return key_field_when_set(None, description, **kw)
 
 
-class Section(BaseModel):
+def _takes_numbers_not_bools(annotation: Any) -> bool:
+    """int / float / `int | None` ...: a field where a boolean can only be a mistake."""
+    args = (
+        typing.get_args(annotation)
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType)
+        else (annotation,)
+    )
+    return bool({int, float} & set(args)) and bool not in args
+
+
+class Checked(BaseModel):
+    """Numbers are numbers: no infinity or NaN where a float is expected (`epochs=.inf` would
+    train forever, `timeout_s=.inf` never time out), no boolean where a count is (`rounds=true`
+    is not 1)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            if _takes_numbers_not_bools(cls.model_fields[info.field_name].annotation):
+                raise ValueError(f"a number is expected here, not the boolean {str(value).lower()}")
+        return value
+
+
+class Section(Checked):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 

@@ -3,7 +3,8 @@ baselines, the judge and the data checks. Hyper-parameters only; hardware is in 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import difflib
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -30,8 +31,74 @@ class LoRAConfig(Section):
     )
 
 
+# TRL / transformers training arguments that sgpo sets from its own fields (`trainers.common_args`
+# and the stages): a `trl` entry may not set them, and is told the field to use instead (None: sgpo
+# decides it, e.g. where the trainer writes and what it reports to).
+MANAGED_TRAINING_ARGS: dict[str, str | None] = {
+    "output_dir": None,
+    "num_train_epochs": "epochs",
+    "max_steps": "max_steps",
+    "learning_rate": "learning_rate",
+    "per_device_train_batch_size": "per_device_batch_size",
+    "gradient_accumulation_steps": "effective_batch_size",
+    "lr_scheduler_type": "lr_scheduler_type",
+    "warmup_steps": "warmup_ratio",
+    "warmup_ratio": "warmup_ratio",
+    "weight_decay": "weight_decay",
+    "seed": "seed",
+    "data_seed": "seed",
+    "bf16": "bf16",
+    "use_cpu": None,
+    "gradient_checkpointing": "gradient_checkpointing",
+    "activation_checkpointing": "gradient_checkpointing",
+    "logging_steps": "logging_steps",
+    "save_strategy": None,
+    "report_to": None,
+    "disable_tqdm": None,
+    "dataloader_num_workers": None,
+    "max_length": "max_length",
+    "beta": "beta",
+    "loss_type": "loss_type",
+    "precompute_ref_log_probs": "reference_logps",
+    "completion_only_loss": None,
+}
+
+
+def check_trl_arguments(args: dict[str, Any], trl_class: str) -> dict[str, Any]:
+    """`args` when every name is a field of TRL's `trl_class` (SFTConfig, DPOConfig) that sgpo does not
+    set itself; else a ValueError naming each problem (unknown names with the closest field).
+    Imports trl (and torch) only when something is passed through."""
+    if not args:
+        return args
+    import dataclasses
+
+    try:
+        import trl
+    except ImportError:
+        raise ValueError(f"trl is not installed: {sorted(args)} cannot be checked") from None
+    fields = {f.name for f in dataclasses.fields(getattr(trl, trl_class))}
+    problems = []
+    for name in args:
+        if name in MANAGED_TRAINING_ARGS:
+            own = MANAGED_TRAINING_ARGS[name]
+            problems.append(
+                f"{name} is set by sgpo" + (f": use the section's {own!r}" if own else "")
+            )
+        elif name not in fields:
+            close = difflib.get_close_matches(name, fields, n=1)
+            problems.append(
+                f"{name!r} is not a field of trl.{trl_class} (trl {trl.__version__})"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+            )
+    if problems:
+        raise ValueError("; ".join(problems))
+    return args
+
+
 class TrainConfig(Section):
     """Training hyper-parameters; hardware (accelerate/DeepSpeed) lives in separate files."""
+
+    trl_arguments: ClassVar[str] = "SFTConfig"  # the TRL dataclass `trl` entries are fields of
 
     epochs: float = Field(
         1.0, gt=0, description="Passes over the training data (fractions allowed)"
@@ -60,7 +127,8 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, lt=1, description="AdamW weight decay")
     max_steps: int = Field(-1, ge=-1, description="Stop after N optimiser steps (-1: full epochs)")
     seed: int = Field(42, description="Training seed (data order, dropout)")
-    bf16: bool = runtime_field(False, "bf16 mixed precision (GPU)")
+    # in the key when set: bf16 arithmetic gives other weights than fp32 (not a rounding of them)
+    bf16: bool = key_field_when_set(False, "bf16 mixed precision (GPU; ignored on CPU)")
     gradient_checkpointing: bool = runtime_field(False, "Trade compute for memory")
     logging_steps: int = runtime_field(1, "Log metrics every N steps", ge=1)
     launch: LaunchConfig = runtime_field(
@@ -70,11 +138,22 @@ class TrainConfig(Section):
     lora: LoRAConfig | None = optional_field(
         "LoRA / QLoRA instead of full fine-tuning (`lora=true`: defaults)"
     )
+    trl: dict[str, Any] = key_field_when_set(
+        {},
+        "Any other TRL training argument by name (a field of trl.SFTConfig, or trl.DPOConfig in a DPO "
+        "section), e.g. {optim: adafactor, label_smoothing: 0.1}: checked against TRL's dataclass "
+        "when the config loads, passed to the trainer as given; in the cache key when set",
+    )
 
     @field_validator("lora", mode="before")
     @classmethod
     def _lora_switch(cls, v: Any) -> Any:
         return {} if v is True else (None if v is False else v)
+
+    @field_validator("trl")
+    @classmethod
+    def _known_trl_arguments(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_trl_arguments(v, cls.trl_arguments)
 
 
 class SFTStageConfig(TrainConfig):
@@ -94,10 +173,12 @@ class SFTStageConfig(TrainConfig):
 class SamplingConfig(Section):
     """Generation settings; the paper samples everything at temperature 0.7, top-p 0.9."""
 
-    backend: Literal["transformers", "vllm", "vllm_server", "openai"] = runtime_field(
+    # in the key: back-ends draw other random numbers for the same seed (and round differently)
+    backend: Literal["transformers", "vllm", "vllm_server", "openai"] = Field(
         "transformers",
-        "Generation back-end: transformers (in-process HF), vllm (in-process vllm.LLM), vllm_server (a vLLM "
-        "OpenAI server the stage starts for its checkpoint, or the one at base_url), openai (any server at base_url)",
+        description="Generation back-end: transformers (in-process HF), vllm (in-process vllm.LLM), "
+        "vllm_server (a vLLM OpenAI server the stage starts for its checkpoint, or the one at "
+        "base_url), openai (any server at base_url)",
     )
     base_url: str | None = runtime_field(
         None,
@@ -115,6 +196,7 @@ class SamplingConfig(Section):
     max_new_tokens: int = Field(512, ge=1, description="Longest generated answer in tokens")
     n: int = Field(1, ge=1, description="Samples per prompt")
     seed: int = Field(0, description="Sampling seed")
+    # runtime: every back-end seeds sample k of prompt i with seed + i*n + k, whatever the batch
     batch_size: int = runtime_field(16, "Prompts per generate() call", ge=1)
     # --- server back-ends (openai, vllm_server)
     served_model_name: str | None = runtime_field(
@@ -127,7 +209,7 @@ class SamplingConfig(Section):
         None,
         "vllm_server: the python that has vLLM, e.g. .venv-vllm/bin/python (default: this interpreter)",
     )
-    vllm_dtype: str = runtime_field("auto", "vLLM --dtype (float32 on CPU)")
+    vllm_dtype: str = Field("auto", description="vLLM --dtype (float32 on CPU); in the key")
     vllm_max_model_len: int | None = runtime_field(
         None, "vLLM --max-model-len (default: the model's)", ge=16
     )
@@ -214,7 +296,8 @@ class AnnotateStageConfig(Section):
     seed: int = Field(0, description="Seed sent to the external LLM (where it honours one)")
     min_usable_fraction: float = runtime_field(
         0.5,
-        "Fail (publishing nothing) when fewer than this share of the calls gave a usable answer; 0 disables the check",
+        "Fail (publishing nothing, and reusing no stored result) when fewer than this share of the calls "
+        "gave a usable answer; 0 disables the check",
         ge=0,
         le=1,
     )
@@ -275,6 +358,8 @@ class PairsStageConfig(Section):
 
 
 class DPOStageConfig(TrainConfig):
+    trl_arguments: ClassVar[str] = "DPOConfig"
+
     learning_rate: float = Field(5e-7, gt=0, lt=1, description="Peak learning rate, in (0, 1)")
     # DPO's KL weight: papers use 0.01-0.5; above 10 the policy cannot move from the reference
     beta: float = Field(0.1, gt=0, le=10, description="DPO's KL weight beta, in (0, 10]")
@@ -304,10 +389,20 @@ class RefLogpsConfig(Section):
     reference_batch_size: int = runtime_field(
         8, "Sequences per forward pass when computing the reference log-probs", ge=1
     )
-    bf16: bool = runtime_field(False, "bf16 mixed precision (GPU)")
+    bf16: bool = key_field_when_set(False, "bf16 mixed precision (GPU; ignored on CPU)")
     launch: LaunchConfig = runtime_field(
         default_factory=LaunchConfig, description="How the stage is launched (the DPO section's)"
     )
+    trl: dict[str, Any] = key_field_when_set(
+        {},
+        "The DPO section's other TRL arguments (some change the reference's log-probs, e.g. "
+        "ld_alpha); in the cache key when set",
+    )
+
+    @field_validator("trl")
+    @classmethod
+    def _known_trl_arguments(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return check_trl_arguments(v, "DPOConfig")
 
 
 class DPOBaselineConfig(DPOStageConfig):
@@ -416,9 +511,9 @@ class PairJudgeConfig(Section):
         description="Seed of upstream's per-instruction output order (AlpacaEval's rule; default 0)",
     )
     max_unlabelled_fraction: float = runtime_field(
-        0.5,
-        "Fail (publishing nothing) when more than this share of the judge's answers has no 'm'/'M' label; "
-        "1 disables the check",
+        0.1,
+        "Fail (publishing nothing, and reusing no stored result) when more than this share of the "
+        "judge's answers has no 'm'/'M' label; 1 disables the check",
         ge=0,
         le=1,
     )

@@ -134,7 +134,10 @@ class Job:
         return {
             "stage": self.stage.name,
             "code_version": self.stage.code_version,
+            # what the key holds, and the section exactly as the stage ran with it (runtime fields
+            # and every rewrite on its way here included: endpoint, projection, iteration override)
             "config": self.stage.key_payload(self.cfg, self.params),
+            "section": self.cfg.model_dump(mode="json"),
             "prompts": self.stage.prompts(self.cfg),
             "seeds": seeds or {},
             "parents": {

@@ -1,42 +1,23 @@
-"""A stage as a Prefect task: the same key as `run_stage`, JSON results, retries on the decorator,
-and where Prefect keeps its cache records (beside the artifacts, so any process finds them)."""
+"""A stage as a Prefect task: `resolve_stage` inside, retries on the decorator, and a Cached state
+when the store held the artifact. No Prefect cache records: a record that says "done" without
+checking the artifact would win over the store's own checked lookup (a truncated or deleted
+artifact would be reported cached). The flows' own results are small JSON (`RESULT_OPTIONS`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from artifacts.hashing import sha256_text
 from artifacts.refs import ArtifactRef
-from artifacts.store import normalize_url
-from sgpo.config import StoreConfig
 from sgpo.core.context import StageContext
 from sgpo.core.logs import warnings_to_run_logs
-from sgpo.core.run import run_stage
+from sgpo.core.run import StageOutcome, resolve_stage
 from sgpo.core.stage import Stage
 
-# Prefect task/flow defaults: results are the small JSON refs, persisted so a later run reuses them.
+# The flows' results (a report, an ArtifactRef): small JSON, persisted for the UI and `run_deployment`.
 RESULT_OPTIONS: dict[str, Any] = dict(persist_result=True, result_serializer="json")
 TRANSIENT_ERRORS = (TimeoutError, ConnectionError)
 _TASKS: dict[str, Any] = {}
-
-
-def result_storage(store: StoreConfig) -> Any:
-    """Where Prefect keeps its cache records: beside the artifacts, so any process finds them."""
-    url = normalize_url(store.url)
-    if url.startswith("file://"):
-        path = Path(url[len("file://") :]) / "_prefect"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    from prefect.filesystems import RemoteFileSystem
-
-    slug = f"sgpo-results-{sha256_text(url)[:10]}"
-    # Only the endpoint and other non-secret options: credentials come from the environment.
-    RemoteFileSystem(basepath=f"{url}/_prefect", settings=store.storage_options).save(
-        slug, overwrite=True
-    )
-    return f"remote-file-system/{slug}"
 
 
 def error_is_transient(exc: BaseException) -> bool:
@@ -58,10 +39,13 @@ def _retry_condition(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def prefect_task(st: Stage) -> Any:
-    """The stage as a Prefect task: same key as `run_stage`, JSON results, retries on the decorator."""
+    """The stage as a Prefect task: Prefect shows its state (Cached when the store held the checked
+    artifact), it does not decide it: no Prefect cache records, the store is the one cache."""
     if st.name in _TASKS:
         return _TASKS[st.name]
     from prefect import task
+    from prefect.cache_policies import NO_CACHE
+    from prefect.states import Completed
 
     warnings_to_run_logs()  # a lease taken over, a damaged artifact: in the run's logs too
 
@@ -70,8 +54,13 @@ def prefect_task(st: Stage) -> Any:
         cfg: Any,
         ctx: StageContext,
         params: dict[str, Any] | None = None,
-    ) -> ArtifactRef:
-        return run_stage(st, cfg, ctx, inputs, params)
+    ) -> Any:
+        outcome = resolve_stage(st, cfg, ctx, inputs, params)
+        if outcome.cached:
+            return Completed(
+                name="Cached", message=f"in the store: {outcome.ref.uri}", data=outcome
+            )
+        return outcome
 
     run.__name__ = run.__qualname__ = f"{st.name}_task"
     run.__doc__ = st.description
@@ -79,13 +68,11 @@ def prefect_task(st: Stage) -> Any:
         name=st.name,
         description=st.description,
         tags=["gpu"] if st.gpu else [],
-        cache_key_fn=lambda _ctx, p: st.cache_key(
-            st.coerce(p["cfg"]), p["inputs"], p.get("params")
-        ),
+        cache_policy=NO_CACHE,
+        persist_result=False,
         retries=st.retries,
         retry_delay_seconds=st.retry_delay_s,
         retry_condition_fn=_retry_condition,
-        **RESULT_OPTIONS,
     )(run)
     return _TASKS[st.name]
 
@@ -98,32 +85,14 @@ def run_task(
     params: Mapping[str, Any] | None = None,
     *,
     label: str | None = None,
-) -> tuple[ArtifactRef, bool]:
-    """Run the stage's task here (in a flow, or a stage's own flow on a worker); returns (artifact, cached).
-
-    Cached = Prefect's own cache record hit, or the store already held the artifact (made by
-    another run: its `produced_by` is not this run)."""
-
-    def call(refresh: bool | None) -> Any:
-        return prefect_task(st).with_options(
-            result_storage=result_storage(ctx.store),
-            refresh_cache=refresh,
-            task_run_name=label or st.name,
-        )(
-            inputs=dict(inputs),
-            cfg=cfg,
-            ctx=ctx,
-            params=dict(params) if params else None,
-            return_state=True,
-        )
-
-    state = call(ctx.refresh or None)
-    ref: ArtifactRef = state.result()  # raises the stage's error
-    if ref.kind in ("table", "model") and not (store := ctx.open_store()).holds(ref):
-        # Prefect's cache record names the artifact where the store was when it was made (a copied or
-        # moved store): the same key, looked up where the store is now (or recomputed if absent there).
-        if (here := store.find(ref.stage, ref.cache_key)) is not None:
-            return here, True
-        state = call(True)
-        ref = state.result()
-    return ref, state.name == "Cached" or ref.produced_by != ctx.run_id
+) -> StageOutcome:
+    """Run the stage's task here (in a flow, or a stage's own flow on a worker): the artifact, and
+    whether the store held it (`resolve_stage`)."""
+    state = prefect_task(st).with_options(task_run_name=label or st.name)(
+        inputs=dict(inputs),
+        cfg=cfg,
+        ctx=ctx,
+        params=dict(params) if params else None,
+        return_state=True,
+    )
+    return state.result()  # raises the stage's error

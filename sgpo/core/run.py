@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
-from artifacts.lease import Lease, acquire_or_wait
+from artifacts.lease import Lease, LeaseLost, acquire_or_wait, holding
 from artifacts.refs import ArtifactRef
 from sgpo.core.context import StageContext
 from sgpo.core.job import Job, stage_logger
 from sgpo.core.launch import launch_stage
 from sgpo.core.ranks import is_main_process, world_size
 from sgpo.core.stage import Stage
+
+
+class StageOutcome(NamedTuple):
+    """What running a stage gave: the artifact, whether it was found finished in the store (checked)
+    rather than made by this call, and a note for the stage's line (e.g. why it was recomputed)."""
+
+    ref: ArtifactRef
+    cached: bool
+    note: str = ""
 
 
 def _call(
@@ -41,6 +50,19 @@ def run_stage(
     params: Mapping[str, Any] | None = None,
 ) -> ArtifactRef:
     """The finished artifact of `st` for these inputs and config: from the store, or made now."""
+    return resolve_stage(st, cfg, ctx, inputs, params).ref
+
+
+def resolve_stage(
+    st: Stage,
+    cfg: Any,
+    ctx: StageContext,
+    inputs: Mapping[str, ArtifactRef | None],
+    params: Mapping[str, Any] | None = None,
+) -> StageOutcome:
+    """`run_stage`, saying whether the artifact came from the store. The store is the one source of
+    truth for "done": an artifact counts only once its manifest is found and its data checked
+    (sizes; content on a local store); a damaged one is recomputed, and the outcome says why."""
     cfg = st.coerce(cfg)
     params = dict(params or {})
     if unknown := sorted(set(params) - set(st.params)):
@@ -49,44 +71,66 @@ def run_stage(
         )
     key = st.cache_key(cfg, inputs, params)
     store = ctx.open_store()
-    if (ref := ctx.reuse(store, st.name, key)) is not None:
-        return ref
+    log = stage_logger(st.name)
+    note = ""
+    if not ctx.refresh:
+        ref, damage = store.lookup(st.name, key)
+        if ref is not None:
+            return StageOutcome(st.reused(ref, cfg), True)
+        if damage:
+            note = f"recomputed: its stored artifact was damaged ({'; '.join(damage)})"
+            log.warning("stage %s: %s", st.name, note)
     if st.preflight is not None:
         st.preflight(st, cfg)
-    log = stage_logger(st.name)
-    # One run computes a (stage, key) at a time: a second one waits and reuses its artifact
-    # (or fails at once with store.on_busy=fail), so paid calls are never made twice (artifacts.lease).
-    lease = Lease(store, st.name, key, timeout_s=ctx.store.lease_timeout_s, run_id=ctx.run_id)
-    made, waited = acquire_or_wait(
-        lease,
-        on_busy=ctx.store.on_busy,
-        poll_s=ctx.store.lease_poll_s,
-        finished=lambda: store.find(st.name, key),
-        logger=log,
-    )
-    if made is not None:
-        return made  # made by the run we waited for (forced or not: it is fresh)
-    try:
-        if (waited or not ctx.refresh) and (ref := store.find(st.name, key)) is not None:
-            return ref  # finished by another run between our lookup and the lease
-        if st.launcher is not None and (plan := st.launcher.plan(cfg, st.section)) is not None:
-            return launch_stage(st, plan, cfg, ctx, inputs, params, key, log=log)
-        job = Job(
-            stage=st,
-            key=key,
-            ctx=ctx,
-            store=store,
-            cfg=cfg,
-            inputs={n: r for n, r in inputs.items() if r is not None},
-            params=params,
+    refresh = ctx.refresh
+    while True:
+        # One run computes a (stage, key) at a time: a second one waits and reuses its artifact (or
+        # fails at once with store.on_busy=fail), so paid calls are never made twice (artifacts.lease).
+        lease = Lease(store, st.name, key, timeout_s=ctx.store.lease_timeout_s, run_id=ctx.run_id)
+        made, waited = acquire_or_wait(
+            lease,
+            on_busy=ctx.store.on_busy,
+            poll_s=ctx.store.lease_poll_s,
+            finished=lambda: store.find(st.name, key),
+            logger=log,
         )
-        with job.tracking():
-            ref = _call(st, job, inputs, params)
-            if job.tracker is not None:
-                job.tracker.set_tags({"sgpo.artifact_uri": ref.uri})
-        return ref
-    finally:
-        lease.release()
+        if made is not None:  # made by the run we waited for (forced or not: it is fresh)
+            made = st.reused(made, cfg)
+            return StageOutcome(made, True, note or "made by another run this one waited for")
+        try:
+            if (waited or not refresh) and (ref := store.find(st.name, key)) is not None:
+                return StageOutcome(st.reused(ref, cfg), True, note)  # finished meanwhile
+            return StageOutcome(
+                _make(st, cfg, ctx, store, inputs, params, key, lease, log), False, note
+            )
+        except LeaseLost as e:
+            # a stalled run whose lease was taken over: the new holder makes the artifact (reusing
+            # the journaled answers); wait for it, or take over again if that run dies too
+            log.warning("%s; waiting for the other run's artifact", e)
+            note = "lost its lease while stalled: the artifact of the run that took it over"
+            refresh = False
+        finally:
+            lease.release()
+
+
+def _make(st, cfg, ctx, store, inputs, params, key, lease, log) -> ArtifactRef:
+    """Run the stage's function (here, or on its launcher's processes) under `lease`."""
+    if st.launcher is not None and (plan := st.launcher.plan(cfg, st.section)) is not None:
+        return launch_stage(st, plan, cfg, ctx, inputs, params, key, log=log)
+    job = Job(
+        stage=st,
+        key=key,
+        ctx=ctx,
+        store=store,
+        cfg=cfg,
+        inputs={n: r for n, r in inputs.items() if r is not None},
+        params=params,
+    )
+    with holding(lease), job.tracking():
+        ref = _call(st, job, inputs, params)
+        if job.tracker is not None:
+            job.tracker.set_tags({"sgpo.artifact_uri": ref.uri})
+    return ref
 
 
 def run_rank(

@@ -67,6 +67,9 @@ class Stage:
     fingerprint: Callable[[Any], dict[str, str]] | None
     llm: str | None  # the cfg field holding the endpoint of the LLM it calls (annotation, judging)
     preflight: Callable[[Stage, Any], None] | None
+    # raises when a finished artifact fails a check the config asks for that is no part of the key
+    # (e.g. a judge's max unlabelled share): a stored artifact must pass it too to be reused
+    check_reuse: Callable[[ArtifactRef, Any], None] | None
     launcher: Launcher | None
     gpu: bool
     tracked: bool
@@ -120,6 +123,12 @@ class Stage:
             prompts=self.prompts(cfg),
         )
 
+    def reused(self, ref: ArtifactRef, cfg: BaseModel) -> ArtifactRef:
+        """`ref`, a finished artifact found for this key, once it passes `check_reuse`."""
+        if self.check_reuse is not None:
+            self.check_reuse(ref, cfg)
+        return ref
+
     def coerce(self, cfg: Any) -> BaseModel:
         """The section as its model (a dict from JSON, e.g. a deployment's parameters, is validated)."""
         if type(cfg) is self.config:
@@ -143,6 +152,7 @@ def stage(
     fingerprint: Callable[[Any], dict[str, str]] | None = None,
     llm: str | None = None,
     preflight: Callable[[Stage, Any], None] | None = None,
+    check_reuse: Callable[[ArtifactRef, Any], None] | None = None,
     launcher: Launcher | None = None,
     derived_inputs: tuple[str, ...] = (),
     gpu: bool = False,
@@ -187,6 +197,7 @@ def stage(
             fingerprint=fingerprint,
             llm=llm,
             preflight=preflight,
+            check_reuse=check_reuse,
             launcher=launcher,
             gpu=gpu,
             tracked=tracked,

@@ -15,7 +15,12 @@ Protocol (the official `weighted_alpaca_eval_gpt4_turbo` annotator of tatsu-lab/
   the top logprobs of "m" (shown first) and "M" (shown second) and mapped back to the canonical
   order (output_1 = baseline, output_2 = model; 1 = baseline better, 2 = model better).
   Identical outputs get 1.5 without a call. A row whose top logprobs hold neither token has no
-  preference (upstream: NaN, dropped from the win rate).
+  preference (upstream: NaN, dropped from the win rate). An endpoint that returns no logprobs at
+  all loses the weighting: its text label "m" / "M" is used as a 1 / 2 preference
+  (`judge_status` "text_label", counted in the summary), anything else is "no_logprobs".
+* What the judge could not read is reported (`label_report`: the unlabelled share, by reason, in
+  the summary and the stage line), and above `max_unlabelled_fraction` (default 10%) the stage
+  fails, also when an artifact made under a looser threshold would be reused (`check_reused`).
 * Journal: one per judge setting, shared by every stage (`journal_url`), with requests keyed by
   the pair's content, so the same pair judged twice (by two stages, two runs, or two row
   selections) is paid once.
@@ -221,6 +226,10 @@ def judge_pairs(
                 else []
             )
             pref = preference_from_top_logprobs(top, model_first=model_first) if top else None
+            label_status = None
+            if rec.status == "ok" and not rec.top_logprobs:
+                # no logprobs at all: the text label without its weight, or nothing to read
+                pref, label_status = text_preference(rec.text, model_first=model_first)
             price = None
             if (
                 ep.price_per_1m_prompt_tokens is not None
@@ -230,7 +239,7 @@ def judge_pairs(
                     rec.prompt_tokens * ep.price_per_1m_prompt_tokens
                     + rec.completion_tokens * ep.price_per_1m_completion_tokens
                 ) / 1e6
-            status = (
+            status = label_status or (
                 "ok"
                 if rec.status == "ok" and pref is not None
                 else (rec.reason or "no_label_token")
@@ -243,6 +252,47 @@ def judge_pairs(
                 "price_per_example": price,
             }
     return [o for o in out if o is not None], summary
+
+
+def text_preference(text: str | None, *, model_first: bool) -> tuple[float | None, str]:
+    """(preference, judge_status) from an answer without logprobs: "m" (the output shown first is
+    better) or "M" give 1 or 2, unweighted ("text_label"); anything else none ("no_logprobs")."""
+    label = (text or "").strip()
+    if label not in ("m", "M"):
+        return None, "no_logprobs"
+    model_better = (label == "m") == model_first
+    return (2.0 if model_better else 1.0), "text_label"
+
+
+def label_report(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the judge could read, for the summary and the stage line: rows sent to the judge
+    (identical outputs are not), those without a label (share and reasons), those labelled only by
+    their text (no logprobs: a 1 / 2 preference without the weighting)."""
+    asked = [r for r in results if r["judge_status"] != "identical_outputs"]
+    unlabelled = [r for r in asked if r["preference"] is None]
+    return {
+        "n_asked": len(asked),
+        "n_unlabelled": len(unlabelled),
+        "unlabelled_fraction": round(len(unlabelled) / len(asked), 4) if asked else 0.0,
+        "unlabelled_reasons": dict(Counter(r["judge_status"] for r in unlabelled)),
+        "n_text_labelled": sum(r["judge_status"] == "text_label" for r in asked),
+    }
+
+
+def label_note(summary: dict[str, Any]) -> str:
+    """' (3 of 16 without a label: 19%; 2 labelled by text only, unweighted)', or '' when all were read."""
+    parts = []
+    if summary.get("n_unlabelled"):
+        parts.append(
+            f"{summary['n_unlabelled']} of {summary.get('n_asked', summary.get('n'))} without a "
+            f"label: {100 * summary.get('unlabelled_fraction', 0):.0f}%"
+        )
+    if summary.get("n_text_labelled"):
+        parts.append(
+            f"{summary['n_text_labelled']} labelled by their text only (no logprobs: "
+            "unweighted 1/2 preferences)"
+        )
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def annotation_schema(extra: tuple[tuple[str, Any], ...] = ()):
@@ -333,20 +383,25 @@ def check_labelled(
     label: str = "a label ('m' or 'M' among the top logprobs)",
     fix: str | None = None,
     prompt_field: str = "prompt",
+    cause: str | None = None,
 ) -> None:
     """Raise JudgeOutputError when more than `max_unlabelled_fraction` of `n` judge answers has no label.
 
     The threshold, not "any label at all": a judge that follows the format labels almost every row,
     so a large unlabelled share means a wrong endpoint, model or prompt, and a win rate over the
     few labelled rows would be biased (the rows a confused judge labels are not a random sample).
-    The default 0.5 tolerates a weak judge (the tiny preset labels 15-16 of 16); 1 never fails.
-    No answers at all (e.g. all outputs identical, decided without a call) is not a failure."""
+    The default 0.1 fails a run where more than one answer in ten could not be read; 1 never fails.
+    No answers at all (e.g. all outputs identical, decided without a call) is not a failure.
+    `cause`: why the answers had no label, when known (e.g. the endpoint returned no logprobs)."""
     if n <= 0 or (n - n_labelled) / n <= max_unlabelled_fraction:
         return
+    cause = cause or (
+        f"The judge did not follow the answer format: check {section}.endpoint (base_url, model) and "
+        f"{section}.{prompt_field}"
+    )
     raise JudgeOutputError(
         f"{what}: {n_labelled} of {n} judge answers had {label}; more than {section}.max_unlabelled_fraction="
-        f"{max_unlabelled_fraction:g} are unlabelled, so nothing was published. The judge did not follow the "
-        f"answer format: check {section}.endpoint (base_url, model) and {section}.{prompt_field}. The paid answers stay "
+        f"{max_unlabelled_fraction:g} are unlabelled, so nothing was published. {cause}. The paid answers stay "
         f"in the journal (a rerun pays nothing for them again); "
         + (fix or f"to re-ask after fixing the endpoint set {section}.journal_namespace=NEW")
         + f", to accept them raise {section}.max_unlabelled_fraction"
@@ -357,11 +412,36 @@ def check_judged(
     what: str, section: str, results: list[dict[str, Any]], max_unlabelled_fraction: float
 ) -> None:
     """`check_labelled` over `judge_pairs` results: the rows sent to the judge (identical outputs are not)."""
-    asked = [r for r in results if r["judge_status"] != "identical_outputs"]
+    check_label_report(what, section, label_report(results), max_unlabelled_fraction)
+
+
+def check_label_report(
+    what: str, section: str, report: dict[str, Any], max_unlabelled_fraction: float
+) -> None:
+    """`check_labelled` over a `label_report` (also a reused artifact's summary: `check_reused`)."""
+    reasons = report.get("unlabelled_reasons") or {}
+    no_logprobs = reasons.get("no_logprobs", 0)
+    cause = None
+    if no_logprobs and no_logprobs >= sum(reasons.values()) / 2:
+        cause = (
+            f"The endpoint returned no logprobs for {no_logprobs} answers (and no 'm'/'M' text to fall "
+            f"back on): {section}.endpoint must return top_logprobs (AlpacaEval's weighted judge reads "
+            "the preference from them); check that the server or model supports logprobs"
+        )
     check_labelled(
         what,
         section,
-        sum(r["preference"] is not None for r in asked),
-        len(asked),
+        report["n_asked"] - report["n_unlabelled"],
+        report["n_asked"],
         max_unlabelled_fraction,
+        cause=cause,
     )
+
+
+def check_reused(what: str, section: str, summary: dict[str, Any], threshold: float) -> None:
+    """A finished judge artifact is reused only if it passes the threshold the config asks for now
+    (made under a looser one, it would be a result this config refuses)."""
+    if "n_asked" in summary:
+        check_label_report(what, section, summary, threshold)
+    elif isinstance(summary.get("n"), int) and isinstance(summary.get("n_labelled"), int):
+        check_labelled(what, section, summary["n_labelled"], summary["n"], threshold)

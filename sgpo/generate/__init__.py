@@ -10,8 +10,8 @@ All apply the model's own chat template and honour temperature, top_p, max_new_t
 The contract (tests/integration/generate/test_generation_contract.py runs it against every available back-end):
 n generations per conversation, in order; finish_reason "stop" or "length";
 completion_tokens <= max_new_tokens (the end-of-sequence token counted); text without the
-template's special tokens; the same seeded request gives the same text on back-ends that seed
-per request (vllm, vllm_server, openai over a seeded server) or per batch (transformers).
+template's special tokens; sample k of prompt i is seeded `seed + i*n + k` on every back-end
+(openai: over a seeded server), so the same seeded request gives the same text whatever the batch.
 """
 
 from __future__ import annotations

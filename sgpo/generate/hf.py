@@ -1,4 +1,12 @@
-"""transformers back-end: batched `generate` with left padding (CPU tests, small runs)."""
+"""transformers back-end: batched `generate` with left padding (CPU tests, small runs).
+
+Seeding: sample k of prompt i draws its tokens from a generator of its own, seeded
+`sampling.seed + i * n + k` (the rule of the vLLM and OpenAI back-ends, `sgpo.generate.vllm.sample_seed`),
+so a sample does not depend on which prompts share its batch: `sampling.batch_size` changes how
+fast, not what is sampled. (HF's own sampling draws every row from one global stream, so the
+samples depended on the batch size.) Temperature and top-p are applied as HF's warpers apply them;
+the per-row draw is a logits processor that leaves greedy search a single choice.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +33,35 @@ def end_of_sequence_ids(tokenizer, generation_config) -> list[int]:
             "neither the tokenizer nor the generation config names an end-of-sequence token"
         )
     return sorted(ids)
+
+
+class PerRowSampler:
+    """A logits processor that samples each row's next token with the row's own generator
+    (temperature, then nucleus top-p as HF's TopPLogitsWarper keeps it) and returns scores that let
+    greedy search pick exactly that token."""
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, *, device: str):
+        import torch
+
+        self.temperature, self.top_p = temperature, top_p
+        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        logits = scores.float() / self.temperature
+        if self.top_p < 1.0:
+            ordered, order = torch.sort(logits, descending=False)
+            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+            drop = cumulative <= (1 - self.top_p)
+            drop[..., -1:] = False  # keep at least the most likely token
+            logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+        probs = logits.softmax(dim=-1)
+        chosen = torch.full_like(scores, float("-inf"))
+        for row, generator in enumerate(self.generators):
+            token = torch.multinomial(probs[row], 1, generator=generator)
+            chosen[row, token] = 0.0
+        return chosen
 
 
 class TransformersGenerator:
@@ -63,18 +100,27 @@ class TransformersGenerator:
             enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(
                 self.device
             )
-            # One seed per batch start: the same config gives the same samples whatever ran before.
-            torch.manual_seed(params.seed + start)
-            sample = params.temperature > 0
+            processors = []
+            if params.temperature > 0:  # rows are (prompt start + j // n, sample j % n)
+                seeds = [
+                    params.seed + (start + j // params.n) * params.n + j % params.n
+                    for j in range(len(batch) * params.n)
+                ]
+                processors.append(
+                    PerRowSampler(seeds, params.temperature, params.top_p, device=self.device)
+                )
+            # each prompt n times in a row (greedy search returns one sequence per input row)
+            enc = {k: v.repeat_interleave(params.n, dim=0) for k, v in enc.items()}
             with torch.no_grad():
                 ids = self.model.generate(
                     **enc,
-                    do_sample=sample,
-                    temperature=params.temperature if sample else None,
-                    top_p=params.top_p if sample else None,
-                    top_k=0 if sample else None,
+                    do_sample=False,  # greedy over the processor's one choice per row
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    logits_processor=processors,
                     max_new_tokens=params.max_new_tokens,
-                    num_return_sequences=params.n,
+                    num_beams=1,
                     eos_token_id=eos,
                     pad_token_id=tok.pad_token_id,
                 )

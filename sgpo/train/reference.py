@@ -57,6 +57,7 @@ def reference_logps_and_tokens(
     batch_size: int = 8,
     bf16: bool = False,
     trust_remote_code: bool = False,
+    trl_args: dict[str, Any] | None = None,
 ) -> list[tuple[float, float, int, int]]:
     """The reference model's summed log-probs of each pair's chosen and rejected answer, exactly as TRL's
     DPOTrainer computes them (its tokenisation, truncation and `compute_ref_log_probs`), but batched over
@@ -80,6 +81,7 @@ def reference_logps_and_tokens(
             bf16=bf16 and not use_cpu,
             report_to=[],
             disable_tqdm=True,
+            **(trl_args or {}),  # the DPO section's other TRL arguments (e.g. ld_alpha)
         )
         # policy = the reference itself; precompute on and our no-op hook: TRL builds no second copy
         source = pairs_dataset(pairs, [(0.0, 0.0)] * len(pairs)).add_column(

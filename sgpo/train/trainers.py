@@ -249,7 +249,10 @@ def train_sft(
         )
     work = Path(out_dir).parent / "trainer"
     args = SFTConfig(
-        **common_args(cfg, str(work)), max_length=cfg.max_length, completion_only_loss=True
+        **common_args(cfg, str(work)),
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        **cfg.trl,  # any other SFTConfig field, checked when the config loaded
     )
     trainer = SFTTrainer(
         model=_trainable_model(model_dir, cfg, trust_remote_code=trust_remote_code),
@@ -293,6 +296,7 @@ def train_dpo(
         beta=cfg.beta,
         loss_type=cfg.loss_type.split("+"),  # "sigmoid+sft": DPO + NLL on chosen (RPO)
         precompute_ref_log_probs=ref_logps is not None,
+        **cfg.trl,  # any other DPOConfig field, checked when the config loaded
     )
     ref = (
         load_model(ref_model_dir, trust_remote_code=trust_remote_code)
@@ -374,7 +378,12 @@ def dpo_trainer_class():
 
     TRL 1.16 reads `ref_chosen_logps` / `ref_rejected_logps` from the batch when
     `precompute_ref_log_probs=True` and then keeps no reference model; left alone it would compute
-    them again at start-up with the policy. Columns present -> that pass is skipped."""
+    them again at start-up with the policy. Columns present -> that pass is skipped.
+
+    This overrides TRL's private `_precompute_ref_logps`: TRL 1.16 has no public way to hand it
+    log-probs computed elsewhere (its precompute pass always runs and re-adds the columns; a
+    collator of our own would have to repeat the trainer's pad-token set-up). The override only
+    returns early; the check below fails with this explanation if TRL drops or renames the hook."""
     from trl import DPOTrainer
 
     if not hasattr(

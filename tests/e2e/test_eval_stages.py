@@ -253,6 +253,7 @@ def _config(workdir: Path, url: str, model_dir: Path, table: str):
                 "instruction_difficulty": str(SURROGATE),
                 "gamed_annotations": "none",
                 "endpoint": endpoint,
+                "max_unlabelled_fraction": 0.5,  # the scripted judge leaves one row in 6 unlabelled
             },
             "arena_hard": {
                 "questions": str(QUESTIONS),
@@ -261,6 +262,7 @@ def _config(workdir: Path, url: str, model_dir: Path, table: str):
                 "sampling": sampling,
                 "bootstrap_rounds": 20,
                 "endpoint": endpoint,
+                "max_unlabelled_fraction": 0.5,  # and one question never labelled
             },
             "pairwise": [
                 {

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from artifacts.lease import held_lease
 from sgpo.config import EndpointConfig
 from sgpo.llm.client.completions import answer_record, request_body, unusable_reason
 from sgpo.llm.client.cost import summarize
@@ -170,6 +171,7 @@ class BatchRun:
         self.in_flight: dict[str, BatchRecord] = {}
         self.covered: set[str] = set()
         self.n_http = 0
+        self.lease = held_lease()  # the stage's lease, confirmed before each submission
         self.api_key = resolve_api_key(endpoint)
         self.base_url = endpoint.base_url
         # the client's own retries (backoff, Retry-After) cover the few management requests
@@ -272,6 +274,8 @@ class BatchRun:
             self.progress(self.n_finished, self.total)
 
     def _submit(self, chunk: list[str]) -> None:
+        if self.lease is not None:
+            self.lease.confirm()  # a run that lost its lease submits nothing more
         lines = []
         for h in chunk:
             req = self.todo[h]

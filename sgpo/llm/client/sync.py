@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from artifacts.lease import Lease, LeaseLost, held_lease
 from sgpo.config import EndpointConfig
 from sgpo.llm.client.completions import (
     answer_record,
@@ -49,10 +50,12 @@ class SyncCaller:
         api_key: str,
         validate: Callable[[CallRecord], str | None] | None,
         allow_truncated: bool = False,
+        lease: Lease | None = None,
     ):
         import openai
 
         self.openai = openai
+        self.lease = lease  # the stage's lease: confirmed before each request is sent
         self.endpoint = endpoint
         self.api_key = api_key
         self.validate = validate
@@ -97,6 +100,9 @@ class SyncCaller:
         for retry in range(ep.max_retries + 1):
             if self.failed.is_set():
                 raise _Aborted()
+            if self.lease is not None:
+                # a run that stalled and lost its lease stops here: the new holder pays instead
+                self.lease.confirm()
             counter[0] += 1
             self.http_requests += 1
             retry_after: float | None = None
@@ -218,7 +224,9 @@ async def call_all_async(
     validate: Callable[[CallRecord], str | None] | None,
     progress: Callable[[int, int], None] | None,
     allow_truncated: bool,
+    lease: Lease | None = None,
 ) -> CallSummary:
+    """`lease`: the running stage's (artifacts.lease), confirmed before each request is sent."""
     hashes = [r.request_hash(model=endpoint.model, namespace=namespace) for r in requests]
     done: dict[str, CallRecord] = {}
     journaled_all = await asyncio.to_thread(journal.load_all)
@@ -244,7 +252,9 @@ async def call_all_async(
             raise ValueError(
                 "endpoint.base_url is None: start the embedded server (or set a URL) before call_all"
             )
-        caller = SyncCaller(endpoint, resolve_api_key(endpoint), validate, allow_truncated)
+        caller = SyncCaller(
+            endpoint, resolve_api_key(endpoint), validate, allow_truncated, lease=lease
+        )
     sem = asyncio.Semaphore(endpoint.max_concurrency)
     errors: list[BaseException] = []
 
@@ -280,7 +290,8 @@ async def call_all_async(
             await caller.client.close()
         journal.close()
     if errors:
-        first = errors[0]
+        # a lost lease first: the run then waits for the new holder's artifact instead of failing
+        first = next((e for e in errors if isinstance(e, LeaseLost)), errors[0])
         if len(errors) > 1 and isinstance(first, LLMCallError):
             log.error("%d requests failed; the first: %s", len(errors), first)
         raise first
@@ -300,11 +311,12 @@ def call_all_sync(
     allow_truncated: bool,
 ) -> CallSummary:
     """`call_all_async` from synchronous code, whether or not this thread runs an event loop."""
+    lease = held_lease()  # read in the caller's context: a thread of our own would not see it
 
     def run() -> CallSummary:
         return asyncio.run(
             call_all_async(
-                requests, endpoint, journal, namespace, validate, progress, allow_truncated
+                requests, endpoint, journal, namespace, validate, progress, allow_truncated, lease
             )
         )
 

@@ -161,7 +161,9 @@ def completion_body(
                 "index": 0,
                 "message": {"role": "assistant", "content": text, "refusal": None},
                 "finish_reason": finish_reason,
-                "logprobs": logprobs_payload(logprobs) if want_logprobs else None,
+                "logprobs": logprobs_payload(logprobs)
+                if want_logprobs and logprobs is not None
+                else None,
             }
         ],
         "usage": {

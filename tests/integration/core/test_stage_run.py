@@ -257,6 +257,6 @@ def test_a_stage_failing_on_bad_input_is_not_retried_by_prefect(tmp_path, monkey
 
     failed, error = one_stage()
     assert failed and "does not exist" in error
-    # one attempt looks the file up twice (Prefect's cache-key function, then the stage's own lookup);
-    # each of the 2 declared retries would add two more
-    assert get_stage("prepare").retries == 2 and len(looked_up) == 2
+    # one attempt looks the file up once (the stage's own lookup: no Prefect cache-key function);
+    # each of the 2 declared retries would add one more
+    assert get_stage("prepare").retries == 2 and len(looked_up) == 1

@@ -124,7 +124,7 @@ def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, t
     done = sft_inputs.store.publish_table(
         "sft", sft_inputs.key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run"
     )
-    ref, cached = d.dispatch_stage(
+    ref, cached, _ = d.dispatch_stage(
         "sft",
         sft_inputs.st,
         sft_inputs.cfg,
@@ -142,7 +142,7 @@ def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, t
     prepare = get_stage("prepare")
     spec = DatasetSpec(path=str(rows))
     assert sft_inputs.store.find("prepare", prepare.cache_key(spec, {})) is None
-    ref, cached = d.dispatch_stage(
+    ref, cached, _ = d.dispatch_stage(
         "prepare[po]", prepare, spec, {}, None, sft_inputs.ctx, distributed()
     )
     assert (

@@ -121,7 +121,7 @@ def test_benchmark_tables_and_cached_stages_read_back_from_the_api(tmp_path, mon
         produced_by="run-1",
     )
     monkeypatch.setattr(
-        runner_mod, "dispatch_stage", lambda label, *a: (ref, label == "sft")
+        runner_mod, "dispatch_stage", lambda label, *a: (ref, label == "sft", "")
     )  # sft cached, dpo ran
 
     @flow

@@ -76,7 +76,7 @@ def test_a_garbage_judge_fails_pairwise_and_publishes_nothing(tmp_path):
 
         with pytest.raises(JudgeOutputError, match=r"0 of 8 judge answers had a label") as e:
             run_stage(st, cfg(), ctx, {"table": table})
-        assert "pairwise[imp_vs_policy].max_unlabelled_fraction=0.5" in str(e.value)
+        assert "pairwise[imp_vs_policy].max_unlabelled_fraction=0.1" in str(e.value)
         assert garbage.calls == 8 and _manifests(store, "pairwise") == []
         # the rerun decides the same from the journal: nothing paid again
         with pytest.raises(JudgeOutputError, match=r"0 of 8"):

@@ -151,7 +151,13 @@ def test_dpo_two_processes_cached_reference_equals_one_process_live_reference(wo
             given["ref_logps"] = run_stage(get_stage("ref_logps"), cfg.dpo, ctx, scored)
         ref = run_stage(st, cfg.dpo, ctx, given)
         runs[name] = (_weights(store, ref), store.read_manifest(ref))
-    assert _max_diff(runs["live"][0], runs["cached"][0]) <= TOL
+    # live vs cached reference: the reference's forward pads other batches, so its log-probs differ
+    # in their last bits and Adam amplifies that on a few weights (on some CPUs past TOL: 4.7e-5);
+    # the whole-model measure of tests/integration/test_runtime_fields.py, with its reason
+    live, cached, start = runs["live"][0], runs["cached"][0], _weights(store, base)
+    diff = sum(float(((live[k] - cached[k]).double() ** 2).sum()) for k in live)
+    update = sum(float(((live[k] - start[k]).double() ** 2).sum()) for k in live)
+    assert (diff / update) ** 0.5 <= 1e-3
     assert _max_diff(runs["cached"][0], runs["two"][0]) <= TOL
     assert _max_diff(runs["cached"][0], runs["alone"][0]) <= TOL
     assert _max_diff(runs["live"][0], _weights(store, base)) > 1e-4

@@ -254,6 +254,8 @@ def _candidates(stage: str, path: tuple[str, ...], annotation: Any, value: Any) 
         return [value + "x"]
     if isinstance(value, list):
         return [value + ["x"]]
+    if isinstance(value, dict) and path[-1] == "trl":  # TRL's own argument names only
+        return [{**value, "adam_beta2": 0.98}, {**value, "max_grad_norm": 0.5}]
     if isinstance(value, dict):
         return [{**value, "x": "y"}, {**value, "x": 0.5}]
     if value is None:

@@ -373,7 +373,8 @@ def test_stage_flow_parameters_match_the_stage_task(stage):
     }  # params: optional (most GPU stages take none)
     assert {"ArtifactRef", "StageContext", st.config.__name__} <= set(schema["definitions"])
     assert STAGE_FLOWS[stage].result_serializer == "json" and STAGE_FLOWS[stage].persist_result
-    # the task's Prefect cache key is the stage's own key, also for a cfg that arrives as JSON (a deployment's parameters)
+    # no Prefect cache record decides "done" (the store does); the stage's key is the same for a cfg
+    # that arrives as JSON (a deployment's parameters)
     inputs = {
         n: ArtifactRef(
             uri=f"file:///x/{n}", kind="model", stage="s", cache_key="c", content_hash=f"h-{n}"
@@ -383,7 +384,10 @@ def test_stage_flow_parameters_match_the_stage_task(stage):
     cfg = st.config()
     values = {n: f"value-of-{n}" for n in st.params} or None  # e.g. the evaluated model's name
     params = {"inputs": inputs, "cfg": cfg.model_dump(mode="json"), "ctx": None, "params": values}
-    assert task.cache_key_fn(None, params) == st.cache_key(cfg, inputs, values)
+    assert task.cache_key_fn is None and type(task.cache_policy).__name__ == "_None"
+    assert st.cache_key(st.coerce(params["cfg"]), inputs, values) == st.cache_key(
+        cfg, inputs, values
+    )
     if values:  # the parameters reach the key: another value, another key
         assert st.cache_key(cfg, inputs, values) != st.cache_key(
             cfg, inputs, {n: "other" for n in st.params}
@@ -418,6 +422,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
     assert d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed()) == (
         done,
         True,
+        "",
     )
     # force: the store is bypassed and the stage is dispatched
     forced = s.ctx.model_copy(update={"refresh": True})
@@ -429,7 +434,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
         return _FakeFlowRun(name="sft-x", id="1", state=SimpleNamespace(is_completed=lambda: True))
 
     monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
-    ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, forced, distributed())
+    ref, cached, _ = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, forced, distributed())
     assert ref == done and sent["parameters"]["ctx"]["refresh"] is True
 
 
@@ -456,7 +461,7 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
         )
 
     monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
-    ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed())
+    ref, cached, _ = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed())
     assert sent["name"] == "sft/sgpo-stage-sft" and sent["timeout"] is None
     params = json.loads(json.dumps(sent["parameters"]))  # crosses the API as JSON
     assert set(params) == {"inputs", "cfg", "ctx", "params"} and set(params["inputs"]) == {
@@ -571,15 +576,19 @@ def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path,
 
     def in_process(st, cfg_, ctx, inputs, params=None, *, label=None):
         here.append(label)
-        return ArtifactRef(
-            uri=f"file:///x/{label}",
-            kind="table",
-            stage=st.name,
-            cache_key="k" * 64,
-            content_hash="h",
-            produced_by=ctx.run_id,
-            summary={},
-        ), False
+        return (
+            ArtifactRef(
+                uri=f"file:///x/{label}",
+                kind="table",
+                stage=st.name,
+                cache_key="k" * 64,
+                content_hash="h",
+                produced_by=ctx.run_id,
+                summary={},
+            ),
+            False,
+            "",
+        )
 
     monkeypatch.setattr(d, "run_task", in_process)
     monkeypatch.setattr(ev, "_publish_ui_artifacts", lambda report: None)
@@ -632,7 +641,9 @@ def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_
     monkeypatch.setattr(
         d,
         "run_task",
-        lambda st, cfg, *a, **k: (here.append(cfg.endpoint.base_url), (inputs["data"], False))[1],
+        lambda st, cfg, *a, **k: (here.append(cfg.endpoint.base_url), (inputs["data"], False, ""))[
+            1
+        ],
     )
     st = get_stage("judge")
     for url, local in (
@@ -642,7 +653,7 @@ def test_dispatched_judge_carries_the_resolved_endpoint_and_a_loopback_one_runs_
         cfg = JudgeStageConfig.model_validate({"endpoint": {"base_url": url, "model": "stand-in"}})
         caplog.clear(), sent.clear(), here.clear()
         with caplog.at_level(logging.INFO):
-            ref, cached = d.dispatch_stage("judge", st, cfg, inputs, None, ctx, distributed())
+            ref, cached, _ = d.dispatch_stage("judge", st, cfg, inputs, None, ctx, distributed())
         assert cached is False
         if local:
             assert sent == [] and here == [url]

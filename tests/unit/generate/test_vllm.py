@@ -51,10 +51,12 @@ def test_vllm_server_command_and_missing_python(tmp_path):
 
     with pytest.raises(RuntimeError, match="did not answer"):
         served_model(f"http://127.0.0.1:{free_port()}/v1")
-    # runtime-only: none of the vLLM / server knobs reach a cache key
+    # runtime-only: none of the vLLM / server knobs reach a cache key, but the back-end and the
+    # dtype do (they change the numbers)
     from sgpo.config import cache_payload
 
-    assert cache_payload(p) == cache_payload(SamplingConfig(seed=3))
+    keyed = SamplingConfig(seed=3, backend="vllm_server", vllm_dtype="float32")
+    assert cache_payload(p) == cache_payload(keyed) != cache_payload(SamplingConfig(seed=3))
 
 
 def test_vllm_server_command_carries_tensor_and_data_parallel_sizes(tmp_path):
@@ -80,7 +82,7 @@ def test_vllm_server_command_carries_tensor_and_data_parallel_sizes(tmp_path):
         None,
     )
     # like the tensor parallel size, the data parallel size changes how answers are made, not which: no cache key
-    assert cache_payload(p) == cache_payload(SamplingConfig())
+    assert cache_payload(p) == cache_payload(SamplingConfig(backend="vllm_server"))
 
 
 def test_data_parallel_with_the_in_process_vllm_backend_is_a_config_error():
