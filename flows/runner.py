@@ -88,7 +88,9 @@ class StageRunner:
             not forced
             and self.ctx.open_store().find(st.name, st.cache_key(cfg, inputs, params)) is not None
         ):
-            return cfg  # cached: no server needed; run_stage returns the artifact before its preflight
+            return (
+                cfg  # cached: no server needed; run_stage returns the artifact before its preflight
+            )
         return with_endpoint(cfg, st.llm, self.llm.base_url(), name)
 
     def __call__(
