@@ -87,7 +87,8 @@ def method_of(cfg: Any) -> str:
 
 
 def _stage_items(stages: list[StageReport]) -> list[dict[str, Any]]:
-    # what keys the report: artifacts and cache hits; not the seconds (they differ on every run)
+    # what keys the report: artifacts and cache hits; not the seconds (they differ on every run: they
+    # reach the report as ReportConfig.seconds, a runtime field)
     return [
         {"label": s.stage, "status": s.status, "uri": s.uri, "content_hash": s.content_hash}
         for s in stages
@@ -108,7 +109,7 @@ def run_report_stage(
         runner(
             "report",
             get_stage("report"),
-            ReportConfig(),
+            ReportConfig(seconds={s.stage: s.seconds for s in stages}),
             params={"stages": _stage_items(stages), "title": title},
         )
         done = runner.reports[-1]
