@@ -33,14 +33,21 @@ def run_name(cfg: Any) -> str:
 
 
 def flow_run_namer(default_config: Any) -> Any:
-    """A Prefect `flow_run_name` callable: the run is named `run_name(config)` (recipe + short config
-    hash) from the flow run's validated `config` parameter, or from `default_config()` when none was
-    given. Never raises (a name is not worth a failed run): falls back to `<flow>-<run id prefix>`."""
+    """A Prefect `flow_run_name` callable: a run whose name a person chose (the UI's Custom-run "Run
+    Name", `prefect deployment run --flow-run-name`) keeps it; one named by Prefect (its made-up
+    names, flows.run_names) is named `run_name(config)` (recipe + short config hash) from the flow
+    run's validated `config` parameter, or from `default_config()` when none was given. Never raises
+    (a name is not worth a failed run): falls back to `<flow>-<run id prefix>`."""
 
     def name() -> str:
         from prefect.context import FlowRunContext
 
+        from flows.run_names import is_generated_name
+
         ctx = FlowRunContext.get()
+        current = getattr(getattr(ctx, "flow_run", None), "name", None)
+        if current and not is_generated_name(current):
+            return current
         try:
             cfg = (ctx.parameters or {}).get("config") if ctx else None
             return run_name(cfg if cfg is not None else default_config())
