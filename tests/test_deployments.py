@@ -533,9 +533,7 @@ def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, t
     from sgpo.config import DatasetSpec, ExecutionConfig
     from tasks import get_stage
 
-    monkeypatch.setattr(
-        "prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a stage")
-    )
+    monkeypatch.setattr("flows.dispatch.run_child", lambda **k: pytest.fail("dispatched a stage"))
     monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("looked for a deployment"))
     # the GPU stage sft, local mode: its task finds the artifact another run published under its key
     done = sft_inputs.store.publish_table(
@@ -582,7 +580,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
         "sft", s.key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run"
     )
     monkeypatch.setattr(
-        "prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a cached stage")
+        "flows.dispatch.run_child", lambda **k: pytest.fail("dispatched a cached stage")
     )
     monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("no server needed"))
     assert d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed()) == (
@@ -598,7 +596,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
         sent.update(kw)
         return _FakeFlowRun(name="sft-x", id="1", state=SimpleNamespace(is_completed=lambda: True))
 
-    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+    monkeypatch.setattr("flows.dispatch.run_child", fake_run_deployment)
     ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, forced, _distributed())
     assert ref == done and sent["parameters"]["ctx"]["refresh"] is True
 
@@ -625,9 +623,9 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
             name="sft-abc", id="42", state=SimpleNamespace(is_completed=lambda: True)
         )
 
-    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+    monkeypatch.setattr("flows.dispatch.run_child", fake_run_deployment)
     ref, cached = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, _distributed())
-    assert sent["name"] == "sft/sgpo-stage-sft" and sent["timeout"] is None
+    assert sent["name"] == "sft/sgpo-stage-sft"
     params = json.loads(json.dumps(sent["parameters"]))  # crosses the API as JSON
     assert set(params) == {"inputs", "cfg", "ctx", "params"} and set(params["inputs"]) == {
         "base",
@@ -650,7 +648,7 @@ def test_dispatch_failure_names_the_stage_and_the_child_run(sft_inputs, monkeypa
         d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda")
     )
     monkeypatch.setattr(
-        "prefect.deployments.run_deployment",
+        "flows.dispatch.run_child",
         lambda **kw: _FakeFlowRun(
             name="dpo-1234", id="abcd", state=Crashed(message="Process exited with status code: -9")
         ),
@@ -671,7 +669,7 @@ def test_dispatch_of_a_completed_child_without_artifact_is_an_error(sft_inputs, 
         d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda")
     )
     monkeypatch.setattr(
-        "prefect.deployments.run_deployment",
+        "flows.dispatch.run_child",
         lambda **kw: _FakeFlowRun(
             name="sft-1", id="9", state=SimpleNamespace(is_completed=lambda: True)
         ),
@@ -706,7 +704,7 @@ def _fake_cuda_pool(monkeypatch, store, sent: list):
             name=kw["flow_run_name"], id="7", state=SimpleNamespace(is_completed=lambda: True)
         )
 
-    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+    monkeypatch.setattr("flows.dispatch.run_child", fake_run_deployment)
 
 
 def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path, monkeypatch):

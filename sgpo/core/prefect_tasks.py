@@ -11,6 +11,7 @@ from artifacts.hashing import sha256_text
 from artifacts.refs import ArtifactRef
 from artifacts.store import normalize_url
 from sgpo.config import StoreConfig
+from sgpo.core.cancel import cancelled_state, reraise_cancellation, run_cancelled
 from sgpo.core.context import StageContext
 from sgpo.core.run import run_stage
 from sgpo.core.stage import Stage
@@ -68,7 +69,12 @@ def prefect_task(st: Stage) -> Any:
         ctx: StageContext,
         params: dict[str, Any] | None = None,
     ) -> ArtifactRef:
-        return run_stage(st, cfg, ctx, inputs, params)
+        try:
+            return run_stage(st, cfg, ctx, inputs, params)
+        except BaseException:
+            if run_cancelled():  # the run's Cancel, not a crash: the task ends Cancelled
+                return cancelled_state(f"stage {st.name}")
+            raise
 
     run.__name__ = run.__qualname__ = f"{st.name}_task"
     run.__doc__ = st.description
@@ -115,6 +121,8 @@ def run_task(
         )
 
     state = call(ctx.refresh or None)
+    if state.is_cancelled():
+        reraise_cancellation()  # the flow ends Cancelled too, and runs no further stage
     ref: ArtifactRef = state.result()  # raises the stage's error
     if ref.kind in ("table", "model") and not (store := ctx.open_store()).holds(ref):
         # Prefect's cache record names the artifact where the store was when it was made (a copied or
