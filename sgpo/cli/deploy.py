@@ -176,7 +176,12 @@ def _fits(name: str, value: dict[str, Any]) -> dict[str, Any]:
 def _team_overrides(store_url: str | None, mlflow_uri: str | None) -> list[str]:
     store_url = store_url or os.environ.get("SGPO_STORE_URL") or DEFAULT_STORE_URL
     mlflow_uri = mlflow_uri or os.environ.get("SGPO_MLFLOW_URI") or DEFAULT_MLFLOW_URI
-    return [f"store.url={store_url}", f"tracking.mlflow_uri={mlflow_uri}"]
+    team = [f"store.url={store_url}", f"tracking.mlflow_uri={mlflow_uri}"]
+    if ui_url := os.environ.get(
+        "SGPO_MLFLOW_UI_URL"
+    ):  # where browsers reach MLflow (summary links)
+        team.append(f"tracking.ui_url={ui_url}")
+    return team
 
 
 def default_configs(

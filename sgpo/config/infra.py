@@ -111,6 +111,12 @@ class TrackingConfig(Section):
     )
     experiment: str = runtime_field("sgpo", "MLflow experiment name")
     enabled: bool = runtime_field(True, "Log to MLflow")
+    ui_url: str | None = runtime_field(
+        None,
+        "The MLflow server as people's browsers reach it, for the links in a run's summary (the run, "
+        "its report): e.g. http://localhost:5000 where the workers use http://mlflow:5000. Default: "
+        "mlflow_uri",
+    )
 
 
 class EmbeddedLLMConfig(Section):
