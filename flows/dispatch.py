@@ -237,6 +237,10 @@ def as_task_run(label: str, fn: Callable[[], ArtifactRef], tags: list[str]) -> A
                 return cancelled_state(f"stage {label}")
             raise
 
+    # a task key per stage (Prefect numbers a task's calls per key within a flow run, and an attempt
+    # of the run dispatches only the stages that are not in the store yet): no two stages' task runs
+    # ever share an identity, whatever a Retry dispatches
+    gpu_stage.task_key = f"sgpo-gpu-stage-{label}"
     state = gpu_stage(return_state=True)
     if state.is_cancelled():
         reraise_cancellation()

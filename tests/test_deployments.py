@@ -336,6 +336,7 @@ def test_cluster_doc_walk_has_a_plan_for_every_line():
     values = {
         "api_port": "1",
         "mlflow_port": "2",
+        "pg_port": "4",
         "s3": "http://127.0.0.1:3",
         "repo": str(REPO),
         "mlflow_dir": "/tmp/m",
@@ -350,7 +351,7 @@ def test_cluster_doc_walk_has_a_plan_for_every_line():
         "worker-cuda": "gpu-machine",
     }
     ran = [s.name for s in steps if s.kind == "run"]
-    assert ran == ["bucket", "deploy", "deployment-run"]
+    assert ran == ["database", "bucket", "deploy", "deployment-run"]
     assert all(s.reason for s in steps if s.kind == "skip")
     # each worker's block gives it the store, the repo and (its own or section 1's) API URL
     exported: dict[str, set[str]] = {}
@@ -384,6 +385,7 @@ def test_cluster_doc_walk_fails_on_an_unknown_line():
     values = {
         "api_port": "1",
         "mlflow_port": "2",
+        "pg_port": "4",
         "s3": "s",
         "repo": "r",
         "mlflow_dir": "m",
