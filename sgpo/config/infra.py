@@ -8,13 +8,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from sgpo.config.sections import Section, runtime_field
+from sgpo.config.sections import Section, form_layout, runtime_field
 
 
 class EndpointConfig(BaseModel):
     """An OpenAI-compatible endpoint and how hard to try it. The API key itself is never stored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=form_layout)
 
     base_url: str | None = runtime_field(
         None, "OpenAI-compatible base URL; None = the pipeline starts the embedded server"
