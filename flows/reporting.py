@@ -1,5 +1,6 @@
-"""The end of every flow run: the `report` stage, a Markdown summary in the Prefect UI, and the
-run's key params and headline metrics on its MLflow parent run. Never fails the flow: whatever
+"""The end of every flow run: the `report` stage, its report.html into the MLflow parent run, a
+Markdown summary in the Prefect UI (with a link that opens the report), and the run's key params
+and headline metrics on its MLflow parent run. Never fails the flow: whatever
 goes wrong here is logged as a warning and the run's result stands.
 
     flows/pipeline.py  sgpo_pipeline -> finish_pipeline(cfg, ctx, report, force)
@@ -33,14 +34,21 @@ def run_name(cfg: Any) -> str:
 
 
 def flow_run_namer(default_config: Any) -> Any:
-    """A Prefect `flow_run_name` callable: the run is named `run_name(config)` (recipe + short config
-    hash) from the flow run's validated `config` parameter, or from `default_config()` when none was
-    given. Never raises (a name is not worth a failed run): falls back to `<flow>-<run id prefix>`."""
+    """A Prefect `flow_run_name` callable: a run whose name a person chose (the UI's Custom-run "Run
+    Name", `prefect deployment run --flow-run-name`) keeps it; one named by Prefect (its made-up
+    names, flows.run_names) is named `run_name(config)` (recipe + short config hash) from the flow
+    run's validated `config` parameter, or from `default_config()` when none was given. Never raises
+    (a name is not worth a failed run): falls back to `<flow>-<run id prefix>`."""
 
     def name() -> str:
         from prefect.context import FlowRunContext
 
+        from flows.run_names import is_generated_name
+
         ctx = FlowRunContext.get()
+        current = getattr(getattr(ctx, "flow_run", None), "name", None)
+        if current and not is_generated_name(current):
+            return current
         try:
             cfg = (ctx.parameters or {}).get("config") if ctx else None
             cfg = cfg if cfg is not None else default_config()
@@ -94,7 +102,8 @@ def method_of(cfg: Any) -> str:
 
 
 def _stage_items(stages: list[StageReport]) -> list[dict[str, Any]]:
-    # what keys the report: artifacts and cache hits; not the seconds (they differ on every run)
+    # what keys the report: artifacts and cache hits; not the seconds (they differ on every run: they
+    # reach the report as ReportConfig.seconds, a runtime field)
     return [
         {"label": s.stage, "status": s.status, "uri": s.uri, "content_hash": s.content_hash}
         for s in stages
@@ -115,7 +124,7 @@ def run_report_stage(
         runner(
             "report",
             get_stage("report"),
-            ReportConfig(),
+            ReportConfig(seconds={s.stage: s.seconds for s in stages}),
             params={"stages": _stage_items(stages), "title": title},
         )
         done = runner.reports[-1]
@@ -132,11 +141,20 @@ def run_report_stage(
         return None
 
 
-def mlflow_run_url(tracking: Any) -> str | None:
+def _served(tracking: Any, ui_url: str | None) -> str | None:
+    """The MLflow server's address for a browser: `ui_url`, else the tracking URI when it is a server."""
+    if ui_url:
+        return ui_url.rstrip("/")
+    if tracking is not None and tracking.uri.startswith(("http://", "https://")):
+        return tracking.uri.rstrip("/")
+    return None
+
+
+def mlflow_run_url(tracking: Any, ui_url: str | None = None) -> str | None:
     if tracking is None:
         return None
-    if tracking.uri.startswith(("http://", "https://")):
-        return f"{tracking.uri.rstrip('/')}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
+    if served := _served(tracking, ui_url):
+        return f"{served}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
     return f"{tracking.uri} (run {tracking.parent_run_id}; `mlflow ui --backend-store-uri {tracking.uri}`)"
 
 
@@ -144,6 +162,48 @@ def eval_rows_note(stages: list[Any]) -> str:
     """The eval data's dropped rows (prepare[eval]), for the judge's line: a smaller eval set."""
     summary = next((s.summary for s in stages if s.stage == "prepare[eval]"), None)
     return dropped_note(summary, "rows of the eval data")
+
+
+def log_report_to_mlflow(tracking: Any, ctx: StageContext, report: StageReport | None) -> bool:
+    """The run's report.html as an artifact of its MLflow parent run (MLflow's UI shows the page,
+    and serves it to whoever reaches the server); also when the report stage was cached, so every
+    run that names this report has it. False (logged) when there is nothing to log or MLflow fails."""
+    if tracking is None or report is None or not report.summary.get("html"):
+        return False
+    import tempfile
+    from pathlib import Path
+
+    from sgpo.core.tracking import _client
+    from sgpo.report.html import REPORT_FILE
+
+    try:
+        html = ctx.open_store().read_bytes(report.summary["html"])
+        with tempfile.TemporaryDirectory(prefix="sgpo-report-") as tmp:
+            path = Path(tmp) / REPORT_FILE
+            path.write_bytes(html)
+            _client(tracking.uri).log_artifact(tracking.parent_run_id, str(path))
+        return True
+    except Exception as e:  # noqa: BLE001 - the report stays in the store
+        stage_logger("flow").warning(
+            "report.html not logged to MLflow: %s: %s", type(e).__name__, e
+        )
+        return False
+
+
+def report_link(
+    tracking: Any, ui_url: str | None, report: StageReport | None, in_mlflow: bool
+) -> str | None:
+    """The page of the run's report in MLflow's UI (its copy in the MLflow parent run, served by the
+    MLflow server), or None without a server: then the summary names the store's file, which a
+    browser opens from the address bar (it follows no file:// link from a web page)."""
+    from sgpo.report.html import REPORT_FILE
+
+    if report is None or not in_mlflow or not (served := _served(tracking, ui_url)):
+        return None
+    return (
+        f"{served}/#/experiments/{tracking.experiment_id}/runs/{tracking.parent_run_id}"
+        f"/artifactPath/{REPORT_FILE}"
+    )
 
 
 def _fmt(v: Any, nd: int = 1) -> str:
@@ -251,6 +311,7 @@ def summary_markdown(
     final_policy: str | None,
     mlflow_url: str | None,
     report: StageReport | None,
+    report_url: str | None = None,
 ) -> str:
     ran = sum(s.status == "ran" for s in stages)
     lines = [f"# {title}", "", f"**Method**: {method}", ""]
@@ -267,9 +328,10 @@ def summary_markdown(
     lines += [f"**MLflow**: {mlflow_url or 'tracking off'}", ""]
     if report is not None:
         html = report.summary.get("html")
+        where = f"[report.html]({report_url})" if report_url else f"`{html}`"
         lines += [
-            f"**Report**: `{html}` (figures, stage table, lineage); a local copy: "
-            f"`sgpo report {report.uri} -o report.html`"
+            f"**Report**: {where} (figures, stage table, lineage; in the store: `{html}`); a local "
+            f"copy: `sgpo report {report.uri} -o report.html`"
         ]
         if report.summary.get("missing"):
             lines += [
@@ -331,6 +393,8 @@ def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) 
     try:
         title = f"{cfg.name} ({method_of(cfg)}), config {config_hash(cfg)}"
         done = run_report_stage(ctx, report.stages, title, force)
+        ui_url = cfg.tracking.ui_url
+        in_mlflow = log_report_to_mlflow(ctx.tracking, ctx, done)
         judged = [
             judged_line("judge (final policy vs the eval set's baseline)", report.judge or {})
             + eval_rows_note(report.stages)
@@ -350,8 +414,9 @@ def finish_pipeline(cfg: Any, ctx: StageContext, report: Any, force: list[str]) 
                 stages=report.stages,
                 judged=judged,
                 final_policy=report.final_policy,
-                mlflow_url=mlflow_run_url(ctx.tracking),
+                mlflow_url=mlflow_run_url(ctx.tracking, ui_url),
                 report=done,
+                report_url=report_link(ctx.tracking, ui_url, done, in_mlflow),
             ),
             f"{cfg.name}: summary of this run",
         )
@@ -388,6 +453,8 @@ def finish_evaluation(cfg: Any, ctx: StageContext, report: Any, force: list[str]
     try:
         title = f"{cfg.name}: evaluation of {report.model_name}, config {config_hash(cfg)}"
         done = run_report_stage(ctx, report.stages, title, force)
+        ui_url = cfg.tracking.ui_url
+        in_mlflow = log_report_to_mlflow(ctx.tracking, ctx, done)
         judged = []
         if report.alpaca_eval:
             judged.append(judged_line("AlpacaEval 2.0", report.alpaca_eval))
@@ -414,8 +481,9 @@ def finish_evaluation(cfg: Any, ctx: StageContext, report: Any, force: list[str]
                 stages=report.stages,
                 judged=judged,
                 final_policy=None,
-                mlflow_url=mlflow_run_url(ctx.tracking),
+                mlflow_url=mlflow_run_url(ctx.tracking, ui_url),
                 report=done,
+                report_url=report_link(ctx.tracking, ui_url, done, in_mlflow),
             ),
             f"{cfg.name}: summary of this evaluation",
         )

@@ -3,8 +3,9 @@
 Runs at the end of the pipeline and evaluation flows (flows/reporting.py), cheap (seconds, CPU)
 and cached like the others: its key is the run's stage list (label, ran/cached, artifact URI and
 content hash) plus its own settings, so a rerun with the same artifacts and the same cache hits
-reuses the page. A figure that cannot be made is listed as missing with the reason; the stage
-itself never fails the flow (the flow catches it too). Output: a table (one row per figure:
+reuses the page (the stages' seconds are a runtime setting, out of the key). A figure that
+cannot be made is listed as missing with the reason; the stage itself never fails the flow (the
+flow catches it too). Output: a table (one row per figure:
 id, title, source artifact, PNG or the reason it is missing), `report.html` and `figures/*.png`
 beside it, and the figures in MLflow (the stage's own run, and the run of the stage each is drawn from).
 """
@@ -17,7 +18,7 @@ from typing import Any
 from pydantic import Field
 
 from artifacts.refs import ArtifactRef
-from sgpo.config import Section
+from sgpo.config import Section, runtime_field
 from sgpo.core import Job, stage, stage_main
 
 
@@ -30,12 +31,18 @@ class ReportConfig(Section):
     ppl_bins: int = Field(
         30, ge=2, le=200, description="Bins of the perplexity histograms (Fig. 5)"
     )
+    seconds: dict[str, float] = runtime_field(
+        default_factory=dict,
+        description="Wall-clock seconds of each stage label in the run that makes the report (the "
+        "stage table's 's (this run)' column); not in the key: a report reused by a later run with "
+        "the same stages and cache hits shows the times of the run that made it, named at its top",
+    )
 
 
 @stage(
     "report",
     section="report",
-    code_version="2",
+    code_version="3",  # 3: the stage table's "s (this run)" column
     flows=("pipeline", "evaluation"),
     description="the run's figures (papers' Fig. 3/4/5, training curves, judge, stage costs) and an HTML report",
 )
@@ -45,6 +52,7 @@ def report(job: Job, cfg: ReportConfig, stages: Any, title: str) -> ArtifactRef:
     from sgpo.report.html import REPORT_FILE, build, entries_from_stages, log_figures
 
     items = json.loads(stages) if isinstance(stages, str) else list(stages)
+    items = [{"seconds": cfg.seconds.get(s["label"]), **s} for s in items]
     so = job.store.storage_options
     entries = entries_from_stages(items, so)
     meta = {

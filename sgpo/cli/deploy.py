@@ -176,7 +176,12 @@ def _fits(name: str, value: dict[str, Any]) -> dict[str, Any]:
 def _team_overrides(store_url: str | None, mlflow_uri: str | None) -> list[str]:
     store_url = store_url or os.environ.get("SGPO_STORE_URL") or DEFAULT_STORE_URL
     mlflow_uri = mlflow_uri or os.environ.get("SGPO_MLFLOW_URI") or DEFAULT_MLFLOW_URI
-    return [f"store.url={store_url}", f"tracking.mlflow_uri={mlflow_uri}"]
+    team = [f"store.url={store_url}", f"tracking.mlflow_uri={mlflow_uri}"]
+    if ui_url := os.environ.get(
+        "SGPO_MLFLOW_UI_URL"
+    ):  # where browsers reach MLflow (summary links)
+        team.append(f"tracking.ui_url={ui_url}")
+    return team
 
 
 def default_configs(
@@ -263,7 +268,8 @@ def deploy(
         eval_preset=eval_preset,
         eval_overrides=eval_overrides or [],
     )
-    print(f"[sgpo] deploying to {url} from {prefect_file}", flush=True)
+    doing = "dry run: would deploy" if dry_run else "deploying"
+    print(f"[sgpo] {doing} to {url} from {prefect_file}", flush=True)
     if not skip_pools:
         for pool, what in ensure_pools(
             cuda_pool_type, update=update_pools, dry_run=dry_run
@@ -278,6 +284,11 @@ def deploy(
     cmd = prefect_deploy_command(prefect_file, names)
     print(f"[sgpo] $ prefect {' '.join(cmd[3:])}", flush=True)
     if dry_run:
+        print(
+            "[sgpo] dry run: nothing registered (no pool created or updated, no variable written, "
+            "prefect deploy not run)",
+            flush=True,
+        )
         return 0
     set_config_variables(configs)
     return subprocess.run(cmd, cwd=repo_dir(), env=deploy_env()).returncode
@@ -304,7 +315,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         return 2
     if rc:
         print(f"sgpo: prefect deploy failed (exit {rc})", file=sys.stderr)
-    else:
+    elif not args.dry_run:
         print(
             "[sgpo] deployed; start workers with `prefect worker start --pool cpu --type process` and "
             "`prefect worker start --pool cuda --type process` (see docs/cluster.md)",

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
-from sgpo.config.sections import Checked, Section, runtime_field
+from sgpo.config.sections import Checked, Section, form_layout, runtime_field
 
 # CPU threads of every process a run starts (sgpo.core.threads): 'auto' or a whole number >= 1
 Threads = Literal["auto"] | Annotated[int, Field(ge=1)]
@@ -25,6 +25,8 @@ def threads_field() -> Any:
 
 class EndpointConfig(Checked):
     """An OpenAI-compatible endpoint and how hard to try it. The API key itself is never stored."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, json_schema_extra=form_layout)
 
     base_url: str | None = runtime_field(
         None, "OpenAI-compatible base URL; None = the pipeline starts the embedded server"
@@ -121,6 +123,12 @@ class TrackingConfig(Section):
     )
     experiment: str = runtime_field("sgpo", "MLflow experiment name")
     enabled: bool = runtime_field(True, "Log to MLflow")
+    ui_url: str | None = runtime_field(
+        None,
+        "The MLflow server as people's browsers reach it, for the links in a run's summary (the run, "
+        "its report): e.g. http://localhost:5000 where the workers use http://mlflow:5000. Default: "
+        "mlflow_uri",
+    )
 
 
 class EmbeddedLLMConfig(Section):

@@ -42,6 +42,41 @@ def optional_field(description: str = "", **kw: Any) -> Any:
     return key_field_when_set(None, description, **kw)
 
 
+def is_runtime_field(field: Any) -> bool:
+    """A field that changes how a stage runs, not what it makes: marked `runtime_field`, or a
+    section all of whose fields are (e.g. `store`, `execution`, a training stage's `launch`)."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if extra.get(NOT_IN_CACHE_KEY):
+        return True
+    models = [
+        t
+        for t in (field.annotation, *getattr(field.annotation, "__args__", ()))
+        if isinstance(t, type) and issubclass(t, BaseModel)
+    ]
+    return bool(models) and all(
+        m.model_fields and all(is_runtime_field(f) for f in m.model_fields.values()) for m in models
+    )
+
+
+def form_layout(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """How a section shows in Prefect's run form (its UI renders the flows' parameter schema): each
+    field labelled with its own name, the one `key=value` overrides and `--params` use, and placed
+    (the form sorts by `position`) with the settings that change results first, then the runtime
+    ones, labelled "(runtime)": connection, batch and hardware settings, which are not in a stage's
+    cache key (whole runtime sections such as `store` and `execution` come last in the form)."""
+    props = schema.get("properties") or {}
+    fields = model.model_fields
+    names = [n for n in props if n in fields]
+    runtime = {n for n in names if is_runtime_field(fields[n])}
+    if runtime == set(names):  # a runtime section: its own label says so
+        runtime = set()
+    for position, name in enumerate(
+        [n for n in names if n not in runtime] + [n for n in names if n in runtime]
+    ):
+        props[name]["title"] = f"{name} (runtime)" if name in runtime else name
+        props[name]["position"] = position
+
+
 def _takes_numbers_not_bools(annotation: Any) -> bool:
     """int / float / `int | None` ...: a field where a boolean can only be a mistake."""
     args = (
@@ -69,7 +104,9 @@ class Checked(BaseModel):
 
 
 class Section(Checked):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, json_schema_extra=form_layout
+    )
 
 
 SectionT = TypeVar("SectionT", bound=BaseModel)

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from artifacts.refs import ArtifactRef
+from sgpo.core.cancel import cancelled_state, reraise_cancellation, run_cancelled
 from sgpo.core.context import StageContext
 from sgpo.core.logs import warnings_to_run_logs
 from sgpo.core.run import StageOutcome, resolve_stage
@@ -55,7 +56,12 @@ def prefect_task(st: Stage) -> Any:
         ctx: StageContext,
         params: dict[str, Any] | None = None,
     ) -> Any:
-        outcome = resolve_stage(st, cfg, ctx, inputs, params)
+        try:
+            outcome = resolve_stage(st, cfg, ctx, inputs, params)
+        except BaseException:
+            if run_cancelled():  # the run's Cancel, not a crash: the task ends Cancelled
+                return cancelled_state(f"stage {st.name}")
+            raise
         if outcome.cached:
             return Completed(
                 name="Cached", message=f"in the store: {outcome.ref.uri}", data=outcome
@@ -95,4 +101,6 @@ def run_task(
         params=dict(params) if params else None,
         return_state=True,
     )
+    if state.is_cancelled():
+        reraise_cancellation()  # the flow ends Cancelled too, and runs no further stage
     return state.result()  # raises the stage's error

@@ -140,7 +140,8 @@ def pipeline_run(
     cfg: Any, run_name: str, *, tags: dict[str, str]
 ) -> Iterator[TrackingHandle | None]:
     """The parent MLflow run of one flow run (None when `cfg.enabled` is off): FINISHED when the
-    block ends, FAILED when it raises. `cfg` is a TrackingConfig."""
+    block ends, FAILED when it raises, KILLED when the flow run was cancelled. `cfg` is a
+    TrackingConfig."""
     if not cfg.enabled:
         yield None
         return
@@ -155,9 +156,19 @@ def pipeline_run(
     try:
         yield handle
     except BaseException:
-        end_pipeline_run(handle, "FAILED")
+        end_pipeline_run(handle, _ended_by_error(_client(handle.uri), handle.parent_run_id))
         raise
     end_pipeline_run(handle, "FINISHED")
+
+
+def _ended_by_error(client: Any, run_id: str) -> str:
+    """FAILED, or KILLED (tagged `sgpo.ended_by`) when the flow run was cancelled."""
+    from sgpo.core.cancel import CANCELLED_MESSAGE, run_cancelled
+
+    if not run_cancelled():
+        return "FAILED"
+    client.set_tag(run_id, "sgpo.ended_by", CANCELLED_MESSAGE)
+    return "KILLED"
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -236,6 +247,6 @@ def stage_run(
     try:
         yield tracker
     except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
+        client.set_terminated(run.info.run_id, status=_ended_by_error(client, run.info.run_id))
         raise
     client.set_terminated(run.info.run_id, status="FINISHED")

@@ -183,6 +183,12 @@ WALK_SECTIONS = (1, 2, 3, 4, 5, 6)
 # Every entry must be used by the walk. `{name}` are the walk's values (WalkValues).
 SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
     (
+        "sudo -u postgres psql",
+        "psql -h 127.0.0.1 -p {pg_port} -U postgres",
+        "the throwaway PostgreSQL the test starts (tests/helpers/postgres.py): its superuser, on loopback",
+    ),
+    ("localhost:5432", "127.0.0.1:{pg_port}", "that PostgreSQL"),
+    (
         "--host 0.0.0.0 --port 4200",
         "--host 127.0.0.1 --port {api_port}",
         "loopback only, a free port",
@@ -219,12 +225,14 @@ SUBSTITUTIONS: tuple[tuple[str, str, str], ...] = (
 # Left in a command after the substitutions, these mean the doc grew a placeholder the walk does not know.
 PLACEHOLDERS = re.compile(
     r"prefect-host|mlflow-host|minio|/path/to|\.\.\.|0\.0\.0\.0|qwen2\.5-7b|/var/lib|"
-    r":4200\b|:5000\b|s3://sgpo/|[<>]|\$"
+    r":4200\b|:5000\b|:5432\b|s3://sgpo/|[<>]|\$"
 )
 
 # Command lines (comments dropped, words joined by single spaces) not run here, each with the reason.
 SKIP: dict[str, str] = {
     "pip install -e .": "the test runs in an environment that has sgpo installed from this checkout",
+    "sudo apt-get install -y postgresql": "Debian's package is installed by scripts/test.sh; the test "
+    "starts a cluster of its own of it (tests/helpers/postgres.py), not the system's service",
     "mc mb local/sgpo": "MinIO's client; the doc's boto3 line (section 2) creates the bucket on moto's S3 instead",
 }
 
@@ -248,6 +256,7 @@ MACHINES: dict[tuple[int, int], str] = {
 # What the walker knows how to run: template (see matches) -> how. "background": a long-running service,
 # started as `Procs` name; "run": a command that must exit 0 (its output is kept for the test).
 BUCKET = ("create bucket", ["python", "-c", ANY], False)
+DATABASE = ("create database", ["psql", "-h", ANY, "-p", ANY, "-U", "postgres"], True)
 RUN_DEPLOYMENT = ("deployment run", ["prefect", "deployment", "run", ANY], True)
 KNOWN: tuple[tuple[tuple[str, list[Any], bool], str, str], ...] = (
     (SERVER, "background", "server"),
@@ -255,6 +264,7 @@ KNOWN: tuple[tuple[tuple[str, list[Any], bool], str, str], ...] = (
     (WORKER_CPU, "background", "worker-cpu"),
     (WORKER_CUDA_ANY, "background", "worker-cuda"),
     (DEPLOY, "run", "deploy"),
+    (DATABASE, "run", "database"),
     (BUCKET, "run", "bucket"),
     (RUN_DEPLOYMENT, "run", "deployment-run"),
 )

@@ -14,10 +14,10 @@ import os
 import sys
 
 import pytest
-from cluster_helpers import SERVER, Procs, fill, http_ok, wait_for
-from conftest import REPO, free_port
 
 from sgpo.config import load_config, method_names
+from tests.helpers.cluster import REPO, SERVER, Procs, fill, http_ok, wait_for
+from tests.helpers.net import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -116,9 +116,7 @@ def test_dispatch_local_mode_runs_the_task_in_process(sft_inputs, monkeypatch, t
     from sgpo.config import DatasetSpec, ExecutionConfig
     from tasks import get_stage
 
-    monkeypatch.setattr(
-        "prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a stage")
-    )
+    monkeypatch.setattr("flows.dispatch.run_child", lambda **k: pytest.fail("dispatched a stage"))
     monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("looked for a deployment"))
     # the GPU stage sft, local mode: its task finds the artifact another run published under its key
     done = sft_inputs.store.publish_table(

@@ -249,6 +249,7 @@ def test_cluster_doc_walk_has_a_plan_for_every_line():
     values = {
         "api_port": "1",
         "mlflow_port": "2",
+        "pg_port": "4",
         "s3": "http://127.0.0.1:3",
         "repo": str(REPO),
         "mlflow_dir": "/tmp/m",
@@ -263,7 +264,7 @@ def test_cluster_doc_walk_has_a_plan_for_every_line():
         "worker-cuda": "gpu-machine",
     }
     ran = [s.name for s in steps if s.kind == "run"]
-    assert ran == ["bucket", "deploy", "deployment-run"]
+    assert ran == ["database", "bucket", "deploy", "deployment-run"]
     assert all(s.reason for s in steps if s.kind == "skip")
     # each worker's block gives it the store, the repo and (its own or section 1's) API URL
     exported: dict[str, set[str]] = {}
@@ -284,6 +285,7 @@ def test_cluster_doc_walk_fails_on_an_unknown_line():
     values = {
         "api_port": "1",
         "mlflow_port": "2",
+        "pg_port": "4",
         "s3": "s",
         "repo": "r",
         "mlflow_dir": "m",
@@ -416,7 +418,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
         "sft", s.key, pa.table({"x": [3]}), manifest={}, produced_by="earlier-run"
     )
     monkeypatch.setattr(
-        "prefect.deployments.run_deployment", lambda **k: pytest.fail("dispatched a cached stage")
+        "flows.dispatch.run_child", lambda **k: pytest.fail("dispatched a cached stage")
     )
     monkeypatch.setattr(d, "_check_deployment", lambda *a: pytest.fail("no server needed"))
     assert d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed()) == (
@@ -433,7 +435,7 @@ def test_dispatch_of_a_cached_gpu_stage_dispatches_nothing(sft_inputs, monkeypat
         sent.update(kw)
         return _FakeFlowRun(name="sft-x", id="1", state=SimpleNamespace(is_completed=lambda: True))
 
-    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+    monkeypatch.setattr("flows.dispatch.run_child", fake_run_deployment)
     ref, cached, _ = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, forced, distributed())
     assert ref == done and sent["parameters"]["ctx"]["refresh"] is True
 
@@ -460,9 +462,9 @@ def test_dispatch_runs_the_deployment_and_reads_the_artifact_back(sft_inputs, mo
             name="sft-abc", id="42", state=SimpleNamespace(is_completed=lambda: True)
         )
 
-    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+    monkeypatch.setattr("flows.dispatch.run_child", fake_run_deployment)
     ref, cached, _ = d.dispatch_stage("sft", s.st, s.cfg, s.inputs, None, s.ctx, distributed())
-    assert sent["name"] == "sft/sgpo-stage-sft" and sent["timeout"] is None
+    assert sent["name"] == "sft/sgpo-stage-sft"
     params = json.loads(json.dumps(sent["parameters"]))  # crosses the API as JSON
     assert set(params) == {"inputs", "cfg", "ctx", "params"} and set(params["inputs"]) == {
         "base",
@@ -485,7 +487,7 @@ def test_dispatch_failure_names_the_stage_and_the_child_run(sft_inputs, monkeypa
         d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda")
     )
     monkeypatch.setattr(
-        "prefect.deployments.run_deployment",
+        "flows.dispatch.run_child",
         lambda **kw: _FakeFlowRun(
             name="dpo-1234", id="abcd", state=Crashed(message="Process exited with status code: -9")
         ),
@@ -506,7 +508,7 @@ def test_dispatch_of_a_completed_child_without_artifact_is_an_error(sft_inputs, 
         d, "_check_deployment", lambda name, ex: SimpleNamespace(work_pool_name="cuda")
     )
     monkeypatch.setattr(
-        "prefect.deployments.run_deployment",
+        "flows.dispatch.run_child",
         lambda **kw: _FakeFlowRun(
             name="sft-1", id="9", state=SimpleNamespace(is_completed=lambda: True)
         ),
@@ -541,7 +543,7 @@ def _fake_cuda_pool(monkeypatch, store, sent: list):
             name=kw["flow_run_name"], id="7", state=SimpleNamespace(is_completed=lambda: True)
         )
 
-    monkeypatch.setattr("prefect.deployments.run_deployment", fake_run_deployment)
+    monkeypatch.setattr("flows.dispatch.run_child", fake_run_deployment)
 
 
 def test_evaluation_flow_in_distributed_mode_dispatches_its_gpu_stages(tmp_path, monkeypatch):
