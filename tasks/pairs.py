@@ -21,7 +21,13 @@ from artifacts.refs import ArtifactRef
 from sgpo.config import PairsStageConfig
 from sgpo.core import Job, stage, stage_main
 from sgpo.core.job import EMPTY_DROPPED
-from sgpo.data.sources import check_empty_answers, conversation, earlier_turns, is_empty_answer
+from sgpo.data.sources import (
+    check_empty_answers,
+    check_empty_reused,
+    conversation,
+    earlier_turns,
+    is_empty_answer,
+)
 from sgpo.prompts import load_prompt
 from sgpo.prompts.refine import refine_messages, refine_prompt_name
 
@@ -60,9 +66,22 @@ def prompt_versions(cfg: PairsStageConfig) -> dict[str, str]:
     )
 
 
+def check_reused(ref: ArtifactRef, cfg: PairsStageConfig) -> None:
+    """A stored artifact is reused only if its share of empty answers is one this config accepts."""
+    s = ref.summary or {}
+    empty = s.get(EMPTY_DROPPED)
+    total = (
+        empty + s["pairs"] if isinstance(empty, int) and isinstance(s.get("pairs"), int) else None
+    )
+    check_empty_reused(
+        "pairs", ref.uri, empty, total, cfg.max_empty_fraction, "pairs.max_empty_fraction"
+    )
+
+
 @stage(
     "pairs",
     section="pairs",
+    check_reuse=check_reused,
     # 2: the refining prompt inside the row's conversation; 3: empty answers dropped, and the
     # transformers back-end seeds each sample (not each batch; the back-end is in the key)
     code_version="3",

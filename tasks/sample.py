@@ -15,12 +15,27 @@ from artifacts.refs import ArtifactRef
 from sgpo.config import SampleStageConfig
 from sgpo.core import Job, stage, stage_main
 from sgpo.core.job import EMPTY_DROPPED
-from sgpo.data.sources import check_empty_answers, conversation, is_empty_answer
+from sgpo.data.sources import check_empty_answers, check_empty_reused, conversation, is_empty_answer
+
+
+def check_reused(ref: ArtifactRef, cfg: SampleStageConfig) -> None:
+    """A stored artifact is reused only if its share of empty answers is one this config accepts."""
+    s = ref.summary or {}
+    empty = s.get(EMPTY_DROPPED)
+    total = (
+        empty + s["samples"]
+        if isinstance(empty, int) and isinstance(s.get("samples"), int)
+        else None
+    )
+    check_empty_reused(
+        "sample", ref.uri, empty, total, cfg.max_empty_fraction, "sample.max_empty_fraction"
+    )
 
 
 @stage(
     "sample",
     section="sample",
+    check_reuse=check_reused,
     # 2, 3: empty answers dropped; the transformers back-end seeds each sample (not each batch; the
     # back-end is in the key)
     code_version="3",

@@ -459,6 +459,12 @@ class ORPOStageConfig(TrainConfig):
     max_length: int = Field(
         2048, ge=16, description="Longest prompt + answer in tokens; longer ones are truncated"
     )
+    # in the key, unlike DPO's: TRL's ORPOTrainer averages its loss per micro-batch, so the
+    # micro-batch size changes the update (measured: 2 instead of 8 moved the tiny model's weight
+    # update by 44%; tests/integration/test_runtime_fields.py::test_orpo_runtime_fields)
+    per_device_batch_size: int = Field(
+        8, ge=1, description="Micro-batch size per device (changes ORPO's update: in the cache key)"
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> ORPOStageConfig:

@@ -200,3 +200,15 @@ def check_empty_answers(stage: str, empty: int, total: int, max_fraction: float,
             "learning rate of the stage that trained it (a pretrained model wants about 1e-5 to 5e-5 for "
             f"SFT; 1e-3 wrecks one in a step); to publish what is left set {key}=1"
         )
+
+
+def check_empty_reused(stage: str, uri: str, empty: Any, total: Any, max_fraction: float, key: str):
+    """EmptyAnswersError when a stored artifact, published under a looser `key` (a runtime setting,
+    not in the cache key), has more empty answers than this config accepts: it is not reused."""
+    if not (isinstance(empty, int) and isinstance(total, int)) or not total:
+        return
+    if empty == total or empty > max_fraction * total:
+        raise EmptyAnswersError(
+            f"{stage}: the stored artifact {uri} dropped {empty} of {total} generated answers as "
+            f"empty, more than {key}={max_fraction:g}, so it is not reused; raise {key} to accept it"
+        )

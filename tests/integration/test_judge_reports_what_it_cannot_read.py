@@ -112,7 +112,7 @@ def test_an_endpoint_without_logprobs_gets_its_own_message_and_its_text_labels_c
 
 def test_rows_dropped_at_prepare_are_counted(ctx, tmp_path):
     from flows.pipeline import PipelineReport
-    from sgpo.cli.main import dropped_note
+    from flows.reporting import eval_rows_note
     from sgpo.config import DatasetSpec
     from sgpo.report.summary import StageReport
 
@@ -136,5 +136,8 @@ def test_rows_dropped_at_prepare_are_counted(ctx, tmp_path):
         final_policy="x",
         judge={},
     )
-    note = dropped_note(report, "prepare[eval]", "eval")
-    assert note == " (1 of 16 eval rows dropped at prepare: no prompt or reference)"
+    note = eval_rows_note(report.stages)
+    assert (
+        note
+        == " (1 of 16 rows of the eval data dropped: no prompt, or an empty response / reference)"
+    )

@@ -55,11 +55,11 @@ SAMPLING_SERVER_ONLY = (
     "server_startup_timeout_s",
 )
 ENDPOINT = "test_llm_endpoint_settings_and_thresholds_change_no_annotation"
-SCALE = "tests/test_scale.py::"
+SCALE = "tests/integration/train/test_scale.py::"
 NEEDS_VLLM = (
     "needs vLLM (not on this machine): with the transformers back-end it is ignored "
     f"({'test_sampling_batch_size_and_server_settings_change_no_sample'}); for vllm / vllm_server it "
-    "sets where and how the same engine runs (tests/test_generation_contract.py -m vllm: one "
+    "sets where and how the same engine runs (tests/integration/generate/test_generation_contract.py -m vllm: one "
     "seeding rule whatever the batch)"
 )
 # "Class.field" of every runtime field (the class that holds it, as found in a stage's section) ->
@@ -123,6 +123,24 @@ PROOFS: dict[str, str] = {
     },
     "PairwiseConfig.table": "by construction: the table is the stage's input artifact, whose "
     "content hash is in the key; this is only where a flow finds it",
+    **{
+        f"{c}.max_empty_fraction": f"tests/integration/tasks/test_empty_answers.py::test_{t}"
+        for c, t in (
+            ("SampleStageConfig", "sample_fails_when_most_answers_are_empty"),
+            ("PairsStageConfig", "pairs_with_an_empty_chosen_or_rejected_answer_never_reach_dpo"),
+        )
+    },
+    "ReportConfig.seconds": "tests/integration/test_report_seconds.py::"
+    "test_stage_table_has_this_runs_seconds_and_they_are_not_in_the_key",
+    **{
+        f"ORPOStageConfig.{f}": "test_orpo_runtime_fields"
+        for f in ("gradient_checkpointing", "logging_steps")
+    },
+    "ORPOStageConfig.launch": "by construction: the launcher of the DPO stage (sgpo.train.launch), "
+    "whose processes equal one process by test_dpo_two_processes_cached_reference_equals_one_process_"
+    "live_reference in tests/integration/train/test_scale.py; no two-process ORPO run here",
+    "SAPOConfig.launch": "tests/integration/test_sapo_processes.py::"
+    "test_two_processes_end_where_one_process_holding_both_buffers_ends",
     **{
         f"SAPOConfig.{f}": "test_sapo_checkpoints_and_logging_change_no_training"
         for f in ("checkpoint_every", "keep_checkpoints", "logging_steps")
@@ -345,6 +363,34 @@ def test_dpo_runtime_fields(world):
     ):
         assert _relative_change(plain, train(*extra), start) <= REL_TOL, extra
     control = train("dpo.learning_rate=1.1e-4", runtime=False)
+    assert _relative_change(plain, control, start) > 10 * REL_TOL
+
+
+def test_orpo_runtime_fields(world):
+    _, _, store, base, _, pairs = world
+    inputs = {"start": base, "pairs": pairs}
+    recipe = ["method=orpo", *DPO]
+
+    def train(*extra: str, runtime: bool = True) -> dict:
+        cfg = load_config("tiny", [*recipe, *extra]).orpo
+        if runtime:
+            _same_key("orpo", load_config("tiny", recipe).orpo, cfg, inputs)
+        return _weights(store, _again(world, "orpo", cfg, inputs))
+
+    start, plain = _weights(store, base), train()
+    equal = train("orpo.gradient_checkpointing=true", "orpo.logging_steps=5")
+    assert _relative_change(plain, equal, start) == 0.0
+    # not runtime for ORPO (TRL's ORPOTrainer averages per micro-batch): in its key
+    smaller = load_config("tiny", [*recipe, "orpo.per_device_batch_size=2"]).orpo
+    st = get_stage("orpo")
+    assert st.cache_key(smaller, inputs) != st.cache_key(load_config("tiny", recipe).orpo, inputs)
+    assert (
+        _relative_change(plain, train("orpo.per_device_batch_size=2", runtime=False), start)
+        > REL_TOL
+    )
+    control = train(
+        f"orpo.learning_rate={load_config('tiny', recipe).orpo.learning_rate * 1.1}", runtime=False
+    )
     assert _relative_change(plain, control, start) > 10 * REL_TOL
 
 

@@ -87,6 +87,16 @@ def test_sample_fails_when_most_answers_are_empty(store, monkeypatch):
         {"policy": model, "data": data},
     )
     assert ref.summary["samples"] == 1 and ref.summary["empty_dropped"] == 3
+    # the bound is a runtime setting (one key), so a run at the default finds that artifact: it is
+    # not reused, since 3 of 4 empty is more than the default accepts (and nothing is generated)
+    st = get_stage("sample")
+    inputs = {"policy": model, "data": data}
+    assert st.cache_key(SampleStageConfig(), inputs) == st.cache_key(
+        SampleStageConfig(max_empty_fraction=1.0), inputs
+    )
+    _script(monkeypatch, [])
+    with pytest.raises(EmptyAnswersError, match=r"dropped 3 of 4 .* so it is not reused"):
+        run_stage(st, SampleStageConfig(), ctx, inputs)
 
 
 def test_pairs_with_an_empty_chosen_or_rejected_answer_never_reach_dpo(store, monkeypatch):
@@ -108,6 +118,12 @@ def test_pairs_with_an_empty_chosen_or_rejected_answer_never_reach_dpo(store, mo
     s = ref.summary
     assert (s["pairs"], s["empty_dropped"], s["empty_chosen"], s["empty_rejected"]) == (2, 2, 1, 1)
     assert stage_note(s) == " (2 empty answers dropped)"
+    # reused at a bound that accepts 2 of 4 empty (the default 0.5), not at a tighter one
+    inputs = {"policy": model, "improver": model, "data": data}
+    _script(monkeypatch, [])
+    assert run_stage(get_stage("pairs"), cfg, ctx, inputs) == ref
+    with pytest.raises(EmptyAnswersError, match=r"pairs: the stored artifact .* dropped 2 of 4"):
+        run_stage(get_stage("pairs"), PairsStageConfig(max_empty_fraction=0.25), ctx, inputs)
 
 
 def test_dpo_never_trains_on_an_empty_answer():
