@@ -3,6 +3,7 @@
     python benchmarks/testbed.py                          # run what is missing, then print the table
     python benchmarks/testbed.py --report-only            # only read the store (like sgpo compare)
     python benchmarks/testbed.py --seeds 0 1 2 --methods sft spin sgpo -o .sgpo/testbed
+    python benchmarks/testbed.py --model smol --seeds 0 --methods sft sgpo   # SmolLM2-135M-Instruct
 
 Each (method, seed) is one `sgpo_pipeline` run of `configs/testbed.yaml` with `method=M` and the
 seed overrides of `seed_overrides(s)` (model init, every training and sampling seed; the data are
@@ -10,7 +11,11 @@ fixed). All runs go through one process (one Prefect start-up) and share stages 
 (pi_sft per seed, the improver per seed, SGPO's round 1 with SGPO + Step 2). The table is read back
 from the store by content (flows.compare.resolve_plan: nothing re-runs): per method, the mean over
 seeds of the verifier's exact match / mean score / habit rate of the final policy and its judged win
-rate over pi_sft, each ± the standard error of that mean over seeds (sd / sqrt(seeds)).
+rate over pi_sft, each ± the standard error of that mean over seeds (sd / sqrt(seeds)). For recipes
+whose chosen answers are refinements, the refiner's quality beside them: the verifier's score of each
+refinement y+ against the answer y it refines (the quantity the SGPO paper's Fig. 8 is about).
+`--model smol` runs the `testbed-smol` preset: the same tasks with SmolLM2-135M-Instruct as the
+policy and improver (docs/testbed.md, "A model that can read").
 """
 
 from __future__ import annotations
@@ -62,11 +67,47 @@ def configs(preset: str, methods: list[str], seeds: list[int], overrides: list[s
             yield m, seed, load_config(preset, [*overrides, *seed_overrides(seed), f"method={m}"])
 
 
+PRESETS = {"tiny": "testbed", "smol": "testbed-smol"}  # --model -> the testbed preset of that model
+SMOL_METHODS = ["sft", "sft-continued", "spin", "sgpo-diamond", "sgpo", "sgpo-step2", "all-ref"]
+
+
 def find_report(cfg) -> dict | None:
+    """The run's testbed_report summary, with the refiner's quality of each round's refined pairs."""
     from flows.compare import _store, resolve_plan
 
-    refs, missing = resolve_plan(cfg, _store(cfg))
-    return None if missing else refs["testbed_report"].summary
+    store = _store(cfg)
+    refs, missing = resolve_plan(cfg, store)
+    if missing:
+        return None
+    summary = dict(refs["testbed_report"].summary)
+    if cfg.algorithm == "sgpo" and cfg.pairs.chosen == "refined":
+        rounds = sorted(label for label in refs if label.split("[")[0] == "pairs")
+        summary["refiner"] = [
+            refiner_quality(store.read_table(refs[r]).to_pylist()) for r in rounds
+        ]
+    return summary
+
+
+def refiner_quality(rows: list[dict]) -> dict:
+    """The verifier on each refined pair: y+ (chosen, the refinement) vs y (rejected, the answer it
+    refines): mean scores, the share of refinements better / worse / equal, and the share that copies
+    the reference verbatim (a refiner that copies learns nothing about refining)."""
+    from sgpo.data.testbed import quality
+
+    scored = [
+        (quality(r["chosen"], r["prompt"]), quality(r["rejected"], r["prompt"]), r) for r in rows
+    ]
+    n = max(len(scored), 1)
+    return {
+        "pairs": len(scored),
+        "refined_score": sum(c for c, _, _ in scored) / n,
+        "answer_score": sum(a for _, a, _ in scored) / n,
+        "better": sum(c > a for c, a, _ in scored) / n,
+        "worse": sum(c < a for c, a, _ in scored) / n,
+        "equal": sum(c == a for c, a, _ in scored) / n,
+        "copies_reference": sum(r["chosen"].strip() == r["reference"].strip() for _, _, r in scored)
+        / n,
+    }
 
 
 def mean_se(v: list[float]) -> tuple[float | None, float | None]:
@@ -88,6 +129,7 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, l
         "habit %",
         "WR over pi_sft %",
         "per-seed exact match %",
+        "refiner: y+ vs y score (better / worse %)",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows = []
@@ -109,7 +151,19 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, l
             f"{100 * by_seed[s]['final']['exact_match']:.1f}" if by_seed.get(s) else "missing"
             for s in seeds
         )
-        lines.append(f"| {m} | {len(got)} | {f(em)} | {f(ms, 3)} | {f(hb)} | {f(wr)} | {per} |")
+        refiner = [r["refiner"][0] for r in got if r.get("refiner")]  # round 1 of each seed
+        ref_cell = (
+            "-"
+            if not refiner
+            else "; ".join(
+                f"{q['refined_score']:.2f} vs {q['answer_score']:.2f} ({100 * q['better']:.0f} / "
+                f"{100 * q['worse']:.0f})"
+                for q in refiner
+            )
+        )
+        lines.append(
+            f"| {m} | {len(got)} | {f(em)} | {f(ms, 3)} | {f(hb)} | {f(wr)} | {per} | {ref_cell} |"
+        )
         rows.append(
             {
                 "method": m,
@@ -120,7 +174,10 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, l
                 "win_rate_vs_sft": wr,
                 "per_seed": {
                     s: by_seed.get(s)
-                    and {k: by_seed[s][k] for k in ("final", "sft", "win_rate", "standard_error")}
+                    and {
+                        k: by_seed[s].get(k)
+                        for k in ("final", "sft", "win_rate", "standard_error", "refiner")
+                    }
                     for s in seeds
                 },
             }
@@ -130,8 +187,9 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, l
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--preset", default="testbed")
-    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--model", choices=sorted(PRESETS), default="tiny", help="the policy's model")
+    ap.add_argument("--preset", default=None, help="default: the testbed preset of --model")
+    ap.add_argument("--methods", nargs="+", default=None, help="default: every testbed recipe")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--report-only", action="store_true", help="read the store, run nothing")
     ap.add_argument(
@@ -141,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         "overrides", nargs="*", help="key=value overrides for every run (e.g. store.url=...)"
     )
     args = ap.parse_args(argv)
+    args.preset = args.preset or PRESETS[args.model]
+    args.methods = args.methods or (SMOL_METHODS if args.model == "smol" else METHODS)
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
