@@ -1,11 +1,11 @@
 """The GPU check behind scripts/gpu_check.sh: one line per check with its figure, each check skipping
 with a reason when its package is absent; no Prefect, no store, no MLflow (sgpo.train.trainers directly).
 
-    python scripts/gpu_check.py [--dry-run] [--steps 20]
+    python scripts/gpu_check.py [--dry-run] [--steps 20] [--model tiny|smol]
 
 Checks: env (torch, CUDA, device), bf16_sft (full SFT in bf16), zero3 (a 1-GPU DeepSpeed ZeRO-3
 launch through `accelerate launch --config_file configs/accelerate/zero3.yaml`), lora (LoRA SFT),
-dpo_cached (DPO with cached reference log-probs), vllm (sampling with vllm.LLM when present).
+qlora (LoRA on a 4-bit NF4 base, bitsandbytes, CUDA only), dpo_cached (DPO with cached reference log-probs), vllm (sampling with vllm.LLM when present).
 --dry-run (CPU): every step it would take, checked: the imports each check needs (absent -> the
 skip it would print), the accelerate configs, the launch command; the training checks run 1 step
 in fp32 on the CPU; vllm only its import. Exit status 1 if a check FAILED (a skip is not a failure).
@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 NEEDS = {
     "bf16_sft": ["torch", "transformers", "pydantic", "yaml", "datasets", "trl", "tokenizers"],
     "lora": ["peft"],
+    "qlora": ["peft", "bitsandbytes"],
     "dpo_cached": [],
     "zero3": ["deepspeed"],
     "vllm": ["vllm"],
@@ -43,6 +44,16 @@ def line(name: str, status: str, text: str) -> None:
 
 def missing(names: list[str]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def smol_model(folder: Path) -> str:
+    """SmolLM2-135M-Instruct (the `smol` preset's model, a real Llama architecture with ChatML):
+    the packaged GGUF converted as the base_model stage converts it (sgpo.models.gguf)."""
+    from sgpo.models.gguf import convert_gguf
+    from sgpo.models.source import packaged_model_file
+
+    _, gguf = packaged_model_file("SmolLM2-135M-Instruct")  # one line with the install command
+    return str(convert_gguf(gguf, folder))
 
 
 def tiny_model(folder: Path, big: bool) -> str:
@@ -109,7 +120,11 @@ def train(kind: str, model: str, steps: int, gpu: bool) -> dict:
             m = train_dpo(model, pairs, cfg, Path(tmp) / "out", tracker=None, ref_logps=ref)
             m["logps_s"] = time.perf_counter() - t0 - m["perf.train_seconds"]
         else:
-            cfg = SFTStageConfig(**common, lora=LoRAConfig(r=16) if kind == "lora" else None)
+            lora = {
+                "lora": LoRAConfig(r=16),
+                "qlora": LoRAConfig(r=16, quantization="4bit"),
+            }.get(kind)
+            cfg = SFTStageConfig(**common, lora=lora)
             m = train_sft(model, examples(), cfg, Path(tmp) / "out", tracker=None)
     return m
 
@@ -143,6 +158,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument(
+        "--model",
+        choices=("tiny", "smol"),
+        default="tiny",
+        help="tiny: the tiny kit's model (~50M on a GPU); smol: SmolLM2-135M-Instruct, a real "
+        "architecture (the smol preset's; needs scripts/setup.sh test,smollm2 or its wheel in .whl/)",
+    )
     ap.add_argument("--_train", default=None, help=argparse.SUPPRESS)  # a launched child (zero3)
     ap.add_argument("--_model", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -170,7 +192,14 @@ def main() -> int:
     absent = missing(base_needs)
     with tempfile.TemporaryDirectory() as tmp:
         model = None
-        if not absent:
+        if not absent and args.model == "smol":
+            try:
+                model = smol_model(Path(tmp) / "model")
+                line("model", "OK", f"SmolLM2-135M-Instruct converted from its GGUF at {model}")
+            except Exception as e:  # noqa: BLE001 - not installed: the install command, then stop
+                line("model", "FAIL", f"{type(e).__name__}: {e}")
+                return 1
+        elif not absent:
             model = tiny_model(Path(tmp) / "model", big=gpu)
             line("model", "OK", f"tiny kit model at {model}")
 
@@ -181,6 +210,17 @@ def main() -> int:
         def lora():
             m = train("lora", model, steps, gpu)
             line("lora", "OK", figure(m, steps))
+
+        def qlora():
+            if not gpu:
+                line(
+                    "qlora",
+                    "SKIP",
+                    "QLoRA (bitsandbytes 4-bit) needs CUDA (dry run: config checked)",
+                )
+                return
+            m = train("qlora", model, steps, gpu)
+            line("qlora", "OK", figure(m, steps))
 
         def dpo():
             m = train("dpo_cached", model, steps, gpu)
@@ -273,7 +313,7 @@ def main() -> int:
             )
 
         if absent:
-            for name in ("bf16_sft", "lora", "dpo_cached", "zero3", "vllm"):
+            for name in ("bf16_sft", "lora", "qlora", "dpo_cached", "zero3", "vllm"):
                 line(
                     name,
                     "SKIP",
@@ -282,6 +322,7 @@ def main() -> int:
         else:
             run_check("bf16_sft", bf16)
             run_check("lora", lora, *NEEDS["lora"])
+            run_check("qlora", qlora, *NEEDS["qlora"])
             run_check("dpo_cached", dpo)
             if args.dry_run and importlib.util.find_spec("deepspeed") is None:
                 zero3()  # checks the config and the command, then says why it skips

