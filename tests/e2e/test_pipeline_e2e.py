@@ -176,6 +176,7 @@ def test_mlflow_has_a_parent_run_with_nested_stage_runs(forced_run, workdir):
     assert annotate.data.metrics["ok"] > 0 and "endpoint.api_key_env" not in annotate.data.params
 
 
+@pytest.mark.slow  # a second full run; S3 by the store, journal, checkpoint tests
 def test_pipeline_on_s3_through_moto(s3_endpoint, tmp_path, monkeypatch):
     """Same pipeline with the store (artifacts + Prefect cache records) on a real S3 endpoint."""
     import s3fs

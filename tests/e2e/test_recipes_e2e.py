@@ -17,6 +17,7 @@ def _run(store, method: str, *extra: str):
     return sgpo_pipeline(config=cfg), cfg
 
 
+@pytest.mark.slow  # two full runs; shared keys: tests/unit/flows/test_recipes.py
 def test_two_recipes_on_one_model_share_every_common_stage(tmp_path):
     store = tmp_path / "store"
     spin, _ = _run(store, "spin")

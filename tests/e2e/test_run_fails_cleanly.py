@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # 57 s; the exit itself: tests/integration/llm/test_embedded_llm_exit.py
 def test_a_failed_run_exits_1_with_its_error_while_the_stand_in_generates(tmp_path):
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(

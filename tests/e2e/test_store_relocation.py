@@ -28,6 +28,10 @@ def _cfg(store_url: str, workdir: Path, *extra: str):
     )
 
 
+# a full run of its own (55 s); a store read where it is now: test_stage_input_uri.py, test_store_is_the_cache.py
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """A finished store, moved: the original folder no longer exists."""

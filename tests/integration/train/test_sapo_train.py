@@ -216,6 +216,7 @@ def _wait_for_checkpoint(
     raise AssertionError("no checkpoint appeared")
 
 
+@pytest.mark.slow  # 30 s; the stage-level kill/resume (test_sapo_stage.py) stays default
 def test_killed_and_resumed_run_ends_like_an_uninterrupted_one(tiny_model_dir, tmp_path):
     """SIGKILL after the step-2 checkpoint, then SIGTERM (graceful checkpoint) later, then finish:
     the final policy, EMA, buffer (with use counts) and optimiser state equal the uninterrupted

@@ -129,6 +129,7 @@ def test_sft_with_two_processes_equals_one_process(world):
     assert _max_diff(w1, _weights(store, base)) > 1e-4  # and the weights did move
 
 
+@pytest.mark.slow  # 31 s; two processes: test_sft_with_two_processes_equals_one_process stays default
 def test_dpo_two_processes_cached_reference_equals_one_process_live_reference(world):
     """1 process with a live reference model; 1 process with the ref_logps stage's cached log-probs;
     2 processes for both stages (each rank of ref_logps scores a share); and dpo run alone without
