@@ -159,7 +159,7 @@ def open_backend(name: str, model_dir: Path, workdir: Path):
         base = SamplingConfig(backend="transformers", batch_size=1)
         gen = open_generator(str(model_dir), base)
         try:
-            yield Backend(name, gen, base, per_request_seed=False)
+            yield Backend(name, gen, base, per_request_seed=True)
         finally:
             gen.close()
     elif name == "openai":
