@@ -286,6 +286,7 @@ FLOW_SETTINGS = (
     "embedded_llm",
     "execution",
     "hardware",
+    "threads",
     "source",
 )
 ALGORITHM_SETTINGS = {"shared_improver": "sgpo", "rounds": "sgpo"}

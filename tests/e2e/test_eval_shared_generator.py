@@ -101,6 +101,10 @@ def _config(workdir: Path, url: str, model_dir: Path, tasks: Path, questions: Pa
     )
 
 
+# two evaluations of every benchmark (46 s); the generator contract: tests/integration/generate/
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def two_runs(tiny_model_dir, tmp_path_factory):
     """The same evaluation twice, into two stores: with the flow's shared generators, and with one load per stage."""

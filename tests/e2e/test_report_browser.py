@@ -184,6 +184,7 @@ def test_sgpo_report_writes_the_same_page_from_the_store(browser, tiny_run, tmp_
     assert page["stages"][-2:] == ["ref_logps", "dpo"]
 
 
+@pytest.mark.slow  # a second run (30 s); one run's page stays default
 def test_several_runs_on_one_page_comparison_table_and_fig10(browser, tiny_run, tmp_path):
     """`sgpo report RUN RUN`: the SGPO run beside a No-Ref run on a copy of its store (the copy shares every
     stage up to the improver; a copy, so the other tests' "newest report" of the store stays the SGPO

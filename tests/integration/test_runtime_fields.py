@@ -331,6 +331,7 @@ def test_sft_runtime_fields(world):
 DPO = ["tracking.enabled=false"]
 
 
+@pytest.mark.slow  # 26 s of DPO runs; DPO's key coverage: tests/unit/core/test_stage_decl.py
 def test_dpo_runtime_fields(world):
     """Cached vs live reference: the cause of their difference is the padding of the reference's
     forward pass (the ref_logps stage pads length-sorted batches of reference_batch_size, training
@@ -366,6 +367,7 @@ def test_dpo_runtime_fields(world):
     assert _relative_change(plain, control, start) > 10 * REL_TOL
 
 
+@pytest.mark.slow  # 11 s; as test_dpo_runtime_fields
 def test_orpo_runtime_fields(world):
     _, _, store, base, _, pairs = world
     inputs = {"start": base, "pairs": pairs}

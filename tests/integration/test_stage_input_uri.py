@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,6 +31,7 @@ def _stage(cwd: Path, store: Path, name: str, *argv: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # 16 s; inputs by URI: test_stage_run.py
 def test_inputs_are_read_from_the_copy_they_point_into(tmp_path):
     orig, copy = tmp_path / "orig", tmp_path / "copy"
     model = _stage(tmp_path, orig, "base_model")

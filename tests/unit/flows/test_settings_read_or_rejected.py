@@ -33,6 +33,7 @@ ALWAYS = {
     "embedded_llm",
     "execution",
     "hardware",
+    "threads",
     "source",
 }
 # algorithm -> (sections its steps read, data roles it reads)
