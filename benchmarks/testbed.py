@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 rep = sgpo_pipeline(config=cfg).testbed
+                rep = find_report(cfg) or rep  # with the refiner's quality, read from the store
             except Exception as e:  # a failed run is reported, not hidden; the others go on
                 print(f"[testbed] {m} seed {seed}: FAILED {type(e).__name__}: {e}", flush=True)
                 rep = None
