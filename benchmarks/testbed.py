@@ -60,11 +60,18 @@ def seed_overrides(seed: int) -> list[str]:
 
 
 def configs(preset: str, methods: list[str], seeds: list[int], overrides: list[str]):
+    """(method, seed, config); a seed goes only to the sections the recipe reads (sgpo refuses a
+    setting that a recipe would ignore)."""
+    from flows.pipeline import unread_settings
     from sgpo.config import load_config
 
     for seed in seeds:
         for m in methods:
-            yield m, seed, load_config(preset, [*overrides, *seed_overrides(seed), f"method={m}"])
+            seeds = seed_overrides(seed)
+            cfg = load_config(preset, [*overrides, *seeds, f"method={m}"])
+            unread = {line.split(":")[0] for line in unread_settings(cfg)}
+            read = [o for o in seeds if o.split("=")[0] not in unread]
+            yield m, seed, load_config(preset, [*overrides, *read, f"method={m}"])
 
 
 PRESETS = {"tiny": "testbed", "smol": "testbed-smol"}  # --model -> the testbed preset of that model
