@@ -12,6 +12,7 @@ prompts; chosen = the SFT answer, rejected = a cut, reversed copy). What is meas
   peak memory    GPU: torch.cuda.max_memory_allocated; CPU: peak RSS of the process (ru_maxrss,
                  includes Python, torch and the data, so the model share is smaller than the total)
   weights held   bytes of the parameters of the models the trainer holds (policy [+ reference])
+The machine's 1-minute load average when each mode started is printed beside it.
 Target (issue 11): cached <= 0.75x the live step time and about half the model memory.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -72,6 +74,7 @@ def child(mode: str, args: argparse.Namespace) -> None:
     from sgpo.train.checkpoints import load_model
 
     load_model(args.model)  # model classes imported before any timing
+    load = os.getloadavg()[0]
     if mode == "cached":
         t0 = time.perf_counter()
         ref = reference_logps(
@@ -91,6 +94,7 @@ def child(mode: str, args: argparse.Namespace) -> None:
                 "peak_rss_gb": peak_rss_gb(),
                 "models": m["perf.models_held"],
                 "weights_gb": m["perf.model_weights_gb"],
+                "load": load,
             }
         )
     )
@@ -143,6 +147,7 @@ def main() -> None:
             f"{r['mode']:>6}: step {r['step_s'] * 1000:.1f} ms, {mem} {r[mem]:.3f}, models held {r['models']:.0f} "
             f"({r['weights_gb'] * 1024:.1f} MiB of weights)"
             + (f", one-off log-prob pass {r['logps_s']:.2f}s" if r["logps_s"] else "")
+            + f" (load {r['load']:.2f})"
         )
     print(
         f"cached/live: step time {cached['step_s'] / live['step_s']:.2f}x, {mem} {cached[mem] / live[mem]:.2f}x, "

@@ -15,7 +15,8 @@ The vLLM rows use this interpreter's vllm when it has one (a GPU worker), else .
 Without --model the tiny kit's model is built in a temporary folder. Without CUDA the vLLM rows
 use float32, --enforce-eager and a 1 GiB KV cache; with CUDA, vLLM's defaults. Sampling settings
 are the paper's (temperature 0.7, top-p 0.9); a random tiny model rarely stops early, so most
-answers run to max-new-tokens.
+answers run to max-new-tokens. Each row ends with the machine's 1-minute load average when that
+back-end's start-up began.
 """
 
 from __future__ import annotations
@@ -132,8 +133,10 @@ def main() -> None:
     convs = conversations(args.prompts)
     common = dict(n=args.n, max_new_tokens=args.max_new_tokens, temperature=0.7, top_p=0.9, seed=0)
     rows: list[tuple[str, float, float, int]] = []  # name, startup s, wall s, tokens
+    loads: dict[str, float] = {}  # name -> 1-minute load average when its start-up began
 
     def run(name: str, params: SamplingConfig, context=None) -> None:
+        loads.setdefault(name, os.getloadavg()[0])
         t0 = time.perf_counter()
         gen = open_generator(model, params)
         startup = time.perf_counter() - t0
@@ -152,6 +155,7 @@ def main() -> None:
     if "openai" not in args.skip:
         from sgpo.llm.server import TransformersChatBackend, build_app, running_server
 
+        loads["openai"] = os.getloadavg()[0]
         t0 = time.perf_counter()
         app = build_app(TransformersChatBackend(model), model_name="bench")
         with running_server(app) as url:
@@ -193,6 +197,7 @@ def main() -> None:
     if local_vllm and "vllm" not in args.skip:
         run("vllm", SamplingConfig(backend="vllm", **engine, **common))
     elif have_vllm and "vllm" not in args.skip:
+        loads["vllm"] = os.getloadavg()[0]
         params = SamplingConfig(backend="vllm", **VLLM_CPU, **common)
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
         env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1")
@@ -225,11 +230,14 @@ def main() -> None:
     )
     print(
         f"{'back-end':>13} {'start-up s':>10} {'wall s':>7} {'tokens':>7} {'tokens/s':>9} {'/ transformers':>14}"
+        "  load"
     )
     for name, startup, wall, tokens in rows:
         tps = tokens / wall
         ratio = f"{tps / base:14.2f}" if base else f"{'n/a':>14}"
-        print(f"{name:>13} {startup:>10.1f} {wall:>7.2f} {tokens:>7} {tps:>9.1f} {ratio}")
+        print(
+            f"{name:>13} {startup:>10.1f} {wall:>7.2f} {tokens:>7} {tps:>9.1f} {ratio}  {loads[name]:.2f}"
+        )
     tmp.cleanup()
 
 

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from artifacts.store import ArtifactStore, StoreError, check_store, read_ref
+from artifacts.refs import ArtifactRef
+from artifacts.store import ArtifactStore, StoreError, check_store, local_model_ref, read_ref
 from sgpo.config import ConfigError, load_recipe, section_of
 from sgpo.core.context import StageContext
 from sgpo.core.job import stage_note
@@ -49,7 +50,7 @@ def stage_parser(st: Stage) -> argparse.ArgumentParser:
             f"--{name}",
             required=not optional,
             metavar="URI",
-            help=f"input artifact `{name}` (its folder in the store)"
+            help=f"input artifact `{name}` (its folder in the store, or a local checkpoint folder)"
             + (" (optional)" if optional else ""),
         )
     for name in st.params:
@@ -72,9 +73,24 @@ def stage_parser(st: Stage) -> argparse.ArgumentParser:
     return p
 
 
+def input_ref(uri: str, storage_options: dict[str, Any] | None = None) -> ArtifactRef:
+    """An input given by URI: a finished artifact's folder (read from its manifest), or a local
+    checkpoint folder (file:///PATH or PATH, config.json in it), which the base_model stage
+    references where it is and whose URI it prints: the same reference (by the folder's content)."""
+    try:
+        return read_ref(uri, storage_options)
+    except FileNotFoundError:
+        local = Path(uri.removeprefix("file://")).expanduser()
+        if ("://" in uri and not uri.startswith("file://")) or not (
+            local / "config.json"
+        ).is_file():
+            raise
+        return local_model_ref(local, stage="base_model")
+
+
 def _inputs(st: Stage, args: argparse.Namespace, storage_options: dict[str, Any]) -> dict[str, Any]:
     return {
-        n: read_ref(getattr(args, n), storage_options)
+        n: input_ref(getattr(args, n), storage_options)
         for n in st.inputs
         if getattr(args, n) is not None
     }

@@ -20,6 +20,7 @@ import pytest
 from artifacts.store import ArtifactStore
 from sgpo.config import ModelSpec, StoreConfig, load_config
 from sgpo.core import StageContext, run_stage
+from sgpo.core.cli import input_ref
 from sgpo.models import gguf as gguf_converter
 from sgpo.models import source as model_source
 from tasks import get_stage
@@ -150,6 +151,8 @@ def test_a_local_model_folder_is_referenced_by_content_and_its_lineage_works_off
     assert (base.kind, base.stage, base.uri) == ("local_model", "base_model", f"file://{folder}")
     assert base.content_hash == dir_content_hash(folder) and base.produced_by == "test"
     assert ctx.open_store().model_dir(base) == str(folder)
+    # the URI it prints is the next stage's input alone (`sgpo stage sft --base URI`), the same ref
+    assert input_ref(base.uri).model_copy(update={"produced_by": "test"}) == base
     stored = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
     assert stored == []  # referenced, not copied (the stage's lease left at most its empty folder)
 
