@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from typing import Any
 
 _log = logging.getLogger(__name__)
@@ -19,6 +20,8 @@ CANCELLED_MESSAGE = "the flow run was cancelled"
 
 
 def _flow_run_id() -> Any:
+    if "prefect" not in sys.modules:  # no run without it (and no second of importing it)
+        return None
     try:
         from prefect.context import FlowRunContext, TaskRunContext
     except Exception:  # noqa: BLE001 - no prefect: no run

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -23,6 +24,8 @@ from sgpo.core.tracking import StageTracker, stage_run
 
 def stage_logger(stage: str) -> logging.Logger:
     """Prefect's run logger inside a run (shows in the UI), a plain logger outside one."""
+    if "prefect" not in sys.modules:  # no run without it (and no second of importing it)
+        return logging.getLogger(f"sgpo.{stage}")
     try:
         from prefect import get_run_logger
 

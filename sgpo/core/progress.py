@@ -38,6 +38,8 @@ _artifact_key = progress_key  # the name tests/test_progress.py knows
 
 
 def in_prefect_run() -> bool:
+    if "prefect" not in sys.modules:  # no run without it; importing it costs about a second
+        return False
     try:
         from prefect.context import FlowRunContext, TaskRunContext
 
