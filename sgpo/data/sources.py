@@ -202,7 +202,9 @@ def check_empty_answers(stage: str, empty: int, total: int, max_fraction: float,
         )
 
 
-def check_empty_reused(stage: str, uri: str, empty: Any, total: Any, max_fraction: float, key: str):
+def check_empty_reused(
+    stage: str, uri: str, empty: Any, total: Any, max_fraction: float, key: str
+) -> None:
     """EmptyAnswersError when a stored artifact, published under a looser `key` (a runtime setting,
     not in the cache key), has more empty answers than this config accepts: it is not reused."""
     if not (isinstance(empty, int) and isinstance(total, int)) or not total:
