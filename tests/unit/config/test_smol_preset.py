@@ -40,14 +40,16 @@ def test_smol_starts_with_its_command_and_every_recipe_composes_with_it():
         assert load_config("smol", [f"method={method}"]).method == method
 
 
-def test_eval_smol_runs_every_benchmark_on_small_subsets():
+def test_eval_smol_runs_the_benchmarks_on_small_subsets():
     assert (CONFIG_DIR / "eval-smol.yaml").read_text().startswith("# sgpo evaluate eval-smol")
     cfg = load_evaluation_config("eval-smol")
     assert cfg.model.path == "packaged:SmolLM2-135M-Instruct"
     assert all(
         (b.enabled, b.max_rows is not None) == (True, True)
-        for b in (cfg.alpaca_eval, cfg.arena_hard, cfg.mt_bench)
+        for b in (cfg.alpaca_eval, cfg.arena_hard)
     )
+    # MT-Bench: sized, but off by default (a 135M judge writes no [[rating]]; its stage refuses)
+    assert cfg.mt_bench.max_rows is not None and not cfg.mt_bench.enabled
     assert (
         cfg.lm_eval.enabled
         and cfg.lm_eval.limit
