@@ -68,14 +68,7 @@ def prompt_versions(cfg: PairsStageConfig) -> dict[str, str]:
 
 def check_reused(ref: ArtifactRef, cfg: PairsStageConfig) -> None:
     """A stored artifact is reused only if its share of empty answers is one this config accepts."""
-    s = ref.summary or {}
-    empty = s.get(EMPTY_DROPPED)
-    total = (
-        empty + s["pairs"] if isinstance(empty, int) and isinstance(s.get("pairs"), int) else None
-    )
-    check_empty_reused(
-        "pairs", ref.uri, empty, total, cfg.max_empty_fraction, "pairs.max_empty_fraction"
-    )
+    check_empty_reused("pairs", ref, "pairs", cfg.max_empty_fraction)
 
 
 @stage(

@@ -20,16 +20,7 @@ from sgpo.data.sources import check_empty_answers, check_empty_reused, conversat
 
 def check_reused(ref: ArtifactRef, cfg: SampleStageConfig) -> None:
     """A stored artifact is reused only if its share of empty answers is one this config accepts."""
-    s = ref.summary or {}
-    empty = s.get(EMPTY_DROPPED)
-    total = (
-        empty + s["samples"]
-        if isinstance(empty, int) and isinstance(s.get("samples"), int)
-        else None
-    )
-    check_empty_reused(
-        "sample", ref.uri, empty, total, cfg.max_empty_fraction, "sample.max_empty_fraction"
-    )
+    check_empty_reused("sample", ref, "samples", cfg.max_empty_fraction)
 
 
 @stage(

@@ -13,6 +13,7 @@ from typing import Any
 
 from artifacts.hashing import sha256_bytes
 from sgpo.config import DatasetSpec
+from sgpo.core.job import EMPTY_DROPPED
 from sgpo.data.shared import SHARED_DATA_ENV, shared_data_dir
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
@@ -202,15 +203,17 @@ def check_empty_answers(stage: str, empty: int, total: int, max_fraction: float,
         )
 
 
-def check_empty_reused(
-    stage: str, uri: str, empty: Any, total: Any, max_fraction: float, key: str
-) -> None:
-    """EmptyAnswersError when a stored artifact, published under a looser `key` (a runtime setting,
-    not in the cache key), has more empty answers than this config accepts: it is not reused."""
-    if not (isinstance(empty, int) and isinstance(total, int)) or not total:
+def check_empty_reused(stage: str, ref: Any, kept_key: str, max_fraction: float) -> None:
+    """EmptyAnswersError when a stored artifact, published under a looser `STAGE.max_empty_fraction`
+    (a runtime setting, not in the cache key), has more empty answers than this config accepts: it
+    is not reused. Its summary holds the answers kept (`kept_key`) and those dropped as empty."""
+    summary = ref.summary or {}
+    empty, kept = summary.get(EMPTY_DROPPED), summary.get(kept_key)
+    if not (isinstance(empty, int) and isinstance(kept, int)) or not empty + kept:
         return
+    total, key = empty + kept, f"{stage}.max_empty_fraction"
     if empty == total or empty > max_fraction * total:
         raise EmptyAnswersError(
-            f"{stage}: the stored artifact {uri} dropped {empty} of {total} generated answers as "
+            f"{stage}: the stored artifact {ref.uri} dropped {empty} of {total} generated answers as "
             f"empty, more than {key}={max_fraction:g}, so it is not reused; raise {key} to accept it"
         )
