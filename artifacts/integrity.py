@@ -60,6 +60,16 @@ def _save_marks(folder: Path, marks: dict[str, list]) -> None:
         pass
 
 
+def remember_verified(folder: str | Path, hashes: dict[str, str]) -> None:
+    """Mark files whose sha256 the caller has just computed (a publish) as verified, so the first
+    lookup or read of a fresh checkpoint does not hash its weights again."""
+    folder = Path(folder)
+    marks = _load_marks(folder)
+    for rel, digest in hashes.items():
+        marks[rel] = [*_identity(folder / rel), digest]
+    _save_marks(folder, marks)
+
+
 def local_file_problems(
     folder: str | Path,
     hashes: dict[str, str],

@@ -136,7 +136,7 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, l
         "habit %",
         "WR over pi_sft %",
         "per-seed exact match %",
-        "refiner: y+ vs y score (better / worse %)",
+        "refiner: y+ vs y score (better / worse / equal %); seeds split by ;",
     ]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     rows = []
@@ -158,15 +158,18 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, l
             f"{100 * by_seed[s]['final']['exact_match']:.1f}" if by_seed.get(s) else "missing"
             for s in seeds
         )
-        refiner = [r["refiner"][0] for r in got if r.get("refiner")]  # round 1 of each seed
+        # every round of each seed: an "equal" refinement is a pair DPO skips (chosen = rejected)
         ref_cell = (
-            "-"
-            if not refiner
-            else "; ".join(
-                f"{q['refined_score']:.2f} vs {q['answer_score']:.2f} ({100 * q['better']:.0f} / "
-                f"{100 * q['worse']:.0f})"
-                for q in refiner
+            "; ".join(
+                " then ".join(
+                    f"{q['refined_score']:.2f} vs {q['answer_score']:.2f} ({100 * q['better']:.0f} / "
+                    f"{100 * q['worse']:.0f} / {100 * q['equal']:.0f})"
+                    for q in r["refiner"]
+                )
+                for r in got
+                if r.get("refiner")
             )
+            or "-"
         )
         lines.append(
             f"| {m} | {len(got)} | {f(em)} | {f(ms, 3)} | {f(hb)} | {f(wr)} | {per} | {ref_cell} |"

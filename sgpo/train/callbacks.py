@@ -57,6 +57,47 @@ def _run_logger() -> logging.Logger:
         return log
 
 
+class ZeroLearningRateError(ValueError):
+    """Every optimizer step of a training run would have learning rate 0: the model would come out
+    unchanged and be published as trained."""
+
+
+def check_learning_rate_moves(
+    scheduler: Any, steps: int, *, learning_rate: float, warmup: Any
+) -> None:
+    """Refuse a schedule whose every one of `steps` optimizer steps has learning rate 0: a warmup
+    that covers a one-step run (transformers' warmup starts at 0), or a rate of 0. Reads the
+    scheduler's own multipliers (LambdaLR, what transformers' `get_scheduler` builds); other
+    schedulers are not checked."""
+    lambdas, base = getattr(scheduler, "lr_lambdas", None), getattr(scheduler, "base_lrs", None)
+    if not lambdas or not base or steps <= 0:
+        return
+    if any(f(s) * lr > 0 for s in range(steps) for f, lr in zip(lambdas, base)):
+        return
+    raise ZeroLearningRateError(
+        f"training would not change the model: all {steps} optimizer step(s) have learning rate 0 "
+        f"(learning_rate {learning_rate}, warmup {warmup}; a warmup starts at 0). Set the stage's "
+        "warmup_ratio / warmup_steps to 0, lower effective_batch_size, or train on more rows"
+    )
+
+
+def zero_learning_rate_guard() -> Any:
+    """A TrainerCallback that runs `check_learning_rate_moves` on the trainer's own scheduler before
+    the first step (TRL's trainers build it inside `train()`)."""
+    from transformers import TrainerCallback
+
+    class ZeroLearningRateGuard(TrainerCallback):
+        def on_train_begin(self, args, state, control, lr_scheduler=None, **kwargs):
+            check_learning_rate_moves(
+                lr_scheduler,
+                state.max_steps,
+                learning_rate=args.learning_rate,
+                warmup=args.warmup_steps,
+            )
+
+    return ZeroLearningRateGuard()
+
+
 def mlflow_callback(tracker: StageTracker) -> Any:
     """A transformers TrainerCallback that sends the trainer's logs to the stage's run."""
     from transformers import TrainerCallback

@@ -14,7 +14,7 @@ from sgpo.config import DPOStageConfig, ORPOStageConfig, TrainConfig
 from sgpo.core.job import scratch_dir
 from sgpo.core.ranks import world_size
 from sgpo.core.tracking import StageTracker
-from sgpo.train.callbacks import mlflow_callback
+from sgpo.train.callbacks import mlflow_callback, zero_learning_rate_guard
 from sgpo.train.checkpoints import load_model, save_checkpoint
 from sgpo.train.lora import check_lora_config, save_lora, wrap_lora
 
@@ -161,6 +161,9 @@ def _train_and_save(
     from sgpo.train.throughput import PeakMemory, throughput_metrics
 
     _quiet(trainer)
+    trainer.add_callback(
+        zero_learning_rate_guard()
+    )  # refuse a run that would publish the start model
     with PeakMemory() as peak:
         t0 = time.perf_counter()
         result = trainer.train()

@@ -1,6 +1,8 @@
 """A checkpoint that does not fit leaves no half-written file in the store (issue 24, item 5): after
 a full disk, a partial `model.safetensors.tmp-PID` stayed beside the artifact. The disk fills in a
-real process: a file-size limit (RLIMIT_FSIZE) makes its writes fail partway, as ENOSPC does."""
+real process: a file-size limit (RLIMIT_FSIZE) makes its writes fail partway, as ENOSPC does. (On
+the scratch folder's own filesystem the checkpoint is hard-linked, no byte written: the copy is the
+path that can fill a disk.)"""
 
 from __future__ import annotations
 
@@ -12,9 +14,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = """
-import resource, signal, sys
+import errno, os, resource, signal, sys
 from pathlib import Path
 from artifacts.store import ArtifactStore
+def cross_device(*a, **k):  # the store on another filesystem than the checkpoint: bytes are copied
+    raise OSError(errno.EXDEV, "Invalid cross-device link")
+os.link = cross_device
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), not the process
 resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
 try:

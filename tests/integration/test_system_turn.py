@@ -94,7 +94,7 @@ def test_every_stage_renders_the_same_system_turn(smol_like, tmp_path, forward_i
     # SFT (TRL's tokenisation of prompt + completion): the text up to the answer
     forward_inputs.clear()
     sft = SFTStageConfig(
-        per_device_batch_size=1, effective_batch_size=1, max_steps=1, max_length=128
+        per_device_batch_size=1, effective_batch_size=1, max_steps=1, max_length=128, warmup_ratio=0
     )
     train_sft(str(smol_like), [(conv, "Paris.")], sft, tmp_path / "sft", tracker=None)
     prompts["sft"] = _prompt_of(_texts(tok, forward_inputs[:1])[0])
@@ -102,7 +102,7 @@ def test_every_stage_renders_the_same_system_turn(smol_like, tmp_path, forward_i
     # DPO (TRL's tokenisation, chosen and rejected rows)
     forward_inputs.clear()
     dpo = DPOStageConfig(
-        per_device_batch_size=1, effective_batch_size=1, max_steps=1, max_length=128
+        per_device_batch_size=1, effective_batch_size=1, max_steps=1, max_length=128, warmup_ratio=0
     )
     train_dpo(
         str(smol_like),

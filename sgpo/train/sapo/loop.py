@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from sgpo.config import SAPOConfig, SAPOConfigError, check_config
+from sgpo.train.callbacks import check_learning_rate_moves
 from sgpo.train.sapo.buffer import BufferEntry, ReplayBuffer, prompt_json
 from sgpo.train.sapo.collective import (
     Processes,
@@ -353,6 +354,9 @@ def make_optimizer(cfg: SAPOConfig, engine: LossEngine, policy, steps: int):
     )
     scheduler = get_scheduler(
         section.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=steps
+    )
+    check_learning_rate_moves(
+        scheduler, steps, learning_rate=section.learning_rate, warmup=f"{warmup} step(s)"
     )
     return optimizer, scheduler
 

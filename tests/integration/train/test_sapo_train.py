@@ -161,9 +161,10 @@ def test_reference_strategies(tiny_model_dir, tmp_path):
 
 
 def test_ablations_on_policy_and_whole_answer(tiny_model_dir, tmp_path):
-    result, _, folder = run(tiny_model_dir, tmp_path, "onpol", rejected_by="policy", max_steps=1)
+    one_step = {"max_steps": 1, "dpo": {"learning_rate": 1e-4, "warmup_ratio": 0.0}}  # no lr-0 step
+    result, _, folder = run(tiny_model_dir, tmp_path, "onpol", rejected_by="policy", **one_step)
     assert result.steps == 1
-    result, _, folder = run(tiny_model_dir, tmp_path, "whole", segment=False, max_steps=1)
+    result, _, folder = run(tiny_model_dir, tmp_path, "whole", segment=False, **one_step)
     for r in final_checkpoint(folder).buffer_table.to_pylist():
         # B is all of y+'s content (y+ = content + <|im_end|> + newline)
         assert r["cut"] == 0 and r["segment_tokens"] == len(r["chosen_ids"]) - 2

@@ -222,3 +222,53 @@ def test_check_store_names_rejected_credentials():
     )
     assert _s3_cause(err).startswith("credentials rejected")
     assert _s3_cause(PermissionError("Access Denied")).startswith("access denied")
+
+
+def _checkpoint(folder, weights: bytes = b"w" * 1000):
+    folder.mkdir(parents=True)
+    (folder / "model.safetensors").write_bytes(weights)
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
+def test_a_local_publish_links_the_checkpoint_and_marks_it_verified(tmp_path, monkeypatch):
+    """Same filesystem: the weights are hard-linked (not read into memory and written again), and the
+    hash computed while publishing is remembered, so the first lookup does not hash them again."""
+    import hashlib
+
+    import artifacts.integrity as integrity
+
+    monkeypatch.setenv("SGPO_CACHE_DIR", str(tmp_path / "cache"))
+    src = _checkpoint(tmp_path / "scratch")
+    store = ArtifactStore(str(tmp_path / "store"))
+    ref = store.publish_model("m", "c" * 64, src, manifest={})
+    stored = tmp_path / "store" / "m" / ("c" * 16) / "model" / "model.safetensors"
+    assert stored.stat().st_ino == (src / "model.safetensors").stat().st_ino
+    files = store.read_manifest(ref)["files"]
+    assert files["model.safetensors"] == hashlib.sha256(b"w" * 1000).hexdigest()
+    assert not list(stored.parent.glob("*.tmp-*"))
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} hashed again")
+
+    monkeypatch.setattr(integrity, "file_sha256", no_hashing)
+    assert store.find("m", "c" * 64) == ref
+
+
+def test_a_publish_across_filesystems_copies(tmp_path, monkeypatch):
+    """os.link fails across devices (EXDEV): the file is copied, with the same manifest."""
+    import errno
+    import os
+
+    def cross_device(src, dst, **kw):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "link", cross_device)
+    src = _checkpoint(tmp_path / "scratch")
+    a = ArtifactStore(str(tmp_path / "a")).publish_model("m", "c" * 64, src, manifest={})
+    stored = tmp_path / "a" / "m" / ("c" * 16) / "model" / "model.safetensors"
+    assert stored.read_bytes() == b"w" * 1000
+    assert stored.stat().st_ino != (src / "model.safetensors").stat().st_ino
+    monkeypatch.undo()
+    b = ArtifactStore(str(tmp_path / "b")).publish_model("m", "c" * 64, src, manifest={})
+    assert a.content_hash == b.content_hash
