@@ -16,7 +16,7 @@ a fresh process:
          prompt-completion dataset, SFTTrainer(SFTConfig(...)), train(), save_model + tokenizer
   sgpo   the sft stage alone: stage_main of tasks.sft with the same argv as `python -m tasks.sft`
          (the child only wraps a few sgpo functions with timers): recipe, store check, input
-         references, cache key, MLflow run, train_sft, publish (content hash + copy into the store)
+         references, cache key, MLflow run, train_sft, publish (content hash + link or copy into the store)
 
 Same settings on both sides: max_steps, batch (no accumulation), max_length, learning rate 2e-5,
 cosine schedule, no warm-up, seed 42, fp32 (TRL's own SFTConfig defaults to bf16 and activation
@@ -162,7 +162,7 @@ def child_sgpo(args: argparse.Namespace, argv: list[str]) -> dict:
     # Prefect's run logger or a plain one: the first call imports Prefect to find out
     run.stage_logger = timed("logger", run.stage_logger)
     job.stage_logger = timed("logger", job.stage_logger)
-    Job.publish_model = timed("publish", Job.publish_model)  # content hash + copy into the store
+    Job.publish_model = timed("publish", Job.publish_model)  # content hash + link (or copy) into the store
     train_sft, save_trained = trainers.train_sft, trainers._save_trained
     out: dict = {}
 
@@ -338,7 +338,7 @@ def main() -> None:
         )
         print(
             f"  after training {s['after'] - b['after']:+.1f}s: save {st['saved'] - st['train_end']:.1f}s "
-            f"(bare {bt['saved'] - bt['train_end']:.1f}s), publish (hash + copy) "
+            f"(bare {bt['saved'] - bt['train_end']:.1f}s), publish (hash + link) "
             f"{sp['publish']:.1f}s, MLflow run end {sp['mlflow_end']:.1f}s; exit "
             f"{s['exit'] - b['exit']:+.1f}s"
         )
