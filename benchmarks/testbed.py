@@ -95,6 +95,32 @@ def find_report(cfg) -> dict | None:
     return summary
 
 
+def score_stage_model(cfg, label: str) -> dict | None:
+    """The verifier on the eval prompts for the model another step of the run made (`--also-score
+    improver_sft`: SGPO's pi_imp, the policy before its preference step), answered exactly as the
+    judge stage answers them (`sgpo.generate.answer_each`, `judge.sampling`); None if the run lacks
+    that step. Measures what the preference step itself added."""
+    from flows.compare import _store, resolve_plan
+    from sgpo.data.testbed import exact, quality
+    from sgpo.generate import answer_each
+
+    store = _store(cfg)
+    refs, missing = resolve_plan(cfg, store)
+    if missing or label not in refs:
+        return None
+    rows = store.read_table(refs["prepare[eval]"]).to_pylist()
+    answers = answer_each(
+        store.model_dir(refs[label]), [r["prompt"] for r in rows], cfg.judge.sampling
+    )
+    n = len(rows)
+    return {
+        "label": label,
+        "n": n,
+        "exact_match": sum(exact(a.text, r["prompt"]) for r, a in zip(rows, answers)) / n,
+        "mean_quality": sum(quality(a.text, r["prompt"]) for r, a in zip(rows, answers)) / n,
+    }
+
+
 def refiner_quality(rows: list[dict]) -> dict:
     """The verifier on each refined pair: y+ (chosen, the refinement) vs y (rejected, the answer it
     refines): mean scores, the share of refinements better / worse / equal, and the share that copies
@@ -186,7 +212,14 @@ def table(results: dict[str, dict[int, dict]], seeds: list[int]) -> tuple[str, l
                     s: by_seed.get(s)
                     and {
                         k: by_seed[s].get(k)
-                        for k in ("final", "sft", "win_rate", "standard_error", "refiner")
+                        for k in (
+                            "final",
+                            "sft",
+                            "win_rate",
+                            "standard_error",
+                            "refiner",
+                            "also_scored",
+                        )
                     }
                     for s in seeds
                 },
@@ -202,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="+", default=None, help="default: every testbed recipe")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--report-only", action="store_true", help="read the store, run nothing")
+    ap.add_argument(
+        "--also-score",
+        metavar="STEP",
+        help="also score the model of this step of each run (e.g. improver_sft) on the eval prompts",
+    )
     ap.add_argument(
         "-o", "--output", default=".sgpo/testbed", help="folder for testbed.md and testbed.json"
     )
@@ -233,6 +271,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{time.perf_counter() - t_all:.0f}s)",
                 flush=True,
             )
+        if rep and args.also_score:
+            got = score_stage_model(cfg, args.also_score)
+            if got:
+                rep = {**rep, "also_scored": got}
+                print(
+                    f"[testbed] {m} seed {seed}: {args.also_score} exact match "
+                    f"{100 * got['exact_match']:.1f}%, mean score {got['mean_quality']:.3f}",
+                    flush=True,
+                )
         if rep:
             results[m][seed] = rep
             print(
