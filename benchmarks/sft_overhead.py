@@ -162,7 +162,7 @@ def child_sgpo(args: argparse.Namespace, argv: list[str]) -> dict:
     # Prefect's run logger or a plain one: the first call imports Prefect to find out
     run.stage_logger = timed("logger", run.stage_logger)
     job.stage_logger = timed("logger", job.stage_logger)
-    Job.publish_model = timed("publish", Job.publish_model)  # content hash + link (or copy) into the store
+    Job.publish_model = timed("publish", Job.publish_model)  # hash + link or copy into the store
     train_sft, save_trained = trainers.train_sft, trainers._save_trained
     out: dict = {}
 
