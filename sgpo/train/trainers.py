@@ -161,9 +161,8 @@ def _train_and_save(
     from sgpo.train.throughput import PeakMemory, throughput_metrics
 
     _quiet(trainer)
-    trainer.add_callback(
-        zero_learning_rate_guard()
-    )  # refuse a run that would publish the start model
+    # refuse a run whose every step has learning rate 0: it would publish the start model
+    trainer.add_callback(zero_learning_rate_guard())
     with PeakMemory() as peak:
         t0 = time.perf_counter()
         result = trainer.train()
