@@ -101,7 +101,7 @@ def score_stage_model(cfg, label: str) -> dict | None:
     judge stage answers them (`sgpo.generate.answer_each`, `judge.sampling`); None if the run lacks
     that step. Measures what the preference step itself added."""
     from flows.compare import _store, resolve_plan
-    from sgpo.data.testbed import exact, quality
+    from sgpo.data.testbed import score_answers
     from sgpo.generate import answer_each
 
     store = _store(cfg)
@@ -112,13 +112,8 @@ def score_stage_model(cfg, label: str) -> dict | None:
     answers = answer_each(
         store.model_dir(refs[label]), [r["prompt"] for r in rows], cfg.judge.sampling
     )
-    n = len(rows)
-    return {
-        "label": label,
-        "n": n,
-        "exact_match": sum(exact(a.text, r["prompt"]) for r, a in zip(rows, answers)) / n,
-        "mean_quality": sum(quality(a.text, r["prompt"]) for r, a in zip(rows, answers)) / n,
-    }
+    # the verifier summary testbed_report gives the final policy and pi_sft
+    return {"label": label, **score_answers([(r["prompt"], a.text) for r, a in zip(rows, answers)])}
 
 
 def refiner_quality(rows: list[dict]) -> dict:
