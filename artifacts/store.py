@@ -26,6 +26,7 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -277,21 +278,32 @@ class ArtifactStore:
             )
 
     # ---------------------------------------------------------------- writing
+    @staticmethod
+    def _replace_local(path: str, fill: Callable[[str], None]) -> None:
+        """Write-then-rename in a local store: `fill(tmp)` makes the file under a temporary name
+        beside `path`; it is fsynced, then renamed into place, so a reader never sees half a file
+        and a failure (a full disk, Ctrl-C) leaves no half-written one behind."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        try:
+            # left by a killed attempt of this pid (a hard link needs the name free)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            fill(tmp)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
     def _write_bytes(self, path: str, data: bytes) -> None:
         if self.is_local:
-            # write-then-rename: a reader never sees half a file
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            tmp = f"{path}.tmp-{os.getpid()}"
-            try:
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:  # a full disk, Ctrl-C: no half-written file left in the store
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            self._replace_local(path, lambda tmp: Path(tmp).write_bytes(data))
         else:
             with self.fs.open(path, "wb") as f:
                 f.write(data)
@@ -301,27 +313,16 @@ class ArtifactStore:
         """(sha256, size) of `src`, placed at `dest` in a local store: hard-linked where the store
         shares the scratch folder's filesystem (a checkpoint is hashed in one streamed pass, not
         read into memory and written again: measured 1.3-4 s of a 517 MB stage), else copied;
-        fsynced, then renamed into place like `_write_bytes`."""
-        digest, size = file_sha256(src), src.stat().st_size
-        Path(dest).parent.mkdir(parents=True, exist_ok=True)
-        tmp = f"{dest}.tmp-{os.getpid()}"
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)  # left by a killed attempt of this pid
+        fsynced and renamed into place (`_replace_local`)."""
+
+        def link_or_copy(tmp: str) -> None:
             try:
                 os.link(src, tmp)
             except OSError:  # another filesystem (EXDEV) or one without hard links
                 shutil.copyfile(src, tmp)
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, dest)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+
+        digest, size = file_sha256(src), src.stat().st_size
+        ArtifactStore._replace_local(dest, link_or_copy)
         return digest, size
 
     def _publish(self, base: str, ref: ArtifactRef, manifest: dict[str, Any]) -> ArtifactRef:
